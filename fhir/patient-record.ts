@@ -1,0 +1,79 @@
+import type {
+  AllergyIntolerance,
+  Condition,
+  DocumentReference,
+  Encounter,
+  FhirResource,
+  Immunization,
+  MedicationRequest,
+  Observation,
+  Patient,
+  Procedure,
+} from 'fhir/r4.js';
+
+/**
+ * Everything retrieved about one patient while processing one event. Agents, rules and the
+ * citation verifier read only this: it is the compartment of the event's patient, and the set of
+ * resources a draft may cite.
+ */
+export interface ClinicalNote {
+  /** `DocumentReference/<id>`, the citation a summary line uses. */
+  reference: string;
+  id: string;
+  versionId: string | undefined;
+  date: string | undefined;
+  title: string;
+  /** Decoded text of the note. Patient data: never log it. */
+  text: string;
+}
+
+export interface PatientRecord {
+  patient: Patient;
+  /** The encounter the event is about, as re-read from the server. */
+  encounter: Encounter;
+  conditions: Condition[];
+  medications: MedicationRequest[];
+  allergies: AllergyIntolerance[];
+  observations: Observation[];
+  encounters: Encounter[];
+  procedures: Procedure[];
+  immunizations: Immunization[];
+  /** The note resources as retrieved (without their decoded text). */
+  noteResources: DocumentReference[];
+  notes: ClinicalNote[];
+}
+
+export type PatientResourceLists = Omit<PatientRecord, 'patient' | 'encounter' | 'notes'>;
+
+/** Every resource in the record, each once. */
+export function recordResources(record: PatientRecord): FhirResource[] {
+  const all: FhirResource[] = [
+    record.patient,
+    record.encounter,
+    ...record.conditions,
+    ...record.medications,
+    ...record.allergies,
+    ...record.observations,
+    ...record.encounters,
+    ...record.procedures,
+    ...record.immunizations,
+    ...record.noteResources,
+  ];
+  const seen = new Set<string>();
+  return all.filter((resource) => {
+    const key = `${resource.resourceType}/${resource.id}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+/** `Type/id` -> versionId of every resource retrieved: what a citation may point at, and what Provenance lists. */
+export function retrievedVersions(record: PatientRecord): Map<string, string | undefined> {
+  return new Map(
+    recordResources(record).map((resource) => [
+      `${resource.resourceType}/${resource.id}`,
+      resource.meta?.versionId,
+    ]),
+  );
+}
