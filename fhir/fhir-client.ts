@@ -1,0 +1,257 @@
+import type { Bundle, FhirResource } from 'fhir/r4.js';
+import { Client, RESPONSE_KEY } from 'fhir-kit-client';
+import {
+  isOperationOutcome,
+  normalizeOperationOutcome,
+  OperationOutcomeError,
+  outcome,
+  outcomeError,
+} from './operation-outcome.ts';
+
+/**
+ * The one way the service talks to a FHIR server: fhir-kit-client underneath, with timeouts, retries
+ * on 429/5xx honouring Retry-After, paging up to a cap, errors as OperationOutcomes, and a bearer
+ * token that is only ever sent to the FHIR base's own origin.
+ */
+export interface AccessTokenSource {
+  getToken(): Promise<string | undefined>;
+  /** Forget a token the server refused, so the next call asks for a fresh one. */
+  invalidate(): void;
+}
+
+export interface FhirClientOptions {
+  baseUrl: string;
+  timeoutMs?: number;
+  maxAttempts?: number;
+  maxPages?: number;
+  accessToken?: AccessTokenSource;
+  /** Called before every request: lets the compartment guard and the metrics see all traffic. */
+  onRequest?: (request: { method: string; url: string }) => void;
+  sleep?: (milliseconds: number) => Promise<void>;
+}
+
+export interface CreateResult<T> {
+  resource: T;
+  /** False when a conditional create found the resource already there. */
+  created: boolean;
+}
+
+type KitResponse = Record<string, unknown> & { [RESPONSE_KEY]?: Response };
+
+const defaultSleep = (milliseconds: number) =>
+  new Promise<void>((resolve) => setTimeout(resolve, milliseconds));
+
+function retryAfterSeconds(headers: Headers | undefined): number | undefined {
+  const value = headers?.get('retry-after');
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds);
+  const date = Date.parse(value);
+  return Number.isFinite(date) ? Math.max(0, (date - Date.now()) / 1000) : undefined;
+}
+
+/** Turns fhir-kit-client's errors and fetch failures into OperationOutcomeErrors that say whether to retry. */
+function toOutcomeError(error: unknown, method: string, path: string): OperationOutcomeError {
+  if (error instanceof OperationOutcomeError) return error;
+  const response = (error as { response?: { status?: number; data?: unknown } }).response;
+  if (response?.status) {
+    const headers = (error as { config?: { headers?: Headers } }).config?.headers;
+    const serverOutcome = isOperationOutcome(response.data)
+      ? response.data
+      : outcome(
+          response.status === 404 ? 'not-found' : 'exception',
+          `${method} ${path}: HTTP ${response.status}`,
+        );
+    return new OperationOutcomeError(serverOutcome, {
+      status: response.status,
+      cause: error,
+      retryAfterSeconds: retryAfterSeconds(headers),
+    });
+  }
+  const name = (error as { name?: string }).name;
+  if (name === 'TimeoutError' || name === 'AbortError') {
+    return new OperationOutcomeError(outcome('timeout', `${method} ${path}: timed out`), {
+      status: 504,
+      cause: error,
+    });
+  }
+  if (error instanceof TypeError) {
+    // fetch() failing outright: connection refused or reset. Worth another try.
+    return new OperationOutcomeError(outcome('transient', `${method} ${path}: ${error.message}`), {
+      status: 503,
+      cause: error,
+    });
+  }
+  return normalizeOperationOutcome(error);
+}
+
+export class FhirClient {
+  readonly baseUrl: string;
+  readonly origin: string;
+  readonly #kit: Client;
+  readonly #timeoutMs: number;
+  readonly #maxAttempts: number;
+  readonly #maxPages: number;
+  readonly #accessToken: AccessTokenSource | undefined;
+  readonly #onRequest: FhirClientOptions['onRequest'];
+  readonly #sleep: (milliseconds: number) => Promise<void>;
+  /** Round trips made, for benchmarks and metrics. */
+  requestCount = 0;
+
+  constructor(options: FhirClientOptions) {
+    this.baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.origin = new URL(this.baseUrl).origin;
+    this.#timeoutMs = options.timeoutMs ?? 15_000;
+    this.#maxAttempts = options.maxAttempts ?? 4;
+    this.#maxPages = options.maxPages ?? 50;
+    this.#accessToken = options.accessToken;
+    this.#onRequest = options.onRequest;
+    this.#sleep = options.sleep ?? defaultSleep;
+    this.#kit = new Client({
+      baseUrl: this.baseUrl,
+      customHeaders: { Accept: 'application/fhir+json' },
+      requestSigner: (url, init) => this.#signRequest(url, init),
+    });
+  }
+
+  /** The absolute URL for a relative FHIR path, refusing anything that would leave the server's origin. */
+  resolveUrl(pathOrUrl: string): string {
+    const url = /^https?:\/\//i.test(pathOrUrl)
+      ? new URL(pathOrUrl)
+      : new URL(`${this.baseUrl}/${pathOrUrl.replace(/^\/+/, '')}`);
+    if (url.origin !== this.origin) {
+      throw outcomeError(
+        'security',
+        `refused to follow a URL on another origin (${url.origin}); the token is only for ${this.origin}`,
+        502,
+      );
+    }
+    return url.toString();
+  }
+
+  async #signRequest(url: string, init: RequestInit): Promise<void> {
+    // Defence in depth: fhir-kit-client follows absolute URLs as given, so check the origin here too.
+    if (new URL(url).origin !== this.origin)
+      throw outcomeError('security', 'refused a cross-origin request', 502);
+    const token = await this.#accessToken?.getToken();
+    if (token) (init.headers as Headers).set('Authorization', `Bearer ${token}`);
+  }
+
+  async #withRetries<T>(method: string, path: string, call: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    let refreshedToken = false;
+    for (let attempt = 1; ; attempt++) {
+      this.requestCount++;
+      this.#onRequest?.({ method, url: path });
+      try {
+        return await call(AbortSignal.timeout(this.#timeoutMs));
+      } catch (caught) {
+        const error = toOutcomeError(caught, method, path);
+        if (error.status === 401 && this.#accessToken && !refreshedToken) {
+          // A token can be revoked or expire early: one fresh token, then the 401 stands.
+          refreshedToken = true;
+          this.#accessToken.invalidate();
+          attempt--;
+          continue;
+        }
+        if (!error.isRetryable || attempt >= this.#maxAttempts) throw error;
+        const backoff = Math.min(30_000, 250 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
+        const waitMs =
+          error.retryAfterSeconds !== undefined ? Math.min(60_000, error.retryAfterSeconds * 1000) : backoff;
+        await this.#sleep(waitMs);
+      }
+    }
+  }
+
+  async read<T extends FhirResource>(resourceType: T['resourceType'], id: string): Promise<T> {
+    if (!/^[A-Za-z0-9\-.]{1,64}$/.test(id))
+      throw outcomeError('invalid', `not a FHIR id: ${JSON.stringify(id)}`);
+    return (await this.#withRetries('GET', `${resourceType}/${id}`, (signal) =>
+      this.#kit.read({ resourceType, id, options: { signal } }),
+    )) as unknown as T;
+  }
+
+  /** One page of search results as the server returns it. */
+  async searchPage(resourceType: string, params: Record<string, string | number>): Promise<Bundle> {
+    const searchParams = Object.fromEntries(
+      Object.entries(params).map(([key, value]) => [key, String(value)]),
+    );
+    return (await this.#withRetries('GET', resourceType, (signal) =>
+      this.#kit.search({ resourceType, searchParams, options: { signal } }),
+    )) as unknown as Bundle;
+  }
+
+  /** Follows `next` links (same origin only) up to the page cap and returns the matching resources. */
+  async search<T extends FhirResource>(
+    resourceType: T['resourceType'],
+    params: Record<string, string | number> = {},
+  ): Promise<T[]> {
+    const results: T[] = [];
+    let page: Bundle | undefined = await this.searchPage(resourceType, params);
+    for (let pageNumber = 1; page; pageNumber++) {
+      for (const entry of page.entry ?? []) {
+        if (entry.search?.mode === 'include' || entry.search?.mode === 'outcome') continue;
+        if (entry.resource?.resourceType === resourceType) results.push(entry.resource as T);
+      }
+      const next = page.link?.find((link) => link.relation === 'next')?.url;
+      if (!next) break;
+      if (pageNumber >= this.#maxPages) {
+        throw outcomeError('too-costly', `${resourceType} search exceeded ${this.#maxPages} pages`, 502);
+      }
+      const nextUrl = this.resolveUrl(next);
+      page = (await this.#withRetries('GET', `${resourceType} (page ${pageNumber + 1})`, (signal) =>
+        this.#kit.request(nextUrl, { options: { signal } }),
+      )) as unknown as Bundle;
+    }
+    return results;
+  }
+
+  /** Create, or with `ifNoneExist` a conditional create: a repeated call finds the first resource instead of adding one. */
+  async create<T extends FhirResource>(
+    resource: T,
+    options: { ifNoneExist?: string } = {},
+  ): Promise<CreateResult<T>> {
+    const headers: Record<string, string> = { 'Content-Type': 'application/fhir+json' };
+    if (options.ifNoneExist) headers['If-None-Exist'] = options.ifNoneExist;
+    const response = (await this.#withRetries('POST', resource.resourceType, (signal) =>
+      this.#kit.create({
+        resourceType: resource.resourceType,
+        body: resource as never,
+        options: { headers, signal },
+      }),
+    )) as unknown as KitResponse;
+    const status = response[RESPONSE_KEY]?.status ?? 201;
+    if (!response.resourceType && options.ifNoneExist) {
+      // Some servers answer 200 with an empty body when the resource exists: read it back.
+      const [existing] = await this.search<T>(
+        resource.resourceType,
+        Object.fromEntries(new URLSearchParams(options.ifNoneExist)),
+      );
+      if (!existing) throw outcomeError('exception', 'conditional create returned no resource', 502);
+      return { resource: existing, created: false };
+    }
+    return { resource: response as unknown as T, created: status === 201 };
+  }
+
+  /** Update with optimistic locking when the version read is known (If-Match), so a concurrent edit is not lost. */
+  async update<T extends FhirResource>(resource: T, options: { ifMatchVersion?: string } = {}): Promise<T> {
+    if (!resource.id) throw outcomeError('invalid', 'update needs an id');
+    const headers: Record<string, string> = { 'Content-Type': 'application/fhir+json' };
+    if (options.ifMatchVersion) headers['If-Match'] = `W/"${options.ifMatchVersion}"`;
+    return (await this.#withRetries('PUT', `${resource.resourceType}/${resource.id}`, (signal) =>
+      this.#kit.update({
+        resourceType: resource.resourceType,
+        id: resource.id as string,
+        body: resource as never,
+        options: { headers, signal },
+      }),
+    )) as unknown as T;
+  }
+
+  /** Any GET relative to the base or on the base's own origin (Binary content, operations). */
+  async get<T = unknown>(pathOrUrl: string): Promise<T> {
+    const url = this.resolveUrl(pathOrUrl);
+    return (await this.#withRetries('GET', new URL(url).pathname, (signal) =>
+      this.#kit.request(url, { options: { signal } }),
+    )) as unknown as T;
+  }
+}

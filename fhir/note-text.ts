@@ -1,0 +1,71 @@
+import type { Attachment, Binary, DocumentReference } from 'fhir/r4.js';
+import type { FhirClient } from './fhir-client.ts';
+import { outcomeError } from './operation-outcome.ts';
+
+/** Decodes a note's text from `attachment.data` (base64) or `attachment.url` (a Binary), honouring the charset. */
+export function charsetOf(contentType: string | undefined): string {
+  const match = /charset\s*=\s*"?([A-Za-z0-9._-]+)"?/i.exec(contentType ?? '');
+  return match ? match[1].toLowerCase() : 'utf-8';
+}
+
+export function decodeBase64Text(data: string, contentType: string | undefined): string {
+  const bytes = Buffer.from(data, 'base64');
+  try {
+    return new TextDecoder(charsetOf(contentType)).decode(bytes);
+  } catch {
+    // An unknown charset label: UTF-8 is what nearly every server means.
+    return new TextDecoder('utf-8').decode(bytes);
+  }
+}
+
+function isTextual(contentType: string | undefined): boolean {
+  return !contentType || /^text\//i.test(contentType) || /xhtml|json|xml/i.test(contentType);
+}
+
+/** The best textual attachment of a note (plain text first), or undefined when it has none. */
+export function textAttachment(document: DocumentReference): Attachment | undefined {
+  const attachments = (document.content ?? [])
+    .map((content) => content.attachment)
+    .filter(isTextualAttachment);
+  return (
+    attachments.find((attachment) => /^text\/plain/i.test(attachment.contentType ?? '')) ?? attachments[0]
+  );
+}
+
+function isTextualAttachment(attachment: Attachment | undefined): attachment is Attachment {
+  return Boolean(attachment && (attachment.data || attachment.url) && isTextual(attachment.contentType));
+}
+
+function stripMarkup(text: string, contentType: string | undefined): string {
+  if (!/html|xml/i.test(contentType ?? '')) return text;
+  return text
+    .replace(/<(script|style)[^>]*>[\s\S]*?<\/\1>/gi, '')
+    .replace(/<br\s*\/?>|<\/(p|div|li|h\d)>/gi, '\n')
+    .replace(/<[^>]+>/g, '')
+    .replace(/&nbsp;/g, ' ')
+    .replace(/&lt;/g, '<')
+    .replace(/&gt;/g, '>')
+    .replace(/&amp;/g, '&');
+}
+
+export async function readNoteText(
+  client: FhirClient,
+  document: DocumentReference,
+): Promise<string | undefined> {
+  const attachment = textAttachment(document);
+  if (!attachment) return undefined;
+  if (attachment.data)
+    return stripMarkup(decodeBase64Text(attachment.data, attachment.contentType), attachment.contentType);
+  const url = attachment.url as string;
+  // resolveUrl refuses another origin: the token must never travel to a host it is not for.
+  const binary = await client.get<Binary>(url);
+  if (binary?.resourceType !== 'Binary' || typeof binary.data !== 'string') {
+    throw outcomeError(
+      'invalid',
+      `attachment of DocumentReference/${document.id} did not resolve to a Binary with data`,
+      502,
+    );
+  }
+  const contentType = binary.contentType ?? attachment.contentType;
+  return stripMarkup(decodeBase64Text(binary.data, contentType), contentType);
+}

@@ -1,0 +1,165 @@
+import { z } from 'zod';
+import { outcomeError } from './operation-outcome.ts';
+
+/**
+ * Parses FHIR Subscriptions Backport IG (R4) notification bundles. Strict about the structure that
+ * matters (a history Bundle whose first entry is the status Parameters), lenient where real servers
+ * are known to differ: valueDate timestamps, relative focus, a valueString subscription, counts as
+ * numeric strings, a missing entry.request.
+ */
+const parameterSchema = z.looseObject({
+  name: z.string(),
+  valueString: z.string().optional(),
+  valueCode: z.string().optional(),
+  valueCanonical: z.string().optional(),
+  valueUri: z.string().optional(),
+  valueInstant: z.string().optional(),
+  valueDateTime: z.string().optional(),
+  valueDate: z.string().optional(),
+  valueInteger: z.number().optional(),
+  valueUnsignedInt: z.number().optional(),
+  valueDecimal: z.number().optional(),
+  valueReference: z.looseObject({ reference: z.string().optional() }).optional(),
+  get part() {
+    return z.array(parameterSchema).optional();
+  },
+});
+type Parameter = z.infer<typeof parameterSchema>;
+
+export const notificationBundleSchema = z.looseObject({
+  resourceType: z.literal('Bundle', { error: 'expected a Bundle' }),
+  type: z.literal('history', { error: 'expected Bundle.type "history"' }),
+  entry: z
+    .array(
+      z.looseObject({
+        fullUrl: z.string().optional(),
+        resource: z.looseObject({ resourceType: z.string() }).optional(),
+      }),
+    )
+    .min(1, 'a notification bundle has at least the status Parameters entry'),
+});
+
+export const notificationTypes = [
+  'handshake',
+  'heartbeat',
+  'event-notification',
+  'query-status',
+  'query-event',
+] as const;
+export type NotificationType = (typeof notificationTypes)[number];
+
+export interface NotificationEvent {
+  /** Event number on the subscription, when the server sends one. */
+  eventNumber: number | undefined;
+  timestamp: string | undefined;
+  /** `Encounter/<id>` when the focus names an Encounter; undefined for an empty payload. */
+  focus: string | undefined;
+  /** The full resource, when the payload is full-resource. */
+  resource: Record<string, unknown> | undefined;
+}
+
+export interface ParsedNotification {
+  subscription: string;
+  topic: string | undefined;
+  status: string | undefined;
+  type: NotificationType;
+  eventsSinceSubscriptionStart: number | undefined;
+  events: NotificationEvent[];
+}
+
+function numberFrom(parameter: Parameter | undefined): number | undefined {
+  const raw =
+    parameter?.valueString ??
+    parameter?.valueInteger ??
+    parameter?.valueUnsignedInt ??
+    parameter?.valueDecimal;
+  if (raw === undefined) return undefined;
+  const value = typeof raw === 'number' ? raw : Number(raw.trim());
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw outcomeError('invalid', `${parameter?.name} must be a non-negative whole number`, 422);
+  }
+  return value;
+}
+
+const find = (parameters: Parameter[] | undefined, name: string) =>
+  parameters?.find((parameter) => parameter.name === name);
+
+/** `Type/id` from an absolute or relative reference, dropping any `_history` suffix. */
+export function relativeReference(reference: string | undefined): string | undefined {
+  if (!reference) return undefined;
+  const match =
+    /(?:^|\/)([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?\/?$/.exec(
+      reference.trim(),
+    );
+  return match ? `${match[1]}/${match[2]}` : undefined;
+}
+
+export function parseNotification(body: unknown): ParsedNotification {
+  const bundle = notificationBundleSchema.safeParse(body);
+  if (!bundle.success) {
+    const issue = bundle.error.issues[0];
+    throw outcomeError(
+      'invalid',
+      `not a subscription notification: ${issue.path.join('.') || 'Bundle'}: ${issue.message}`,
+      400,
+    );
+  }
+  const statusResource = bundle.data.entry[0].resource;
+  if (statusResource?.resourceType !== 'Parameters') {
+    throw outcomeError(
+      'invalid',
+      'the first entry of a notification bundle must be a Parameters (subscription status)',
+      400,
+    );
+  }
+  const parsedParameters = z.array(parameterSchema).safeParse(statusResource.parameter);
+  if (!parsedParameters.success)
+    throw outcomeError('invalid', 'subscription status Parameters.parameter is malformed', 400);
+  const parameters = parsedParameters.data;
+
+  const subscriptionParameter = find(parameters, 'subscription');
+  const subscription =
+    subscriptionParameter?.valueReference?.reference ??
+    subscriptionParameter?.valueString ??
+    subscriptionParameter?.valueUri;
+  if (!subscription) throw outcomeError('required', 'subscription status has no subscription parameter', 422);
+  const type = find(parameters, 'type')?.valueCode;
+  if (!notificationTypes.includes(type as NotificationType)) {
+    throw outcomeError('invalid', `unknown notification type ${JSON.stringify(type)}`, 422);
+  }
+
+  // Resources after the status entry, by their fullUrl, for full-resource payloads.
+  const resourcesByReference = new Map<string, Record<string, unknown>>();
+  for (const entry of bundle.data.entry.slice(1)) {
+    const reference =
+      relativeReference(entry.fullUrl) ??
+      (entry.resource?.id ? `${entry.resource.resourceType}/${entry.resource.id}` : undefined);
+    if (reference && entry.resource) resourcesByReference.set(reference, entry.resource);
+  }
+
+  const events = parameters
+    .filter((parameter) => parameter.name === 'notification-event')
+    .map((parameter): NotificationEvent => {
+      const parts = parameter.part;
+      const timestampPart = find(parts, 'timestamp');
+      const focusReference = find(parts, 'focus')?.valueReference?.reference;
+      const focus = relativeReference(focusReference);
+      if (focusReference && !focus)
+        throw outcomeError('invalid', 'notification-event focus is not a resource reference', 422);
+      return {
+        eventNumber: numberFrom(find(parts, 'event-number')),
+        timestamp: timestampPart?.valueInstant ?? timestampPart?.valueDateTime ?? timestampPart?.valueDate,
+        focus,
+        resource: focus ? resourcesByReference.get(focus) : undefined,
+      };
+    });
+
+  return {
+    subscription,
+    topic: find(parameters, 'topic')?.valueCanonical ?? find(parameters, 'topic')?.valueUri,
+    status: find(parameters, 'status')?.valueCode,
+    type: type as NotificationType,
+    eventsSinceSubscriptionStart: numberFrom(find(parameters, 'events-since-subscription-start')),
+    events,
+  };
+}

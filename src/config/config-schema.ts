@@ -1,0 +1,89 @@
+import { z } from 'zod';
+
+/**
+ * The service's whole configuration, validated once at start. Sections owned by other parts
+ * (auth, model, rules) hang under their own keys. Every key can come from the YAML file or from an
+ * environment variable (see load-config.ts for the naming).
+ */
+const encounterStatus = z.enum([
+  'planned',
+  'arrived',
+  'triaged',
+  'in-progress',
+  'onleave',
+  'finished',
+  'cancelled',
+  'entered-in-error',
+  'unknown',
+]);
+
+export const draftKindSchema = z.enum(['progress-summary', 'previsit-briefing']);
+
+export const configSchema = z
+  .object({
+    port: z.coerce.number().int().min(0).max(65535).default(3000),
+    host: z.string().min(1).default('127.0.0.1'),
+    /** How the FHIR server and browsers reach this service (subscription endpoint, review links). */
+    publicUrl: z.url().optional(),
+    dataDir: z.string().min(1).default('./data'),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    fhir: z
+      .object({
+        /** The EHR's FHIR R4 base. Absent: the embedded sandbox EHR serves at /sandbox/fhir. */
+        baseUrl: z.url().optional(),
+        timeoutMs: z.coerce.number().int().positive().default(15_000),
+        maxAttempts: z.coerce.number().int().min(1).max(10).default(4),
+        /** Cap on pages followed for one search, so a runaway result set cannot stall a job. */
+        maxPages: z.coerce.number().int().positive().default(50),
+      })
+      .default({ timeoutMs: 15_000, maxAttempts: 4, maxPages: 50 }),
+    notify: z
+      .object({
+        /** Bearer secret the FHIR server must send; set into the Subscription's channel.header. */
+        secret: z.string().min(16, 'at least 16 characters').optional(),
+        maxBodyBytes: z.coerce.number().int().positive().default(1_048_576),
+      })
+      .default({ maxBodyBytes: 1_048_576 }),
+    queue: z
+      .object({
+        adapter: z.enum(['sqlite', 'postgres']).default('sqlite'),
+        postgresUrl: z.string().optional(),
+        concurrency: z.coerce.number().int().min(1).max(64).default(2),
+        maxAttempts: z.coerce.number().int().min(1).max(50).default(6),
+        backoffBaseMs: z.coerce.number().int().positive().default(1_000),
+        backoffMaxMs: z.coerce.number().int().positive().default(300_000),
+        /** A job held longer than this by a worker that stopped answering is handed out again. */
+        leaseMs: z.coerce.number().int().positive().default(300_000),
+        pollIntervalMs: z.coerce.number().int().positive().default(250),
+      })
+      .default({
+        adapter: 'sqlite',
+        concurrency: 2,
+        maxAttempts: 6,
+        backoffBaseMs: 1_000,
+        backoffMaxMs: 300_000,
+        leaseMs: 300_000,
+        pollIntervalMs: 250,
+      }),
+    drafts: z
+      .object({
+        /** write: drafts go to the EHR as preliminary; hold: kept here until sign-off; shadow: never written. */
+        mode: z.enum(['write', 'hold', 'shadow']).default('write'),
+        identifierSystem: z.string().min(1).default('urn:ehr-draft-agent:draft'),
+      })
+      .default({ mode: 'write', identifierSystem: 'urn:ehr-draft-agent:draft' }),
+    /** Which encounter status produces which draft (informatics teams own this). */
+    triggers: z
+      .partialRecord(encounterStatus, draftKindSchema)
+      .default({ finished: 'progress-summary', planned: 'previsit-briefing', arrived: 'previsit-briefing' }),
+    sandbox: z
+      .object({
+        patients: z.coerce.number().int().min(1).max(2000).default(12),
+        seed: z.coerce.number().int().default(20261127),
+      })
+      .default({ patients: 12, seed: 20261127 }),
+  })
+  .strict();
+
+export type ServiceConfig = z.infer<typeof configSchema>;
+export type DraftKindName = z.infer<typeof draftKindSchema>;

@@ -1,0 +1,123 @@
+import { hostname } from 'node:os';
+import { normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
+import type { Logger } from '../log.ts';
+import type { EncounterJob, JobQueue } from '../queue/job-queue.ts';
+
+/**
+ * Runs jobs from the queue with a fixed concurrency. On stop it takes no new jobs, lets the
+ * in-flight ones finish within a grace period, and hands back any still running so another
+ * worker (or the next start) picks them up. Errors decide between retry and dead-letter.
+ */
+export interface WorkerPoolOptions {
+  queue: JobQueue;
+  concurrency: number;
+  pollIntervalMs: number;
+  logger: Logger;
+  process(job: EncounterJob, signal: AbortSignal): Promise<string>;
+  /** Observers for metrics. */
+  onSettled?: (job: EncounterJob, outcome: 'done' | 'retry' | 'failed', durationMs: number) => void;
+}
+
+export class WorkerPool {
+  readonly #options: WorkerPoolOptions;
+  readonly #workerId = `${hostname()}:${process.pid}`;
+  readonly #inFlight = new Map<string, { job: EncounterJob; done: Promise<void> }>();
+  readonly #abort = new AbortController();
+  #loops: Promise<void>[] = [];
+  #stopping = false;
+  #wake: (() => void) | undefined;
+
+  constructor(options: WorkerPoolOptions) {
+    this.#options = options;
+  }
+
+  start(): void {
+    this.#loops = Array.from({ length: this.#options.concurrency }, () => this.#loop());
+  }
+
+  /** Wakes idle workers at once (new jobs were queued) instead of waiting for the next poll. */
+  nudge(): void {
+    this.#wake?.();
+  }
+
+  get inFlight(): number {
+    return this.#inFlight.size;
+  }
+
+  async #idle(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, this.#options.pollIntervalMs);
+      this.#wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  async #loop(): Promise<void> {
+    while (!this.#stopping) {
+      let job: EncounterJob | undefined;
+      try {
+        job = await this.#options.queue.claim(this.#workerId);
+      } catch (error) {
+        this.#options.logger.error({ err: normalizeOperationOutcome(error).message }, 'queue-claim-failed');
+      }
+      if (!job) {
+        await this.#idle();
+        continue;
+      }
+      const done = this.#run(job);
+      this.#inFlight.set(job.id, { job, done });
+      await done;
+      this.#inFlight.delete(job.id);
+    }
+  }
+
+  async #run(job: EncounterJob): Promise<void> {
+    const { queue, logger } = this.#options;
+    const startedAt = performance.now();
+    try {
+      const outcome = await this.#options.process(job, this.#abort.signal);
+      await queue.complete(job.id, outcome);
+      logger.info(
+        { jobId: job.id, encounterId: job.encounterId, outcome, attempt: job.attempts },
+        'job-done',
+      );
+      this.#options.onSettled?.(job, 'done', performance.now() - startedAt);
+    } catch (caught) {
+      if (this.#stopping && this.#abort.signal.aborted) return; // released on stop
+      const error = normalizeOperationOutcome(caught);
+      const status = await queue.fail(job.id, error.message, {
+        retryable: error.isRetryable,
+        retryAfterMs: error.retryAfterSeconds !== undefined ? error.retryAfterSeconds * 1000 : undefined,
+      });
+      const level = status === 'failed' ? 'error' : 'warn';
+      logger[level](
+        {
+          jobId: job.id,
+          encounterId: job.encounterId,
+          attempt: job.attempts,
+          status: error.status,
+          error: error.message,
+          next: status,
+        },
+        status === 'failed' ? 'job-dead-lettered' : 'job-will-retry',
+      );
+      this.#options.onSettled?.(job, status === 'failed' ? 'failed' : 'retry', performance.now() - startedAt);
+    }
+  }
+
+  /** Stops taking jobs; waits up to graceMs for running ones, then releases what is left. */
+  async stop(graceMs = 10_000): Promise<void> {
+    this.#stopping = true;
+    this.#wake?.();
+    const running = [...this.#inFlight.values()];
+    const finished = Promise.all(running.map((entry) => entry.done)).then(() => true);
+    const timedOut = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), graceMs).unref());
+    if (!(await Promise.race([finished, timedOut]))) {
+      this.#abort.abort();
+      for (const { job } of this.#inFlight.values()) await this.#options.queue.release(job.id);
+    }
+    await Promise.allSettled(this.#loops);
+  }
+}

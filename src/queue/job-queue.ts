@@ -1,0 +1,80 @@
+/**
+ * The durable queue between event intake and the workers. Two adapters share this port:
+ * node:sqlite (embedded, one process) and PostgreSQL through pg-boss (several replicas).
+ * Delivery is at least once; the FHIR write's conditional create makes the effect once.
+ */
+export type DraftKindHint = 'progress-summary' | 'previsit-briefing';
+
+export interface EncounterJobInput {
+  encounterId: string;
+  /** Where the event came from (backport-rest-hook, hapi-rest-hook, medplum, poll, cds-hooks, demo...). */
+  source: string;
+  /** The encounter version the event named, when known; the worker re-reads the Encounter anyway. */
+  versionId?: string;
+  /** Forces a kind (CDS Hooks encounter-start); otherwise the worker derives it from the encounter status. */
+  kind?: DraftKindHint;
+}
+
+export type JobStatus = 'pending' | 'running' | 'done' | 'failed';
+
+export interface EncounterJob extends EncounterJobInput {
+  id: string;
+  status: JobStatus;
+  attempts: number;
+  createdAt: string;
+  runAt: string;
+  lastError?: string;
+  outcome?: string;
+}
+
+export interface FailureDecision {
+  /** Whether another attempt may succeed. Non-retryable failures go straight to the dead-letter list. */
+  retryable: boolean;
+  /** Honours a server's Retry-After when larger than the computed backoff. */
+  retryAfterMs?: number;
+}
+
+export interface QueueCounts {
+  pending: number;
+  running: number;
+  done: number;
+  failed: number;
+}
+
+export interface JobQueue {
+  /**
+   * Records the jobs. An encounter that already has a job waiting (not yet started) is not queued
+   * twice: the waiting job will re-read the encounter and see the latest state anyway.
+   */
+  enqueue(jobs: EncounterJobInput[]): Promise<{ added: number }>;
+  /** Takes the next due job and leases it to this worker; a job whose lease ran out is handed out again. */
+  claim(workerId: string): Promise<EncounterJob | undefined>;
+  complete(jobId: string, outcome: string): Promise<void>;
+  /** Schedules another attempt with backoff, or moves the job to the dead-letter list. Returns the new status. */
+  fail(jobId: string, error: string, decision: FailureDecision): Promise<JobStatus>;
+  /** Gives a leased job back untouched (graceful shutdown). */
+  release(jobId: string): Promise<void>;
+  /** Moves a dead-lettered job back to pending. */
+  retry(jobId: string): Promise<boolean>;
+  list(status: JobStatus, limit?: number): Promise<EncounterJob[]>;
+  counts(): Promise<QueueCounts>;
+  close(): Promise<void>;
+}
+
+export interface BackoffPolicy {
+  maxAttempts: number;
+  backoffBaseMs: number;
+  backoffMaxMs: number;
+  leaseMs: number;
+}
+
+/** Exponential backoff with full jitter, never shorter than what the server asked for. */
+export function nextDelayMs(
+  policy: BackoffPolicy,
+  attempts: number,
+  retryAfterMs = 0,
+  random = Math.random,
+): number {
+  const ceiling = Math.min(policy.backoffMaxMs, policy.backoffBaseMs * 2 ** Math.max(0, attempts - 1));
+  return Math.max(retryAfterMs, Math.round(ceiling / 2 + (random() * ceiling) / 2));
+}

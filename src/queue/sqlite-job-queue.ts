@@ -1,0 +1,218 @@
+import { randomUUID } from 'node:crypto';
+import { DatabaseSync } from 'node:sqlite';
+import {
+  type BackoffPolicy,
+  type EncounterJob,
+  type EncounterJobInput,
+  type FailureDecision,
+  type JobQueue,
+  type JobStatus,
+  nextDelayMs,
+  type QueueCounts,
+} from './job-queue.ts';
+
+/** The embedded queue: one SQLite file in the data directory, WAL mode, so a restart or a crash loses nothing. */
+interface JobRow {
+  id: string;
+  encounter_id: string;
+  source: string;
+  version_id: string | null;
+  kind: string | null;
+  status: JobStatus;
+  attempts: number;
+  created_at: number;
+  run_at: number;
+  last_error: string | null;
+  outcome: string | null;
+}
+
+const schema = `
+create table if not exists jobs (
+  id text primary key,
+  encounter_id text not null,
+  source text not null,
+  version_id text,
+  kind text,
+  status text not null check (status in ('pending', 'running', 'done', 'failed')),
+  attempts integer not null default 0,
+  created_at integer not null,
+  run_at integer not null,
+  lease_until integer,
+  worker_id text,
+  last_error text,
+  outcome text,
+  finished_at integer
+);
+-- At most one waiting job per encounter and kind: duplicates collapse at intake.
+create unique index if not exists jobs_one_pending on jobs (encounter_id, coalesce(kind, '')) where status = 'pending';
+create index if not exists jobs_due on jobs (status, run_at);
+`;
+
+function toJob(row: JobRow): EncounterJob {
+  return {
+    id: row.id,
+    encounterId: row.encounter_id,
+    source: row.source,
+    ...(row.version_id ? { versionId: row.version_id } : {}),
+    ...(row.kind ? { kind: row.kind as EncounterJob['kind'] } : {}),
+    status: row.status,
+    attempts: row.attempts,
+    createdAt: new Date(row.created_at).toISOString(),
+    runAt: new Date(row.run_at).toISOString(),
+    ...(row.last_error ? { lastError: row.last_error } : {}),
+    ...(row.outcome ? { outcome: row.outcome } : {}),
+  };
+}
+
+export class SqliteJobQueue implements JobQueue {
+  readonly #database: DatabaseSync;
+  readonly #policy: BackoffPolicy;
+  readonly #now: () => number;
+
+  constructor(file: string, policy: BackoffPolicy, now: () => number = Date.now) {
+    this.#database = new DatabaseSync(file);
+    // WAL lets readers (API listings) run beside the writer; busy_timeout lets two processes share the file.
+    this.#database.exec(
+      'pragma journal_mode = wal; pragma synchronous = normal; pragma busy_timeout = 5000;',
+    );
+    this.#database.exec(schema);
+    this.#policy = policy;
+    this.#now = now;
+  }
+
+  async enqueue(jobs: EncounterJobInput[]): Promise<{ added: number }> {
+    const insert = this.#database.prepare(
+      `insert into jobs (id, encounter_id, source, version_id, kind, status, created_at, run_at)
+       values (?, ?, ?, ?, ?, 'pending', ?, ?) on conflict do nothing`,
+    );
+    let added = 0;
+    this.#database.exec('begin immediate');
+    try {
+      for (const job of jobs) {
+        const now = this.#now();
+        const result = insert.run(
+          randomUUID(),
+          job.encounterId,
+          job.source,
+          job.versionId ?? null,
+          job.kind ?? null,
+          now,
+          now,
+        );
+        added += Number(result.changes);
+      }
+      this.#database.exec('commit');
+    } catch (error) {
+      this.#database.exec('rollback');
+      throw error;
+    }
+    return { added };
+  }
+
+  async claim(workerId: string): Promise<EncounterJob | undefined> {
+    const now = this.#now();
+    const row = this.#database
+      .prepare(
+        `update jobs set status = 'running', attempts = attempts + 1, lease_until = ?, worker_id = ?
+         where id = (
+           select id from jobs
+           where (status = 'pending' and run_at <= ?) or (status = 'running' and lease_until < ?)
+           order by run_at limit 1
+         )
+         returning *`,
+      )
+      .get(now + this.#policy.leaseMs, workerId, now, now) as JobRow | undefined;
+    return row ? toJob(row) : undefined;
+  }
+
+  async complete(jobId: string, outcome: string): Promise<void> {
+    this.#database
+      .prepare(
+        `update jobs set status = 'done', outcome = ?, lease_until = null, finished_at = ?, last_error = null where id = ?`,
+      )
+      .run(outcome, this.#now(), jobId);
+  }
+
+  async fail(jobId: string, error: string, decision: FailureDecision): Promise<JobStatus> {
+    const row = this.#database.prepare('select attempts from jobs where id = ?').get(jobId) as
+      | { attempts: number }
+      | undefined;
+    if (!row) return 'failed';
+    const exhausted = !decision.retryable || row.attempts >= this.#policy.maxAttempts;
+    if (exhausted) {
+      this.#database
+        .prepare(
+          `update jobs set status = 'failed', last_error = ?, lease_until = null, finished_at = ? where id = ?`,
+        )
+        .run(error.slice(0, 2000), this.#now(), jobId);
+      return 'failed';
+    }
+    const delay = nextDelayMs(this.#policy, row.attempts, decision.retryAfterMs);
+    try {
+      this.#database
+        .prepare(
+          `update jobs set status = 'pending', last_error = ?, lease_until = null, run_at = ? where id = ?`,
+        )
+        .run(error.slice(0, 2000), this.#now() + delay, jobId);
+    } catch {
+      // A newer job for the same encounter is already waiting: it will do the work, this one can end.
+      this.#database
+        .prepare(
+          `update jobs set status = 'done', outcome = 'superseded', lease_until = null, finished_at = ? where id = ?`,
+        )
+        .run(this.#now(), jobId);
+      return 'done';
+    }
+    return 'pending';
+  }
+
+  async release(jobId: string): Promise<void> {
+    try {
+      this.#database
+        .prepare(
+          `update jobs set status = 'pending', attempts = max(0, attempts - 1), lease_until = null where id = ? and status = 'running'`,
+        )
+        .run(jobId);
+    } catch {
+      this.#database
+        .prepare(`update jobs set status = 'done', outcome = 'superseded' where id = ?`)
+        .run(jobId);
+    }
+  }
+
+  async retry(jobId: string): Promise<boolean> {
+    try {
+      const result = this.#database
+        .prepare(
+          `update jobs set status = 'pending', attempts = 0, run_at = ?, finished_at = null where id = ? and status = 'failed'`,
+        )
+        .run(this.#now(), jobId);
+      return Number(result.changes) > 0;
+    } catch {
+      return false;
+    }
+  }
+
+  async list(status: JobStatus, limit = 100): Promise<EncounterJob[]> {
+    const rows = this.#database
+      .prepare('select * from jobs where status = ? order by created_at desc limit ?')
+      .all(status, limit) as unknown as JobRow[];
+    return rows.map(toJob);
+  }
+
+  async counts(): Promise<QueueCounts> {
+    const counts: QueueCounts = { pending: 0, running: 0, done: 0, failed: 0 };
+    const rows = this.#database
+      .prepare('select status, count(*) as total from jobs group by status')
+      .all() as {
+      status: JobStatus;
+      total: number;
+    }[];
+    for (const row of rows) counts[row.status] = Number(row.total);
+    return counts;
+  }
+
+  async close(): Promise<void> {
+    if (this.#database.isOpen) this.#database.close();
+  }
+}
