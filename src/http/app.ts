@@ -1,0 +1,85 @@
+import express, { type Express, type Router } from 'express';
+import { outcomeError } from '../../fhir/operation-outcome.ts';
+import type { Logger } from '../log.ts';
+import type { JobQueue, JobStatus } from '../queue/job-queue.ts';
+import { notFoundHandler, operationOutcomeErrorHandler } from './errors.ts';
+import { notifyRouter } from './notify-routes.ts';
+
+/**
+ * The HTTP surface: event intake, health, job listing, and whatever routers the composition root
+ * mounts (sandbox EHR, SMART launch, review app, CDS Hooks). The only module family that knows express.
+ */
+export interface AppOptions {
+  queue: JobQueue;
+  logger: Logger;
+  notifySecret: string | undefined;
+  maxBodyBytes: number;
+  /** Readiness: false until start-up finished and while shutting down. */
+  isReady: () => boolean;
+  onQueued?: (added: number) => void;
+  /** Secret for the job API (listing and retrying dead letters); the notify secret when unset. */
+  adminSecret?: string;
+  routers?: { path: string; router: Router }[];
+}
+
+const jobStatuses: JobStatus[] = ['pending', 'running', 'done', 'failed'];
+
+export function createApp(options: AppOptions): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', 'loopback');
+
+  app.get('/healthz', (_request, response) => {
+    response.json({ status: 'ok' });
+  });
+  app.get('/readyz', async (_request, response) => {
+    const ready = options.isReady();
+    const counts = ready ? await options.queue.counts() : undefined;
+    response
+      .status(ready ? 200 : 503)
+      .json({ status: ready ? 'ready' : 'starting-or-stopping', queue: counts });
+  });
+
+  app.use(
+    notifyRouter({
+      queue: options.queue,
+      logger: options.logger,
+      secret: options.notifySecret,
+      maxBodyBytes: options.maxBodyBytes,
+      onQueued: options.onQueued,
+    }),
+  );
+
+  // Job listing and dead-letter retry, for operators. Protected by the admin (or notify) secret when one is set.
+  const jobs = express.Router();
+  jobs.use((request, _response, next) => {
+    const secret = options.adminSecret ?? options.notifySecret;
+    if (secret && request.get('authorization') !== `Bearer ${secret}`)
+      throw outcomeError('security', 'bearer secret required', 401);
+    next();
+  });
+  jobs.get('/', async (request, response) => {
+    const status = String(request.query.status ?? 'failed') as JobStatus;
+    if (!jobStatuses.includes(status))
+      throw outcomeError('invalid', `status must be one of ${jobStatuses.join(', ')}`, 400);
+    const limit = Math.min(500, Math.max(1, Number(request.query.limit ?? 100) || 100));
+    response.json({
+      status,
+      jobs: await options.queue.list(status, limit),
+      counts: await options.queue.counts(),
+    });
+  });
+  jobs.post('/:id/retry', async (request, response) => {
+    if (!(await options.queue.retry(request.params.id)))
+      throw outcomeError('not-found', 'no failed job with that id', 404);
+    options.onQueued?.(1);
+    response.json({ retried: request.params.id });
+  });
+  app.use('/api/jobs', jobs);
+
+  for (const { path, router } of options.routers ?? []) app.use(path, router);
+
+  app.use(notFoundHandler);
+  app.use(operationOutcomeErrorHandler(options.logger));
+  return app;
+}
