@@ -1,0 +1,343 @@
+import { createHash } from 'node:crypto';
+import type { Encounter } from 'fhir/r4.js';
+import type { NudgeInput } from '../../agents/draft-engine.ts';
+import type { PatientRecord } from '../../fhir/patient-record.ts';
+import { cqlResultValues } from './cql-runtime.ts';
+import { type FhirPathEnvironment, fhirPathEnvironment } from './fhirpath-compiler.ts';
+import type { NudgeStore } from './nudge-store.ts';
+import type { RuleTrigger, Severity, UrgencyLevel } from './rule-schema.ts';
+import type { CompiledRule, RuleSet } from './rule-set.ts';
+import { fillTemplate } from './template.ts';
+
+/**
+ * Runs a rule set over one patient's record: which rules fire, on which data, and which of the
+ * fired nudges are shown (after suppression windows and the per-encounter cap). Rules decide;
+ * nothing here words anything beyond filling the rule's own templates.
+ */
+export interface Nudge extends NudgeInput {
+  /** Stable for (rule version, patient, occasion): the CDS card uuid, the key outcomes are recorded under. */
+  id: string;
+  patientId: string;
+  occasionId: string;
+  /** Card summary, under 140 characters. */
+  summary: string;
+  firedAt: string;
+}
+
+export interface CriterionResult {
+  id: string;
+  description: string;
+  holds: boolean;
+  /** `Type/id` of resources the criterion's expression returned. */
+  evidence: string[];
+  /** The expression's result, shortened for display. */
+  result: unknown[];
+}
+
+export type RuleStatus =
+  | 'fired'
+  | 'not-fired'
+  | 'not-triggered'
+  | 'disabled'
+  | 'suppressed'
+  | 'capped'
+  | 'error';
+
+export interface RuleResult {
+  ruleId: string;
+  ruleVersion: string;
+  status: RuleStatus;
+  criteria: CriterionResult[];
+  /** When suppressed: the earlier delivery that suppresses it. */
+  suppressedBy?: { nudgeId: string; deliveredAt: string };
+  error?: string;
+  nudge?: Nudge;
+}
+
+export interface VisitUrgency {
+  level: UrgencyLevel;
+  reasons: { ruleId: string; level: UrgencyLevel; reason: string }[];
+}
+
+export interface RuleEvaluation {
+  /** What to show: fired, not suppressed, within the cap, most severe first. */
+  nudges: Nudge[];
+  results: RuleResult[];
+  /** Highest urgency any fired rule sets for the upcoming visit (shown even when its nudge is suppressed). */
+  urgency: VisitUrgency | undefined;
+  ruleSetFingerprint: string;
+}
+
+export interface EvaluateOptions {
+  trigger: RuleTrigger;
+  now?: Date;
+  /** With a store: suppression windows apply and shown nudges are recorded as delivered. */
+  store?: NudgeStore;
+  /** The encounter (default: the record's encounter id) or the occasion a patient-view stands for. */
+  occasionId?: string;
+  perEncounterCap?: number;
+  /** Only these rules (for `rules test` and `rules explain`). */
+  ruleIds?: string[];
+  /** Ignore the trigger filter (for `rules explain` and backtests). */
+  anyTrigger?: boolean;
+}
+
+const severityRank: Record<Severity, number> = { critical: 0, warning: 1, info: 2 };
+const urgencyRank: Record<UrgencyLevel, number> = { routine: 0, soon: 1, urgent: 2 };
+
+export async function evaluateRules(
+  ruleSet: RuleSet,
+  record: PatientRecord,
+  options: EvaluateOptions,
+): Promise<RuleEvaluation> {
+  const now = options.now ?? new Date();
+  const patientId = record.patient.id ?? 'unknown';
+  const occasionId = options.occasionId ?? record.encounter.id ?? `day:${now.toISOString().slice(0, 10)}`;
+  const environment = fhirPathEnvironment(record, now);
+  const cqlResults = new Map<string, Promise<Record<string, unknown>>>();
+  const results: RuleResult[] = [];
+  const candidates: { rule: CompiledRule; result: RuleResult; nudge: Nudge }[] = [];
+  const urgencyReasons: VisitUrgency['reasons'] = [];
+
+  for (const rule of ruleSet.rules) {
+    const document = rule.document;
+    if (options.ruleIds && !options.ruleIds.includes(document.id)) continue;
+    const base = { ruleId: document.id, ruleVersion: document.version, criteria: [] as CriterionResult[] };
+    if (!document.enabled) {
+      results.push({ ...base, status: 'disabled' });
+      continue;
+    }
+    if (!options.anyTrigger && !document.trigger.includes(options.trigger)) {
+      results.push({ ...base, status: 'not-triggered' });
+      continue;
+    }
+    try {
+      const criteria = await evaluateCriteria(rule, ruleSet, record, environment, now, cqlResults);
+      const fires =
+        document.condition.match === 'all'
+          ? criteria.every((criterion) => criterion.holds)
+          : criteria.some((criterion) => criterion.holds);
+      const result: RuleResult = { ...base, criteria, status: fires ? 'fired' : 'not-fired' };
+      results.push(result);
+      if (!fires) continue;
+      const nudge = buildNudge(rule, record, environment, criteria, { patientId, occasionId, now });
+      if (nudge.urgency) urgencyReasons.push({ ruleId: document.id, ...nudge.urgency });
+      candidates.push({ rule, result, nudge });
+    } catch (error) {
+      results.push({
+        ...base,
+        status: 'error',
+        error: (error instanceof Error ? error.message : String(error)).split('\n')[0],
+      });
+    }
+  }
+
+  const shown: Nudge[] = [];
+  const cap = options.perEncounterCap ?? ruleSet.perEncounterCap;
+  const ordered = candidates
+    .map((candidate, order) => ({ ...candidate, order }))
+    .sort(
+      (left, right) =>
+        severityRank[left.nudge.severity] - severityRank[right.nudge.severity] || left.order - right.order,
+    );
+  for (const { rule, result, nudge } of ordered) {
+    if (options.store && rule.suppressionDays > 0) {
+      const earlier = await options.store.lastDelivery(rule.document.id, patientId, occasionId);
+      const windowStart = now.getTime() - rule.suppressionDays * 86_400_000;
+      if (
+        earlier &&
+        earlier.deliveredAt.getTime() > windowStart &&
+        earlier.deliveredAt.getTime() <= now.getTime()
+      ) {
+        result.status = 'suppressed';
+        result.suppressedBy = { nudgeId: earlier.nudgeId, deliveredAt: earlier.deliveredAt.toISOString() };
+        continue;
+      }
+    }
+    if (shown.length >= cap) {
+      result.status = 'capped';
+      continue;
+    }
+    result.nudge = nudge;
+    shown.push(nudge);
+  }
+  if (options.store) {
+    for (const nudge of shown) {
+      await options.store.recordDelivery({
+        nudgeId: nudge.id,
+        ruleId: nudge.ruleId,
+        ruleVersion: nudge.ruleVersion,
+        patientId,
+        occasionId,
+        deliveredAt: now,
+      });
+    }
+  }
+  return {
+    nudges: shown,
+    results,
+    urgency: visitUrgency(urgencyReasons),
+    ruleSetFingerprint: ruleSet.fingerprint,
+  };
+}
+
+/** The trigger an encounter event stands for (`encounter-<status>`), or undefined for statuses no rule runs on. */
+export function triggerForEncounter(encounter: Pick<Encounter, 'status'>): RuleTrigger | undefined {
+  const trigger = `encounter-${encounter.status}`;
+  const known: string[] = [
+    'encounter-planned',
+    'encounter-arrived',
+    'encounter-triaged',
+    'encounter-in-progress',
+    'encounter-finished',
+  ];
+  return known.includes(trigger) ? (trigger as RuleTrigger) : undefined;
+}
+
+/** What the draft engines take: the contract in agents/draft-engine.ts, without the engine's own fields. */
+export function toNudgeInput(nudge: Nudge): NudgeInput {
+  return {
+    ruleId: nudge.ruleId,
+    ruleVersion: nudge.ruleVersion,
+    title: nudge.title,
+    severity: nudge.severity,
+    guideline: nudge.guideline,
+    suggestedAction: nudge.suggestedAction,
+    evidence: nudge.evidence,
+    ...(nudge.urgency ? { urgency: nudge.urgency } : {}),
+  };
+}
+
+export function nudgeId(ruleId: string, ruleVersion: string, patientId: string, occasionId: string): string {
+  const hex = createHash('sha256')
+    .update(`${ruleId}|${ruleVersion}|${patientId}|${occasionId}`)
+    .digest('hex');
+  // Shaped as a UUID because CDS Hooks card uuids are where clients expect one.
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-5${hex.slice(13, 16)}-a${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+async function evaluateCriteria(
+  rule: CompiledRule,
+  ruleSet: RuleSet,
+  record: PatientRecord,
+  environment: FhirPathEnvironment,
+  now: Date,
+  cqlResults: Map<string, Promise<Record<string, unknown>>>,
+): Promise<CriterionResult[]> {
+  const results: CriterionResult[] = [];
+  for (const criterion of rule.criteria) {
+    let values: unknown[];
+    if (criterion.kind === 'fhirpath') {
+      values = criterion.fhirpath.evaluate(environment);
+    } else {
+      if (!ruleSet.cql) throw new Error('rule set has no CQL runtime');
+      let libraryResults = cqlResults.get(criterion.library);
+      if (!libraryResults) {
+        libraryResults = ruleSet.cql.evaluate(criterion.library, record, now);
+        cqlResults.set(criterion.library, libraryResults);
+      }
+      values = cqlResultValues((await libraryResults)[criterion.expression]);
+    }
+    results.push({
+      id: criterion.id,
+      description: criterion.description,
+      holds: truth(values),
+      evidence: evidenceOf(values),
+      result: values.slice(0, 10).map(shorten),
+    });
+  }
+  return results;
+}
+
+/** A single boolean is itself; otherwise a criterion holds when its expression returned anything. */
+function truth(values: unknown[]): boolean {
+  if (values.length === 1 && typeof values[0] === 'boolean') return values[0];
+  return values.length > 0;
+}
+
+function evidenceOf(values: unknown[]): string[] {
+  const references = new Set<string>();
+  for (const value of values) {
+    if (value && typeof value === 'object' && 'resourceType' in value && 'id' in value) {
+      const resource = value as { resourceType: string; id: unknown };
+      if (typeof resource.id === 'string') references.add(`${resource.resourceType}/${resource.id}`);
+    }
+  }
+  return [...references];
+}
+
+function shorten(value: unknown): unknown {
+  if (value && typeof value === 'object' && 'resourceType' in value) {
+    const resource = value as { resourceType: string; id?: string };
+    return `${resource.resourceType}/${resource.id ?? '?'}`;
+  }
+  return value;
+}
+
+function buildNudge(
+  rule: CompiledRule,
+  record: PatientRecord,
+  environment: FhirPathEnvironment,
+  criteria: CriterionResult[],
+  occasion: { patientId: string; occasionId: string; now: Date },
+): Nudge {
+  const document = rule.document;
+  const values: Record<string, string | undefined> = {
+    age: ageInYears(record.patient.birthDate, occasion.now)?.toString(),
+    gender: record.patient.gender,
+  };
+  for (const [name, compiled] of rule.values) values[name] = displayValue(compiled.evaluate(environment)[0]);
+  const evidence = [
+    ...new Set(criteria.filter((criterion) => criterion.holds).flatMap((criterion) => criterion.evidence)),
+  ];
+  const summary = fillTemplate(document.summary ?? document.title, values);
+  return {
+    id: nudgeId(document.id, document.version, occasion.patientId, occasion.occasionId),
+    patientId: occasion.patientId,
+    occasionId: occasion.occasionId,
+    ruleId: document.id,
+    ruleVersion: document.version,
+    title: document.title,
+    summary: summary.length < 140 ? summary : `${summary.slice(0, 136)}...`,
+    severity: document.severity,
+    guideline: document.guideline,
+    suggestedAction: fillTemplate(document.suggestedAction, values),
+    // A nudge always cites something retrieved: the patient, when its criteria were all absences.
+    evidence: evidence.length > 0 ? evidence : [`Patient/${occasion.patientId}`],
+    ...(document.urgency
+      ? { urgency: { level: document.urgency.level, reason: fillTemplate(document.urgency.reason, values) } }
+      : {}),
+    firedAt: occasion.now.toISOString(),
+  };
+}
+
+function visitUrgency(reasons: VisitUrgency['reasons']): VisitUrgency | undefined {
+  if (reasons.length === 0) return undefined;
+  const sorted = [...reasons].sort((left, right) => urgencyRank[right.level] - urgencyRank[left.level]);
+  return { level: sorted[0].level, reasons: sorted };
+}
+
+export function ageInYears(birthDate: string | undefined, now: Date): number | undefined {
+  if (!birthDate) return undefined;
+  const [year, month = 1, day = 1] = birthDate.split('-').map(Number);
+  let age = now.getUTCFullYear() - year;
+  const beforeBirthday =
+    now.getUTCMonth() + 1 < month || (now.getUTCMonth() + 1 === month && now.getUTCDate() < day);
+  if (beforeBirthday) age -= 1;
+  return age;
+}
+
+function displayValue(value: unknown): string | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'object') return String(value);
+  const object = value as Record<string, unknown>;
+  if ('value' in object && typeof object.value === 'number') {
+    return `${object.value}${object.unit ? ` ${object.unit}` : ''}`;
+  }
+  if (typeof object.text === 'string') return object.text;
+  const coding = (object.coding as { display?: string; code?: string }[] | undefined)?.[0];
+  if (coding) return coding.display ?? coding.code;
+  if (typeof object.display === 'string') return object.display;
+  if ('resourceType' in object) return `${object.resourceType}/${object.id}`;
+  return JSON.stringify(value).slice(0, 80);
+}

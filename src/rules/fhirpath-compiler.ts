@@ -1,0 +1,193 @@
+import { createRequire } from 'node:module';
+import type { PatientRecord } from '../../fhir/patient-record.ts';
+import type { ValueSetIndex } from './value-sets.ts';
+
+/**
+ * FHIRPath with HL7's `fhirpath` package and its R4 model, compiled once per expression at load.
+ * Loaded through require on purpose: the package's ESM bundle and its `src/types.js` are separate
+ * copies of the same classes, and the clock functions below must build dates of the engine's own
+ * classes. `today()` and `now()` read the evaluation instant from the environment, so a backtest or
+ * a fixture with a fixed date gets the same answer on any day.
+ */
+const require = createRequire(import.meta.url);
+const fhirpath = require('fhirpath') as typeof import('fhirpath');
+const r4Model = require('fhirpath/fhir-context/r4') as import('fhirpath').Model;
+const fhirpathTypes = require('fhirpath/src/types.js') as {
+  FP_Date: { new (context: unknown, value: string): unknown; isoDate(date: Date): string };
+  FP_DateTime: { new (context: unknown, value: string): unknown; isoDateTime(date: Date): string };
+};
+
+/** Variables every expression can use; the root (`%context`) is the Patient. */
+export const environmentVariables = [
+  'patient',
+  'encounter',
+  'conditions',
+  'medications',
+  'allergies',
+  'observations',
+  'encounters',
+  'procedures',
+  'immunizations',
+  'documents',
+] as const;
+
+const evaluationInstantVariable = 'evaluationInstant';
+
+export interface FhirPathEnvironment {
+  root: unknown;
+  variables: Record<string, unknown>;
+}
+
+export function fhirPathEnvironment(record: PatientRecord, now: Date): FhirPathEnvironment {
+  return {
+    root: record.patient,
+    variables: {
+      patient: record.patient,
+      encounter: record.encounter,
+      conditions: record.conditions,
+      medications: record.medications,
+      allergies: record.allergies,
+      observations: record.observations,
+      encounters: record.encounters,
+      procedures: record.procedures,
+      immunizations: record.immunizations,
+      documents: record.noteResources,
+      [evaluationInstantVariable]: now,
+    },
+  };
+}
+
+export interface CompiledFhirPath {
+  expression: string;
+  valueSetUrls: string[];
+  evaluate(environment: FhirPathEnvironment): unknown[];
+}
+
+export class FhirPathCompileError extends Error {
+  /** 1-based line and column inside the expression, when the parser said where. */
+  readonly line: number | undefined;
+  readonly column: number | undefined;
+  constructor(message: string, line?: number, column?: number) {
+    super(message);
+    this.name = 'FhirPathCompileError';
+    this.line = line;
+    this.column = column;
+  }
+}
+
+type CodingLike = { system?: string; code?: string; coding?: CodingLike[] };
+
+function userFunctions(valueSets: ValueSetIndex) {
+  return {
+    today: {
+      fn(this: { vars: Record<string, unknown> }) {
+        return new fhirpathTypes.FP_Date(this, fhirpathTypes.FP_Date.isoDate(clock(this.vars)));
+      },
+      arity: { 0: [] },
+      internalStructures: true,
+    },
+    now: {
+      fn(this: { vars: Record<string, unknown> }) {
+        return new fhirpathTypes.FP_DateTime(this, fhirpathTypes.FP_DateTime.isoDateTime(clock(this.vars)));
+      },
+      arity: { 0: [] },
+      internalStructures: true,
+    },
+    /** True when any input Coding or CodeableConcept is in the local value set. */
+    inValueSet: {
+      fn(inputs: CodingLike[], url: string) {
+        return inputs.some((input) =>
+          codings(input).some((coding) => valueSets.contains(url, coding.system, coding.code)),
+        );
+      },
+      arity: { 1: ['String'] },
+    },
+  } as import('fhirpath').UserInvocationTable;
+}
+
+function clock(variables: Record<string, unknown>): Date {
+  const instant = variables[evaluationInstantVariable];
+  return instant instanceof Date ? instant : new Date();
+}
+
+function codings(input: CodingLike): CodingLike[] {
+  if (!input || typeof input !== 'object') return [];
+  return Array.isArray(input.coding) ? input.coding : [input];
+}
+
+const valueSetReference = /inValueSet\(\s*'((?:[^'\\]|\\.)*)'\s*\)/g;
+
+/**
+ * Parses and compiles one expression, checks the value sets it names exist, and runs it once on an
+ * empty record so a misspelt function or variable fails at load, not on the first patient.
+ */
+export function compileFhirPath(expression: string, valueSets: ValueSetIndex): CompiledFhirPath {
+  const valueSetUrls = [...expression.matchAll(valueSetReference)].map((match) => match[1]);
+  if (/inValueSet\(\s*[^'\s)]/.test(expression)) {
+    throw new FhirPathCompileError(
+      "inValueSet() takes a value set URL as a quoted literal, e.g. inValueSet('http://...')",
+    );
+  }
+  for (const url of valueSetUrls) {
+    if (!valueSets.has(url)) throw new FhirPathCompileError(`unknown value set ${url}`);
+  }
+  const unknownVariable = [...expression.matchAll(/%([A-Za-z][A-Za-z0-9_]*)/g)]
+    .map((match) => match[1])
+    .find(
+      (name) => !(environmentVariables as readonly string[]).includes(name) && !builtInVariables.has(name),
+    );
+  if (unknownVariable) {
+    throw new FhirPathCompileError(
+      `unknown variable %${unknownVariable} (known: ${environmentVariables.map((name) => `%${name}`).join(', ')})`,
+    );
+  }
+  let compiled: (resource: unknown, variables: Record<string, unknown>) => unknown[];
+  try {
+    compiled = fhirpath.compile(expression, r4Model, {
+      userInvocationTable: userFunctions(valueSets),
+    }) as never;
+  } catch (error) {
+    throw parseError(error);
+  }
+  const evaluate = (environment: FhirPathEnvironment): unknown[] =>
+    compiled(environment.root, environment.variables);
+  try {
+    evaluate(emptyEnvironment());
+  } catch (error) {
+    throw new FhirPathCompileError(`does not evaluate: ${firstLine(error)}`);
+  }
+  return { expression, valueSetUrls, evaluate };
+}
+
+const builtInVariables = new Set(['ucum', 'context', 'resource', 'rootResource', 'sct', 'loinc', 'factory']);
+
+function emptyEnvironment(): FhirPathEnvironment {
+  const patient = { resourceType: 'Patient', id: 'validation' };
+  const variables: Record<string, unknown> = { [evaluationInstantVariable]: new Date() };
+  for (const name of environmentVariables) variables[name] = [];
+  variables.patient = patient;
+  variables.encounter = {
+    resourceType: 'Encounter',
+    id: 'validation',
+    status: 'planned',
+    class: { code: 'AMB' },
+  };
+  return { root: patient, variables };
+}
+
+function parseError(error: unknown): FhirPathCompileError {
+  const message = firstLine(error);
+  const position = /line: (\d+); column: (\d+); message: (.*)/.exec(message);
+  if (position) {
+    return new FhirPathCompileError(
+      `FHIRPath syntax error: ${position[3].slice(0, 200)}`,
+      Number(position[1]),
+      Number(position[2]) + 1,
+    );
+  }
+  return new FhirPathCompileError(`FHIRPath error: ${message.slice(0, 200)}`);
+}
+
+function firstLine(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).split('\n')[0];
+}

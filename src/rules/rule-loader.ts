@@ -1,0 +1,466 @@
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { LineCounter, parseDocument } from 'yaml';
+import type { ZodError } from 'zod';
+import { type CqlCompiler, createCqlCompiler, type ElmLibrary } from './cql-compiler.ts';
+import { CqlRuntime } from './cql-runtime.ts';
+import { type CompiledFhirPath, compileFhirPath, FhirPathCompileError } from './fhirpath-compiler.ts';
+import { type RuleDocument, ruleDocumentSchema } from './rule-schema.ts';
+import type { CompiledCriterion, CompiledRule, RuleLoadError, RuleSetLoadResult } from './rule-set.ts';
+import { builtInTemplateValues, templateNames } from './template.ts';
+import { emptyValueSetIndex, ValueSetIndex, valueSetFileSchema } from './value-sets.ts';
+import { contentLine, positionOf } from './yaml-location.ts';
+
+/**
+ * Reads a rules folder into a RuleSet, or into the full list of what is wrong with it (file, line,
+ * reason). Every rule file is checked even after the first error, so one `rules validate` run shows
+ * a team everything to fix.
+ */
+export interface RuleSetSource {
+  directory: string;
+  valueSetFile?: string;
+  cqlModelDirectory?: string;
+  defaultSuppressionDays: number;
+  perEncounterCap: number;
+}
+
+/** Rule files live at the top of the folder; CQL libraries in `cql/`; fixtures anywhere below. */
+export const cqlSubdirectory = 'cql';
+
+export async function loadRuleSet(source: RuleSetSource): Promise<RuleSetLoadResult> {
+  const errors: RuleLoadError[] = [];
+  const fingerprint = createHash('sha256');
+  if (!existsSync(source.directory)) {
+    return {
+      ok: false,
+      errors: [{ file: display(source.directory), line: undefined, message: 'rules folder not found' }],
+    };
+  }
+
+  const valueSets = await loadValueSets(source.valueSetFile, errors, fingerprint);
+  const elmLibraries = await loadCqlLibraries(source, valueSets, errors, fingerprint);
+
+  let cql: CqlRuntime | undefined;
+  if (elmLibraries.size > 0 && errors.length === 0) {
+    try {
+      cql = new CqlRuntime(elmLibraries, valueSets);
+    } catch (error) {
+      errors.push({
+        file: display(path.join(source.directory, cqlSubdirectory)),
+        line: undefined,
+        message: `CQL libraries do not load: ${messageOf(error)}`,
+      });
+    }
+  }
+
+  const ruleFiles = (await readdir(source.directory)).filter((name) => /\.ya?ml$/.test(name)).sort();
+  const rules: CompiledRule[] = [];
+  const firstFileById = new Map<string, string>();
+  for (const name of ruleFiles) {
+    const file = path.join(source.directory, name);
+    const text = await readFile(file, 'utf8');
+    fingerprint.update(name).update('\0').update(text).update('\0');
+    const rule = compileRuleFile(file, name, text, { valueSets, elmLibraries, source }, errors);
+    if (!rule) continue;
+    const earlier = firstFileById.get(rule.document.id);
+    if (earlier) {
+      errors.push({
+        file: display(file),
+        line: 1,
+        message: `rule id ${rule.document.id} is already used by ${earlier}`,
+      });
+      continue;
+    }
+    firstFileById.set(rule.document.id, name);
+    rules.push(rule);
+  }
+  if (ruleFiles.length === 0) {
+    errors.push({
+      file: display(source.directory),
+      line: undefined,
+      message: 'no rule files (*.yaml) in the rules folder',
+    });
+  }
+
+  if (errors.length > 0) return { ok: false, errors };
+  return {
+    ok: true,
+    ruleSet: {
+      directory: source.directory,
+      rules,
+      valueSets,
+      cql,
+      fingerprint: fingerprint.digest('hex').slice(0, 16),
+      loadedAt: new Date(),
+      perEncounterCap: source.perEncounterCap,
+    },
+  };
+}
+
+async function loadValueSets(
+  file: string | undefined,
+  errors: RuleLoadError[],
+  fingerprint: ReturnType<typeof createHash>,
+): Promise<ValueSetIndex> {
+  if (!file || !existsSync(file)) return emptyValueSetIndex;
+  const text = await readFile(file, 'utf8');
+  fingerprint.update(text);
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    errors.push({
+      file: display(file),
+      line: jsonErrorLine(text, error),
+      message: `not valid JSON: ${messageOf(error)}`,
+    });
+    return emptyValueSetIndex;
+  }
+  const parsed = valueSetFileSchema.safeParse(json);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      errors.push({
+        file: display(file),
+        line: undefined,
+        message: `${issue.path.join('.') || '(root)'}: ${issue.message}`,
+      });
+    }
+    return emptyValueSetIndex;
+  }
+  return new ValueSetIndex(parsed.data);
+}
+
+async function loadCqlLibraries(
+  source: RuleSetSource,
+  valueSets: ValueSetIndex,
+  errors: RuleLoadError[],
+  fingerprint: ReturnType<typeof createHash>,
+): Promise<Map<string, ElmLibrary>> {
+  const libraries = new Map<string, ElmLibrary>();
+  const directory = path.join(source.directory, cqlSubdirectory);
+  if (!existsSync(directory)) return libraries;
+  const names = (await readdir(directory)).sort();
+  let compiler: CqlCompiler | undefined;
+  for (const name of names) {
+    const file = path.join(directory, name);
+    if (name.endsWith('.json')) {
+      const text = await readFile(file, 'utf8');
+      fingerprint.update(name).update(text);
+      const elm = elmFromJson(text, file, errors);
+      if (elm) {
+        libraries.set(elm.library.identifier.id, elm);
+        checkElmValueSets(elm, file, undefined, valueSets, errors);
+      }
+    } else if (name.endsWith('.cql')) {
+      const text = await readFile(file, 'utf8');
+      fingerprint.update(name).update(text);
+      if (!source.cqlModelDirectory) {
+        errors.push({
+          file: display(file),
+          line: 1,
+          message:
+            'CQL source needs rules.cqlModelDirectory (model info and FHIRHelpers) to compile; or ship ELM JSON',
+        });
+        continue;
+      }
+      try {
+        compiler ??= createCqlCompiler(source.cqlModelDirectory, [directory]);
+      } catch (error) {
+        errors.push({ file: display(file), line: undefined, message: messageOf(error) });
+        continue;
+      }
+      const result = compiler.compile(text);
+      const compileErrors = result.errors.filter((message) => message.severity === 'error');
+      for (const message of compileErrors) {
+        errors.push({
+          file: display(file),
+          line: message.line,
+          column: message.column,
+          message: `CQL: ${message.message}`,
+        });
+      }
+      if (compileErrors.length > 0) continue;
+      for (const [libraryName, elm] of result.libraries) {
+        if (!libraries.has(libraryName)) libraries.set(libraryName, elm);
+      }
+      const own = result.name ? result.libraries.get(result.name) : undefined;
+      if (own) checkElmValueSets(own, file, text, valueSets, errors);
+    }
+  }
+  for (const [name, elm] of libraries) {
+    for (const include of elm.library.includes?.def ?? []) {
+      if (!libraries.has(include.path)) {
+        errors.push({
+          file: display(directory),
+          line: undefined,
+          message: `CQL library ${name} includes ${include.path}, which is not in the folder (as ELM JSON or CQL source)`,
+        });
+      }
+    }
+  }
+  return libraries;
+}
+
+function elmFromJson(text: string, file: string, errors: RuleLoadError[]): ElmLibrary | undefined {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    errors.push({
+      file: display(file),
+      line: jsonErrorLine(text, error),
+      message: `not valid JSON: ${messageOf(error)}`,
+    });
+    return undefined;
+  }
+  // CDS Connect and eCQM artifacts also ship ELM inside a FHIR Library resource.
+  const resource = json as { resourceType?: string; content?: { contentType?: string; data?: string }[] };
+  if (resource.resourceType === 'Library') {
+    const attachment = resource.content?.find((content) => content.contentType === 'application/elm+json');
+    if (!attachment?.data) {
+      errors.push({
+        file: display(file),
+        line: undefined,
+        message: 'FHIR Library has no application/elm+json content',
+      });
+      return undefined;
+    }
+    return elmFromJson(Buffer.from(attachment.data, 'base64').toString('utf8'), file, errors);
+  }
+  const elm = json as ElmLibrary;
+  if (!elm?.library?.identifier?.id) {
+    errors.push({
+      file: display(file),
+      line: undefined,
+      message: 'not an ELM JSON library (no library.identifier.id)',
+    });
+    return undefined;
+  }
+  const translatorErrors = (elm.library.annotation ?? []).filter(
+    (annotation) =>
+      (annotation as { type?: string; errorSeverity?: string }).type === 'CqlToElmError' &&
+      (annotation as { errorSeverity?: string }).errorSeverity === 'error',
+  );
+  if (translatorErrors.length > 0) {
+    errors.push({
+      file: display(file),
+      line: undefined,
+      message: `ELM was translated with ${translatorErrors.length} error(s)`,
+    });
+    return undefined;
+  }
+  return elm;
+}
+
+function checkElmValueSets(
+  elm: ElmLibrary,
+  file: string,
+  sourceText: string | undefined,
+  valueSets: ValueSetIndex,
+  errors: RuleLoadError[],
+): void {
+  for (const valueSet of elm.library.valueSets?.def ?? []) {
+    if (valueSets.has(valueSet.id)) continue;
+    const line = sourceText ? lineContaining(sourceText, valueSet.id) : undefined;
+    errors.push({
+      file: display(file),
+      line,
+      message: `unknown value set ${valueSet.id} (not in the value-set file)`,
+    });
+  }
+}
+
+interface CompileContext {
+  valueSets: ValueSetIndex;
+  elmLibraries: Map<string, ElmLibrary>;
+  source: RuleSetSource;
+}
+
+function compileRuleFile(
+  file: string,
+  name: string,
+  text: string,
+  context: CompileContext,
+  errors: RuleLoadError[],
+): CompiledRule | undefined {
+  const shownFile = display(file);
+  const lineCounter = new LineCounter();
+  const document = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  if (document.errors.length > 0) {
+    for (const error of document.errors) {
+      errors.push({
+        file: shownFile,
+        line: error.linePos?.[0]?.line,
+        column: error.linePos?.[0]?.col,
+        message: `YAML: ${error.message.split('\n')[0]}`,
+      });
+    }
+    return undefined;
+  }
+  const parsed = ruleDocumentSchema.safeParse(document.toJS());
+  if (!parsed.success) {
+    errors.push(...schemaErrors(parsed.error, shownFile, document, lineCounter));
+    return undefined;
+  }
+  const rule = parsed.data;
+  const before = errors.length;
+  const at = (
+    location: readonly PropertyKey[],
+    message: string,
+    inner?: { line?: number; column?: number },
+  ) => {
+    const content = contentLine(document, lineCounter, location);
+    const position = positionOf(document, lineCounter, location);
+    const line = content && inner?.line ? content.line + inner.line - 1 : (content?.line ?? position?.line);
+    errors.push({
+      file: shownFile,
+      line,
+      column: inner?.line === 1 && !content?.block ? undefined : inner?.column,
+      message,
+    });
+  };
+
+  const criteria: CompiledCriterion[] = [];
+  rule.condition.criteria.forEach((criterion, index) => {
+    if ('fhirpath' in criterion) {
+      const location = ['condition', 'criteria', index, 'fhirpath'];
+      const compiled = compileOrReport(criterion.fhirpath, context, (message, inner) =>
+        at(location, `criterion ${criterion.id}: ${message}`, inner),
+      );
+      if (compiled)
+        criteria.push({
+          id: criterion.id,
+          description: criterion.description,
+          kind: 'fhirpath',
+          fhirpath: compiled,
+        });
+    } else {
+      const library = context.elmLibraries.get(criterion.cql.library);
+      if (!library) {
+        at(
+          ['condition', 'criteria', index, 'cql', 'library'],
+          `criterion ${criterion.id}: CQL library ${criterion.cql.library} is not in ${cqlSubdirectory}/`,
+        );
+        return;
+      }
+      const defines = (library.library.statements?.def ?? []).map((statement) => statement.name);
+      if (!defines.includes(criterion.cql.expression)) {
+        at(
+          ['condition', 'criteria', index, 'cql', 'expression'],
+          `criterion ${criterion.id}: CQL library ${criterion.cql.library} has no define "${criterion.cql.expression}"`,
+        );
+        return;
+      }
+      criteria.push({
+        id: criterion.id,
+        description: criterion.description,
+        kind: 'cql',
+        library: criterion.cql.library,
+        expression: criterion.cql.expression,
+      });
+    }
+  });
+  const duplicateCriterion = rule.condition.criteria
+    .map((criterion) => criterion.id)
+    .find((id, index, ids) => ids.indexOf(id) !== index);
+  if (duplicateCriterion) at(['condition', 'criteria'], `criterion id ${duplicateCriterion} is used twice`);
+
+  const values = new Map<string, CompiledFhirPath>();
+  for (const [valueName, expression] of Object.entries(rule.values)) {
+    const compiled = compileOrReport(expression, context, (message, inner) =>
+      at(['values', valueName], `value ${valueName}: ${message}`, inner),
+    );
+    if (compiled) values.set(valueName, compiled);
+  }
+  const known = new Set<string>([...builtInTemplateValues, ...Object.keys(rule.values)]);
+  const templates: [PropertyKey[], string | undefined][] = [
+    [['suggestedAction'], rule.suggestedAction],
+    [['summary'], rule.summary],
+    [['urgency', 'reason'], rule.urgency?.reason],
+  ];
+  for (const [location, template] of templates) {
+    for (const placeholder of templateNames(template ?? '')) {
+      if (!known.has(placeholder))
+        at(
+          location,
+          `template uses {{${placeholder}}}, which is not a declared value (values: ${[...known].join(', ')})`,
+        );
+    }
+  }
+  rule.tests.forEach((test, index) => {
+    if (!existsSync(path.resolve(path.dirname(file), test.fixture)))
+      at(['tests', index, 'fixture'], `fixture ${test.fixture} not found`);
+  });
+  if (errors.length > before) return undefined;
+  return {
+    document: rule,
+    file: name,
+    criteria,
+    values,
+    suppressionDays: rule.suppression?.days ?? context.source.defaultSuppressionDays,
+  };
+}
+
+function compileOrReport(
+  expression: string,
+  context: CompileContext,
+  report: (message: string, inner?: { line?: number; column?: number }) => void,
+): CompiledFhirPath | undefined {
+  try {
+    return compileFhirPath(expression, context.valueSets);
+  } catch (error) {
+    if (error instanceof FhirPathCompileError)
+      report(error.message, { line: error.line, column: error.column });
+    else report(messageOf(error));
+    return undefined;
+  }
+}
+
+function schemaErrors(
+  error: ZodError,
+  file: string,
+  document: ReturnType<typeof parseDocument>,
+  lineCounter: LineCounter,
+): RuleLoadError[] {
+  return error.issues.flatMap((issue) => {
+    const where = issue.path.length > 0 ? issue.path.join('.') : '(rule)';
+    if (issue.code === 'unrecognized_keys') {
+      return issue.keys.map((key) => {
+        const position = positionOf(document, lineCounter, issue.path, key);
+        return {
+          file,
+          line: position?.line,
+          column: position?.column,
+          message: `unknown field ${key} in ${where}`,
+        };
+      });
+    }
+    const position = positionOf(document, lineCounter, issue.path);
+    return [{ file, line: position?.line, column: position?.column, message: `${where}: ${issue.message}` }];
+  });
+}
+
+function jsonErrorLine(text: string, error: unknown): number | undefined {
+  const position = /position (\d+)/.exec(messageOf(error));
+  if (!position)
+    return /line (\d+)/.exec(messageOf(error)) ? Number(/line (\d+)/.exec(messageOf(error))?.[1]) : undefined;
+  return text.slice(0, Number(position[1])).split('\n').length;
+}
+
+function lineContaining(text: string, needle: string): number | undefined {
+  const index = text.indexOf(needle);
+  return index < 0 ? undefined : text.slice(0, index).split('\n').length;
+}
+
+function display(file: string): string {
+  const relative = path.relative(process.cwd(), file);
+  return relative.startsWith('..') || path.isAbsolute(relative) ? file : relative;
+}
+
+function messageOf(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).split('\n')[0];
+}
+
+export type { RuleDocument };

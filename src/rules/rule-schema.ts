@@ -1,0 +1,112 @@
+import { z } from 'zod';
+
+/**
+ * The shape of one rule file, as informatics teams write it. Strict objects: an unknown field is a
+ * typo until proven otherwise, and a typo in a clinical rule must not pass silently.
+ */
+export const ruleTriggers = [
+  'encounter-planned',
+  'encounter-arrived',
+  'encounter-triaged',
+  'encounter-in-progress',
+  'encounter-finished',
+  'patient-view',
+  'encounter-start',
+] as const;
+export type RuleTrigger = (typeof ruleTriggers)[number];
+
+export const severities = ['info', 'warning', 'critical'] as const;
+export type Severity = (typeof severities)[number];
+
+export const urgencyLevels = ['routine', 'soon', 'urgent'] as const;
+export type UrgencyLevel = (typeof urgencyLevels)[number];
+
+const identifier = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9-]{1,63}$/, 'lower-case letters, digits and dashes, 2-64 characters');
+
+const criterionBase = {
+  id: identifier,
+  /** What the criterion checks, in words; `rules explain` prints it. */
+  description: z.string().min(1),
+};
+
+export const fhirPathCriterionSchema = z.object({ ...criterionBase, fhirpath: z.string().min(1) }).strict();
+
+export const cqlCriterionSchema = z
+  .object({
+    ...criterionBase,
+    cql: z
+      .object({
+        library: z.string().min(1),
+        /** The define whose truth (true, or a non-empty result) makes the criterion hold. */
+        expression: z.string().min(1),
+      })
+      .strict(),
+  })
+  .strict();
+
+export const criterionSchema = z.union([fhirPathCriterionSchema, cqlCriterionSchema]);
+
+export const ruleTestSchema = z
+  .object({
+    /** A FHIR Bundle of one patient's resources, relative to the rule file. */
+    fixture: z.string().min(1),
+    expect: z.enum(['fires', 'does-not-fire']),
+    /** Evaluation instant, so fixtures with fixed dates stay valid as time passes. */
+    now: z.iso.datetime({ offset: true }).or(z.iso.date()),
+    trigger: z.enum(ruleTriggers).optional(),
+    /** Urgency the fired nudge must carry, when the rule sets one. */
+    expectUrgency: z.enum(urgencyLevels).optional(),
+  })
+  .strict();
+
+export const ruleDocumentSchema = z
+  .object({
+    id: identifier,
+    version: z.string().regex(/^\d+\.\d+\.\d+$/, 'semantic version like 1.0.0'),
+    title: z.string().min(1).max(200),
+    /** Off switch that keeps the rule in the file (for example while a team tunes it). */
+    enabled: z.boolean().default(true),
+    trigger: z.array(z.enum(ruleTriggers)).min(1),
+    severity: z.enum(severities),
+    guideline: z
+      .object({
+        label: z.string().min(1),
+        url: z.url(),
+        recommendation: z.string().min(1),
+        grade: z.string().min(1).optional(),
+      })
+      .strict(),
+    condition: z
+      .object({
+        match: z.enum(['all', 'any']).default('all'),
+        criteria: z.array(criterionSchema).min(1),
+      })
+      .strict(),
+    /** Named FHIRPath expressions whose first value fills `{{name}}` in the templates. */
+    values: z.record(identifier, z.string().min(1)).default({}),
+    /** Card summary (under 140 characters once filled); defaults to the title. */
+    summary: z.string().min(1).max(139).optional(),
+    suggestedAction: z.string().min(1),
+    suppression: z
+      .object({
+        /** Not more than once per this many days per patient (0: every time). */
+        days: z.number().int().min(0).max(3650),
+      })
+      .strict()
+      .optional(),
+    urgency: z
+      .object({
+        level: z.enum(urgencyLevels),
+        reason: z.string().min(1),
+      })
+      .strict()
+      .optional(),
+    tests: z.array(ruleTestSchema).default([]),
+  })
+  .strict();
+
+export type RuleDocument = z.infer<typeof ruleDocumentSchema>;
+export type Criterion = z.infer<typeof criterionSchema>;
+export type RuleTest = z.infer<typeof ruleTestSchema>;

@@ -1,0 +1,131 @@
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import {
+  type NudgeDelivery,
+  type NudgeOutcome,
+  type NudgeOutcomeKind,
+  type NudgeStore,
+  type RuleStatistics,
+  summarise,
+} from './nudge-store.ts';
+
+/**
+ * Nudge deliveries and outcomes in a SQLite file (node:sqlite, no native addon). Timestamps are
+ * stored as epoch milliseconds so window queries compare numbers.
+ */
+export class SqliteNudgeStore implements NudgeStore {
+  readonly #database: DatabaseSync;
+
+  constructor(file: string) {
+    if (file !== ':memory:') mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    this.#database = new DatabaseSync(file);
+    this.#database.exec(`
+      PRAGMA journal_mode = WAL;
+      PRAGMA busy_timeout = 5000;
+      CREATE TABLE IF NOT EXISTS nudge_delivery (
+        nudge_id TEXT PRIMARY KEY,
+        rule_id TEXT NOT NULL,
+        rule_version TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        occasion_id TEXT NOT NULL,
+        delivered_at INTEGER NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS nudge_delivery_rule_patient ON nudge_delivery (rule_id, patient_id, delivered_at);
+      CREATE TABLE IF NOT EXISTS nudge_outcome (
+        nudge_id TEXT PRIMARY KEY,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        source TEXT NOT NULL,
+        recorded_at INTEGER NOT NULL
+      );
+    `);
+  }
+
+  async recordDelivery(delivery: NudgeDelivery): Promise<void> {
+    this.#database
+      .prepare(
+        `INSERT OR IGNORE INTO nudge_delivery (nudge_id, rule_id, rule_version, patient_id, occasion_id, delivered_at)
+         VALUES (?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        delivery.nudgeId,
+        delivery.ruleId,
+        delivery.ruleVersion,
+        delivery.patientId,
+        delivery.occasionId,
+        delivery.deliveredAt.getTime(),
+      );
+  }
+
+  async lastDelivery(ruleId: string, patientId: string, excludingOccasionId?: string) {
+    const row = this.#database
+      .prepare(
+        `SELECT * FROM nudge_delivery WHERE rule_id = ? AND patient_id = ? AND occasion_id <> ?
+         ORDER BY delivered_at DESC LIMIT 1`,
+      )
+      .get(ruleId, patientId, excludingOccasionId ?? '\0');
+    return row ? deliveryFromRow(row) : undefined;
+  }
+
+  async findDelivery(nudgeId: string) {
+    const row = this.#database.prepare('SELECT * FROM nudge_delivery WHERE nudge_id = ?').get(nudgeId);
+    return row ? deliveryFromRow(row) : undefined;
+  }
+
+  async recordOutcome(outcome: NudgeOutcome): Promise<void> {
+    this.#database
+      .prepare(
+        `INSERT INTO nudge_outcome (nudge_id, outcome, reason, source, recorded_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (nudge_id) DO UPDATE SET outcome = excluded.outcome, reason = excluded.reason,
+           source = excluded.source, recorded_at = excluded.recorded_at
+         WHERE excluded.recorded_at >= nudge_outcome.recorded_at`,
+      )
+      .run(
+        outcome.nudgeId,
+        outcome.outcome,
+        outcome.reason ?? null,
+        outcome.source,
+        outcome.recordedAt.getTime(),
+      );
+  }
+
+  async statistics(): Promise<RuleStatistics[]> {
+    const rows = this.#database
+      .prepare(
+        `SELECT d.*, o.outcome, o.reason, o.source, o.recorded_at FROM nudge_delivery d
+         LEFT JOIN nudge_outcome o ON o.nudge_id = d.nudge_id`,
+      )
+      .all();
+    return summarise(
+      rows.map((row) => ({
+        delivery: deliveryFromRow(row),
+        outcome:
+          row.outcome === null || row.outcome === undefined
+            ? undefined
+            : {
+                nudgeId: String(row.nudge_id),
+                outcome: row.outcome as NudgeOutcomeKind,
+                reason: row.reason === null ? undefined : String(row.reason),
+                source: String(row.source),
+                recordedAt: new Date(Number(row.recorded_at)),
+              },
+      })),
+    );
+  }
+
+  async close(): Promise<void> {
+    if (this.#database.isOpen) this.#database.close();
+  }
+}
+
+function deliveryFromRow(row: Record<string, unknown>): NudgeDelivery {
+  return {
+    nudgeId: String(row.nudge_id),
+    ruleId: String(row.rule_id),
+    ruleVersion: String(row.rule_version),
+    patientId: String(row.patient_id),
+    occasionId: String(row.occasion_id),
+    deliveredAt: new Date(Number(row.delivered_at)),
+  };
+}
