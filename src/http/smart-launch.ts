@@ -1,0 +1,339 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import express, { type Request, type RequestHandler, type Response, type Router } from 'express';
+import { z } from 'zod';
+import { normalizeOperationOutcome, OperationOutcomeError, outcome } from '../../fhir/operation-outcome.ts';
+import type { JsonWebKeySet, SigningKey } from '../../fhir/signing-keys.ts';
+import {
+  beginLaunch,
+  completeLaunch,
+  findAllowedIssuer,
+  type PendingLaunch,
+} from '../../fhir/smart-app-launch.ts';
+import { createClientAssertion } from '../../fhir/smart-backend-auth.ts';
+import type { FetchFunction } from '../../fhir/smart-discovery.ts';
+import type { SmartLaunchConfig } from '../config/auth-config.ts';
+import type { Logger } from '../log.ts';
+import { createSessionManager, MemorySessionStore, type SessionStore } from './session.ts';
+
+/**
+ * The SMART App Launch routes (`/smart/launch`, `/smart/callback`) and the service's public JWKS
+ * (`/.well-known/jwks.json`), plus what the review API needs from them: the launch context of a request and
+ * its CSRF check. One browser session can hold several launch contexts (two EHR tabs, two patients); each has
+ * its own id, passed to the review page as `?context=<id>` and sent back by its script as `X-Launch-Context`,
+ * so a second launch never silently changes the patient under the first tab.
+ */
+export interface LaunchContext {
+  /** Names this launch within the browser session (review URL `?context=`, header `X-Launch-Context`). */
+  launchId: string;
+  fhirBaseUrl: string;
+  /** Patient id (as the server gave it, usually a bare id). */
+  patient: string;
+  encounter: string | undefined;
+  /** The signed-in user (`Practitioner/123` or an absolute URL), from the verified id_token. */
+  fhirUser: string | undefined;
+  /** The user's FHIR token: server-side only, never sent to the browser. */
+  accessToken: string;
+  /** Milliseconds since the epoch. */
+  expiresAt: number;
+  scopes: string[];
+  /** Sent back by the page as `X-CSRF-Token` on every state-changing call. */
+  csrfToken: string;
+}
+
+export interface SmartSessionData {
+  pendingLaunches: Record<string, PendingLaunch>;
+  launches: Record<string, LaunchContext>;
+}
+
+export interface SmartLaunchOptions {
+  /** `auth.launch`; absent: the launch routes answer 404 and only the JWKS is served. */
+  launch: SmartLaunchConfig | undefined;
+  /** `publicUrl`, used for the default redirect URI `<publicUrl>/smart/callback`. */
+  publicUrl?: string;
+  /** The backend signing key's public JWKS (`accessTokenProvider.jwks`). */
+  jwks?: JsonWebKeySet;
+  /** Needed when `auth.launch.clientAuthentication` is private_key_jwt (`accessTokenProvider.signingKey`). */
+  signingKey?: SigningKey;
+  sessionStore?: SessionStore<SmartSessionData>;
+  fetch?: FetchFunction;
+  logger?: Logger;
+  now?: () => number;
+}
+
+export interface SmartLaunch {
+  router: Router;
+  /** The launch context the request may act in, or undefined (no session, expired token, ambiguous context). */
+  getLaunchContext(request: Request): Promise<LaunchContext | undefined>;
+  /** Whether the request carries this context's CSRF token in `X-CSRF-Token` (compared in constant time). */
+  verifyCsrfToken(request: Request, context: LaunchContext): boolean;
+  /**
+   * Middleware for the review API: 401 without a usable launch context, 403 when a state-changing method lacks
+   * the CSRF token; otherwise `res.locals.launchContext` is set.
+   */
+  requireLaunchContext(): RequestHandler;
+}
+
+export const launchContextHeader = 'x-launch-context';
+export const csrfHeader = 'x-csrf-token';
+
+const pendingLaunchTtlSeconds = 600;
+const maxPendingLaunches = 5;
+const maxLaunchesPerSession = 10;
+
+const launchQuerySchema = z.object({
+  iss: z.url().max(2048).optional(),
+  launch: z
+    .string()
+    .min(1)
+    .max(2048)
+    .regex(/^[\x21-\x7e]+$/)
+    .optional(),
+});
+
+const callbackQuerySchema = z.object({
+  state: z.string().max(512).optional(),
+  code: z.string().min(1).max(4096).optional(),
+  error: z.string().max(256).optional(),
+  error_description: z.string().max(1024).optional(),
+});
+
+function sendOutcome(response: Response, error: OperationOutcomeError): void {
+  response
+    .status(error.status)
+    .set('cache-control', 'no-store')
+    .type('application/fhir+json')
+    .send(JSON.stringify(error.outcome));
+}
+
+const refused = (
+  code: 'security' | 'login' | 'forbidden' | 'invalid' | 'not-found',
+  diagnostics: string,
+  status: number,
+) => new OperationOutcomeError(outcome(code, diagnostics), { status });
+
+function dropExpired(data: SmartSessionData, now: number): void {
+  for (const [state, pending] of Object.entries(data.pendingLaunches)) {
+    if (pending.createdAt + pendingLaunchTtlSeconds * 1000 <= now) delete data.pendingLaunches[state];
+  }
+  for (const [launchId, context] of Object.entries(data.launches)) {
+    if (context.expiresAt <= now) delete data.launches[launchId];
+  }
+}
+
+/** Keeps the newest `limit` entries of a record ordered by a timestamp. */
+function keepNewest<T>(record: Record<string, T>, limit: number, timeOf: (value: T) => number): void {
+  const entries = Object.entries(record).sort(([, a], [, b]) => timeOf(b) - timeOf(a));
+  for (const [key] of entries.slice(limit)) delete record[key];
+}
+
+function sameSecret(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
+  const config = options.launch;
+  const now = options.now ?? Date.now;
+  const sessions = createSessionManager<SmartSessionData>({
+    store: options.sessionStore ?? new MemorySessionStore<SmartSessionData>({ now }),
+    cookie: config?.cookie ?? { secure: true, sameSite: 'none', partitioned: true },
+  });
+  const redirectUri =
+    config?.redirectUri ??
+    (options.publicUrl ? new URL('/smart/callback', options.publicUrl).href : undefined);
+  if (config && !redirectUri) {
+    throw new Error('auth.launch needs redirectUri, or publicUrl to derive <publicUrl>/smart/callback from');
+  }
+  if (config?.clientAuthentication === 'private_key_jwt' && !options.signingKey) {
+    throw new Error(
+      'auth.launch.clientAuthentication private_key_jwt needs auth.backend.mode smart-backend (its key)',
+    );
+  }
+  const standaloneScopes =
+    config?.standaloneScopes ??
+    config?.scopes.map((scope) => (scope === 'launch' ? 'launch/patient' : scope)) ??
+    [];
+
+  const router = express.Router();
+
+  router.get('/.well-known/jwks.json', (_request, response) => {
+    if (!options.jwks) {
+      sendOutcome(
+        response,
+        refused('not-found', 'this service signs no client assertions (auth.backend.mode)', 404),
+      );
+      return;
+    }
+    // Servers cache the JWKS; an hour lets a key added ahead of a rotation spread without hammering us.
+    response
+      .set('cache-control', 'public, max-age=3600')
+      .type('application/json')
+      .send(JSON.stringify(options.jwks));
+  });
+
+  router.get('/smart/launch', async (request, response) => {
+    try {
+      if (!config)
+        throw refused('not-found', 'SMART launch is not configured on this service (auth.launch)', 404);
+      const query = launchQuerySchema.safeParse(request.query);
+      if (!query.success)
+        throw refused('invalid', 'the launch request has an invalid iss or launch parameter', 400);
+      const { iss, launch } = query.data;
+      if (launch && !iss) throw refused('invalid', 'an EHR launch needs iss as well as launch', 400);
+      // A standalone launch may omit iss when the service knows only one FHIR server.
+      const requestedIssuer =
+        iss ?? (config.allowedIssuers.length === 1 ? config.allowedIssuers[0] : undefined);
+      if (!requestedIssuer) throw refused('invalid', 'which FHIR server? pass iss', 400);
+      const fhirBaseUrl = findAllowedIssuer(requestedIssuer, config.allowedIssuers);
+      if (!fhirBaseUrl) {
+        throw refused(
+          'forbidden',
+          `iss ${requestedIssuer} is not one of the FHIR servers this service is configured for`,
+          403,
+        );
+      }
+      const { authorizeUrl, pending } = await beginLaunch({
+        fhirBaseUrl,
+        launch,
+        clientId: config.clientId,
+        redirectUri: redirectUri as string,
+        scopes: launch ? config.scopes : standaloneScopes,
+        fetch: options.fetch,
+        timeoutMs: config.requestTimeoutMs,
+        now,
+      });
+      const existing = await sessions.load(request);
+      const data: SmartSessionData = existing?.data ?? { pendingLaunches: {}, launches: {} };
+      dropExpired(data, now());
+      data.pendingLaunches[pending.state] = pending;
+      keepNewest(data.pendingLaunches, maxPendingLaunches, (value) => value.createdAt);
+      const hasLaunches = Object.keys(data.launches).length > 0;
+      await sessions.save(
+        response,
+        existing?.id,
+        data,
+        hasLaunches ? config.sessionTtlSeconds : Math.min(pendingLaunchTtlSeconds, config.sessionTtlSeconds),
+      );
+      options.logger?.info({ standalone: pending.standalone }, 'smart launch redirected to authorize');
+      response.set('cache-control', 'no-store').redirect(302, authorizeUrl);
+    } catch (error) {
+      const failure = normalizeOperationOutcome(error);
+      options.logger?.warn({ status: failure.status, reason: failure.message }, 'smart launch refused');
+      sendOutcome(response, failure);
+    }
+  });
+
+  router.get('/smart/callback', async (request, response) => {
+    try {
+      if (!config)
+        throw refused('not-found', 'SMART launch is not configured on this service (auth.launch)', 404);
+      const query = callbackQuerySchema.safeParse(request.query);
+      if (!query.success) throw refused('invalid', 'the callback has invalid parameters', 400);
+      const session = await sessions.load(request);
+      if (!session) {
+        throw refused(
+          'security',
+          'no launch session arrived with the callback (session expired, or the browser blocked the session cookie)',
+          401,
+        );
+      }
+      dropExpired(session.data, now());
+      const state = query.data.state;
+      const pending = state ? session.data.pendingLaunches[state] : undefined;
+      if (!state || !pending) {
+        throw refused(
+          'security',
+          'the state parameter does not match a launch started in this browser session',
+          401,
+        );
+      }
+      // One use only: a replayed callback finds nothing.
+      delete session.data.pendingLaunches[state];
+      await sessions.save(response, session.id, session.data, config.sessionTtlSeconds);
+      if (query.data.error) {
+        const description = query.data.error_description ? `: ${query.data.error_description}` : '';
+        throw refused(
+          'security',
+          `the authorization server refused the launch (${query.data.error}${description})`,
+          401,
+        );
+      }
+      if (!query.data.code) throw refused('invalid', 'the callback carries no code', 400);
+      const signingKey = options.signingKey;
+      const result = await completeLaunch(pending, {
+        code: query.data.code,
+        clientId: config.clientId,
+        clientAssertion:
+          config.clientAuthentication === 'private_key_jwt' && signingKey
+            ? (tokenUrl) => createClientAssertion(signingKey, { clientId: config.clientId, tokenUrl, now })
+            : undefined,
+        fetch: options.fetch,
+        timeoutMs: config.requestTimeoutMs,
+        now,
+      });
+      const launchId = randomBytes(16).toString('base64url');
+      session.data.launches[launchId] = {
+        launchId,
+        ...result,
+        csrfToken: randomBytes(32).toString('base64url'),
+      };
+      keepNewest(session.data.launches, maxLaunchesPerSession, (value) => value.expiresAt);
+      // A fresh session id now that the session carries a user's token (no fixation by a planted cookie).
+      await sessions.rotate(response, session.id, session.data, config.sessionTtlSeconds);
+      options.logger?.info({ standalone: pending.standalone }, 'smart launch completed');
+      response
+        .set('cache-control', 'no-store')
+        .redirect(302, `${config.reviewPath}?context=${encodeURIComponent(launchId)}`);
+    } catch (error) {
+      const failure = normalizeOperationOutcome(error);
+      options.logger?.warn({ status: failure.status, reason: failure.message }, 'smart callback refused');
+      sendOutcome(response, failure);
+    }
+  });
+
+  async function getLaunchContext(request: Request): Promise<LaunchContext | undefined> {
+    const session = await sessions.load(request);
+    if (!session) return undefined;
+    const current = now();
+    const active = Object.values(session.data.launches).filter((context) => context.expiresAt > current);
+    const headerValue = request.get(launchContextHeader);
+    const queryValue = typeof request.query.context === 'string' ? request.query.context : undefined;
+    const wanted = headerValue ?? queryValue;
+    if (wanted) return active.find((context) => context.launchId === wanted);
+    // Without an id, only an unambiguous session answers: never guess between two patients.
+    return active.length === 1 ? active[0] : undefined;
+  }
+
+  function verifyCsrfToken(request: Request, context: LaunchContext): boolean {
+    const given = request.get(csrfHeader);
+    return typeof given === 'string' && sameSecret(given, context.csrfToken);
+  }
+
+  function requireLaunchContext(): RequestHandler {
+    return async (request, response, next) => {
+      try {
+        const context = await getLaunchContext(request);
+        if (!context) {
+          sendOutcome(
+            response,
+            refused('login', 'no SMART launch session: launch the app from the EHR', 401),
+          );
+          return;
+        }
+        const safeMethod =
+          request.method === 'GET' || request.method === 'HEAD' || request.method === 'OPTIONS';
+        if (!safeMethod && !verifyCsrfToken(request, context)) {
+          sendOutcome(response, refused('forbidden', 'missing or wrong X-CSRF-Token', 403));
+          return;
+        }
+        response.locals.launchContext = context;
+        next();
+      } catch (error) {
+        next(error);
+      }
+    };
+  }
+
+  return { router, getLaunchContext, verifyCsrfToken, requireLaunchContext };
+}
