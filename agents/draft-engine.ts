@@ -38,6 +38,8 @@ export interface DraftResult {
   engine: { id: string; version: string; model?: string };
   /** The prompt template used, when a model wrote it (goes into the AI Provenance). */
   prompt?: { id: string; version: string; rendered?: string };
+  /** Every prompt template a model run used (navigation, extraction, write-up), for the AI Provenance. */
+  prompts?: { id: string; version: string }[];
   verification: CitationVerification;
   usage?: { modelCalls: number; promptTokens: number; completionTokens: number };
 }

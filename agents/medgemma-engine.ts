@@ -1,0 +1,732 @@
+import { z } from 'zod';
+import { type PatientRecord, retrievedVersions } from '../fhir/patient-record.ts';
+import type { Logger } from '../src/log.ts';
+import type { AgentBudget } from '../src/model/model-config.ts';
+import type { ChatMessage, ModelProvider } from '../src/model/provider.ts';
+import { verifyCitations } from './citation-verifier.ts';
+import type { DraftEngine, DraftKind, DraftRequest, DraftResult, NudgeInput } from './draft-engine.ts';
+import type { JsonSchemaObject } from './grammar-schema.ts';
+import {
+  defaultNoteOrder,
+  type MaterialChunk,
+  type MaterialItem,
+  noteItem,
+  packChunks,
+  selectMaterial,
+} from './material.ts';
+import { type PromptLibrary, type PromptTemplate, renderPrompt } from './prompt-library.ts';
+import {
+  allergyLine,
+  conditionLine,
+  encounterLine,
+  immunizationLine,
+  medicationLine,
+  observationLine,
+  procedureLine,
+} from './record-lines.ts';
+import { buildManifest } from './record-manifest.ts';
+import { createRecordTools, type RecordTool, sanitizeToolError } from './record-tools.ts';
+import { RunBudget } from './run-budget.ts';
+import { createStepProtocol, describeTools, type NavigationStep } from './step-protocol.ts';
+import {
+  ContextBudgetError,
+  checkFitsContext,
+  InvalidModelOutputError,
+  structuredCall,
+} from './structured-call.ts';
+
+/**
+ * The MedGemma agents (progress-note summary, pre-visit briefing) as one DraftEngine, after Google's
+ * MedGemma EHR navigator: code builds a manifest; the model navigates the record with read-only tools
+ * and names what to read; facts are extracted chunk by chunk with `[Type/id]` citations (map);
+ * merged if they overflow (reduce); a final call writes the draft; the grounding verifier removes
+ * every line that cites nothing retrieved in this run. Every call is checked against the context
+ * and the run's budget first.
+ */
+export interface OutputLimits {
+  maxFactsPerChunk: number;
+  maxFactLength: number;
+  maxLinesPerSection: number;
+  maxLineLength: number;
+  maxCitationsPerLine: number;
+  /** Cap for any free string the grammar generates (tool arguments, focus). */
+  maxStringLength: number;
+}
+
+export const defaultOutputLimits: OutputLimits = {
+  maxFactsPerChunk: 10,
+  maxFactLength: 300,
+  maxLinesPerSection: 6,
+  maxLineLength: 300,
+  maxCitationsPerLine: 4,
+  maxStringLength: 200,
+};
+
+export interface MedGemmaEngineOptions {
+  provider: ModelProvider;
+  prompts: PromptLibrary;
+  budget: AgentBudget;
+  logger: Logger;
+  limits?: Partial<OutputLimits>;
+  engineVersion?: string;
+}
+
+const kindPromptIds: Record<DraftKind, string> = {
+  'progress-summary': 'progress-summary',
+  'previsit-briefing': 'previsit-briefing',
+};
+
+const titles: Record<DraftKind, string> = {
+  'progress-summary': 'Progress note summary (AI draft, needs review)',
+  'previsit-briefing': 'Pre-visit briefing (AI draft, needs review)',
+};
+
+/** Tokens a citation costs at most in generated JSON, for sizing outputs. */
+const tokensPerCitation = 16;
+/** When a run's citable set is larger than this, citations are bounded strings instead of an enum. */
+const maximumCitationEnum = 400;
+/** Share of the context the manifest may take in the navigation prompt. */
+const manifestShare = 0.4;
+
+interface Fact {
+  fact: string;
+  citations: string[];
+}
+
+function citationSchema(references: string[]): Record<string, unknown> {
+  return references.length > 0 && references.length <= maximumCitationEnum
+    ? { enum: references }
+    : { type: 'string', maxLength: 80 };
+}
+
+function factsSchemas(references: string[], maxFacts: number, limits: OutputLimits) {
+  const schema = z.object({
+    facts: z
+      .array(
+        z.object({
+          fact: z.string().min(1).max(limits.maxFactLength),
+          citations: z.array(z.string().max(100)).min(1).max(limits.maxCitationsPerLine),
+        }),
+      )
+      .max(maxFacts),
+  });
+  const jsonSchema: JsonSchemaObject = {
+    type: 'object',
+    properties: {
+      facts: {
+        type: 'array',
+        maxItems: maxFacts,
+        items: {
+          type: 'object',
+          properties: {
+            fact: { type: 'string', maxLength: limits.maxFactLength },
+            citations: {
+              type: 'array',
+              items: citationSchema(references),
+              minItems: 1,
+              maxItems: limits.maxCitationsPerLine,
+            },
+          },
+          required: ['fact', 'citations'],
+          additionalProperties: false,
+        },
+      },
+    },
+    required: ['facts'],
+    additionalProperties: false,
+  };
+  return { schema, jsonSchema };
+}
+
+function writeUpSchemas(headings: string[], references: string[], ruleIds: string[], limits: OutputLimits) {
+  const line = z.object({
+    text: z.string().min(1).max(limits.maxLineLength),
+    citations: z.array(z.string().max(100)).max(limits.maxCitationsPerLine),
+  });
+  const schema = z.object({
+    sections: z
+      .array(z.object({ heading: z.string().max(80), lines: z.array(line).max(limits.maxLinesPerSection) }))
+      .max(headings.length),
+    suggestions: z
+      .array(z.object({ ruleId: z.string(), text: z.string().max(limits.maxLineLength) }))
+      .max(ruleIds.length),
+  });
+  const jsonSchema: JsonSchemaObject = {
+    type: 'object',
+    properties: {
+      sections: {
+        type: 'array',
+        maxItems: headings.length,
+        items: {
+          type: 'object',
+          properties: {
+            heading: { enum: headings },
+            lines: {
+              type: 'array',
+              maxItems: limits.maxLinesPerSection,
+              items: {
+                type: 'object',
+                properties: {
+                  text: { type: 'string', maxLength: limits.maxLineLength },
+                  citations: {
+                    type: 'array',
+                    items: citationSchema(references),
+                    minItems: 1,
+                    maxItems: limits.maxCitationsPerLine,
+                  },
+                },
+                required: ['text', 'citations'],
+                additionalProperties: false,
+              },
+            },
+          },
+          required: ['heading', 'lines'],
+          additionalProperties: false,
+        },
+      },
+      suggestions: {
+        type: 'array',
+        maxItems: ruleIds.length,
+        items: ruleIds.length
+          ? {
+              type: 'object',
+              properties: {
+                ruleId: { enum: ruleIds },
+                text: { type: 'string', maxLength: limits.maxLineLength },
+              },
+              required: ['ruleId', 'text'],
+              additionalProperties: false,
+            }
+          : { type: 'null' },
+      },
+    },
+    required: ['sections', 'suggestions'],
+    additionalProperties: false,
+  };
+  return { schema, jsonSchema };
+}
+
+function factLines(facts: Fact[]): string {
+  return facts
+    .map((fact) => `- ${fact.fact} ${fact.citations.map((citation) => `[${citation}]`).join(' ')}`)
+    .join('\n');
+}
+
+function nudgeLines(nudges: NudgeInput[]): string {
+  if (nudges.length === 0) return '(none)';
+  return nudges
+    .map(
+      (nudge) =>
+        `- ruleId ${nudge.ruleId} (${nudge.severity}): ${nudge.title}. Recommendation (${nudge.guideline.label}): ${nudge.guideline.recommendation}. Suggested action: ${nudge.suggestedAction}. Evidence: ${nudge.evidence.map((reference) => `[${reference}]`).join(' ')}`,
+    )
+    .join('\n');
+}
+
+/** Every resource of the record as its one-line form, for material the model names by reference. */
+function resourceLines(record: PatientRecord): Map<string, string> {
+  const lines = new Map<string, string>();
+  const add = (line: string) => {
+    const match = /^\[([^\]]+)\]/.exec(line);
+    if (match) lines.set(match[1], line);
+  };
+  record.conditions.map(conditionLine).forEach(add);
+  record.medications.map(medicationLine).forEach(add);
+  record.allergies.map(allergyLine).forEach(add);
+  record.observations.map(observationLine).forEach(add);
+  record.encounters.map(encounterLine).forEach(add);
+  add(encounterLine(record.encounter));
+  record.procedures.map(procedureLine).forEach(add);
+  record.immunizations.map(immunizationLine).forEach(add);
+  return lines;
+}
+
+/** What one draft run has shown the model, and therefore what its text may cite. */
+class RunState {
+  readonly shown = new Set<string>();
+  readonly notesRead: MaterialItem[] = [];
+  readingList: string[] = [];
+  focus = '';
+  navigationEnded: string | undefined;
+}
+
+export class MedGemmaEngine implements DraftEngine {
+  readonly id = 'medgemma-agent';
+  readonly version: string;
+  private readonly provider: ModelProvider;
+  private readonly prompts: PromptLibrary;
+  private readonly budgetLimits: AgentBudget;
+  private readonly logger: Logger;
+  private readonly limits: OutputLimits;
+
+  constructor(options: MedGemmaEngineOptions) {
+    this.provider = options.provider;
+    this.prompts = options.prompts;
+    this.budgetLimits = options.budget;
+    this.logger = options.logger;
+    this.limits = { ...defaultOutputLimits, ...options.limits };
+    this.version = options.engineVersion ?? '1.0.0';
+    // Fail at start, not on the first event, when a prompt file is missing.
+    for (const id of [
+      'record-navigator',
+      'fact-extraction',
+      'fact-reduction',
+      ...Object.values(kindPromptIds),
+    ]) {
+      this.prompts.get(id);
+    }
+  }
+
+  private get countTokens(): (text: string) => number {
+    return (text) => this.provider.countTokens(text);
+  }
+
+  /** Tokens a call may fill with prompt: the context minus its output and the safety margin. */
+  private promptCapacity(maxTokens: number): number {
+    return this.provider.contextSize - maxTokens - this.budgetLimits.safetyMarginTokens;
+  }
+
+  async draft(request: DraftRequest): Promise<DraftResult> {
+    const { record, kind } = request;
+    const budget = new RunBudget(this.budgetLimits);
+    const state = new RunState();
+    const kindPrompt = this.prompts.get(kindPromptIds[kind]);
+    const goal = kindPrompt.goal ?? '';
+
+    const navigatorPrompt = this.prompts.get('record-navigator');
+    const navigatorOverhead = this.countTokens(
+      renderPrompt(navigatorPrompt, { goal, tools: '', manifest: '', maxReads: 24, maxSteps: 99 }),
+    );
+    const manifest = buildManifest(record, kind, {
+      maxTokens: Math.max(
+        200,
+        Math.min(
+          Math.floor(this.provider.contextSize * manifestShare),
+          this.promptCapacity(this.budgetLimits.maxOutputTokens) - navigatorOverhead - 600,
+        ),
+      ),
+      countTokens: this.countTokens,
+    });
+    for (const reference of manifest.references) state.shown.add(reference);
+
+    const recordNoteTokens = record.notes.reduce((sum, note) => sum + this.countTokens(note.text), 0);
+    // A record larger than the budget is summarised map-reduce; navigation then gets one step, so
+    // model calls stay at most the number of chunks plus two.
+    const large = recordNoteTokens > this.budgetLimits.materialTokens;
+    const tools = createRecordTools(record, {
+      manifestText: () => manifest.text,
+      maxNoteTokens: Math.floor(this.provider.contextSize / 6),
+      countTokens: this.countTokens,
+    });
+    await this.navigate(request, { budget, state, tools, manifestText: manifest.text, goal, large });
+
+    const material = this.collectMaterial(record, kind, state);
+    for (const item of material) state.shown.add(item.reference);
+    let facts = await this.extractFacts(request, {
+      budget,
+      material,
+      goal,
+      focus: state.focus,
+      essentialsCount: manifest.essentials.length,
+    });
+    facts = await this.reduceFacts(request, {
+      budget,
+      facts,
+      goal,
+      kindPrompt,
+      essentials: manifest.essentials,
+    });
+
+    const evidence = new Set(retrievedVersions(record).keys());
+    for (const nudge of request.nudges) {
+      for (const reference of nudge.evidence) if (evidence.has(reference)) state.shown.add(reference);
+    }
+    const text = await this.writeUp(request, {
+      budget,
+      facts,
+      kindPrompt,
+      essentials: manifest.essentials,
+      shown: state.shown,
+    });
+    const verification = verifyCitations(text, state.shown);
+    this.logger.info(
+      {
+        kind,
+        encounterId: record.encounter.id,
+        modelCalls: budget.modelCalls,
+        toolCalls: budget.toolCalls,
+        steps: budget.steps,
+        chunks: material.length,
+        facts: facts.length,
+        removedLines: verification.removed.length,
+        navigationEnded: state.navigationEnded,
+      },
+      'model draft written',
+    );
+    return {
+      kind,
+      title: titles[kind],
+      text: verification.text,
+      engine: { id: this.id, version: this.version, model: this.provider.modelId },
+      prompt: { id: kindPrompt.id, version: kindPrompt.version },
+      prompts: ['record-navigator', 'fact-extraction', 'fact-reduction', kindPrompt.id].map((id) => ({
+        id,
+        version: this.prompts.get(id).version,
+      })),
+      verification,
+      usage: {
+        modelCalls: budget.modelCalls,
+        promptTokens: budget.promptTokens,
+        completionTokens: budget.completionTokens,
+      },
+    };
+  }
+
+  /** The tool loop: bounded by steps and tool calls; ends when the model says final or a bound is hit. */
+  private async navigate(
+    request: DraftRequest,
+    context: {
+      budget: RunBudget;
+      state: RunState;
+      tools: RecordTool[];
+      manifestText: string;
+      goal: string;
+      large: boolean;
+    },
+  ): Promise<void> {
+    const { budget, state, tools } = context;
+    const maxSteps = context.large ? Math.min(1, budget.limits.maxSteps) : budget.limits.maxSteps;
+    const protocol = createStepProtocol(tools, { maxStringLength: this.limits.maxStringLength });
+    const messages: ChatMessage[] = [
+      {
+        role: 'user',
+        content: renderPrompt(this.prompts.get('record-navigator'), {
+          goal: context.goal,
+          tools: describeTools(tools),
+          manifest: context.manifestText,
+          maxReads: 24,
+          maxSteps,
+        }),
+      },
+    ];
+    const toolResultIndexes: number[] = [];
+    const maxTokens = Math.min(this.budgetLimits.maxOutputTokens, 512);
+    while (budget.steps < maxSteps) {
+      request.signal?.throwIfAborted();
+      if (!this.compactToFit(messages, toolResultIndexes, maxTokens, budget)) {
+        state.navigationEnded = 'context-full';
+        return;
+      }
+      budget.steps += 1;
+      let step: NavigationStep;
+      let raw: string;
+      try {
+        ({ value: step, raw } = await structuredCall({
+          provider: this.provider,
+          budget,
+          messages,
+          schema: protocol.schema,
+          jsonSchema: protocol.jsonSchema,
+          schemaName: 'navigation_step',
+          maxTokens,
+          temperature: budget.limits.temperature,
+          signal: request.signal,
+          refine: (value) => protocol.checkArguments(value),
+        }));
+      } catch (error) {
+        // An invalid step ends navigation cleanly; extraction falls back to code's choice of material.
+        if (error instanceof InvalidModelOutputError) {
+          state.navigationEnded = 'invalid-step';
+          return;
+        }
+        throw error;
+      }
+      if (step.action === 'final') {
+        state.readingList = step.read;
+        state.focus = step.focus;
+        state.navigationEnded = 'final';
+        return;
+      }
+      messages.push({ role: 'assistant', content: raw });
+      if (!budget.canCallTool()) {
+        messages.push({
+          role: 'user',
+          content: 'The tool budget is spent. Reply with the final action now.',
+        });
+        continue;
+      }
+      budget.toolCalls += 1;
+      const tool = protocol.tools.get(step.tool)!;
+      let resultText: string;
+      try {
+        const result = tool.execute(tool.schema.parse(step.args));
+        for (const reference of result.references) state.shown.add(reference);
+        for (const note of result.notesRead) state.notesRead.push(noteItem(note, this.countTokens));
+        resultText = result.text;
+      } catch (error) {
+        resultText = `The tool failed: ${sanitizeToolError(error)}`;
+      }
+      toolResultIndexes.push(messages.length);
+      messages.push({ role: 'user', content: `Result of ${tool.name}:\n${resultText}` });
+    }
+    state.navigationEnded = 'step-limit';
+  }
+
+  /** Shrinks the oldest tool results until the next call fits; false when even that is not enough. */
+  private compactToFit(
+    messages: ChatMessage[],
+    toolResultIndexes: number[],
+    maxTokens: number,
+    budget: RunBudget,
+  ): boolean {
+    for (;;) {
+      try {
+        checkFitsContext(this.provider, budget, messages, maxTokens);
+        return true;
+      } catch (error) {
+        if (!(error instanceof ContextBudgetError)) throw error;
+        const index = toolResultIndexes.shift();
+        if (index === undefined) return false;
+        messages[index] = {
+          role: 'user',
+          content: '(An earlier tool result, omitted to save space; what you read is kept for the summary.)',
+        };
+      }
+    }
+  }
+
+  private collectMaterial(record: PatientRecord, kind: DraftKind, state: RunState): MaterialItem[] {
+    const notesByReference = new Map(record.notes.map((note) => [note.reference, note]));
+    const lines = resourceLines(record);
+    const chosen: MaterialItem[] = [...state.notesRead];
+    const structured: string[] = [];
+    for (const reference of state.readingList) {
+      const note = notesByReference.get(reference) ?? notesByReference.get(`DocumentReference/${reference}`);
+      if (note) chosen.push(noteItem(note, this.countTokens));
+      else if (lines.has(reference)) structured.push(lines.get(reference)!);
+      // Anything else names nothing in this patient's record and is ignored.
+    }
+    if (structured.length) {
+      const text = `Resources the model asked for:\n${structured.join('\n')}`;
+      const reference = /^\[([^\]]+)\]/.exec(structured[0])![1];
+      chosen.push({ reference, text, tokens: this.countTokens(text) });
+    }
+    const defaults = defaultNoteOrder(record, kind).map((note) => noteItem(note, this.countTokens));
+    return selectMaterial([...chosen, ...defaults], this.budgetLimits.materialTokens, this.countTokens);
+  }
+
+  private async extractFacts(
+    request: DraftRequest,
+    context: {
+      budget: RunBudget;
+      material: MaterialItem[];
+      goal: string;
+      focus: string;
+      essentialsCount: number;
+    },
+  ): Promise<Fact[]> {
+    const template = this.prompts.get('fact-extraction');
+    const focus = context.focus ? `Focus: ${context.focus.replace(/[\r\n]+/g, ' ')}` : '';
+    const overhead =
+      this.countTokens(renderPrompt(template, { goal: context.goal, focus, maxFacts: 10, material: '' })) +
+      16;
+    const maxTokens = this.budgetLimits.maxOutputTokens;
+    const capacity = this.promptCapacity(maxTokens) - overhead;
+    if (capacity < 200) throw new ContextBudgetError('The context is too small for fact extraction');
+    const chunks = packChunks(context.material, capacity, this.countTokens);
+    const maxFacts = this.factsPerChunk(chunks.length, maxTokens);
+    const facts: Fact[] = [];
+    for (const chunk of chunks) {
+      request.signal?.throwIfAborted();
+      facts.push(
+        ...(await this.extractChunk(request, { ...context, chunk, template, focus, maxFacts, maxTokens })),
+      );
+    }
+    return facts;
+  }
+
+  /** Facts per chunk: enough to say something, few enough that all chunks' facts fit the write-up. */
+  private factsPerChunk(chunkCount: number, maxTokens: number): number {
+    const tokensPerFact =
+      Math.ceil(this.limits.maxFactLength / 4) + this.limits.maxCitationsPerLine * tokensPerCitation;
+    const byOutput = Math.floor((maxTokens - 20) / tokensPerFact);
+    const byWriteUp = Math.floor(
+      this.promptCapacity(maxTokens) / 2 / Math.max(1, chunkCount) / tokensPerFact,
+    );
+    return Math.max(2, Math.min(this.limits.maxFactsPerChunk, byOutput, byWriteUp));
+  }
+
+  private async extractChunk(
+    request: DraftRequest,
+    context: {
+      budget: RunBudget;
+      chunk: MaterialChunk;
+      template: PromptTemplate;
+      goal: string;
+      focus: string;
+      maxFacts: number;
+      maxTokens: number;
+    },
+  ): Promise<Fact[]> {
+    const { schema, jsonSchema } = factsSchemas(context.chunk.references, context.maxFacts, this.limits);
+    const content = renderPrompt(context.template, {
+      goal: context.goal,
+      focus: context.focus,
+      maxFacts: context.maxFacts,
+      material: context.chunk.items.map((item) => item.text).join('\n\n'),
+    });
+    const { value } = await structuredCall({
+      provider: this.provider,
+      budget: context.budget,
+      messages: [{ role: 'user', content }],
+      schema,
+      jsonSchema,
+      schemaName: 'facts',
+      maxTokens: context.maxTokens,
+      temperature: context.budget.limits.temperature,
+      signal: request.signal,
+    });
+    // A fact may cite only what its chunk showed; the verifier checks the final text again.
+    return value.facts
+      .map((fact) => ({
+        fact: fact.fact,
+        citations: fact.citations.filter((citation) => context.chunk.references.includes(citation)),
+      }))
+      .filter((fact) => fact.citations.length > 0);
+  }
+
+  /** The reduce of map-reduce: merges facts in groups until they fit the write-up. */
+  private async reduceFacts(
+    request: DraftRequest,
+    context: {
+      budget: RunBudget;
+      facts: Fact[];
+      goal: string;
+      kindPrompt: PromptTemplate;
+      essentials: string[];
+    },
+  ): Promise<Fact[]> {
+    const maxTokens = this.budgetLimits.maxOutputTokens;
+    const writeUpOverhead =
+      this.countTokens(
+        renderPrompt(context.kindPrompt, {
+          headings: (context.kindPrompt.headings ?? []).join(', '),
+          essentials: context.essentials.join('\n'),
+          facts: '',
+          nudges: nudgeLines(request.nudges),
+        }),
+      ) + 16;
+    const available = this.promptCapacity(maxTokens) - writeUpOverhead;
+    let facts = context.facts;
+    const template = this.prompts.get('fact-reduction');
+    const reductionOverhead =
+      this.countTokens(renderPrompt(template, { goal: context.goal, maxFacts: 10, facts: '' })) + 16;
+    const groupCapacity = this.promptCapacity(maxTokens) - reductionOverhead;
+    for (let round = 0; this.countTokens(factLines(facts)) > available; round++) {
+      if (round >= 3) {
+        // Still too long after three rounds: keep the first facts (encounter and chosen material come first).
+        while (facts.length > 1 && this.countTokens(factLines(facts)) > available) facts = facts.slice(0, -1);
+        break;
+      }
+      const groups: Fact[][] = [[]];
+      for (const fact of facts) {
+        const group = groups.at(-1)!;
+        if (group.length && this.countTokens(factLines([...group, fact])) > groupCapacity)
+          groups.push([fact]);
+        else group.push(fact);
+      }
+      const reduced: Fact[] = [];
+      const maxFacts = Math.max(2, Math.floor(this.factsPerChunk(groups.length, maxTokens)));
+      for (const group of groups) {
+        const references = [...new Set(group.flatMap((fact) => fact.citations))];
+        const { schema, jsonSchema } = factsSchemas(references, maxFacts, this.limits);
+        const { value } = await structuredCall({
+          provider: this.provider,
+          budget: context.budget,
+          messages: [
+            {
+              role: 'user',
+              content: renderPrompt(template, { goal: context.goal, maxFacts, facts: factLines(group) }),
+            },
+          ],
+          schema,
+          jsonSchema,
+          schemaName: 'facts',
+          maxTokens,
+          temperature: context.budget.limits.temperature,
+          signal: request.signal,
+        });
+        reduced.push(
+          ...value.facts
+            .map((fact) => ({
+              fact: fact.fact,
+              citations: fact.citations.filter((citation) => references.includes(citation)),
+            }))
+            .filter((fact) => fact.citations.length > 0),
+        );
+      }
+      facts = reduced;
+    }
+    return facts;
+  }
+
+  private async writeUp(
+    request: DraftRequest,
+    context: {
+      budget: RunBudget;
+      facts: Fact[];
+      kindPrompt: PromptTemplate;
+      essentials: string[];
+      shown: Set<string>;
+    },
+  ): Promise<string> {
+    const headings = context.kindPrompt.headings ?? ['Summary'];
+    const ruleIds = request.nudges.map((nudge) => nudge.ruleId);
+    const references = [...context.shown];
+    const { schema, jsonSchema } = writeUpSchemas(headings, references, ruleIds, this.limits);
+    const content = renderPrompt(context.kindPrompt, {
+      headings: headings.join(', '),
+      essentials: context.essentials.join('\n') || '(none recorded)',
+      facts: factLines(context.facts) || '(no facts were extracted)',
+      nudges: nudgeLines(request.nudges),
+    });
+    const { value } = await structuredCall({
+      provider: this.provider,
+      budget: context.budget,
+      messages: [{ role: 'user', content }],
+      schema,
+      jsonSchema,
+      schemaName: 'draft',
+      maxTokens: this.budgetLimits.maxOutputTokens,
+      temperature: context.budget.limits.temperature,
+      signal: request.signal,
+    });
+    const lines: string[] = [];
+    for (const heading of headings) {
+      const sectionLines = value.sections
+        .filter((section) => section.heading === heading)
+        .flatMap((section) => section.lines);
+      if (sectionLines.length === 0) continue;
+      lines.push(`## ${heading}`);
+      for (const line of sectionLines) {
+        const citations = line.citations.map((citation) => `[${citation}]`).join(' ');
+        lines.push(`- ${line.text.replace(/[\r\n]+/g, ' ').trim()}${citations ? ` ${citations}` : ''}`);
+      }
+      lines.push('');
+    }
+    if (request.nudges.length) {
+      // Rules decided these; every one appears, in the model's words when it gave them, else the rule's.
+      lines.push('## Suggestions');
+      for (const nudge of request.nudges) {
+        const worded = value.suggestions
+          .find((suggestion) => suggestion.ruleId === nudge.ruleId)
+          ?.text.replace(/[\r\n]+/g, ' ')
+          .trim();
+        const text = worded || `${nudge.title}: ${nudge.suggestedAction}`;
+        lines.push(
+          `- ${text} (${nudge.guideline.label}) ${nudge.evidence.map((reference) => `[${reference}]`).join(' ')}`.trim(),
+        );
+      }
+    }
+    return lines.join('\n');
+  }
+}
