@@ -1,0 +1,167 @@
+import type { FhirResource } from 'fhir/r4.js';
+
+/**
+ * What the review page shows when a clinician opens a `[Type/id]` citation: a few labelled fields a human can
+ * check at a glance, plus the resource itself. Also decides whether a resource lies in the launch patient's
+ * compartment, so a citation can never become a way to read another patient's chart.
+ */
+export interface CitationField {
+  label: string;
+  value: string;
+}
+
+export interface CitationView {
+  reference: string;
+  resourceType: string;
+  fields: CitationField[];
+  resource: FhirResource;
+}
+
+export const citationTypePattern = /^[A-Z][A-Za-z]{1,63}$/;
+export const fhirIdPattern = /^[A-Za-z0-9\-.]{1,64}$/;
+
+/** Note text shown for a cited note, capped so one huge attachment cannot swamp the page. */
+const maxNoteCharacters = 20_000;
+
+type Loose = Record<string, unknown>;
+
+const asRecord = (value: unknown): Loose | undefined =>
+  typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Loose) : undefined;
+const asArray = (value: unknown): unknown[] => (Array.isArray(value) ? value : []);
+const asString = (value: unknown): string | undefined =>
+  typeof value === 'string' && value.length > 0 ? value : undefined;
+
+/** The bare patient id behind `123`, `Patient/123` or `https://ehr/fhir/Patient/123`. */
+export function barePatientId(value: string): string {
+  const match = /(?:^|\/)Patient\/([^/]+)$/.exec(value);
+  return match ? match[1] : value;
+}
+
+function referencesPatient(reference: unknown, patientId: string): boolean {
+  const value = asString(asRecord(reference)?.reference);
+  if (!value) return false;
+  return value === `Patient/${patientId}` || value.endsWith(`/Patient/${patientId}`);
+}
+
+/**
+ * True when the resource is the patient, or points at the patient through `subject` or `patient` (the
+ * compartment links of the clinical resources drafts cite). Anything else is refused, including resources with
+ * no patient link at all (Practitioner, Organization): a draft's citations are about the patient.
+ */
+export function isInPatientCompartment(resource: FhirResource, patientId: string): boolean {
+  const id = barePatientId(patientId);
+  if (resource.resourceType === 'Patient') return resource.id === id;
+  const loose = resource as unknown as Loose;
+  return referencesPatient(loose.subject, id) || referencesPatient(loose.patient, id);
+}
+
+function codeableText(value: unknown): string | undefined {
+  const concept = asRecord(value);
+  if (!concept) return undefined;
+  const coding = asArray(concept.coding).map(asRecord);
+  return (
+    asString(concept.text) ??
+    coding.map((entry) => asString(entry?.display)).find(Boolean) ??
+    coding.map((entry) => asString(entry?.code)).find(Boolean)
+  );
+}
+
+function firstCodeableText(value: unknown): string | undefined {
+  return asArray(value).map(codeableText).find(Boolean);
+}
+
+function periodText(value: unknown): string | undefined {
+  const period = asRecord(value);
+  if (!period) return undefined;
+  const start = asString(period.start);
+  const end = asString(period.end);
+  if (start && end) return `${start} to ${end}`;
+  return start ?? end;
+}
+
+function quantityText(value: unknown): string | undefined {
+  const quantity = asRecord(value);
+  if (!quantity || quantity.value === undefined) return undefined;
+  const unit = asString(quantity.unit) ?? asString(quantity.code) ?? '';
+  return `${String(quantity.value)} ${unit}`.trim();
+}
+
+function humanName(value: unknown): string | undefined {
+  const name = asRecord(asArray(value)[0]);
+  if (!name) return undefined;
+  const given = asArray(name.given).filter((part): part is string => typeof part === 'string');
+  return asString(name.text) ?? ([...given, asString(name.family)].filter(Boolean).join(' ') || undefined);
+}
+
+function attachmentText(resource: Loose): string | undefined {
+  for (const content of asArray(resource.content)) {
+    const attachment = asRecord(asRecord(content)?.attachment);
+    const data = asString(attachment?.data);
+    const contentType = asString(attachment?.contentType) ?? '';
+    if (!data || !/^text\//i.test(contentType)) continue;
+    const text = Buffer.from(data, 'base64').toString('utf8');
+    return text.length > maxNoteCharacters ? `${text.slice(0, maxNoteCharacters)}\n[... truncated]` : text;
+  }
+  return undefined;
+}
+
+export function describeCitation(resource: FhirResource): CitationView {
+  const loose = resource as unknown as Loose;
+  const fields: CitationField[] = [];
+  const add = (label: string, value: string | undefined) => {
+    if (value) fields.push({ label, value });
+  };
+  if (resource.resourceType === 'Patient') {
+    add('Name', humanName(loose.name));
+    add('Birth date', asString(loose.birthDate));
+    add('Gender', asString(loose.gender));
+  }
+  add(
+    'What',
+    codeableText(loose.code) ??
+      codeableText(loose.medicationCodeableConcept) ??
+      codeableText(loose.vaccineCode) ??
+      firstCodeableText(loose.type) ??
+      asString(asRecord(loose.class)?.display) ??
+      asString(asRecord(loose.class)?.code),
+  );
+  add(
+    'Value',
+    quantityText(loose.valueQuantity) ??
+      codeableText(loose.valueCodeableConcept) ??
+      asString(loose.valueString),
+  );
+  const components = asArray(loose.component)
+    .map((entry) => {
+      const component = asRecord(entry);
+      const value = quantityText(component?.valueQuantity) ?? codeableText(component?.valueCodeableConcept);
+      const name = codeableText(component?.code);
+      return name && value ? `${name}: ${value}` : undefined;
+    })
+    .filter(Boolean);
+  if (components.length > 0) add('Components', components.join('; '));
+  add('Status', codeableText(loose.clinicalStatus) ?? asString(loose.docStatus) ?? asString(loose.status));
+  add(
+    'When',
+    asString(loose.effectiveDateTime) ??
+      periodText(loose.effectivePeriod) ??
+      asString(loose.onsetDateTime) ??
+      asString(loose.performedDateTime) ??
+      periodText(loose.performedPeriod) ??
+      asString(loose.occurrenceDateTime) ??
+      asString(loose.authoredOn) ??
+      periodText(loose.period) ??
+      asString(loose.recordedDate) ??
+      asString(loose.date) ??
+      asString(loose.issued),
+  );
+  add('Dosage', asString(asRecord(asArray(loose.dosageInstruction)[0])?.text));
+  add('Reaction', firstCodeableText(asRecord(asArray(loose.reaction)[0])?.manifestation));
+  if (resource.resourceType === 'DocumentReference') add('Note text', attachmentText(loose));
+  return {
+    reference: `${resource.resourceType}/${resource.id}`,
+    resourceType: resource.resourceType,
+    fields,
+    resource,
+  };
+}

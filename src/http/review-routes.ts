@@ -1,0 +1,65 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import express, { type Router } from 'express';
+
+/**
+ * Serves the review page (`/review`): one HTML file, one stylesheet and one script, no build step. The files
+ * are read once at start and sent with a strict Content-Security-Policy (scripts and styles from this origin
+ * only, nothing inline), so even a draft text that slipped past the page's own textContent rendering could not
+ * run script. The page works in an EHR iframe: `frameAncestors` lists the EHR origins allowed to embed it.
+ */
+export interface ReviewRouterOptions {
+  /** CSP frame-ancestors sources, e.g. `https://ehr.example.org`; default `'self'` only. */
+  frameAncestors?: string[];
+}
+
+const pageDirectory = path.join(path.dirname(fileURLToPath(import.meta.url)), 'review-page');
+
+const assets: Record<string, { file: string; type: string }> = {
+  '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
+  '/review.css': { file: 'review.css', type: 'text/css; charset=utf-8' },
+  '/review.js': { file: 'review.js', type: 'text/javascript; charset=utf-8' },
+};
+
+const sourcePattern = /^('self'|'none'|\*|https?:\/\/[A-Za-z0-9.\-:[\]*]+)$/;
+
+export function contentSecurityPolicy(frameAncestors: string[]): string {
+  const ancestors = frameAncestors.filter((source) => sourcePattern.test(source));
+  return [
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    "base-uri 'none'",
+    "form-action 'none'",
+    `frame-ancestors ${ancestors.length > 0 ? ancestors.join(' ') : "'self'"}`,
+  ].join('; ');
+}
+
+export function reviewRouter(options: ReviewRouterOptions = {}): Router {
+  const router = express.Router();
+  const policy = contentSecurityPolicy(options.frameAncestors ?? ["'self'"]);
+  const loaded = Object.fromEntries(
+    Object.entries(assets).map(([route, asset]) => [
+      route,
+      { type: asset.type, body: readFileSync(path.join(pageDirectory, asset.file)) },
+    ]),
+  );
+
+  router.get(Object.keys(loaded), (request, response) => {
+    const asset = loaded[request.path];
+    response
+      .set({
+        'content-security-policy': policy,
+        'x-content-type-options': 'nosniff',
+        'referrer-policy': 'no-referrer',
+        // The launch context id rides in the page URL; the page itself holds no data, but keep it out of caches.
+        'cache-control': 'no-store',
+      })
+      .type(asset.type)
+      .send(asset.body);
+  });
+  return router;
+}
