@@ -126,6 +126,13 @@ function keepNewest<T>(record: Record<string, T>, limit: number, timeOf: (value:
   for (const [key] of entries.slice(limit)) delete record[key];
 }
 
+/** A session that only waits for a callback lives minutes; one holding a user's launch lives the configured time. */
+function sessionTtlFor(data: SmartSessionData, sessionTtlSeconds: number): number {
+  return Object.keys(data.launches).length > 0
+    ? sessionTtlSeconds
+    : Math.min(pendingLaunchTtlSeconds, sessionTtlSeconds);
+}
+
 function sameSecret(given: string, expected: string): boolean {
   const a = Buffer.from(given);
   const b = Buffer.from(expected);
@@ -208,13 +215,7 @@ export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
       dropExpired(data, now());
       data.pendingLaunches[pending.state] = pending;
       keepNewest(data.pendingLaunches, maxPendingLaunches, (value) => value.createdAt);
-      const hasLaunches = Object.keys(data.launches).length > 0;
-      await sessions.save(
-        response,
-        existing?.id,
-        data,
-        hasLaunches ? config.sessionTtlSeconds : Math.min(pendingLaunchTtlSeconds, config.sessionTtlSeconds),
-      );
+      await sessions.save(response, existing?.id, data, sessionTtlFor(data, config.sessionTtlSeconds));
       options.logger?.info({ standalone: pending.standalone }, 'smart launch redirected to authorize');
       response.set('cache-control', 'no-store').redirect(302, authorizeUrl);
     } catch (error) {
@@ -250,7 +251,12 @@ export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
       }
       // One use only: a replayed callback finds nothing.
       delete session.data.pendingLaunches[state];
-      await sessions.save(response, session.id, session.data, config.sessionTtlSeconds);
+      await sessions.save(
+        response,
+        session.id,
+        session.data,
+        sessionTtlFor(session.data, config.sessionTtlSeconds),
+      );
       if (query.data.error) {
         const description = query.data.error_description ? `: ${query.data.error_description}` : '';
         throw refused(
