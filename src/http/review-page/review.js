@@ -13,6 +13,7 @@
   const kindLabels = {
     'progress-summary': 'Progress summary',
     'previsit-briefing': 'Pre-visit briefing',
+    nudges: 'Suggested actions',
   };
   let session;
   let rejectTarget;
@@ -78,7 +79,7 @@
       button.type = 'button';
       button.className = 'citation';
       button.textContent = match[0];
-      button.setAttribute('aria-label', `Open cited source ${match[1]} ${match[2]}`);
+      button.setAttribute('aria-label', `Open cited source ${match[0]}`);
       button.addEventListener('click', () => openCitation(match[1], match[2], button));
       container.append(button);
       last = match.index + match[0].length;
@@ -111,16 +112,13 @@
 
     const editor = article.querySelector('.editor');
     const textarea = article.querySelector('.editor-text');
-    const label = article.querySelector('.editor-label');
     textarea.id = editorId;
-    label.htmlFor = editorId;
-    label.textContent = `Edit text of ${title.textContent}`;
+    article.querySelector('.editor-label-text').textContent = `Edit text: ${title.textContent}`;
     const button = (name) => article.querySelector(`.${name}`);
-    const labelled = (name, verb) => button(name).setAttribute('aria-label', `${verb} ${title.textContent}`);
-    labelled('edit', 'Edit text of');
-    labelled('sign', 'Sign');
-    labelled('reject', 'Reject');
-    labelled('regenerate', 'Regenerate');
+    // Names start with the visible text (speech input users say what they see) and add which draft it acts on.
+    for (const name of ['edit', 'sign', 'reject', 'regenerate']) {
+      button(name).setAttribute('aria-label', `${button(name).textContent.trim()}: ${title.textContent}`);
+    }
 
     const canChange = open && session?.canChange;
     for (const name of ['edit', 'sign', 'reject', 'regenerate']) button(name).disabled = !canChange;

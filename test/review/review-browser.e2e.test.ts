@@ -1,0 +1,394 @@
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import path from 'node:path';
+import type { FhirResource } from 'fhir/r4.js';
+import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DraftView } from '../../src/http/drafts-api-routes.ts';
+import { createMemoryDraftLifecycle } from './memory-draft-lifecycle.ts';
+import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
+
+/**
+ * The clinician's path in a real browser (Debian's Chromium driven by playwright-core): EHR launch through the
+ * strict test authorization server, the review page, citations, edit, sign, reject, plus the refusals (state,
+ * id_token, expiry, another patient, no session, no CSRF). Screenshots go to test/artifacts/; axe-core checks
+ * the page in the same run.
+ */
+const chromiumPath = '/usr/bin/chromium';
+const artifacts = path.resolve('test/artifacts');
+const axeSource = readFileSync(path.resolve('node_modules/axe-core/axe.min.js'), 'utf8');
+
+const patientId = 'p1';
+const otherPatientId = 'p2';
+const practitioner = 'Practitioner/dr-a';
+
+const fhirResources: Record<string, FhirResource> = {
+  'Patient/p1': { resourceType: 'Patient', id: 'p1', name: [{ given: ['Ada'], family: 'Testperson' }] },
+  'Observation/bp1': {
+    resourceType: 'Observation',
+    id: 'bp1',
+    status: 'final',
+    code: { text: 'Blood pressure systolic' },
+    subject: { reference: 'Patient/p1' },
+    effectiveDateTime: '2026-11-20T09:00:00Z',
+    valueQuantity: { value: 152, unit: 'mmHg' },
+  },
+  'Condition/htn': {
+    resourceType: 'Condition',
+    id: 'htn',
+    code: { text: 'Essential hypertension' },
+    subject: { reference: 'Patient/p1' },
+  },
+  'Observation/p2-glucose': {
+    resourceType: 'Observation',
+    id: 'p2-glucose',
+    status: 'final',
+    code: { text: 'Glucose' },
+    subject: { reference: 'Patient/p2' },
+  },
+};
+
+function serveFhir(request: IncomingMessage, response: ServerResponse) {
+  const url = new URL(request.url ?? '/', 'http://localhost');
+  const key = url.pathname.replace(/^\/fhir\//, '');
+  const resource = fhirResources[key];
+  response.writeHead(resource ? 200 : 404, { 'content-type': 'application/fhir+json' });
+  response.end(
+    JSON.stringify(
+      resource ?? {
+        resourceType: 'OperationOutcome',
+        issue: [{ severity: 'error', code: 'not-found', diagnostics: 'not found' }],
+      },
+    ),
+  );
+}
+
+const draft = (id: string, extra: Partial<DraftView>): DraftView => ({
+  id,
+  patientId,
+  encounterId: 'e1',
+  kind: 'progress-summary',
+  status: 'preliminary',
+  text: '',
+  title: 'Progress summary',
+  createdAt: '2026-11-27T10:00:00Z',
+  citations: [],
+  flagged: false,
+  mode: 'write',
+  ...extra,
+});
+
+const memory = createMemoryDraftLifecycle([
+  draft('summary-1', {
+    text: 'Hypertension [Condition/htn], poorly controlled: systolic 152 mmHg [Observation/bp1].\nA literal <img src=x onerror="window.pwned=1"> stays text.',
+    citations: ['Condition/htn', 'Observation/bp1'],
+  }),
+  draft('briefing-1', {
+    kind: 'previsit-briefing',
+    title: 'Pre-visit briefing',
+    text: 'Review blood pressure [Observation/bp1].',
+    citations: ['Observation/bp1'],
+    flagged: true,
+  }),
+  draft('nudge-1', {
+    kind: 'nudges',
+    title: 'Suggested actions',
+    text: 'Consider intensifying antihypertensive therapy [Observation/bp1].',
+    citations: ['Observation/bp1'],
+  }),
+  draft('p2-summary', { patientId: otherPatientId, text: 'Other patient [Observation/p2-glucose].' }),
+]);
+
+let harness: ReviewHarness;
+let browser: Browser;
+
+async function axeViolations(page: Page): Promise<{ id: string; impact: string; nodes: number }[]> {
+  // Evaluated through the DevTools protocol, so the page's strict CSP (script-src 'self') stays on.
+  await page.evaluate(axeSource);
+  return page.evaluate(async () => {
+    const axe = (
+      window as unknown as {
+        axe: {
+          run: (
+            context: Document,
+          ) => Promise<{ violations: { id: string; impact: string; nodes: unknown[] }[] }>;
+        };
+      }
+    ).axe;
+    const result = await axe.run(document);
+    return result.violations.map((violation) => ({
+      id: violation.id,
+      impact: violation.impact,
+      nodes: violation.nodes.length,
+    }));
+  });
+}
+
+async function expectNoSeriousViolations(page: Page, name: string) {
+  const violations = await axeViolations(page);
+  const serious = violations.filter(
+    (violation) => violation.impact === 'serious' || violation.impact === 'critical',
+  );
+  expect(serious, `${name}: ${JSON.stringify(serious)}`).toEqual([]);
+}
+
+async function newPage(): Promise<{ context: BrowserContext; page: Page }> {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  return { context, page: await context.newPage() };
+}
+
+async function launchedPage(fhirUser = practitioner) {
+  const { context, page } = await newPage();
+  const response = await page.goto(harness.launchUrl({ patient: patientId, encounter: 'e1', fhirUser }));
+  expect(response?.status()).toBe(200);
+  expect(new URL(page.url()).pathname).toBe('/review');
+  await page.locator('article.draft').first().waitFor();
+  return { context, page };
+}
+
+/** Runs fetch inside the page (same origin, with its cookie), as the page's own script would. */
+function pageFetch(
+  page: Page,
+  pathName: string,
+  init: { method?: string; headers?: Record<string, string>; body?: string } = {},
+) {
+  return page.evaluate(
+    async ({ pathName, init }) => {
+      const context = new URLSearchParams(window.location.search).get('context') ?? '';
+      const response = await fetch(pathName, {
+        ...init,
+        headers: { 'x-launch-context': context, ...(init.headers ?? {}) },
+      });
+      return { status: response.status, body: await response.json().catch(() => undefined) };
+    },
+    { pathName, init },
+  );
+}
+
+async function csrfToken(page: Page): Promise<string> {
+  return (await pageFetch(page, '/api/drafts/session')).body.csrfToken;
+}
+
+describe.skipIf(!existsSync(chromiumPath))('review app in Chromium', () => {
+  beforeAll(async () => {
+    mkdirSync(artifacts, { recursive: true });
+    harness = await startReviewHarness({
+      authorization: { fhirHandler: (request, response) => serveFhir(request, response) },
+      lifecycleFor: () => memory.lifecycle,
+    });
+    browser = await chromium.launch({
+      executablePath: chromiumPath,
+      headless: true,
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--no-first-run',
+      ],
+    });
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await harness?.close();
+  });
+
+  it('launches, lists the drafts with their status, opens a citation, edits and signs', async () => {
+    const { context, page } = await launchedPage();
+    await expect.poll(() => page.locator('#patient-line').textContent()).toContain('Ada Testperson');
+    await expect.poll(() => page.locator('.ai-banner').textContent()).toContain('not final until you sign');
+
+    // Grouped: summary, briefing, and nudges under "Suggested actions"; the other patient's draft is absent.
+    const summary = page.locator('article[data-draft-id="summary-1"]');
+    expect(await page.locator('[data-group="summary"] article').count()).toBe(1);
+    expect(await page.locator('[data-group="briefing"] article[data-draft-id="briefing-1"]').count()).toBe(1);
+    expect(await page.locator('[data-group="actions"] article[data-draft-id="nudge-1"]').count()).toBe(1);
+    expect(await page.locator('article[data-draft-id="p2-summary"]').count()).toBe(0);
+    expect(await summary.locator('.status-badge').textContent()).toBe('Draft - not signed');
+    expect(await page.locator('article[data-draft-id="briefing-1"] .flagged').isVisible()).toBe(true);
+    expect(await summary.locator('.flagged').isVisible()).toBe(false);
+
+    // Model text is text: the literal tag is shown, not parsed.
+    expect(await summary.locator('.draft-text img').count()).toBe(0);
+    expect(await summary.locator('.draft-text').textContent()).toContain(
+      '<img src=x onerror="window.pwned=1">',
+    );
+    expect(await page.evaluate(() => (window as unknown as { pwned?: number }).pwned)).toBeUndefined();
+    await page.screenshot({ path: path.join(artifacts, 'review-list.png'), fullPage: true });
+    await expectNoSeriousViolations(page, 'draft list');
+
+    // Open a citation with the keyboard.
+    const citation = summary.getByRole('button', { name: 'Open cited source [Observation/bp1]' });
+    await citation.focus();
+    await page.keyboard.press('Enter');
+    const dialog = page.getByRole('dialog', { name: 'Cited source: Observation/bp1' });
+    await dialog.waitFor();
+    await expect.poll(() => dialog.locator('#citation-fields').textContent()).toContain('152 mmHg');
+    expect(await dialog.locator('#citation-fields').textContent()).toContain('Blood pressure systolic');
+    await page.screenshot({ path: path.join(artifacts, 'review-citation.png') });
+    await expectNoSeriousViolations(page, 'citation dialog');
+    await page.keyboard.press('Escape');
+    await expect.poll(() => dialog.isVisible()).toBe(false);
+    expect(await page.evaluate(() => document.activeElement?.getAttribute('aria-label'))).toBe(
+      'Open cited source [Observation/bp1]',
+    );
+
+    // Edit, save, then sign.
+    await summary.getByRole('button', { name: 'Edit text: Progress summary' }).click();
+    const editor = summary.getByRole('textbox', { name: 'Edit text: Progress summary' });
+    await editor.fill(
+      'Hypertension [Condition/htn], uncontrolled: systolic 152 mmHg [Observation/bp1]. Reviewed.',
+    );
+    await page.screenshot({ path: path.join(artifacts, 'review-editing.png') });
+    await expectNoSeriousViolations(page, 'editor');
+    await summary.getByRole('button', { name: 'Save edit' }).click();
+    await expect.poll(() => page.locator('#status').textContent()).toContain('Edit saved');
+    const saved = page.locator('article[data-draft-id="summary-1"]');
+    expect(await saved.locator('.draft-text').textContent()).toContain('Reviewed.');
+
+    await saved.getByRole('button', { name: 'Sign note: Progress summary' }).click();
+    await expect.poll(() => page.locator('#status').textContent()).toContain('Signed');
+    expect(await page.locator('article[data-draft-id="summary-1"] .status-badge').textContent()).toBe(
+      'Signed',
+    );
+    expect(await page.locator('article[data-draft-id="summary-1"] button.sign').isVisible()).toBe(false);
+    await page.screenshot({ path: path.join(artifacts, 'review-signed.png'), fullPage: true });
+
+    const edit = memory.calls.find((call) => call.method === 'editDraft' && call.draftId === 'summary-1');
+    expect(edit?.arguments[1]).toBe(practitioner);
+    const sign = memory.calls.find((call) => call.method === 'signDraft' && call.draftId === 'summary-1');
+    expect(sign?.arguments[0]).toEqual({ practitioner });
+    expect(memory.drafts.get('summary-1')?.status).toBe('final');
+    await context.close();
+  });
+
+  it('rejects a draft with a reason given in an accessible dialog', async () => {
+    const { context, page } = await launchedPage();
+    const briefing = page.locator('article[data-draft-id="briefing-1"]');
+    await briefing.getByRole('button', { name: 'Reject: Pre-visit briefing' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Reject draft' });
+    await dialog.waitFor();
+    // The reason field has focus and is required.
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('reject-reason');
+    await dialog.getByRole('button', { name: 'Reject draft' }).click();
+    await expect.poll(() => dialog.locator('#reject-error').isVisible()).toBe(true);
+    await expectNoSeriousViolations(page, 'reject dialog');
+    await page.screenshot({ path: path.join(artifacts, 'review-reject-dialog.png') });
+    await dialog
+      .getByRole('textbox', { name: 'Reason for rejecting (required)' })
+      .fill('Briefing is for the wrong visit');
+    await dialog.getByRole('button', { name: 'Reject draft' }).click();
+    await expect.poll(() => page.locator('#status').textContent()).toContain('rejected');
+    expect(await page.locator('article[data-draft-id="briefing-1"] .status-badge').textContent()).toBe(
+      'Rejected',
+    );
+    const reject = memory.calls.find((call) => call.method === 'rejectDraft');
+    expect(reject?.arguments[0]).toEqual({ practitioner, reason: 'Briefing is for the wrong visit' });
+    await context.close();
+  });
+
+  it('regenerates a draft', async () => {
+    const { context, page } = await launchedPage();
+    await page
+      .locator('article[data-draft-id="nudge-1"]')
+      .getByRole('button', { name: 'Regenerate: Suggested actions' })
+      .click();
+    await expect.poll(() => page.locator('#status').textContent()).toContain('new draft');
+    expect(await page.locator('[data-group="actions"] article[data-status="preliminary"]').count()).toBe(1);
+    expect(memory.calls.some((call) => call.method === 'regenerateDraft' && call.draftId === 'nudge-1')).toBe(
+      true,
+    );
+    await context.close();
+  });
+
+  it('refuses another patient’s draft and citation (403), changes without CSRF (403), calls without a session (401)', async () => {
+    const { context, page } = await launchedPage();
+    expect((await pageFetch(page, '/api/drafts/p2-summary')).status).toBe(403);
+    const token = await csrfToken(page);
+    const signOther = await pageFetch(page, '/api/drafts/p2-summary/sign', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-csrf-token': token },
+      body: '{}',
+    });
+    expect(signOther.status).toBe(403);
+    expect(signOther.body.resourceType).toBe('OperationOutcome');
+    expect((await pageFetch(page, '/api/drafts/citations/Observation/p2-glucose')).status).toBe(403);
+
+    const noCsrf = await pageFetch(page, '/api/drafts/nudge-1/reject', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ reason: 'no token' }),
+    });
+    expect(noCsrf.status).toBe(403);
+    expect(memory.calls.some((call) => call.method === 'rejectDraft' && call.draftId === 'nudge-1')).toBe(
+      false,
+    );
+
+    const noSession = await fetch(`${harness.serviceUrl}/api/drafts`);
+    expect(noSession.status).toBe(401);
+    expect((await noSession.json()).resourceType).toBe('OperationOutcome');
+    // A page opened without a launch says so instead of showing drafts.
+    const { context: fresh, page: stranger } = await newPage();
+    await stranger.goto(`${harness.serviceUrl}/review`);
+    await expect.poll(() => stranger.locator('#error').textContent()).toContain('session');
+    expect(await stranger.locator('article.draft').count()).toBe(0);
+    await stranger.screenshot({ path: path.join(artifacts, 'review-no-session.png') });
+    await fresh.close();
+    await context.close();
+  });
+
+  it('ends the session when the access token expires (401)', async () => {
+    const { context, page } = await launchedPage();
+    expect((await pageFetch(page, '/api/drafts')).status).toBe(200);
+    harness.clockOffset.milliseconds = 2 * 3_600_000;
+    try {
+      expect((await pageFetch(page, '/api/drafts')).status).toBe(401);
+    } finally {
+      harness.clockOffset.milliseconds = 0;
+    }
+    await context.close();
+  });
+
+  it('refuses a callback with the wrong state', async () => {
+    const { context, page } = await newPage();
+    // Start a launch but stop at the authorization server, then come back with a forged state.
+    await page.route(`${harness.auth.url}/**`, (route) => route.fulfill({ status: 200, body: 'stopped' }));
+    await page.goto(harness.launchUrl({ patient: patientId, fhirUser: practitioner }));
+    await page.unroute(`${harness.auth.url}/**`);
+    const response = await page.goto(
+      `${harness.serviceUrl}/smart/callback?state=forged-${'x'.repeat(40)}&code=abc`,
+    );
+    expect(response?.status()).toBe(401);
+    expect(await response?.text()).toContain('state');
+    await context.close();
+  });
+
+  for (const [name, misbehave, expected] of [
+    ['an id_token for another audience', { idTokenAudience: 'someone-else' }, 'aud'],
+    ['an id_token with a bad signature', { idTokenBadSignature: true }, 'signature'],
+    ['an expired id_token', { idTokenExpired: true }, 'exp'],
+  ] as const) {
+    it(`refuses ${name}`, async () => {
+      Object.assign(harness.auth.misbehave, misbehave);
+      const { context, page } = await newPage();
+      try {
+        const response = await page.goto(harness.launchUrl({ patient: patientId, fhirUser: practitioner }));
+        expect(response?.status()).toBe(401);
+        expect(new URL(page.url()).pathname).toBe('/smart/callback');
+        expect((await response?.text())?.toLowerCase()).toContain(expected);
+        // No session was created: the API still refuses.
+        expect((await pageFetch(page, '/api/drafts')).status).toBe(401);
+      } finally {
+        Object.assign(harness.auth.misbehave, {
+          idTokenAudience: undefined,
+          idTokenBadSignature: false,
+          idTokenExpired: false,
+        });
+        await context.close();
+      }
+    });
+  }
+});

@@ -1,0 +1,116 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Router } from 'express';
+import { smartLaunchConfigSchema } from '../../src/config/auth-config.ts';
+import { createApp } from '../../src/http/app.ts';
+import { type DraftLifecyclePort, draftsApiRouter } from '../../src/http/drafts-api-routes.ts';
+import { reviewRouter } from '../../src/http/review-routes.ts';
+import { createSmartLaunch, type LaunchContext } from '../../src/http/smart-launch.ts';
+import { silentLogger } from '../../src/log.ts';
+import { SqliteJobQueue } from '../../src/queue/sqlite-job-queue.ts';
+import {
+  type SmartAuthorizationServer,
+  type SmartAuthorizationServerOptions,
+  startSmartAuthorizationServer,
+} from '../support/smart-authorization-server.ts';
+
+/**
+ * The pieces of a clinician's review session over real HTTP: the strict test authorization server (in front of
+ * a FHIR server), and the service's own HTTP app with the SMART launch, the review page and the drafts API
+ * mounted the way the composition root mounts them. The clock the launch sessions see can be moved forward, to
+ * expire a session without waiting.
+ */
+export const reviewClientId = 'review-app';
+export const launchScopes =
+  'launch openid fhirUser patient/*.rs patient/DocumentReference.u patient/Provenance.c';
+
+export interface ReviewHarness {
+  serviceUrl: string;
+  auth: SmartAuthorizationServer;
+  /** Milliseconds added to the launch sessions' clock. */
+  clockOffset: { milliseconds: number };
+  /** `/smart/launch?iss=...&launch=...` for a fresh EHR launch with this context. */
+  launchUrl(context: { patient: string; encounter?: string; fhirUser?: string }): string;
+  close(): Promise<void>;
+}
+
+export async function startReviewHarness(options: {
+  authorization: SmartAuthorizationServerOptions;
+  lifecycleFor: (context: LaunchContext) => DraftLifecyclePort;
+  /** Extra routers mounted on the service app (for example the sandbox EHR). */
+  routers?: (serviceUrl: string) => { path: string; router: Router }[];
+}): Promise<ReviewHarness> {
+  const logger = silentLogger();
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'review-e2e-'));
+  const queue = new SqliteJobQueue(path.join(dataDir, 'queue.sqlite'), {
+    maxAttempts: 3,
+    backoffBaseMs: 1_000,
+    backoffMaxMs: 10_000,
+    leaseMs: 60_000,
+  });
+  // Listen first: the launch needs the service's own URL for its redirect URI.
+  const server: Server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const serviceUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const auth = await startSmartAuthorizationServer(options.authorization);
+  auth.registerClient({
+    clientId: reviewClientId,
+    allowedScopes: launchScopes.split(' '),
+    redirectUris: [`${serviceUrl}/smart/callback`],
+  });
+
+  const clockOffset = { milliseconds: 0 };
+  const smartLaunch = createSmartLaunch({
+    launch: smartLaunchConfigSchema.parse({
+      clientId: reviewClientId,
+      allowedIssuers: [auth.fhirBaseUrl],
+      scopes: launchScopes,
+      // The documented local-development setting: plain http, so no Secure (and hence no SameSite=None).
+      cookie: { secure: false, sameSite: 'lax', partitioned: false },
+    }),
+    publicUrl: serviceUrl,
+    logger,
+    now: () => Date.now() + clockOffset.milliseconds,
+  });
+  const app = createApp({
+    queue,
+    logger,
+    notifySecret: undefined,
+    maxBodyBytes: 1_048_576,
+    isReady: () => true,
+    routers: [
+      { path: '/', router: smartLaunch.router },
+      { path: '/review', router: reviewRouter() },
+      {
+        path: '/api/drafts',
+        router: draftsApiRouter({
+          requireLaunchContext: smartLaunch.requireLaunchContext,
+          lifecycleFor: options.lifecycleFor,
+          logger,
+        }),
+      },
+      ...(options.routers?.(serviceUrl) ?? []),
+    ],
+  });
+  server.on('request', app);
+
+  return {
+    serviceUrl,
+    auth,
+    clockOffset,
+    launchUrl(context) {
+      const launch = auth.createLaunch(context);
+      return `${serviceUrl}/smart/launch?iss=${encodeURIComponent(auth.fhirBaseUrl)}&launch=${encodeURIComponent(launch)}`;
+    },
+    async close() {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await auth.close();
+      await queue.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
