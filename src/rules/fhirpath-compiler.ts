@@ -80,17 +80,25 @@ type CodingLike = { system?: string; code?: string; coding?: CodingLike[] };
 function userFunctions(valueSets: ValueSetIndex) {
   return {
     today: {
-      fn(this: { vars: Record<string, unknown> }) {
-        return new fhirpathTypes.FP_Date(this, fhirpathTypes.FP_Date.isoDate(clock(this.vars)));
+      fn(this: ClockContext) {
+        return cachedInstant(this, 'today', 0, 'day');
       },
       arity: { 0: [] },
       internalStructures: true,
     },
     now: {
-      fn(this: { vars: Record<string, unknown> }) {
-        return new fhirpathTypes.FP_DateTime(this, fhirpathTypes.FP_DateTime.isoDateTime(clock(this.vars)));
+      fn(this: ClockContext) {
+        return cachedInstant(this, 'now', 0, 'day');
       },
       arity: { 0: [] },
+      internalStructures: true,
+    },
+    /** `now() - 6 months` and the like, folded at compile time: one date per patient, not one per item. */
+    [shiftedClockFunction]: {
+      fn(this: ClockContext, base: string[], amount: number[], unit: string[]) {
+        return cachedInstant(this, base[0] as 'now' | 'today', amount[0], unit[0] as CalendarUnit);
+      },
+      arity: { 3: ['String', 'Number', 'String'] },
       internalStructures: true,
     },
     /** True when any input Coding or CodeableConcept is in the local value set. */
@@ -103,6 +111,67 @@ function userFunctions(valueSets: ValueSetIndex) {
       arity: { 1: ['String'] },
     },
   } as import('fhirpath').UserInvocationTable;
+}
+
+type ClockContext = { vars: Record<string, unknown> };
+type CalendarUnit = 'year' | 'month' | 'week' | 'day' | 'hour' | 'minute';
+const shiftedClockFunction = 'shiftedClock';
+const instantCacheVariable = 'instantCache';
+
+/** The evaluation instant (or today), shifted by a calendar amount, built once per environment. */
+function cachedInstant(
+  context: ClockContext,
+  base: 'now' | 'today',
+  amount: number,
+  unit: CalendarUnit,
+): unknown {
+  let cache = context.vars[instantCacheVariable] as Map<string, unknown> | undefined;
+  if (!cache) {
+    cache = new Map();
+    context.vars[instantCacheVariable] = cache;
+  }
+  const key = `${base}|${amount}|${unit}`;
+  let value = cache.get(key);
+  if (value === undefined) {
+    const shifted = shiftDate(clock(context.vars), amount, unit);
+    value =
+      base === 'today'
+        ? new fhirpathTypes.FP_Date(context, fhirpathTypes.FP_Date.isoDate(shifted))
+        : new fhirpathTypes.FP_DateTime(context, fhirpathTypes.FP_DateTime.isoDateTime(shifted));
+    cache.set(key, value);
+  }
+  return value;
+}
+
+/** Calendar arithmetic as FHIRPath defines it: months and years keep the day, clamped to the month's end. */
+function shiftDate(date: Date, amount: number, unit: CalendarUnit): Date {
+  if (amount === 0) return date;
+  if (unit === 'year' || unit === 'month') {
+    const months = unit === 'year' ? amount * 12 : amount;
+    const result = new Date(date.getTime());
+    const day = result.getUTCDate();
+    result.setUTCDate(1);
+    result.setUTCMonth(result.getUTCMonth() + months);
+    const lastDay = new Date(Date.UTC(result.getUTCFullYear(), result.getUTCMonth() + 1, 0)).getUTCDate();
+    result.setUTCDate(Math.min(day, lastDay));
+    return result;
+  }
+  const milliseconds = { week: 604_800_000, day: 86_400_000, hour: 3_600_000, minute: 60_000 }[unit];
+  return new Date(date.getTime() + amount * milliseconds);
+}
+
+const clockArithmetic =
+  /(now|today)\(\)\s*([-+])\s*(\d+)\s*'?(years?|months?|weeks?|days?|hours?|minutes?)'?/g;
+
+/** Rewrites `now() - 6 months` into one call whose result is computed once per patient. */
+export function foldClockArithmetic(expression: string): string {
+  return expression.replace(
+    clockArithmetic,
+    (_match, base: string, sign: string, amount: string, unit: string) => {
+      const singular = unit.replace(/s$/, '');
+      return `${shiftedClockFunction}('${base}', ${sign === '-' ? '-' : ''}${amount}, '${singular}')`;
+    },
+  );
 }
 
 function clock(variables: Record<string, unknown>): Date {

@@ -1,0 +1,167 @@
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import type { PatientRecord } from '../../fhir/patient-record.ts';
+import type { RuleSetSource } from './rule-loader.ts';
+
+/**
+ * `rules backtest`: every rule across a population, spread over worker threads (one per core) so a
+ * large backtest keeps both cores busy. Workers compile the rule set themselves (compiled FHIRPath
+ * cannot cross threads) and pull batches, so a slow batch never leaves a core idle.
+ */
+export type BacktestPopulation =
+  | { kind: 'generated'; count: number; seed?: number }
+  /** Records fetched elsewhere (a FHIR server, the sandbox), pulled batch by batch. */
+  | { kind: 'records'; count: number; batches: AsyncIterable<PatientRecord[]> };
+
+export interface BacktestOptions {
+  source: RuleSetSource;
+  population: BacktestPopulation;
+  now: Date;
+  workers?: number;
+  batchSize?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface RuleBacktestRow {
+  ruleId: string;
+  ruleVersion: string;
+  title: string;
+  firedPatients: number;
+  errors: number;
+}
+
+export interface BacktestReport {
+  patients: number;
+  workers: number;
+  durationMs: number;
+  patientsPerSecond: number;
+  rules: RuleBacktestRow[];
+}
+
+export type WorkerBatch = { indices: number[] } | { records: PatientRecord[] };
+export type WorkerMessage =
+  | { type: 'ready'; rules: { ruleId: string; ruleVersion: string; title: string }[] }
+  | { type: 'failed'; message: string }
+  | { type: 'batch-done'; patients: number; fired: Record<string, number>; errors: Record<string, number> };
+
+export async function runBacktest(options: BacktestOptions): Promise<BacktestReport> {
+  const started = performance.now();
+  const total = options.population.count;
+  const workerCount = Math.max(
+    1,
+    Math.min(options.workers ?? availableParallelism(), Math.ceil(total / 10) || 1),
+  );
+  const batchSize = options.batchSize ?? 25;
+  const nextBatch = batchSource(options.population, batchSize);
+  const fired = new Map<string, number>();
+  const errors = new Map<string, number>();
+  let rules: { ruleId: string; ruleVersion: string; title: string }[] = [];
+  let done = 0;
+
+  const runWorker = () =>
+    new Promise<void>((resolve, reject) => {
+      const worker = new Worker(new URL('./backtest-worker.ts', import.meta.url), {
+        workerData: {
+          source: options.source,
+          now: options.now.toISOString(),
+          seed: options.population.kind === 'generated' ? (options.population.seed ?? 1) : 1,
+        },
+      });
+      const finish = (error?: Error) => {
+        worker.removeAllListeners();
+        void worker.terminate();
+        if (error) reject(error);
+        else resolve();
+      };
+      const send = async () => {
+        try {
+          const batch = await nextBatch();
+          if (batch) worker.postMessage(batch);
+          else finish();
+        } catch (error) {
+          finish(error instanceof Error ? error : new Error(String(error)));
+        }
+      };
+      worker.on('message', (message: WorkerMessage) => {
+        if (message.type === 'failed') return finish(new Error(message.message));
+        if (message.type === 'ready') {
+          rules = message.rules;
+          return void send();
+        }
+        done += message.patients;
+        for (const [ruleId, count] of Object.entries(message.fired))
+          fired.set(ruleId, (fired.get(ruleId) ?? 0) + count);
+        for (const [ruleId, count] of Object.entries(message.errors))
+          errors.set(ruleId, (errors.get(ruleId) ?? 0) + count);
+        options.onProgress?.(done, total);
+        void send();
+      });
+      worker.on('error', (error) => finish(error));
+      worker.on('exit', (code) => {
+        if (code !== 0) finish(new Error(`backtest worker exited with code ${code}`));
+      });
+    });
+
+  await Promise.all(Array.from({ length: workerCount }, runWorker));
+  const durationMs = performance.now() - started;
+  return {
+    patients: done,
+    workers: workerCount,
+    durationMs,
+    patientsPerSecond: done / (durationMs / 1000),
+    rules: rules.map((rule) => ({
+      ...rule,
+      firedPatients: fired.get(rule.ruleId) ?? 0,
+      errors: errors.get(rule.ruleId) ?? 0,
+    })),
+  };
+}
+
+/** Hands out batches one at a time; concurrent callers never get the same patients. */
+function batchSource(
+  population: BacktestPopulation,
+  batchSize: number,
+): () => Promise<WorkerBatch | undefined> {
+  if (population.kind === 'generated') {
+    let next = 0;
+    return async () => {
+      if (next >= population.count) return undefined;
+      const indices = Array.from(
+        { length: Math.min(batchSize, population.count - next) },
+        (_, offset) => next + offset,
+      );
+      next += indices.length;
+      return { indices };
+    };
+  }
+  const iterator = population.batches[Symbol.asyncIterator]();
+  let queue: Promise<unknown> = Promise.resolve();
+  return () => {
+    const result = queue.then(async () => {
+      const step = await iterator.next();
+      return step.done ? undefined : { records: step.value };
+    });
+    queue = result.catch(() => undefined);
+    return result;
+  };
+}
+
+export function backtestCsv(report: BacktestReport): string {
+  const header = 'rule_id,rule_version,title,patients,fired_patients,fired_percent,errors';
+  const rows = report.rules.map((rule) =>
+    [
+      rule.ruleId,
+      rule.ruleVersion,
+      csvField(rule.title),
+      report.patients,
+      rule.firedPatients,
+      report.patients === 0 ? '0' : ((100 * rule.firedPatients) / report.patients).toFixed(1),
+      rule.errors,
+    ].join(','),
+  );
+  return `${[header, ...rows].join('\n')}\n`;
+}
+
+function csvField(value: string): string {
+  return /[",\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value;
+}
