@@ -34,6 +34,10 @@ export interface DraftView {
   citations: string[];
   flagged: boolean;
   mode: string;
+  /** `Practitioner/<id>` who signed, once final. */
+  signedBy?: string;
+  /** Set by regenerateDraft: a new draft is queued and will replace this one. */
+  regenerationRequested?: boolean;
 }
 
 /** The part of the draft lifecycle the API drives (created per request with the user's FHIR token). */

@@ -14,7 +14,6 @@ export interface RecordedCall {
 export function createMemoryDraftLifecycle(seed: DraftView[]) {
   const drafts = new Map(seed.map((draft) => [draft.id, structuredClone(draft)]));
   const calls: RecordedCall[] = [];
-  let counter = 0;
   const open = (draftId: string) => {
     const draft = drafts.get(draftId);
     if (!draft) throw outcomeError('not-found', 'no such draft', 404);
@@ -54,12 +53,8 @@ export function createMemoryDraftLifecycle(seed: DraftView[]) {
     },
     async regenerateDraft(draftId) {
       calls.push({ method: 'regenerateDraft', draftId, arguments: [] });
-      const draft = open(draftId);
-      draft.status = 'superseded';
-      counter += 1;
-      const fresh = { ...structuredClone(draft), id: `${draft.id}-r${counter}`, status: 'preliminary' };
-      drafts.set(fresh.id, fresh);
-      return structuredClone(fresh);
+      // Like the real lifecycle: the new draft is queued; this one stays until the writer supersedes it.
+      return { ...structuredClone(open(draftId)), regenerationRequested: true };
     },
   };
   return { lifecycle, calls, drafts };

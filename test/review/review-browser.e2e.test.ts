@@ -296,8 +296,10 @@ describe.skipIf(!existsSync(chromiumPath))('review app in Chromium', () => {
       .locator('article[data-draft-id="nudge-1"]')
       .getByRole('button', { name: 'Regenerate: Suggested actions' })
       .click();
-    await expect.poll(() => page.locator('#status').textContent()).toContain('new draft');
-    expect(await page.locator('[data-group="actions"] article[data-status="preliminary"]').count()).toBe(1);
+    await expect.poll(() => page.locator('#status').textContent()).toContain('new draft was requested');
+    await expect
+      .poll(() => page.locator('article[data-draft-id="nudge-1"] .draft-meta').textContent())
+      .toContain('a new draft has been requested');
     expect(memory.calls.some((call) => call.method === 'regenerateDraft' && call.draftId === 'nudge-1')).toBe(
       true,
     );

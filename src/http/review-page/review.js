@@ -18,6 +18,8 @@
   let session;
   let rejectTarget;
   let citationOpener;
+  /** Drafts a regeneration was asked for in this tab: the request is queued, the old draft stays until replaced. */
+  const regenerationRequested = new Set();
 
   const byId = (id) => document.getElementById(id);
   const statusRegion = byId('status');
@@ -106,6 +108,11 @@
     const meta = [kindLabels[draft.kind] ?? draft.kind, `drafted ${formatDate(draft.createdAt)}`];
     if (draft.encounterId) meta.push(`encounter ${draft.encounterId}`);
     if (draft.citations?.length) meta.push(`${draft.citations.length} cited sources`);
+    if (draft.signedBy) meta.push(`signed by ${draft.signedBy}`);
+    if (draft.regenerationRequested || regenerationRequested.has(draft.id))
+      meta.push('a new draft has been requested');
+    if (draft.mode && draft.mode !== 'write')
+      meta.push(draft.mode === 'hold' ? 'held until signed' : 'shadow mode: never written to the chart');
     article.querySelector('.draft-meta').textContent = meta.join(' · ');
     article.querySelector('.flagged').hidden = !draft.flagged;
     renderText(article.querySelector('.draft-text'), draft.text ?? '');
@@ -162,8 +169,12 @@
       act(
         article,
         'Regenerating',
-        () => api('POST', `/${encodeURIComponent(draft.id)}/regenerate`, {}),
-        'A new draft was generated.',
+        async () => {
+          const result = await api('POST', `/${encodeURIComponent(draft.id)}/regenerate`, {});
+          regenerationRequested.add(draft.id);
+          return result;
+        },
+        'A new draft was requested; it will replace this one when it is ready.',
       ),
     );
     return article;
