@@ -3,7 +3,12 @@ import { createLocalJWKSet, type JSONWebKeySet, errors as joseErrors, jwtVerify 
 import { z } from 'zod';
 import { OperationOutcomeError, outcome, outcomeError } from './operation-outcome.ts';
 import { clientAssertionType } from './smart-backend-auth.ts';
-import { assertSafeEndpoint, discoverSmartConfiguration, type FetchFunction } from './smart-discovery.ts';
+import {
+  assertSafeEndpoint,
+  discoverSmartConfiguration,
+  type FetchFunction,
+  type SmartConfiguration,
+} from './smart-discovery.ts';
 
 /**
  * SMART App Launch 2.2 without HTTP-framework concerns: building the authorize redirect (PKCE S256, state,
@@ -66,11 +71,15 @@ export async function beginLaunch(options: {
   fetch?: FetchFunction;
   timeoutMs?: number;
   now?: () => number;
+  /** Replaces plain discovery, e.g. with a cached one. */
+  discover?: (fhirBaseUrl: string) => Promise<SmartConfiguration>;
 }): Promise<{ authorizeUrl: string; pending: PendingLaunch }> {
-  const configuration = await discoverSmartConfiguration(options.fhirBaseUrl, {
-    fetch: options.fetch,
-    timeoutMs: options.timeoutMs,
-  });
+  const configuration = options.discover
+    ? await options.discover(options.fhirBaseUrl)
+    : await discoverSmartConfiguration(options.fhirBaseUrl, {
+        fetch: options.fetch,
+        timeoutMs: options.timeoutMs,
+      });
   if (!configuration.code_challenge_methods_supported?.includes('S256')) {
     throw launchRefused(
       `the authorization server of ${options.fhirBaseUrl} does not advertise PKCE S256 (code_challenge_methods_supported); SMART App Launch 2.2 requires it, so the launch is refused`,

@@ -120,6 +120,8 @@ export const smartLaunchConfigSchema = z
     /** public: PKCE only; private_key_jwt: also authenticates with the backend signing key (confidential client). */
     clientAuthentication: z.enum(['public', 'private_key_jwt']).default('public'),
     sessionTtlSeconds: z.coerce.number().int().min(60).max(86_400).default(28_800),
+    /** How long a FHIR server's smart-configuration is reused between launches (0: fetched on every launch). */
+    discoveryCacheSeconds: z.coerce.number().int().min(0).max(86_400).default(300),
     requestTimeoutMs: z.coerce.number().int().positive().default(10_000),
     cookie: cookieSchema.prefault({}),
   })

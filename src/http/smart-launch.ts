@@ -10,7 +10,11 @@ import {
   type PendingLaunch,
 } from '../../fhir/smart-app-launch.ts';
 import { createClientAssertion } from '../../fhir/smart-backend-auth.ts';
-import type { FetchFunction } from '../../fhir/smart-discovery.ts';
+import {
+  discoverSmartConfiguration,
+  type FetchFunction,
+  type SmartConfiguration,
+} from '../../fhir/smart-discovery.ts';
 import type { SmartLaunchConfig } from '../config/auth-config.ts';
 import type { Logger } from '../log.ts';
 import { createSessionManager, MemorySessionStore, type SessionStore } from './session.ts';
@@ -97,12 +101,30 @@ const callbackQuerySchema = z.object({
   error_description: z.string().max(1024).optional(),
 });
 
+const escapeHtml = (text: string) => text.replace(/[&<>"']/g, (character) => `&#${character.charCodeAt(0)};`);
+
+/**
+ * Errors are OperationOutcomes; a browser (the clinician in the EHR frame) gets the same diagnostic as a small
+ * readable page instead of raw JSON.
+ */
 function sendOutcome(response: Response, error: OperationOutcomeError): void {
-  response
-    .status(error.status)
-    .set('cache-control', 'no-store')
-    .type('application/fhir+json')
-    .send(JSON.stringify(error.outcome));
+  response.status(error.status).set('cache-control', 'no-store');
+  const request = response.req;
+  if (
+    request &&
+    request.accepts(['application/fhir+json', 'application/json', 'text/html']) === 'text/html'
+  ) {
+    const diagnostics = escapeHtml(error.message);
+    response
+      .type('text/html')
+      .send(
+        `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Launch failed</title></head>` +
+          `<body><main><h1>The review app could not start</h1><p role="alert">${diagnostics}</p>` +
+          `<p>Close this panel and launch the app again from the patient's chart.</p></main></body></html>`,
+      );
+    return;
+  }
+  response.type('application/fhir+json').send(JSON.stringify(error.outcome));
 }
 
 const refused = (
@@ -162,6 +184,21 @@ export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
     config?.scopes.map((scope) => (scope === 'launch' ? 'launch/patient' : scope)) ??
     [];
 
+  // Every launch would otherwise fetch the EHR's smart-configuration: cache it briefly, per issuer.
+  const discoveryCache = new Map<string, { configuration: SmartConfiguration; expiresAt: number }>();
+  async function discover(fhirBaseUrl: string): Promise<SmartConfiguration> {
+    const cached = discoveryCache.get(fhirBaseUrl);
+    if (cached && cached.expiresAt > now()) return cached.configuration;
+    const configuration = await discoverSmartConfiguration(fhirBaseUrl, {
+      fetch: options.fetch,
+      timeoutMs: config?.requestTimeoutMs,
+    });
+    const cacheSeconds = config?.discoveryCacheSeconds ?? 0;
+    if (cacheSeconds > 0)
+      discoveryCache.set(fhirBaseUrl, { configuration, expiresAt: now() + cacheSeconds * 1000 });
+    return configuration;
+  }
+
   const router = express.Router();
 
   router.get('/.well-known/jwks.json', (_request, response) => {
@@ -209,6 +246,7 @@ export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
         fetch: options.fetch,
         timeoutMs: config.requestTimeoutMs,
         now,
+        discover,
       });
       const existing = await sessions.load(request);
       const data: SmartSessionData = existing?.data ?? { pendingLaunches: {}, launches: {} };
@@ -241,7 +279,10 @@ export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
       }
       dropExpired(session.data, now());
       const state = query.data.state;
-      const pending = state ? session.data.pendingLaunches[state] : undefined;
+      const pending =
+        state && Object.hasOwn(session.data.pendingLaunches, state)
+          ? session.data.pendingLaunches[state]
+          : undefined;
       if (!state || !pending) {
         throw refused(
           'security',

@@ -65,6 +65,8 @@ async function startService(
       clientId: id,
       allowedIssuers: [authorizationServer.fhirBaseUrl],
       redirectUri: `${url}/smart/callback`,
+      // The misbehaviour switches change the smart-configuration between tests: read it fresh every time.
+      discoveryCacheSeconds: 0,
       ...options.config,
     }),
     sessionStore,
@@ -432,6 +434,50 @@ describe('SMART launch variants', () => {
       expect((await browser.get(`${timed.url}/api/context`)).status).toBe(401);
     } finally {
       await timed.close();
+    }
+  });
+
+  it('reuses a discovered smart-configuration between launches when caching is on', async () => {
+    const cached = await startService({
+      clientId: 'cached-review-app',
+      config: { discoveryCacheSeconds: 300 },
+    });
+    try {
+      discoveryRequests.length = 0;
+      for (let launch = 0; launch < 3; launch += 1) {
+        expect((await ehrLaunch(new Browser(), 'patient-1', cached.url)).callback.status).toBe(302);
+      }
+      const discoveries = discoveryRequests.filter((url) => url.endsWith('/.well-known/smart-configuration'));
+      expect(discoveries).toHaveLength(1);
+    } finally {
+      await cached.close();
+    }
+  });
+
+  it('shows a browser a readable error page and a program an OperationOutcome', async () => {
+    const url = `${serviceUrl}/smart/launch?iss=${encodeURIComponent('https://attacker.example/<b>')}&launch=x`;
+    const page = await fetch(url, { headers: { accept: 'text/html,application/xhtml+xml,*/*;q=0.8' } });
+    expect(page.status).toBe(403);
+    expect(page.headers.get('content-type')).toMatch(/^text\/html/);
+    const html = await page.text();
+    expect(html).toContain('role="alert"');
+    expect(html).toContain('&#60;b&#62;');
+    expect(html).not.toContain('<b>');
+    const json = await fetch(url, { headers: { accept: 'application/fhir+json' } });
+    expect(json.headers.get('content-type')).toMatch(/^application\/fhir\+json/);
+  });
+
+  it('treats a state naming an Object property as unknown', async () => {
+    const browser = new Browser();
+    const launch = authorizationServer.createLaunch({ patient: 'patient-1' });
+    await startLaunch(
+      browser,
+      `?iss=${encodeURIComponent(authorizationServer.fhirBaseUrl)}&launch=${launch}`,
+    );
+    for (const state of ['__proto__', 'constructor', 'toString']) {
+      const response = await browser.get(`${serviceUrl}/smart/callback?state=${state}&code=x`);
+      expect(response.status).toBe(401);
+      expect(await outcomeText(response)).toMatch(/state parameter does not match/);
     }
   });
 
