@@ -1,4 +1,4 @@
-import type { Bundle, FhirResource } from 'fhir/r4.js';
+import type { Bundle, BundleEntry, CapabilityStatement, DocumentReference, FhirResource } from 'fhir/r4.js';
 import { Client, RESPONSE_KEY } from 'fhir-kit-client';
 import {
   isOperationOutcome,
@@ -19,13 +19,33 @@ export interface AccessTokenSource {
   invalidate(): void;
 }
 
+/** A fixed bearer token (a user's token from a SMART launch, or a site's static token). */
+export function staticAccessToken(token: string): AccessTokenSource {
+  return { getToken: async () => token, invalidate: () => {} };
+}
+
+/**
+ * Proof that a write of a final note is the sign-off made on behalf of a clinician. Only the
+ * lifecycle's sign-off passes it; every other write of a final or amended note is refused, so nothing
+ * in the service can finalise a draft by itself.
+ */
+export interface SignOffAuthority {
+  practitioner: string;
+}
+
+/** One GET inside a batch Bundle. */
+export interface BatchRead {
+  /** Relative to the base: `Patient/123`, `Condition?patient=Patient/123&_count=200`. */
+  url: string;
+}
+
 export interface FhirClientOptions {
   baseUrl: string;
   timeoutMs?: number;
   maxAttempts?: number;
   maxPages?: number;
   accessToken?: AccessTokenSource;
-  /** Called before every request: lets the compartment guard and the metrics see all traffic. */
+  /** Called before every request (each attempt): lets metrics and tests see all traffic. */
   onRequest?: (request: { method: string; url: string }) => void;
   sleep?: (milliseconds: number) => Promise<void>;
 }
@@ -85,6 +105,31 @@ function toOutcomeError(error: unknown, method: string, path: string): Operation
   return normalizeOperationOutcome(error);
 }
 
+function batchEntryResult(entry: BundleEntry, url: string): FhirResource | OperationOutcomeError {
+  const status = Number.parseInt(entry.response?.status ?? '', 10);
+  if (entry.resource && (!Number.isFinite(status) || (status >= 200 && status < 300)))
+    return entry.resource as FhirResource;
+  const serverOutcome = isOperationOutcome(entry.response?.outcome)
+    ? entry.response.outcome
+    : isOperationOutcome(entry.resource)
+      ? entry.resource
+      : outcome('exception', `batch GET ${url}: HTTP ${Number.isFinite(status) ? status : 'unknown'}`);
+  return new OperationOutcomeError(serverOutcome, { status: Number.isFinite(status) ? status : 502 });
+}
+
+/** A final (or amended) note may only be written by the sign-off made on behalf of a clinician. */
+function refuseUnsignedFinalNote(resource: FhirResource, signOff: SignOffAuthority | undefined): void {
+  if (resource.resourceType !== 'DocumentReference') return;
+  const docStatus = (resource as DocumentReference).docStatus;
+  if (docStatus !== 'final' && docStatus !== 'amended') return;
+  if (signOff && /^Practitioner\/[A-Za-z0-9\-.]{1,64}$/.test(signOff.practitioner)) return;
+  throw outcomeError(
+    'forbidden',
+    'a note can only become final through a clinician sign-off; the service never finalises a draft',
+    403,
+  );
+}
+
 export class FhirClient {
   readonly baseUrl: string;
   readonly origin: string;
@@ -95,6 +140,8 @@ export class FhirClient {
   readonly #accessToken: AccessTokenSource | undefined;
   readonly #onRequest: FhirClientOptions['onRequest'];
   readonly #sleep: (milliseconds: number) => Promise<void>;
+  readonly #options: FhirClientOptions;
+  #capabilities: Promise<CapabilityStatement | undefined> | undefined;
   /** Round trips made, for benchmarks and metrics. */
   requestCount = 0;
 
@@ -107,11 +154,17 @@ export class FhirClient {
     this.#accessToken = options.accessToken;
     this.#onRequest = options.onRequest;
     this.#sleep = options.sleep ?? defaultSleep;
+    this.#options = options;
     this.#kit = new Client({
       baseUrl: this.baseUrl,
       customHeaders: { Accept: 'application/fhir+json' },
       requestSigner: (url, init) => this.#signRequest(url, init),
     });
+  }
+
+  /** The same server and settings with another token: the review app acts with the clinician's own token. */
+  withAccessToken(accessToken: AccessTokenSource | undefined): FhirClient {
+    return new FhirClient({ ...this.#options, accessToken });
   }
 
   /** The absolute URL for a relative FHIR path, refusing anything that would leave the server's origin. */
@@ -170,6 +223,71 @@ export class FhirClient {
     )) as unknown as T;
   }
 
+  /** One exact version, for Provenance checks and sign-off revisions. */
+  async vread<T extends FhirResource>(
+    resourceType: T['resourceType'],
+    id: string,
+    versionId: string,
+  ): Promise<T> {
+    if (!/^[A-Za-z0-9\-.]{1,64}$/.test(id) || !/^[A-Za-z0-9\-.]{1,64}$/.test(versionId))
+      throw outcomeError('invalid', `not a FHIR id or version: ${JSON.stringify(`${id}/${versionId}`)}`);
+    return (await this.#withRetries('GET', `${resourceType}/${id}/_history/${versionId}`, (signal) =>
+      this.#kit.vread({ resourceType, id, version: versionId, options: { signal } }),
+    )) as unknown as T;
+  }
+
+  /** The server's CapabilityStatement, read once; undefined when the server does not serve one. */
+  capabilities(): Promise<CapabilityStatement | undefined> {
+    this.#capabilities ??= this.#withRetries('GET', 'metadata', (signal) =>
+      this.#kit.capabilityStatement({ signal }),
+    )
+      .then((statement) =>
+        (statement as { resourceType?: string }).resourceType === 'CapabilityStatement'
+          ? (statement as unknown as CapabilityStatement)
+          : undefined,
+      )
+      .catch(() => undefined);
+    return this.#capabilities;
+  }
+
+  /** Whether the server says it accepts batch Bundles (rest[mode=server].interaction batch). */
+  async supportsBatch(): Promise<boolean> {
+    const statement = await this.capabilities();
+    return Boolean(
+      statement?.rest?.some(
+        (rest) =>
+          rest.mode === 'server' && rest.interaction?.some((interaction) => interaction.code === 'batch'),
+      ),
+    );
+  }
+
+  /**
+   * Several GETs in one round trip. Each result is the entry's resource, or an OperationOutcomeError
+   * for an entry the server refused (the caller decides whether to retry it on its own).
+   */
+  async batch(reads: BatchRead[]): Promise<(FhirResource | OperationOutcomeError)[]> {
+    const body: Bundle = {
+      resourceType: 'Bundle',
+      type: 'batch',
+      entry: reads.map((read) => ({ request: { method: 'GET', url: read.url.replace(/^\/+/, '') } })),
+    };
+    const response = (await this.#withRetries('POST', 'batch', (signal) =>
+      this.#kit.batch({ body: body as never, options: { signal } }),
+    )) as unknown as Bundle;
+    if (response?.resourceType !== 'Bundle' || (response.entry?.length ?? 0) !== reads.length) {
+      throw outcomeError('invalid', 'batch response does not answer every request', 502);
+    }
+    return (response.entry ?? []).map((entry, index) => batchEntryResult(entry, reads[index].url));
+  }
+
+  /** The matching resources of a search Bundle already in hand (from a batch), following its `next` links. */
+  async collectSearchPages<T extends FhirResource>(
+    resourceType: T['resourceType'],
+    firstPage: Bundle,
+  ): Promise<T[]> {
+    return this.#collectPages<T>(resourceType, firstPage);
+  }
+
   /** One page of search results as the server returns it. */
   async searchPage(resourceType: string, params: Record<string, string | number>): Promise<Bundle> {
     const searchParams = Object.fromEntries(
@@ -185,8 +303,15 @@ export class FhirClient {
     resourceType: T['resourceType'],
     params: Record<string, string | number> = {},
   ): Promise<T[]> {
+    return this.#collectPages<T>(resourceType, await this.searchPage(resourceType, params));
+  }
+
+  async #collectPages<T extends FhirResource>(
+    resourceType: T['resourceType'],
+    firstPage: Bundle,
+  ): Promise<T[]> {
     const results: T[] = [];
-    let page: Bundle | undefined = await this.searchPage(resourceType, params);
+    let page: Bundle | undefined = firstPage;
     for (let pageNumber = 1; page; pageNumber++) {
       for (const entry of page.entry ?? []) {
         if (entry.search?.mode === 'include' || entry.search?.mode === 'outcome') continue;
@@ -208,8 +333,9 @@ export class FhirClient {
   /** Create, or with `ifNoneExist` a conditional create: a repeated call finds the first resource instead of adding one. */
   async create<T extends FhirResource>(
     resource: T,
-    options: { ifNoneExist?: string } = {},
+    options: { ifNoneExist?: string; signOff?: SignOffAuthority } = {},
   ): Promise<CreateResult<T>> {
+    refuseUnsignedFinalNote(resource, options.signOff);
     const headers: Record<string, string> = { 'Content-Type': 'application/fhir+json' };
     if (options.ifNoneExist) headers['If-None-Exist'] = options.ifNoneExist;
     const response = (await this.#withRetries('POST', resource.resourceType, (signal) =>
@@ -233,8 +359,12 @@ export class FhirClient {
   }
 
   /** Update with optimistic locking when the version read is known (If-Match), so a concurrent edit is not lost. */
-  async update<T extends FhirResource>(resource: T, options: { ifMatchVersion?: string } = {}): Promise<T> {
+  async update<T extends FhirResource>(
+    resource: T,
+    options: { ifMatchVersion?: string; signOff?: SignOffAuthority } = {},
+  ): Promise<T> {
     if (!resource.id) throw outcomeError('invalid', 'update needs an id');
+    refuseUnsignedFinalNote(resource, options.signOff);
     const headers: Record<string, string> = { 'Content-Type': 'application/fhir+json' };
     if (options.ifMatchVersion) headers['If-Match'] = `W/"${options.ifMatchVersion}"`;
     return (await this.#withRetries('PUT', `${resource.resourceType}/${resource.id}`, (signal) =>

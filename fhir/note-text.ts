@@ -1,6 +1,7 @@
 import type { Attachment, Binary, DocumentReference } from 'fhir/r4.js';
 import type { FhirClient } from './fhir-client.ts';
 import { outcomeError } from './operation-outcome.ts';
+import { PatientScopedReader } from './patient-scope.ts';
 
 /** Decodes a note's text from `attachment.data` (base64) or `attachment.url` (a Binary), honouring the charset. */
 export function charsetOf(contentType: string | undefined): string {
@@ -10,12 +11,15 @@ export function charsetOf(contentType: string | undefined): string {
 
 export function decodeBase64Text(data: string, contentType: string | undefined): string {
   const bytes = Buffer.from(data, 'base64');
+  let decoder: TextDecoder;
   try {
-    return new TextDecoder(charsetOf(contentType)).decode(bytes);
+    decoder = new TextDecoder(charsetOf(contentType));
   } catch {
     // An unknown charset label: UTF-8 is what nearly every server means.
-    return new TextDecoder('utf-8').decode(bytes);
+    decoder = new TextDecoder('utf-8');
   }
+  // The decoder drops a byte-order mark for UTF-8/16; notes exported from Windows tools often carry one.
+  return decoder.decode(bytes);
 }
 
 function isTextual(contentType: string | undefined): boolean {
@@ -48,17 +52,16 @@ function stripMarkup(text: string, contentType: string | undefined): string {
     .replace(/&amp;/g, '&');
 }
 
-export async function readNoteText(
-  client: FhirClient,
-  document: DocumentReference,
-): Promise<string | undefined> {
+/** The text of a note whose attachment carries its data inline; undefined when it must be fetched. */
+export function inlineNoteText(document: DocumentReference): string | undefined {
   const attachment = textAttachment(document);
-  if (!attachment) return undefined;
-  if (attachment.data)
-    return stripMarkup(decodeBase64Text(attachment.data, attachment.contentType), attachment.contentType);
-  const url = attachment.url as string;
-  // resolveUrl refuses another origin: the token must never travel to a host it is not for.
-  const binary = await client.get<Binary>(url);
+  if (!attachment?.data) return undefined;
+  return stripMarkup(decodeBase64Text(attachment.data, attachment.contentType), attachment.contentType);
+}
+
+/** The text of a Binary fetched for a note's attachment URL. */
+export function binaryNoteText(document: DocumentReference, binary: Binary | undefined): string {
+  const attachment = textAttachment(document);
   if (binary?.resourceType !== 'Binary' || typeof binary.data !== 'string') {
     throw outcomeError(
       'invalid',
@@ -66,6 +69,27 @@ export async function readNoteText(
       502,
     );
   }
-  const contentType = binary.contentType ?? attachment.contentType;
+  const contentType = binary.contentType ?? attachment?.contentType;
   return stripMarkup(decodeBase64Text(binary.data, contentType), contentType);
+}
+
+/**
+ * Reads a note's text. Through a PatientScopedReader (what event processing uses), an attachment URL
+ * is fetched only for a note already admitted to the patient's compartment; either way the client
+ * refuses a URL on another origin, so the token never travels to a host it is not for.
+ */
+export async function readNoteText(
+  source: FhirClient | PatientScopedReader,
+  document: DocumentReference,
+): Promise<string | undefined> {
+  const attachment = textAttachment(document);
+  if (!attachment) return undefined;
+  if (attachment.data)
+    return stripMarkup(decodeBase64Text(attachment.data, attachment.contentType), attachment.contentType);
+  const url = attachment.url as string;
+  const binary =
+    source instanceof PatientScopedReader
+      ? await source.noteAttachment(document, url)
+      : await source.get<Binary>(url);
+  return binaryNoteText(document, binary);
 }

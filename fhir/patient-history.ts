@@ -1,13 +1,18 @@
 import type { DocumentReference, Encounter, FhirResource, Patient } from 'fhir/r4.js';
 import type { FhirClient } from './fhir-client.ts';
 import { readNoteText } from './note-text.ts';
-import { outcomeError } from './operation-outcome.ts';
+import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
 import type { ClinicalNote, PatientRecord, PatientResourceLists } from './patient-record.ts';
+import { PatientScopedReader, patientReferenceOf } from './patient-scope.ts';
+
+export { assertInCompartment, patientReferenceOf } from './patient-scope.ts';
 
 /**
- * Retrieves one patient's history for one event: per-type searches in parallel, notes decoded,
- * every resource checked to belong to the event's patient (the compartment guard), and the
- * service's own drafts left out so a summary never summarises an earlier summary.
+ * Retrieves one patient's history for one event in as few round trips as the server allows: one
+ * batch Bundle when its CapabilityStatement offers batch, otherwise per-type searches in parallel
+ * within a limit. Every read goes through a PatientScopedReader (the compartment guard), notes are
+ * decoded honouring their charset, and the service's own drafts are left out so a summary never
+ * summarises an earlier summary.
  */
 export interface HistoryOptions {
   /** Identifier system of the drafts this service writes. */
@@ -15,6 +20,10 @@ export interface HistoryOptions {
   /** How many searches or note reads run at once. */
   concurrency?: number;
   pageSize?: number;
+  /** auto: a batch Bundle when the server offers batch; never: always separate searches. */
+  batch?: 'auto' | 'never';
+  /** `_elements` per resource type, where the full resource carries bytes nobody downstream reads. */
+  elements?: Partial<Record<string, string>>;
 }
 
 const searchesByList: Record<keyof PatientResourceLists, FhirResource['resourceType']> = {
@@ -28,6 +37,15 @@ const searchesByList: Record<keyof PatientResourceLists, FhirResource['resourceT
   noteResources: 'DocumentReference',
 };
 
+/**
+ * Earlier encounters are read for their dates, kinds and reasons; their participants, locations and
+ * identifiers are most of their bytes and nothing downstream reads them.
+ */
+export const defaultElements: Partial<Record<string, string>> = {
+  Encounter:
+    'id,meta,status,class,type,serviceType,priority,subject,period,length,reasonCode,reasonReference,diagnosis,hospitalization',
+};
+
 /** Runs tasks with at most `limit` in flight, keeping their order. */
 export async function mapWithConcurrency<T, R>(
   items: T[],
@@ -36,7 +54,7 @@ export async function mapWithConcurrency<T, R>(
 ): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+  const workers = Array.from({ length: Math.min(Math.max(1, limit), items.length) }, async () => {
     while (next < items.length) {
       const index = next++;
       results[index] = await task(items[index]);
@@ -46,29 +64,15 @@ export async function mapWithConcurrency<T, R>(
   return results;
 }
 
-/** The patient a resource belongs to, as `Patient/<id>`, from its subject or patient reference. */
-export function patientReferenceOf(resource: FhirResource): string | undefined {
-  if (resource.resourceType === 'Patient') return `Patient/${resource.id}`;
-  const holder = resource as { subject?: { reference?: string }; patient?: { reference?: string } };
-  const reference = holder.subject?.reference ?? holder.patient?.reference;
-  if (!reference) return undefined;
-  // Absolute references name the same patient when their last two segments do.
-  const match = /(?:^|\/)(Patient\/[A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(reference);
-  return match?.[1];
-}
-
-export function assertInCompartment(resource: FhirResource, patientId: string): void {
-  if (patientReferenceOf(resource) !== `Patient/${patientId}`) {
-    throw outcomeError(
-      'forbidden',
-      `${resource.resourceType}/${resource.id} does not belong to the event's patient; refused`,
-      403,
-    );
-  }
-}
-
 export function isOwnDraft(document: DocumentReference, draftIdentifierSystem: string): boolean {
   return (document.identifier ?? []).some((identifier) => identifier.system === draftIdentifierSystem);
+}
+
+/** The compartment guard for one event: a reader bound to the Encounter's patient. */
+export function openPatientScope(client: FhirClient, encounter: Encounter): PatientScopedReader {
+  const patientId = /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(patientReferenceOf(encounter) ?? '')?.[1];
+  if (!patientId) throw outcomeError('invalid', `Encounter/${encounter.id} has no patient subject`, 422);
+  return new PatientScopedReader(client, patientId);
 }
 
 export async function retrievePatientRecord(
@@ -76,32 +80,84 @@ export async function retrievePatientRecord(
   encounter: Encounter,
   options: HistoryOptions,
 ): Promise<PatientRecord> {
-  const patientId = /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(patientReferenceOf(encounter) ?? '')?.[1];
-  if (!patientId) throw outcomeError('invalid', `Encounter/${encounter.id} has no patient subject`, 422);
-  const concurrency = options.concurrency ?? 4;
-  const patientParam = `Patient/${patientId}`;
-  const count = options.pageSize ?? 200;
+  return retrievePatientHistory(openPatientScope(client, encounter), encounter, options);
+}
 
-  const listNames = Object.keys(searchesByList) as (keyof PatientResourceLists)[];
+function searchParams(resourceType: string, options: HistoryOptions): Record<string, string | number> {
+  const elements = (options.elements ?? defaultElements)[resourceType];
+  return { _count: options.pageSize ?? 200, ...(elements ? { _elements: elements } : {}) };
+}
+
+type Lists = Record<keyof PatientResourceLists, FhirResource[]>;
+
+async function searchSeparately(
+  reader: PatientScopedReader,
+  listNames: (keyof PatientResourceLists)[],
+  options: HistoryOptions,
+): Promise<{ patient: Patient; lists: Lists }> {
   const [patient, ...lists] = await mapWithConcurrency<string, FhirResource | FhirResource[]>(
     ['Patient', ...listNames],
-    concurrency,
-    (name) =>
-      name === 'Patient'
-        ? client.read<Patient>('Patient', patientId)
-        : client.search(searchesByList[name as keyof PatientResourceLists], {
-            patient: patientParam,
-            _count: count,
-          }),
+    options.concurrency ?? 4,
+    (name) => {
+      if (name === 'Patient') return reader.read<Patient>('Patient', reader.patientId);
+      const resourceType = searchesByList[name as keyof PatientResourceLists];
+      return reader.search(resourceType, searchParams(resourceType, options));
+    },
   );
+  const byName = Object.fromEntries(listNames.map((name, index) => [name, lists[index]])) as Lists;
+  return { patient: patient as Patient, lists: byName };
+}
 
-  const record = { patient: patient as Patient, encounter } as PatientRecord;
-  listNames.forEach((name, index) => {
-    const resources = lists[index] as FhirResource[];
-    for (const resource of resources) assertInCompartment(resource, patientId);
-    (record as unknown as Record<string, FhirResource[]>)[name] = resources;
-  });
-  assertInCompartment(record.patient, patientId);
+/** One round trip for the Patient and every search; an entry the server refused is retried on its own. */
+async function searchInOneBatch(
+  reader: PatientScopedReader,
+  listNames: (keyof PatientResourceLists)[],
+  options: HistoryOptions,
+): Promise<{ patient: Patient; lists: Lists }> {
+  const answer = await reader.batch(
+    listNames.map((name) => ({
+      resourceType: searchesByList[name],
+      params: searchParams(searchesByList[name], options),
+    })),
+  );
+  const patient =
+    answer.patient instanceof OperationOutcomeError
+      ? await retryAlone(answer.patient, () => reader.read<Patient>('Patient', reader.patientId))
+      : answer.patient;
+  const lists = await mapWithConcurrency(
+    listNames.map((name, index) => ({ name, result: answer.searches[index] })),
+    options.concurrency ?? 4,
+    ({ name, result }) => {
+      const resourceType = searchesByList[name];
+      if (result instanceof OperationOutcomeError)
+        return retryAlone(result, () => reader.search(resourceType, searchParams(resourceType, options)));
+      return reader.collectSearchPages(resourceType, result);
+    },
+  );
+  const byName = Object.fromEntries(listNames.map((name, index) => [name, lists[index]])) as Lists;
+  return { patient, lists: byName };
+}
+
+async function retryAlone<T>(error: OperationOutcomeError, again: () => Promise<T>): Promise<T> {
+  // A throttled or failed entry may succeed on its own (with the client's retries); a 4xx will not.
+  if (!error.isRetryable) throw error;
+  return again();
+}
+
+/** The history of the reader's patient. Only the reader is used: nothing here can reach another patient. */
+export async function retrievePatientHistory(
+  reader: PatientScopedReader,
+  encounter: Encounter,
+  options: HistoryOptions,
+): Promise<PatientRecord> {
+  const admittedEncounter = reader.admit(encounter);
+  const listNames = Object.keys(searchesByList) as (keyof PatientResourceLists)[];
+  const useBatch = options.batch !== 'never' && (await reader.supportsBatch());
+  const { patient, lists } = useBatch
+    ? await searchInOneBatch(reader, listNames, options)
+    : await searchSeparately(reader, listNames, options);
+
+  const record = { patient, encounter: admittedEncounter, ...lists } as PatientRecord;
   record.noteResources = record.noteResources.filter(
     (document) =>
       document.status !== 'entered-in-error' && !isOwnDraft(document, options.draftIdentifierSystem),
@@ -109,9 +165,9 @@ export async function retrievePatientRecord(
 
   const notes = await mapWithConcurrency(
     record.noteResources,
-    concurrency,
+    options.concurrency ?? 4,
     async (document): Promise<ClinicalNote | undefined> => {
-      const text = await readNoteText(client, document);
+      const text = await readNoteText(reader, document);
       if (text === undefined) return undefined;
       return {
         reference: `DocumentReference/${document.id}`,

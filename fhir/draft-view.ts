@@ -1,0 +1,95 @@
+import type { DocumentReference } from 'fhir/r4.js';
+import { flaggedDescriptionMarker } from './draft-note.ts';
+import type { DraftMode, DraftStatus, StoredDraft } from './draft-store.ts';
+import { inlineNoteText } from './note-text.ts';
+
+/**
+ * The plain view of a draft that the review app shows, the same whether the draft lives in the EHR
+ * (write mode) or in the service's store (hold, shadow).
+ */
+export interface DraftView {
+  id: string;
+  patientId: string;
+  encounterId: string;
+  kind: string;
+  status: DraftStatus;
+  text: string;
+  title: string;
+  createdAt: string;
+  citations: string[];
+  flagged: boolean;
+  mode: DraftMode;
+  /** The version the view was read at (EHR versionId, or the store's last change). */
+  version?: string;
+  /** A draft this one replaces, and the one that replaced it. */
+  replaces?: string;
+  supersededBy?: string;
+  /** `Practitioner/<id>` who signed, once final. */
+  signedBy?: string;
+  /** The EHR's DocumentReference id once a held draft was signed and written. */
+  fhirId?: string;
+  /** Set by regenerateDraft: a new draft is on its way and will replace this one. */
+  regenerationRequested?: boolean;
+}
+
+const citationPattern = /\[([A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?\]/g;
+
+export function citationsOf(text: string): string[] {
+  return [...new Set([...text.matchAll(citationPattern)].map((match) => match[1]))];
+}
+
+export function statusOf(document: DocumentReference): DraftStatus {
+  if (document.status === 'entered-in-error') return 'entered-in-error';
+  if (document.status === 'superseded') return 'superseded';
+  if (document.docStatus === 'final' || document.docStatus === 'amended') return 'final';
+  return 'preliminary';
+}
+
+const bareId = (reference: string | undefined) => reference?.split('/').at(-1) ?? '';
+
+/** A draft in the EHR; `identifierSystem` tells which identifier carries encounter|kind|engine. */
+export function viewOfDocument(document: DocumentReference, identifierSystem: string): DraftView {
+  const identifierValue =
+    document.identifier?.find((identifier) => identifier.system === identifierSystem)?.value ?? '';
+  const [encounterFromIdentifier, kind = 'unknown'] = identifierValue.split('|');
+  const text = inlineNoteText(document) ?? '';
+  const replaces = document.relatesTo?.find((relation) => relation.code === 'replaces')?.target?.reference;
+  const subject = document.subject?.reference ?? '';
+  return {
+    id: document.id as string,
+    patientId: /Patient\/([^/]+)/.exec(subject)?.[1] ?? bareId(subject),
+    encounterId: bareId(document.context?.encounter?.[0]?.reference) || encounterFromIdentifier,
+    kind,
+    status: statusOf(document),
+    text,
+    title: document.content?.[0]?.attachment?.title ?? document.description ?? 'Draft',
+    createdAt: document.date ?? document.content?.[0]?.attachment?.creation ?? '',
+    citations: citationsOf(text),
+    flagged: (document.description ?? '').includes(flaggedDescriptionMarker),
+    mode: 'write',
+    ...(document.meta?.versionId ? { version: document.meta.versionId } : {}),
+    ...(replaces ? { replaces: bareId(replaces) } : {}),
+    ...(document.authenticator?.reference ? { signedBy: document.authenticator.reference } : {}),
+  };
+}
+
+export function viewOfStored(draft: StoredDraft): DraftView {
+  return {
+    id: draft.id,
+    patientId: draft.patientId,
+    encounterId: draft.encounterId,
+    kind: draft.kind,
+    status: draft.status,
+    text: draft.text,
+    title: draft.title,
+    createdAt: draft.createdAt,
+    citations: draft.citations,
+    flagged: draft.flagged,
+    mode: draft.mode,
+    version: draft.updatedAt,
+    ...(draft.replaces ? { replaces: draft.replaces } : {}),
+    ...(draft.supersededBy ? { supersededBy: draft.supersededBy } : {}),
+    ...(draft.document.authenticator?.reference ? { signedBy: draft.document.authenticator.reference } : {}),
+    ...(draft.fhirId ? { fhirId: draft.fhirId } : {}),
+  };
+}

@@ -1,0 +1,193 @@
+import type { Binary, Bundle, DocumentReference, FhirResource, Patient } from 'fhir/r4.js';
+import type { FhirClient } from './fhir-client.ts';
+import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
+
+/**
+ * The compartment guard. While one event is processed, everything that reads FHIR gets a
+ * PatientScopedReader bound to that event's patient instead of the FhirClient: it can only search
+ * with that patient as the subject, it checks every resource that comes back, and it refuses reads of
+ * another patient before any request is made. Later code, tools and prompts that are handed this
+ * reader (and not the client) have no way to reach another patient's data.
+ */
+const fhirId = /^[A-Za-z0-9\-.]{1,64}$/;
+
+/**
+ * Types outside any patient's compartment that a record may legitimately point at (who wrote a note,
+ * which organisation): they hold no patient data, so reading them by id is allowed.
+ */
+const sharedTypes = new Set(['Practitioner', 'PractitionerRole', 'Organization', 'Location', 'Medication']);
+
+/** Search parameters that name a patient: the reader sets these itself and refuses them from callers. */
+const patientParameters = new Set([
+  'patient',
+  'subject',
+  'beneficiary',
+  '_id',
+  '_has',
+  '_include',
+  '_revinclude',
+]);
+
+/** The patient a resource belongs to, as `Patient/<id>`, from its subject or patient reference. */
+export function patientReferenceOf(resource: FhirResource): string | undefined {
+  if (resource.resourceType === 'Patient') return `Patient/${resource.id}`;
+  const holder = resource as { subject?: { reference?: string }; patient?: { reference?: string } };
+  const reference = holder.subject?.reference ?? holder.patient?.reference;
+  if (!reference) return undefined;
+  // Absolute references name the same patient when their last two segments do.
+  const match = /(?:^|\/)(Patient\/[A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(reference);
+  return match?.[1];
+}
+
+export function assertInCompartment(resource: FhirResource, patientId: string): void {
+  if (patientReferenceOf(resource) !== `Patient/${patientId}`) {
+    throw outcomeError(
+      'forbidden',
+      `${resource.resourceType}/${resource.id} does not belong to the event's patient; refused`,
+      403,
+    );
+  }
+}
+
+/** Whether a (possibly absolute or versioned) reference points at `Type/id`. */
+function sameReference(reference: string, typeAndId: string): boolean {
+  const bare = reference.replace(/\/_history\/[^/]+$/, '');
+  return bare === typeAndId || bare.endsWith(`/${typeAndId}`);
+}
+
+function refused(what: string): OperationOutcomeError {
+  return outcomeError('forbidden', `${what}: outside the event's patient compartment; refused`, 403);
+}
+
+export interface ScopedRead {
+  reference: string;
+  versionId: string | undefined;
+}
+
+export class PatientScopedReader {
+  readonly patientId: string;
+  readonly #client: FhirClient;
+  /** Every resource read through this reader, in order: what the event's processing actually saw. */
+  readonly reads: ScopedRead[] = [];
+  /** Note ids whose attachments this reader has vetted (only those may be fetched as Binary). */
+  readonly #vettedNotes = new Set<string>();
+
+  constructor(client: FhirClient, patientId: string) {
+    if (!fhirId.test(patientId)) throw outcomeError('invalid', 'not a patient id', 422);
+    this.#client = client;
+    this.patientId = patientId;
+  }
+
+  get patientReference(): string {
+    return `Patient/${this.patientId}`;
+  }
+
+  /** The server's round trips so far (the client is shared; this is for metrics only). */
+  get client(): Pick<FhirClient, 'requestCount' | 'baseUrl'> {
+    return this.#client;
+  }
+
+  /** Checks a resource obtained some other way (a batch entry) and records it as read. */
+  admit<T extends FhirResource>(resource: T): T {
+    if (sharedTypes.has(resource.resourceType)) return this.#record(resource);
+    assertInCompartment(resource, this.patientId);
+    if (resource.resourceType === 'DocumentReference') this.#vettedNotes.add(resource.id as string);
+    return this.#record(resource);
+  }
+
+  #record<T extends FhirResource>(resource: T): T {
+    this.reads.push({
+      reference: `${resource.resourceType}/${resource.id}`,
+      versionId: resource.meta?.versionId,
+    });
+    return resource;
+  }
+
+  async read<T extends FhirResource>(resourceType: T['resourceType'], id: string): Promise<T> {
+    if (resourceType === 'Patient' && id !== this.patientId) throw refused(`Patient/${id}`);
+    if (resourceType === 'Binary') throw refused('Binary by id (use noteAttachment)');
+    return this.admit(await this.#client.read<T>(resourceType, id));
+  }
+
+  /** The search parameters for a type, scoped to this patient; refuses a caller's attempt to widen them. */
+  scopedParams(
+    resourceType: string,
+    params: Record<string, string | number> = {},
+  ): Record<string, string | number> {
+    if (sharedTypes.has(resourceType) || resourceType === 'Binary') throw refused(`${resourceType} search`);
+    for (const key of Object.keys(params)) {
+      const name = key.split(':')[0].split('.')[0];
+      if (patientParameters.has(name)) throw refused(`search parameter ${key}`);
+    }
+    return resourceType === 'Patient'
+      ? { ...params, _id: this.patientId }
+      : { ...params, patient: this.patientReference };
+  }
+
+  async search<T extends FhirResource>(
+    resourceType: T['resourceType'],
+    params: Record<string, string | number> = {},
+  ): Promise<T[]> {
+    const results = await this.#client.search<T>(resourceType, this.scopedParams(resourceType, params));
+    return results.map((resource) => this.admit(resource));
+  }
+
+  /** Admits the results of a search made in a batch, following its next links through the client. */
+  async collectSearchPages<T extends FhirResource>(
+    resourceType: T['resourceType'],
+    firstPage: Bundle,
+  ): Promise<T[]> {
+    const results = await this.#client.collectSearchPages<T>(resourceType, firstPage);
+    return results.map((resource) => this.admit(resource));
+  }
+
+  /** Whether the server takes batch Bundles (from its CapabilityStatement, read once). */
+  supportsBatch(): Promise<boolean> {
+    return this.#client.supportsBatch();
+  }
+
+  /**
+   * The patient and several searches in one batch Bundle, each search scoped exactly as search()
+   * scopes it. Search results come back as Bundles to pass to collectSearchPages (which admits every
+   * entry); an entry the server refused comes back as its OperationOutcomeError.
+   */
+  async batch(
+    searches: { resourceType: string; params?: Record<string, string | number> }[],
+  ): Promise<{ patient: Patient | OperationOutcomeError; searches: (Bundle | OperationOutcomeError)[] }> {
+    const urls = searches.map(({ resourceType, params }) => {
+      const query = new URLSearchParams(
+        Object.entries(this.scopedParams(resourceType, params)).map(([key, value]) => [key, String(value)]),
+      );
+      return { url: `${resourceType}?${query}` };
+    });
+    const [patient, ...results] = await this.#client.batch([{ url: this.patientReference }, ...urls]);
+    return {
+      patient: patient instanceof OperationOutcomeError ? patient : this.admit(patient as Patient),
+      searches: results.map((result) =>
+        result instanceof OperationOutcomeError || result.resourceType === 'Bundle'
+          ? (result as Bundle | OperationOutcomeError)
+          : outcomeError('invalid', 'a batch search answered with something other than a Bundle', 502),
+      ),
+    };
+  }
+
+  /**
+   * The Binary behind a note's attachment URL: only for a note this reader has already admitted, and
+   * only on the FHIR server's own origin (the client refuses others before any request is made).
+   */
+  async noteAttachment(document: DocumentReference, url: string): Promise<Binary> {
+    if (!document.id || !this.#vettedNotes.has(document.id))
+      throw refused(`attachment of DocumentReference/${document.id}`);
+    const binary = await this.#client.get<Binary>(url);
+    const context = binary?.securityContext?.reference;
+    // A Binary that names its context must name this note or this patient.
+    if (
+      context &&
+      !sameReference(context, `DocumentReference/${document.id}`) &&
+      !sameReference(context, this.patientReference)
+    ) {
+      throw refused(`Binary/${binary.id}`);
+    }
+    return binary;
+  }
+}
