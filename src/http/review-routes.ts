@@ -10,7 +10,7 @@ import express, { type Router } from 'express';
  * run script. The page works in an EHR iframe: `frameAncestors` lists the EHR origins allowed to embed it.
  */
 export interface ReviewRouterOptions {
-  /** CSP frame-ancestors sources, e.g. `https://ehr.example.org`; default `'self'` only. */
+  /** CSP frame-ancestors sources (`review.frameAncestors`), e.g. `https://ehr.example.org`; default `'self'` only. */
   frameAncestors?: string[];
 }
 
@@ -22,7 +22,7 @@ const assets: Record<string, { file: string; type: string }> = {
   '/review.js': { file: 'review.js', type: 'text/javascript; charset=utf-8' },
 };
 
-const sourcePattern = /^('self'|'none'|\*|https?:\/\/[A-Za-z0-9.\-:[\]*]+)$/;
+const sourcePattern = /^('self'|'none'|https?:\/\/(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?)$/;
 
 export function contentSecurityPolicy(frameAncestors: string[]): string {
   const ancestors = frameAncestors.filter((source) => sourcePattern.test(source));

@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FhirResource } from 'fhir/r4.js';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
@@ -101,6 +102,9 @@ const memory = createMemoryDraftLifecycle([
 
 let harness: ReviewHarness;
 let browser: Browser;
+/** A stand-in for the EHR's own web page, on another origin, that shows the review app in an iframe pane. */
+let ehrPage: Server;
+let ehrOrigin: string;
 
 async function axeViolations(page: Page): Promise<{ id: string; impact: string; nodes: number }[]> {
   // Evaluated through the DevTools protocol, so the page's strict CSP (script-src 'self') stays on.
@@ -172,7 +176,17 @@ async function csrfToken(page: Page): Promise<string> {
 describe.skipIf(!existsSync(chromiumPath))('review app in Chromium', () => {
   beforeAll(async () => {
     mkdirSync(artifacts, { recursive: true });
+    ehrPage = createServer((_request, response) => {
+      response.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      response.end(
+        '<!doctype html><html lang="en"><head><title>EHR</title><style>body{margin:0}iframe{border:0}</style></head>' +
+          '<body><main><iframe id="pane" title="Draft notes for review" width="1280" height="800"></iframe></main></body></html>',
+      );
+    });
+    await new Promise<void>((resolve) => ehrPage.listen(0, '127.0.0.1', resolve));
+    ehrOrigin = `http://127.0.0.1:${(ehrPage.address() as AddressInfo).port}`;
     harness = await startReviewHarness({
+      frameAncestors: ["'self'", ehrOrigin],
       authorization: { fhirHandler: (request, response) => serveFhir(request, response) },
       lifecycleFor: () => memory.lifecycle,
     });
@@ -194,6 +208,25 @@ describe.skipIf(!existsSync(chromiumPath))('review app in Chromium', () => {
   afterAll(async () => {
     await browser?.close();
     await harness?.close();
+    ehrPage?.closeAllConnections();
+    await new Promise<void>((resolve) => (ehrPage ? ehrPage.close(() => resolve()) : resolve()));
+  });
+
+  it('works inside the EHR window as a 1280x800 iframe pane', async () => {
+    const { context, page } = await newPage();
+    await page.goto(`${ehrOrigin}/`);
+    const launchUrl = harness.launchUrl({ patient: patientId, encounter: 'e1', fhirUser: practitioner });
+    await page.evaluate((url) => {
+      (document.getElementById('pane') as HTMLIFrameElement).src = url;
+    }, launchUrl);
+    const pane = page.frameLocator('#pane');
+    await pane.locator('article.draft').first().waitFor();
+    expect(await pane.locator('.ai-banner').isVisible()).toBe(true);
+    // The first draft's actions are visible without scrolling the pane.
+    const signBox = await pane.locator('article.draft button.sign').first().boundingBox();
+    expect(signBox && signBox.y + signBox.height).toBeLessThan(800);
+    await page.screenshot({ path: path.join(artifacts, 'review-in-ehr-iframe.png') });
+    await context.close();
   });
 
   it('launches, lists the drafts with their status, opens a citation, edits and signs', async () => {

@@ -40,6 +40,8 @@ export interface ReviewHarness {
 export async function startReviewHarness(options: {
   authorization: SmartAuthorizationServerOptions;
   lifecycleFor: (context: LaunchContext) => DraftLifecyclePort;
+  /** CSP frame-ancestors of the review page (`review.frameAncestors`). */
+  frameAncestors?: string[];
   /** Extra routers mounted on the service app (for example the sandbox EHR). */
   routers?: (serviceUrl: string) => { path: string; router: Router }[];
 }): Promise<ReviewHarness> {
@@ -83,7 +85,7 @@ export async function startReviewHarness(options: {
     isReady: () => true,
     routers: [
       { path: '/', router: smartLaunch.router },
-      { path: '/review', router: reviewRouter() },
+      { path: '/review', router: reviewRouter({ frameAncestors: options.frameAncestors }) },
       {
         path: '/api/drafts',
         router: draftsApiRouter({
