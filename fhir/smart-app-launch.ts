@@ -52,10 +52,10 @@ export function codeChallengeFor(codeVerifier: string): string {
 
 const normalizeBase = (url: string) => url.replace(/\/+$/, '');
 
-/** The configured FHIR base matching `iss`, or undefined; only exact matches (ignoring a trailing slash) count. */
+/** The configured FHIR base matching `iss` (as configured), or undefined; only exact matches (ignoring a trailing slash) count. */
 export function findAllowedIssuer(iss: string, allowedIssuers: readonly string[]): string | undefined {
   const wanted = normalizeBase(iss);
-  return allowedIssuers.map(normalizeBase).find((allowed) => allowed === wanted);
+  return allowedIssuers.find((allowed) => normalizeBase(allowed) === wanted);
 }
 
 const launchRefused = (diagnostics: string, status = 401) =>

@@ -229,7 +229,9 @@ export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
       const requestedIssuer =
         iss ?? (config.allowedIssuers.length === 1 ? config.allowedIssuers[0] : undefined);
       if (!requestedIssuer) throw refused('invalid', 'which FHIR server? pass iss', 400);
-      const fhirBaseUrl = findAllowedIssuer(requestedIssuer, config.allowedIssuers);
+      const allowedIssuer = findAllowedIssuer(requestedIssuer, config.allowedIssuers);
+      // aud must be the iss exactly as the EHR sent it; servers compare the strings.
+      const fhirBaseUrl = allowedIssuer && (iss ?? allowedIssuer);
       if (!fhirBaseUrl) {
         throw refused(
           'forbidden',

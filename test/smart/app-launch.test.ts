@@ -321,6 +321,15 @@ describe('SMART EHR launch', () => {
     expect(await outcomeText(response)).toMatch(/does not advertise PKCE S256/);
   });
 
+  it('matches iss ignoring a trailing slash but sends it back as aud exactly as the EHR wrote it', async () => {
+    const iss = `${authorizationServer.fhirBaseUrl}/`;
+    const response = await new Browser().get(
+      `${serviceUrl}/smart/launch?iss=${encodeURIComponent(iss)}&launch=abc`,
+    );
+    expect(response.status).toBe(302);
+    expect(new URL(response.headers.get('location')!).searchParams.get('aud')).toBe(iss);
+  });
+
   it('refuses an iss that is not configured without contacting it', async () => {
     discoveryRequests.length = 0;
     const response = await new Browser().get(
