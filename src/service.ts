@@ -6,11 +6,14 @@ import { DraftNoteWriter } from '../fhir/draft-note.ts';
 import { FhirClient } from '../fhir/fhir-client.ts';
 import type { ServiceConfig } from './config/config-schema.ts';
 import { createApp } from './http/app.ts';
+import { configurationVersion } from './intake/configuration-version.ts';
+import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
+import { createMetrics } from './metrics.ts';
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
 import type { JobQueue } from './queue/job-queue.ts';
-import { SqliteJobQueue } from './queue/sqlite-job-queue.ts';
+import { openJobQueue } from './queue/open-job-queue.ts';
 
 /**
  * The composition root: the one place that wires config, queue, FHIR client, engines, rules and HTTP
@@ -34,9 +37,18 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   // The data directory holds patient data (queued jobs, held drafts): private to the service's user.
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
 
-  const queue = new SqliteJobQueue(path.join(dataDir, 'queue.sqlite'), config.queue);
+  const queue = await openJobQueue(config.queue, dataDir);
+  const metrics = createMetrics(queue);
   let ready = false;
   let workers: WorkerPool | undefined;
+  const intake = new IntakeService({
+    config: config.intake,
+    dataDir,
+    queue,
+    logger,
+    metrics,
+    onQueued: () => workers?.nudge(),
+  });
 
   const app = createApp({
     queue,
@@ -45,6 +57,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     maxBodyBytes: config.notify.maxBodyBytes,
     isReady: () => ready,
     onQueued: () => workers?.nudge(),
+    metrics,
+    notify: intake.notifyOptions(),
   });
   const server = await listen(app, config.port, config.host);
   const address = server.address();
@@ -73,9 +87,24 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         triggers: config.triggers,
         draftIdentifierSystem: config.drafts.identifierSystem,
         logger,
+        completedWork: queue,
+        configurationVersion:
+          config.intake.configurationVersion ??
+          configurationVersion({ triggers: config.triggers, drafts: config.drafts, engine: engine.id }),
       }),
+    onSettled: (_job, outcome, durationMs) => {
+      metrics.jobAttempts.inc({ outcome });
+      metrics.jobDuration.observe({ outcome }, durationMs / 1000);
+    },
   });
   workers.start();
+  // The sandbox numbers its own subscription; a real server gets ours ensured.
+  await intake.start(fhir, {
+    subscription: config.fhir.baseUrl
+      ? { endpoint: `${url}/notify`, secret: config.notify.secret }
+      : undefined,
+    schedulePolling: Boolean(config.fhir.baseUrl),
+  });
   ready = true;
   logger.info({ url, fhirBaseUrl, sandbox: !config.fhir.baseUrl, engine: engine.id }, 'service-started');
 
@@ -86,6 +115,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     async close() {
       ready = false;
       await new Promise<void>((resolve) => server.close(() => resolve()));
+      await intake.stop();
       await workers?.stop();
       await queue.close();
       server.closeAllConnections();

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { intakeConfigSchema } from './intake-config.ts';
 
 /**
  * The service's whole configuration, validated once at start. Sections owned by other parts
@@ -76,6 +77,8 @@ export const configSchema = z
     triggers: z
       .partialRecord(encounterStatus, draftKindSchema)
       .default({ finished: 'progress-summary', planned: 'previsit-briefing', arrived: 'previsit-briefing' }),
+    /** Event sources, polling, subscription tracking, rate limits (src/config/intake-config.ts). */
+    intake: intakeConfigSchema.prefault({}),
     sandbox: z
       .object({
         patients: z.coerce.number().int().min(1).max(2000).default(12),

@@ -1,9 +1,10 @@
 import express, { type Express, type Router } from 'express';
 import { outcomeError } from '../../fhir/operation-outcome.ts';
 import type { Logger } from '../log.ts';
+import type { ServiceMetrics } from '../metrics.ts';
 import type { JobQueue, JobStatus } from '../queue/job-queue.ts';
 import { notFoundHandler, operationOutcomeErrorHandler } from './errors.ts';
-import { notifyRouter } from './notify-routes.ts';
+import { type NotifyRouteOptions, notifyRouter } from './notify-routes.ts';
 
 /**
  * The HTTP surface: event intake, health, job listing, and whatever routers the composition root
@@ -20,6 +21,10 @@ export interface AppOptions {
   /** Secret for the job API (listing and retrying dead letters); the notify secret when unset. */
   adminSecret?: string;
   routers?: { path: string; router: Router }[];
+  /** Prometheus metrics; GET /metrics serves them when given. */
+  metrics?: ServiceMetrics;
+  /** Intake wiring for /notify (event intake, sources, Medplum secrets, rate limits). */
+  notify?: Pick<NotifyRouteOptions, 'intake' | 'sources' | 'medplumSecrets' | 'rateLimit'>;
 }
 
 const jobStatuses: JobStatus[] = ['pending', 'running', 'done', 'failed'];
@@ -47,8 +52,17 @@ export function createApp(options: AppOptions): Express {
       secret: options.notifySecret,
       maxBodyBytes: options.maxBodyBytes,
       onQueued: options.onQueued,
+      metrics: options.metrics,
+      ...options.notify,
     }),
   );
+
+  const metrics = options.metrics;
+  if (metrics) {
+    app.get('/metrics', async (_request, response) => {
+      response.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+    });
+  }
 
   // Job listing and dead-letter retry, for operators. Protected by the admin (or notify) secret when one is set.
   const jobs = express.Router();

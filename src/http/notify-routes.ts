@@ -1,24 +1,40 @@
 import { timingSafeEqual } from 'node:crypto';
-import express, { type Request, Router } from 'express';
-import { outcome, outcomeError } from '../../fhir/operation-outcome.ts';
+import express, { type NextFunction, type Request, type Response, Router } from 'express';
+import { OperationOutcomeError, outcome, outcomeError } from '../../fhir/operation-outcome.ts';
 import { parseNotification } from '../../fhir/subscription-notification.ts';
+import { EventIntake } from '../intake/event-intake.ts';
+import { verifyMedplumSignature } from '../intake/medplum-signature.ts';
+import { RateLimiter } from '../intake/rate-limiter.ts';
 import type { Logger } from '../log.ts';
-import type { EncounterJobInput, JobQueue } from '../queue/job-queue.ts';
+import type { ServiceMetrics } from '../metrics.ts';
+import type { JobQueue } from '../queue/job-queue.ts';
 
 /**
- * POST /notify: a FHIR Subscriptions Backport (R4) notification. Validated, recorded in the durable
- * queue, answered 200 - before any FHIR call or drafting. Nothing is queued for a bad request.
+ * The notification endpoint, for every push source real servers use:
+ * - POST /notify with a Backport IG (R4) notification Bundle (handshake, heartbeat, event-notification);
+ * - POST /notify with an empty body (HAPI classic rest-hook without payload): a reconcile request;
+ * - PUT or POST /notify/Encounter/<id> with the resource (HAPI classic rest-hook with payload);
+ * - POST /notify with the bare resource and X-Signature (Medplum; `{}` for a delete).
+ * A bearer secret or a valid HMAC is required before anything is read or fetched; failures and
+ * empty-payload floods are rate limited per client. Everything is recorded in the durable queue and
+ * answered 200 before any FHIR call.
  */
 export interface NotifyRouteOptions {
-  queue: JobQueue;
+  /** The intake; built from `queue` when absent (foundation wiring). */
+  intake?: EventIntake;
+  queue?: JobQueue;
   logger: Logger;
   secret: string | undefined;
   maxBodyBytes: number;
-  /** Called after jobs were queued, so idle workers start at once. */
   onQueued?: (added: number) => void;
+  metrics?: ServiceMetrics;
+  sources?: { backport: boolean; classic: boolean; medplum: boolean };
+  medplumSecrets?: Record<string, string>;
+  rateLimit?: { unauthenticatedPerMinute: number; emptyPayloadPerMinute: number };
 }
 
 const fhirJsonTypes = ['application/fhir+json', 'application/json', 'application/json+fhir'];
+const encounterIdPattern = /^[A-Za-z0-9\-.]{1,64}$/;
 
 function sameSecret(given: string, expected: string): boolean {
   const left = Buffer.from(given);
@@ -26,12 +42,15 @@ function sameSecret(given: string, expected: string): boolean {
   return left.length === right.length && timingSafeEqual(left, right);
 }
 
-export function checkBearer(request: Request, secret: string | undefined): void {
-  if (!secret) return;
+function hasBearer(request: Request, secret: string | undefined): boolean {
+  if (!secret) return true;
   const header = request.get('authorization') ?? '';
   const token = /^Bearer\s+(.+)$/i.exec(header)?.[1]?.trim();
-  if (!token || !sameSecret(token, secret))
-    throw outcomeError('security', 'missing or wrong bearer secret', 401);
+  return token !== undefined && sameSecret(token, secret);
+}
+
+export function checkBearer(request: Request, secret: string | undefined): void {
+  if (!hasBearer(request, secret)) throw outcomeError('security', 'missing or wrong bearer secret', 401);
 }
 
 /** Parses a raw JSON body, tolerating the UTF-8 byte order mark some servers send. */
@@ -46,55 +65,198 @@ export function parseJsonBody(raw: unknown): unknown {
   }
 }
 
+function hasNoBody(request: Request): boolean {
+  return !request.headers['transfer-encoding'] && (request.headers['content-length'] ?? '0') === '0';
+}
+
+function accepted(response: Response, message: string): void {
+  response
+    .status(200)
+    .type('application/fhir+json')
+    .json(outcome('informational', message, 'information'));
+}
+
+function tooMany(retryAfterSeconds: number, what: string): OperationOutcomeError {
+  return new OperationOutcomeError(outcome('throttled', `too many ${what}; slow down`), {
+    status: 429,
+    retryAfterSeconds,
+  });
+}
+
 export function notifyRouter(options: NotifyRouteOptions): Router {
   const router = Router();
-  const rawJson = express.raw({ type: () => true, limit: options.maxBodyBytes });
+  const sources = options.sources ?? { backport: true, classic: true, medplum: true };
+  const medplumSecrets = options.medplumSecrets ?? {};
+  const metrics = options.metrics;
+  const intake =
+    options.intake ??
+    new EventIntake({
+      queue: options.queue as JobQueue,
+      logger: options.logger,
+      metrics,
+      onQueued: options.onQueued,
+    });
+  const unauthenticated = new RateLimiter(options.rateLimit?.unauthenticatedPerMinute ?? 30);
+  const emptyPayloads = new RateLimiter(options.rateLimit?.emptyPayloadPerMinute ?? 120);
+  const rawBody = express.raw({ type: () => true, limit: options.maxBodyBytes });
+  const clientOf = (request: Request) => request.ip ?? request.socket.remoteAddress ?? 'unknown';
+
+  const reject = (request: Request, reason: string): never => {
+    metrics?.notificationsRejected.inc({ reason });
+    unauthenticated.take(clientOf(request));
+    throw outcomeError(
+      'security',
+      reason === 'bad-signature' ? 'invalid X-Signature' : 'missing or wrong bearer secret',
+      401,
+    );
+  };
+
+  /** Before any body is read: a client that keeps failing authentication is turned away cheaply. */
+  const notFlooding = (request: Request, response: Response, next: NextFunction) => {
+    const client = clientOf(request);
+    if (!unauthenticated.allows(client)) {
+      metrics?.notificationsRejected.inc({ reason: 'rate-limited' });
+      const error = tooMany(unauthenticated.retryAfterSeconds(client), 'failed authentications');
+      response.set('Retry-After', String(error.retryAfterSeconds));
+      throw error;
+    }
+    next();
+  };
+
+  const bearerRequired = (request: Request, _response: Response, next: NextFunction) => {
+    if (!hasBearer(request, options.secret)) reject(request, 'unauthenticated');
+    next();
+  };
+
+  const jsonContentType = (request: Request) => {
+    const type = (request.get('content-type') ?? '').split(';')[0].trim().toLowerCase();
+    if (!fhirJsonTypes.includes(type)) {
+      throw outcomeError(
+        'not-supported',
+        `content type must be application/fhir+json, not ${type || 'missing'}`,
+        415,
+      );
+    }
+  };
+
+  const takeEmptyPayload = (request: Request, response: Response) => {
+    const client = clientOf(request);
+    if (!emptyPayloads.take(client)) {
+      metrics?.notificationsRejected.inc({ reason: 'rate-limited' });
+      const error = tooMany(emptyPayloads.retryAfterSeconds(client), 'empty notifications');
+      response.set('Retry-After', String(error.retryAfterSeconds));
+      throw error;
+    }
+  };
+
+  /** An Encounter resource from a classic rest-hook body, checked against the id in the path. */
+  const encounterFrom = (body: unknown, pathId?: string): { encounterId: string; versionId?: string } => {
+    const resource = body as { resourceType?: unknown; id?: unknown; meta?: { versionId?: unknown } };
+    if (typeof resource !== 'object' || resource === null || resource.resourceType !== 'Encounter')
+      throw outcomeError('invalid', 'expected an Encounter resource', 422);
+    const id = typeof resource.id === 'string' ? resource.id : pathId;
+    if (!id || !encounterIdPattern.test(id)) throw outcomeError('invalid', 'Encounter has no valid id', 422);
+    if (pathId && id !== pathId) throw outcomeError('invalid', 'Encounter id does not match the URL', 422);
+    const versionId = typeof resource.meta?.versionId === 'string' ? resource.meta.versionId : undefined;
+    return { encounterId: id, ...(versionId ? { versionId } : {}) };
+  };
+
+  router.post('/notify', notFlooding, async (request, response, next) => {
+    if (request.get('x-signature') === undefined) return next();
+    // Medplum: the signature covers the raw body, so read it (bounded) before checking.
+    if (!sources.medplum) throw outcomeError('not-supported', 'Medplum notifications are switched off', 404);
+    await new Promise<void>((resolve, reject) =>
+      rawBody(request, response, (error?: unknown) => (error ? reject(error) : resolve())),
+    );
+    const raw = Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0);
+    const subscriptionId = request.get('x-medplum-subscription') ?? undefined;
+    if (!verifyMedplumSignature(raw, request.get('x-signature') ?? '', medplumSecrets, subscriptionId))
+      reject(request, 'bad-signature');
+    const body = raw.length === 0 ? {} : parseJsonBody(raw);
+    const interaction = (request.get('x-medplum-interaction') ?? '').toLowerCase();
+    const resourceType = (body as { resourceType?: unknown }).resourceType;
+    if (interaction === 'delete' || resourceType === undefined) {
+      // A deleted resource arrives as `{}`: nothing to draft; a waiting job will see the 410 itself.
+      metrics?.eventsReceived.inc({ source: 'medplum', outcome: 'ignored' });
+      return accepted(response, 'accepted; delete needs no work');
+    }
+    if (resourceType !== 'Encounter') {
+      metrics?.eventsReceived.inc({ source: 'medplum', outcome: 'ignored' });
+      return accepted(response, `accepted; ${String(resourceType)} ignored`);
+    }
+    const added = await intake.acceptEncounters([encounterFrom(body)], 'medplum');
+    accepted(response, `accepted; ${added} job(s) queued`);
+  });
+
+  router.post('/notify', bearerRequired, async (request, response, next) => {
+    if (!hasNoBody(request)) return next();
+    // HAPI's rest-hook without payload: something changed, not what. The reconciler finds out.
+    if (!sources.classic)
+      throw outcomeError('not-supported', 'classic rest-hook notifications are switched off', 404);
+    takeEmptyPayload(request, response);
+    intake.requestReconcile('empty-post', 'hapi');
+    accepted(response, 'accepted; reconcile requested');
+  });
 
   router.post(
     '/notify',
     (request, _response, next) => {
-      // Authenticate before reading the body, so an unauthenticated caller cannot make us parse megabytes.
-      checkBearer(request, options.secret);
-      const type = (request.get('content-type') ?? '').split(';')[0].trim().toLowerCase();
-      if (!fhirJsonTypes.includes(type)) {
-        throw outcomeError(
-          'not-supported',
-          `content type must be application/fhir+json, not ${type || 'missing'}`,
-          415,
-        );
-      }
+      jsonContentType(request);
       next();
     },
-    rawJson,
+    rawBody,
     async (request, response) => {
-      const notification = parseNotification(parseJsonBody(request.body));
-      const jobs: EncounterJobInput[] = [];
-      for (const event of notification.events) {
-        if (!event.focus?.startsWith('Encounter/')) continue;
-        const versionId = (event.resource as { meta?: { versionId?: string } } | undefined)?.meta?.versionId;
-        jobs.push({
-          encounterId: event.focus.slice('Encounter/'.length),
-          source: 'backport-rest-hook',
-          ...(versionId ? { versionId } : {}),
-        });
+      const body = parseJsonBody(request.body);
+      const resourceType = (body as { resourceType?: unknown } | null)?.resourceType;
+      if (resourceType === 'Encounter') {
+        if (!sources.classic)
+          throw outcomeError('not-supported', 'classic rest-hook notifications are switched off', 404);
+        const added = await intake.acceptEncounters([encounterFrom(body)], 'classic');
+        return accepted(response, `accepted; ${added} job(s) queued`);
       }
-      const { added } =
-        notification.type === 'event-notification' ? await options.queue.enqueue(jobs) : { added: 0 };
-      options.logger.info(
-        {
-          subscription: notification.subscription,
-          type: notification.type,
-          events: notification.events.length,
-          queued: added,
-        },
-        'notification-received',
+      if (!sources.backport)
+        throw outcomeError('not-supported', 'Backport notifications are switched off', 404);
+      const notification = parseNotification(body);
+      if (notification.type === 'event-notification' && notification.events.some((event) => !event.focus))
+        takeEmptyPayload(request, response);
+      const result = await intake.acceptNotification(notification, 'backport');
+      accepted(
+        response,
+        `accepted; ${result.queued} job(s) queued${result.reconcileRequested ? ', reconcile requested' : ''}`,
       );
-      if (added > 0) options.onQueued?.(added);
-      response
-        .status(200)
-        .type('application/fhir+json')
-        .json(outcome('informational', `accepted; ${added} job(s) queued`, 'information'));
     },
   );
+
+  const classicWithResource = [
+    notFlooding,
+    bearerRequired,
+    (request: Request, response: Response, next: NextFunction) => {
+      if (!sources.classic)
+        throw outcomeError('not-supported', 'classic rest-hook notifications are switched off', 404);
+      if (hasNoBody(request)) {
+        takeEmptyPayload(request, response);
+        return next();
+      }
+      jsonContentType(request);
+      next();
+    },
+    rawBody,
+    async (request: Request, response: Response) => {
+      const pathId = String(request.params.id);
+      if (!encounterIdPattern.test(pathId)) throw outcomeError('invalid', 'not a FHIR id', 400);
+      const event =
+        Buffer.isBuffer(request.body) && request.body.length > 0
+          ? encounterFrom(parseJsonBody(request.body), pathId)
+          : { encounterId: pathId };
+      const added = await intake.acceptEncounters([event], 'classic');
+      accepted(response, `accepted; ${added} job(s) queued`);
+    },
+  ];
+  router.put('/notify/Encounter/:id', ...classicWithResource);
+  router.post('/notify/Encounter/:id', ...classicWithResource);
+  router.delete('/notify/Encounter/:id', notFlooding, bearerRequired, (_request, response) => {
+    metrics?.eventsReceived.inc({ source: 'classic', outcome: 'ignored' });
+    accepted(response, 'accepted; delete needs no work');
+  });
   return router;
 }

@@ -6,7 +6,7 @@ import { OperationOutcomeError } from '../../fhir/operation-outcome.ts';
 import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import { type PatientRecord, retrievedVersions } from '../../fhir/patient-record.ts';
 import type { Logger } from '../log.ts';
-import type { EncounterJob } from '../queue/job-queue.ts';
+import { type CompletedWorkLedger, type EncounterJob, workKey } from '../queue/job-queue.ts';
 
 /**
  * One job, start to end: re-read the Encounter (the notification is only a hint), decide the kind
@@ -23,6 +23,9 @@ export interface PipelineDependencies {
   logger: Logger;
   /** Rules evaluation; absent when no rules are configured. */
   selectNudges?: (record: PatientRecord, kind: DraftKind) => Promise<NudgeInput[]>;
+  /** Idempotency: work keyed on (encounter id, versionId, kind, configuration version) done once. */
+  completedWork?: CompletedWorkLedger;
+  configurationVersion?: string;
 }
 
 export type JobOutcome =
@@ -48,6 +51,13 @@ export async function processEncounterJob(
   }
   const kind = job.kind ?? dependencies.triggers[encounter.status];
   if (!kind) return 'no-trigger';
+  const key = workKey({
+    encounterId: job.encounterId,
+    versionId: encounter.meta?.versionId ?? encounter.meta?.lastUpdated,
+    kind,
+    configurationVersion: dependencies.configurationVersion ?? 'unversioned',
+  });
+  if (await dependencies.completedWork?.hasCompleted(key)) return 'skipped:already-done';
 
   const startedAt = performance.now();
   const record = await retrievePatientRecord(fhir, encounter, {
@@ -95,5 +105,7 @@ export async function processEncounterJob(
     },
     'draft-written',
   );
-  return written.created ? 'draft-created' : 'draft-exists';
+  const outcome = written.created ? 'draft-created' : 'draft-exists';
+  await dependencies.completedWork?.recordCompleted(key, outcome);
+  return outcome;
 }

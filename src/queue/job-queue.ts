@@ -41,7 +41,27 @@ export interface QueueCounts {
   failed: number;
 }
 
-export interface JobQueue {
+/**
+ * Work already done, keyed on (encounter id, versionId, kind, configuration version): a repeated
+ * event for the same encounter version is a no-op. Kept beside the jobs so it shares their durability.
+ */
+export interface CompletedWorkLedger {
+  hasCompleted(workKey: string): Promise<boolean>;
+  recordCompleted(workKey: string, outcome: string): Promise<void>;
+}
+
+export interface WorkKeyParts {
+  encounterId: string;
+  versionId: string | undefined;
+  kind: string;
+  configurationVersion: string;
+}
+
+export function workKey(parts: WorkKeyParts): string {
+  return [parts.encounterId, parts.versionId ?? '-', parts.kind, parts.configurationVersion].join('|');
+}
+
+export interface JobQueue extends CompletedWorkLedger {
   /**
    * Records the jobs. An encounter that already has a job waiting (not yet started) is not queued
    * twice: the waiting job will re-read the encounter and see the latest state anyway.

@@ -46,6 +46,12 @@ create table if not exists jobs (
 -- At most one waiting job per encounter and kind: duplicates collapse at intake.
 create unique index if not exists jobs_one_pending on jobs (encounter_id, coalesce(kind, '')) where status = 'pending';
 create index if not exists jobs_due on jobs (status, run_at);
+-- Idempotency: (encounter id, versionId, kind, configuration version) already drafted.
+create table if not exists completed_work (
+  work_key text primary key,
+  outcome text not null,
+  completed_at integer not null
+);
 `;
 
 function toJob(row: JobRow): EncounterJob {
@@ -210,6 +216,20 @@ export class SqliteJobQueue implements JobQueue {
     }[];
     for (const row of rows) counts[row.status] = Number(row.total);
     return counts;
+  }
+
+  async hasCompleted(workKey: string): Promise<boolean> {
+    return (
+      this.#database.prepare('select 1 from completed_work where work_key = ?').get(workKey) !== undefined
+    );
+  }
+
+  async recordCompleted(workKey: string, outcome: string): Promise<void> {
+    this.#database
+      .prepare(
+        'insert into completed_work (work_key, outcome, completed_at) values (?, ?, ?) on conflict do nothing',
+      )
+      .run(workKey, outcome, this.#now());
   }
 
   async close(): Promise<void> {

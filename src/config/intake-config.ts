@@ -1,0 +1,76 @@
+import { z } from 'zod';
+
+/**
+ * Event intake: which sources are on, the polling reconciler, subscription counter tracking, the
+ * heartbeat watchdog, per-subscription HMAC secrets, the allow-list of hosts the service calls back,
+ * and rate limits for unauthenticated or empty-payload floods. Hangs under the `intake` key.
+ */
+const booleanish = z.union([z.boolean(), z.enum(['true', 'false']).transform((value) => value === 'true')]);
+
+export const intakeConfigSchema = z
+  .object({
+    sources: z
+      .object({
+        /** FHIR Subscriptions Backport IG (R4) topic-based rest-hook notifications at POST /notify. */
+        backport: booleanish.default(true),
+        /** Classic R4 rest-hook: HAPI's empty POST and PUT /notify/Encounter/<id>. */
+        classic: booleanish.default(true),
+        /** Medplum's bare-resource POST signed with X-Signature. */
+        medplum: booleanish.default(true),
+        /** The polling reconciler on a schedule (always available as the recovery path). */
+        polling: booleanish.default(true),
+        /** CDS Hooks encounter-start / encounter-discharge calls turned into events. */
+        cdsHooks: booleanish.default(true),
+      })
+      .prefault({}),
+    polling: z
+      .object({
+        /** node-cron expression (seconds field allowed). */
+        cron: z.string().min(1).default('*/1 * * * *'),
+        /** Looks back this far behind the cursor, for late commits and clock skew. */
+        overlapMs: z.coerce.number().int().min(0).default(300_000),
+        pageSize: z.coerce.number().int().min(1).max(1000).default(100),
+        /** Where the very first poll starts, behind now, so a fresh install does not draft all history. */
+        initialLookbackMs: z.coerce.number().int().min(0).default(3_600_000),
+      })
+      .prefault({}),
+    /** How long a missing event number may stay missing (it may arrive out of order) before recovery. */
+    gapGraceMs: z.coerce.number().int().min(0).default(30_000),
+    heartbeat: z
+      .object({
+        /** Expected heartbeat period; silence for longer triggers $status, reconcile and reactivation. 0 = off. */
+        periodMs: z.coerce.number().int().min(0).default(120_000),
+        checkIntervalMs: z.coerce.number().int().positive().default(15_000),
+      })
+      .prefault({}),
+    /** Whether to ask the server's $events for missing numbers before falling back to polling. */
+    useEventsOperation: booleanish.default(true),
+    /** Medplum subscription id -> HMAC secret (X-Signature). JSON in the environment variable. */
+    medplumSecrets: z.record(z.string(), z.string().min(16, 'at least 16 characters')).default({}),
+    /** Hosts besides the FHIR base's own that the service may call back ($status, $events). */
+    callbackHosts: z.array(z.string().min(1)).default([]),
+    rateLimit: z
+      .object({
+        /** Failed authentications allowed per client address per minute before 429. */
+        unauthenticatedPerMinute: z.coerce.number().int().min(1).default(30),
+        /** Empty-payload notifications (each one triggers a reconcile) per client per minute. */
+        emptyPayloadPerMinute: z.coerce.number().int().min(1).default(120),
+      })
+      .prefault({}),
+    subscription: z
+      .object({
+        /** Make sure the Subscription exists on the FHIR server at start. */
+        ensureOnStart: booleanish.default(true),
+        mode: z.enum(['backport', 'classic']).default('backport'),
+        topic: z.string().min(1).default('http://hl7.org/SubscriptionTopic/encounter-change'),
+        criteria: z.string().min(1).default('Encounter?'),
+        payload: z.enum(['id-only', 'full-resource', 'empty']).default('id-only'),
+        heartbeatSeconds: z.coerce.number().int().min(0).default(120),
+      })
+      .prefault({}),
+    /** Part of the idempotency key; by default derived from triggers, drafts and engine settings. */
+    configurationVersion: z.string().min(1).optional(),
+  })
+  .strict();
+
+export type IntakeConfig = z.infer<typeof intakeConfigSchema>;

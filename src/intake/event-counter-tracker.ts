@@ -1,0 +1,117 @@
+import type { NotificationEvent, ParsedNotification } from '../../fhir/subscription-notification.ts';
+import type { IntakeStateStore } from './intake-state-store.ts';
+
+/**
+ * Tracks `events-since-subscription-start` and event numbers per subscription, persisted, to tell
+ * apart: new events, redeliveries (dropped), late arrivals that fill a gap, gaps (numbers skipped:
+ * recovered after a grace period) and resets (the counter went backwards: reconcile everything).
+ */
+export interface CounterObservation {
+  /** Events to turn into work, in order. */
+  fresh: NotificationEvent[];
+  duplicates: number;
+  /** Numbers found missing by this notification. */
+  gap: number[];
+  /** Late events that filled a gap. */
+  filled: number;
+  reset: boolean;
+}
+
+/** A jump larger than this is recorded as a reset (reconcile), not as that many missing numbers. */
+const maxTrackedGap = 1_000;
+
+/** What identifies one event beyond its number, so a redelivery can be told from a restarted counter. */
+function signatureOf(event: NotificationEvent): string {
+  if (!event.focus && !event.timestamp) return '';
+  return `${event.focus ?? ''}@${event.timestamp ? Date.parse(event.timestamp) || event.timestamp : ''}`;
+}
+
+export class EventCounterTracker {
+  readonly #store: IntakeStateStore;
+  readonly #now: () => number;
+
+  constructor(store: IntakeStateStore, now: () => number = Date.now) {
+    this.#store = store;
+    this.#now = now;
+  }
+
+  observe(notification: ParsedNotification): CounterObservation {
+    const now = this.#now();
+    const subscription = notification.subscription;
+    const observation: CounterObservation = { fresh: [], duplicates: 0, gap: [], filled: 0, reset: false };
+    const known = this.#store.subscription(subscription);
+    let highest = known?.highest ?? 0;
+    const counter = notification.eventsSinceSubscriptionStart;
+    const carriesEvents = notification.type === 'event-notification' || notification.type === 'query-event';
+    const events = carriesEvents ? notification.events : [];
+
+    const verdicts = events.map((event) =>
+      event.eventNumber === undefined
+        ? 'new'
+        : this.#store.seenAs(subscription, event.eventNumber, signatureOf(event)),
+    );
+    const recognised = events.some(
+      (event, index) =>
+        verdicts[index] === 'duplicate' ||
+        (event.eventNumber !== undefined && this.#store.isMissing(subscription, event.eventNumber)),
+    );
+    // The counter went backwards: a number reused for another event, or a lower count with nothing
+    // we recognise (a heartbeat or handshake after the server started over).
+    if (
+      known &&
+      (verdicts.includes('conflict') ||
+        (counter !== undefined && counter < highest && !recognised && notification.type !== 'query-event'))
+    ) {
+      observation.reset = true;
+      this.#store.resetSubscription(subscription, 0, now);
+      highest = 0;
+    }
+
+    const noteGap = (from: number, to: number) => {
+      if (to < from) return;
+      if (to - from + 1 > maxTrackedGap) {
+        observation.reset = true;
+        return;
+      }
+      const numbers: number[] = [];
+      for (let number = from; number <= to; number++) {
+        if (!this.#store.wasSeen(subscription, number)) numbers.push(number);
+      }
+      this.#store.addMissing(subscription, numbers, now);
+      observation.gap.push(...numbers);
+    };
+
+    // Before the first event we know of, nothing is "missing": the reconciler covers history.
+    const tracking = known !== undefined || observation.reset;
+    events.forEach((event, index) => {
+      const number = event.eventNumber;
+      if (number === undefined) {
+        observation.fresh.push(event);
+        return;
+      }
+      if (!observation.reset && verdicts[index] === 'duplicate') {
+        observation.duplicates++;
+        return;
+      }
+      this.#store.markSeen(subscription, number, signatureOf(event), now);
+      if (this.#store.fillMissing(subscription, number)) observation.filled++;
+      else if (tracking && number > highest + 1) noteGap(highest + 1, number - 1);
+      highest = Math.max(highest, number);
+      observation.fresh.push(event);
+    });
+
+    // Heartbeats and status reports carry only the counter: a higher count means events we never got.
+    if (counter !== undefined && counter > highest) {
+      if (tracking || carriesEvents) noteGap(highest + 1, counter);
+      highest = counter;
+    }
+
+    this.#store.saveSubscription({
+      subscription,
+      highest,
+      lastContactAt: now,
+      status: notification.status ?? known?.status,
+    });
+    return observation;
+  }
+}

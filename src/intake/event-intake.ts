@@ -1,0 +1,137 @@
+import type { ParsedNotification } from '../../fhir/subscription-notification.ts';
+import type { Logger } from '../log.ts';
+import type { ServiceMetrics } from '../metrics.ts';
+import type { DraftKindHint, EncounterJobInput, JobQueue } from '../queue/job-queue.ts';
+import type { EventCounterTracker } from './event-counter-tracker.ts';
+
+/**
+ * Where every source's events meet: Backport notifications (through the counter tracker), classic
+ * rest-hooks, Medplum, polling and CDS Hooks. An event naming an Encounter becomes a queued job;
+ * an event without a focus (empty payload) becomes one reconcile request. Nothing here calls FHIR:
+ * intake answers fast, workers and the reconciler do the reading.
+ */
+export interface IntakeResult {
+  queued: number;
+  /** Encounter events recorded (including ones that collapsed into a job already waiting). */
+  events: number;
+  duplicates: number;
+  reconcileRequested: boolean;
+}
+
+export interface EventIntakeOptions {
+  queue: JobQueue;
+  logger: Logger;
+  tracker?: EventCounterTracker;
+  metrics?: ServiceMetrics;
+  /** Asks the reconciler for a run; coalesced there. */
+  requestReconcile?: (reason: string) => void;
+  onQueued?: (added: number) => void;
+}
+
+export interface EncounterEvent {
+  encounterId: string;
+  versionId?: string;
+  kind?: DraftKindHint;
+}
+
+const encounterIdPattern = /^[A-Za-z0-9\-.]{1,64}$/;
+
+export class EventIntake {
+  readonly #options: EventIntakeOptions;
+
+  constructor(options: EventIntakeOptions) {
+    this.#options = options;
+  }
+
+  #count(source: string, outcome: string, amount = 1): void {
+    if (amount > 0) this.#options.metrics?.eventsReceived.inc({ source, outcome }, amount);
+  }
+
+  requestReconcile(reason: string, source: string): void {
+    this.#count(source, 'reconcile');
+    this.#options.requestReconcile?.(reason);
+  }
+
+  /** Queues encounter events; duplicates of a job still waiting collapse in the queue. */
+  async acceptEncounters(events: EncounterEvent[], source: string): Promise<number> {
+    const jobs: EncounterJobInput[] = events
+      .filter((event) => encounterIdPattern.test(event.encounterId))
+      .map((event) => ({
+        encounterId: event.encounterId,
+        source,
+        ...(event.versionId ? { versionId: event.versionId } : {}),
+        ...(event.kind ? { kind: event.kind } : {}),
+      }));
+    if (jobs.length === 0) return 0;
+    const { added } = await this.#options.queue.enqueue(jobs);
+    this.#count(source, 'queued', added);
+    this.#count(source, 'collapsed', jobs.length - added);
+    if (added > 0) this.#options.onQueued?.(added);
+    return added;
+  }
+
+  /** A Backport notification: counters tracked, redeliveries dropped, gaps and resets noted. */
+  async acceptNotification(notification: ParsedNotification, source = 'backport'): Promise<IntakeResult> {
+    const { tracker, logger, metrics } = this.#options;
+    const result: IntakeResult = { queued: 0, events: 0, duplicates: 0, reconcileRequested: false };
+    const observation = tracker?.observe(notification) ?? {
+      fresh:
+        notification.type === 'event-notification' || notification.type === 'query-event'
+          ? notification.events
+          : [],
+      duplicates: 0,
+      gap: [],
+      filled: 0,
+      reset: false,
+    };
+    result.duplicates = observation.duplicates;
+    this.#count(source, 'duplicate', observation.duplicates);
+    if (observation.gap.length > 0) {
+      metrics?.gapsDetected.inc({ subscription_kind: 'backport' }, observation.gap.length);
+      logger.warn(
+        { subscription: notification.subscription, missing: observation.gap.length },
+        'subscription-gap-detected',
+      );
+    }
+    if (observation.reset) {
+      metrics?.resetsDetected.inc();
+      logger.warn({ subscription: notification.subscription }, 'subscription-counter-reset');
+      this.requestReconcile('counter-reset', source);
+      result.reconcileRequested = true;
+    }
+
+    const encounters: EncounterEvent[] = [];
+    for (const event of observation.fresh) {
+      if (!event.focus) {
+        // Empty payload: the server tells us something changed, not what. Ask the reconciler.
+        if (!result.reconcileRequested) this.requestReconcile('empty-payload', source);
+        result.reconcileRequested = true;
+        continue;
+      }
+      if (!event.focus.startsWith('Encounter/')) {
+        this.#count(source, 'ignored');
+        continue;
+      }
+      const versionId = (event.resource as { meta?: { versionId?: string } } | undefined)?.meta?.versionId;
+      encounters.push({
+        encounterId: event.focus.slice('Encounter/'.length),
+        ...(versionId ? { versionId } : {}),
+      });
+    }
+    result.events = encounters.length;
+    result.queued = await this.acceptEncounters(encounters, source);
+    logger.info(
+      {
+        subscription: notification.subscription,
+        type: notification.type,
+        events: notification.events.length,
+        queued: result.queued,
+        duplicates: result.duplicates,
+        gap: observation.gap.length,
+        reset: observation.reset,
+      },
+      'notification-received',
+    );
+    return result;
+  }
+}

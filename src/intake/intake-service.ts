@@ -1,0 +1,147 @@
+import path from 'node:path';
+import type { FhirClient } from '../../fhir/fhir-client.ts';
+import { normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
+import type { IntakeConfig } from '../config/intake-config.ts';
+import type { Logger } from '../log.ts';
+import type { ServiceMetrics } from '../metrics.ts';
+import type { JobQueue } from '../queue/job-queue.ts';
+import { EventCounterTracker } from './event-counter-tracker.ts';
+import { EventIntake } from './event-intake.ts';
+import { IntakeStateStore } from './intake-state-store.ts';
+import { PollingReconciler } from './polling-reconciler.ts';
+import { ensureSubscription, type SubscriptionSpec } from './subscription-manager.ts';
+import { SubscriptionWatchdog } from './subscription-watchdog.ts';
+
+/**
+ * All event sources assembled: the intake (usable as soon as it is built, so /notify can answer
+ * before the FHIR client exists), then on start() the polling reconciler, the subscription watchdog
+ * and the subscription ensured on the server. The composition root builds one and stops it on shutdown.
+ */
+export interface IntakeServiceOptions {
+  config: IntakeConfig;
+  dataDir: string;
+  queue: JobQueue;
+  logger: Logger;
+  metrics?: ServiceMetrics;
+  onQueued?: (added: number) => void;
+}
+
+export class IntakeService {
+  readonly intake: EventIntake;
+  readonly store: IntakeStateStore;
+  readonly tracker: EventCounterTracker;
+  reconciler: PollingReconciler | undefined;
+  watchdog: SubscriptionWatchdog | undefined;
+  readonly #options: IntakeServiceOptions;
+
+  constructor(options: IntakeServiceOptions) {
+    this.#options = options;
+    this.store = new IntakeStateStore(path.join(options.dataDir, 'intake.sqlite'));
+    this.tracker = new EventCounterTracker(this.store);
+    this.intake = new EventIntake({
+      queue: options.queue,
+      logger: options.logger,
+      metrics: options.metrics,
+      tracker: this.tracker,
+      onQueued: options.onQueued,
+      requestReconcile: (reason) => this.reconciler?.trigger(reason),
+    });
+  }
+
+  /** What /notify needs (pass as AppOptions.notify). */
+  notifyOptions() {
+    const { config } = this.#options;
+    return {
+      intake: this.intake,
+      sources: config.sources,
+      medplumSecrets: config.medplumSecrets,
+      rateLimit: config.rateLimit,
+    };
+  }
+
+  /**
+   * Starts polling and the watchdog against the FHIR server, and ensures the Subscription when an
+   * endpoint is given. A server that refuses Subscriptions does not stop the service: polling covers it.
+   */
+  async start(
+    fhir: FhirClient,
+    options: {
+      /** Where the server should send notifications, and the bearer secret; absent: no Subscription ensured. */
+      subscription?: Pick<SubscriptionSpec, 'endpoint' | 'secret'>;
+      /**
+       * False on the embedded sandbox, which pushes every change itself: polling then only runs when
+       * asked (empty payloads, gaps) and starts from now, not from the seeded history.
+       */
+      schedulePolling?: boolean;
+    } = {},
+  ): Promise<void> {
+    const subscription = options.subscription;
+    const { config, logger, metrics } = this.#options;
+    this.reconciler = new PollingReconciler({
+      fhir,
+      store: this.store,
+      intake: this.intake,
+      logger,
+      metrics,
+      overlapMs: config.polling.overlapMs,
+      pageSize: config.polling.pageSize,
+      initialLookbackMs: config.polling.initialLookbackMs,
+    });
+    const reconciler = this.reconciler;
+    this.watchdog = new SubscriptionWatchdog({
+      fhir,
+      store: this.store,
+      intake: this.intake,
+      reconcile: (reason) => reconciler.request(reason),
+      logger,
+      gapGraceMs: config.gapGraceMs,
+      heartbeatPeriodMs: config.heartbeat.periodMs,
+      useEventsOperation: config.useEventsOperation,
+      callbackHosts: config.callbackHosts,
+    });
+    this.watchdog.start(config.heartbeat.checkIntervalMs);
+    if (config.sources.polling && options.schedulePolling !== false) {
+      this.reconciler.start(config.polling.cron);
+      this.reconciler.trigger('start');
+    } else if (!this.store.cursor('Encounter')) {
+      this.store.saveCursor('Encounter', new Date().toISOString());
+    }
+    if (
+      subscription &&
+      config.subscription.ensureOnStart &&
+      (config.sources.backport || config.sources.classic)
+    ) {
+      // In the background: a slow or Subscription-less server must not hold up start-up.
+      void this.#ensure(fhir, subscription);
+    }
+  }
+
+  async #ensure(
+    fhir: FhirClient,
+    subscription: Pick<SubscriptionSpec, 'endpoint' | 'secret'>,
+  ): Promise<void> {
+    const { config, logger } = this.#options;
+    try {
+      const { subscription: ensured, action } = await ensureSubscription(fhir, {
+        ...subscription,
+        mode: config.subscription.mode,
+        topic: config.subscription.topic,
+        criteria: config.subscription.criteria,
+        payload: config.subscription.payload,
+        heartbeatSeconds: config.subscription.heartbeatSeconds,
+      });
+      logger.info({ subscription: ensured.id, action }, 'subscription-ensured');
+    } catch (error) {
+      logger.warn(
+        { error: normalizeOperationOutcome(error).message },
+        'subscription-ensure-failed; polling covers',
+      );
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.watchdog?.stop();
+    await this.reconciler?.stop();
+    this.store.close();
+  }
+}

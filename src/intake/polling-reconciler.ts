@@ -1,0 +1,137 @@
+import type { Encounter } from 'fhir/r4.js';
+import cron, { type ScheduledTask } from 'node-cron';
+import type { FhirClient } from '../../fhir/fhir-client.ts';
+import { normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
+import type { Logger } from '../log.ts';
+import type { ServiceMetrics } from '../metrics.ts';
+import type { EventIntake } from './event-intake.ts';
+import type { IntakeStateStore } from './intake-state-store.ts';
+
+/**
+ * The polling reconciler: `Encounter?_lastUpdated=gt<cursor - overlap>&_sort=_lastUpdated`, every
+ * page, each (id, versionId) queued once, the cursor persisted. The overlap window catches updates
+ * committed late (a transaction that began before the cursor but became visible after it) and clock
+ * skew. It is a mode of its own (servers without subscriptions: Epic, Oracle Health) and the
+ * recovery path for gaps, resets, silent subscriptions and empty payloads. Runs never overlap;
+ * requests during a run coalesce into one more run.
+ */
+export interface PollingReconcilerOptions {
+  fhir: FhirClient;
+  store: IntakeStateStore;
+  intake: EventIntake;
+  logger: Logger;
+  metrics?: ServiceMetrics;
+  overlapMs: number;
+  pageSize: number;
+  initialLookbackMs: number;
+  now?: () => number;
+}
+
+export interface ReconcileResult {
+  seen: number;
+  queued: number;
+  cursor: string;
+}
+
+const cursorName = 'Encounter';
+
+export class PollingReconciler {
+  readonly #options: PollingReconcilerOptions;
+  readonly #now: () => number;
+  #running: Promise<ReconcileResult> | undefined;
+  #again: { reason: string; promise: Promise<ReconcileResult> } | undefined;
+  #task: ScheduledTask | undefined;
+  runs = 0;
+
+  constructor(options: PollingReconcilerOptions) {
+    this.#options = options;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Polls on the cron schedule until stop(). */
+  start(expression: string): void {
+    if (!cron.validate(expression))
+      throw new Error(`intake.polling.cron is not a cron expression: ${expression}`);
+    this.#task = cron.schedule(expression, () => {
+      void this.request('schedule').catch(() => undefined);
+    });
+  }
+
+  /** Fire-and-forget trigger from intake (gap, reset, empty payload); errors are logged. */
+  trigger(reason: string): void {
+    void this.request(reason).catch(() => undefined);
+  }
+
+  /** Runs now, or once more after the current run when one is in progress. */
+  request(reason: string): Promise<ReconcileResult> {
+    if (!this.#running) {
+      this.#running = this.#run(reason).finally(() => {
+        this.#running = undefined;
+      });
+      return this.#running;
+    }
+    if (this.#again) return this.#again.promise;
+    const current = this.#running;
+    const promise = current
+      .catch(() => undefined)
+      .then(() => {
+        this.#again = undefined;
+        return this.request(reason);
+      });
+    this.#again = { reason, promise };
+    return promise;
+  }
+
+  async #run(reason: string): Promise<ReconcileResult> {
+    const { fhir, store, intake, logger, metrics } = this.#options;
+    this.runs++;
+    const saved = store.cursor(cursorName);
+    const cursor = saved ?? new Date(this.#now() - this.#options.initialLookbackMs).toISOString();
+    const since = new Date(Date.parse(cursor) - this.#options.overlapMs).toISOString();
+    try {
+      const encounters = await fhir.search<Encounter>('Encounter', {
+        _lastUpdated: `gt${since}`,
+        _sort: '_lastUpdated',
+        _count: this.#options.pageSize,
+      });
+      let newest = Date.parse(cursor);
+      const events: { encounterId: string; versionId?: string }[] = [];
+      for (const encounter of encounters) {
+        if (!encounter.id) continue;
+        const lastUpdated = encounter.meta?.lastUpdated ? Date.parse(encounter.meta.lastUpdated) : Number.NaN;
+        const version = encounter.meta?.versionId ?? encounter.meta?.lastUpdated;
+        // Without a version or a timestamp there is no way to tell an update from a repeat: queue it.
+        const isNew =
+          version === undefined ||
+          store.markPolled(
+            encounter.id,
+            version,
+            Number.isFinite(lastUpdated) ? new Date(lastUpdated).toISOString() : since,
+          );
+        if (isNew)
+          events.push({
+            encounterId: encounter.id,
+            ...(encounter.meta?.versionId ? { versionId: encounter.meta.versionId } : {}),
+          });
+        if (Number.isFinite(lastUpdated)) newest = Math.max(newest, lastUpdated);
+      }
+      const queued = await intake.acceptEncounters(events, 'poll');
+      const nextCursor = new Date(newest).toISOString();
+      store.saveCursor(cursorName, nextCursor);
+      store.prunePolled(new Date(newest - 2 * this.#options.overlapMs).toISOString());
+      metrics?.reconciliations.inc({ reason, outcome: 'done' });
+      logger.info({ reason, seen: encounters.length, new: events.length, queued }, 'reconcile-done');
+      return { seen: encounters.length, queued, cursor: nextCursor };
+    } catch (error) {
+      metrics?.reconciliations.inc({ reason, outcome: 'failed' });
+      logger.warn({ reason, error: normalizeOperationOutcome(error).message }, 'reconcile-failed');
+      throw error;
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.#task?.stop();
+    this.#task = undefined;
+    await this.#running?.catch(() => undefined);
+  }
+}

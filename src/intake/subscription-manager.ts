@@ -1,0 +1,98 @@
+import type { Subscription } from 'fhir/r4.js';
+import type { FhirClient } from '../../fhir/fhir-client.ts';
+
+/**
+ * Makes sure the service's own Subscription exists on the FHIR server: found by its endpoint and its
+ * criteria (classic) or topic (Backport), created when missing, reactivated when the server switched
+ * it off. The bearer secret goes into channel.header so the server authenticates its notifications.
+ * Used at start and by `npm run subscription -- list|check|recreate`.
+ */
+export interface SubscriptionSpec {
+  /** Where the server should POST: the service's public URL + /notify. */
+  endpoint: string;
+  mode: 'backport' | 'classic';
+  topic: string;
+  criteria: string;
+  payload: 'id-only' | 'full-resource' | 'empty';
+  heartbeatSeconds: number;
+  secret: string | undefined;
+}
+
+export type EnsureAction = 'found' | 'created' | 'reactivated' | 'recreated';
+
+const backport = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition';
+
+export function buildSubscription(spec: SubscriptionSpec): Subscription {
+  const header = spec.secret ? [`Authorization: Bearer ${spec.secret}`] : undefined;
+  if (spec.mode === 'classic') {
+    return {
+      resourceType: 'Subscription',
+      status: 'requested',
+      reason: 'EHR draft agent: encounter events for draft notes',
+      criteria: spec.criteria,
+      channel: {
+        type: 'rest-hook',
+        endpoint: spec.endpoint,
+        ...(spec.payload === 'empty' ? {} : { payload: 'application/fhir+json' }),
+        ...(header ? { header } : {}),
+      },
+    };
+  }
+  return {
+    resourceType: 'Subscription',
+    meta: { profile: [`${backport}/backport-subscription`] },
+    status: 'requested',
+    reason: 'EHR draft agent: encounter events for draft notes',
+    criteria: spec.topic,
+    _criteria: {
+      extension: [{ url: `${backport}/backport-filter-criteria`, valueString: spec.criteria }],
+    },
+    channel: {
+      extension: spec.heartbeatSeconds
+        ? [{ url: `${backport}/backport-heartbeat-period`, valueUnsignedInt: spec.heartbeatSeconds }]
+        : [],
+      type: 'rest-hook',
+      endpoint: spec.endpoint,
+      payload: 'application/fhir+json',
+      _payload: { extension: [{ url: `${backport}/backport-payload-content`, valueCode: spec.payload }] },
+      ...(header ? { header } : {}),
+    },
+  } as Subscription;
+}
+
+function isOurs(subscription: Subscription, spec: SubscriptionSpec): boolean {
+  if (subscription.channel?.endpoint !== spec.endpoint) return false;
+  return spec.mode === 'classic'
+    ? subscription.criteria === spec.criteria
+    : subscription.criteria === spec.topic;
+}
+
+/** The service's subscriptions on the server (matching endpoint and criteria or topic). */
+export async function findSubscriptions(fhir: FhirClient, spec: SubscriptionSpec): Promise<Subscription[]> {
+  const found = await fhir.search<Subscription>('Subscription', { url: spec.endpoint });
+  return found.filter((subscription) => isOurs(subscription, spec));
+}
+
+export async function ensureSubscription(
+  fhir: FhirClient,
+  spec: SubscriptionSpec,
+  options: { recreate?: boolean } = {},
+): Promise<{ subscription: Subscription; action: EnsureAction }> {
+  const existing = await findSubscriptions(fhir, spec);
+  const usable = existing.find(
+    (subscription) => subscription.status === 'active' || subscription.status === 'requested',
+  );
+  if (usable && !options.recreate) return { subscription: usable, action: 'found' };
+  const stopped = existing[0];
+  if (stopped && !options.recreate) {
+    // Switched off after failed deliveries: ask for it again rather than piling up copies.
+    const subscription = await fhir.update<Subscription>({ ...stopped, status: 'requested' });
+    return { subscription, action: 'reactivated' };
+  }
+  for (const old of existing) {
+    // Replaced, not deleted: the server keeps its history, and it stops sending to this one.
+    if (old.id) await fhir.update<Subscription>({ ...old, status: 'off' });
+  }
+  const { resource } = await fhir.create(buildSubscription(spec));
+  return { subscription: resource, action: existing.length > 0 ? 'recreated' : 'created' };
+}

@@ -1,0 +1,86 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { JobQueue } from './queue/job-queue.ts';
+
+/**
+ * Prometheus metrics (prom-client), served at GET /metrics: events received by source and outcome,
+ * queue depth, job attempts and outcomes, processing durations, gaps, resets and reconciliations.
+ * Labels carry sources and outcomes only: never ids of patients or encounters.
+ */
+export interface ServiceMetrics {
+  registry: Registry;
+  eventsReceived: Counter<'source' | 'outcome'>;
+  jobAttempts: Counter<'outcome'>;
+  jobDuration: Histogram<'outcome'>;
+  gapsDetected: Counter<'subscription_kind'>;
+  resetsDetected: Counter;
+  reconciliations: Counter<'reason' | 'outcome'>;
+  notificationsRejected: Counter<'reason'>;
+}
+
+export function createMetrics(queue?: JobQueue): ServiceMetrics {
+  const registry = new Registry();
+  const eventsReceived = new Counter({
+    name: 'ehr_agent_intake_events_total',
+    help: 'Events received, by source and what became of them (queued, duplicate, ignored, reconcile).',
+    labelNames: ['source', 'outcome'] as const,
+    registers: [registry],
+  });
+  const jobAttempts = new Counter({
+    name: 'ehr_agent_job_attempts_total',
+    help: 'Job attempts by outcome (done, retry, failed).',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+  const jobDuration = new Histogram({
+    name: 'ehr_agent_job_duration_seconds',
+    help: 'Time one job attempt took, by outcome.',
+    labelNames: ['outcome'] as const,
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+    registers: [registry],
+  });
+  const gapsDetected = new Counter({
+    name: 'ehr_agent_subscription_gaps_detected_total',
+    help: 'Missing subscription event numbers detected.',
+    labelNames: ['subscription_kind'] as const,
+    registers: [registry],
+  });
+  const resetsDetected = new Counter({
+    name: 'ehr_agent_subscription_resets_detected_total',
+    help: 'Subscription event counters that went backwards.',
+    registers: [registry],
+  });
+  const reconciliations = new Counter({
+    name: 'ehr_agent_reconciliations_total',
+    help: 'Polling reconciliations run, by reason and outcome.',
+    labelNames: ['reason', 'outcome'] as const,
+    registers: [registry],
+  });
+  const notificationsRejected = new Counter({
+    name: 'ehr_agent_notifications_rejected_total',
+    help: 'Notifications refused, by reason (unauthenticated, rate-limited, malformed).',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
+  if (queue) {
+    new Gauge({
+      name: 'ehr_agent_queue_jobs',
+      help: 'Jobs in the queue by status.',
+      labelNames: ['status'] as const,
+      registers: [registry],
+      async collect() {
+        const counts = await queue.counts();
+        for (const [status, total] of Object.entries(counts)) this.set({ status }, total);
+      },
+    });
+  }
+  return {
+    registry,
+    eventsReceived,
+    jobAttempts,
+    jobDuration,
+    gapsDetected,
+    resetsDetected,
+    reconciliations,
+    notificationsRejected,
+  };
+}

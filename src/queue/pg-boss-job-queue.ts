@@ -1,0 +1,267 @@
+import { PgBoss } from 'pg-boss';
+import {
+  type BackoffPolicy,
+  type EncounterJob,
+  type EncounterJobInput,
+  type FailureDecision,
+  type JobQueue,
+  type JobStatus,
+  nextDelayMs,
+  type QueueCounts,
+} from './job-queue.ts';
+
+/**
+ * The shared queue for several replicas: PostgreSQL through pg-boss. pg-boss does the hard parts
+ * (SKIP LOCKED claims, lease expiry of jobs held by a crashed worker, retries, retention); this adapter
+ * maps the port onto it. Waiting jobs collapse per encounter through the `short` policy and a
+ * singleton key. Our own backoff (honouring Retry-After) replaces pg-boss's on each retry, so both
+ * adapters behave the same. A non-retryable failure is cancelled, which this port lists as failed.
+ */
+export interface PgBossQueueOptions extends BackoffPolicy {
+  connectionString: string;
+  /** PostgreSQL schema pg-boss installs into. */
+  schema?: string;
+  queueName?: string;
+  /** How often pg-boss looks for expired leases; tests use 1 s. */
+  superviseIntervalSeconds?: number;
+}
+
+interface JobData {
+  encounterId: string;
+  source: string;
+  versionId?: string;
+  kind?: EncounterJob['kind'];
+}
+
+interface JobRow {
+  id: string;
+  data: JobData;
+  state: string;
+  retry_count: number;
+  created_on: Date;
+  start_after: Date;
+  output: { outcome?: string; error?: string; message?: string } | null;
+}
+
+const statesByStatus: Record<JobStatus, string[]> = {
+  pending: ['created', 'retry'],
+  running: ['active'],
+  done: ['completed'],
+  failed: ['failed', 'cancelled'],
+};
+
+function statusOf(state: string): JobStatus {
+  for (const [status, states] of Object.entries(statesByStatus)) {
+    if (states.includes(state)) return status as JobStatus;
+  }
+  return 'failed';
+}
+
+const identifierPattern = /^[a-z_][a-z0-9_]{0,62}$/;
+
+export class PgBossJobQueue implements JobQueue {
+  readonly #boss: PgBoss;
+  readonly #policy: BackoffPolicy;
+  readonly #name: string;
+  readonly #schema: string;
+  /** The attempt each job this process holds is on, so settling only touches that attempt. */
+  readonly #held = new Map<string, number>();
+
+  private constructor(boss: PgBoss, options: PgBossQueueOptions) {
+    this.#boss = boss;
+    this.#policy = options;
+    this.#name = options.queueName ?? 'encounter-jobs';
+    this.#schema = options.schema ?? 'pgboss';
+  }
+
+  static async open(options: PgBossQueueOptions): Promise<PgBossJobQueue> {
+    const schema = options.schema ?? 'pgboss';
+    if (!identifierPattern.test(schema)) throw new Error(`not a plain PostgreSQL schema name: ${schema}`);
+    const boss = new PgBoss({
+      connectionString: options.connectionString,
+      schema,
+      // Lease expiry runs in the monitor pass: both timers decide how soon a crashed worker's job returns.
+      superviseIntervalSeconds: options.superviseIntervalSeconds ?? 5,
+      monitorIntervalSeconds: options.superviseIntervalSeconds ?? 5,
+      max: 4,
+    });
+    boss.on('error', () => {
+      // Connection blips surface on the next call; the worker pool logs and retries those.
+    });
+    await boss.start();
+    const queue = new PgBossJobQueue(boss, options);
+    const queueOptions = {
+      policy: 'short' as const,
+      retryLimit: Math.max(0, options.maxAttempts - 1),
+      retryDelay: Math.max(1, Math.round(options.backoffBaseMs / 1000)),
+      retryBackoff: true,
+      retryDelayMax: Math.max(1, Math.round(options.backoffMaxMs / 1000)),
+      expireInSeconds: Math.max(1, Math.ceil(options.leaseMs / 1000)),
+      deleteAfterSeconds: 7 * 24 * 3600,
+    };
+    if (!(await boss.getQueue(queue.#name))) {
+      try {
+        await boss.createQueue(queue.#name, queueOptions);
+      } catch (error) {
+        // Another replica created it at the same moment.
+        if (!(await boss.getQueue(queue.#name))) throw error;
+      }
+    } else {
+      const { policy: _policy, ...updatable } = queueOptions;
+      await boss.updateQueue(queue.#name, updatable);
+    }
+    await boss
+      .getDb()
+      .executeSql(
+        `create table if not exists ${schema}.completed_work (work_key text primary key, outcome text not null, completed_at timestamptz not null default now())`,
+      );
+    return queue;
+  }
+
+  #singletonKey(job: EncounterJobInput): string {
+    return `${job.encounterId}|${job.kind ?? ''}`;
+  }
+
+  async enqueue(jobs: EncounterJobInput[]): Promise<{ added: number }> {
+    let added = 0;
+    for (const job of jobs) {
+      const data: JobData = {
+        encounterId: job.encounterId,
+        source: job.source,
+        ...(job.versionId ? { versionId: job.versionId } : {}),
+        ...(job.kind ? { kind: job.kind } : {}),
+      };
+      const id = await this.#boss.send(this.#name, data, { singletonKey: this.#singletonKey(job) });
+      if (id) added++;
+    }
+    return { added };
+  }
+
+  async claim(_workerId: string): Promise<EncounterJob | undefined> {
+    const [job] = await this.#boss.fetch<JobData>(this.#name, { batchSize: 1, includeMetadata: true });
+    if (!job) return undefined;
+    this.#held.set(job.id, job.retryCount);
+    return {
+      id: job.id,
+      encounterId: job.data.encounterId,
+      source: job.data.source,
+      ...(job.data.versionId ? { versionId: job.data.versionId } : {}),
+      ...(job.data.kind ? { kind: job.data.kind } : {}),
+      status: 'running',
+      attempts: job.retryCount + 1,
+      createdAt: new Date(job.createdOn).toISOString(),
+      runAt: new Date(job.startAfter).toISOString(),
+    };
+  }
+
+  #attempt(jobId: string): string | { id: string; retryCount: number } {
+    const retryCount = this.#held.get(jobId);
+    this.#held.delete(jobId);
+    return retryCount === undefined ? jobId : { id: jobId, retryCount };
+  }
+
+  async complete(jobId: string, outcome: string): Promise<void> {
+    await this.#boss.complete(this.#name, this.#attempt(jobId), { outcome });
+  }
+
+  async #state(jobId: string): Promise<JobRow | undefined> {
+    const { rows } = await this.#boss
+      .getDb()
+      .executeSql(
+        `select id, data, state, retry_count, created_on, start_after, output from ${this.#schema}.job where name = $1 and id = $2`,
+        [this.#name, jobId],
+      );
+    return rows[0] as JobRow | undefined;
+  }
+
+  async fail(jobId: string, error: string, decision: FailureDecision): Promise<JobStatus> {
+    const retryCount = this.#held.get(jobId) ?? 0;
+    await this.#boss.fail(this.#name, this.#attempt(jobId), { error: error.slice(0, 2000) });
+    const row = await this.#state(jobId);
+    if (!row) return 'failed';
+    if (row.state !== 'retry') return statusOf(row.state);
+    if (!decision.retryable) {
+      await this.#boss.cancel(this.#name, jobId);
+      return 'failed';
+    }
+    const delay = nextDelayMs(this.#policy, retryCount + 1, decision.retryAfterMs);
+    await this.#boss.update(this.#name, undefined, { id: jobId, startAfter: new Date(Date.now() + delay) });
+    return 'pending';
+  }
+
+  async release(jobId: string): Promise<void> {
+    // pg-boss has no "un-fetch": cancel and resume puts the job back as created, attempts kept.
+    this.#held.delete(jobId);
+    await this.#boss.cancel(this.#name, jobId);
+    await this.#boss.resume(this.#name, jobId);
+  }
+
+  async retry(jobId: string): Promise<boolean> {
+    const row = await this.#state(jobId);
+    if (row?.state === 'failed') {
+      const result = await this.#boss.retry(this.#name, jobId);
+      return ((result as { affected?: number }).affected ?? 0) > 0;
+    }
+    if (row?.state === 'cancelled') {
+      const result = await this.#boss.resume(this.#name, jobId);
+      return ((result as { affected?: number }).affected ?? 0) > 0;
+    }
+    return false;
+  }
+
+  async list(status: JobStatus, limit = 100): Promise<EncounterJob[]> {
+    const { rows } = await this.#boss.getDb().executeSql(
+      `select id, data, state, retry_count, created_on, start_after, output from ${this.#schema}.job
+         where name = $1 and state::text = any($2::text[]) order by created_on desc limit $3`,
+      [this.#name, statesByStatus[status], limit],
+    );
+    return (rows as JobRow[]).map((row) => {
+      const lastError = row.output?.error ?? row.output?.message;
+      return {
+        id: row.id,
+        encounterId: row.data.encounterId,
+        source: row.data.source,
+        ...(row.data.versionId ? { versionId: row.data.versionId } : {}),
+        ...(row.data.kind ? { kind: row.data.kind } : {}),
+        status: statusOf(row.state),
+        attempts: row.state === 'created' ? 0 : row.retry_count + (row.state === 'retry' ? 0 : 1),
+        createdAt: new Date(row.created_on).toISOString(),
+        runAt: new Date(row.start_after).toISOString(),
+        ...(lastError ? { lastError: String(lastError) } : {}),
+        ...(row.output?.outcome ? { outcome: row.output.outcome } : {}),
+      };
+    });
+  }
+
+  async counts(): Promise<QueueCounts> {
+    const { rows } = await this.#boss
+      .getDb()
+      .executeSql(
+        `select state::text as state, count(*)::int as total from ${this.#schema}.job where name = $1 group by state`,
+        [this.#name],
+      );
+    const counts: QueueCounts = { pending: 0, running: 0, done: 0, failed: 0 };
+    for (const row of rows as { state: string; total: number }[]) counts[statusOf(row.state)] += row.total;
+    return counts;
+  }
+
+  async hasCompleted(workKey: string): Promise<boolean> {
+    const { rows } = await this.#boss
+      .getDb()
+      .executeSql(`select 1 from ${this.#schema}.completed_work where work_key = $1`, [workKey]);
+    return rows.length > 0;
+  }
+
+  async recordCompleted(workKey: string, outcome: string): Promise<void> {
+    await this.#boss
+      .getDb()
+      .executeSql(
+        `insert into ${this.#schema}.completed_work (work_key, outcome) values ($1, $2) on conflict do nothing`,
+        [workKey, outcome],
+      );
+  }
+
+  async close(): Promise<void> {
+    await this.#boss.stop({ graceful: false, close: true });
+  }
+}
