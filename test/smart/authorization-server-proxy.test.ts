@@ -95,3 +95,57 @@ describe('the test authorization server in front of a FHIR server', () => {
     expect(authorizationServer.fhirRequests.map((request) => request.status)).toEqual([401, 200, 201]);
   });
 });
+
+describe('the test authorization server as a strict FHIR gate', () => {
+  it('refuses what the scopes do not allow, entry by entry in a batch, and tokens it issued already expired', async () => {
+    const gate = await startSmartAuthorizationServer({
+      fhirUpstream: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}/base`,
+      enforceScopes: true,
+    });
+    try {
+      const scopes = 'system/Patient.rs system/DocumentReference.cu system/Encounter.read';
+      const config = backendAuthConfigSchema.parse({ mode: 'smart-backend', clientId: 'svc', scopes });
+      const provider = await createAccessTokenProvider(config, { fhirBaseUrl: gate.fhirBaseUrl, dataDir });
+      gate.registerClient({ clientId: 'svc', jwks: provider.jwks, allowedScopes: scopes.split(' ') });
+      const token = await provider.getToken();
+      const call = async (method: string, relative: string, body?: unknown) => {
+        const response = await fetch(`${gate.fhirBaseUrl}${relative}`, {
+          method,
+          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/fhir+json' },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        await response.body?.cancel();
+        return response.status;
+      };
+      expect(await call('GET', '/Patient/p1')).toBe(200);
+      expect(await call('GET', '/Patient?identifier=x')).toBe(200);
+      expect(await call('GET', '/Encounter/e1')).toBe(200);
+      expect(await call('POST', '/DocumentReference', { resourceType: 'DocumentReference' })).toBe(201);
+      expect(await call('PUT', '/DocumentReference/d1', { resourceType: 'DocumentReference' })).toBe(200);
+      expect(await call('GET', '/DocumentReference/d1')).toBe(403);
+      expect(await call('GET', '/Observation?patient=Patient/p1')).toBe(403);
+      expect(await call('DELETE', '/Patient/p1')).toBe(403);
+      const batch = (urls: string[]) => ({
+        resourceType: 'Bundle',
+        type: 'batch',
+        entry: urls.map((url) => ({ request: { method: 'GET', url } })),
+      });
+      expect(await call('POST', '/', batch(['Patient/p1', 'Encounter?patient=Patient/p1']))).toBe(201);
+      expect(await call('POST', '/', batch(['Patient/p1', 'Observation?patient=Patient/p1']))).toBe(403);
+
+      gate.misbehave.accessTokenExpired = true;
+      provider.invalidate();
+      expect(await readWith(gate, await provider.getToken())).toBe(401);
+    } finally {
+      await gate.close();
+    }
+  });
+});
+
+async function readWith(server: SmartAuthorizationServer, token: string | undefined): Promise<number> {
+  const response = await fetch(`${server.fhirBaseUrl}/Patient/p1`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  await response.body?.cancel();
+  return response.status;
+}

@@ -50,6 +50,8 @@ export interface Misbehaviour {
   /** Answer client_credentials with this scope string instead of the real grant. */
   grantedScopeOverride: string | undefined;
   accessTokenLifetimeSeconds: number;
+  /** Issue access tokens that the FHIR side already treats as expired (expires_in still looks normal). */
+  accessTokenExpired: boolean;
 }
 
 export interface IssuedAccessToken {
@@ -99,6 +101,11 @@ export interface SmartAuthorizationServerOptions {
   /** Or answer them in process; default: an empty searchset Bundle. */
   fhirHandler?: (request: IncomingMessage, response: ServerResponse, token: IssuedAccessToken) => void;
   accessTokenLifetimeSeconds?: number;
+  /**
+   * Refuse (403) FHIR requests the token's scopes do not allow: type and permission letter (c r u d s, v1
+   * read/write too), checked per entry for a batch or transaction. Patient compartments are not enforced.
+   */
+  enforceScopes?: boolean;
 }
 
 const assertionAlgorithms = ['ES384', 'RS384'];
@@ -167,8 +174,10 @@ export async function startSmartAuthorizationServer(
     idTokenExpired: false,
     grantedScopeOverride: undefined,
     accessTokenLifetimeSeconds: options.accessTokenLifetimeSeconds ?? 300,
+    accessTokenExpired: false,
   };
   const tokenRequests: TokenRequestRecord[] = [];
+  const bufferedBodies = new WeakMap<IncomingMessage, Buffer>();
   const fhirRequests: { method: string; path: string; status: number }[] = [];
   let origin = '';
   const urls = () => ({
@@ -270,7 +279,9 @@ export async function startSmartAuthorizationServer(
     const issued = {
       ...details,
       token: randomId(),
-      expiresAt: Date.now() + misbehave.accessTokenLifetimeSeconds * 1000,
+      expiresAt: misbehave.accessTokenExpired
+        ? Date.now() - 1000
+        : Date.now() + misbehave.accessTokenLifetimeSeconds * 1000,
     };
     accessTokens.set(issued.token, issued);
     return issued;
@@ -429,6 +440,47 @@ export async function startSmartAuthorizationServer(
     return issued && issued.expiresAt > Date.now() ? issued : undefined;
   }
 
+  /** What a request needs, as [resource type, permission letter] pairs. */
+  function neededPermissions(method: string, relativePath: string, query: string): [string, string][] {
+    const [type, id, operation] = relativePath.split('/').filter(Boolean);
+    if (!type || type.startsWith('$') || type === 'metadata') return [];
+    if (method === 'GET')
+      return [[type, id && id !== '_search' && !operation?.startsWith('_history') ? 'r' : 's']];
+    if (method === 'POST') return [[type, id === '_search' ? 's' : 'c']];
+    if (method === 'PUT' || method === 'PATCH') return [[type, !id && query ? 'c' : 'u']];
+    if (method === 'DELETE') return [[type, 'd']];
+    return [[type, 'r']];
+  }
+
+  function scopeAllows(scopes: string[], type: string, permission: string): boolean {
+    return scopes.some((scope) => {
+      const match = /^(patient|user|system)\/([A-Za-z]+|\*)\.([a-z*]+)$/.exec(scope);
+      if (!match || (match[2] !== '*' && match[2] !== type)) return false;
+      const letters =
+        match[3] === 'read' ? 'rs' : match[3] === 'write' ? 'cud' : match[3] === '*' ? 'cruds' : match[3];
+      return letters.includes(permission);
+    });
+  }
+
+  async function deniedByScopes(request: IncomingMessage, url: URL, token: IssuedAccessToken) {
+    const relativePath = url.pathname.slice(fhirBasePath.length);
+    let needed = neededPermissions(request.method ?? 'GET', relativePath, url.search);
+    if (request.method === 'POST' && relativePath.replace(/\/+$/, '') === '') {
+      // A batch or transaction: each entry needs its own permission. The body is read here, so keep it for later.
+      const body = await readBody(request);
+      bufferedBodies.set(request, body);
+      const bundle = JSON.parse(body.toString('utf8') || '{}') as {
+        entry?: { request?: { method?: string; url?: string } }[];
+      };
+      needed = (bundle.entry ?? []).flatMap((entry) => {
+        const [entryPath, entryQuery = ''] = (entry.request?.url ?? '').split('?');
+        return neededPermissions(entry.request?.method ?? 'GET', `/${entryPath}`, entryQuery);
+      });
+    }
+    const missing = needed.find(([type, permission]) => !scopeAllows(token.scopes, type, permission));
+    return missing ? `${missing[1]} on ${missing[0]}` : undefined;
+  }
+
   async function fhirEndpoint(request: IncomingMessage, response: ServerResponse, url: URL) {
     const record = { method: request.method ?? 'GET', path: url.pathname + url.search, status: 0 };
     fhirRequests.push(record);
@@ -446,13 +498,33 @@ export async function startSmartAuthorizationServer(
       );
       return;
     }
+    if (options.enforceScopes) {
+      const denied = await deniedByScopes(request, url, token);
+      if (denied) {
+        record.status = 403;
+        response.writeHead(403, { 'content-type': 'application/fhir+json' });
+        response.end(
+          JSON.stringify({
+            resourceType: 'OperationOutcome',
+            issue: [
+              {
+                severity: 'error',
+                code: 'forbidden',
+                diagnostics: `the token's scopes do not allow ${denied}`,
+              },
+            ],
+          }),
+        );
+        return;
+      }
+    }
     record.status = 200;
     if (options.fhirHandler) return options.fhirHandler(request, response, token);
     if (options.fhirUpstream) {
       const body =
         request.method === 'GET' || request.method === 'HEAD'
           ? undefined
-          : new Uint8Array(await readBody(request));
+          : new Uint8Array(bufferedBodies.get(request) ?? (await readBody(request)));
       const forwarded = await fetch(
         `${options.fhirUpstream}${url.pathname.slice(fhirBasePath.length)}${url.search}`,
         {
