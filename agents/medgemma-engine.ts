@@ -27,7 +27,12 @@ import {
 import { buildManifest } from './record-manifest.ts';
 import { createRecordTools, type RecordTool, sanitizeToolError } from './record-tools.ts';
 import { RunBudget } from './run-budget.ts';
-import { createStepProtocol, describeTools, type NavigationStep } from './step-protocol.ts';
+import {
+  createStepProtocol,
+  describeTools,
+  type NavigationStep,
+  type StepSchemaStyle,
+} from './step-protocol.ts';
 import {
   ContextBudgetError,
   checkFitsContext,
@@ -69,6 +74,8 @@ export interface MedGemmaEngineOptions {
   logger: Logger;
   limits?: Partial<OutputLimits>;
   engineVersion?: string;
+  /** How navigation steps are constrained; 'flat' for remote servers (see step-protocol.ts). */
+  stepSchemaStyle?: StepSchemaStyle;
 }
 
 const kindPromptIds: Record<DraftKind, string> = {
@@ -80,6 +87,16 @@ const titles: Record<DraftKind, string> = {
   'progress-summary': 'Progress note summary (AI draft, needs review)',
   'previsit-briefing': 'Pre-visit briefing (AI draft, needs review)',
 };
+
+export class EmptyDraftError extends Error {
+  readonly isRetryable = false;
+  readonly code = 'empty-draft';
+
+  constructor(removedLines: number) {
+    super(`The model's draft kept no supported line (${removedLines} removed by the verifier)`);
+    this.name = 'EmptyDraftError';
+  }
+}
 
 /** Tokens a citation costs at most in generated JSON, for sizing outputs. */
 const tokensPerCitation = 16;
@@ -115,11 +132,12 @@ function factsSchemas(references: string[], maxFacts: number, limits: OutputLimi
     properties: {
       facts: {
         type: 'array',
+        minItems: 1,
         maxItems: maxFacts,
         items: {
           type: 'object',
           properties: {
-            fact: { type: 'string', maxLength: limits.maxFactLength },
+            fact: { type: 'string', minLength: 1, maxLength: limits.maxFactLength },
             citations: {
               type: 'array',
               items: citationSchema(references),
@@ -156,6 +174,7 @@ function writeUpSchemas(headings: string[], references: string[], ruleIds: strin
     properties: {
       sections: {
         type: 'array',
+        minItems: 1,
         maxItems: headings.length,
         items: {
           type: 'object',
@@ -163,11 +182,12 @@ function writeUpSchemas(headings: string[], references: string[], ruleIds: strin
             heading: { enum: headings },
             lines: {
               type: 'array',
+              minItems: 1,
               maxItems: limits.maxLinesPerSection,
               items: {
                 type: 'object',
                 properties: {
-                  text: { type: 'string', maxLength: limits.maxLineLength },
+                  text: { type: 'string', minLength: 1, maxLength: limits.maxLineLength },
                   citations: {
                     type: 'array',
                     items: citationSchema(references),
@@ -192,7 +212,7 @@ function writeUpSchemas(headings: string[], references: string[], ruleIds: strin
               type: 'object',
               properties: {
                 ruleId: { enum: ruleIds },
-                text: { type: 'string', maxLength: limits.maxLineLength },
+                text: { type: 'string', minLength: 1, maxLength: limits.maxLineLength },
               },
               required: ['ruleId', 'text'],
               additionalProperties: false,
@@ -257,8 +277,10 @@ export class MedGemmaEngine implements DraftEngine {
   private readonly budgetLimits: AgentBudget;
   private readonly logger: Logger;
   private readonly limits: OutputLimits;
+  private readonly stepSchemaStyle: StepSchemaStyle;
 
   constructor(options: MedGemmaEngineOptions) {
+    this.stepSchemaStyle = options.stepSchemaStyle ?? 'precise';
     this.provider = options.provider;
     this.prompts = options.prompts;
     this.budgetLimits = options.budget;
@@ -348,6 +370,10 @@ export class MedGemmaEngine implements DraftEngine {
       shown: state.shown,
     });
     const verification = verifyCitations(text, state.shown);
+    if (verification.text.trim() === '') {
+      // Nothing supported is left: no draft rather than an empty one (the pipeline can fall back).
+      throw new EmptyDraftError(verification.removed.length);
+    }
     this.logger.info(
       {
         kind,
@@ -355,7 +381,7 @@ export class MedGemmaEngine implements DraftEngine {
         modelCalls: budget.modelCalls,
         toolCalls: budget.toolCalls,
         steps: budget.steps,
-        chunks: material.length,
+        materialItems: material.length,
         facts: facts.length,
         removedLines: verification.removed.length,
         navigationEnded: state.navigationEnded,
@@ -395,7 +421,10 @@ export class MedGemmaEngine implements DraftEngine {
   ): Promise<void> {
     const { budget, state, tools } = context;
     const maxSteps = context.large ? Math.min(1, budget.limits.maxSteps) : budget.limits.maxSteps;
-    const protocol = createStepProtocol(tools, { maxStringLength: this.limits.maxStringLength });
+    const protocol = createStepProtocol(tools, {
+      maxStringLength: this.limits.maxStringLength,
+      style: this.stepSchemaStyle,
+    });
     const messages: ChatMessage[] = [
       {
         role: 'user',
@@ -702,9 +731,11 @@ export class MedGemmaEngine implements DraftEngine {
     });
     const lines: string[] = [];
     for (const heading of headings) {
+      // A line with no words says nothing, whatever it cites.
       const sectionLines = value.sections
         .filter((section) => section.heading === heading)
-        .flatMap((section) => section.lines);
+        .flatMap((section) => section.lines)
+        .filter((line) => line.text.trim() !== '');
       if (sectionLines.length === 0) continue;
       lines.push(`## ${heading}`);
       for (const line of sectionLines) {

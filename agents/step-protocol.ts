@@ -6,7 +6,7 @@ import type { RecordTool } from './record-tools.ts';
  * MedGemma has no tool tokens, so a tool call is a JSON object constrained at decoding time:
  * `{"action":"call","tool":...,"args":{...}}` or `{"action":"final",...}`. The root is a plain
  * object with every property required (what strict `json_schema` servers and the grammar both
- * accept); which arguments fit which tool is checked after decoding with the tool's own zod schema.
+ * accept); which arguments fit which tool is also checked after decoding with the tool's own zod schema.
  */
 export const maximumReadingList = 24;
 
@@ -42,7 +42,17 @@ const stepShape = z.object({
   focus: z.string().max(400),
 });
 
-export function createStepProtocol(tools: RecordTool[], options: { maxStringLength: number }): StepProtocol {
+/**
+ * 'precise': one alternative per tool (a root `oneOf`), for node-llama-cpp's grammar. 'flat': a plain
+ * root object, for servers whose `json_schema` support wants one (whether vLLM and TGI accept a root
+ * `oneOf` is unverified); there, arguments are matched to the tool only after decoding.
+ */
+export type StepSchemaStyle = 'precise' | 'flat';
+
+export function createStepProtocol(
+  tools: RecordTool[],
+  options: { maxStringLength: number; style?: StepSchemaStyle },
+): StepProtocol {
   const toolNames = tools.map((tool) => tool.name);
   const byName = new Map(tools.map((tool) => [tool.name, tool]));
   const schema = z
@@ -57,18 +67,52 @@ export function createStepProtocol(tools: RecordTool[], options: { maxStringLeng
           : { action: 'final', read: step.read, focus: step.focus },
     ) as unknown as z.ZodType<NavigationStep>;
   const argumentSchemas = tools.map((tool) => zodToGrammarSchema(tool.schema, options));
-  const jsonSchema: JsonSchemaObject = {
-    type: 'object',
-    properties: {
-      action: { enum: ['call', 'final'] },
-      tool: { enum: [...toolNames, 'none'] },
-      args: argumentSchemas.length === 1 ? argumentSchemas[0] : { oneOf: argumentSchemas },
-      read: { type: 'array', items: { type: 'string', maxLength: 80 }, maxItems: maximumReadingList },
-      focus: { type: 'string', maxLength: Math.min(300, options.maxStringLength) },
-    },
-    required: ['action', 'tool', 'args', 'read', 'focus'],
-    additionalProperties: false,
-  };
+  const read = { type: 'array', items: { type: 'string', maxLength: 80 }, maxItems: maximumReadingList };
+  const focus = { type: 'string', maxLength: Math.min(300, options.maxStringLength) };
+  const required = ['action', 'tool', 'args', 'read', 'focus'];
+  const jsonSchema: JsonSchemaObject =
+    options.style === 'flat'
+      ? {
+          type: 'object',
+          properties: {
+            action: { enum: ['call', 'final'] },
+            tool: { enum: [...toolNames, 'none'] },
+            args: argumentSchemas.length === 1 ? argumentSchemas[0] : { oneOf: argumentSchemas },
+            read,
+            focus,
+          },
+          required,
+          additionalProperties: false,
+        }
+      : {
+          // One alternative per tool, so decoding itself keeps each tool's arguments to that tool.
+          oneOf: [
+            ...tools.map((tool, index) => ({
+              type: 'object',
+              properties: {
+                action: { const: 'call' },
+                tool: { const: tool.name },
+                args: argumentSchemas[index],
+                read: { type: 'array', items: { type: 'string' }, maxItems: 0 },
+                focus: { type: 'string', maxLength: 0 },
+              },
+              required,
+              additionalProperties: false,
+            })),
+            {
+              type: 'object',
+              properties: {
+                action: { const: 'final' },
+                tool: { const: 'none' },
+                args: { type: 'object', properties: {}, additionalProperties: false },
+                read,
+                focus,
+              },
+              required,
+              additionalProperties: false,
+            },
+          ],
+        };
   return {
     schema,
     jsonSchema,

@@ -9,6 +9,7 @@ import {
   type LlamaGrammar,
   LlamaLogLevel,
   type LlamaModel,
+  type TokenBias,
 } from 'node-llama-cpp';
 import type { Logger } from '../log.ts';
 import { stripThinking, toGemmaTurns } from './gemma-turns.ts';
@@ -41,6 +42,11 @@ export interface LlamaCppProviderOptions {
   gpu?: 'auto' | false;
   sequences: number;
   logger: Logger;
+  /**
+   * A sampling bias built once for the loaded model. Tests use it to keep tiny random-weight models
+   * away from tokens that decode to nothing; production leaves it unset.
+   */
+  tokenBias?: (model: LlamaModel) => TokenBias;
 }
 
 class SequencePool {
@@ -87,6 +93,7 @@ export class LlamaCppProvider implements ModelProvider {
   private readonly context: LlamaContext;
   private readonly pool: SequencePool;
   private readonly grammars = new Map<string, Promise<LlamaGrammar>>();
+  private readonly tokenBias: TokenBias | undefined;
 
   private constructor(options: {
     modelId: string;
@@ -94,6 +101,7 @@ export class LlamaCppProvider implements ModelProvider {
     model: LlamaModel;
     context: LlamaContext;
     sequences: LlamaContextSequence[];
+    tokenBias: LlamaCppProviderOptions['tokenBias'];
   }) {
     this.modelId = options.modelId;
     this.llama = options.llama;
@@ -101,6 +109,7 @@ export class LlamaCppProvider implements ModelProvider {
     this.context = options.context;
     this.contextSize = options.context.contextSize;
     this.pool = new SequencePool(options.sequences);
+    this.tokenBias = options.tokenBias?.(options.model);
   }
 
   static async create(options: LlamaCppProviderOptions): Promise<LlamaCppProvider> {
@@ -138,6 +147,7 @@ export class LlamaCppProvider implements ModelProvider {
         model,
         context,
         sequences,
+        tokenBias: options.tokenBias,
       });
     } catch (error) {
       await llama.dispose();
@@ -190,6 +200,7 @@ export class LlamaCppProvider implements ModelProvider {
         maxTokens: request.maxTokens,
         temperature: request.temperature ?? 0,
         signal: request.signal,
+        ...(this.tokenBias ? { tokenBias: this.tokenBias } : {}),
       });
       const content = stripThinking(response.response);
       return {

@@ -1,6 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { type LlamaModel, type Token, TokenBias } from 'node-llama-cpp';
 
 /**
  * Writes a tiny random-weight Gemma 3 GGUF (a few hundred KB) so the real node-llama-cpp path -
@@ -89,9 +90,14 @@ function buildVocabulary(): Vocabulary {
     add(`<0x${byte.toString(16).toUpperCase().padStart(2, '0')}>`, tokenTypeByte);
   }
   add('\n', tokenTypeNormal, -1);
+  add('\t', tokenTypeNormal, -1);
   add('\u2581', tokenTypeNormal, -1);
   for (let code = 0x21; code <= 0x7e; code++) add(String.fromCharCode(code), tokenTypeNormal, -1);
   return { tokens, scores, types };
+}
+
+function blankTokens(vocabulary: Vocabulary): number[] {
+  return vocabulary.tokens.flatMap((text, token) => (text === '<0x20>' || text === '\u2581' ? [token] : []));
 }
 
 const valueTypeU32 = 4;
@@ -199,7 +205,7 @@ interface TensorSpec {
   name: string;
   /** ggml order: innermost dimension first. */
   dimensions: number[];
-  /** Norm weights start at zero (Gemma adds one); others are small noise. */
+  /** Norm weights are one (llama.cpp's converter has already added Gemma's +1; zero would zero every logit); others are small noise. */
   kind: 'norm' | 'weight';
 }
 
@@ -302,7 +308,13 @@ export function buildTinyGguf(options: { contextLength?: number } = {}): Buffer 
     const elements = spec.dimensions.reduce((product, dimension) => product * dimension, 1);
     const buffer = Buffer.alloc(elements * 4);
     for (let index = 0; index < elements; index++) {
-      buffer.writeFloatLE(spec.kind === 'norm' ? 0 : (random() - 0.5) * 0.2, index * 4);
+      buffer.writeFloatLE(spec.kind === 'norm' ? 1 : (random() - 0.5) * 0.2, index * 4);
+    }
+    if (spec.name === 'token_embd.weight') {
+      // The output reuses the embeddings: a zero row gives a zero logit, which random logits of the
+      // other tokens usually beat, so the model rarely writes blanks (enum values can still hold them).
+      for (const token of blankTokens(vocabulary))
+        buffer.fill(0, token * embeddingLength * 4, (token + 1) * embeddingLength * 4);
     }
     header.string(spec.name);
     header.u32(spec.dimensions.length);
@@ -327,4 +339,24 @@ export function writeTinyGguf(path = join(repositoryRoot, 'test', '.generated', 
   mkdirSync(dirname(path), { recursive: true });
   writeFileSync(path, buildTinyGguf());
   return path;
+}
+
+/**
+ * Random weights favour tokens that decode to nothing (<pad>, stray UTF-8 bytes) or to blanks, and the
+ * grammar lets them fill strings: banning them makes the tiny model write visible characters.
+ */
+export function tinyModelTokenBias(model: LlamaModel): TokenBias {
+  const bias = new TokenBias(model.tokenizer);
+  const vocabulary = buildVocabulary();
+  // End of generation (<eos>, <end_of_turn>) must stay possible once the grammar is complete.
+  // Bytes from 0x80 are parts of multi-byte characters: alone they decode to nothing. ASCII bytes
+  // (the space among them: enum values need it) stay. A token the grammar needs must never be banned
+  // or biased down: at a dead end llama.cpp samples <pad> and fails.
+  const banned = new Set(['<pad>', '<bos>', '<unk>', '<start_of_turn>', '\u2581']);
+  vocabulary.tokens.forEach((text, token) => {
+    const byte =
+      vocabulary.types[token] === tokenTypeByte ? Number.parseInt(text.slice(3, 5), 16) : undefined;
+    if (banned.has(text) || (byte !== undefined && byte >= 0x80)) bias.set(token as Token, 'never');
+  });
+  return bias;
 }
