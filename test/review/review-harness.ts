@@ -4,9 +4,11 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Router } from 'express';
+import type { DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
 import { smartLaunchConfigSchema } from '../../src/config/auth-config.ts';
 import { createApp } from '../../src/http/app.ts';
 import { type DraftLifecyclePort, draftsApiRouter } from '../../src/http/drafts-api-routes.ts';
+import { reviewAppRouters } from '../../src/http/review-app.ts';
 import { reviewRouter } from '../../src/http/review-routes.ts';
 import { createSmartLaunch, type LaunchContext } from '../../src/http/smart-launch.ts';
 import { silentLogger } from '../../src/log.ts';
@@ -38,8 +40,11 @@ export interface ReviewHarness {
 }
 
 export async function startReviewHarness(options: {
-  authorization: SmartAuthorizationServerOptions;
-  lifecycleFor: (context: LaunchContext) => DraftLifecyclePort;
+  /** The authorization server's options; a function receives the service URL (to proxy to its sandbox). */
+  authorization: SmartAuthorizationServerOptions | ((serviceUrl: string) => SmartAuthorizationServerOptions);
+  /** Either a stand-in lifecycle per launch, or the real lifecycle, mounted through reviewAppRouters. */
+  lifecycleFor?: (context: LaunchContext) => DraftLifecyclePort;
+  lifecycle?: Pick<DraftLifecycle, 'withClient'>;
   /** CSP frame-ancestors of the review page (`review.frameAncestors`). */
   frameAncestors?: string[];
   /** Extra routers mounted on the service app (for example the sandbox EHR). */
@@ -57,7 +62,9 @@ export async function startReviewHarness(options: {
   const server: Server = createServer();
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const serviceUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const auth = await startSmartAuthorizationServer(options.authorization);
+  const auth = await startSmartAuthorizationServer(
+    typeof options.authorization === 'function' ? options.authorization(serviceUrl) : options.authorization,
+  );
   auth.registerClient({
     clientId: reviewClientId,
     allowedScopes: launchScopes.split(' '),
@@ -85,15 +92,28 @@ export async function startReviewHarness(options: {
     isReady: () => true,
     routers: [
       { path: '/', router: smartLaunch.router },
-      { path: '/review', router: reviewRouter({ frameAncestors: options.frameAncestors }) },
-      {
-        path: '/api/drafts',
-        router: draftsApiRouter({
-          requireLaunchContext: smartLaunch.requireLaunchContext,
-          lifecycleFor: options.lifecycleFor,
-          logger,
-        }),
-      },
+      ...(options.lifecycle
+        ? reviewAppRouters({
+            smartLaunch,
+            lifecycle: options.lifecycle,
+            review: { frameAncestors: options.frameAncestors ?? ["'self'"] },
+            logger,
+          })
+        : [
+            { path: '/review', router: reviewRouter({ frameAncestors: options.frameAncestors }) },
+            {
+              path: '/api/drafts',
+              router: draftsApiRouter({
+                requireLaunchContext: smartLaunch.requireLaunchContext,
+                lifecycleFor:
+                  options.lifecycleFor ??
+                  (() => {
+                    throw new Error('the harness needs lifecycle or lifecycleFor');
+                  }),
+                logger,
+              }),
+            },
+          ]),
       ...(options.routers?.(serviceUrl) ?? []),
     ],
   });

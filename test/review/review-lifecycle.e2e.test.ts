@@ -1,0 +1,288 @@
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import type {
+  Condition,
+  DocumentReference,
+  Encounter,
+  Observation,
+  Patient,
+  Practitioner,
+  Provenance,
+} from 'fhir/r4.js';
+import { type Browser, chromium, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDraftLifecycle } from '../../fhir/draft-lifecycle.ts';
+import { type DraftContent, DraftNoteWriter } from '../../fhir/draft-note.ts';
+import { FhirClient } from '../../fhir/fhir-client.ts';
+import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
+import { type MedplumFhirServer, startMedplumFhirServer } from './medplum-fhir-server.ts';
+import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
+
+/**
+ * The whole review path on real parts: drafts written by the service's DraftNoteWriter into a real FHIR
+ * engine, the SMART launch through the strict test authorization server (which proxies FHIR calls only with a
+ * valid user token), the real draft lifecycle acting with the clinician's token, and Chromium clicking
+ * through the page. Afterwards the chart itself is checked: final with authenticator and a sign-off Provenance,
+ * or entered-in-error with a rejection Provenance.
+ */
+const chromiumPath = '/usr/bin/chromium';
+const artifacts = path.resolve('test/artifacts');
+const axeSource = readFileSync(path.resolve('node_modules/axe-core/axe.min.js'), 'utf8');
+const identifierSystem = 'urn:ehr-draft-agent:draft';
+
+let fhir: MedplumFhirServer;
+let harness: ReviewHarness;
+let browser: Browser;
+let store: SqliteDraftStore;
+let patient: Patient;
+let otherPatient: Patient;
+let practitioner: Practitioner;
+let observation: Observation;
+let summaryDraft: DocumentReference;
+let briefingDraft: DocumentReference;
+let otherPatientDraft: DocumentReference;
+const regenerationRequests: { encounterId: string; kind: string }[] = [];
+
+function content(kind: string, title: string, text: string, sources: string[]): DraftContent {
+  return {
+    kind,
+    title,
+    text,
+    engine: { id: 'extractive', version: '1.0.0' },
+    sources: new Map(sources.map((source) => [source, '1'])),
+    verification: { cited: sources.length, removed: 0, flagged: false },
+  };
+}
+
+async function noSeriousViolations(page: Page, name: string) {
+  await page.evaluate(axeSource);
+  const violations = await page.evaluate(async () => {
+    const axe = (
+      window as unknown as {
+        axe: { run: (context: Document) => Promise<{ violations: { id: string; impact: string }[] }> };
+      }
+    ).axe;
+    return (await axe.run(document)).violations.map((violation) => ({
+      id: violation.id,
+      impact: violation.impact,
+    }));
+  });
+  expect(
+    violations.filter((violation) => violation.impact === 'serious' || violation.impact === 'critical'),
+    name,
+  ).toEqual([]);
+}
+
+async function provenanceFor(documentId: string): Promise<Provenance[]> {
+  const all = await fhir.all<Provenance>('Provenance');
+  return all.filter((provenance) =>
+    provenance.target.some((target) => target.reference?.startsWith(`DocumentReference/${documentId}`)),
+  );
+}
+
+describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and FHIR engine', () => {
+  beforeAll(async () => {
+    mkdirSync(artifacts, { recursive: true });
+    fhir = await startMedplumFhirServer();
+    patient = await fhir.create<Patient>({
+      resourceType: 'Patient',
+      name: [{ given: ['Grace'], family: 'Sample' }],
+    });
+    otherPatient = await fhir.create<Patient>({
+      resourceType: 'Patient',
+      name: [{ family: 'Other' }],
+    });
+    practitioner = await fhir.create<Practitioner>({
+      resourceType: 'Practitioner',
+      name: [{ family: 'Reviewer' }],
+    });
+    const subject = { reference: `Patient/${patient.id}` };
+    const encounter = await fhir.create<Encounter>({
+      resourceType: 'Encounter',
+      status: 'finished',
+      class: { code: 'AMB' },
+      subject,
+      period: { start: '2026-11-26T09:00:00Z', end: '2026-11-26T09:30:00Z' },
+    });
+    const otherEncounter = await fhir.create<Encounter>({
+      resourceType: 'Encounter',
+      status: 'finished',
+      class: { code: 'AMB' },
+      subject: { reference: `Patient/${otherPatient.id}` },
+    });
+    observation = await fhir.create<Observation>({
+      resourceType: 'Observation',
+      status: 'final',
+      code: { text: 'Hemoglobin A1c' },
+      subject,
+      valueQuantity: { value: 8.4, unit: '%' },
+      effectiveDateTime: '2026-11-20',
+    });
+    const condition = await fhir.create<Condition>({
+      resourceType: 'Condition',
+      code: { text: 'Type 2 diabetes mellitus' },
+      subject,
+    });
+
+    // The service writes the drafts with its own client, straight to the FHIR server.
+    const serviceClient = new FhirClient({ baseUrl: fhir.baseUrl });
+    const writer = new DraftNoteWriter(serviceClient, identifierSystem);
+    const now = new Date('2026-11-26T10:00:00Z');
+    summaryDraft = (
+      await writer.write(
+        content(
+          'progress-summary',
+          'Progress summary',
+          `Type 2 diabetes [Condition/${condition.id}], HbA1c 8.4% [Observation/${observation.id}].`,
+          [`Condition/${condition.id}`, `Observation/${observation.id}`],
+        ),
+        patient,
+        encounter,
+        now,
+      )
+    ).draft;
+    briefingDraft = (
+      await writer.write(
+        content('previsit-briefing', 'Pre-visit briefing', `Recheck HbA1c [Observation/${observation.id}].`, [
+          `Observation/${observation.id}`,
+        ]),
+        patient,
+        encounter,
+        now,
+      )
+    ).draft;
+    otherPatientDraft = (
+      await writer.write(
+        content('progress-summary', 'Progress summary', 'Another patient.', []),
+        otherPatient,
+        otherEncounter,
+        now,
+      )
+    ).draft;
+
+    store = new SqliteDraftStore(':memory:');
+    const lifecycle = createDraftLifecycle({
+      mode: 'write',
+      identifierSystem,
+      store,
+      requestRegeneration: (encounterId, kind) => {
+        regenerationRequests.push({ encounterId, kind });
+      },
+    });
+    harness = await startReviewHarness({ authorization: { fhirUpstream: fhir.baseUrl }, lifecycle });
+    browser = await chromium.launch({
+      executablePath: chromiumPath,
+      headless: true,
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--no-first-run',
+      ],
+    });
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await harness?.close();
+    await store?.close();
+    await fhir?.close();
+  });
+
+  it('launch -> list -> citation -> edit -> sign: the note is final, authenticated, with a sign-off Provenance', async () => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    await page.goto(
+      harness.launchUrl({ patient: patient.id as string, fhirUser: `Practitioner/${practitioner.id}` }),
+    );
+    expect(new URL(page.url()).pathname).toBe('/review');
+    const summary = page.locator(`article[data-draft-id="${summaryDraft.id}"]`);
+    await summary.waitFor();
+    await expect.poll(() => page.locator('#patient-line').textContent()).toContain('Grace Sample');
+    expect(await page.locator('article.draft').count()).toBe(2);
+    expect(await page.locator(`article[data-draft-id="${otherPatientDraft.id}"]`).count()).toBe(0);
+    expect(
+      await page.locator(`[data-group="briefing"] article[data-draft-id="${briefingDraft.id}"]`).count(),
+    ).toBe(1);
+    await noSeriousViolations(page, 'list on the real lifecycle');
+    await page.screenshot({ path: path.join(artifacts, 'lifecycle-list.png'), fullPage: true });
+
+    await summary.getByRole('button', { name: `Open cited source [Observation/${observation.id}]` }).click();
+    const dialog = page.getByRole('dialog');
+    await expect.poll(() => dialog.locator('#citation-fields').textContent()).toContain('8.4 %');
+    await page.screenshot({ path: path.join(artifacts, 'lifecycle-citation.png') });
+    await dialog.getByRole('button', { name: 'Close' }).click();
+
+    await summary.getByRole('button', { name: 'Edit text: Progress summary' }).click();
+    await summary
+      .getByRole('textbox', { name: 'Edit text: Progress summary' })
+      .fill(`HbA1c 8.4% [Observation/${observation.id}], above target. Plan: intensify therapy.`);
+    await summary.getByRole('button', { name: 'Save edit' }).click();
+    await expect.poll(() => page.locator('#status').textContent()).toContain('Edit saved');
+    await page
+      .locator(`article[data-draft-id="${summaryDraft.id}"]`)
+      .getByRole('button', { name: 'Sign note: Progress summary' })
+      .click();
+    await expect.poll(() => page.locator('#status').textContent()).toContain('Signed');
+    expect(
+      await page.locator(`article[data-draft-id="${summaryDraft.id}"] .status-badge`).textContent(),
+    ).toBe('Signed');
+    await page.screenshot({ path: path.join(artifacts, 'lifecycle-signed.png'), fullPage: true });
+
+    const signed = await fhir.read<DocumentReference>('DocumentReference', summaryDraft.id as string);
+    expect(signed.docStatus).toBe('final');
+    expect(signed.authenticator?.reference).toBe(`Practitioner/${practitioner.id}`);
+    expect(Buffer.from(signed.content[0].attachment.data as string, 'base64').toString('utf8')).toContain(
+      'Plan: intensify therapy.',
+    );
+    const provenance = await provenanceFor(summaryDraft.id as string);
+    const signOff = provenance.find((entry) => entry.activity?.coding?.[0]?.code === 'AU');
+    expect(signOff?.agent[0].who?.reference).toBe(`Practitioner/${practitioner.id}`);
+    expect(signOff?.signature?.[0]?.who?.reference).toBe(`Practitioner/${practitioner.id}`);
+    // AI authorship, the edit and the sign-off are all on the record.
+    expect(provenance.length).toBeGreaterThanOrEqual(3);
+    // The changes went through the authorization server with the clinician's token.
+    expect(
+      harness.auth.fhirRequests.some(
+        (request) =>
+          request.method === 'PUT' && request.path.includes(`DocumentReference/${summaryDraft.id}`),
+      ),
+    ).toBe(true);
+    await context.close();
+  });
+
+  it('reject with a reason: the note is entered-in-error with a rejection Provenance; another patient’s draft is 403', async () => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    await page.goto(
+      harness.launchUrl({ patient: patient.id as string, fhirUser: `Practitioner/${practitioner.id}` }),
+    );
+    const briefing = page.locator(`article[data-draft-id="${briefingDraft.id}"]`);
+    await briefing.waitFor();
+    await briefing.getByRole('button', { name: 'Reject: Pre-visit briefing' }).click();
+    await page.getByRole('textbox', { name: 'Reason for rejecting (required)' }).fill('Visit was cancelled');
+    await page.getByRole('dialog').getByRole('button', { name: 'Reject draft' }).click();
+    await expect.poll(() => page.locator('#status').textContent()).toContain('rejected');
+    expect(
+      await page.locator(`article[data-draft-id="${briefingDraft.id}"] .status-badge`).textContent(),
+    ).toBe('Rejected');
+
+    const rejected = await fhir.read<DocumentReference>('DocumentReference', briefingDraft.id as string);
+    expect(rejected.status).toBe('entered-in-error');
+    const nullify = (await provenanceFor(briefingDraft.id as string)).find(
+      (entry) => entry.activity?.coding?.[0]?.code === 'NULLIFY',
+    );
+    expect(nullify?.reason?.some((reason) => reason.text === 'Visit was cancelled')).toBe(true);
+
+    const other = await page.evaluate(async (draftId) => {
+      const launch = new URLSearchParams(window.location.search).get('context') ?? '';
+      const response = await fetch(`/api/drafts/${draftId}`, { headers: { 'x-launch-context': launch } });
+      return response.status;
+    }, otherPatientDraft.id as string);
+    expect(other).toBe(403);
+    await context.close();
+  });
+});
