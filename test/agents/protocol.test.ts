@@ -1,0 +1,150 @@
+import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { dropNulls, hasOnlyFiniteNumbers, zodToGrammarSchema } from '../../agents/grammar-schema.ts';
+import { PromptLibrary, parsePromptFile, renderPrompt } from '../../agents/prompt-library.ts';
+import { buildManifest } from '../../agents/record-manifest.ts';
+import { createRecordTools, sanitizeToolError } from '../../agents/record-tools.ts';
+import { createStepProtocol } from '../../agents/step-protocol.ts';
+import { estimateTokens } from '../../src/model/provider.ts';
+import { buildPatientRecord } from '../support/patient-record-builder.ts';
+
+describe('grammar-safe schemas', () => {
+  it('drops what the grammar ignores, rewrites anyOf, caps strings, makes optional properties nullable', () => {
+    const schema = zodToGrammarSchema(
+      z.object({
+        name: z.string().regex(/^a/).default('a'),
+        count: z.number().min(1).max(3),
+        when: z.iso.date().optional(),
+        either: z.union([z.string(), z.number()]).nullable(),
+      }),
+      { maxStringLength: 50 },
+    );
+    const text = JSON.stringify(schema);
+    for (const dropped of [
+      '$schema',
+      '"pattern"',
+      '"default"',
+      '"minimum"',
+      '"maximum"',
+      '"format"',
+      'anyOf',
+    ]) {
+      expect(text).not.toContain(dropped);
+    }
+    const properties = schema.properties as Record<string, Record<string, unknown>>;
+    // A default makes the input optional: like `when`, it may be null in grammar output.
+    expect(properties.name).toEqual({ oneOf: [{ type: 'string', maxLength: 50 }, { type: 'null' }] });
+    expect(properties.when).toEqual({ oneOf: [{ type: 'string', maxLength: 50 }, { type: 'null' }] });
+    expect(properties.count).toEqual({ type: 'number' });
+    expect([...(schema.required as string[])].sort()).toEqual(['count', 'either', 'name', 'when']);
+    expect(schema.additionalProperties).toBe(false);
+  });
+
+  it('turns grammar nulls back into absent values and rejects non-finite numbers', () => {
+    expect(dropNulls({ a: null, b: { c: null, d: 1 } })).toEqual({ b: { d: 1 } });
+    expect(hasOnlyFiniteNumbers({ a: [1, 2, { b: 3 }] })).toBe(true);
+    expect(hasOnlyFiniteNumbers({ a: [1, Number.POSITIVE_INFINITY] })).toBe(false);
+  });
+});
+
+describe('step protocol', () => {
+  const record = buildPatientRecord({ noteCount: 2 });
+  const tools = createRecordTools(record, {
+    manifestText: () => 'm',
+    maxNoteTokens: 100,
+    countTokens: estimateTokens,
+  });
+
+  it('accepts a call and a final step, and names the problem when arguments do not fit the tool', () => {
+    const protocol = createStepProtocol(tools, { maxStringLength: 40 });
+    const call = protocol.schema.parse({
+      action: 'call',
+      tool: 'read_note',
+      args: { id: 'note-1' },
+      read: [],
+      focus: '',
+    });
+    expect(call).toEqual({ action: 'call', tool: 'read_note', args: { id: 'note-1' } });
+    expect(protocol.checkArguments(call)).toBeUndefined();
+    const wrong = protocol.schema.parse({
+      action: 'call',
+      tool: 'get_observations',
+      args: { id: 'x' },
+      read: [],
+      focus: '',
+    });
+    expect(protocol.checkArguments(wrong)).toMatch(/do not fit get_observations/);
+    expect(
+      protocol.schema.safeParse({ action: 'call', tool: 'fetch_url', args: {}, read: [], focus: '' }).success,
+    ).toBe(false);
+    const final = protocol.schema.parse({
+      action: 'final',
+      tool: 'none',
+      args: {},
+      read: ['DocumentReference/note-1'],
+      focus: 'f',
+    });
+    expect(final).toEqual({ action: 'final', read: ['DocumentReference/note-1'], focus: 'f' });
+  });
+
+  it('gives one grammar alternative per tool (precise) or a plain root object (flat)', () => {
+    const precise = createStepProtocol(tools, { maxStringLength: 40 }).jsonSchema;
+    expect((precise.oneOf as unknown[]).length).toBe(tools.length + 1);
+    const flat = createStepProtocol(tools, { maxStringLength: 40, style: 'flat' }).jsonSchema;
+    expect(flat.type).toBe('object');
+    expect(flat.required).toEqual(['action', 'tool', 'args', 'read', 'focus']);
+  });
+
+  it('sanitises tool errors before they reach the prompt', () => {
+    const error = new Error('boom at /work/main/agents/record-tools.ts:42:7\n    at stack frame');
+    expect(sanitizeToolError(error)).toBe('boom at (path)');
+  });
+});
+
+describe('manifest', () => {
+  it('always lists every active problem, medication and allergy, and cuts the long tails to the budget', () => {
+    const record = buildPatientRecord({ noteCount: 200, observationCount: 300 });
+    const manifest = buildManifest(record, 'progress-summary', {
+      maxTokens: 400,
+      countTokens: estimateTokens,
+    });
+    for (const id of [
+      'Condition/cond-1',
+      'Condition/cond-2',
+      'Condition/cond-3',
+      'MedicationRequest/med-1',
+      'MedicationRequest/med-3',
+      'AllergyIntolerance/allergy-1',
+    ]) {
+      expect(manifest.text).toContain(`[${id}]`);
+      expect(manifest.references.has(id)).toBe(true);
+    }
+    expect(manifest.text).toMatch(/\(\d+ more: use search_resources with type DocumentReference\)/);
+    expect(estimateTokens(manifest.text)).toBeLessThan(700);
+    expect(manifest.essentials).toHaveLength(3 + 3 + 1);
+  });
+});
+
+describe('prompt library', () => {
+  it('loads every prompt file with an id and a version', () => {
+    const library = PromptLibrary.load();
+    for (const id of [
+      'record-navigator',
+      'fact-extraction',
+      'fact-reduction',
+      'progress-summary',
+      'previsit-briefing',
+    ]) {
+      expect(library.get(id).version).toMatch(/^\d+\.\d+\.\d+$/);
+    }
+    expect(library.get('previsit-briefing').headings).toContain('Pending results');
+  });
+
+  it('refuses files without front matter and renders only known placeholders', () => {
+    expect(() => parsePromptFile('no front matter', 'x.md')).toThrow(/front matter/);
+    const template = parsePromptFile('---\nid: t\nversion: 1.0.0\n---\nHello {{name}}', 't.md');
+    expect(renderPrompt(template, { name: 'world' })).toBe('Hello world');
+    expect(() => renderPrompt(template, {})).toThrow(/needs a value for name/);
+    expect(() => renderPrompt(template, { name: 'a', extra: 'b' })).toThrow(/no place for extra/);
+  });
+});
