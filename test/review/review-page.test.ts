@@ -46,6 +46,16 @@ describe('review page router', () => {
     expect(script).not.toMatch(/innerHTML|outerHTML|insertAdjacentHTML|document\.write/);
   });
 
+  it('stays small: page, stylesheet and script under 48 KB together, no third-party assets', async () => {
+    let total = 0;
+    for (const asset of ['/review', '/review/review.css', '/review/review.js']) {
+      const body = await (await fetch(`${baseUrl}${asset}`)).text();
+      total += Buffer.byteLength(body);
+      expect(body).not.toMatch(/https?:\/\/(?!ehr\.example)/);
+    }
+    expect(total).toBeLessThan(48 * 1024);
+  });
+
   it('defaults frame-ancestors to self', () => {
     expect(contentSecurityPolicy([])).toContain("frame-ancestors 'self'");
   });
