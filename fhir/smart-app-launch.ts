@@ -38,6 +38,8 @@ export interface LaunchTokenResult {
   scopes: string[];
   patient: string;
   encounter: string | undefined;
+  /** Whether the EHR wants the app to show a patient banner (true unless the server says false). */
+  needPatientBanner: boolean;
   fhirUser: string | undefined;
 }
 
@@ -146,6 +148,9 @@ const launchTokenResponseSchema = z
     id_token: z.string().optional(),
     patient: z.string().min(1).optional(),
     encounter: z.string().min(1).optional(),
+    need_patient_banner: z.boolean().optional(),
+    /** SMART 2.2 context beyond patient/encounter, e.g. `[{ reference: 'Encounter/123' }]`. */
+    fhirContext: z.array(z.object({ reference: z.string().optional() }).loose()).optional(),
   })
   .loose();
 
@@ -190,6 +195,12 @@ async function fetchJwks(
     );
   }
   return body as JSONWebKeySet;
+}
+
+/** Some servers give the encounter only as a 2.2 `fhirContext` reference. */
+function encounterFromFhirContext(fhirContext: { reference?: string }[] | undefined): string | undefined {
+  const reference = fhirContext?.find((item) => item.reference?.startsWith('Encounter/'))?.reference;
+  return reference?.slice('Encounter/'.length) || undefined;
 }
 
 function describeIdTokenFailure(error: unknown): string {
@@ -295,7 +306,8 @@ export async function completeLaunch(
     expiresAt: requestedAt + lifetime * 1000,
     scopes: tokenResponse.scope?.split(/\s+/).filter(Boolean) ?? pending.scopes,
     patient: tokenResponse.patient,
-    encounter: tokenResponse.encounter,
+    encounter: tokenResponse.encounter ?? encounterFromFhirContext(tokenResponse.fhirContext),
+    needPatientBanner: tokenResponse.need_patient_banner ?? true,
     fhirUser,
   };
 }

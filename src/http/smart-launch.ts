@@ -33,6 +33,8 @@ export interface LaunchContext {
   /** Patient id (as the server gave it, usually a bare id). */
   patient: string;
   encounter: string | undefined;
+  /** Whether the EHR wants a patient banner shown (set on every launch; optional for hand-made contexts). */
+  needPatientBanner?: boolean;
   /** The signed-in user (`Practitioner/123` or an absolute URL), from the verified id_token. */
   fhirUser: string | undefined;
   /** The user's FHIR token: server-side only, never sent to the browser. */

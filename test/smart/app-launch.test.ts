@@ -356,6 +356,30 @@ describe('SMART EHR launch', () => {
   });
 });
 
+describe('SMART launch context', () => {
+  it('takes the encounter from a 2.2 fhirContext reference and passes need_patient_banner on', async () => {
+    const browser = new Browser();
+    const launch = authorizationServer.createLaunch({
+      patient: 'patient-3',
+      encounter: 'encounter-3',
+      encounterAsFhirContext: true,
+      needPatientBanner: false,
+      fhirUser: 'Practitioner/dr-who',
+    });
+    const { callbackUrl } = await startLaunch(
+      browser,
+      `?iss=${encodeURIComponent(authorizationServer.fhirBaseUrl)}&launch=${launch}`,
+    );
+    expect((await browser.get(callbackUrl.href)).status).toBe(302);
+    const context = (await (await browser.get(`${serviceUrl}/api/context`)).json()) as LaunchContext;
+    expect(context).toMatchObject({
+      patient: 'patient-3',
+      encounter: 'encounter-3',
+      needPatientBanner: false,
+    });
+  });
+});
+
 describe('SMART standalone launch', () => {
   it('asks for launch/patient instead of a launch id and takes the patient the server picked', async () => {
     authorizationServer.setStandaloneContext({ patient: 'patient-7', fhirUser: 'Practitioner/dr-no' });
@@ -369,6 +393,7 @@ describe('SMART standalone launch', () => {
     const context = (await (await browser.get(`${serviceUrl}/api/context`)).json()) as LaunchContext;
     expect(context).toMatchObject({ patient: 'patient-7', fhirUser: 'Practitioner/dr-no' });
     expect(context.encounter).toBeUndefined();
+    expect(context.needPatientBanner).toBe(true);
   });
 });
 

@@ -36,6 +36,9 @@ export interface LaunchContextSeed {
   patient: string;
   encounter?: string;
   fhirUser?: string;
+  /** Give the encounter only as a SMART 2.2 `fhirContext` reference instead of the `encounter` field. */
+  encounterAsFhirContext?: boolean;
+  needPatientBanner?: boolean;
 }
 
 export interface Misbehaviour {
@@ -347,7 +350,15 @@ export async function startSmartAuthorizationServer(
       expires_in: misbehave.accessTokenLifetimeSeconds,
       scope: grant.scopes.join(' '),
       patient: grant.context.patient,
-      ...(grant.context.encounter ? { encounter: grant.context.encounter } : {}),
+      ...(grant.context.encounter && !grant.context.encounterAsFhirContext
+        ? { encounter: grant.context.encounter }
+        : {}),
+      ...(grant.context.encounter && grant.context.encounterAsFhirContext
+        ? { fhirContext: [{ reference: `Encounter/${grant.context.encounter}` }] }
+        : {}),
+      ...(grant.context.needPatientBanner === undefined
+        ? {}
+        : { need_patient_banner: grant.context.needPatientBanner }),
       ...(grant.scopes.includes('openid')
         ? { id_token: await idTokenFor(grant.clientId, grant.context) }
         : {}),
