@@ -185,20 +185,28 @@
     const buttons = article.querySelectorAll('button');
     for (const element of buttons) element.disabled = true;
     announce(`${doing}...`);
+    let result;
     try {
-      const result = await call();
-      await loadDrafts();
-      announce(done);
-      const id = result?.draft?.id ?? article.dataset.draftId;
-      const target = document.querySelector(`article[data-draft-id="${CSS.escape(id)}"] h3`);
-      if (target) {
-        target.tabIndex = -1;
-        target.focus();
-      } else byId('drafts').focus();
+      result = await call();
     } catch (error) {
       for (const element of buttons) element.disabled = false;
       showError(`${doing} failed: ${error.message}`);
+      return;
     }
+    try {
+      await loadDrafts();
+    } catch (error) {
+      // The change itself succeeded; say so, rather than report a failure that did not happen.
+      showError(`${done} The list could not be refreshed: ${error.message}`);
+      return;
+    }
+    announce(done);
+    const id = result?.draft?.id ?? article.dataset.draftId;
+    const target = document.querySelector(`article[data-draft-id="${CSS.escape(id)}"] h3`);
+    if (target) {
+      target.tabIndex = -1;
+      target.focus();
+    } else byId('drafts').focus();
   }
 
   async function loadDrafts() {
