@@ -1,6 +1,8 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { HumanMessage } from '@langchain/core/messages';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRecordNavigatorAgent } from '../../agents/langchain/record-navigator-agent.ts';
 import { MedGemmaEngine } from '../../agents/medgemma-engine.ts';
 import { PromptLibrary } from '../../agents/prompt-library.ts';
 import { createRecordTools } from '../../agents/record-tools.ts';
@@ -210,5 +212,27 @@ describe('llama-cpp provider', () => {
     ]);
     expect(result.verification.cited.length).toBeGreaterThan(0);
     for (const citation of result.verification.cited) expect(retrieved).toContain(citation);
+  });
+
+  it('runs a LangChain createAgent loop over the real model through the adapter, bounded by the call limit', async () => {
+    let modelCalls = 0;
+    const counting = Object.create(provider) as LlamaCppProvider;
+    counting.generate = async (request) => {
+      modelCalls += 1;
+      return provider.generate(request);
+    };
+    const agent = createRecordNavigatorAgent({
+      provider: counting,
+      record: buildPatientRecord({ noteCount: 2, noteLength: 200 }),
+      manifestText: 'manifest',
+      maxModelCalls: 3,
+      maxTokens: 400,
+      systemPrompt: 'Navigate the record.',
+      maxStringLength: 10,
+    });
+    const state = await agent.invoke({ messages: [new HumanMessage('What matters?')] });
+    expect(modelCalls).toBeGreaterThanOrEqual(1);
+    expect(modelCalls).toBeLessThanOrEqual(6);
+    expect(state.messages.length).toBeGreaterThan(1);
   });
 });
