@@ -38,7 +38,9 @@ export function draftIdentifierValue(
   engine: DraftContent['engine'],
   generation = 0,
 ): string {
-  return `${encounterId}|${kind}|${engine.id}-${engine.version}${generation > 0 ? `|g${generation}` : ''}`;
+  // ':' not '|': a '|' inside a token value must be escaped in searches, and servers differ in how
+  // (or whether) they honour the escape, which would break the conditional create.
+  return `${encounterId}:${kind}:${engine.id}-${engine.version}${generation > 0 ? `:g${generation}` : ''}`;
 }
 
 /** Marks a draft whose verifier removed unsupported lines, so every reader (and the review list) can tell. */
@@ -344,8 +346,9 @@ export class DraftNoteWriter {
     const { resource: draft, created } = await this.#client.create(document, {
       ifNoneExist: `identifier=${encodeURIComponent(`${identifier?.system}|${identifier?.value}`)}`,
     });
+    // Servers differ in whether a plain reference matches a versioned target: ask for both.
     const existing = await this.#client.search<Provenance>('Provenance', {
-      target: `DocumentReference/${draft.id}`,
+      target: [`DocumentReference/${draft.id}`, versionedReference(draft)].join(','),
     });
     if (existing.length > 0) return { draft, provenance: existing[0], created, mode: 'write' };
     const { resource: provenance } = await this.#client.create(
@@ -448,6 +451,11 @@ export async function ensureDeviceIn(client: FhirClient, device: Device): Promis
     ifNoneExist: `identifier=${encodeURIComponent(`${identifier?.system}|${identifier?.value}`)}`,
   });
   return `Device/${resource.id}`;
+}
+
+function versionedReference(document: DocumentReference): string {
+  const reference = `DocumentReference/${document.id}`;
+  return document.meta?.versionId ? `${reference}/_history/${document.meta.versionId}` : reference;
 }
 
 function assertPreliminary(document: DocumentReference): void {

@@ -51,7 +51,7 @@ const bareId = (reference: string | undefined) => reference?.split('/').at(-1) ?
 export function viewOfDocument(document: DocumentReference, identifierSystem: string): DraftView {
   const identifierValue =
     document.identifier?.find((identifier) => identifier.system === identifierSystem)?.value ?? '';
-  const [encounterFromIdentifier, kind = 'unknown'] = identifierValue.split('|');
+  const [encounterFromIdentifier, kind = 'unknown'] = identifierValue.split(':');
   const text = inlineNoteText(document) ?? '';
   const replaces = document.relatesTo?.find((relation) => relation.code === 'replaces')?.target?.reference;
   const subject = document.subject?.reference ?? '';

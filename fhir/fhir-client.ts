@@ -15,8 +15,8 @@ import {
  */
 export interface AccessTokenSource {
   getToken(): Promise<string | undefined>;
-  /** Forget a token the server refused, so the next call asks for a fresh one. */
-  invalidate(): void;
+  /** Forget a token the server refused (named, when known), so the next call asks for a fresh one. */
+  invalidate(rejectedToken?: string): void;
 }
 
 /** A fixed bearer token (a user's token from a SMART launch, or a site's static token). */
@@ -54,6 +54,11 @@ export interface CreateResult<T> {
   resource: T;
   /** False when a conditional create found the resource already there. */
   created: boolean;
+}
+
+interface Attempt {
+  signal: AbortSignal;
+  headers: Record<string, string>;
 }
 
 type KitResponse = Record<string, unknown> & { [RESPONSE_KEY]?: Response };
@@ -182,27 +187,31 @@ export class FhirClient {
     return url.toString();
   }
 
-  async #signRequest(url: string, init: RequestInit): Promise<void> {
-    // Defence in depth: fhir-kit-client follows absolute URLs as given, so check the origin here too.
+  async #signRequest(url: string, _init: RequestInit): Promise<void> {
+    // Defence in depth: fhir-kit-client follows absolute URLs as given, so check the origin here too,
+    // before the request (and the Authorization header set for this origin) leaves.
     if (new URL(url).origin !== this.origin)
       throw outcomeError('security', 'refused a cross-origin request', 502);
-    const token = await this.#accessToken?.getToken();
-    if (token) (init.headers as Headers).set('Authorization', `Bearer ${token}`);
   }
 
-  async #withRetries<T>(method: string, path: string, call: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  async #withRetries<T>(method: string, path: string, call: (attempt: Attempt) => Promise<T>): Promise<T> {
     let refreshedToken = false;
     for (let attempt = 1; ; attempt++) {
+      const token = await this.#accessToken?.getToken();
       this.requestCount++;
       this.#onRequest?.({ method, url: path });
       try {
-        return await call(AbortSignal.timeout(this.#timeoutMs));
+        return await call({
+          signal: AbortSignal.timeout(this.#timeoutMs),
+          headers: token ? { Authorization: `Bearer ${token}` } : {},
+        });
       } catch (caught) {
         const error = toOutcomeError(caught, method, path);
         if (error.status === 401 && this.#accessToken && !refreshedToken) {
-          // A token can be revoked or expire early: one fresh token, then the 401 stands.
+          // A token can be revoked or expire early: one fresh token, then the 401 stands. Naming the
+          // refused token lets a provider shared by concurrent callers fetch only one new token.
           refreshedToken = true;
-          this.#accessToken.invalidate();
+          this.#accessToken.invalidate(token);
           attempt--;
           continue;
         }
@@ -218,8 +227,8 @@ export class FhirClient {
   async read<T extends FhirResource>(resourceType: T['resourceType'], id: string): Promise<T> {
     if (!/^[A-Za-z0-9\-.]{1,64}$/.test(id))
       throw outcomeError('invalid', `not a FHIR id: ${JSON.stringify(id)}`);
-    return (await this.#withRetries('GET', `${resourceType}/${id}`, (signal) =>
-      this.#kit.read({ resourceType, id, options: { signal } }),
+    return (await this.#withRetries('GET', `${resourceType}/${id}`, (attempt) =>
+      this.#kit.read({ resourceType, id, options: attempt }),
     )) as unknown as T;
   }
 
@@ -231,15 +240,15 @@ export class FhirClient {
   ): Promise<T> {
     if (!/^[A-Za-z0-9\-.]{1,64}$/.test(id) || !/^[A-Za-z0-9\-.]{1,64}$/.test(versionId))
       throw outcomeError('invalid', `not a FHIR id or version: ${JSON.stringify(`${id}/${versionId}`)}`);
-    return (await this.#withRetries('GET', `${resourceType}/${id}/_history/${versionId}`, (signal) =>
-      this.#kit.vread({ resourceType, id, version: versionId, options: { signal } }),
+    return (await this.#withRetries('GET', `${resourceType}/${id}/_history/${versionId}`, (attempt) =>
+      this.#kit.vread({ resourceType, id, version: versionId, options: attempt }),
     )) as unknown as T;
   }
 
   /** The server's CapabilityStatement, read once; undefined when the server does not serve one. */
   capabilities(): Promise<CapabilityStatement | undefined> {
-    this.#capabilities ??= this.#withRetries('GET', 'metadata', (signal) =>
-      this.#kit.capabilityStatement({ signal }),
+    this.#capabilities ??= this.#withRetries('GET', 'metadata', (attempt) =>
+      this.#kit.capabilityStatement(attempt),
     )
       .then((statement) =>
         (statement as { resourceType?: string }).resourceType === 'CapabilityStatement'
@@ -271,8 +280,8 @@ export class FhirClient {
       type: 'batch',
       entry: reads.map((read) => ({ request: { method: 'GET', url: read.url.replace(/^\/+/, '') } })),
     };
-    const response = (await this.#withRetries('POST', 'batch', (signal) =>
-      this.#kit.batch({ body: body as never, options: { signal } }),
+    const response = (await this.#withRetries('POST', 'batch', (attempt) =>
+      this.#kit.batch({ body: body as never, options: attempt }),
     )) as unknown as Bundle;
     if (response?.resourceType !== 'Bundle' || (response.entry?.length ?? 0) !== reads.length) {
       throw outcomeError('invalid', 'batch response does not answer every request', 502);
@@ -293,8 +302,8 @@ export class FhirClient {
     const searchParams = Object.fromEntries(
       Object.entries(params).map(([key, value]) => [key, String(value)]),
     );
-    return (await this.#withRetries('GET', resourceType, (signal) =>
-      this.#kit.search({ resourceType, searchParams, options: { signal } }),
+    return (await this.#withRetries('GET', resourceType, (attempt) =>
+      this.#kit.search({ resourceType, searchParams, options: attempt }),
     )) as unknown as Bundle;
   }
 
@@ -323,8 +332,8 @@ export class FhirClient {
         throw outcomeError('too-costly', `${resourceType} search exceeded ${this.#maxPages} pages`, 502);
       }
       const nextUrl = this.resolveUrl(next);
-      page = (await this.#withRetries('GET', `${resourceType} (page ${pageNumber + 1})`, (signal) =>
-        this.#kit.request(nextUrl, { options: { signal } }),
+      page = (await this.#withRetries('GET', `${resourceType} (page ${pageNumber + 1})`, (attempt) =>
+        this.#kit.request(nextUrl, { options: attempt }),
       )) as unknown as Bundle;
     }
     return results;
@@ -338,11 +347,11 @@ export class FhirClient {
     refuseUnsignedFinalNote(resource, options.signOff);
     const headers: Record<string, string> = { 'Content-Type': 'application/fhir+json' };
     if (options.ifNoneExist) headers['If-None-Exist'] = options.ifNoneExist;
-    const response = (await this.#withRetries('POST', resource.resourceType, (signal) =>
+    const response = (await this.#withRetries('POST', resource.resourceType, (attempt) =>
       this.#kit.create({
         resourceType: resource.resourceType,
         body: resource as never,
-        options: { headers, signal },
+        options: { signal: attempt.signal, headers: { ...headers, ...attempt.headers } },
       }),
     )) as unknown as KitResponse;
     const status = response[RESPONSE_KEY]?.status ?? 201;
@@ -367,12 +376,12 @@ export class FhirClient {
     refuseUnsignedFinalNote(resource, options.signOff);
     const headers: Record<string, string> = { 'Content-Type': 'application/fhir+json' };
     if (options.ifMatchVersion) headers['If-Match'] = `W/"${options.ifMatchVersion}"`;
-    return (await this.#withRetries('PUT', `${resource.resourceType}/${resource.id}`, (signal) =>
+    return (await this.#withRetries('PUT', `${resource.resourceType}/${resource.id}`, (attempt) =>
       this.#kit.update({
         resourceType: resource.resourceType,
         id: resource.id as string,
         body: resource as never,
-        options: { headers, signal },
+        options: { signal: attempt.signal, headers: { ...headers, ...attempt.headers } },
       }),
     )) as unknown as T;
   }
@@ -380,8 +389,8 @@ export class FhirClient {
   /** Any GET relative to the base or on the base's own origin (Binary content, operations). */
   async get<T = unknown>(pathOrUrl: string): Promise<T> {
     const url = this.resolveUrl(pathOrUrl);
-    return (await this.#withRetries('GET', new URL(url).pathname, (signal) =>
-      this.#kit.request(url, { options: { signal } }),
+    return (await this.#withRetries('GET', new URL(url).pathname, (attempt) =>
+      this.#kit.request(url, { options: attempt }),
     )) as unknown as T;
   }
 }
