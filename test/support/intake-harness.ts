@@ -59,10 +59,13 @@ export function testConfig(
 export async function startIntakeHarness(
   overrides: DeepPartial<ServiceConfig> = {},
   standInOptions: Parameters<typeof startFhirStandIn>[0] = {},
+  /** Puts something (a fault proxy) between the service and the FHIR stand-in. */
+  inFront?: (standInUrl: string) => Promise<{ url: string; close(): Promise<void> }>,
 ): Promise<IntakeHarness> {
   const standIn = await startFhirStandIn(standInOptions);
+  const front = inFront ? await inFront(standIn.url) : undefined;
   const dataDir = mkdtempSync(path.join(tmpdir(), 'intake-test-'));
-  const config = testConfig(standIn.url, dataDir, overrides);
+  const config = testConfig(front?.url ?? standIn.url, dataDir, overrides);
   const service = await startService(config, silentLogger());
   return {
     standIn,
@@ -93,6 +96,7 @@ export async function startIntakeHarness(
     },
     async close() {
       await service.close();
+      await front?.close();
       await standIn.close();
       rmSync(dataDir, { recursive: true, force: true });
     },
