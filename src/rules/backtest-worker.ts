@@ -1,12 +1,15 @@
 import { parentPort, workerData } from 'node:worker_threads';
+import type { PatientRecord } from '../../fhir/patient-record.ts';
 import type { WorkerBatch, WorkerMessage } from './backtest.ts';
 import { evaluateRules } from './evaluate.ts';
-import { generatedRecord } from './generated-population.ts';
 import { loadRuleSet, type RuleSetSource } from './rule-loader.ts';
 import { formatLoadError } from './rule-set.ts';
 
 /** One backtest thread: compiles the rule set once, then evaluates the batches it is handed. */
-const data = workerData as { source: RuleSetSource; now: string; seed: number };
+const data = workerData as { source: RuleSetSource; now: string; seed: number; populationModule: string };
+const population = (await import(data.populationModule)) as {
+  populationRecord(index: number, now: Date, seed: number): PatientRecord;
+};
 const port = parentPort!;
 const post = (message: WorkerMessage) => port.postMessage(message);
 const now = new Date(data.now);
@@ -19,7 +22,7 @@ if (!loaded.ok) {
   port.on('message', async (batch: WorkerBatch) => {
     const records =
       'indices' in batch
-        ? batch.indices.map((index) => generatedRecord(index, now, data.seed))
+        ? batch.indices.map((index) => population.populationRecord(index, now, data.seed))
         : batch.records;
     const fired: Record<string, number> = {};
     const errors: Record<string, number> = {};

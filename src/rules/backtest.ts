@@ -9,7 +9,11 @@ import type { RuleSetSource } from './rule-loader.ts';
  * cannot cross threads) and pull batches, so a slow batch never leaves a core idle.
  */
 export type BacktestPopulation =
-  | { kind: 'generated'; count: number; seed?: number }
+  /**
+   * Patients built inside the workers by index. `module` (a file URL) exports
+   * `populationRecord(index, now, seed): PatientRecord`; default: generated-population.ts.
+   */
+  | { kind: 'generated'; count: number; seed?: number; module?: string }
   /** Records fetched elsewhere (a FHIR server, the sandbox), pulled batch by batch. */
   | { kind: 'records'; count: number; batches: AsyncIterable<PatientRecord[]> };
 
@@ -65,6 +69,10 @@ export async function runBacktest(options: BacktestOptions): Promise<BacktestRep
           source: options.source,
           now: options.now.toISOString(),
           seed: options.population.kind === 'generated' ? (options.population.seed ?? 1) : 1,
+          populationModule:
+            options.population.kind === 'generated' && options.population.module
+              ? options.population.module
+              : new URL('./generated-population.ts', import.meta.url).href,
         },
       });
       const finish = (error?: Error) => {

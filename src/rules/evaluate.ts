@@ -3,7 +3,7 @@ import type { Encounter } from 'fhir/r4.js';
 import type { NudgeInput } from '../../agents/draft-engine.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { cqlResultValues } from './cql-runtime.ts';
-import { type FhirPathEnvironment, fhirPathEnvironment } from './fhirpath-compiler.ts';
+import { type CompiledFhirPath, type FhirPathEnvironment, fhirPathEnvironment } from './fhirpath-compiler.ts';
 import type { NudgeStore } from './nudge-store.ts';
 import type { RuleTrigger, Severity, UrgencyLevel } from './rule-schema.ts';
 import type { CompiledRule, RuleSet } from './rule-set.ts';
@@ -32,6 +32,8 @@ export interface CriterionResult {
   evidence: string[];
   /** The expression's result, shortened for display. */
   result: unknown[];
+  /** Not evaluated: an earlier criterion already decided the rule (only when not explaining). */
+  skipped?: true;
 }
 
 export type RuleStatus =
@@ -80,6 +82,8 @@ export interface EvaluateOptions {
   ruleIds?: string[];
   /** Ignore the trigger filter (for `rules explain` and backtests). */
   anyTrigger?: boolean;
+  /** Evaluate every criterion even after the rule's outcome is decided (for `rules explain`). */
+  explain?: boolean;
 }
 
 const severityRank: Record<Severity, number> = { critical: 0, warning: 1, info: 2 };
@@ -112,10 +116,18 @@ export async function evaluateRules(
       continue;
     }
     try {
-      const criteria = await evaluateCriteria(rule, ruleSet, record, environment, now, cqlResults);
+      const criteria = await evaluateCriteria(
+        rule,
+        ruleSet,
+        record,
+        environment,
+        now,
+        cqlResults,
+        options.explain ?? false,
+      );
       const fires =
         document.condition.match === 'all'
-          ? criteria.every((criterion) => criterion.holds)
+          ? criteria.every((criterion) => criterion.holds && !criterion.skipped)
           : criteria.some((criterion) => criterion.holds);
       const result: RuleResult = { ...base, criteria, status: fires ? 'fired' : 'not-fired' };
       results.push(result);
@@ -216,6 +228,36 @@ export function nudgeId(ruleId: string, ruleVersion: string, patientId: string, 
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-5${hex.slice(13, 16)}-a${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
 }
 
+/**
+ * Runs an expression after the rule's defines it reads. Defines live in a per-rule copy of the
+ * variables (rules must not see each other's names) and are computed at most once per patient.
+ */
+function evaluateWithDefines(
+  rule: CompiledRule,
+  compiled: CompiledFhirPath,
+  environment: FhirPathEnvironment,
+): unknown[] {
+  if (compiled.definesUsed.length === 0) return compiled.evaluate(environment);
+  let scoped = ruleScopes.get(environment)?.get(rule);
+  if (!scoped) {
+    scoped = { root: environment.root, variables: { ...environment.variables } };
+    const byRule = ruleScopes.get(environment) ?? new Map<CompiledRule, FhirPathEnvironment>();
+    byRule.set(rule, scoped);
+    ruleScopes.set(environment, byRule);
+  }
+  const ensure = (name: string) => {
+    if (name in scoped.variables) return;
+    const define = rule.defines.get(name);
+    if (!define) return;
+    for (const dependency of define.definesUsed) ensure(dependency);
+    scoped.variables[name] = define.evaluate(scoped);
+  };
+  for (const name of compiled.definesUsed) ensure(name);
+  return compiled.evaluate(scoped);
+}
+
+const ruleScopes = new WeakMap<FhirPathEnvironment, Map<CompiledRule, FhirPathEnvironment>>();
+
 async function evaluateCriteria(
   rule: CompiledRule,
   ruleSet: RuleSet,
@@ -223,12 +265,28 @@ async function evaluateCriteria(
   environment: FhirPathEnvironment,
   now: Date,
   cqlResults: Map<string, Promise<Record<string, unknown>>>,
+  explain: boolean,
 ): Promise<CriterionResult[]> {
   const results: CriterionResult[] = [];
+  // `all` is decided by the first criterion that fails, `any` by the first that holds: the rest are
+  // skipped, which is most of the saving for a patient a rule does not apply to (write cheap criteria first).
+  const decidingValue = rule.document.condition.match === 'all' ? false : true;
+  let decided = false;
   for (const criterion of rule.criteria) {
+    if (decided && !explain) {
+      results.push({
+        id: criterion.id,
+        description: criterion.description,
+        holds: false,
+        evidence: [],
+        result: [],
+        skipped: true,
+      });
+      continue;
+    }
     let values: unknown[];
     if (criterion.kind === 'fhirpath') {
-      values = criterion.fhirpath.evaluate(environment);
+      values = evaluateWithDefines(rule, criterion.fhirpath, environment);
     } else {
       if (!ruleSet.cql) throw new Error('rule set has no CQL runtime');
       let libraryResults = cqlResults.get(criterion.library);
@@ -238,10 +296,12 @@ async function evaluateCriteria(
       }
       values = cqlResultValues((await libraryResults)[criterion.expression]);
     }
+    const holds = truth(values);
+    if (holds === decidingValue) decided = true;
     results.push({
       id: criterion.id,
       description: criterion.description,
-      holds: truth(values),
+      holds,
       evidence: evidenceOf(values),
       result: values.slice(0, 10).map(shorten),
     });
@@ -286,7 +346,9 @@ function buildNudge(
     age: ageInYears(record.patient.birthDate, occasion.now)?.toString(),
     gender: record.patient.gender,
   };
-  for (const [name, compiled] of rule.values) values[name] = displayValue(compiled.evaluate(environment)[0]);
+  for (const [name, compiled] of rule.values) {
+    values[name] = displayValue(evaluateWithDefines(rule, compiled, environment)[0]);
+  }
   const evidence = [
     ...new Set(criteria.filter((criterion) => criterion.holds).flatMap((criterion) => criterion.evidence)),
   ];

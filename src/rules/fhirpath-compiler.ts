@@ -53,12 +53,16 @@ export function fhirPathEnvironment(record: PatientRecord, now: Date): FhirPathE
       immunizations: record.immunizations,
       documents: record.noteResources,
       [evaluationInstantVariable]: now,
+      // Shared by every expression run for this patient, so `now() - 6 months` is built once.
+      [instantCacheVariable]: new Map<string, unknown>(),
     },
   };
 }
 
 export interface CompiledFhirPath {
   expression: string;
+  /** Rule-level `define` names the expression reads (they must be computed first). */
+  definesUsed: string[];
   valueSetUrls: string[];
   evaluate(environment: FhirPathEnvironment): unknown[];
 }
@@ -95,8 +99,13 @@ function userFunctions(valueSets: ValueSetIndex) {
     },
     /** `now() - 6 months` and the like, folded at compile time: one date per patient, not one per item. */
     [shiftedClockFunction]: {
-      fn(this: ClockContext, base: string[], amount: number[], unit: string[]) {
-        return cachedInstant(this, base[0] as 'now' | 'today', amount[0], unit[0] as CalendarUnit);
+      fn(this: ClockContext, _input: unknown, base: unknown, amount: unknown, unit: unknown) {
+        return cachedInstant(
+          this,
+          literal(base) as 'now' | 'today',
+          Number(literal(amount)),
+          literal(unit) as CalendarUnit,
+        );
       },
       arity: { 3: ['String', 'Number', 'String'] },
       internalStructures: true,
@@ -111,6 +120,12 @@ function userFunctions(valueSets: ValueSetIndex) {
       arity: { 1: ['String'] },
     },
   } as import('fhirpath').UserInvocationTable;
+}
+
+/** Literal arguments arrive bare or wrapped in a one-item list, depending on the engine's path. */
+function literal(value: unknown): unknown {
+  const item = Array.isArray(value) ? value[0] : value;
+  return item && typeof item === 'object' && 'data' in item ? (item as { data: unknown }).data : item;
 }
 
 type ClockContext = { vars: Record<string, unknown> };
@@ -161,7 +176,7 @@ function shiftDate(date: Date, amount: number, unit: CalendarUnit): Date {
 }
 
 const clockArithmetic =
-  /(now|today)\(\)\s*([-+])\s*(\d+)\s*'?(years?|months?|weeks?|days?|hours?|minutes?)'?/g;
+  /\b(now|today)\(\)\s*([-+])\s*(\d+)\s*'?(years?|months?|weeks?|days?|hours?|minutes?)'?/g;
 
 /** Rewrites `now() - 6 months` into one call whose result is computed once per patient. */
 export function foldClockArithmetic(expression: string): string {
@@ -190,7 +205,11 @@ const valueSetReference = /inValueSet\(\s*'((?:[^'\\]|\\.)*)'\s*\)/g;
  * Parses and compiles one expression, checks the value sets it names exist, and runs it once on an
  * empty record so a misspelt function or variable fails at load, not on the first patient.
  */
-export function compileFhirPath(expression: string, valueSets: ValueSetIndex): CompiledFhirPath {
+export function compileFhirPath(
+  expression: string,
+  valueSets: ValueSetIndex,
+  defineNames: readonly string[] = [],
+): CompiledFhirPath {
   const valueSetUrls = [...expression.matchAll(valueSetReference)].map((match) => match[1]);
   if (/inValueSet\(\s*[^'\s)]/.test(expression)) {
     throw new FhirPathCompileError(
@@ -200,19 +219,23 @@ export function compileFhirPath(expression: string, valueSets: ValueSetIndex): C
   for (const url of valueSetUrls) {
     if (!valueSets.has(url)) throw new FhirPathCompileError(`unknown value set ${url}`);
   }
-  const unknownVariable = [...expression.matchAll(/%([A-Za-z][A-Za-z0-9_]*)/g)]
-    .map((match) => match[1])
+  const variablesUsed = [...expression.matchAll(/%([A-Za-z][A-Za-z0-9_]*)/g)].map((match) => match[1]);
+  const definesUsed = [...new Set(variablesUsed.filter((name) => defineNames.includes(name)))];
+  const unknownVariable = variablesUsed
+    .filter((name) => !defineNames.includes(name))
     .find(
       (name) => !(environmentVariables as readonly string[]).includes(name) && !builtInVariables.has(name),
     );
   if (unknownVariable) {
     throw new FhirPathCompileError(
-      `unknown variable %${unknownVariable} (known: ${environmentVariables.map((name) => `%${name}`).join(', ')})`,
+      `unknown variable %${unknownVariable} (known: ${[...environmentVariables, ...defineNames].map((name) => `%${name}`).join(', ')})`,
     );
   }
   let compiled: (resource: unknown, variables: Record<string, unknown>) => unknown[];
   try {
-    compiled = fhirpath.compile(expression, r4Model, {
+    // The author's text is parsed first so that syntax errors point at what they wrote.
+    fhirpath.parse(expression);
+    compiled = fhirpath.compile(foldClockArithmetic(expression), r4Model, {
       userInvocationTable: userFunctions(valueSets),
     }) as never;
   } catch (error) {
@@ -221,11 +244,13 @@ export function compileFhirPath(expression: string, valueSets: ValueSetIndex): C
   const evaluate = (environment: FhirPathEnvironment): unknown[] =>
     compiled(environment.root, environment.variables);
   try {
-    evaluate(emptyEnvironment());
+    const empty = emptyEnvironment();
+    for (const name of defineNames) empty.variables[name] = [];
+    evaluate(empty);
   } catch (error) {
     throw new FhirPathCompileError(`does not evaluate: ${firstLine(error)}`);
   }
-  return { expression, valueSetUrls, evaluate };
+  return { expression, definesUsed, valueSetUrls, evaluate };
 }
 
 const builtInVariables = new Set(['ucum', 'context', 'resource', 'rootResource', 'sct', 'loinc', 'factory']);

@@ -288,3 +288,6 @@ function procedure(
     performedDateTime: when,
   };
 }
+
+/** The backtest worker's population interface (see backtest.ts). */
+export const populationRecord = generatedRecord;

@@ -6,7 +6,12 @@ import { LineCounter, parseDocument } from 'yaml';
 import type { ZodError } from 'zod';
 import { type CqlCompiler, createCqlCompiler, type ElmLibrary } from './cql-compiler.ts';
 import { CqlRuntime } from './cql-runtime.ts';
-import { type CompiledFhirPath, compileFhirPath, FhirPathCompileError } from './fhirpath-compiler.ts';
+import {
+  type CompiledFhirPath,
+  compileFhirPath,
+  environmentVariables,
+  FhirPathCompileError,
+} from './fhirpath-compiler.ts';
 import { type RuleDocument, ruleDocumentSchema } from './rule-schema.ts';
 import type { CompiledCriterion, CompiledRule, RuleLoadError, RuleSetLoadResult } from './rule-set.ts';
 import { builtInTemplateValues, templateNames } from './template.ts';
@@ -322,11 +327,28 @@ function compileRuleFile(
     });
   };
 
+  const defines = new Map<string, CompiledFhirPath>();
+  const defineNames = Object.keys(rule.define);
+  defineNames.forEach((defineName, index) => {
+    const reserved = (environmentVariables as readonly string[]).includes(defineName);
+    if (reserved) {
+      at(['define', defineName], `define ${defineName}: the name is a built-in variable`);
+      return;
+    }
+    const compiled = compileOrReport(
+      rule.define[defineName],
+      context,
+      defineNames.slice(0, index),
+      (message, inner) => at(['define', defineName], `define ${defineName}: ${message}`, inner),
+    );
+    if (compiled) defines.set(defineName, compiled);
+  });
+
   const criteria: CompiledCriterion[] = [];
   rule.condition.criteria.forEach((criterion, index) => {
     if ('fhirpath' in criterion) {
       const location = ['condition', 'criteria', index, 'fhirpath'];
-      const compiled = compileOrReport(criterion.fhirpath, context, (message, inner) =>
+      const compiled = compileOrReport(criterion.fhirpath, context, defineNames, (message, inner) =>
         at(location, `criterion ${criterion.id}: ${message}`, inner),
       );
       if (compiled)
@@ -369,7 +391,7 @@ function compileRuleFile(
 
   const values = new Map<string, CompiledFhirPath>();
   for (const [valueName, expression] of Object.entries(rule.values)) {
-    const compiled = compileOrReport(expression, context, (message, inner) =>
+    const compiled = compileOrReport(expression, context, defineNames, (message, inner) =>
       at(['values', valueName], `value ${valueName}: ${message}`, inner),
     );
     if (compiled) values.set(valueName, compiled);
@@ -399,6 +421,7 @@ function compileRuleFile(
     file: name,
     criteria,
     values,
+    defines,
     suppressionDays: rule.suppression?.days ?? context.source.defaultSuppressionDays,
   };
 }
@@ -406,10 +429,11 @@ function compileRuleFile(
 function compileOrReport(
   expression: string,
   context: CompileContext,
+  defineNames: readonly string[],
   report: (message: string, inner?: { line?: number; column?: number }) => void,
 ): CompiledFhirPath | undefined {
   try {
-    return compileFhirPath(expression, context.valueSets);
+    return compileFhirPath(expression, context.valueSets, defineNames);
   } catch (error) {
     if (error instanceof FhirPathCompileError)
       report(error.message, { line: error.line, column: error.column });

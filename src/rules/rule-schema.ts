@@ -78,6 +78,16 @@ export const ruleDocumentSchema = z
         grade: z.string().min(1).optional(),
       })
       .strict(),
+    /**
+     * Named FHIRPath sub-expressions (`%name` in criteria, values and later defines), computed once
+     * per patient when first needed: a collection several criteria filter further is filtered once.
+     */
+    define: z
+      .record(
+        z.string().regex(/^[a-z][A-Za-z0-9]{0,63}$/, 'camelCase name starting with a lower-case letter'),
+        z.string().min(1),
+      )
+      .default({}),
     condition: z
       .object({
         match: z.enum(['all', 'any']).default('all'),

@@ -14,6 +14,8 @@ export interface CompiledRule {
   file: string;
   criteria: CompiledCriterion[];
   values: Map<string, CompiledFhirPath>;
+  /** In file order: a define may use the ones before it. */
+  defines: Map<string, CompiledFhirPath>;
   suppressionDays: number;
 }
 

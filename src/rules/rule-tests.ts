@@ -32,6 +32,7 @@ export async function runRuleTests(ruleSet: RuleSet, ruleIds?: string[]): Promis
         now: new Date(test.now),
         ruleIds: [rule.document.id],
         perEncounterCap: Number.MAX_SAFE_INTEGER,
+        explain: true,
       });
       const result = evaluation.results[0];
       const fired = result?.status === 'fired';

@@ -1,0 +1,419 @@
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import type { Bundle, Encounter, Patient } from 'fhir/r4.js';
+import { FhirClient } from '../../fhir/fhir-client.ts';
+import { retrievePatientRecord } from '../../fhir/patient-history.ts';
+import type { PatientRecord } from '../../fhir/patient-record.ts';
+import { type BacktestPopulation, backtestCsv, runBacktest } from '../rules/backtest.ts';
+import { evaluateRules, type RuleResult } from '../rules/evaluate.ts';
+import type { NudgeStore, RuleStatistics } from '../rules/nudge-store.ts';
+import { recordFromBundle } from '../rules/record-from-bundle.ts';
+import { loadRuleSet, type RuleSetSource } from '../rules/rule-loader.ts';
+import { formatLoadError, type RuleSet } from '../rules/rule-set.ts';
+import { runRuleTests } from '../rules/rule-tests.ts';
+import { defaultRulesConfig } from '../rules/rules-config.ts';
+import { SqliteNudgeStore } from '../rules/sqlite-nudge-store.ts';
+import { populationRecord, sandboxPopulationModule } from './sandbox-population.ts';
+
+/**
+ * `rules`: the informatics team's tool. validate, test, backtest, explain and stats over the same
+ * rules folder the service runs. Output is for people (tables) and for machines (exit codes, CSV).
+ */
+interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  isTty: boolean;
+}
+
+interface CommonOptions {
+  rules: string;
+  valueSets: string;
+  cqlModels?: string;
+}
+
+const processIo: Io = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+  isTty: Boolean(process.stderr.isTTY),
+};
+
+export function createRulesProgram(io: Io = processIo): Command {
+  const program = new Command('rules')
+    .description('Validate, test, backtest and explain guideline rules (FHIRPath and CQL)')
+    .option('--rules <dir>', 'rules folder', defaultRulesConfig.directory)
+    .option('--value-sets <file>', 'value-set JSON file', defaultRulesConfig.valueSetFile)
+    .option('--cql-models <dir>', 'folder with CQL model info and FHIRHelpers (to compile CQL source)')
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .exitOverride();
+
+  const source = (): RuleSetSource => {
+    const options = program.opts<CommonOptions>();
+    return {
+      directory: options.rules,
+      valueSetFile: options.valueSets,
+      cqlModelDirectory: options.cqlModels,
+      defaultSuppressionDays: defaultRulesConfig.suppression.defaultDays,
+      perEncounterCap: defaultRulesConfig.perEncounterCap,
+    };
+  };
+  const load = async (): Promise<RuleSet | undefined> => {
+    const result = await loadRuleSet(source());
+    if (result.ok) return result.ruleSet;
+    for (const error of result.errors) io.err(`${formatLoadError(error)}\n`);
+    io.err(`rule set refused: ${result.errors.length} error(s)\n`);
+    process.exitCode = 1;
+    return undefined;
+  };
+
+  program
+    .command('validate')
+    .description('check every rule file: schema, FHIRPath, CQL, value sets, fixtures (errors as file:line)')
+    .action(async () => {
+      const ruleSet = await load();
+      if (!ruleSet) return;
+      const cqlCriteria = ruleSet.rules
+        .flatMap((rule) => rule.criteria)
+        .filter((criterion) => criterion.kind === 'cql');
+      io.out(
+        `ok: ${ruleSet.rules.length} rules, ${ruleSet.valueSets.urls.length} value sets, ${cqlCriteria.length} CQL criteria (fingerprint ${ruleSet.fingerprint})\n`,
+      );
+    });
+
+  program
+    .command('test')
+    .description('run each rule against its own fixtures')
+    .argument('[rule-ids...]', 'only these rules')
+    .action(async (ruleIds: string[]) => {
+      const ruleSet = await load();
+      if (!ruleSet) return;
+      const outcomes = await runRuleTests(ruleSet, ruleIds.length > 0 ? ruleIds : undefined);
+      for (const outcome of outcomes) {
+        io.out(
+          `${outcome.passed ? 'PASS' : 'FAIL'}  ${outcome.ruleId}  ${outcome.fixture} (${outcome.expect})${outcome.passed ? '' : `  ${outcome.message}`}\n`,
+        );
+      }
+      const failed = outcomes.filter((outcome) => !outcome.passed).length;
+      const untested = ruleSet.rules
+        .filter((rule) => rule.document.tests.length === 0)
+        .map((rule) => rule.document.id);
+      if (untested.length > 0) io.out(`rules without fixtures: ${untested.join(', ')}\n`);
+      io.out(`${outcomes.length - failed} passed, ${failed} failed\n`);
+      if (failed > 0 || outcomes.length === 0) process.exitCode = 1;
+    });
+
+  program
+    .command('backtest')
+    .description('evaluate every rule across a population: how many patients each rule fires for')
+    .requiredOption('--source <source>', "'sandbox' (synthetic patients), 'generated', or a FHIR base URL")
+    .addOption(new Option('--patients <n>', 'number of patients').argParser(positiveInteger).default(100))
+    .option('--csv <file>', 'also write the table as CSV')
+    .addOption(new Option('--now <date>', 'evaluation date (default: now)').argParser(isoDate))
+    .addOption(
+      new Option('--workers <n>', 'worker threads (default: one per core)').argParser(positiveInteger),
+    )
+    .addOption(
+      new Option('--seed <n>', 'population seed (sandbox, generated)').argParser(positiveInteger).default(1),
+    )
+    .option('--token <token>', 'bearer token for a FHIR source')
+    .action(
+      async (options: {
+        source: string;
+        patients: number;
+        csv?: string;
+        now?: Date;
+        workers?: number;
+        seed: number;
+        token?: string;
+      }) => {
+        const check = await load();
+        if (!check) return;
+        const now = options.now ?? new Date();
+        const population = populationFor(options, now);
+        const progress = progressBar(io);
+        const report = await runBacktest({
+          source: source(),
+          population,
+          now,
+          workers: options.workers,
+          onProgress: progress,
+        });
+        io.err('\n');
+        const width = Math.max(...report.rules.map((rule) => rule.ruleId.length), 'rule'.length);
+        io.out(`${'rule'.padEnd(width)}  version  fired  percent  errors\n`);
+        for (const rule of report.rules) {
+          const percent = report.patients === 0 ? 0 : (100 * rule.firedPatients) / report.patients;
+          io.out(
+            `${rule.ruleId.padEnd(width)}  ${rule.ruleVersion.padEnd(7)}  ${String(rule.firedPatients).padStart(5)}  ${percent.toFixed(1).padStart(6)}%  ${String(rule.errors).padStart(6)}\n`,
+          );
+        }
+        io.out(
+          `${report.patients} patients in ${(report.durationMs / 1000).toFixed(1)} s (${report.patientsPerSecond.toFixed(0)} patients/s, ${report.workers} workers)\n`,
+        );
+        if (options.csv) {
+          await writeFile(options.csv, backtestCsv(report));
+          io.out(`CSV written to ${options.csv}\n`);
+        }
+        if (report.rules.some((rule) => rule.errors > 0)) process.exitCode = 1;
+      },
+    );
+
+  program
+    .command('explain')
+    .description('show which data made a rule fire or not for one patient')
+    .argument('<rule>', 'rule id')
+    .argument(
+      '<patient>',
+      'a Bundle JSON file, a fixture name, a sandbox patient id (sbx-0003), or a patient id on --fhir',
+    )
+    .option('--fhir <base>', 'read the patient from this FHIR server')
+    .option('--token <token>', 'bearer token for --fhir')
+    .addOption(new Option('--now <date>', 'evaluation date (default: now)').argParser(isoDate))
+    .addOption(new Option('--seed <n>', 'sandbox seed').argParser(positiveInteger).default(1))
+    .action(
+      async (
+        ruleId: string,
+        patient: string,
+        options: { fhir?: string; token?: string; now?: Date; seed: number },
+      ) => {
+        const ruleSet = await load();
+        if (!ruleSet) return;
+        const rule = ruleSet.rules.find((candidate) => candidate.document.id === ruleId);
+        if (!rule) {
+          io.err(
+            `no rule ${ruleId} (rules: ${ruleSet.rules.map((candidate) => candidate.document.id).join(', ')})\n`,
+          );
+          process.exitCode = 1;
+          return;
+        }
+        const now = options.now ?? new Date();
+        const record = await explainRecord(patient, ruleSet, options, now);
+        const evaluation = await evaluateRules(ruleSet, record, {
+          trigger: rule.document.trigger[0],
+          anyTrigger: true,
+          now,
+          ruleIds: [ruleId],
+          explain: true,
+          perEncounterCap: Number.MAX_SAFE_INTEGER,
+        });
+        io.out(explanation(evaluation.results[0], rule.document, record, now));
+      },
+    );
+
+  program
+    .command('stats')
+    .description('per rule and version: fired, accepted, overridden (with reasons), ignored')
+    .option(
+      '--store <file>',
+      'the service SQLite store of nudge outcomes',
+      defaultRulesConfig.storeFile ?? 'data/rules.sqlite',
+    )
+    .option('--csv', 'print CSV instead of a table')
+    .action(async (options: { store: string; csv?: boolean }) => {
+      if (!existsSync(options.store)) {
+        io.err(`no store at ${options.store}\n`);
+        process.exitCode = 1;
+        return;
+      }
+      const store: NudgeStore = new SqliteNudgeStore(options.store);
+      try {
+        io.out(formatStatistics(await store.statistics(), options.csv ?? false));
+      } finally {
+        await store.close();
+      }
+    });
+
+  return program;
+}
+
+function populationFor(
+  options: { source: string; patients: number; seed: number; token?: string },
+  now: Date,
+): BacktestPopulation {
+  if (options.source === 'sandbox') {
+    return {
+      kind: 'generated',
+      count: options.patients,
+      seed: options.seed,
+      module: sandboxPopulationModule,
+    };
+  }
+  if (options.source === 'generated')
+    return { kind: 'generated', count: options.patients, seed: options.seed };
+  if (!/^https?:\/\//.test(options.source))
+    throw new InvalidArgumentError(`--source must be sandbox, generated or a FHIR base URL`);
+  return {
+    kind: 'records',
+    count: options.patients,
+    batches: fhirPopulation(options.source, options.patients, options.token, now),
+  };
+}
+
+/** Patients from a FHIR server, read with the service's own history retrieval (compartment guard included). */
+async function* fhirPopulation(
+  baseUrl: string,
+  count: number,
+  token: string | undefined,
+  now: Date,
+): AsyncIterable<PatientRecord[]> {
+  const client = fhirClient(baseUrl, token);
+  const patients = (
+    await client.search<Patient>('Patient', { _count: Math.min(count, 200), _elements: 'id' })
+  ).slice(0, count);
+  for (let start = 0; start < patients.length; start += 10) {
+    const batch = patients.slice(start, start + 10);
+    yield Promise.all(batch.map((patient) => fhirRecord(client, patient.id ?? '', now)));
+  }
+}
+
+function fhirClient(baseUrl: string, token: string | undefined): FhirClient {
+  return new FhirClient({
+    baseUrl,
+    ...(token ? { accessToken: { getToken: async () => token, invalidate: () => {} } } : {}),
+  });
+}
+
+async function fhirRecord(client: FhirClient, patientId: string, now: Date): Promise<PatientRecord> {
+  // The history reader is keyed on an encounter; a backtest has none, so it stands on a planned one.
+  const encounter: Encounter = {
+    resourceType: 'Encounter',
+    id: `backtest-${patientId}`,
+    status: 'planned',
+    class: { code: 'AMB' },
+    subject: { reference: `Patient/${patientId}` },
+    period: { start: now.toISOString() },
+  };
+  return retrievePatientRecord(client, encounter, { draftIdentifierSystem: 'urn:ehr-draft-agent:draft' });
+}
+
+async function explainRecord(
+  patient: string,
+  ruleSet: RuleSet,
+  options: { fhir?: string; token?: string; seed: number },
+  now: Date,
+): Promise<PatientRecord> {
+  if (options.fhir) return fhirRecord(fhirClient(options.fhir, options.token), patient, now);
+  const sandboxIndex = /^sbx-(\d+)$/.exec(patient);
+  if (sandboxIndex) return populationRecord(Number(sandboxIndex[1]), now, options.seed);
+  const candidates = [
+    patient,
+    path.join(ruleSet.directory, 'fixtures', patient),
+    path.join(ruleSet.directory, 'fixtures', `${patient}.json`),
+  ];
+  const file = candidates.find((candidate) => existsSync(candidate) && candidate.endsWith('.json'));
+  if (!file)
+    throw new InvalidArgumentError(
+      `patient ${patient}: not a file, fixture, sandbox id, and no --fhir given`,
+    );
+  return recordFromBundle(JSON.parse(await readFile(file, 'utf8')) as Bundle);
+}
+
+export function explanation(
+  result: RuleResult | undefined,
+  rule: RuleSet['rules'][number]['document'],
+  record: PatientRecord,
+  now: Date,
+): string {
+  if (!result) return `rule ${rule.id} was not evaluated\n`;
+  const lines = [
+    `${rule.id} ${rule.version}: ${rule.title}`,
+    `patient ${record.patient.id}, evaluated at ${now.toISOString()}, match ${rule.condition.match}`,
+    `=> ${result.status.toUpperCase()}${result.error ? ` (${result.error})` : ''}`,
+    '',
+  ];
+  for (const criterion of result.criteria) {
+    lines.push(`  [${criterion.holds ? 'x' : ' '}] ${criterion.id}: ${criterion.description}`);
+    const shown =
+      criterion.result.length === 0
+        ? '(empty)'
+        : criterion.result.map((value) => JSON.stringify(value)).join(', ');
+    lines.push(`      result: ${shown}`);
+    if (criterion.evidence.length > 0) lines.push(`      evidence: ${criterion.evidence.join(', ')}`);
+  }
+  if (result.nudge) {
+    lines.push('', `summary: ${result.nudge.summary}`, `suggested action: ${result.nudge.suggestedAction}`);
+    if (result.nudge.urgency)
+      lines.push(`visit urgency: ${result.nudge.urgency.level} (${result.nudge.urgency.reason})`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export function formatStatistics(statistics: RuleStatistics[], csv: boolean): string {
+  if (csv) {
+    const rows = statistics.map((row) =>
+      [
+        row.ruleId,
+        row.ruleVersion,
+        row.fired,
+        row.accepted,
+        row.overridden,
+        row.ignored,
+        row.noResponse,
+        JSON.stringify(JSON.stringify(row.overrideReasons)),
+      ].join(','),
+    );
+    return `${['rule_id,rule_version,fired,accepted,overridden,ignored,no_response,override_reasons', ...rows].join('\n')}\n`;
+  }
+  if (statistics.length === 0) return 'no nudges recorded yet\n';
+  const width = Math.max(...statistics.map((row) => row.ruleId.length), 4);
+  const lines = [`${'rule'.padEnd(width)}  version  fired  accepted  overridden  ignored  no response`];
+  for (const row of statistics) {
+    const percent = (count: number) =>
+      row.fired === 0 ? '' : ` (${Math.round((100 * count) / row.fired)}%)`;
+    lines.push(
+      `${row.ruleId.padEnd(width)}  ${row.ruleVersion.padEnd(7)}  ${String(row.fired).padStart(5)}  ${`${row.accepted}${percent(row.accepted)}`.padStart(8)}  ${`${row.overridden}${percent(row.overridden)}`.padStart(10)}  ${String(row.ignored).padStart(7)}  ${String(row.noResponse).padStart(11)}`,
+    );
+    for (const [reason, count] of Object.entries(row.overrideReasons).sort(
+      (left, right) => right[1] - left[1],
+    )) {
+      lines.push(`${' '.repeat(width + 2)}override: ${reason} x${count}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function progressBar(io: Io): (done: number, total: number) => void {
+  const started = Date.now();
+  let lastShown = -1;
+  return (done, total) => {
+    const width = 30;
+    const filled = Math.round((done / Math.max(total, 1)) * width);
+    const rate = done / Math.max((Date.now() - started) / 1000, 0.001);
+    const line = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total} ${rate.toFixed(0)} patients/s`;
+    if (io.isTty) {
+      io.err(`\r${line}`);
+    } else {
+      // Without a terminal, print at each tenth so logs stay short.
+      const tenth = Math.floor((10 * done) / Math.max(total, 1));
+      if (tenth !== lastShown) {
+        lastShown = tenth;
+        io.err(`${line}\n`);
+      }
+    }
+  };
+}
+
+function positiveInteger(value: string): number {
+  const parsed = Number(value);
+  if (!Number.isInteger(parsed) || parsed < 1) throw new InvalidArgumentError('a positive integer');
+  return parsed;
+}
+
+function isoDate(value: string): Date {
+  const parsed = new Date(value);
+  if (Number.isNaN(parsed.getTime())) throw new InvalidArgumentError('a date like 2026-03-01');
+  return parsed;
+}
+
+if (import.meta.main) {
+  try {
+    await createRulesProgram().parseAsync(process.argv);
+  } catch (error) {
+    const code = (error as { code?: string; exitCode?: number }).code;
+    if (code === 'commander.helpDisplayed' || code === 'commander.version') process.exit(0);
+    if (code?.startsWith('commander.')) process.exit((error as { exitCode?: number }).exitCode ?? 1);
+    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
+    process.exit(1);
+  }
+}
