@@ -17,11 +17,14 @@ export function createRecordNavigatorAgent(options: {
   maxModelCalls: number;
   maxTokens: number;
   systemPrompt: string;
+  /** Cap for generated strings (the final answer may be twenty times this). */
+  maxStringLength?: number;
 }) {
   const model = new MedGemmaChatModel({
     provider: options.provider,
     maxTokens: options.maxTokens,
     temperature: 0,
+    maxStringLength: options.maxStringLength,
   });
   const tools = createLangChainRecordTools(options.record, {
     manifestText: () => options.manifestText,
