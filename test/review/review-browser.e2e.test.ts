@@ -229,6 +229,43 @@ describe.skipIf(!existsSync(chromiumPath))('review app in Chromium', () => {
     await context.close();
   });
 
+  it('works with the production cookie (SameSite=None; Secure; Partitioned) in a cross-site EHR iframe', async () => {
+    // http://localhost counts as a secure origin in Chromium, so the default cookie settings apply unchanged;
+    // the EHR page on 127.0.0.1 is another site, as a real EHR would be.
+    const production = await startReviewHarness({
+      authorization: { fhirHandler: (request, response) => serveFhir(request, response) },
+      lifecycleFor: () => memory.lifecycle,
+      cookie: 'production',
+      frameAncestors: [ehrOrigin],
+    });
+    const { context, page } = await newPage();
+    try {
+      const launchResponse = await fetch(
+        production.launchUrl({ patient: patientId, fhirUser: practitioner }),
+        {
+          redirect: 'manual',
+        },
+      );
+      const cookie = launchResponse.headers.get('set-cookie') ?? '';
+      expect(cookie).toMatch(/^__Host-ehr-draft-session=/);
+      expect(cookie).toContain('SameSite=None');
+      expect(cookie).toContain('Secure');
+      expect(cookie).toContain('Partitioned');
+
+      await page.goto(`${ehrOrigin}/`);
+      const launchUrl = production.launchUrl({ patient: patientId, encounter: 'e1', fhirUser: practitioner });
+      await page.evaluate((url) => {
+        (document.getElementById('pane') as HTMLIFrameElement).src = url;
+      }, launchUrl);
+      const pane = page.frameLocator('#pane');
+      await pane.locator('article.draft').first().waitFor();
+      expect(await pane.locator('article.draft').count()).toBeGreaterThan(0);
+    } finally {
+      await context.close();
+      await production.close();
+    }
+  });
+
   it('launches, lists the drafts with their status, opens a citation, edits and signs', async () => {
     const { context, page } = await launchedPage();
     await expect.poll(() => page.locator('#patient-line').textContent()).toContain('Ada Testperson');

@@ -45,6 +45,12 @@ export async function startReviewHarness(options: {
   /** Either a stand-in lifecycle per launch, or the real lifecycle, mounted through reviewAppRouters. */
   lifecycleFor?: (context: LaunchContext) => DraftLifecyclePort;
   lifecycle?: Pick<DraftLifecycle, 'withClient'>;
+  /**
+   * production: the default cookie (`SameSite=None; Secure; Partitioned`, `__Host-` name), served on
+   * http://localhost, which Chromium treats as a secure origin. Default: the documented local-development
+   * setting on http://127.0.0.1.
+   */
+  cookie?: 'production' | 'local-development';
   /** CSP frame-ancestors of the review page (`review.frameAncestors`). */
   frameAncestors?: string[];
   /** Extra routers mounted on the service app (for example the sandbox EHR). */
@@ -61,7 +67,8 @@ export async function startReviewHarness(options: {
   // Listen first: the launch needs the service's own URL for its redirect URI.
   const server: Server = createServer();
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const serviceUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const production = options.cookie === 'production';
+  const serviceUrl = `http://${production ? 'localhost' : '127.0.0.1'}:${(server.address() as AddressInfo).port}`;
   const auth = await startSmartAuthorizationServer(
     typeof options.authorization === 'function' ? options.authorization(serviceUrl) : options.authorization,
   );
@@ -78,7 +85,7 @@ export async function startReviewHarness(options: {
       allowedIssuers: [auth.fhirBaseUrl],
       scopes: launchScopes,
       // The documented local-development setting: plain http, so no Secure (and hence no SameSite=None).
-      cookie: { secure: false, sameSite: 'lax', partitioned: false },
+      ...(production ? {} : { cookie: { secure: false, sameSite: 'lax', partitioned: false } }),
     }),
     publicUrl: serviceUrl,
     logger,
