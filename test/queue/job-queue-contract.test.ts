@@ -1,0 +1,128 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { JobQueue } from '../../src/queue/job-queue.ts';
+import { PgBossJobQueue } from '../../src/queue/pg-boss-job-queue.ts';
+import { SqliteJobQueue } from '../../src/queue/sqlite-job-queue.ts';
+import { waitFor } from '../support/intake-harness.ts';
+import { createTestDatabase, postgresAvailable } from '../support/postgres-database.ts';
+
+/**
+ * The queue port's contract, run against both adapters: waiting jobs collapse per encounter,
+ * retryable failures come back after a backoff that honours Retry-After, non-retryable ones and
+ * exhausted ones land in the dead-letter list, from which they can be retried; the completed-work
+ * ledger answers once a key is recorded.
+ */
+const policy = { maxAttempts: 3, backoffBaseMs: 50, backoffMaxMs: 200, leaseMs: 1_000 };
+const cleanups: (() => Promise<void> | void)[] = [];
+afterAll(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup();
+});
+
+async function sqliteQueue(): Promise<JobQueue> {
+  const directory = mkdtempSync(path.join(tmpdir(), 'contract-'));
+  const queue = new SqliteJobQueue(path.join(directory, 'queue.sqlite'), policy);
+  cleanups.push(
+    () => queue.close(),
+    () => rmSync(directory, { recursive: true, force: true }),
+  );
+  return queue;
+}
+
+async function postgresQueue(): Promise<JobQueue> {
+  const database = createTestDatabase();
+  const queue = await PgBossJobQueue.open({
+    ...policy,
+    connectionString: database.url,
+    superviseIntervalSeconds: 1,
+  });
+  cleanups.push(
+    () => database.drop(),
+    () => queue.close(),
+  );
+  return queue;
+}
+
+const adapters: [string, () => Promise<JobQueue>, boolean][] = [
+  ['SQLite', sqliteQueue, true],
+  ['PostgreSQL (pg-boss)', postgresQueue, postgresAvailable],
+];
+
+for (const [name, open, available] of adapters) {
+  describe.skipIf(!available)(`job queue contract: ${name}`, () => {
+    it('collapses waiting duplicates per encounter and kind', async () => {
+      const queue = await open();
+      expect(
+        (
+          await queue.enqueue([
+            { encounterId: 'e1', source: 'test' },
+            { encounterId: 'e1', source: 'test' },
+            { encounterId: 'e1', source: 'cds-hooks', kind: 'previsit-briefing' },
+          ])
+        ).added,
+      ).toBe(2);
+      const job = await queue.claim('w');
+      expect(job?.attempts).toBe(1);
+      // Running is not waiting: a new event for it may carry a newer version.
+      expect(
+        (await queue.enqueue([{ encounterId: job?.encounterId as string, source: 'test', kind: job?.kind }]))
+          .added,
+      ).toBe(1);
+    });
+
+    it('retries with backoff honouring Retry-After, dead-letters the non-retryable, retries from the dead letters', async () => {
+      const queue = await open();
+      await queue.enqueue([{ encounterId: 'retry-me', source: 'test' }]);
+      const first = await queue.claim('w');
+      expect(
+        await queue.fail(first?.id as string, 'HTTP 429', { retryable: true, retryAfterMs: 1_500 }),
+      ).toBe('pending');
+      expect(await queue.claim('w')).toBeUndefined(); // the server asked for 1.5 s
+      const second = await waitFor(() => queue.claim('w'), 'the retry', 10_000);
+      expect(second.id).toBe(first?.id);
+      expect(second.attempts).toBe(2);
+      expect(await queue.fail(second.id, 'HTTP 422', { retryable: false })).toBe('failed');
+      const deadLetters = await queue.list('failed');
+      expect(deadLetters.map((job) => job.id)).toEqual([second.id]);
+      expect(deadLetters[0].lastError).toContain('422');
+      expect(await queue.retry(second.id)).toBe(true);
+      expect(await queue.retry('00000000-0000-0000-0000-000000000000')).toBe(false);
+      const third = await waitFor(() => queue.claim('w'), 'the job again', 10_000);
+      await queue.complete(third.id, 'draft-created');
+      const counts = await queue.counts();
+      expect(counts.done).toBe(1);
+      expect(counts.failed).toBe(0);
+    });
+
+    it('moves a job that keeps failing to the dead-letter list after the configured attempts', async () => {
+      const queue = await open();
+      await queue.enqueue([{ encounterId: 'always-503', source: 'test' }]);
+      const statuses: string[] = [];
+      for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
+        const job = await waitFor(() => queue.claim('w'), 'a claim', 10_000);
+        statuses.push(await queue.fail(job.id, 'HTTP 503', { retryable: true }));
+      }
+      expect(statuses).toEqual(['pending', 'pending', 'failed']);
+      expect((await queue.list('failed')).map((job) => job.encounterId)).toEqual(['always-503']);
+    });
+
+    it('hands a job whose lease ran out to another worker', async () => {
+      const queue = await open();
+      await queue.enqueue([{ encounterId: 'crashed', source: 'test' }]);
+      const held = await queue.claim('dead-worker');
+      const again = await waitFor(() => queue.claim('live-worker'), 'lease expiry', 15_000);
+      expect(again.id).toBe(held?.id);
+      expect(again.attempts).toBe(2);
+    });
+
+    it('records completed work keys', async () => {
+      const queue = await open();
+      expect(await queue.hasCompleted('e1|3|progress-summary|v1')).toBe(false);
+      await queue.recordCompleted('e1|3|progress-summary|v1', 'draft-created');
+      await queue.recordCompleted('e1|3|progress-summary|v1', 'draft-exists');
+      expect(await queue.hasCompleted('e1|3|progress-summary|v1')).toBe(true);
+      expect(await queue.hasCompleted('e1|4|progress-summary|v1')).toBe(false);
+    });
+  });
+}
