@@ -1,0 +1,129 @@
+import type { Subscription } from 'fhir/r4.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FhirClient } from '../../fhir/fhir-client.ts';
+import {
+  ensureSubscription,
+  findSubscriptions,
+  type SubscriptionSpec,
+} from '../../src/intake/subscription-manager.ts';
+import { type FhirStandIn, seedEncounters, startFhirStandIn } from '../support/fhir-stand-in.ts';
+import {
+  draftsByEncounter,
+  type IntakeHarness,
+  notifySecret,
+  startIntakeHarness,
+  waitFor,
+} from '../support/intake-harness.ts';
+import { notificationBundle } from '../support/notification-builder.ts';
+
+/**
+ * The service's Subscription on the server (ensured, found, reactivated, recreated), and the
+ * heartbeat watchdog: a silent subscription is asked for $status, its missed events fetched with
+ * $events, the server reconciled by polling, and the subscription reactivated.
+ */
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+describe('subscription ensure', () => {
+  it('creates once with the bearer header, finds it again, reactivates it, and recreates on request', async () => {
+    const standIn: FhirStandIn = await startFhirStandIn();
+    cleanups.push(() => standIn.close());
+    const fhir = new FhirClient({ baseUrl: standIn.url });
+    const spec: SubscriptionSpec = {
+      endpoint: 'http://service.example/notify',
+      mode: 'backport',
+      topic: 'http://hl7.org/SubscriptionTopic/encounter-change',
+      criteria: 'Encounter?',
+      payload: 'id-only',
+      heartbeatSeconds: 60,
+      secret: notifySecret,
+    };
+    const created = await ensureSubscription(fhir, spec);
+    expect(created.action).toBe('created');
+    expect(created.subscription.channel.header).toEqual([`Authorization: Bearer ${notifySecret}`]);
+    expect(created.subscription.criteria).toBe(spec.topic);
+    expect((await ensureSubscription(fhir, spec)).action).toBe('found');
+    expect(standIn.all('Subscription')).toHaveLength(1);
+
+    standIn.write({ ...(standIn.all('Subscription')[0] as Subscription), status: 'error' } as never);
+    const reactivated = await ensureSubscription(fhir, spec);
+    expect(reactivated.action).toBe('reactivated');
+    expect(reactivated.subscription.status).toBe('requested');
+
+    const recreated = await ensureSubscription(fhir, spec, { recreate: true });
+    expect(recreated.action).toBe('recreated');
+    const all = standIn.all('Subscription') as unknown as Subscription[];
+    expect(all.map((subscription) => subscription.status).sort()).toEqual(['off', 'requested']);
+    // A classic subscription for the same endpoint is a different one.
+    expect(await findSubscriptions(fhir, { ...spec, mode: 'classic' })).toHaveLength(0);
+  });
+});
+
+describe('heartbeat watchdog', () => {
+  it('a silent subscription: $status, missed events via $events, reconcile, reactivation', async () => {
+    const harness: IntakeHarness = await startIntakeHarness({
+      intake: { heartbeat: { periodMs: 400, checkIntervalMs: 100 }, gapGraceMs: 100 },
+    });
+    cleanups.push(() => harness.close());
+    const ids = seedEncounters(harness.standIn, 2);
+    harness.standIn.write({
+      resourceType: 'Subscription',
+      id: 'silent',
+      status: 'active',
+      channel: { type: 'rest-hook', endpoint: `${harness.service.url}/notify` },
+    });
+    const subscription = `${harness.standIn.url}/Subscription/silent`;
+    await harness.post('/notify', notificationBundle({ subscription, type: 'handshake', counter: 0 }));
+    // The server then sends two events that never arrive, and switches the subscription to error.
+    for (const id of ids) harness.standIn.recordEvent('silent', `Encounter/${id}`);
+    const log = harness.standIn.subscriptions.get('silent');
+    if (log) log.status = 'error';
+
+    await waitFor(
+      () => ids.every((id) => draftsByEncounter(harness.standIn).get(id) === 1),
+      'drafts of the missed events',
+    );
+    const requests = harness.standIn.requests;
+    expect(requests).toContain('GET /Subscription/silent/$status');
+    expect(
+      requests.some((request) =>
+        request.startsWith('GET /Subscription/silent/$events?eventsSinceNumber=1&eventsUntilNumber=2'),
+      ),
+    ).toBe(true);
+    expect(requests.some((request) => request.startsWith('GET /Encounter?_lastUpdated'))).toBe(true);
+    expect(requests).toContain('PUT /Subscription/silent');
+    expect((harness.standIn.all('Subscription')[0] as { status?: string }).status).toBe('requested');
+    expect(
+      await harness.metric('ehr_agent_reconciliations_total', {
+        reason: 'heartbeat-missed',
+        outcome: 'done',
+      }),
+    ).toBeGreaterThan(0);
+  });
+
+  it('never calls back a host that is not the FHIR server or on the allow-list', async () => {
+    const harness: IntakeHarness = await startIntakeHarness({
+      intake: { heartbeat: { periodMs: 200, checkIntervalMs: 50 } },
+    });
+    cleanups.push(() => harness.close());
+    await harness.post(
+      '/notify',
+      notificationBundle({
+        subscription: 'https://elsewhere.example/fhir/Subscription/silent',
+        type: 'handshake',
+        counter: 0,
+      }),
+    );
+    await waitFor(
+      async () =>
+        (await harness.metric('ehr_agent_reconciliations_total', {
+          reason: 'heartbeat-missed',
+          outcome: 'done',
+        })) > 0,
+      'a reconcile for the silent subscription',
+    );
+    expect(harness.standIn.requests.some((request) => request.includes('$status'))).toBe(false);
+  });
+});
