@@ -1,4 +1,4 @@
-import { createPrivateKey } from 'node:crypto';
+import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose';
@@ -141,6 +141,45 @@ export async function loadSigningKey(options: {
   );
 }
 
-export function publicJwks(keys: readonly SigningKey[]): JsonWebKeySet {
-  return { keys: keys.map((key) => key.publicJwk) };
+/**
+ * Public keys published next to the signing key during a rotation: the next key before the switch, the previous
+ * one after it, so a server that cached the JWKS keeps verifying. Each file may hold a PEM (public or private), a
+ * JWK or a JWKS; only public members are published.
+ */
+export async function loadPublishedKeys(files: readonly string[]): Promise<JWK[]> {
+  const published: JWK[] = [];
+  for (const file of files) {
+    const text = (await readFile(file, 'utf8')).trim();
+    let candidates: JWK[];
+    if (text.startsWith('-----BEGIN')) {
+      candidates = [createPublicKey({ key: text, format: 'pem' }).export({ format: 'jwk' }) as JWK];
+    } else {
+      const parsed = JSON.parse(text) as JWK | { keys: JWK[] };
+      candidates = 'keys' in parsed && Array.isArray(parsed.keys) ? parsed.keys : [parsed as JWK];
+    }
+    for (const candidate of candidates) {
+      const members = publicMembers[candidate.kty as string];
+      if (!members) throw new Error(`${file}: unsupported key type ${candidate.kty}`);
+      const publicPart = Object.fromEntries(
+        members.map((member) => [member, candidate[member as keyof JWK]]),
+      ) as JWK;
+      const alg =
+        candidate.alg ??
+        (candidate.kty === 'RSA' ? 'RS384' : candidate.crv === 'P-384' ? 'ES384' : undefined);
+      published.push({
+        ...publicPart,
+        kid: candidate.kid ?? (await calculateJwkThumbprint(publicPart, 'sha256')),
+        ...(alg ? { alg } : {}),
+        use: 'sig',
+        key_ops: ['verify'],
+      });
+    }
+  }
+  return published;
+}
+
+export function publicJwks(keys: readonly SigningKey[], published: readonly JWK[] = []): JsonWebKeySet {
+  const signing = keys.map((key) => key.publicJwk);
+  const signingKids = new Set(signing.map((key) => key.kid));
+  return { keys: [...signing, ...published.filter((key) => !signingKids.has(key.kid))] };
 }

@@ -4,7 +4,13 @@ import { SignJWT } from 'jose';
 import { z } from 'zod';
 import type { BackendAuthConfig, SmartBackendAuthConfig } from '../src/config/auth-config.ts';
 import { OperationOutcomeError, outcome, outcomeError } from './operation-outcome.ts';
-import { type JsonWebKeySet, loadSigningKey, publicJwks, type SigningKey } from './signing-keys.ts';
+import {
+  type JsonWebKeySet,
+  loadPublishedKeys,
+  loadSigningKey,
+  publicJwks,
+  type SigningKey,
+} from './signing-keys.ts';
 import { assertSafeEndpoint, discoverSmartConfiguration, type FetchFunction } from './smart-discovery.ts';
 import { missingScopes } from './smart-scopes.ts';
 
@@ -87,6 +93,7 @@ async function describeTokenError(response: Response): Promise<string> {
 function createSmartBackendProvider(
   config: SmartBackendAuthConfig,
   signingKey: SigningKey,
+  jwks: JsonWebKeySet,
   options: AccessTokenProviderOptions,
 ): AccessTokenProvider {
   const fetchFunction = options.fetch ?? fetch;
@@ -191,7 +198,7 @@ function createSmartBackendProvider(
 
   return {
     mode: 'smart-backend',
-    jwks: publicJwks([signingKey]),
+    jwks,
     signingKey,
     async getToken() {
       if (cached && now() < cached.refreshAt) return cached.token;
@@ -241,5 +248,6 @@ export async function createAccessTokenProvider(
     keyFile: authConfig.keyFile,
     keyId: authConfig.keyId,
   });
-  return createSmartBackendProvider(authConfig, signingKey, options);
+  const published = await loadPublishedKeys(authConfig.publishedKeyFiles);
+  return createSmartBackendProvider(authConfig, signingKey, publicJwks([signingKey], published), options);
 }

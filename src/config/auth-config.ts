@@ -70,6 +70,16 @@ const smartBackendModeSchema = z
     /** The `kid` to sign with; defaults to the JWK's own kid or its RFC 7638 thumbprint. */
     keyId: z.string().min(1).optional(),
     alg: z.enum(['ES384', 'RS384']).default('ES384'),
+    /**
+     * Extra public keys for the JWKS during a rotation (PEM, JWK or JWKS files): publish the next key here before
+     * switching keyFile to it, then keep the previous one here until servers' JWKS caches have expired.
+     */
+    publishedKeyFiles: z
+      .preprocess(
+        (value) => (typeof value === 'string' ? value.split(/[\s,]+/).filter(Boolean) : value),
+        z.array(z.string().min(1)),
+      )
+      .default([]),
     scopes: scopeList.default(defaultBackendScopes.split(' ')),
     /** Skips discovery for servers that do not publish `.well-known/smart-configuration`. */
     tokenUrl: z.url().optional(),

@@ -17,6 +17,7 @@ describe('auth configuration', () => {
       scopes: defaultBackendScopes.split(' '),
       assertionLifetimeSeconds: 120,
       requestTimeoutMs: 10_000,
+      publishedKeyFiles: [],
     });
   });
 

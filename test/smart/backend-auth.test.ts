@@ -292,6 +292,27 @@ describe('signing keys and the JWKS endpoint', () => {
     );
   });
 
+  it('publishes the previous key next to the new one during a rotation and signs with the new one', async () => {
+    const previous = await loadSigningKey({ alg: 'ES384', dataDir });
+    const { writeFile } = await import('node:fs/promises');
+    const { generateKeyPairSync } = await import('node:crypto');
+    const nextKeyFile = path.join(dataDir, 'next.pem');
+    await writeFile(
+      nextKeyFile,
+      generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey.export({ format: 'pem', type: 'pkcs8' }),
+    );
+    const provider = await registeredProvider({
+      keyFile: nextKeyFile,
+      publishedKeyFiles: generatedKeyPath(dataDir, 'ES384'),
+    });
+    const kids = provider.jwks!.keys.map((key) => key.kid);
+    expect(kids).toEqual([provider.signingKey!.kid, previous.kid]);
+    expect(provider.signingKey!.kid).not.toBe(previous.kid);
+    for (const key of provider.jwks!.keys) expect(key).not.toHaveProperty('d');
+    expect(await readPatients(await provider.getToken())).toBe(200);
+    expect(clientCredentialRequests()[0].assertion?.header.kid).toBe(provider.signingKey!.kid);
+  });
+
   it('serves the public JWKS with Cache-Control and without private members, usable as a JWKS URL', async () => {
     const config = backendAuthConfigSchema.parse({ mode: 'smart-backend', clientId: 'jwks-url-client' });
     const provider = await createAccessTokenProvider(config, {
