@@ -1,0 +1,112 @@
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { FhirResource } from 'fhir/r4.js';
+import { z } from 'zod';
+
+/**
+ * Loads a folder of FHIR NDJSON (a bulk export, such as Synthea's) into the sandbox, ids kept as
+ * given. Bulk exports reference practitioners, organizations and locations conditionally
+ * (`Practitioner?identifier=system|value`), which a read cannot follow: those references are
+ * resolved to the loaded resource's id, and ones that match nothing are dropped (keeping `display`).
+ */
+const resourceLine = z.looseObject({
+  resourceType: z.string().regex(/^[A-Z][A-Za-z]+$/),
+  id: z.string().regex(/^[A-Za-z0-9\-.]{1,64}$/),
+});
+
+export interface NdjsonLoadResult {
+  resourceCounts: Record<string, number>;
+  resolvedReferences: number;
+  droppedReferences: number;
+  patientIds: string[];
+}
+
+export async function readNdjsonFolder(folder: string): Promise<FhirResource[]> {
+  const files = (await readdir(folder)).filter((name) => name.endsWith('.ndjson')).sort();
+  const resources: FhirResource[] = [];
+  for (const file of files) {
+    const text = await readFile(path.join(folder, file), 'utf8');
+    const lines = text.split(/\r?\n/);
+    lines.forEach((line, index) => {
+      if (!line.trim()) return;
+      let json: unknown;
+      try {
+        json = JSON.parse(line);
+      } catch {
+        throw new Error(`${file}:${index + 1}: not valid JSON`);
+      }
+      const parsed = resourceLine.safeParse(json);
+      if (!parsed.success) throw new Error(`${file}:${index + 1}: not a FHIR resource with a valid id`);
+      resources.push(parsed.data as unknown as FhirResource);
+    });
+  }
+  return resources;
+}
+
+const conditionalReference = /^([A-Z][A-Za-z]+)\?identifier=(.+)$/;
+
+/** Rewrites conditional references in place; returns how many were resolved and dropped. */
+export function resolveConditionalReferences(resources: FhirResource[]): {
+  resolved: number;
+  dropped: number;
+} {
+  const byIdentifier = new Map<string, string>();
+  for (const resource of resources) {
+    const identifiers = (resource as { identifier?: { system?: string; value?: string }[] }).identifier ?? [];
+    for (const identifier of identifiers) {
+      if (identifier.value === undefined) continue;
+      byIdentifier.set(
+        `${resource.resourceType}?${identifier.system ?? ''}|${identifier.value}`,
+        resource.id!,
+      );
+      if (!identifier.system) byIdentifier.set(`${resource.resourceType}?${identifier.value}`, resource.id!);
+    }
+  }
+  let resolved = 0;
+  let dropped = 0;
+  const visit = (value: unknown): unknown => {
+    if (Array.isArray(value)) return value.map(visit).filter((item) => item !== undefined);
+    if (typeof value !== 'object' || value === null) return value;
+    const record = value as Record<string, unknown>;
+    for (const [key, child] of Object.entries(record)) {
+      const next = visit(child);
+      if (next === undefined) delete record[key];
+      else record[key] = next;
+    }
+    const reference = record.reference;
+    if (typeof reference !== 'string') return record;
+    const match = conditionalReference.exec(reference);
+    if (!match) return record;
+    const target = byIdentifier.get(`${match[1]}?${decodeURIComponent(match[2])}`);
+    if (target) {
+      record.reference = `${match[1]}/${target}`;
+      resolved++;
+      return record;
+    }
+    dropped++;
+    delete record.reference;
+    return Object.keys(record).length > 0 ? record : undefined;
+  };
+  for (const resource of resources) visit(resource);
+  return { resolved, dropped };
+}
+
+export async function loadNdjsonFolder(
+  sandbox: { seed(resources: readonly FhirResource[]): Promise<void> },
+  folder: string,
+): Promise<NdjsonLoadResult> {
+  const resources = await readNdjsonFolder(folder);
+  const { resolved, dropped } = resolveConditionalReferences(resources);
+  await sandbox.seed(resources);
+  const resourceCounts: Record<string, number> = {};
+  for (const resource of resources)
+    resourceCounts[resource.resourceType] = (resourceCounts[resource.resourceType] ?? 0) + 1;
+  return {
+    resourceCounts,
+    resolvedReferences: resolved,
+    droppedReferences: dropped,
+    patientIds: resources
+      .filter((resource) => resource.resourceType === 'Patient')
+      .map((resource) => resource.id!),
+  };
+}

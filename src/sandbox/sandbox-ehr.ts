@@ -1,0 +1,304 @@
+import { getStatus } from '@medplum/core';
+import { FhirRouter, type HttpMethod } from '@medplum/fhir-router';
+import type { OperationOutcome as MedplumOutcome, Resource as MedplumResource } from '@medplum/fhirtypes';
+import type { Binary, Bundle, BundleLink, FhirResource, OperationOutcome, Resource } from 'fhir/r4.js';
+import { normalizeOperationOutcome, outcome } from '../../fhir/operation-outcome.ts';
+import { type Logger, silentLogger } from '../log.ts';
+import { sandboxCapabilityStatement } from './capability-statement.ts';
+import { loadFhirDefinitionsOnce } from './fhir-definitions.ts';
+import { ObservedRepository } from './observed-repository.ts';
+import {
+  type DeliveryRecord,
+  SandboxSubscriptions,
+  type SubscriptionOptions,
+} from './sandbox-subscriptions.ts';
+
+/**
+ * The embedded sandbox EHR: a real FHIR R4 REST API (Medplum's router over an in-memory repository)
+ * behind a framework-free `handle(request)`, plus what real servers add around it: status codes,
+ * Location/ETag/Last-Modified, absolute paging links, 410 for deleted resources, raw Binary reads,
+ * a CapabilityStatement, bare `patient=<id>` searches, and Backport IG subscriptions.
+ * Only the composition root and tests use it; the service talks to it over HTTP like to any EHR.
+ */
+export interface SandboxRequest {
+  method: string;
+  /** Path and query relative to the FHIR base, e.g. `Patient/123` or `/Encounter?patient=Patient/1`. */
+  url: string;
+  headers?: Record<string, string | string[] | undefined>;
+  body?: unknown;
+  /** The absolute FHIR base this request arrived on; used for links and Location headers. */
+  baseUrl?: string;
+}
+
+export interface SandboxResponse {
+  status: number;
+  headers: Record<string, string>;
+  /** A FHIR resource (JSON), or raw bytes for a Binary read that did not ask for FHIR JSON. */
+  body?: Resource | Uint8Array;
+}
+
+export type SandboxRouteHandler = (request: SandboxRequest) => Promise<SandboxResponse> | SandboxResponse;
+
+export interface SandboxEhrOptions {
+  /** Absolute FHIR base (e.g. http://localhost:8080/sandbox/fhir); the HTTP router fills it in when absent. */
+  baseUrl?: string;
+  /** Page size when a search names no `_count` (real servers page; clients must follow `next`). */
+  defaultPageSize?: number;
+  maxPageSize?: number;
+  subscriptions?: SubscriptionOptions;
+  logger?: Logger;
+}
+
+export interface SandboxEhr {
+  readonly repository: ObservedRepository;
+  readonly baseUrl: string | undefined;
+  setBaseUrl(baseUrl: string): void;
+  handle(request: SandboxRequest): Promise<SandboxResponse>;
+  /** Stores resources as given (ids kept, no subscription events). */
+  seed(resources: readonly FhirResource[]): Promise<void>;
+  /** Extra routes answered before FHIR routing, e.g. `GET .well-known/smart-configuration`. */
+  addRoute(method: string, path: string, handler: SandboxRouteHandler): void;
+  /** Resolves when every queued subscription notification has been delivered or given up. */
+  whenIdle(): Promise<void>;
+  heartbeat(subscriptionId: string): Promise<void>;
+  readonly deliveries: readonly DeliveryRecord[];
+  close(): Promise<void>;
+}
+
+const fhirJson = 'application/fhir+json; charset=utf-8';
+const resourceTypePattern = /^[A-Z][A-Za-z]+$/;
+
+function header(headers: SandboxRequest['headers'], name: string): string | undefined {
+  if (!headers) return undefined;
+  const value = headers[name] ?? Object.entries(headers).find(([key]) => key.toLowerCase() === name)?.[1];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function lowerCaseHeaders(headers: SandboxRequest['headers']): Record<string, string> {
+  const result: Record<string, string> = {};
+  for (const [key, value] of Object.entries(headers ?? {})) {
+    if (value !== undefined) result[key.toLowerCase()] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return result;
+}
+
+function errorResponse(status: number, body: OperationOutcome): SandboxResponse {
+  return { status, headers: { 'content-type': fhirJson }, body };
+}
+
+function isResource(value: unknown): value is Resource {
+  return typeof value === 'object' && value !== null && typeof (value as Resource).resourceType === 'string';
+}
+
+export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
+  loadFhirDefinitionsOnce();
+  const logger = options.logger ?? silentLogger();
+  const repository = new ObservedRepository();
+  const router = new FhirRouter();
+  const defaultPageSize = options.defaultPageSize ?? 50;
+  const maxPageSize = options.maxPageSize ?? 1000;
+  let baseUrl = options.baseUrl?.replace(/\/$/, '');
+  const subscriptions = new SandboxSubscriptions(repository, () => baseUrl, {
+    logger,
+    ...options.subscriptions,
+  });
+  const extraRoutes = new Map<string, SandboxRouteHandler>();
+
+  function absolute(base: string | undefined, relative: string): string {
+    return base ? `${base}/${relative}` : relative;
+  }
+
+  function searchLinks(bundle: Bundle, path: string, query: URLSearchParams, base: string | undefined): void {
+    const count = Number(query.get('_count'));
+    const offset = Number(query.get('_offset') ?? 0) || 0;
+    const link = (relation: string, pageOffset: number): BundleLink => {
+      const pageQuery = new URLSearchParams(query);
+      pageQuery.set('_offset', String(pageOffset));
+      return { relation, url: absolute(base, `${path}?${pageQuery.toString()}`) };
+    };
+    const links: BundleLink[] = [{ relation: 'self', url: absolute(base, `${path}?${query.toString()}`) }];
+    if (Number.isFinite(count) && count > 0) {
+      links.push(link('first', 0));
+      if (offset > 0) links.push(link('previous', Math.max(0, offset - count)));
+      if (bundle.total !== undefined && offset + count < bundle.total)
+        links.push(link('next', offset + count));
+    }
+    bundle.link = links;
+  }
+
+  function addFullUrls(bundle: Bundle, base: string | undefined): void {
+    for (const entry of bundle.entry ?? []) {
+      if (entry.resource?.id && !entry.fullUrl)
+        entry.fullUrl = absolute(base, `${entry.resource.resourceType}/${entry.resource.id}`);
+    }
+  }
+
+  async function handle(request: SandboxRequest): Promise<SandboxResponse> {
+    const method = request.method.toUpperCase() as HttpMethod;
+    const base = request.baseUrl?.replace(/\/$/, '') ?? baseUrl;
+    const relative = request.url.replace(/^\/+/, '');
+    const questionMark = relative.indexOf('?');
+    const path = (questionMark < 0 ? relative : relative.slice(0, questionMark)).replace(/\/+$/, '');
+    const query = new URLSearchParams(questionMark < 0 ? '' : relative.slice(questionMark + 1));
+    const segments = path ? path.split('/') : [];
+
+    const extra = extraRoutes.get(`${method} ${path}`);
+    if (extra) return extra({ ...request, baseUrl: base });
+    if (method === 'GET' && path === 'metadata') {
+      return {
+        status: 200,
+        headers: { 'content-type': fhirJson },
+        body: sandboxCapabilityStatement(base, 'ehr-draft-agent sandbox EHR'),
+      };
+    }
+
+    const isTypeSearch = segments.length === 1 && resourceTypePattern.test(segments[0]) && method === 'GET';
+    if (isTypeSearch) {
+      // Real clients send `patient=<id>`; Medplum's memory search only matches `Patient/<id>`.
+      for (const name of ['patient', 'subject:Patient']) {
+        const values = query.getAll(name);
+        if (values.length === 0) continue;
+        query.delete(name);
+        for (const value of values)
+          query.append(
+            name,
+            value
+              .split(',')
+              .map((item) => (item.includes('/') ? item : `Patient/${item}`))
+              .join(','),
+          );
+      }
+      const requested = Number(query.get('_count'));
+      const pageSize =
+        Number.isFinite(requested) && requested > 0 ? Math.min(requested, maxPageSize) : defaultPageSize;
+      query.set('_count', String(pageSize));
+    }
+
+    if ((method === 'POST' || method === 'PUT') && segments.length >= 1 && segments.length <= 2 && path) {
+      if (!isResource(request.body))
+        return errorResponse(
+          400,
+          outcome('structure', 'the body must be a FHIR resource (JSON object with resourceType)'),
+        );
+      if (resourceTypePattern.test(segments[0]) && request.body.resourceType !== segments[0])
+        return errorResponse(
+          400,
+          outcome('invalid', `resourceType ${request.body.resourceType} does not match ${segments[0]}`),
+        );
+      if (method === 'PUT' && segments[1] && request.body.id !== segments[1])
+        return errorResponse(400, outcome('invalid', 'the resource id must match the id in the URL'));
+    }
+    if (method === 'POST' && !path && (!isResource(request.body) || request.body.resourceType !== 'Bundle'))
+      return errorResponse(
+        400,
+        outcome('structure', 'a POST to the base must carry a batch or transaction Bundle'),
+      );
+
+    const existedBefore =
+      method === 'PUT' && segments.length === 2
+        ? await repository.readResource(segments[0], segments[1]).then(
+            () => true,
+            () => false,
+          )
+        : true;
+    const queryString = query.toString();
+    const url = queryString ? `${path}?${queryString}` : path;
+    const queryRecord: Record<string, string | string[]> = {};
+    for (const key of new Set(query.keys())) {
+      const values = query.getAll(key);
+      queryRecord[key] = values.length === 1 ? values[0] : values;
+    }
+
+    let result: Awaited<ReturnType<FhirRouter['handleRequest']>>;
+    try {
+      result = await router.handleRequest(
+        {
+          method,
+          url,
+          pathname: '',
+          params: {},
+          query: queryRecord,
+          body: request.body,
+          headers: lowerCaseHeaders(request.headers),
+        },
+        repository,
+      );
+    } catch (error) {
+      const normalized = normalizeOperationOutcome(error);
+      return errorResponse(normalized.status, normalized.outcome);
+    }
+    const [resultOutcome, resource] = result as [MedplumOutcome, MedplumResource | undefined];
+    let status = getStatus(resultOutcome);
+
+    if (
+      status === 404 &&
+      method === 'GET' &&
+      segments.length >= 2 &&
+      repository.isDeleted(segments[0], segments[1])
+    ) {
+      return errorResponse(410, outcome('deleted', `${segments[0]}/${segments[1]} has been deleted`));
+    }
+    if (!resource || status >= 400) {
+      return errorResponse(status, resultOutcome as unknown as OperationOutcome);
+    }
+
+    const body = resource as unknown as Resource;
+    const headers: Record<string, string> = { 'content-type': fhirJson };
+    if (body.resourceType === 'Bundle') {
+      const bundle = body as Bundle;
+      addFullUrls(bundle, base);
+      if (bundle.type === 'searchset') searchLinks(bundle, path, query, base);
+    } else if (body.id && method !== 'DELETE') {
+      const versionId = body.meta?.versionId;
+      if (versionId) headers.etag = `W/"${versionId}"`;
+      if (body.meta?.lastUpdated) headers['last-modified'] = new Date(body.meta.lastUpdated).toUTCString();
+      if (method === 'PUT' && !existedBefore) status = 201;
+      if (status === 201) {
+        headers.location = absolute(
+          base,
+          `${body.resourceType}/${body.id}${versionId ? `/_history/${versionId}` : ''}`,
+        );
+      }
+    }
+    if (
+      body.resourceType === 'Binary' &&
+      method === 'GET' &&
+      !/json/i.test(header(request.headers, 'accept') ?? '')
+    ) {
+      const binary = body as Binary;
+      return {
+        status,
+        headers: { ...headers, 'content-type': binary.contentType ?? 'application/octet-stream' },
+        body: Buffer.from(binary.data ?? '', 'base64'),
+      };
+    }
+    return { status, headers, body };
+  }
+
+  return {
+    repository,
+    get baseUrl() {
+      return baseUrl;
+    },
+    setBaseUrl(value: string) {
+      baseUrl = value.replace(/\/$/, '');
+    },
+    handle,
+    async seed(resources) {
+      for (const resource of resources) await repository.seedResource(resource as unknown as MedplumResource);
+    },
+    addRoute(method, path, handler) {
+      extraRoutes.set(`${method.toUpperCase()} ${path.replace(/^\/+|\/+$/g, '')}`, handler);
+    },
+    whenIdle: () => subscriptions.whenIdle(),
+    heartbeat: (subscriptionId) => subscriptions.heartbeat(subscriptionId),
+    get deliveries() {
+      return subscriptions.deliveries;
+    },
+    async close() {
+      subscriptions.close();
+      await subscriptions.whenIdle();
+      repository.clear();
+    },
+  };
+}
