@@ -1,4 +1,4 @@
-import type { Bundle, DocumentReference, Encounter } from 'fhir/r4.js';
+import type { DocumentReference, Encounter } from 'fhir/r4.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { readNoteText } from '../../fhir/note-text.ts';
@@ -131,7 +131,7 @@ describe('the compartment guard (PatientScopedReader)', () => {
           { resource: { resourceType: 'Condition', id: 'mine', subject: { reference: 'Patient/p1' } } },
           { resource: { resourceType: 'Condition', id: 'theirs', subject: { reference: 'Patient/p2' } } },
         ],
-      } as Bundle),
+      }),
     );
     scriptedServers.push(rogue);
     const reader = new PatientScopedReader(new FhirClient({ baseUrl: `${rogue.url}/fhir` }), 'p1');
