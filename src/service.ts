@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
@@ -6,6 +7,7 @@ import { DraftNoteWriter } from '../fhir/draft-note.ts';
 import { FhirClient } from '../fhir/fhir-client.ts';
 import type { ServiceConfig } from './config/config-schema.ts';
 import { createApp } from './http/app.ts';
+import { sandboxRouter } from './http/sandbox-routes.ts';
 import { configurationVersion } from './intake/configuration-version.ts';
 import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
@@ -14,6 +16,8 @@ import { processEncounterJob } from './pipeline/process-encounter-job.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
 import type { JobQueue } from './queue/job-queue.ts';
 import { openJobQueue } from './queue/open-job-queue.ts';
+import { createSandboxEhr, type SandboxEhr } from './sandbox/sandbox-ehr.ts';
+import { generatePatients } from './sandbox/synthetic-patients.ts';
 
 /**
  * The composition root: the one place that wires config, queue, FHIR client, engines, rules and HTTP
@@ -23,6 +27,10 @@ export interface RunningService {
   url: string;
   fhirBaseUrl: string;
   queue: JobQueue;
+  /** The embedded sandbox EHR, when no FHIR server is configured. */
+  sandbox: SandboxEhr | undefined;
+  /** The secret notifications must carry (configured, or generated for the sandbox). */
+  notifySecret: string | undefined;
   close(): Promise<void>;
 }
 
@@ -41,6 +49,16 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   const metrics = createMetrics(queue);
   let ready = false;
   let workers: WorkerPool | undefined;
+
+  // No FHIR server configured: an embedded sandbox EHR with synthetic patients stands in for one.
+  let sandbox: SandboxEhr | undefined;
+  if (!config.fhir.baseUrl) {
+    sandbox = createSandboxEhr({ logger });
+    const patients = generatePatients({ count: config.sandbox.patients, seed: config.sandbox.seed });
+    await sandbox.seed(patients.flatMap((patient) => patient.resources));
+  }
+  // The notification endpoint is never open: in sandbox mode without a configured secret, make one up.
+  const notifySecret = config.notify.secret ?? (sandbox ? randomBytes(24).toString('hex') : undefined);
   const intake = new IntakeService({
     config: config.intake,
     dataDir,
@@ -53,18 +71,20 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   const app = createApp({
     queue,
     logger,
-    notifySecret: config.notify.secret,
+    notifySecret,
     maxBodyBytes: config.notify.maxBodyBytes,
     isReady: () => ready,
     onQueued: () => workers?.nudge(),
     metrics,
     notify: intake.notifyOptions(),
+    routers: sandbox ? [{ path: '/sandbox/fhir', router: sandboxRouter(sandbox) }] : [],
   });
   const server = await listen(app, config.port, config.host);
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = config.publicUrl ?? `http://${config.host === '0.0.0.0' ? 'localhost' : config.host}:${port}`;
   const fhirBaseUrl = config.fhir.baseUrl ?? `${url}/sandbox/fhir`;
+  sandbox?.setBaseUrl(fhirBaseUrl);
 
   const fhir = new FhirClient({
     baseUrl: fhirBaseUrl,
@@ -98,11 +118,9 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     },
   });
   workers.start();
-  // The sandbox numbers its own subscription; a real server gets ours ensured.
+  // Our Subscription is ensured on the server (the sandbox honours Subscriptions like a real server).
   await intake.start(fhir, {
-    subscription: config.fhir.baseUrl
-      ? { endpoint: `${url}/notify`, secret: config.notify.secret }
-      : undefined,
+    subscription: { endpoint: `${url}/notify`, secret: notifySecret },
     schedulePolling: Boolean(config.fhir.baseUrl),
   });
   ready = true;
@@ -112,12 +130,15 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     url,
     fhirBaseUrl,
     queue,
+    sandbox,
+    notifySecret,
     async close() {
       ready = false;
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await intake.stop();
       await workers?.stop();
       await queue.close();
+      await sandbox?.close();
       server.closeAllConnections();
       logger.info('service-stopped');
     },
