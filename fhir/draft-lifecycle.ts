@@ -27,6 +27,11 @@ export interface DraftLifecycleDependencies {
   store: DraftStore;
   /** The FHIR client to act with (the clinician's, per request); needed for EHR drafts and hold sign-off. */
   client?: FhirClient;
+  /**
+   * The service's own client, for the one write that is the service's and not the clinician's: the
+   * AI Device a held draft names, created at its first sign-off (a user token rarely may create Devices).
+   */
+  serviceClient?: FhirClient;
   /** Queues a pipeline job for the encounter and kind; the writer then supersedes the old draft. */
   requestRegeneration: (encounterId: string, kind: string) => Promise<unknown> | unknown;
   now?: () => Date;
@@ -220,7 +225,7 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
     text: string | undefined,
   ): Promise<DraftView> {
     const fhir = client();
-    const deviceReference = await ensureDeviceIn(fhir, draft.device);
+    const deviceReference = await ensureDeviceIn(dependencies.serviceClient ?? fhir, draft.device);
     const logicalDevice = draft.document.author?.[0]?.reference;
     const source = text !== undefined ? withText(draft.document, text, now()) : draft.document;
     // The store's id and the relation to an earlier held draft mean nothing to the EHR.
