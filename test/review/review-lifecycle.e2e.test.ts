@@ -4,6 +4,7 @@ import type {
   Condition,
   DocumentReference,
   Encounter,
+  FhirResource,
   Observation,
   Patient,
   Practitioner,
@@ -15,12 +16,14 @@ import { createDraftLifecycle } from '../../fhir/draft-lifecycle.ts';
 import { type DraftContent, DraftNoteWriter } from '../../fhir/draft-note.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
-import { type MedplumFhirServer, startMedplumFhirServer } from './medplum-fhir-server.ts';
+import { sandboxRouter } from '../../src/http/sandbox-routes.ts';
+import { createSandboxEhr, type SandboxEhr } from '../../src/sandbox/sandbox-ehr.ts';
+import { generatePatients } from '../../src/sandbox/synthetic-patients.ts';
 import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
 
 /**
- * The whole review path on real parts: drafts written by the service's DraftNoteWriter into a real FHIR
- * engine, the SMART launch through the strict test authorization server (which proxies FHIR calls only with a
+ * The whole review path on real parts: drafts written by the service's DraftNoteWriter into the sandbox EHR
+ * (mounted on the service app at /sandbox/fhir, seeded with the project's synthetic patients), the SMART launch through the strict test authorization server (which proxies FHIR calls only with a
  * valid user token), the real draft lifecycle acting with the clinician's token, and Chromium clicking
  * through the page. Afterwards the chart itself is checked: final with authenticator and a sign-off Provenance,
  * or entered-in-error with a rejection Provenance.
@@ -30,7 +33,9 @@ const artifacts = path.resolve('test/artifacts');
 const axeSource = readFileSync(path.resolve('node_modules/axe-core/axe.min.js'), 'utf8');
 const identifierSystem = 'urn:ehr-draft-agent:draft';
 
-let fhir: MedplumFhirServer;
+let sandbox: SandboxEhr;
+/** The service's own access to the sandbox (no token), for writing drafts and checking the chart. */
+let serviceClient: FhirClient;
 let harness: ReviewHarness;
 let browser: Browser;
 let store: SqliteDraftStore;
@@ -38,6 +43,7 @@ let patient: Patient;
 let otherPatient: Patient;
 let practitioner: Practitioner;
 let observation: Observation;
+let observationValue: string;
 let summaryDraft: DocumentReference;
 let briefingDraft: DocumentReference;
 let otherPatientDraft: DocumentReference;
@@ -74,66 +80,69 @@ async function noSeriousViolations(page: Page, name: string) {
 }
 
 async function provenanceFor(documentId: string): Promise<Provenance[]> {
-  const all = await fhir.all<Provenance>('Provenance');
+  const all = await serviceClient.search<Provenance>('Provenance', { _count: 500 });
   return all.filter((provenance) =>
     provenance.target.some((target) => target.reference?.startsWith(`DocumentReference/${documentId}`)),
   );
 }
 
-describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and FHIR engine', () => {
+function first<T extends FhirResource>(
+  resources: FhirResource[],
+  test: (resource: FhirResource) => boolean,
+): T {
+  const found = resources.find(test);
+  if (!found) throw new Error('the synthetic patient lacks a resource this test needs');
+  return found as T;
+}
+
+describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and the sandbox EHR', () => {
   beforeAll(async () => {
     mkdirSync(artifacts, { recursive: true });
-    fhir = await startMedplumFhirServer();
-    patient = await fhir.create<Patient>({
-      resourceType: 'Patient',
-      name: [{ given: ['Grace'], family: 'Sample' }],
+    sandbox = createSandboxEhr();
+    const [chart, otherChart] = generatePatients({ count: 2, seed: 20261127 });
+    practitioner = { resourceType: 'Practitioner', id: 'sbx-reviewer', name: [{ family: 'Reviewer' }] };
+    await sandbox.seed([...chart.resources, ...otherChart.resources, practitioner]);
+    patient = first<Patient>(chart.resources, (resource) => resource.resourceType === 'Patient');
+    otherPatient = first<Patient>(otherChart.resources, (resource) => resource.resourceType === 'Patient');
+    const encounter = first<Encounter>(chart.resources, (resource) => resource.resourceType === 'Encounter');
+    const otherEncounter = first<Encounter>(
+      otherChart.resources,
+      (resource) => resource.resourceType === 'Encounter',
+    );
+    observation = first<Observation>(
+      chart.resources,
+      (resource) => resource.resourceType === 'Observation' && resource.valueQuantity?.value !== undefined,
+    );
+    const condition = first<Condition>(chart.resources, (resource) => resource.resourceType === 'Condition');
+
+    store = new SqliteDraftStore(':memory:');
+    const lifecycle = createDraftLifecycle({
+      mode: 'write',
+      identifierSystem,
+      store,
+      requestRegeneration: (encounterId, kind) => {
+        regenerationRequests.push({ encounterId, kind });
+      },
     });
-    otherPatient = await fhir.create<Patient>({
-      resourceType: 'Patient',
-      name: [{ family: 'Other' }],
-    });
-    practitioner = await fhir.create<Practitioner>({
-      resourceType: 'Practitioner',
-      name: [{ family: 'Reviewer' }],
-    });
-    const subject = { reference: `Patient/${patient.id}` };
-    const encounter = await fhir.create<Encounter>({
-      resourceType: 'Encounter',
-      status: 'finished',
-      class: { code: 'AMB' },
-      subject,
-      period: { start: '2026-11-26T09:00:00Z', end: '2026-11-26T09:30:00Z' },
-    });
-    const otherEncounter = await fhir.create<Encounter>({
-      resourceType: 'Encounter',
-      status: 'finished',
-      class: { code: 'AMB' },
-      subject: { reference: `Patient/${otherPatient.id}` },
-    });
-    observation = await fhir.create<Observation>({
-      resourceType: 'Observation',
-      status: 'final',
-      code: { text: 'Hemoglobin A1c' },
-      subject,
-      valueQuantity: { value: 8.4, unit: '%' },
-      effectiveDateTime: '2026-11-20',
-    });
-    const condition = await fhir.create<Condition>({
-      resourceType: 'Condition',
-      code: { text: 'Type 2 diabetes mellitus' },
-      subject,
+    harness = await startReviewHarness({
+      // The authorization server gates the sandbox: FHIR calls with the clinician's token go through it.
+      authorization: (serviceUrl) => ({ fhirUpstream: `${serviceUrl}/sandbox/fhir` }),
+      lifecycle,
+      routers: () => [{ path: '/sandbox/fhir', router: sandboxRouter(sandbox) }],
     });
 
-    // The service writes the drafts with its own client, straight to the FHIR server.
-    const serviceClient = new FhirClient({ baseUrl: fhir.baseUrl });
+    // The service writes the drafts with its own access, as the pipeline does in sandbox mode.
+    serviceClient = new FhirClient({ baseUrl: `${harness.serviceUrl}/sandbox/fhir` });
     const writer = new DraftNoteWriter(serviceClient, identifierSystem);
-    const now = new Date('2026-11-26T10:00:00Z');
+    const now = new Date();
+    const value = `${observation.valueQuantity?.value} ${observation.valueQuantity?.unit ?? ''}`.trim();
+    observationValue = value;
     summaryDraft = (
       await writer.write(
         content(
           'progress-summary',
           'Progress summary',
-          `Type 2 diabetes [Condition/${condition.id}], HbA1c 8.4% [Observation/${observation.id}].`,
+          `Known condition [Condition/${condition.id}]. Latest result ${value} [Observation/${observation.id}].`,
           [`Condition/${condition.id}`, `Observation/${observation.id}`],
         ),
         patient,
@@ -143,7 +152,7 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and FHI
     ).draft;
     briefingDraft = (
       await writer.write(
-        content('previsit-briefing', 'Pre-visit briefing', `Recheck HbA1c [Observation/${observation.id}].`, [
+        content('previsit-briefing', 'Pre-visit briefing', `Recheck [Observation/${observation.id}].`, [
           `Observation/${observation.id}`,
         ]),
         patient,
@@ -159,17 +168,6 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and FHI
         now,
       )
     ).draft;
-
-    store = new SqliteDraftStore(':memory:');
-    const lifecycle = createDraftLifecycle({
-      mode: 'write',
-      identifierSystem,
-      store,
-      requestRegeneration: (encounterId, kind) => {
-        regenerationRequests.push({ encounterId, kind });
-      },
-    });
-    harness = await startReviewHarness({ authorization: { fhirUpstream: fhir.baseUrl }, lifecycle });
     browser = await chromium.launch({
       executablePath: chromiumPath,
       headless: true,
@@ -189,7 +187,7 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and FHI
     await browser?.close();
     await harness?.close();
     await store?.close();
-    await fhir?.close();
+    await sandbox?.close();
   });
 
   it('launch -> list -> citation -> edit -> sign: the note is final, authenticated, with a sign-off Provenance', async () => {
@@ -201,7 +199,9 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and FHI
     expect(new URL(page.url()).pathname).toBe('/review');
     const summary = page.locator(`article[data-draft-id="${summaryDraft.id}"]`);
     await summary.waitFor();
-    await expect.poll(() => page.locator('#patient-line').textContent()).toContain('Grace Sample');
+    await expect
+      .poll(() => page.locator('#patient-line').textContent())
+      .toContain(patient.name?.[0]?.family ?? '');
     expect(await page.locator('article.draft').count()).toBe(2);
     expect(await page.locator(`article[data-draft-id="${otherPatientDraft.id}"]`).count()).toBe(0);
     expect(
@@ -212,14 +212,14 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and FHI
 
     await summary.getByRole('button', { name: `Open cited source [Observation/${observation.id}]` }).click();
     const dialog = page.getByRole('dialog');
-    await expect.poll(() => dialog.locator('#citation-fields').textContent()).toContain('8.4 %');
+    await expect.poll(() => dialog.locator('#citation-fields').textContent()).toContain(observationValue);
     await page.screenshot({ path: path.join(artifacts, 'lifecycle-citation.png') });
     await dialog.getByRole('button', { name: 'Close' }).click();
 
     await summary.getByRole('button', { name: 'Edit text: Progress summary' }).click();
     await summary
       .getByRole('textbox', { name: 'Edit text: Progress summary' })
-      .fill(`HbA1c 8.4% [Observation/${observation.id}], above target. Plan: intensify therapy.`);
+      .fill(`Latest result ${observationValue} [Observation/${observation.id}]. Plan: intensify therapy.`);
     await summary.getByRole('button', { name: 'Save edit' }).click();
     await expect.poll(() => page.locator('#status').textContent()).toContain('Edit saved');
     await page
@@ -232,7 +232,10 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and FHI
     ).toBe('Signed');
     await page.screenshot({ path: path.join(artifacts, 'lifecycle-signed.png'), fullPage: true });
 
-    const signed = await fhir.read<DocumentReference>('DocumentReference', summaryDraft.id as string);
+    const signed = await serviceClient.read<DocumentReference>(
+      'DocumentReference',
+      summaryDraft.id as string,
+    );
     expect(signed.docStatus).toBe('final');
     expect(signed.authenticator?.reference).toBe(`Practitioner/${practitioner.id}`);
     expect(Buffer.from(signed.content[0].attachment.data as string, 'base64').toString('utf8')).toContain(
@@ -270,7 +273,10 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and FHI
       await page.locator(`article[data-draft-id="${briefingDraft.id}"] .status-badge`).textContent(),
     ).toBe('Rejected');
 
-    const rejected = await fhir.read<DocumentReference>('DocumentReference', briefingDraft.id as string);
+    const rejected = await serviceClient.read<DocumentReference>(
+      'DocumentReference',
+      briefingDraft.id as string,
+    );
     expect(rejected.status).toBe('entered-in-error');
     const nullify = (await provenanceFor(briefingDraft.id as string)).find(
       (entry) => entry.activity?.coding?.[0]?.code === 'NULLIFY',
