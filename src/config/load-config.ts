@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { isMap, isScalar, LineCounter, parseDocument } from 'yaml';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { configSchema, type ServiceConfig } from './config-schema.ts';
 
 /**
@@ -43,9 +43,44 @@ function setPath(tree: Tree, keys: string[], value: unknown): void {
   node[keys[keys.length - 1]] = value;
 }
 
-function parseEnvValue(raw: string): unknown {
-  // Maps and lists (triggers, scopes) may be given as JSON; everything else stays a string and zod coerces.
+type JsonSchemaNode = {
+  type?: string | string[];
+  properties?: Record<string, JsonSchemaNode>;
+  additionalProperties?: JsonSchemaNode | boolean;
+  anyOf?: JsonSchemaNode[];
+  oneOf?: JsonSchemaNode[];
+  allOf?: JsonSchemaNode[];
+};
+
+let configJsonSchema: JsonSchemaNode | undefined;
+
+/** The JSON types the schema accepts at a key path, so environment strings can become numbers, booleans or lists. */
+function expectedTypesAt(keys: string[]): Set<string> {
+  configJsonSchema ??= z.toJSONSchema(configSchema, {
+    io: 'input',
+    unrepresentable: 'any',
+  }) as JsonSchemaNode;
+  let nodes: JsonSchemaNode[] = [configJsonSchema];
+  const expand = (node: JsonSchemaNode): JsonSchemaNode[] => [
+    node,
+    ...[...(node.anyOf ?? []), ...(node.oneOf ?? []), ...(node.allOf ?? [])].flatMap(expand),
+  ];
+  for (const key of keys) {
+    nodes = nodes.flatMap(expand).flatMap((node) => {
+      const child =
+        node.properties?.[key] ??
+        (typeof node.additionalProperties === 'object' ? node.additionalProperties : undefined);
+      return child ? [child] : [];
+    });
+  }
+  const types = new Set<string>();
+  for (const node of nodes.flatMap(expand)) for (const type of [node.type ?? []].flat()) types.add(type);
+  return types;
+}
+
+function parseEnvValue(raw: string, keys: string[]): unknown {
   const trimmed = raw.trim();
+  // Maps and lists (triggers, scopes) may be given as JSON.
   if (trimmed.startsWith('{') || trimmed.startsWith('[')) {
     try {
       return JSON.parse(trimmed);
@@ -53,6 +88,12 @@ function parseEnvValue(raw: string): unknown {
       return raw;
     }
   }
+  const types = expectedTypesAt(keys);
+  if (types.has('string')) return raw;
+  if ((types.has('number') || types.has('integer')) && trimmed !== '' && Number.isFinite(Number(trimmed)))
+    return Number(trimmed);
+  if (types.has('boolean') && (trimmed === 'true' || trimmed === 'false')) return trimmed === 'true';
+  if (types.has('array')) return trimmed.split(/[\s,]+/).filter(Boolean);
   return raw;
 }
 
@@ -68,7 +109,7 @@ export function environmentTree(env: NodeJS.ProcessEnv): { tree: Tree; sources: 
       keys = aliases[name];
     }
     if (!keys) continue;
-    setPath(tree, keys, parseEnvValue(value));
+    setPath(tree, keys, parseEnvValue(value, keys));
     sources.set(keys.join('.'), `environment variable ${name}`);
   }
   return { tree, sources };
