@@ -5,6 +5,7 @@ import type { IntakeConfig } from '../config/intake-config.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
 import type { JobQueue } from '../queue/job-queue.ts';
+import { enqueueFromCdsHook } from './cds-hook-events.ts';
 import { EventCounterTracker } from './event-counter-tracker.ts';
 import { EventIntake } from './event-intake.ts';
 import { IntakeStateStore } from './intake-state-store.ts';
@@ -46,6 +47,15 @@ export class IntakeService {
       onQueued: options.onQueued,
       requestReconcile: (reason) => this.reconciler?.trigger(reason),
     });
+  }
+
+  /**
+   * A CDS Hooks call as an event (encounter-start -> pre-visit briefing, encounter-discharge ->
+   * progress summary). For the CDS Hooks router: call it with the hook name and the request context.
+   */
+  async enqueueFromCdsHook(hook: string, context: unknown): Promise<{ queued: number }> {
+    if (!this.#options.config.sources.cdsHooks) return { queued: 0 };
+    return enqueueFromCdsHook(this.intake, hook, context);
   }
 
   /** What /notify needs (pass as AppOptions.notify). */

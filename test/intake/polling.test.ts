@@ -94,14 +94,11 @@ describe('polling reconciler', () => {
     expect(pending).toHaveLength(21);
 
     // A new version of a known encounter is a new event.
-    standIn.write({
-      ...standIn.all('Encounter').find((encounter) => encounter.id === ids[3]),
-      status: 'finished',
-    });
+    standIn.write({ ...standIn.get('Encounter', ids[3]), status: 'finished' });
     expect((await rig.reconciler.request('test')).queued).toBe(0); // collapses: a job for it is still waiting
     const claimed = await rig.queue.claim('w');
     await rig.queue.complete(claimed?.id as string, 'draft-created');
-    standIn.write({ ...standIn.all('Encounter').find((encounter) => encounter.id === claimed?.encounterId) });
+    standIn.write(standIn.get('Encounter', claimed?.encounterId as string));
     expect((await rig.reconciler.request('test')).queued).toBe(1);
   });
 

@@ -47,7 +47,7 @@ describe('subscription ensure', () => {
     expect((await ensureSubscription(fhir, spec)).action).toBe('found');
     expect(standIn.all('Subscription')).toHaveLength(1);
 
-    standIn.write({ ...(standIn.all('Subscription')[0] as Subscription), status: 'error' } as never);
+    standIn.write({ ...standIn.all('Subscription')[0], status: 'error' });
     const reactivated = await ensureSubscription(fhir, spec);
     expect(reactivated.action).toBe('reactivated');
     expect(reactivated.subscription.status).toBe('requested');
@@ -85,15 +85,17 @@ describe('heartbeat watchdog', () => {
       () => ids.every((id) => draftsByEncounter(harness.standIn).get(id) === 1),
       'drafts of the missed events',
     );
-    const requests = harness.standIn.requests;
-    expect(requests).toContain('GET /Subscription/silent/$status');
-    expect(
-      requests.some((request) =>
+    const requested = (check: (request: string) => boolean, what: string) =>
+      waitFor(() => harness.standIn.requests.some(check), what);
+    await requested((request) => request === 'GET /Subscription/silent/$status', '$status');
+    // $status reported two events we never got: after the grace period $events fetches them.
+    await requested(
+      (request) =>
         request.startsWith('GET /Subscription/silent/$events?eventsSinceNumber=1&eventsUntilNumber=2'),
-      ),
-    ).toBe(true);
-    expect(requests.some((request) => request.startsWith('GET /Encounter?_lastUpdated'))).toBe(true);
-    expect(requests).toContain('PUT /Subscription/silent');
+      '$events',
+    );
+    await requested((request) => request.startsWith('GET /Encounter?_lastUpdated'), 'a reconcile');
+    await requested((request) => request === 'PUT /Subscription/silent', 'reactivation');
     expect((harness.standIn.all('Subscription')[0] as { status?: string }).status).toBe('requested');
     expect(
       await harness.metric('ehr_agent_reconciliations_total', {

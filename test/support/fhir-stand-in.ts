@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
  * operations $status and $events. Tests can write resources with a chosen lastUpdated (a late commit)
  * and read counters of what was created.
  */
+export type StandInResource = Resource;
 type Resource = {
   resourceType: string;
   id?: string;
@@ -30,6 +31,8 @@ export interface FhirStandIn {
   write(resource: Resource, options?: { lastUpdated?: string }): Resource;
   remove(resourceType: string, id: string): void;
   all(resourceType: string): Resource[];
+  /** The current version of one resource (throws when absent, to keep tests short). */
+  get(resourceType: string, id: string): Resource;
   /** Successful creates (201) per resourceType. */
   created: Map<string, number>;
   /** Every request, as `METHOD path`. */
@@ -314,6 +317,11 @@ export async function startFhirStandIn(options: FhirStandInOptions = {}): Promis
     remove(resourceType, id) {
       const entry = table(resourceType).get(id);
       if (entry) entry.deleted = true;
+    },
+    get(resourceType, id) {
+      const entry = table(resourceType).get(id);
+      if (!entry) throw new Error(`${resourceType}/${id} is not in the stand-in`);
+      return entry.current;
     },
     all: (resourceType) =>
       [...table(resourceType).values()].filter((entry) => !entry.deleted).map((entry) => entry.current),
