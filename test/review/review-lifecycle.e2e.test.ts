@@ -12,7 +12,7 @@ import type {
 } from 'fhir/r4.js';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createDraftLifecycle } from '../../fhir/draft-lifecycle.ts';
+import { createDraftLifecycle, type DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
 import { type DraftContent, DraftNoteWriter } from '../../fhir/draft-note.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
@@ -47,6 +47,8 @@ let observationValue: string;
 let summaryDraft: DocumentReference;
 let briefingDraft: DocumentReference;
 let otherPatientDraft: DocumentReference;
+let heldDraftId: string;
+let heldEncounterId: string;
 const regenerationRequests: { encounterId: string; kind: string }[] = [];
 
 function content(kind: string, title: string, text: string, sources: string[]): DraftContent {
@@ -116,23 +118,26 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and the
     const condition = first<Condition>(chart.resources, (resource) => resource.resourceType === 'Condition');
 
     store = new SqliteDraftStore(':memory:');
-    const lifecycle = createDraftLifecycle({
-      mode: 'write',
-      identifierSystem,
-      store,
-      requestRegeneration: (encounterId, kind) => {
-        regenerationRequests.push({ encounterId, kind });
-      },
-    });
+    // The lifecycle needs the service's own client, whose URL exists once the service listens.
+    let lifecycle: DraftLifecycle | undefined;
     harness = await startReviewHarness({
       // The authorization server gates the sandbox: FHIR calls with the clinician's token go through it.
       authorization: (serviceUrl) => ({ fhirUpstream: `${serviceUrl}/sandbox/fhir` }),
-      lifecycle,
+      lifecycle: { withClient: (client) => (lifecycle as DraftLifecycle).withClient(client) },
       routers: () => [{ path: '/sandbox/fhir', router: sandboxRouter(sandbox) }],
     });
 
     // The service writes the drafts with its own access, as the pipeline does in sandbox mode.
     serviceClient = new FhirClient({ baseUrl: `${harness.serviceUrl}/sandbox/fhir` });
+    lifecycle = createDraftLifecycle({
+      mode: 'write',
+      identifierSystem,
+      store,
+      serviceClient,
+      requestRegeneration: (encounterId, kind) => {
+        regenerationRequests.push({ encounterId, kind });
+      },
+    });
     const writer = new DraftNoteWriter(serviceClient, identifierSystem);
     const now = new Date();
     const value = `${observation.valueQuantity?.value} ${observation.valueQuantity?.unit ?? ''}`.trim();
@@ -168,6 +173,22 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and the
         now,
       )
     ).draft;
+    // A site in hold mode keeps the draft in the service's store; the EHR first sees it, final, at sign-off.
+    const laterEncounter = chart.resources.filter(
+      (resource) => resource.resourceType === 'Encounter',
+    )[1] as Encounter;
+    heldEncounterId = laterEncounter.id as string;
+    const heldWriter = new DraftNoteWriter(serviceClient, identifierSystem, { mode: 'hold', store });
+    heldDraftId = (
+      await heldWriter.write(
+        content('progress-summary', 'Held summary', `Held for sign-off [Observation/${observation.id}].`, [
+          `Observation/${observation.id}`,
+        ]),
+        patient,
+        laterEncounter,
+        now,
+      )
+    ).draft.id as string;
     browser = await chromium.launch({
       executablePath: chromiumPath,
       headless: true,
@@ -202,7 +223,7 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and the
     await expect
       .poll(() => page.locator('#patient-line').textContent())
       .toContain(patient.name?.[0]?.family ?? '');
-    expect(await page.locator('article.draft').count()).toBe(2);
+    expect(await page.locator('article.draft').count()).toBe(3);
     expect(await page.locator(`article[data-draft-id="${otherPatientDraft.id}"]`).count()).toBe(0);
     expect(
       await page.locator(`[data-group="briefing"] article[data-draft-id="${briefingDraft.id}"]`).count(),
@@ -289,6 +310,39 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and the
       return response.status;
     }, otherPatientDraft.id as string);
     expect(other).toBe(403);
+    await context.close();
+  });
+  it('a held draft (hold mode): regenerate is queued; sign-off writes the final note to the EHR for the first time', async () => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    await page.goto(
+      harness.launchUrl({ patient: patient.id as string, fhirUser: `Practitioner/${practitioner.id}` }),
+    );
+    const held = page.locator(`article[data-draft-id="${heldDraftId}"]`);
+    await held.waitFor();
+    expect(await held.locator('.draft-meta').textContent()).toContain('held until signed');
+
+    await held.getByRole('button', { name: 'Regenerate: Held summary' }).click();
+    await expect.poll(() => page.locator('#status').textContent()).toContain('new draft was requested');
+    expect(regenerationRequests).toContainEqual({ encounterId: heldEncounterId, kind: 'progress-summary' });
+
+    await page
+      .locator(`article[data-draft-id="${heldDraftId}"]`)
+      .getByRole('button', { name: 'Sign note: Held summary' })
+      .click();
+    await expect.poll(() => page.locator('#status').textContent()).toContain('Signed');
+    const stored = await store.get(heldDraftId);
+    expect(stored?.status).toBe('final');
+    const written = await serviceClient.read<DocumentReference>(
+      'DocumentReference',
+      stored?.fhirId as string,
+    );
+    expect(written.docStatus).toBe('final');
+    expect(written.authenticator?.reference).toBe(`Practitioner/${practitioner.id}`);
+    const signOff = (await provenanceFor(written.id as string)).find(
+      (entry) => entry.activity?.coding?.[0]?.code === 'AU',
+    );
+    expect(signOff?.agent[0].who?.reference).toBe(`Practitioner/${practitioner.id}`);
     await context.close();
   });
 });
