@@ -41,6 +41,9 @@ export interface LaunchTokenResult {
   /** Whether the EHR wants the app to show a patient banner (true unless the server says false). */
   needPatientBanner: boolean;
   fhirUser: string | undefined;
+  /** Present when the server granted online_access or offline_access; server-side only, like the access token. */
+  refreshToken: string | undefined;
+  tokenEndpoint: string;
 }
 
 /** 256 random bits, base64url: above the 122 bits SMART asks of `state` and within PKCE's 43-128 characters. */
@@ -148,6 +151,7 @@ const launchTokenResponseSchema = z
     id_token: z.string().optional(),
     patient: z.string().min(1).optional(),
     encounter: z.string().min(1).optional(),
+    refresh_token: z.string().min(1).optional(),
     need_patient_banner: z.boolean().optional(),
     /** SMART 2.2 context beyond patient/encounter, e.g. `[{ reference: 'Encounter/123' }]`. */
     fhirContext: z.array(z.object({ reference: z.string().optional() }).loose()).optional(),
@@ -214,46 +218,40 @@ function describeIdTokenFailure(error: unknown): string {
   return `the id_token could not be verified: ${(error as Error).message}`;
 }
 
-export async function completeLaunch(
-  pending: PendingLaunch,
-  options: {
-    code: string;
-    clientId: string;
-    /** For confidential clients: a fresh private_key_jwt assertion for the token endpoint. */
-    clientAssertion?: (tokenEndpoint: string) => Promise<string>;
-    fetch?: FetchFunction;
-    timeoutMs?: number;
-    now?: () => number;
-  },
-): Promise<LaunchTokenResult> {
-  const fetchFunction = options.fetch ?? fetch;
-  const timeoutMs = options.timeoutMs ?? 10_000;
-  const now = options.now ?? Date.now;
-  const tokenEndpoint = assertSafeEndpoint(pending.tokenEndpoint, 'the token endpoint').href;
-  const form = new URLSearchParams({
-    grant_type: 'authorization_code',
-    code: options.code,
-    redirect_uri: pending.redirectUri,
-    code_verifier: pending.codeVerifier,
-  });
+interface TokenRequestOptions {
+  clientId: string;
+  /** For confidential clients: a fresh private_key_jwt assertion for the token endpoint. */
+  clientAssertion?: (tokenEndpoint: string) => Promise<string>;
+  fetch?: FetchFunction;
+  timeoutMs?: number;
+  now?: () => number;
+}
+
+/** POSTs a grant to the token endpoint (never following redirects) and returns the validated token response. */
+async function requestLaunchToken(
+  tokenEndpointUrl: string,
+  form: URLSearchParams,
+  options: TokenRequestOptions,
+  what: string,
+): Promise<z.infer<typeof launchTokenResponseSchema>> {
+  const tokenEndpoint = assertSafeEndpoint(tokenEndpointUrl, 'the token endpoint').href;
   if (options.clientAssertion) {
     form.set('client_assertion_type', clientAssertionType);
     form.set('client_assertion', await options.clientAssertion(tokenEndpoint));
   } else {
     form.set('client_id', options.clientId);
   }
-  const requestedAt = now();
   let response: Response;
   try {
-    response = await fetchFunction(tokenEndpoint, {
+    response = await (options.fetch ?? fetch)(tokenEndpoint, {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
       body: form,
       redirect: 'error',
-      signal: AbortSignal.timeout(timeoutMs),
+      signal: AbortSignal.timeout(options.timeoutMs ?? 10_000),
     });
   } catch (error) {
-    throw outcomeError('transient', `the code exchange failed: ${(error as Error).message}`, 503);
+    throw outcomeError('transient', `the ${what} failed: ${(error as Error).message}`, 503);
   }
   const body = await response.json().catch(() => undefined);
   if (!response.ok) {
@@ -262,7 +260,7 @@ export async function completeLaunch(
       .filter((part) => typeof part === 'string')
       .join(': ');
     throw launchRefused(
-      `the authorization server refused the code (HTTP ${response.status}${reason ? `: ${reason.slice(0, 300)}` : ''})`,
+      `the authorization server refused the ${what} (HTTP ${response.status}${reason ? `: ${reason.slice(0, 300)}` : ''})`,
     );
   }
   const parsed = launchTokenResponseSchema.safeParse(body);
@@ -272,7 +270,54 @@ export async function completeLaunch(
       502,
     );
   }
-  const tokenResponse = parsed.data;
+  return parsed.data;
+}
+
+/**
+ * Renews a launch's access token with its refresh token (granted for online_access or offline_access). The
+ * patient must stay the same: a server answering with another patient is refused.
+ */
+export async function refreshLaunch(
+  grant: { tokenEndpoint: string; refreshToken: string; patient: string },
+  options: TokenRequestOptions,
+): Promise<{ accessToken: string; expiresAt: number; scopes: string[] | undefined; refreshToken: string }> {
+  const requestedAt = (options.now ?? Date.now)();
+  const tokenResponse = await requestLaunchToken(
+    grant.tokenEndpoint,
+    new URLSearchParams({ grant_type: 'refresh_token', refresh_token: grant.refreshToken }),
+    options,
+    'token refresh',
+  );
+  if (tokenResponse.patient && tokenResponse.patient !== grant.patient) {
+    throw launchRefused('the refreshed token is for another patient', 502);
+  }
+  return {
+    accessToken: tokenResponse.access_token,
+    expiresAt: requestedAt + (tokenResponse.expires_in ?? 300) * 1000,
+    scopes: tokenResponse.scope?.split(/\s+/).filter(Boolean),
+    refreshToken: tokenResponse.refresh_token ?? grant.refreshToken,
+  };
+}
+
+export async function completeLaunch(
+  pending: PendingLaunch,
+  options: TokenRequestOptions & { code: string },
+): Promise<LaunchTokenResult> {
+  const fetchFunction = options.fetch ?? fetch;
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const now = options.now ?? Date.now;
+  const requestedAt = now();
+  const tokenResponse = await requestLaunchToken(
+    pending.tokenEndpoint,
+    new URLSearchParams({
+      grant_type: 'authorization_code',
+      code: options.code,
+      redirect_uri: pending.redirectUri,
+      code_verifier: pending.codeVerifier,
+    }),
+    options,
+    'code',
+  );
 
   let fhirUser: string | undefined;
   if (pending.scopes.includes('openid')) {
@@ -309,5 +354,7 @@ export async function completeLaunch(
     encounter: tokenResponse.encounter ?? encounterFromFhirContext(tokenResponse.fhirContext),
     needPatientBanner: tokenResponse.need_patient_banner ?? true,
     fhirUser,
+    refreshToken: tokenResponse.refresh_token,
+    tokenEndpoint: pending.tokenEndpoint,
   };
 }

@@ -66,8 +66,12 @@ export interface SessionManager<T> {
   readonly cookieName: string;
   /** The session the request's cookie names, if it exists and has not expired. */
   load(request: IncomingMessage): Promise<{ id: string; data: T } | undefined>;
+  /** The session with this id (for work that outlives the request that started it). */
+  loadById(id: string): Promise<{ id: string; data: T } | undefined>;
   /** Saves under the given id, or a new one (then sets the cookie). Returns the id. */
   save(response: ServerResponse, id: string | undefined, data: T, ttlSeconds: number): Promise<string>;
+  /** Saves under an existing id without touching the cookie (background changes such as a token refresh). */
+  update(id: string, data: T, ttlSeconds: number): Promise<void>;
   /** A new id for the same data (after login, against session fixation); the old id stops working. */
   rotate(response: ServerResponse, oldId: string, data: T, ttlSeconds: number): Promise<string>;
   destroy(response: ServerResponse, id: string): Promise<void>;
@@ -134,11 +138,18 @@ export function createSessionManager<T>(options: {
       const data = await options.store.get(storeKey(id));
       return data === undefined ? undefined : { id, data };
     },
+    async loadById(id) {
+      const data = await options.store.get(storeKey(id));
+      return data === undefined ? undefined : { id, data };
+    },
     async save(response, id, data, ttlSeconds) {
       const sessionId = id ?? randomBytes(32).toString('base64url');
       await options.store.set(storeKey(sessionId), data, ttlSeconds);
       setCookie(response, sessionId, ttlSeconds);
       return sessionId;
+    },
+    async update(id, data, ttlSeconds) {
+      await options.store.set(storeKey(id), data, ttlSeconds);
     },
     async rotate(response, oldId, data, ttlSeconds) {
       await options.store.delete(storeKey(oldId));

@@ -8,6 +8,7 @@ import {
   completeLaunch,
   findAllowedIssuer,
   type PendingLaunch,
+  refreshLaunch,
 } from '../../fhir/smart-app-launch.ts';
 import { createClientAssertion } from '../../fhir/smart-backend-auth.ts';
 import {
@@ -49,6 +50,8 @@ export interface LaunchContext {
 export interface SmartSessionData {
   pendingLaunches: Record<string, PendingLaunch>;
   launches: Record<string, LaunchContext>;
+  /** Refresh tokens by launch id (online_access/offline_access), kept apart so the API never sees them. */
+  refreshGrants?: Record<string, { refreshToken: string; tokenEndpoint: string }>;
 }
 
 export interface SmartLaunchOptions {
@@ -140,9 +143,15 @@ function dropExpired(data: SmartSessionData, now: number): void {
     if (pending.createdAt + pendingLaunchTtlSeconds * 1000 <= now) delete data.pendingLaunches[state];
   }
   for (const [launchId, context] of Object.entries(data.launches)) {
-    if (context.expiresAt <= now) delete data.launches[launchId];
+    if (context.expiresAt <= now && !data.refreshGrants?.[launchId]) delete data.launches[launchId];
+  }
+  for (const launchId of Object.keys(data.refreshGrants ?? {})) {
+    if (!Object.hasOwn(data.launches, launchId)) delete data.refreshGrants?.[launchId];
   }
 }
+
+/** Renew a little before expiry so a FHIR call made with the token does not meet an expired one. */
+const refreshMarginMilliseconds = 60_000;
 
 /** Keeps the newest `limit` entries of a record ordered by a timestamp. */
 function keepNewest<T>(record: Record<string, T>, limit: number, timeOf: (value: T) => number): void {
@@ -324,12 +333,20 @@ export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
         now,
       });
       const launchId = randomBytes(16).toString('base64url');
+      const { refreshToken, tokenEndpoint, ...visible } = result;
       session.data.launches[launchId] = {
         launchId,
-        ...result,
+        ...visible,
         csrfToken: randomBytes(32).toString('base64url'),
       };
+      if (refreshToken) {
+        session.data.refreshGrants = {
+          ...session.data.refreshGrants,
+          [launchId]: { refreshToken, tokenEndpoint },
+        };
+      }
       keepNewest(session.data.launches, maxLaunchesPerSession, (value) => value.expiresAt);
+      dropExpired(session.data, now());
       // A fresh session id now that the session carries a user's token (no fixation by a planted cookie).
       await sessions.rotate(response, session.id, session.data, config.sessionTtlSeconds);
       options.logger?.info({ standalone: pending.standalone }, 'smart launch completed');
@@ -343,17 +360,87 @@ export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
     }
   });
 
+  // One refresh per launch at a time in this process; concurrent API calls wait for the same one.
+  const refreshesInFlight = new Map<string, Promise<LaunchContext | undefined>>();
+
+  async function refresh(sessionId: string, launchId: string): Promise<LaunchContext | undefined> {
+    const before = await sessions.loadById(sessionId);
+    const grant = before?.data.refreshGrants?.[launchId];
+    const context = before?.data.launches[launchId];
+    if (!grant || !context || !config) return undefined;
+    let renewed: Awaited<ReturnType<typeof refreshLaunch>> | undefined;
+    try {
+      const signingKey = options.signingKey;
+      renewed = await refreshLaunch(
+        { ...grant, patient: context.patient },
+        {
+          clientId: config.clientId,
+          clientAssertion:
+            config.clientAuthentication === 'private_key_jwt' && signingKey
+              ? (tokenUrl) => createClientAssertion(signingKey, { clientId: config.clientId, tokenUrl, now })
+              : undefined,
+          fetch: options.fetch,
+          timeoutMs: config.requestTimeoutMs,
+          now,
+        },
+      );
+    } catch (error) {
+      options.logger?.warn(
+        { reason: normalizeOperationOutcome(error).message },
+        'smart token refresh failed',
+      );
+    }
+    // Apply the outcome to the session as it is now, not as it was before the request.
+    const latest = await sessions.loadById(sessionId);
+    if (!latest?.data.launches[launchId]) return undefined;
+    if (renewed) {
+      const updated: LaunchContext = {
+        ...latest.data.launches[launchId],
+        accessToken: renewed.accessToken,
+        expiresAt: renewed.expiresAt,
+        scopes: renewed.scopes ?? latest.data.launches[launchId].scopes,
+      };
+      latest.data.launches[launchId] = updated;
+      latest.data.refreshGrants = {
+        ...latest.data.refreshGrants,
+        [launchId]: { refreshToken: renewed.refreshToken, tokenEndpoint: grant.tokenEndpoint },
+      };
+      await sessions.update(sessionId, latest.data, config.sessionTtlSeconds);
+      return updated;
+    }
+    delete latest.data.launches[launchId];
+    delete latest.data.refreshGrants?.[launchId];
+    await sessions.update(sessionId, latest.data, config.sessionTtlSeconds);
+    return undefined;
+  }
+
   async function getLaunchContext(request: Request): Promise<LaunchContext | undefined> {
     const session = await sessions.load(request);
     if (!session) return undefined;
     const current = now();
-    const active = Object.values(session.data.launches).filter((context) => context.expiresAt > current);
+    const usable = Object.values(session.data.launches).filter(
+      (context) => context.expiresAt > current || Boolean(session.data.refreshGrants?.[context.launchId]),
+    );
     const headerValue = request.get(launchContextHeader);
     const queryValue = typeof request.query.context === 'string' ? request.query.context : undefined;
     const wanted = headerValue ?? queryValue;
-    if (wanted) return active.find((context) => context.launchId === wanted);
     // Without an id, only an unambiguous session answers: never guess between two patients.
-    return active.length === 1 ? active[0] : undefined;
+    const context = wanted
+      ? usable.find((candidate) => candidate.launchId === wanted)
+      : usable.length === 1
+        ? usable[0]
+        : undefined;
+    if (!context) return undefined;
+    if (context.expiresAt - refreshMarginMilliseconds > current) return context;
+    if (!session.data.refreshGrants?.[context.launchId])
+      return context.expiresAt > current ? context : undefined;
+    const key = `${session.id} ${context.launchId}`;
+    let inFlight = refreshesInFlight.get(key);
+    if (!inFlight) {
+      inFlight = refresh(session.id, context.launchId).finally(() => refreshesInFlight.delete(key));
+      refreshesInFlight.set(key, inFlight);
+    }
+    return inFlight;
   }
 
   function verifyCsrfToken(request: Request, context: LaunchContext): boolean {

@@ -471,6 +471,45 @@ describe('SMART launch variants', () => {
     }
   });
 
+  it('renews an expiring user token with the refresh token (online_access), once for concurrent calls', async () => {
+    let clock = Date.now();
+    const refreshing = await startService({
+      clientId: 'refreshing-review-app',
+      config: { scopes: `launch openid fhirUser online_access ${launchScopes.join(' ')}` },
+      now: () => clock,
+    });
+    try {
+      const browser = new Browser();
+      await ehrLaunch(browser, 'patient-1', refreshing.url);
+      const first = (await (await browser.get(`${refreshing.url}/api/context`)).json()) as LaunchContext;
+      const refreshCount = () =>
+        authorizationServer.tokenRequests.filter(
+          (request) => request.grantType === 'refresh_token' && request.outcome === 'issued',
+        ).length;
+      const before = refreshCount();
+      clock += (authorizationServer.misbehave.accessTokenLifetimeSeconds - 30) * 1000;
+      const responses = await Promise.all(
+        Array.from({ length: 5 }, () => browser.get(`${refreshing.url}/api/context`)),
+      );
+      const renewed = (await Promise.all(responses.map((response) => response.json()))) as (LaunchContext & {
+        tokenWorks: boolean;
+      })[];
+      expect(refreshCount() - before).toBe(1);
+      for (const context of renewed) {
+        expect(context).toMatchObject({ patient: 'patient-1', tokenWorks: true, csrfToken: first.csrfToken });
+        expect(context.expiresAt).toBeGreaterThan(first.expiresAt);
+      }
+      // The refresh token never reaches the browser.
+      expect(JSON.stringify(renewed)).not.toMatch(/refresh/i);
+
+      authorizationServer.revokeAllRefreshTokens();
+      clock += authorizationServer.misbehave.accessTokenLifetimeSeconds * 1000;
+      expect((await browser.get(`${refreshing.url}/api/context`)).status).toBe(401);
+    } finally {
+      await refreshing.close();
+    }
+  });
+
   it('reuses a discovered smart-configuration between launches when caching is on', async () => {
     const cached = await startService({
       clientId: 'cached-review-app',

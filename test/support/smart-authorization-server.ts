@@ -92,6 +92,8 @@ export interface SmartAuthorizationServer {
   setStandaloneContext(context: LaunchContextSeed): void;
   /** Makes every issued access token invalid, as after a key rotation on the server. */
   revokeAllAccessTokens(): void;
+  /** Makes every refresh token invalid, as when the user signs out of the EHR. */
+  revokeAllRefreshTokens(): void;
   /** The token behind an Authorization header, if it is valid now. */
   checkBearer(authorization: string | undefined): IssuedAccessToken | undefined;
   close(): Promise<void>;
@@ -158,6 +160,7 @@ export async function startSmartAuthorizationServer(
   let standaloneContext: LaunchContextSeed | undefined;
   const seenJti = new Map<string, number>();
   const accessTokens = new Map<string, IssuedAccessToken>();
+  const refreshTokens = new Map<string, { clientId: string; scopes: string[]; context: LaunchContextSeed }>();
   const codes = new Map<
     string,
     {
@@ -362,6 +365,41 @@ export async function startSmartAuthorizationServer(
       ...(grant.scopes.includes('openid')
         ? { id_token: await idTokenFor(grant.clientId, grant.context) }
         : {}),
+      ...(grant.scopes.some((scope) => scope === 'online_access' || scope === 'offline_access')
+        ? { refresh_token: issueRefreshToken(grant.clientId, grant.scopes, grant.context) }
+        : {}),
+    };
+  }
+
+  function issueRefreshToken(clientId: string, scopes: string[], context: LaunchContextSeed): string {
+    const token = randomId();
+    refreshTokens.set(token, { clientId, scopes, context });
+    return token;
+  }
+
+  /** Refresh tokens rotate: each use returns a new one and retires the old. */
+  async function refreshTokenGrant(form: URLSearchParams, record: TokenRequestRecord) {
+    const presented = form.get('refresh_token') ?? '';
+    const grant = refreshTokens.get(presented);
+    if (!grant) throw new OAuthError('invalid_grant', 'unknown or used refresh token');
+    let clientId = form.get('client_id') ?? undefined;
+    if (form.has('client_assertion')) clientId = (await authenticateAssertion(form, record)).clientId;
+    record.clientId = clientId;
+    if (clientId !== grant.clientId) throw new OAuthError('invalid_grant', 'refresh token of another client');
+    refreshTokens.delete(presented);
+    const issued = issueAccessToken({
+      clientId: grant.clientId,
+      scopes: grant.scopes,
+      patient: grant.context.patient,
+      encounter: grant.context.encounter,
+    });
+    return {
+      access_token: issued.token,
+      token_type: 'Bearer',
+      expires_in: misbehave.accessTokenLifetimeSeconds,
+      scope: grant.scopes.join(' '),
+      patient: grant.context.patient,
+      refresh_token: issueRefreshToken(grant.clientId, grant.scopes, grant.context),
     };
   }
 
@@ -378,6 +416,7 @@ export async function startSmartAuthorizationServer(
       let body: unknown;
       if (record.grantType === 'client_credentials') body = await clientCredentials(form, record);
       else if (record.grantType === 'authorization_code') body = await authorizationCode(form, record);
+      else if (record.grantType === 'refresh_token') body = await refreshTokenGrant(form, record);
       else throw new OAuthError('unsupported_grant_type', `grant_type ${record.grantType}`);
       record.outcome = 'issued';
       sendJson(response, 200, body);
@@ -430,7 +469,7 @@ export async function startSmartAuthorizationServer(
     const granted = scopes.filter(
       (scope) =>
         client.allowedScopes.includes(scope) ||
-        ['launch', 'launch/patient', 'openid', 'fhirUser'].includes(scope),
+        ['launch', 'launch/patient', 'openid', 'fhirUser', 'online_access', 'offline_access'].includes(scope),
     );
     const code = randomId();
     codes.set(code, {
@@ -602,6 +641,7 @@ export async function startSmartAuthorizationServer(
       standaloneContext = context;
     },
     revokeAllAccessTokens: () => accessTokens.clear(),
+    revokeAllRefreshTokens: () => refreshTokens.clear(),
     checkBearer,
     close: () =>
       new Promise<void>((resolve, reject) => {
