@@ -1,8 +1,51 @@
+import { allOk, created, multipleMatches, OperationOutcomeError, type SearchRequest } from '@medplum/core';
 import type { CreateResourceOptions } from '@medplum/fhir-router';
 import { MemoryRepository } from '@medplum/fhir-router';
 import type { Bundle, OperationOutcome, Resource } from '@medplum/fhirtypes';
 
 type SearchRequestLike = Parameters<MemoryRepository['conditionalCreate']>[1];
+
+/**
+ * Identifier values may contain `|` (the service's draft identifier is `<encounter>|<kind>|<version>`).
+ * Servers such as HAPI read `identifier=system|a|b` as system `system` and value `a|b` (and accept
+ * `\|` escapes); Medplum's memory search cuts the value at the second pipe and finds nothing, which
+ * would make conditional creates create duplicates. Such filters are matched here instead.
+ */
+function needsOwnIdentifierMatch(filter: { code: string; value: string }): boolean {
+  return filter.code === 'identifier' && (filter.value.split('|').length > 2 || filter.value.includes('\\|'));
+}
+
+function splitUnescaped(text: string, separator: string): string[] {
+  const parts: string[] = [];
+  let current = '';
+  for (let index = 0; index < text.length; index++) {
+    if (text[index] === '\\' && text[index + 1] === separator) {
+      current += `\\${separator}`;
+      index++;
+    } else if (text[index] === separator) {
+      parts.push(current);
+      current = '';
+    } else current += text[index];
+  }
+  parts.push(current);
+  return parts;
+}
+
+function identifierMatches(resource: Resource, token: string): boolean {
+  const identifiers = (resource as { identifier?: { system?: string; value?: string }[] }).identifier ?? [];
+  return splitUnescaped(token, ',').some((alternative) => {
+    const [first, ...rest] = splitUnescaped(alternative, '|');
+    const unescaped = (text: string) => text.replace(/\\([|,$\\])/g, '$1');
+    const hasSystem = rest.length > 0;
+    const system = hasSystem ? unescaped(first) : undefined;
+    const value = unescaped(hasSystem ? rest.join('|') : first);
+    return identifiers.some(
+      (identifier) =>
+        identifier.value === value &&
+        (!hasSystem || (system === '' ? !identifier.system : identifier.system === system)),
+    );
+  });
+}
 
 export interface ResourceWrite {
   interaction: 'create' | 'update';
@@ -53,11 +96,37 @@ export class ObservedRepository extends MemoryRepository {
     return stored;
   }
 
+  override async search<T extends Resource>(
+    searchRequest: SearchRequest<T>,
+  ): Promise<Bundle<T & { id: string }>> {
+    const own = searchRequest.filters?.filter(needsOwnIdentifierMatch) ?? [];
+    if (own.length === 0) return super.search(searchRequest);
+    const { offset = 0, count } = searchRequest;
+    const all = await super.search({
+      ...searchRequest,
+      filters: searchRequest.filters?.filter((filter) => !needsOwnIdentifierMatch(filter)),
+      offset: undefined,
+      count: undefined,
+    });
+    const matching = (all.entry ?? []).filter((entry) =>
+      own.every((filter) => entry.resource && identifierMatches(entry.resource, filter.value)),
+    );
+    const page = matching.slice(offset, count === undefined ? undefined : offset + count);
+    return { ...all, entry: page.length ? page : undefined, total: matching.length };
+  }
+
   override async conditionalCreate<T extends Resource>(
     resource: T,
     search: SearchRequestLike,
     options?: CreateResourceOptions,
   ): Promise<{ resource: T & { id: string }; outcome: OperationOutcome }> {
+    if (search.filters?.some(needsOwnIdentifierMatch)) {
+      const found = await this.search({ ...search, count: 2, sortRules: undefined } as SearchRequest<T>);
+      if ((found.entry?.length ?? 0) > 1) throw new OperationOutcomeError(multipleMatches);
+      const existing = found.entry?.[0]?.resource;
+      if (existing) return { resource: existing, outcome: allOk };
+      return { resource: await this.createResource(resource, options), outcome: created };
+    }
     const result = await super.conditionalCreate(resource, search as never, options);
     if (result.outcome.id === 'created') {
       this.remember(result.resource);
