@@ -335,6 +335,22 @@ describe.skipIf(!existsSync(chromiumPath))('review app in Chromium', () => {
     await context.close();
   });
 
+  it('is usable from the keyboard: skip link, then the first citation, with a visible focus ring', async () => {
+    const { context, page } = await launchedPage();
+    await page.keyboard.press('Tab');
+    expect(await page.evaluate(() => document.activeElement?.textContent)).toBe('Skip to drafts');
+    await page.keyboard.press('Enter');
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('drafts');
+    await page.keyboard.press('Tab');
+    const focused = await page.evaluate(() => {
+      const element = document.activeElement as HTMLElement;
+      return { label: element.getAttribute('aria-label'), outline: getComputedStyle(element).outlineStyle };
+    });
+    expect(focused.label).toMatch(/^Open cited source \[/);
+    expect(focused.outline).toBe('solid');
+    await context.close();
+  });
+
   it('rejects a draft with a reason given in an accessible dialog', async () => {
     const { context, page } = await launchedPage();
     const briefing = page.locator('article[data-draft-id="briefing-1"]');
