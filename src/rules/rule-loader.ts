@@ -295,10 +295,11 @@ function compileRuleFile(
   const document = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   if (document.errors.length > 0) {
     for (const error of document.errors) {
+      const position = lineCounter.linePos(error.pos[0]);
       errors.push({
         file: shownFile,
-        line: error.linePos?.[0]?.line,
-        column: error.linePos?.[0]?.col,
+        line: position.line,
+        column: position.col,
         message: `YAML: ${error.message.split('\n')[0]}`,
       });
     }
