@@ -191,6 +191,8 @@ export class SandboxSubscriptions {
     for (const entry of bundle.entry ?? []) {
       const subscription = entry.resource as unknown as Subscription;
       if (subscription.status !== 'active' && subscription.status !== 'requested') continue;
+      // A subscription past its `end` is over, as on a real server.
+      if (subscription.end && Date.parse(subscription.end) < Date.now()) continue;
       if (this.unsupportedReason(subscription) || !this.matches(subscription, encounter)) continue;
       const eventNumber = (this.eventCounts.get(subscription.id!) ?? 0) + 1;
       this.eventCounts.set(subscription.id!, eventNumber);
