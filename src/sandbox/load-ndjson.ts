@@ -68,11 +68,16 @@ export function resolveConditionalReferences(resources: FhirResource[]): {
     if (Array.isArray(value)) return value.map(visit).filter((item) => item !== undefined);
     if (typeof value !== 'object' || value === null) return value;
     const record = value as Record<string, unknown>;
+    let removed = false;
     for (const [key, child] of Object.entries(record)) {
       const next = visit(child);
-      if (next === undefined) delete record[key];
-      else record[key] = next;
+      if (next === undefined) {
+        delete record[key];
+        removed = true;
+      } else record[key] = next;
     }
+    // An element left empty by a dropped reference goes too: FHIR elements may not be empty.
+    if (removed && Object.keys(record).length === 0) return undefined;
     const reference = record.reference;
     if (typeof reference !== 'string') return record;
     const match = conditionalReference.exec(reference);
