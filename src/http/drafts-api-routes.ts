@@ -56,7 +56,7 @@ export interface DraftsApiDependencies {
   /** The lifecycle acting with this user's token. */
   lifecycleFor: (context: LaunchContext) => DraftLifecyclePort;
   /** The FHIR client acting with this user's token; defaults to {@link userFhirClient}. */
-  fhirClientFor?: (context: LaunchContext) => Pick<FhirClient, 'read'>;
+  fhirClientFor?: (context: LaunchContext) => Pick<FhirClient, 'read' | 'get'>;
   logger: Logger;
   /** Largest accepted JSON body; a note is a few KB, so 256 KB is generous. */
   maxBodyBytes?: number;
@@ -182,17 +182,24 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
     });
   });
 
-  router.get('/citations/:type/:id', async (request: Request<{ type: string; id: string }>, response) => {
-    const context = contextOf(response);
-    const { type, id } = request.params;
-    if (!citationTypePattern.test(type) || !fhirIdPattern.test(id)) {
-      throw outcomeError('invalid', 'a citation is <ResourceType>/<id>', 400);
+  async function openCitation(context: LaunchContext, type: string, id: string, version?: string) {
+    if (
+      !citationTypePattern.test(type) ||
+      !fhirIdPattern.test(id) ||
+      (version && !fhirIdPattern.test(version))
+    ) {
+      throw outcomeError(
+        'invalid',
+        'a citation is <ResourceType>/<id> or <ResourceType>/<id>/_history/<version>',
+        400,
+      );
     }
-    const resource = await fhirClientFor(context).read<FhirResource>(
-      type as FhirResource['resourceType'],
-      id,
-    );
-    if (resource.resourceType !== type || resource.id !== id) {
+    const client = fhirClientFor(context);
+    // A versioned citation shows the version the draft was written from, not whatever the chart holds now.
+    const resource = version
+      ? await client.get<FhirResource>(`${type}/${id}/_history/${version}`)
+      : await client.read<FhirResource>(type as FhirResource['resourceType'], id);
+    if (resource?.resourceType !== type || resource.id !== id) {
       throw outcomeError(
         'exception',
         'the FHIR server returned a different resource than the one cited',
@@ -207,8 +214,20 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
         403,
       );
     }
-    response.json(describeCitation(resource));
+    return describeCitation(resource);
+  }
+
+  router.get('/citations/:type/:id', async (request: Request<{ type: string; id: string }>, response) => {
+    response.json(await openCitation(contextOf(response), request.params.type, request.params.id));
   });
+
+  router.get(
+    '/citations/:type/:id/_history/:version',
+    async (request: Request<{ type: string; id: string; version: string }>, response) => {
+      const { type, id, version } = request.params;
+      response.json(await openCitation(contextOf(response), type, id, version));
+    },
+  );
 
   router.get('/', async (_request, response) => {
     const context = contextOf(response);

@@ -95,6 +95,7 @@ let server: Server;
 let baseUrl: string;
 let memory: ReturnType<typeof createMemoryDraftLifecycle>;
 const tokensUsed: string[] = [];
+const versionReads: string[] = [];
 
 beforeAll(async () => {
   const app = express();
@@ -106,6 +107,14 @@ beforeAll(async () => {
       fhirClientFor: (context) => ({
         read: async (type: string, id: string) => {
           tokensUsed.push(context.accessToken);
+          const resource = resources[`${type}/${id}`];
+          if (!resource) throw outcomeError('not-found', 'gone', 404);
+          return resource as never;
+        },
+        get: async (path: string) => {
+          tokensUsed.push(context.accessToken);
+          versionReads.push(path);
+          const [type, id] = path.split('/');
           const resource = resources[`${type}/${id}`];
           if (!resource) throw outcomeError('not-found', 'gone', 404);
           return resource as never;
@@ -264,6 +273,11 @@ describe('/api/drafts', () => {
     expect((await call('/citations/Practitioner/dr-a', alice)).status).toBe(403);
     expect((await call('/citations/Observation/missing', alice)).status).toBe(404);
     expect((await call('/citations/observation/o1', alice)).status).toBe(400);
+    // A versioned citation reads that version (vread), with the same patient check.
+    const versioned = await call('/citations/Observation/o1/_history/3', alice);
+    expect(versioned.status).toBe(200);
+    expect(versionReads).toContain('Observation/o1/_history/3');
+    expect((await call('/citations/Observation/other/_history/1', alice)).status).toBe(403);
   });
 
   it('reads the practitioner from relative and absolute fhirUser values only', () => {

@@ -51,7 +51,7 @@ const fhirResources: Record<string, FhirResource> = {
 
 function serveFhir(request: IncomingMessage, response: ServerResponse) {
   const url = new URL(request.url ?? '/', 'http://localhost');
-  const key = url.pathname.replace(/^\/fhir\//, '');
+  const key = url.pathname.replace(/^\/fhir\//, '').replace(/\/_history\/[^/]+$/, '');
   const resource = fhirResources[key];
   response.writeHead(resource ? 200 : 404, { 'content-type': 'application/fhir+json' });
   response.end(
@@ -94,7 +94,7 @@ const memory = createMemoryDraftLifecycle([
   draft('nudge-1', {
     kind: 'nudges',
     title: 'Suggested actions',
-    text: 'Consider intensifying antihypertensive therapy [Observation/bp1].',
+    text: 'Consider intensifying antihypertensive therapy [Observation/bp1/_history/1].',
     citations: ['Observation/bp1'],
   }),
   draft('p2-summary', { patientId: otherPatientId, text: 'Other patient [Observation/p2-glucose].' }),
@@ -305,6 +305,15 @@ describe.skipIf(!existsSync(chromiumPath))('review app in Chromium', () => {
     expect(await page.evaluate(() => document.activeElement?.getAttribute('aria-label'))).toBe(
       'Open cited source [Observation/bp1]',
     );
+
+    // A versioned citation opens that version.
+    await page
+      .locator('article[data-draft-id="nudge-1"]')
+      .getByRole('button', { name: 'Open cited source [Observation/bp1/_history/1]' })
+      .click();
+    const versioned = page.getByRole('dialog', { name: 'Cited source: Observation/bp1/_history/1' });
+    await expect.poll(() => versioned.locator('#citation-fields').textContent()).toContain('152 mmHg');
+    await versioned.getByRole('button', { name: 'Close' }).click();
 
     // Edit, save, then sign.
     await summary.getByRole('button', { name: 'Edit text: Progress summary' }).click();

@@ -3,7 +3,8 @@
 // CSRF token on changes; the server holds the FHIR token.
 (() => {
   const launchContext = new URLSearchParams(window.location.search).get('context') ?? '';
-  const citationPattern = /\[([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})\]/g;
+  const citationPattern =
+    /\[([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/([A-Za-z0-9\-.]{1,64}))?\]/g;
   const statusLabels = {
     preliminary: 'Draft - not signed',
     final: 'Signed',
@@ -82,7 +83,7 @@
       button.className = 'citation';
       button.textContent = match[0];
       button.setAttribute('aria-label', `Open cited source ${match[0]}`);
-      button.addEventListener('click', () => openCitation(match[1], match[2], button));
+      button.addEventListener('click', () => openCitation(match[1], match[2], match[3], button));
       container.append(button);
       last = match.index + match[0].length;
     }
@@ -231,10 +232,11 @@
     main.setAttribute('aria-busy', 'false');
   }
 
-  async function openCitation(type, id, opener) {
+  async function openCitation(type, id, version, opener) {
     const dialog = byId('citation-dialog');
     citationOpener = opener;
-    byId('citation-title').textContent = `Cited source: ${type}/${id}`;
+    const reference = version ? `${type}/${id}/_history/${version}` : `${type}/${id}`;
+    byId('citation-title').textContent = `Cited source: ${reference}`;
     byId('citation-loading').hidden = false;
     byId('citation-loading').textContent = 'Loading...';
     byId('citation-fields').replaceChildren();
@@ -242,7 +244,10 @@
     byId('citation-raw-details').hidden = true;
     dialog.showModal();
     try {
-      const view = await api('GET', `/citations/${encodeURIComponent(type)}/${encodeURIComponent(id)}`);
+      const view = await api(
+        'GET',
+        `/citations/${encodeURIComponent(type)}/${encodeURIComponent(id)}${version ? `/_history/${encodeURIComponent(version)}` : ''}`,
+      );
       const fields = byId('citation-fields');
       for (const field of view.fields) {
         const term = document.createElement('dt');
@@ -255,7 +260,7 @@
       byId('citation-raw-details').hidden = false;
       byId('citation-loading').hidden = true;
     } catch (error) {
-      byId('citation-loading').textContent = `Could not open ${type}/${id}: ${error.message}`;
+      byId('citation-loading').textContent = `Could not open ${reference}: ${error.message}`;
     }
   }
 
