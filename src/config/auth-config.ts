@@ -130,6 +130,8 @@ export const smartLaunchConfigSchema = z
     /** public: PKCE only; private_key_jwt: also authenticates with the backend signing key (confidential client). */
     clientAuthentication: z.enum(['public', 'private_key_jwt']).default('public'),
     sessionTtlSeconds: z.coerce.number().int().min(60).max(86_400).default(28_800),
+    /** memory: lost on restart; sqlite: `<dataDir>/smart-sessions.sqlite`, survives restarts, shared on one host. */
+    sessionStore: z.enum(['memory', 'sqlite']).default('memory'),
     /** How long a FHIR server's smart-configuration is reused between launches (0: fetched on every launch). */
     discoveryCacheSeconds: z.coerce.number().int().min(0).max(86_400).default(300),
     requestTimeoutMs: z.coerce.number().int().positive().default(10_000),

@@ -1,4 +1,5 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
+import path from 'node:path';
 import express, { type Request, type RequestHandler, type Response, type Router } from 'express';
 import { z } from 'zod';
 import { normalizeOperationOutcome, OperationOutcomeError, outcome } from '../../fhir/operation-outcome.ts';
@@ -19,6 +20,7 @@ import {
 import type { SmartLaunchConfig } from '../config/auth-config.ts';
 import type { Logger } from '../log.ts';
 import { createSessionManager, MemorySessionStore, type SessionStore } from './session.ts';
+import { SqliteSessionStore } from './sqlite-session-store.ts';
 
 /**
  * The SMART App Launch routes (`/smart/launch`, `/smart/callback`) and the service's public JWKS
@@ -63,7 +65,10 @@ export interface SmartLaunchOptions {
   jwks?: JsonWebKeySet;
   /** Needed when `auth.launch.clientAuthentication` is private_key_jwt (`accessTokenProvider.signingKey`). */
   signingKey?: SigningKey;
+  /** Overrides `auth.launch.sessionStore` (tests). */
   sessionStore?: SessionStore<SmartSessionData>;
+  /** Where the sqlite session store keeps its file. */
+  dataDir?: string;
   fetch?: FetchFunction;
   logger?: Logger;
   now?: () => number;
@@ -80,6 +85,8 @@ export interface SmartLaunch {
    * the CSRF token; otherwise `res.locals.launchContext` is set.
    */
   requireLaunchContext(): RequestHandler;
+  /** Closes the session store's file, if any (graceful shutdown). */
+  close(): void;
 }
 
 export const launchContextHeader = 'x-launch-context';
@@ -175,8 +182,15 @@ function sameSecret(given: string, expected: string): boolean {
 export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
   const config = options.launch;
   const now = options.now ?? Date.now;
+  let sqliteStore: SqliteSessionStore<SmartSessionData> | undefined;
+  if (!options.sessionStore && config?.sessionStore === 'sqlite') {
+    if (!options.dataDir) throw new Error('auth.launch.sessionStore sqlite needs the data directory');
+    sqliteStore = new SqliteSessionStore(path.join(options.dataDir, 'smart-sessions.sqlite'), { now });
+  }
+  const sessionStore =
+    options.sessionStore ?? sqliteStore ?? new MemorySessionStore<SmartSessionData>({ now });
   const sessions = createSessionManager<SmartSessionData>({
-    store: options.sessionStore ?? new MemorySessionStore<SmartSessionData>({ now }),
+    store: sessionStore,
     cookie: config?.cookie ?? { secure: true, sameSite: 'none', partitioned: true },
   });
   const redirectUri =
@@ -473,5 +487,11 @@ export function createSmartLaunch(options: SmartLaunchOptions): SmartLaunch {
     };
   }
 
-  return { router, getLaunchContext, verifyCsrfToken, requireLaunchContext };
+  return {
+    router,
+    getLaunchContext,
+    verifyCsrfToken,
+    requireLaunchContext,
+    close: () => sqliteStore?.close(),
+  };
 }

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -43,6 +43,8 @@ async function startService(
     jwks?: JsonWebKeySet;
     now?: () => number;
     registerJwks?: boolean;
+    /** Use the configured session store with this data directory instead of the shared in-memory one. */
+    dataDir?: string;
   } = {},
 ): Promise<StartedService> {
   const id = options.clientId ?? clientId;
@@ -69,7 +71,7 @@ async function startService(
       discoveryCacheSeconds: 0,
       ...options.config,
     }),
-    sessionStore,
+    ...(options.dataDir ? { dataDir: options.dataDir } : { sessionStore }),
     fetch: recordingFetch,
     signingKey: options.signingKey,
     jwks: options.jwks,
@@ -87,7 +89,17 @@ async function startService(
   app.post('/api/action', smartLaunch.requireLaunchContext(), (_request, response) => {
     response.json({ done: true });
   });
-  return { url, server, close: () => new Promise((resolve) => server.close(() => resolve())) };
+  return {
+    url,
+    server,
+    close: () =>
+      new Promise((resolve) =>
+        server.close(() => {
+          smartLaunch.close();
+          resolve();
+        }),
+      ),
+  };
 }
 
 beforeAll(async () => {
@@ -507,6 +519,37 @@ describe('SMART launch variants', () => {
       expect((await browser.get(`${refreshing.url}/api/context`)).status).toBe(401);
     } finally {
       await refreshing.close();
+    }
+  });
+
+  it('keeps sessions in SQLite across a restart when configured', async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'smart-sessions-'));
+    try {
+      const first = await startService({
+        clientId: 'durable-review-app',
+        config: { sessionStore: 'sqlite' },
+        dataDir,
+      });
+      const browser = new Browser();
+      await ehrLaunch(browser, 'patient-4', first.url);
+      expect((await browser.get(`${first.url}/api/context`)).status).toBe(200);
+      await first.close();
+      const file = path.join(dataDir, 'smart-sessions.sqlite');
+      expect((await stat(file)).mode & 0o777).toBe(0o600);
+
+      const second = await startService({
+        clientId: 'durable-review-app',
+        config: { sessionStore: 'sqlite' },
+        dataDir,
+      });
+      try {
+        const context = (await (await browser.get(`${second.url}/api/context`)).json()) as LaunchContext;
+        expect(context.patient).toBe('patient-4');
+      } finally {
+        await second.close();
+      }
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
     }
   });
 

@@ -40,6 +40,7 @@ describe('auth configuration', () => {
       reviewPath: '/review',
       clientAuthentication: 'public',
       sessionTtlSeconds: 28_800,
+      sessionStore: 'memory',
       discoveryCacheSeconds: 300,
       cookie: { secure: true, sameSite: 'none', partitioned: true },
     });
