@@ -328,7 +328,21 @@ describe.skipIf(!existsSync(chromiumPath))('review app in Chromium', () => {
     const saved = page.locator('article[data-draft-id="summary-1"]');
     expect(await saved.locator('.draft-text').textContent()).toContain('Reviewed.');
 
+    // Signing asks once: cancel leaves the draft as it was, confirm signs.
     await saved.getByRole('button', { name: 'Sign note: Progress summary' }).click();
+    const confirmSign = page.getByRole('dialog', { name: 'Sign note as final?' });
+    await confirmSign.waitFor();
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('sign-cancel');
+    await expectNoSeriousViolations(page, 'sign confirmation');
+    await page.screenshot({ path: path.join(artifacts, 'review-sign-confirm.png') });
+    await page.keyboard.press('Enter');
+    await expect.poll(() => confirmSign.isVisible()).toBe(false);
+    expect(memory.calls.some((call) => call.method === 'signDraft')).toBe(false);
+    expect(await page.evaluate(() => document.activeElement?.getAttribute('aria-label'))).toBe(
+      'Sign note: Progress summary',
+    );
+    await saved.getByRole('button', { name: 'Sign note: Progress summary' }).click();
+    await confirmSign.getByRole('button', { name: 'Sign as final' }).click();
     await expect.poll(() => page.locator('#status').textContent()).toContain('Signed');
     expect(await page.locator('article[data-draft-id="summary-1"] .status-badge').textContent()).toBe(
       'Signed',

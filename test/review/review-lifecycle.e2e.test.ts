@@ -247,6 +247,10 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and the
       .locator(`article[data-draft-id="${summaryDraft.id}"]`)
       .getByRole('button', { name: 'Sign note: Progress summary' })
       .click();
+    await page
+      .getByRole('dialog', { name: 'Sign note as final?' })
+      .getByRole('button', { name: 'Sign as final' })
+      .click();
     await expect.poll(() => page.locator('#status').textContent()).toContain('Signed');
     expect(
       await page.locator(`article[data-draft-id="${summaryDraft.id}"] .status-badge`).textContent(),
@@ -329,6 +333,10 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and the
     await page
       .locator(`article[data-draft-id="${heldDraftId}"]`)
       .getByRole('button', { name: 'Sign note: Held summary' })
+      .click();
+    await page
+      .getByRole('dialog', { name: 'Sign note as final?' })
+      .getByRole('button', { name: 'Sign as final' })
       .click();
     await expect.poll(() => page.locator('#status').textContent()).toContain('Signed');
     const stored = await store.get(heldDraftId);

@@ -18,6 +18,7 @@
   };
   let session;
   let rejectTarget;
+  let signTarget;
   let citationOpener;
   /** Drafts a regeneration was asked for in this tab: the request is queued, the old draft stays until replaced. */
   const regenerationRequested = new Set();
@@ -156,15 +157,18 @@
         'Edit saved. The draft is still not signed.',
       ),
     );
-    button('sign').addEventListener('click', () => {
-      const body = editor.hidden ? {} : { text: textarea.value };
-      act(
-        article,
-        'Signing',
-        () => api('POST', `/${encodeURIComponent(draft.id)}/sign`, body),
-        'Signed: the note is now final in the chart.',
-      );
-    });
+    button('sign').addEventListener('click', () =>
+      openSign(draft, title.textContent, button('sign'), () => {
+        // Unsaved edits in the open editor are signed as shown.
+        const body = editor.hidden ? {} : { text: textarea.value };
+        act(
+          article,
+          'Signing',
+          () => api('POST', `/${encodeURIComponent(draft.id)}/sign`, body),
+          'Signed: the note is now final in the chart.',
+        );
+      }),
+    );
     button('reject').addEventListener('click', () => openReject(draft, title.textContent, button('reject')));
     button('regenerate').addEventListener('click', () =>
       act(
@@ -264,6 +268,15 @@
     }
   }
 
+  /** Signing files the note as final under the clinician's name: one deliberate confirmation first. */
+  function openSign(draft, name, opener, confirm) {
+    signTarget = { opener, confirm };
+    byId('sign-draft-name').textContent = name;
+    byId('sign-flagged').hidden = !draft.flagged;
+    byId('sign-dialog').showModal();
+    byId('sign-cancel').focus();
+  }
+
   function openReject(draft, name, opener) {
     rejectTarget = { draft, opener };
     byId('reject-draft-name').textContent = name;
@@ -277,6 +290,18 @@
     const citationDialog = byId('citation-dialog');
     byId('citation-close').addEventListener('click', () => citationDialog.close());
     citationDialog.addEventListener('close', () => citationOpener?.focus());
+
+    const signDialog = byId('sign-dialog');
+    byId('sign-cancel').addEventListener('click', () => signDialog.close());
+    signDialog.addEventListener('close', () => {
+      if (signDialog.returnValue !== 'confirmed' && signTarget?.opener?.isConnected)
+        signTarget.opener.focus();
+      signDialog.returnValue = '';
+    });
+    byId('sign-confirm').addEventListener('click', () => {
+      signDialog.close('confirmed');
+      signTarget?.confirm();
+    });
 
     const rejectDialog = byId('reject-dialog');
     byId('reject-cancel').addEventListener('click', () => rejectDialog.close());
