@@ -8,10 +8,11 @@ import { z } from 'zod';
  */
 
 /**
- * What the service reads and writes with its own token, in SMART v2 syntax (permissions in the order c r u d s).
- * Conditional create (`If-None-Exist`) needs `c` plus search (`s`); updating a draft (supersede, sign-off in write
- * mode) needs `u`; Binary is only read (attachment URLs); Provenance is only created; a Subscription is created,
- * read back and updated (re-activation), never deleted by the service.
+ * What the service reads and writes with its own token, in SMART v2 syntax (permissions in the order c r u d s),
+ * checked against what the code does: conditional create (`If-None-Exist`) is a create plus a search, so the
+ * draft DocumentReference and the AI Device need `c` and `s`; superseding a draft needs `u`; Binary is only read
+ * (attachment URLs); Provenance is created and searched (a repeated event looks for the one already written);
+ * a Subscription is searched (by endpoint), created, read back and updated (re-activation), never deleted.
  */
 export const defaultBackendScopes = [
   'system/Patient.rs',
@@ -25,8 +26,9 @@ export const defaultBackendScopes = [
   'system/DocumentReference.rs',
   'system/DocumentReference.cu',
   'system/Binary.r',
-  'system/Provenance.c',
-  'system/Subscription.cru',
+  'system/Provenance.cs',
+  'system/Device.cs',
+  'system/Subscription.crus',
 ].join(' ');
 
 export const defaultLaunchScopes =

@@ -135,10 +135,10 @@ describe('SMART Backend Services token provider', () => {
 
   it('fails with a message naming the missing scope when the grant is narrower', async () => {
     authorizationServer.misbehave.grantedScopeOverride = allScopes
-      .filter((scope) => scope !== 'system/Provenance.c')
+      .filter((scope) => scope !== 'system/Provenance.cs')
       .join(' ');
     const provider = await registeredProvider();
-    await expect(provider.getToken()).rejects.toThrow(/missing system\/Provenance\.c \(granted:/);
+    await expect(provider.getToken()).rejects.toThrow(/missing system\/Provenance\.cs \(granted:/);
     authorizationServer.misbehave.grantedScopeOverride = 'system/*.read system/*.write';
     expect(await provider.getToken()).toEqual(expect.any(String));
   });

@@ -25,8 +25,9 @@ describe('SMART scopes', () => {
     expect(missingScopes(['system/Patient.rs'], ['system/Patient.read'])).toEqual([]);
     expect(missingScopes(needed, ['system/*.read'])).toEqual([
       'system/DocumentReference.cu',
-      'system/Provenance.c',
-      'system/Subscription.cru',
+      'system/Provenance.cs',
+      'system/Device.cs',
+      'system/Subscription.crus',
     ]);
   });
 
