@@ -39,6 +39,11 @@ export interface BacktestReport {
   workers: number;
   durationMs: number;
   patientsPerSecond: number;
+  /**
+   * Per worker: share of its lifetime its event loop was running (not waiting for a batch). Near 1
+   * means the workers never starved; with one worker per core, that keeps every core busy.
+   */
+  workerUtilization: number[];
   rules: RuleBacktestRow[];
 }
 
@@ -61,6 +66,7 @@ export async function runBacktest(options: BacktestOptions): Promise<BacktestRep
   const errors = new Map<string, number>();
   let rules: { ruleId: string; ruleVersion: string; title: string }[] = [];
   let done = 0;
+  const workerUtilization: number[] = [];
 
   const runWorker = () =>
     new Promise<void>((resolve, reject) => {
@@ -76,6 +82,7 @@ export async function runBacktest(options: BacktestOptions): Promise<BacktestRep
         },
       });
       const finish = (error?: Error) => {
+        workerUtilization.push(Number(worker.performance.eventLoopUtilization().utilization.toFixed(3)));
         worker.removeAllListeners();
         void worker.terminate();
         if (error) reject(error);
@@ -117,6 +124,7 @@ export async function runBacktest(options: BacktestOptions): Promise<BacktestRep
     workers: workerCount,
     durationMs,
     patientsPerSecond: done / (durationMs / 1000),
+    workerUtilization,
     rules: rules.map((rule) => ({
       ...rule,
       firedPatients: fired.get(rule.ruleId) ?? 0,

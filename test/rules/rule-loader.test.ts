@@ -69,6 +69,12 @@ describe('rule files that must be refused with file, line and reason', () => {
     const [error] = await refused({ 'minimal.yaml': broken });
     expect(error.message).toContain(`unknown value set ${valueSetBase}/no-such-set`);
     expect(error.line).toBe(14);
+    const withCode = minimalRule.replace(
+      '"%patient.birthDate <= today() - 18 years"',
+      `"%observations.withCode('${valueSetBase}/hba1c').exists() and %conditions.withCode('${valueSetBase}/no-such-set').exists()"`,
+    );
+    const [withCodeError] = await refused({ 'minimal.yaml': withCode });
+    expect(withCodeError.message).toContain(`unknown value set ${valueSetBase}/no-such-set`);
   });
 
   it('a template that names an undeclared value', async () => {
