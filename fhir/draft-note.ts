@@ -346,11 +346,14 @@ export class DraftNoteWriter {
     const { resource: draft, created } = await this.#client.create(document, {
       ifNoneExist: `identifier=${encodeURIComponent(`${identifier?.system}|${identifier?.value}`)}`,
     });
-    // Servers differ in whether a plain reference matches a versioned target: ask for both.
-    const existing = await this.#client.search<Provenance>('Provenance', {
-      target: [`DocumentReference/${draft.id}`, versionedReference(draft)].join(','),
-    });
-    if (existing.length > 0) return { draft, provenance: existing[0], created, mode: 'write' };
+    if (!created) {
+      // A repeated event (or a retry after a crash): the Provenance may already be there. Servers
+      // differ in whether a plain reference matches a versioned target, so ask for both.
+      const existing = await this.#client.search<Provenance>('Provenance', {
+        target: [`DocumentReference/${draft.id}`, versionedReference(draft)].join(','),
+      });
+      if (existing.length > 0) return { draft, provenance: existing[0], created, mode: 'write' };
+    }
     const { resource: provenance } = await this.#client.create(
       buildDraftProvenance(content, draft, deviceReference, now),
     );

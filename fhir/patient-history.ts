@@ -1,6 +1,6 @@
 import type { DocumentReference, Encounter, FhirResource, Patient } from 'fhir/r4.js';
 import type { FhirClient } from './fhir-client.ts';
-import { readNoteText } from './note-text.ts';
+import { binaryNoteText, inlineNoteText, readNoteText, textAttachment } from './note-text.ts';
 import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
 import type { ClinicalNote, PatientRecord, PatientResourceLists } from './patient-record.ts';
 import { PatientScopedReader, patientReferenceOf } from './patient-scope.ts';
@@ -138,6 +138,42 @@ async function searchInOneBatch(
   return { patient, lists: byName };
 }
 
+/**
+ * Every note's text: inline data decoded in place; notes behind attachment URLs fetched in one batch
+ * when the server takes batches (otherwise in parallel within the limit), each Binary checked by the
+ * compartment guard.
+ */
+async function noteTexts(
+  reader: PatientScopedReader,
+  documents: DocumentReference[],
+  useBatch: boolean,
+  concurrency: number,
+): Promise<(string | undefined)[]> {
+  const texts = documents.map((document) => inlineNoteText(document));
+  const remote = documents.flatMap((document, index) => {
+    const url = texts[index] === undefined ? textAttachment(document)?.url : undefined;
+    return url ? [{ index, document, url }] : [];
+  });
+  if (useBatch && remote.length > 1) {
+    const binaries = await reader.noteAttachments(remote);
+    for (const [position, { index, document }] of remote.entries()) {
+      const binary = binaries[position];
+      texts[index] =
+        binary instanceof OperationOutcomeError
+          ? await retryAlone(binary, () => readNoteText(reader, document))
+          : binaryNoteText(document, binary);
+    }
+    return texts;
+  }
+  const fetched = await mapWithConcurrency(remote, concurrency, ({ document }) =>
+    readNoteText(reader, document),
+  );
+  remote.forEach(({ index }, position) => {
+    texts[index] = fetched[position];
+  });
+  return texts;
+}
+
 async function retryAlone<T>(error: OperationOutcomeError, again: () => Promise<T>): Promise<T> {
   // A throttled or failed entry may succeed on its own (with the client's retries); a 4xx will not.
   if (!error.isRetryable) throw error;
@@ -163,22 +199,19 @@ export async function retrievePatientHistory(
       document.status !== 'entered-in-error' && !isOwnDraft(document, options.draftIdentifierSystem),
   );
 
-  const notes = await mapWithConcurrency(
-    record.noteResources,
-    options.concurrency ?? 4,
-    async (document): Promise<ClinicalNote | undefined> => {
-      const text = await readNoteText(reader, document);
-      if (text === undefined) return undefined;
-      return {
-        reference: `DocumentReference/${document.id}`,
-        id: document.id as string,
-        versionId: document.meta?.versionId,
-        date: document.date ?? document.context?.period?.start,
-        title: document.description ?? document.type?.text ?? document.type?.coding?.[0]?.display ?? 'Note',
-        text,
-      };
-    },
-  );
+  const texts = await noteTexts(reader, record.noteResources, useBatch, options.concurrency ?? 4);
+  const notes = record.noteResources.map((document, index): ClinicalNote | undefined => {
+    const text = texts[index];
+    if (text === undefined) return undefined;
+    return {
+      reference: `DocumentReference/${document.id}`,
+      id: document.id as string,
+      versionId: document.meta?.versionId,
+      date: document.date ?? document.context?.period?.start,
+      title: document.description ?? document.type?.text ?? document.type?.coding?.[0]?.display ?? 'Note',
+      text,
+    };
+  });
   record.notes = notes
     .filter((note): note is ClinicalNote => note !== undefined)
     .sort((left, right) => (left.date ?? '').localeCompare(right.date ?? ''));

@@ -176,10 +176,53 @@ export class PatientScopedReader {
    * only on the FHIR server's own origin (the client refuses others before any request is made).
    */
   async noteAttachment(document: DocumentReference, url: string): Promise<Binary> {
+    this.#assertVetted(document);
+    return this.#checkBinary(document, await this.#client.get<Binary>(url));
+  }
+
+  /**
+   * Several notes' Binaries in one batch Bundle (same checks as noteAttachment). URLs outside the FHIR
+   * base (but on its origin) are fetched on their own; an entry the server refused comes back as its error.
+   */
+  async noteAttachments(
+    notes: { document: DocumentReference; url: string }[],
+  ): Promise<(Binary | OperationOutcomeError)[]> {
+    for (const { document } of notes) this.#assertVetted(document);
+    const base = `${this.#client.baseUrl}/`;
+    // resolveUrl refuses another origin before anything is sent.
+    const relative = notes.map(({ url }) => {
+      const absolute = this.#client.resolveUrl(url);
+      return absolute.startsWith(base) ? absolute.slice(base.length) : undefined;
+    });
+    const batched = notes.flatMap((_note, index) => {
+      const url = relative[index];
+      return url ? [{ index, url }] : [];
+    });
+    const results = new Array<Binary | OperationOutcomeError>(notes.length);
+    if (batched.length > 0) {
+      const answers = await this.#client.batch(batched.map(({ url }) => ({ url })));
+      batched.forEach(({ index }, position) => {
+        const answer = answers[position];
+        results[index] =
+          answer instanceof OperationOutcomeError
+            ? answer
+            : this.#checkBinary(notes[index].document, answer as Binary);
+      });
+    }
+    for (const [index, note] of notes.entries()) {
+      if (!relative[index]) results[index] = await this.noteAttachment(note.document, note.url);
+    }
+    return results;
+  }
+
+  #assertVetted(document: DocumentReference): void {
     if (!document.id || !this.#vettedNotes.has(document.id))
       throw refused(`attachment of DocumentReference/${document.id}`);
-    const binary = await this.#client.get<Binary>(url);
-    const context = binary?.securityContext?.reference;
+  }
+
+  #checkBinary(document: DocumentReference, binary: Binary): Binary {
+    if (binary?.resourceType !== 'Binary') throw refused(`attachment of DocumentReference/${document.id}`);
+    const context = binary.securityContext?.reference;
     // A Binary that names its context must name this note or this patient.
     if (
       context &&
