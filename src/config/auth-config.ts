@@ -31,8 +31,27 @@ export const defaultBackendScopes = [
   'system/Subscription.crus',
 ].join(' ');
 
-export const defaultLaunchScopes =
-  'launch openid fhirUser patient/DocumentReference.rs patient/DocumentReference.u patient/Provenance.c';
+/**
+ * What the review app does with the clinician's token: read the patient (banner) and every type a draft can cite
+ * (the types the history retrieval reads; citations open by read or vread), list and update the drafts, and
+ * record each change as Provenance. Least privilege: named types, not `patient/*.rs`.
+ */
+export const defaultLaunchScopes = [
+  'launch',
+  'openid',
+  'fhirUser',
+  'patient/Patient.r',
+  'patient/Encounter.r',
+  'patient/Condition.r',
+  'patient/Observation.r',
+  'patient/MedicationRequest.r',
+  'patient/AllergyIntolerance.r',
+  'patient/Procedure.r',
+  'patient/Immunization.r',
+  'patient/DocumentReference.rs',
+  'patient/DocumentReference.u',
+  'patient/Provenance.c',
+].join(' ');
 
 /** Scopes are written the OAuth way (one space-separated string); a YAML or JSON list is accepted too. */
 const scopeList = z.preprocess(

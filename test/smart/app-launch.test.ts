@@ -7,7 +7,7 @@ import express from 'express';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { type JsonWebKeySet, loadSigningKey, publicJwks, type SigningKey } from '../../fhir/signing-keys.ts';
 import type { FetchFunction } from '../../fhir/smart-discovery.ts';
-import { smartLaunchConfigSchema } from '../../src/config/auth-config.ts';
+import { defaultLaunchScopes, smartLaunchConfigSchema } from '../../src/config/auth-config.ts';
 import { MemorySessionStore } from '../../src/http/session.ts';
 import { createSmartLaunch, type LaunchContext, type SmartSessionData } from '../../src/http/smart-launch.ts';
 import {
@@ -198,9 +198,8 @@ describe('SMART EHR launch', () => {
     expect(parameters.get('code_challenge')).toMatch(/^[A-Za-z0-9_-]{43}$/);
     expect(parameters.get('aud')).toBe(authorizationServer.fhirBaseUrl);
     expect(parameters.get('launch')).toBe(launch);
-    expect(parameters.get('scope')).toBe(
-      'launch openid fhirUser patient/DocumentReference.rs patient/DocumentReference.u patient/Provenance.c',
-    );
+    expect(parameters.get('scope')).toBe(defaultLaunchScopes);
+    expect(parameters.get('scope')).toContain('patient/Observation.r patient/MedicationRequest.r');
     // 43 base64url characters carry 256 bits, above the 122 SMART asks for.
     expect(parameters.get('state')).toMatch(/^[A-Za-z0-9_-]{43}$/);
     expect(parameters.get('code_verifier')).toBeNull();
