@@ -1,8 +1,13 @@
 import { z } from 'zod';
-import { type PatientRecord, retrievedVersions } from '../fhir/patient-record.ts';
+import { type PatientRecord, recordResources, retrievedVersions } from '../fhir/patient-record.ts';
 import type { Logger } from '../src/log.ts';
 import type { AgentBudget } from '../src/model/model-config.ts';
-import type { ChatMessage, ModelProvider } from '../src/model/provider.ts';
+import {
+  type ChatMessage,
+  countPromptTokens,
+  estimateTokens,
+  type ModelProvider,
+} from '../src/model/provider.ts';
 import { verifyCitations } from './citation-verifier.ts';
 import type { DraftEngine, DraftKind, DraftRequest, DraftResult, NudgeInput } from './draft-engine.ts';
 import type { JsonSchemaObject } from './grammar-schema.ts';
@@ -104,6 +109,40 @@ const tokensPerCitation = 16;
 const maximumCitationEnum = 400;
 /** Share of the context the manifest may take in the navigation prompt. */
 const manifestShare = 0.4;
+/** How a draft's prompt budget is shared: manifest, navigation steps after the first, material. */
+const draftShares = { manifest: 0.22, navigation: 0.3, material: 0.3 };
+
+/** The draft's plan: how many prompt tokens each stage may use, from the record's size. */
+export interface DraftPlan {
+  recordTokens: number;
+  draftTokens: number;
+  manifestTokens: number;
+  navigationAllowance: number;
+  materialTokens: number;
+  /** Capped by the ceiling: summarised map-reduce with one navigation step. */
+  large: boolean;
+}
+
+export function planDraft(record: PatientRecord, limits: AgentBudget): DraftPlan {
+  // The record as naive JSON, at the same three characters per token the benchmark uses.
+  const recordTokens = estimateTokens(JSON.stringify(recordResources(record)));
+  const share = Math.round(recordTokens * limits.promptShareOfRecord);
+  const draftTokens = Math.min(
+    limits.maxPromptTokensPerDraft,
+    Math.max(limits.minPromptTokensPerDraft, share),
+  );
+  return {
+    recordTokens,
+    draftTokens,
+    manifestTokens: Math.max(250, Math.floor(draftTokens * draftShares.manifest)),
+    navigationAllowance: Math.floor(draftTokens * draftShares.navigation),
+    materialTokens: Math.max(
+      300,
+      Math.min(limits.materialTokens, Math.floor(draftTokens * draftShares.material)),
+    ),
+    large: share > limits.maxPromptTokensPerDraft,
+  };
+}
 
 interface Fact {
   fact: string;
@@ -163,7 +202,12 @@ function writeUpSchemas(headings: string[], references: string[], ruleIds: strin
   });
   const schema = z.object({
     sections: z
-      .array(z.object({ heading: z.string().max(80), lines: z.array(line).max(limits.maxLinesPerSection) }))
+      .array(
+        z.object({
+          heading: z.enum(headings as [string, ...string[]]),
+          lines: z.array(line).max(limits.maxLinesPerSection),
+        }),
+      )
       .max(headings.length),
     suggestions: z
       .array(z.object({ ruleId: z.string(), text: z.string().max(limits.maxLineLength) }))
@@ -314,6 +358,7 @@ export class MedGemmaEngine implements DraftEngine {
     const kindPrompt = this.prompts.get(kindPromptIds[kind]);
     const goal = kindPrompt.goal ?? '';
 
+    const plan = planDraft(record, this.budgetLimits);
     const navigatorPrompt = this.prompts.get('record-navigator');
     const navigatorOverhead = this.countTokens(
       renderPrompt(navigatorPrompt, { goal, tools: '', manifest: '', maxReads: 24, maxSteps: 99 }),
@@ -322,6 +367,7 @@ export class MedGemmaEngine implements DraftEngine {
       maxTokens: Math.max(
         200,
         Math.min(
+          plan.manifestTokens,
           Math.floor(this.provider.contextSize * manifestShare),
           this.promptCapacity(this.budgetLimits.maxOutputTokens) - navigatorOverhead - 600,
         ),
@@ -330,18 +376,17 @@ export class MedGemmaEngine implements DraftEngine {
     });
     for (const reference of manifest.references) state.shown.add(reference);
 
-    const recordNoteTokens = record.notes.reduce((sum, note) => sum + this.countTokens(note.text), 0);
-    // A record larger than the budget is summarised map-reduce; navigation then gets one step, so
-    // model calls stay at most the number of chunks plus two.
-    const large = recordNoteTokens > this.budgetLimits.materialTokens;
     const tools = createRecordTools(record, {
       manifestText: () => manifest.text,
-      maxNoteTokens: Math.floor(this.provider.contextSize / 6),
+      maxNoteTokens: Math.max(
+        200,
+        Math.min(Math.floor(this.provider.contextSize / 6), Math.floor(plan.navigationAllowance / 2)),
+      ),
       countTokens: this.countTokens,
     });
-    await this.navigate(request, { budget, state, tools, manifestText: manifest.text, goal, large });
+    await this.navigate(request, { budget, state, tools, manifestText: manifest.text, goal, plan });
 
-    const material = this.collectMaterial(record, kind, state);
+    const material = this.collectMaterial(record, kind, state, plan.materialTokens);
     for (const item of material) state.shown.add(item.reference);
     let facts = await this.extractFacts(request, {
       budget,
@@ -416,11 +461,15 @@ export class MedGemmaEngine implements DraftEngine {
       tools: RecordTool[];
       manifestText: string;
       goal: string;
-      large: boolean;
+      plan: DraftPlan;
     },
   ): Promise<void> {
     const { budget, state, tools } = context;
-    const maxSteps = context.large ? Math.min(1, budget.limits.maxSteps) : budget.limits.maxSteps;
+    // A record over the ceiling gets one navigation step (its reading list), so model calls stay at
+    // most the number of chunks plus two; smaller records may navigate within the allowance.
+    const maxSteps = context.plan.large ? Math.min(1, budget.limits.maxSteps) : budget.limits.maxSteps;
+    let navigationTokens = 0;
+    let firstStepTokens: number | undefined;
     const protocol = createStepProtocol(tools, {
       maxStringLength: this.limits.maxStringLength,
       style: this.stepSchemaStyle,
@@ -445,6 +494,16 @@ export class MedGemmaEngine implements DraftEngine {
         state.navigationEnded = 'context-full';
         return;
       }
+      const stepTokens = countPromptTokens(this.provider, messages);
+      if (
+        firstStepTokens !== undefined &&
+        navigationTokens + stepTokens > firstStepTokens + context.plan.navigationAllowance
+      ) {
+        state.navigationEnded = 'token-allowance';
+        return;
+      }
+      firstStepTokens ??= stepTokens;
+      navigationTokens += stepTokens;
       budget.steps += 1;
       let step: NavigationStep;
       let raw: string;
@@ -523,7 +582,12 @@ export class MedGemmaEngine implements DraftEngine {
     }
   }
 
-  private collectMaterial(record: PatientRecord, kind: DraftKind, state: RunState): MaterialItem[] {
+  private collectMaterial(
+    record: PatientRecord,
+    kind: DraftKind,
+    state: RunState,
+    materialTokens: number,
+  ): MaterialItem[] {
     const notesByReference = new Map(record.notes.map((note) => [note.reference, note]));
     const lines = resourceLines(record);
     const chosen: MaterialItem[] = [...state.notesRead];
@@ -540,7 +604,7 @@ export class MedGemmaEngine implements DraftEngine {
       chosen.push({ reference, text, tokens: this.countTokens(text) });
     }
     const defaults = defaultNoteOrder(record, kind).map((note) => noteItem(note, this.countTokens));
-    return selectMaterial([...chosen, ...defaults], this.budgetLimits.materialTokens, this.countTokens);
+    return selectMaterial([...chosen, ...defaults], materialTokens, this.countTokens);
   }
 
   private async extractFacts(

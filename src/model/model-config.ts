@@ -31,8 +31,15 @@ export const agentBudgetSchema = z.object({
   maxModelCalls: z.number().int().min(1).max(500).default(40),
   /** Prompt plus completion tokens across the run. */
   maxTotalTokens: z.number().int().min(1000).default(400_000),
-  /** Note and resource text, in tokens, that extraction may read per draft. */
-  materialTokens: z.number().int().min(500).default(24_000),
+  /**
+   * Prompt tokens one draft may send in total (all calls), as a share of the patient's record as
+   * naive JSON, between a floor and a ceiling: a summary sends a small fraction of the record.
+   */
+  promptShareOfRecord: z.number().min(0.01).max(1).default(0.08),
+  minPromptTokensPerDraft: z.number().int().min(1000).default(2_000),
+  maxPromptTokensPerDraft: z.number().int().min(1000).default(9_000),
+  /** Ceiling for note and resource text, in tokens, that extraction reads per draft. */
+  materialTokens: z.number().int().min(300).default(6_000),
   /** Output tokens per call; must cover the largest JSON a step may produce. */
   maxOutputTokens: z.number().int().min(64).default(1_536),
   /** JSON steps want 0 to 0.1. */

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { NudgeInput } from '../../agents/draft-engine.ts';
-import { MedGemmaEngine } from '../../agents/medgemma-engine.ts';
+import { MedGemmaEngine, planDraft } from '../../agents/medgemma-engine.ts';
 import { PromptLibrary } from '../../agents/prompt-library.ts';
 import { AgentBudgetExceededError } from '../../agents/run-budget.ts';
 import { InvalidModelOutputError } from '../../agents/structured-call.ts';
@@ -13,11 +13,18 @@ import { cooperativeReply, lastUserText, ScriptedProvider } from '../support/scr
 
 const prompts = PromptLibrary.load();
 
+/** A generous per-draft prompt budget, so tests about navigation are not cut short by the token allowance. */
+const roomyDraft = {
+  minPromptTokensPerDraft: 40_000,
+  maxPromptTokensPerDraft: 40_000,
+  materialTokens: 6_000,
+};
+
 function engineWith(provider: ScriptedProvider, budget: Record<string, number> = {}) {
   return new MedGemmaEngine({
     provider,
     prompts,
-    budget: agentBudgetSchema.parse(budget),
+    budget: agentBudgetSchema.parse({ ...roomyDraft, ...budget }),
     logger: silentLogger(),
   });
 }
@@ -323,6 +330,30 @@ describe('MedGemma engine: bounds', () => {
     expect(result.text).not.toBe('');
   });
 
+  it('sizes the draft from the record and stops navigating when its prompt allowance is spent', async () => {
+    const record = buildPatientRecord({ noteCount: 40 });
+    const budget = agentBudgetSchema.parse({});
+    const plan = planDraft(record, budget);
+    expect(plan.draftTokens).toBe(
+      Math.max(budget.minPromptTokensPerDraft, Math.round(plan.recordTokens * 0.08)),
+    );
+    expect(plan.large).toBe(false);
+    const provider = new ScriptedProvider({
+      fallback: (request) =>
+        request.schemaName === 'navigation_step'
+          ? step({ tool: 'read_note', args: { id: 'note-1' } })
+          : cooperativeReply(request),
+    });
+    const engine = new MedGemmaEngine({ provider, prompts, budget, logger: silentLogger() });
+    await engine.draft({ kind: 'progress-summary', record, nudges: [] });
+    const navigation = provider.calls.filter((call) => call.schemaName === 'navigation_step');
+    expect(navigation.length).toBeLessThan(budget.maxSteps);
+    const navigationTokens = navigation.reduce((sum, call) => sum + call.promptTokens, 0);
+    expect(navigationTokens).toBeLessThanOrEqual(navigation[0].promptTokens + plan.navigationAllowance);
+    const sent = provider.calls.reduce((sum, call) => sum + call.promptTokens, 0);
+    expect(sent).toBeLessThan(plan.recordTokens / 10);
+  });
+
   it('tells the model when the tool budget is spent instead of running the tool', async () => {
     const provider = new ScriptedProvider({
       script: [step({ tool: 'get_manifest', args: {} }), step({ tool: 'get_manifest', args: {} }), final()],
@@ -368,7 +399,13 @@ describe('MedGemma engine: bounds', () => {
   it('summarises a patient with more than 300 notes map-reduce within chunks + 2 calls, no call over the context', async () => {
     const record = buildPatientRecord({ noteCount: 320, noteLength: 2400, observationCount: 400 });
     const provider = new ScriptedProvider({ contextSize: 8192, fallback: cooperativeReply });
-    const result = await engineWith(provider, { materialTokens: 24_000 }).draft({
+    // A large per-draft budget makes the material span several chunks of an 8k context.
+    const result = await engineWith(provider, {
+      promptShareOfRecord: 0.5,
+      minPromptTokensPerDraft: 60_000,
+      maxPromptTokensPerDraft: 60_000,
+      materialTokens: 18_000,
+    }).draft({
       kind: 'progress-summary',
       record,
       nudges: [bloodPressureNudge],

@@ -30,7 +30,7 @@ beforeAll(async () => {
   provider = await LlamaCppProvider.create({
     modelPath,
     pullCommand: modelProfiles['medgemma-27b'].pullCommand,
-    contextSize: 4096,
+    contextSize: 8192,
     threads: 1,
     gpuLayers: 0,
     gpu: false,
@@ -178,7 +178,14 @@ describe('llama-cpp provider', () => {
     const engine = new MedGemmaEngine({
       provider: recording,
       prompts: PromptLibrary.load(),
-      budget: agentBudgetSchema.parse({ maxSteps: 2, maxOutputTokens: 400, materialTokens: 1200 }),
+      budget: agentBudgetSchema.parse({
+        maxSteps: 2,
+        maxOutputTokens: 400,
+        materialTokens: 1200,
+        // The tiny vocabulary spends a token per character: a roomy allowance lets it take two steps.
+        minPromptTokensPerDraft: 60_000,
+        maxPromptTokensPerDraft: 60_000,
+      }),
       logger: silentLogger(),
       limits: {
         maxFactsPerChunk: 2,

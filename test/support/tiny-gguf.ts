@@ -266,7 +266,7 @@ export function buildTinyGguf(options: { contextLength?: number } = {}): Buffer 
     ['general.architecture', { type: 'string', value: 'gemma3' }],
     ['general.name', { type: 'string', value: 'tiny-random-gemma3' }],
     ['general.alignment', { type: 'u32', value: 32 }],
-    ['gemma3.context_length', { type: 'u32', value: options.contextLength ?? 4096 }],
+    ['gemma3.context_length', { type: 'u32', value: options.contextLength ?? 8192 }],
     ['gemma3.embedding_length', { type: 'u32', value: embeddingLength }],
     ['gemma3.block_count', { type: 'u32', value: blockCount }],
     ['gemma3.feed_forward_length', { type: 'u32', value: feedForwardLength }],
