@@ -1,4 +1,4 @@
-import type { DocumentReference, Encounter } from 'fhir/r4.js';
+import type { Binary, DocumentReference, Encounter } from 'fhir/r4.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { readNoteText } from '../../fhir/note-text.ts';
@@ -84,6 +84,37 @@ describe('retrievePatientRecord', () => {
       expect(search.url).toContain('_count=200');
     }
     expect(searches.find((search) => search.url.startsWith('Encounter?'))?.url).toContain('_elements=');
+  });
+});
+
+describe('notes behind attachment URLs', () => {
+  it('fetches several Binaries in one batch round trip, each decoded with its charset', async () => {
+    const own = await startFhirTestServer({ batch: true });
+    try {
+      const seeded = await seedChart(own.repository);
+      const binary = await create<Binary>(own.repository, {
+        resourceType: 'Binary',
+        contentType: 'text/plain; charset=windows-1252',
+        data: Buffer.from('Plan: naproxène 250 mg', 'latin1').toString('base64'),
+      });
+      await create<DocumentReference>(own.repository, {
+        resourceType: 'DocumentReference',
+        status: 'current',
+        subject: { reference: `Patient/${seeded.patient.id}` },
+        date: '2026-10-20T10:00:00Z',
+        content: [{ attachment: { contentType: 'text/plain', url: `${own.baseUrl}/Binary/${binary.id}` } }],
+      });
+      own.requests.length = 0;
+      const record = await retrievePatientRecord(new FhirClient({ baseUrl: own.baseUrl }), seeded.encounter, {
+        draftIdentifierSystem: draftSystem,
+      });
+      expect(record.notes.map((note) => note.text)).toContain('Plan: naproxène 250 mg');
+      expect(record.notes).toHaveLength(3);
+      // metadata, the history batch, one batch for both Binaries: no request per note.
+      expect(own.requests.map((request) => request.method)).toEqual(['GET', 'POST', 'POST']);
+    } finally {
+      await own.close();
+    }
   });
 });
 
