@@ -104,6 +104,7 @@ export class IntakeService {
       intake: this.intake,
       reconcile: (reason) => reconciler.request(reason),
       logger,
+      metrics,
       gapGraceMs: config.gapGraceMs,
       heartbeatPeriodMs: config.heartbeat.periodMs,
       useEventsOperation: config.useEventsOperation,

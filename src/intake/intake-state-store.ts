@@ -1,4 +1,4 @@
-import { DatabaseSync } from 'node:sqlite';
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
 
 /**
  * What intake must remember across restarts: per-subscription event counters (highest number seen,
@@ -52,6 +52,17 @@ const seenWindow = 5_000;
 
 export class IntakeStateStore {
   readonly #database: DatabaseSync;
+  /** Prepared once: intake runs these for every notification. */
+  readonly #statements = new Map<string, StatementSync>();
+
+  #prepare(sql: string): StatementSync {
+    let statement = this.#statements.get(sql);
+    if (!statement) {
+      statement = this.#database.prepare(sql);
+      this.#statements.set(sql, statement);
+    }
+    return statement;
+  }
 
   constructor(file: string) {
     this.#database = new DatabaseSync(file);
@@ -62,9 +73,7 @@ export class IntakeStateStore {
   }
 
   subscription(subscription: string): SubscriptionState | undefined {
-    const row = this.#database
-      .prepare('select * from subscription_state where subscription = ?')
-      .get(subscription) as
+    const row = this.#prepare('select * from subscription_state where subscription = ?').get(subscription) as
       | { subscription: string; highest: number; last_contact_at: number; status: string | null }
       | undefined;
     return row
@@ -79,20 +88,18 @@ export class IntakeStateStore {
 
   subscriptions(): SubscriptionState[] {
     return (
-      this.#database.prepare('select subscription from subscription_state').all() as {
+      this.#prepare('select subscription from subscription_state').all() as {
         subscription: string;
       }[]
     ).map((row) => this.subscription(row.subscription) as SubscriptionState);
   }
 
   saveSubscription(state: SubscriptionState): void {
-    this.#database
-      .prepare(
-        `insert into subscription_state (subscription, highest, last_contact_at, status) values (?, ?, ?, ?)
+    this.#prepare(
+      `insert into subscription_state (subscription, highest, last_contact_at, status) values (?, ?, ?, ?)
          on conflict (subscription) do update set highest = excluded.highest,
            last_contact_at = excluded.last_contact_at, status = excluded.status`,
-      )
-      .run(state.subscription, state.highest, state.lastContactAt, state.status ?? null);
+    ).run(state.subscription, state.highest, state.lastContactAt, state.status ?? null);
   }
 
   /**
@@ -100,43 +107,44 @@ export class IntakeStateStore {
    * timestamp: a redelivery) or `conflict` (same number, another event: the server started over).
    */
   seenAs(subscription: string, eventNumber: number, signature: string): 'new' | 'duplicate' | 'conflict' {
-    const row = this.#database
-      .prepare('select signature from subscription_seen where subscription = ? and event_number = ?')
-      .get(subscription, eventNumber) as { signature: string } | undefined;
+    const row = this.#prepare(
+      'select signature from subscription_seen where subscription = ? and event_number = ?',
+    ).get(subscription, eventNumber) as { signature: string } | undefined;
     if (!row) return 'new';
     return row.signature === signature || row.signature === '' || signature === '' ? 'duplicate' : 'conflict';
   }
 
   markSeen(subscription: string, eventNumber: number, signature: string, now: number): void {
-    this.#database
-      .prepare(
-        `insert into subscription_seen (subscription, event_number, signature, received_at) values (?, ?, ?, ?)
+    this.#prepare(
+      `insert into subscription_seen (subscription, event_number, signature, received_at) values (?, ?, ?, ?)
          on conflict do update set signature = excluded.signature, received_at = excluded.received_at`,
-      )
-      .run(subscription, eventNumber, signature, now);
-    this.#database
-      .prepare('delete from subscription_seen where subscription = ? and event_number <= ?')
-      .run(subscription, eventNumber - seenWindow);
+    ).run(subscription, eventNumber, signature, now);
+    this.#prepare('delete from subscription_seen where subscription = ? and event_number <= ?').run(
+      subscription,
+      eventNumber - seenWindow,
+    );
   }
 
   wasSeen(subscription: string, eventNumber: number): boolean {
     return (
-      this.#database
-        .prepare('select 1 from subscription_seen where subscription = ? and event_number = ?')
-        .get(subscription, eventNumber) !== undefined
+      this.#prepare('select 1 from subscription_seen where subscription = ? and event_number = ?').get(
+        subscription,
+        eventNumber,
+      ) !== undefined
     );
   }
 
   isMissing(subscription: string, eventNumber: number): boolean {
     return (
-      this.#database
-        .prepare('select 1 from subscription_missing where subscription = ? and event_number = ?')
-        .get(subscription, eventNumber) !== undefined
+      this.#prepare('select 1 from subscription_missing where subscription = ? and event_number = ?').get(
+        subscription,
+        eventNumber,
+      ) !== undefined
     );
   }
 
   addMissing(subscription: string, numbers: number[], now: number): void {
-    const insert = this.#database.prepare(
+    const insert = this.#prepare(
       'insert into subscription_missing (subscription, event_number, detected_at) values (?, ?, ?) on conflict do nothing',
     );
     for (const number of numbers) insert.run(subscription, number, now);
@@ -144,19 +152,17 @@ export class IntakeStateStore {
 
   /** True when the number was missing (it arrived late, out of order) and is now filled. */
   fillMissing(subscription: string, eventNumber: number): boolean {
-    const result = this.#database
-      .prepare('delete from subscription_missing where subscription = ? and event_number = ?')
-      .run(subscription, eventNumber);
+    const result = this.#prepare(
+      'delete from subscription_missing where subscription = ? and event_number = ?',
+    ).run(subscription, eventNumber);
     return Number(result.changes) > 0;
   }
 
   missingOlderThan(cutoff: number): MissingEvent[] {
     return (
-      this.#database
-        .prepare(
-          'select subscription, event_number, detected_at from subscription_missing where detected_at <= ? order by subscription, event_number',
-        )
-        .all(cutoff) as { subscription: string; event_number: number; detected_at: number }[]
+      this.#prepare(
+        'select subscription, event_number, detected_at from subscription_missing where detected_at <= ? order by subscription, event_number',
+      ).all(cutoff) as { subscription: string; event_number: number; detected_at: number }[]
     ).map((row) => ({
       subscription: row.subscription,
       eventNumber: row.event_number,
@@ -165,18 +171,18 @@ export class IntakeStateStore {
   }
 
   missingCount(subscription: string): number {
-    const row = this.#database
-      .prepare('select count(*) as total from subscription_missing where subscription = ?')
-      .get(subscription) as { total: number };
+    const row = this.#prepare(
+      'select count(*) as total from subscription_missing where subscription = ?',
+    ).get(subscription) as { total: number };
     return Number(row.total);
   }
 
   clearMissing(subscription: string, numbers?: number[]): void {
     if (!numbers) {
-      this.#database.prepare('delete from subscription_missing where subscription = ?').run(subscription);
+      this.#prepare('delete from subscription_missing where subscription = ?').run(subscription);
       return;
     }
-    const remove = this.#database.prepare(
+    const remove = this.#prepare(
       'delete from subscription_missing where subscription = ? and event_number = ?',
     );
     for (const number of numbers) remove.run(subscription, number);
@@ -184,40 +190,36 @@ export class IntakeStateStore {
 
   /** After a counter reset the old numbers mean nothing: forget them. */
   resetSubscription(subscription: string, highest: number, now: number): void {
-    this.#database.prepare('delete from subscription_seen where subscription = ?').run(subscription);
-    this.#database.prepare('delete from subscription_missing where subscription = ?').run(subscription);
+    this.#prepare('delete from subscription_seen where subscription = ?').run(subscription);
+    this.#prepare('delete from subscription_missing where subscription = ?').run(subscription);
     const state = this.subscription(subscription);
     this.saveSubscription({ subscription, highest, lastContactAt: now, status: state?.status });
   }
 
   cursor(name: string): string | undefined {
-    const row = this.#database.prepare('select cursor from poll_cursor where name = ?').get(name) as
+    const row = this.#prepare('select cursor from poll_cursor where name = ?').get(name) as
       | { cursor: string }
       | undefined;
     return row?.cursor;
   }
 
   saveCursor(name: string, cursor: string): void {
-    this.#database
-      .prepare(
-        'insert into poll_cursor (name, cursor) values (?, ?) on conflict (name) do update set cursor = excluded.cursor',
-      )
-      .run(name, cursor);
+    this.#prepare(
+      'insert into poll_cursor (name, cursor) values (?, ?) on conflict (name) do update set cursor = excluded.cursor',
+    ).run(name, cursor);
   }
 
   /** Records that polling queued this (id, version); false when it already had. */
   markPolled(resourceId: string, version: string, lastUpdated: string): boolean {
-    const result = this.#database
-      .prepare(
-        'insert into poll_seen (resource_id, version, last_updated) values (?, ?, ?) on conflict do nothing',
-      )
-      .run(resourceId, version, lastUpdated);
+    const result = this.#prepare(
+      'insert into poll_seen (resource_id, version, last_updated) values (?, ?, ?) on conflict do nothing',
+    ).run(resourceId, version, lastUpdated);
     return Number(result.changes) > 0;
   }
 
   /** Forgets polled versions older than anything a poll can return again. */
   prunePolled(olderThan: string): void {
-    this.#database.prepare('delete from poll_seen where last_updated < ?').run(olderThan);
+    this.#prepare('delete from poll_seen where last_updated < ?').run(olderThan);
   }
 
   close(): void {

@@ -3,6 +3,7 @@ import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
 import { parseNotification, relativeReference } from '../../fhir/subscription-notification.ts';
 import type { Logger } from '../log.ts';
+import type { ServiceMetrics } from '../metrics.ts';
 import type { EventIntake } from './event-intake.ts';
 import type { IntakeStateStore } from './intake-state-store.ts';
 
@@ -20,6 +21,7 @@ export interface SubscriptionWatchdogOptions {
   intake: EventIntake;
   reconcile: (reason: string) => Promise<unknown>;
   logger: Logger;
+  metrics?: ServiceMetrics;
   gapGraceMs: number;
   /** 0 switches the heartbeat check off. */
   heartbeatPeriodMs: number;
@@ -105,6 +107,9 @@ export class SubscriptionWatchdog {
     const bySubscription = Map.groupBy(overdue, (missing) => missing.subscription);
     for (const [subscription, missing] of bySubscription) {
       const numbers = missing.map((entry) => entry.eventNumber);
+      // Still missing after the grace period: a real gap, not a late or out-of-order delivery.
+      this.#options.metrics?.gapsDetected.inc({ subscription_kind: 'backport' }, numbers.length);
+      logger.warn({ subscription, missing: numbers.length }, 'subscription-gap-detected');
       const id = this.callableId(subscription);
       if (id && this.#options.useEventsOperation) {
         try {

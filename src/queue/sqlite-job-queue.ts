@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { DatabaseSync } from 'node:sqlite';
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import {
   type BackoffPolicy,
   type EncounterJob,
@@ -86,11 +86,15 @@ export class SqliteJobQueue implements JobQueue {
     this.#now = now;
   }
 
+  #insert: StatementSync | undefined;
+
   async enqueue(jobs: EncounterJobInput[]): Promise<{ added: number }> {
-    const insert = this.#database.prepare(
+    // Prepared once: intake runs this for every notification.
+    this.#insert ??= this.#database.prepare(
       `insert into jobs (id, encounter_id, source, version_id, kind, status, created_at, run_at)
        values (?, ?, ?, ?, ?, 'pending', ?, ?) on conflict do nothing`,
     );
+    const insert = this.#insert;
     let added = 0;
     this.#database.exec('begin immediate');
     try {

@@ -121,15 +121,16 @@ describe('notification sequences end with one draft per encounter version', () =
     expect(
       await harness.metric('ehr_agent_intake_events_total', { source: 'backport', outcome: 'duplicate' }),
     ).toBe(1);
-    expect(
-      await harness.metric('ehr_agent_subscription_gaps_detected_total', { subscription_kind: 'backport' }),
-    ).toBe(2);
 
     await waitFor(
       () => draftsByEncounter((harness as IntakeHarness).standIn).size === 6,
       'six drafts',
       20_000,
     );
+    // Number 3 came late and filled its gap; only 5 outlived the grace period.
+    expect(
+      await harness.metric('ehr_agent_subscription_gaps_detected_total', { subscription_kind: 'backport' }),
+    ).toBe(1);
     expect(
       harness.standIn.requests.some((request) =>
         request.includes('/$events?eventsSinceNumber=5&eventsUntilNumber=5'),
