@@ -63,6 +63,18 @@ export function sandboxCapabilityStatement(
                 supportedProfile: [
                   'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription',
                 ],
+                operation: [
+                  {
+                    name: 'status',
+                    definition:
+                      'http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status',
+                  },
+                  {
+                    name: 'events',
+                    definition:
+                      'http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events',
+                  },
+                ],
               }
             : {}),
         })),

@@ -1,7 +1,15 @@
 import { getStatus } from '@medplum/core';
 import { FhirRouter, type HttpMethod } from '@medplum/fhir-router';
 import type { OperationOutcome as MedplumOutcome, Resource as MedplumResource } from '@medplum/fhirtypes';
-import type { Binary, Bundle, BundleLink, FhirResource, OperationOutcome, Resource } from 'fhir/r4.js';
+import type {
+  Binary,
+  Bundle,
+  BundleLink,
+  FhirResource,
+  OperationOutcome,
+  Parameters,
+  Resource,
+} from 'fhir/r4.js';
 import { normalizeOperationOutcome, outcome } from '../../fhir/operation-outcome.ts';
 import { type Logger, silentLogger } from '../log.ts';
 import { sandboxCapabilityStatement } from './capability-statement.ts';
@@ -61,6 +69,8 @@ export interface SandboxEhr {
   /** Resolves when every queued subscription notification has been delivered or given up. */
   whenIdle(): Promise<void>;
   heartbeat(subscriptionId: string): Promise<void>;
+  /** Lets subscriptions notify an endpoint outside the configured ones (loopback is allowed by default). */
+  allowSubscriptionEndpoint(prefix: string): void;
   readonly deliveries: readonly DeliveryRecord[];
   close(): Promise<void>;
 }
@@ -133,6 +143,60 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
     }
   }
 
+  /** Backport `$status` / `$events`: parameters from the query or a Parameters body. */
+  async function subscriptionOperation(
+    operation: '$status' | '$events',
+    id: string | undefined,
+    query: URLSearchParams,
+    body: unknown,
+  ): Promise<SandboxResponse> {
+    const fromBody = (name: string) =>
+      ((body as Parameters | undefined)?.parameter ?? [])
+        .filter((parameter) => parameter.name === name)
+        .map((parameter) =>
+          String(
+            parameter.valueString ??
+              parameter.valueId ??
+              parameter.valueInteger ??
+              parameter.valueUnsignedInt ??
+              '',
+          ),
+        );
+    const values = (name: string) =>
+      [...query.getAll(name), ...fromBody(name)].flatMap((value) => value.split(','));
+    const toNumber = (name: string) => {
+      const value = Number(values(name)[0]);
+      return Number.isFinite(value) && values(name).length > 0 ? value : undefined;
+    };
+    try {
+      if (operation === '$status') {
+        const ids = id ? [id] : values('id').filter(Boolean);
+        return {
+          status: 200,
+          headers: { 'content-type': fhirJson },
+          body: await subscriptions.statusBundle(ids),
+        };
+      }
+      if (!id)
+        return errorResponse(
+          400,
+          outcome('invalid', '$events is an instance operation: Subscription/[id]/$events'),
+        );
+      return {
+        status: 200,
+        headers: { 'content-type': fhirJson },
+        body: await subscriptions.eventsBundle(
+          id,
+          toNumber('eventsSinceNumber'),
+          toNumber('eventsUntilNumber'),
+        ),
+      };
+    } catch (error) {
+      const normalized = normalizeOperationOutcome(error);
+      return errorResponse(normalized.status, normalized.outcome);
+    }
+  }
+
   async function handle(request: SandboxRequest): Promise<SandboxResponse> {
     const method = request.method.toUpperCase() as HttpMethod;
     const base = request.baseUrl?.replace(/\/$/, '') ?? baseUrl;
@@ -150,6 +214,18 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
         headers: { 'content-type': fhirJson },
         body: sandboxCapabilityStatement(base, 'ehr-draft-agent sandbox EHR'),
       };
+    }
+
+    if (segments[0] === 'Subscription' && (method === 'GET' || method === 'POST')) {
+      const operation = segments.at(-1);
+      if (operation === '$status' || operation === '$events') {
+        return subscriptionOperation(
+          operation,
+          segments.length === 3 ? segments[1] : undefined,
+          query,
+          request.body,
+        );
+      }
     }
 
     const isTypeSearch = segments.length === 1 && resourceTypePattern.test(segments[0]) && method === 'GET';
@@ -292,6 +368,7 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
     },
     whenIdle: () => subscriptions.whenIdle(),
     heartbeat: (subscriptionId) => subscriptions.heartbeat(subscriptionId),
+    allowSubscriptionEndpoint: (prefix) => subscriptions.allowEndpoint(prefix),
     get deliveries() {
       return subscriptions.deliveries;
     },

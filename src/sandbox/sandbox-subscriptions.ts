@@ -1,24 +1,34 @@
-import { randomUUID } from 'node:crypto';
 import { matchesSearchRequest, parseSearchRequest } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
-import type { Bundle, Encounter, Parameters, ParametersParameter, Subscription } from 'fhir/r4.js';
+import type { Bundle, Encounter, Subscription } from 'fhir/r4.js';
+import { outcomeError } from '../../fhir/operation-outcome.ts';
 import { type Logger, silentLogger } from '../log.ts';
 import type { ObservedRepository, ResourceWrite } from './observed-repository.ts';
+import {
+  backportProfiles,
+  type NotificationType,
+  notificationBundle,
+  type SubscriptionEvent,
+  statusParameters,
+  statusSearchset,
+} from './subscription-notifications.ts';
 
 /**
- * Subscriptions as the FHIR Subscriptions Backport IG (R4) describes them, for Encounter events only:
+ * Subscriptions as the FHIR Subscriptions Backport IG (R4) describes them, for Encounter events:
  * a Subscription created through the sandbox's API (classic `Encounter?...` criteria, or a topic URL
- * with `backport-filter-criteria`) gets a handshake, then an id-only `event-notification` Bundle for
- * every Encounter created or whose status changes, numbered per subscription. Delivery is
- * asynchronous, ordered per subscription, retried a few times, and only to allowed endpoints.
+ * with `backport-filter-criteria`) gets a handshake and is activated, then an `event-notification`
+ * (id-only unless the subscription asks otherwise) for every Encounter created or whose status
+ * changes, numbered per subscription; heartbeats follow `backport-heartbeat-period`; `$status` and
+ * `$events` answer from memory. Delivery is asynchronous, ordered per subscription, retried a few
+ * times, and only to allowed endpoints.
  */
-const backport = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition';
-const filterCriteriaUrl = `${backport}/backport-filter-criteria`;
-const payloadContentUrl = `${backport}/backport-payload-content`;
-const timeoutUrl = `${backport}/backport-timeout`;
+export type { NotificationType } from './subscription-notifications.ts';
 
-export type NotificationType = 'handshake' | 'heartbeat' | 'event-notification';
-type PayloadContent = 'empty' | 'id-only' | 'full-resource';
+const filterCriteriaUrl = `${backportProfiles}/backport-filter-criteria`;
+const timeoutUrl = `${backportProfiles}/backport-timeout`;
+const heartbeatPeriodUrl = `${backportProfiles}/backport-heartbeat-period`;
+/** Events kept per subscription for `$events`. */
+const eventLogLimit = 1000;
 
 export interface SubscriptionOptions {
   /** URL prefixes notifications may go to. Absent: loopback hosts (localhost, 127.0.0.1, ::1) only. */
@@ -44,17 +54,13 @@ export interface DeliveryRecord {
 
 interface DeliveryJob {
   subscription: Subscription;
-  type: NotificationType;
-  eventNumber?: number;
-  focus?: { encounter: Encounter; interaction: 'create' | 'update' };
+  type: 'handshake' | 'heartbeat' | 'event-notification';
+  event?: SubscriptionEvent;
 }
 
-function extensionValue(
-  extensions: { url?: string; valueString?: string; valueCode?: string }[] | undefined,
-  url: string,
-) {
-  const extension = extensions?.find((candidate) => candidate.url === url);
-  return extension?.valueString ?? extension?.valueCode;
+function numberExtension(extensions: { url?: string; valueUnsignedInt?: number }[] | undefined, url: string) {
+  const value = extensions?.find((candidate) => candidate.url === url)?.valueUnsignedInt;
+  return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : undefined;
 }
 
 export function isLoopbackUrl(url: URL): boolean {
@@ -68,9 +74,13 @@ export class SandboxSubscriptions {
     allowedEndpoints?: string[];
   };
   private readonly eventCounts = new Map<string, number>();
+  private readonly eventLogs = new Map<string, SubscriptionEvent[]>();
+  private readonly heartbeats = new Map<string, { period: number; timer: NodeJS.Timeout }>();
+  private readonly lastSent = new Map<string, number>();
   private readonly chains = new Map<string, Promise<void>>();
   private readonly pending = new Set<Promise<void>>();
   private readonly controllers = new Set<AbortController>();
+  private readonly extraAllowedEndpoints: string[] = [];
   private closed = false;
   /** The most recent deliveries (bounded), newest last: what tests and operators inspect. */
   readonly deliveries: DeliveryRecord[] = [];
@@ -99,16 +109,60 @@ export class SandboxSubscriptions {
 
   /** Sends a heartbeat for one subscription now (the Backport IG's keep-alive). */
   async heartbeat(subscriptionId: string): Promise<void> {
-    const subscription = (await this.repository.readResource(
-      'Subscription',
-      subscriptionId,
-    )) as unknown as Subscription;
-    await this.enqueue({ subscription, type: 'heartbeat' });
+    await this.enqueue({ subscription: await this.read(subscriptionId), type: 'heartbeat' });
+  }
+
+  /** `Subscription/[id]/$status` (one id) or `Subscription/$status` (all, or those named). */
+  async statusBundle(ids?: string[]): Promise<Bundle> {
+    const subscriptions = ids?.length
+      ? await Promise.all(ids.map((id) => this.read(id)))
+      : ((await this.repository.search({ resourceType: 'Subscription', count: 1000 })).entry ?? []).map(
+          (entry) => entry.resource as unknown as Subscription,
+        );
+    return statusSearchset(
+      subscriptions.map((subscription) =>
+        statusParameters(
+          {
+            subscription,
+            absolute: (relative) => this.absolute(relative),
+            eventsSinceStart: this.eventCounts.get(subscription.id!) ?? 0,
+            type: 'query-status',
+          },
+          [],
+        ),
+      ),
+    );
+  }
+
+  /** `Subscription/[id]/$events`: the remembered events in a number range, as a query-event notification. */
+  async eventsBundle(id: string, since?: number, until?: number): Promise<Bundle> {
+    const subscription = await this.read(id);
+    const events = (this.eventLogs.get(id) ?? []).filter(
+      (event) =>
+        (since === undefined || event.eventNumber >= since) &&
+        (until === undefined || event.eventNumber <= until),
+    );
+    return notificationBundle(
+      {
+        subscription,
+        absolute: (relative) => this.absolute(relative),
+        eventsSinceStart: this.eventCounts.get(id) ?? 0,
+        type: 'query-event',
+      },
+      events,
+    );
   }
 
   close(): void {
     this.closed = true;
     for (const controller of this.controllers) controller.abort();
+    for (const { timer } of this.heartbeats.values()) clearInterval(timer);
+    this.heartbeats.clear();
+  }
+
+  /** Allows one more endpoint prefix (e.g. the service's public /notify URL once it is known). */
+  allowEndpoint(prefix: string): void {
+    this.extraAllowedEndpoints.push(prefix);
   }
 
   endpointAllowed(endpoint: string | undefined): boolean {
@@ -120,9 +174,26 @@ export class SandboxSubscriptions {
       return false;
     }
     if (url.protocol !== 'http:' && url.protocol !== 'https:') return false;
-    if (this.options.allowedEndpoints)
-      return this.options.allowedEndpoints.some((prefix) => endpoint.startsWith(prefix));
+    // Same origin and a path under the allowed one: a bare string prefix would let `example.org.evil` through.
+    const under = (prefix: string) => {
+      try {
+        const allowed = new URL(prefix);
+        return allowed.origin === url.origin && url.pathname.startsWith(allowed.pathname);
+      } catch {
+        return false;
+      }
+    };
+    if (this.extraAllowedEndpoints.some(under)) return true;
+    if (this.options.allowedEndpoints) return this.options.allowedEndpoints.some(under);
     return isLoopbackUrl(url);
+  }
+
+  private async read(id: string): Promise<Subscription> {
+    try {
+      return (await this.repository.readResource('Subscription', id)) as unknown as Subscription;
+    } catch {
+      throw outcomeError('not-found', `Subscription/${id} not found`, 404);
+    }
   }
 
   private onWrite(write: ResourceWrite): void {
@@ -138,6 +209,7 @@ export class SandboxSubscriptions {
   }
 
   private onSubscriptionWrite(subscription: Subscription): void {
+    this.scheduleHeartbeats(subscription);
     if (subscription.status !== 'requested') return;
     const problem = this.unsupportedReason(subscription);
     if (problem) {
@@ -159,6 +231,28 @@ export class SandboxSubscriptions {
     );
   }
 
+  /** Heartbeats every `backport-heartbeat-period` seconds while active, skipped when something else went out. */
+  private scheduleHeartbeats(subscription: Subscription): void {
+    const id = subscription.id!;
+    const period = numberExtension(subscription.channel?.extension as never, heartbeatPeriodUrl);
+    const existing = this.heartbeats.get(id);
+    if (subscription.status !== 'active' || !period) {
+      if (existing) clearInterval(existing.timer);
+      this.heartbeats.delete(id);
+      return;
+    }
+    if (existing?.period === period) return;
+    if (existing) clearInterval(existing.timer);
+    const periodMs = period * 1000;
+    const timer = setInterval(() => {
+      if (this.closed || Date.now() - (this.lastSent.get(id) ?? 0) < periodMs * 0.9) return;
+      void this.heartbeat(id).catch(() => undefined);
+    }, periodMs);
+    // Heartbeats must not keep a finished process alive.
+    timer.unref();
+    this.heartbeats.set(id, { period, timer });
+  }
+
   private unsupportedReason(subscription: Subscription): string | undefined {
     if (subscription.channel?.type !== 'rest-hook') return 'only rest-hook channels are supported';
     if (!this.endpointAllowed(subscription.channel.endpoint))
@@ -174,10 +268,7 @@ export class SandboxSubscriptions {
     status: 'active' | 'error',
     error?: string,
   ): Promise<void> {
-    const current = (await this.repository.readResource(
-      'Subscription',
-      subscription.id!,
-    )) as unknown as Subscription;
+    const current = await this.read(subscription.id!);
     await this.repository.updateResource({
       ...current,
       status,
@@ -187,6 +278,7 @@ export class SandboxSubscriptions {
   }
 
   private async onEncounterEvent(encounter: Encounter, interaction: 'create' | 'update'): Promise<void> {
+    const timestamp = new Date().toISOString();
     const bundle = await this.repository.search({ resourceType: 'Subscription', count: 1000 });
     for (const entry of bundle.entry ?? []) {
       const subscription = entry.resource as unknown as Subscription;
@@ -194,14 +286,15 @@ export class SandboxSubscriptions {
       // A subscription past its `end` is over, as on a real server.
       if (subscription.end && Date.parse(subscription.end) < Date.now()) continue;
       if (this.unsupportedReason(subscription) || !this.matches(subscription, encounter)) continue;
-      const eventNumber = (this.eventCounts.get(subscription.id!) ?? 0) + 1;
-      this.eventCounts.set(subscription.id!, eventNumber);
-      void this.enqueue({
-        subscription,
-        type: 'event-notification',
-        eventNumber,
-        focus: { encounter, interaction },
-      });
+      const id = subscription.id!;
+      const eventNumber = (this.eventCounts.get(id) ?? 0) + 1;
+      this.eventCounts.set(id, eventNumber);
+      const event: SubscriptionEvent = { eventNumber, timestamp, encounter, interaction };
+      const log = this.eventLogs.get(id) ?? [];
+      log.push(event);
+      if (log.length > eventLogLimit) log.splice(0, log.length - eventLogLimit);
+      this.eventLogs.set(id, log);
+      void this.enqueue({ subscription, type: 'event-notification', event });
     }
   }
 
@@ -246,6 +339,7 @@ export class SandboxSubscriptions {
 
   private async deliver(job: DeliveryJob): Promise<void> {
     const { subscription } = job;
+    const id = subscription.id!;
     const channel = subscription.channel;
     const endpoint = channel.endpoint ?? '';
     const headers: Record<string, string> = { 'content-type': channel.payload ?? 'application/fhir+json' };
@@ -253,10 +347,19 @@ export class SandboxSubscriptions {
       const colon = line.indexOf(':');
       if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
     }
-    const timeoutSeconds = Number(extensionValue(channel.extension as never, timeoutUrl));
-    const timeoutMs =
-      Number.isFinite(timeoutSeconds) && timeoutSeconds > 0 ? timeoutSeconds * 1000 : this.options.timeoutMs;
-    const body = JSON.stringify(this.notification(job));
+    const timeoutSeconds = numberExtension(channel.extension as never, timeoutUrl);
+    const timeoutMs = timeoutSeconds ? timeoutSeconds * 1000 : this.options.timeoutMs;
+    const body = JSON.stringify(
+      notificationBundle(
+        {
+          subscription,
+          absolute: (relative) => this.absolute(relative),
+          eventsSinceStart: job.event?.eventNumber ?? this.eventCounts.get(id) ?? 0,
+          type: job.type,
+        },
+        job.event ? [job.event] : [],
+      ),
+    );
     let attempts = 0;
     let httpStatus: number | undefined;
     for (const delay of [0, ...this.options.retryDelaysMs]) {
@@ -286,11 +389,12 @@ export class SandboxSubscriptions {
       }
     }
     const delivered = httpStatus !== undefined && httpStatus >= 200 && httpStatus < 300;
+    if (delivered) this.lastSent.set(id, Date.now());
     this.record({
-      subscriptionId: subscription.id!,
+      subscriptionId: id,
       type: job.type,
-      eventNumber: job.eventNumber,
-      focus: job.focus ? `Encounter/${job.focus.encounter.id}` : undefined,
+      eventNumber: job.event?.eventNumber,
+      focus: job.event ? `Encounter/${job.event.encounter.id}` : undefined,
       endpoint,
       attempts,
       status: delivered ? 'delivered' : 'failed',
@@ -298,9 +402,9 @@ export class SandboxSubscriptions {
     });
     this.options.logger.info(
       {
-        subscriptionId: subscription.id,
+        subscriptionId: id,
         type: job.type,
-        eventNumber: job.eventNumber,
+        eventNumber: job.event?.eventNumber,
         attempts,
         httpStatus,
         delivered,
@@ -325,72 +429,5 @@ export class SandboxSubscriptions {
   private absolute(reference: string): string {
     const base = this.baseUrl();
     return base ? `${base.replace(/\/$/, '')}/${reference}` : reference;
-  }
-
-  notification(job: DeliveryJob): Bundle {
-    const { subscription } = job;
-    const criteria = subscription.criteria ?? '';
-    const topic = /^https?:\/\//.test(criteria)
-      ? criteria
-      : this.absolute('SubscriptionTopic/encounter-status');
-    const content = (extensionValue(subscription.channel._payload?.extension as never, payloadContentUrl) ??
-      'id-only') as PayloadContent;
-    const subscriptionReference = this.absolute(`Subscription/${subscription.id}`);
-    const timestamp = new Date().toISOString();
-    const parameters: ParametersParameter[] = [
-      { name: 'subscription', valueReference: { reference: subscriptionReference } },
-      { name: 'topic', valueCanonical: topic },
-      { name: 'status', valueCode: job.type === 'handshake' ? 'requested' : 'active' },
-      { name: 'type', valueCode: job.type },
-      {
-        name: 'events-since-subscription-start',
-        valueString: String(job.eventNumber ?? this.eventCounts.get(subscription.id!) ?? 0),
-      },
-    ];
-    const entries: NonNullable<Bundle['entry']> = [];
-    if (job.type === 'event-notification' && job.focus) {
-      const focusUrl = this.absolute(`Encounter/${job.focus.encounter.id}`);
-      const eventParts: ParametersParameter[] = [
-        { name: 'event-number', valueString: String(job.eventNumber) },
-        { name: 'timestamp', valueInstant: timestamp },
-      ];
-      if (content !== 'empty') eventParts.push({ name: 'focus', valueReference: { reference: focusUrl } });
-      parameters.push({ name: 'notification-event', part: eventParts });
-      if (content !== 'empty') {
-        const created = job.focus.interaction === 'create';
-        entries.push({
-          fullUrl: focusUrl,
-          ...(content === 'full-resource' ? { resource: job.focus.encounter as never } : {}),
-          request: {
-            method: created ? 'POST' : 'PUT',
-            url: created ? 'Encounter' : `Encounter/${job.focus.encounter.id}`,
-          },
-          response: { status: created ? '201' : '200' },
-        });
-      }
-    }
-    const parametersId = randomUUID();
-    const status: Parameters = {
-      resourceType: 'Parameters',
-      id: parametersId,
-      meta: { profile: [`${backport}/backport-subscription-status-r4`] },
-      parameter: parameters,
-    };
-    return {
-      resourceType: 'Bundle',
-      id: randomUUID(),
-      meta: { profile: [`${backport}/backport-subscription-notification-r4`] },
-      type: 'history',
-      timestamp,
-      entry: [
-        {
-          fullUrl: `urn:uuid:${parametersId}`,
-          resource: status,
-          request: { method: 'GET', url: `${subscriptionReference}/$status` },
-          response: { status: '200' },
-        },
-        ...entries,
-      ],
-    };
   }
 }

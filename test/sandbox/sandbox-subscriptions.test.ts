@@ -174,6 +174,74 @@ describe('sandbox subscriptions (Backport IG, R4)', () => {
     expect(parameter(heartbeat, 'notification-event')).toBeUndefined();
   });
 
+  it('answers $status and $events from what it sent', async () => {
+    const status = await fhirFetch(`${base}/Subscription/${classicId}/$status`);
+    expect(status.status).toBe(200);
+    expect(status.json.type).toBe('searchset');
+    const parameters = { entry: [status.json.entry[0]] };
+    expect(parameter(parameters, 'type').valueCode).toBe('query-status');
+    expect(parameter(parameters, 'status').valueCode).toBe('active');
+    expect(parameter(parameters, 'events-since-subscription-start').valueString).toBe('2');
+
+    const events = await fhirFetch(
+      `${base}/Subscription/${classicId}/$events?eventsSinceNumber=2&eventsUntilNumber=2`,
+    );
+    expect(events.json.type).toBe('history');
+    expect(parameter(events.json, 'type').valueCode).toBe('query-event');
+    const eventParts = events.json.entry[0].resource.parameter.filter(
+      (item: any) => item.name === 'notification-event',
+    );
+    expect(eventParts).toHaveLength(1);
+    expect(part(events.json, 'event-number').valueString).toBe('2');
+    expect(part(events.json, 'focus').valueReference.reference).toBe(`${base}/Encounter/${encounterId}`);
+    // The same timestamp as the delivered notification: events are remembered, not re-made.
+    expect(part(events.json, 'timestamp').valueInstant).toBe(
+      part(classic()[2].body, 'timestamp').valueInstant,
+    );
+
+    const all = await fhirFetch(`${base}/Subscription/$status`);
+    expect(all.json.total).toBeGreaterThanOrEqual(1);
+    const missing = await fhirFetch(`${base}/Subscription/nope/$status`);
+    expect(missing.status).toBe(404);
+  });
+
+  it('sends heartbeats by itself at the backport-heartbeat-period', async () => {
+    const created = await fhirFetch(`${base}/Subscription`, {
+      method: 'POST',
+      body: {
+        resourceType: 'Subscription',
+        status: 'active',
+        reason: 'heartbeat check',
+        criteria: 'Encounter?status=cancelled',
+        channel: {
+          type: 'rest-hook',
+          endpoint: `${receiver.url}/heartbeat`,
+          payload: 'application/fhir+json',
+          extension: [
+            {
+              url: 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period',
+              valueUnsignedInt: 1,
+            },
+          ],
+        },
+      },
+    });
+    const heartbeats = () => receiver.received.filter((item) => item.path === '/heartbeat');
+    for (let waited = 0; heartbeats().length === 0 && waited < 100; waited++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(heartbeats().length).toBeGreaterThan(0);
+    expect(parameter(heartbeats()[0].body, 'type').valueCode).toBe('heartbeat');
+    expect(parameter(heartbeats()[0].body, 'subscription').valueReference.reference).toBe(
+      `${base}/Subscription/${created.json.id}`,
+    );
+    // Switched off: no more heartbeats are scheduled.
+    await fhirFetch(`${base}/Subscription/${created.json.id}`, {
+      method: 'PUT',
+      body: { ...created.json, status: 'off' },
+    });
+  });
+
   it('retries a failing endpoint and then delivers', async () => {
     const created = await fhirFetch(`${base}/Subscription`, {
       method: 'POST',
