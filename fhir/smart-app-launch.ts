@@ -234,7 +234,9 @@ async function requestLaunchToken(
   options: TokenRequestOptions,
   what: string,
 ): Promise<z.infer<typeof launchTokenResponseSchema>> {
-  const tokenEndpoint = assertSafeEndpoint(tokenEndpointUrl, 'the token endpoint').href;
+  // Checked, but used as written: it is also a client assertion's aud, which servers compare as a string.
+  assertSafeEndpoint(tokenEndpointUrl, 'the token endpoint');
+  const tokenEndpoint = tokenEndpointUrl;
   if (options.clientAssertion) {
     form.set('client_assertion_type', clientAssertionType);
     form.set('client_assertion', await options.clientAssertion(tokenEndpoint));

@@ -103,7 +103,11 @@ function createSmartBackendProvider(
   let inflight: Promise<string> | undefined;
 
   async function resolveTokenUrl(): Promise<string> {
-    if (tokenUrl) return assertSafeEndpoint(tokenUrl, 'the configured token endpoint').href;
+    if (tokenUrl) {
+      // Checked, but used as written: it is also the assertion's aud, which servers compare as a string.
+      assertSafeEndpoint(tokenUrl, 'the token endpoint');
+      return tokenUrl;
+    }
     const discovered = await discoverSmartConfiguration(options.fhirBaseUrl, {
       fetch: fetchFunction,
       timeoutMs: config.requestTimeoutMs,

@@ -114,7 +114,7 @@ function appendSetCookie(response: ServerResponse, value: string): void {
   const existing = response.getHeader('set-cookie');
   const list = existing === undefined ? [] : Array.isArray(existing) ? existing : [String(existing)];
   response.setHeader('set-cookie', [
-    ...list.filter((entry) => !entry.startsWith(value.split('=')[0])),
+    ...list.filter((entry) => !entry.startsWith(`${value.split('=')[0]}=`)),
     value,
   ]);
 }

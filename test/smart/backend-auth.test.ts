@@ -168,6 +168,30 @@ describe('SMART Backend Services token provider', () => {
     expect(requested).toEqual(['https://fhir.example.org/r4/.well-known/smart-configuration']);
   });
 
+  it('uses a configured token URL without discovery, and refuses one on plain http off loopback', async () => {
+    const requested: string[] = [];
+    const recordingFetch: FetchFunction = (input, init) => {
+      requested.push(String(input));
+      return fetch(input, init);
+    };
+    const provider = await registeredProvider(
+      { tokenUrl: authorizationServer.tokenUrl },
+      { fetch: recordingFetch },
+    );
+    expect(await readPatients(await provider.getToken())).toBe(200);
+    expect(requested).toEqual([authorizationServer.tokenUrl]);
+    const insecure = await createAccessTokenProvider(
+      backendAuthConfigSchema.parse({
+        mode: 'smart-backend',
+        clientId,
+        tokenUrl: 'http://auth.example.org/token',
+      }),
+      { fhirBaseUrl: authorizationServer.fhirBaseUrl, dataDir, fetch: recordingFetch },
+    );
+    await expect(insecure.getToken()).rejects.toThrow(/must use https/);
+    expect(requested).toHaveLength(1);
+  });
+
   it('static and none modes need no token endpoint', async () => {
     const none = await createAccessTokenProvider(backendAuthConfigSchema.parse(undefined), {
       fhirBaseUrl: 'https://fhir.example.org',
