@@ -15,6 +15,7 @@ const r4Model = require('fhirpath/fhir-context/r4') as import('fhirpath').Model;
 const fhirpathTypes = require('fhirpath/src/types.js') as {
   FP_Date: { new (context: unknown, value: string): unknown; isoDate(date: Date): string };
   FP_DateTime: { new (context: unknown, value: string): unknown; isoDateTime(date: Date): string };
+  ResourceNode: { new (...args: never[]): { data: unknown } };
 };
 
 /** Variables every expression can use; the root (`%context`) is the Patient. */
@@ -130,6 +131,25 @@ function userFunctions(valueSets: ValueSetIndex) {
       },
       arity: { 1: ['String'] },
     },
+    /**
+     * The input resources whose clinically relevant date (effective, performed, occurrence,
+     * authoredOn, onset, recordedDate, issued) is on or after the boundary:
+     * `%observations.since(now() - 6 months)` compares instants natively instead of item by item in
+     * the interpreter. A resource with no such date is left out.
+     */
+    since: {
+      fn(this: ClockContext, inputs: unknown[], boundary: unknown[]) {
+        const limit = instantOf(boundary?.[0]);
+        if (limit === undefined) return [];
+        return inputs.filter((node) => {
+          // Items are engine nodes, or plain resources when a native function (withCode) made them.
+          const when = clinicalInstant(node instanceof fhirpathTypes.ResourceNode ? node.data : node);
+          return when !== undefined && when >= limit;
+        });
+      },
+      arity: { 1: ['Any'] },
+      internalStructures: true,
+    },
     /** True when any input Coding or CodeableConcept is in the local value set. */
     inValueSet: {
       fn(inputs: CodingLike[], url: string) {
@@ -140,6 +160,55 @@ function userFunctions(valueSets: ValueSetIndex) {
       arity: { 1: ['String'] },
     },
   } as import('fhirpath').UserInvocationTable;
+}
+
+const clinicalDateFields = [
+  'effectiveDateTime',
+  'effectiveInstant',
+  'performedDateTime',
+  'occurrenceDateTime',
+  'authoredOn',
+  'onsetDateTime',
+  'recordedDate',
+  'issued',
+  'date',
+] as const;
+const clinicalPeriodFields = ['effectivePeriod', 'performedPeriod', 'period'] as const;
+
+function clinicalInstant(resource: unknown): number | undefined {
+  if (!resource || typeof resource !== 'object') return undefined;
+  const record = resource as Record<string, unknown>;
+  for (const field of clinicalDateFields) {
+    if (typeof record[field] === 'string') return parseInstant(record[field] as string);
+  }
+  for (const field of clinicalPeriodFields) {
+    const period = record[field] as { start?: string; end?: string } | undefined;
+    if (period?.start) return parseInstant(period.start);
+    if (period?.end) return parseInstant(period.end);
+  }
+  return undefined;
+}
+
+/** A FHIR date or dateTime as epoch ms; partial dates (2025, 2025-06) count from their first day. */
+function parseInstant(value: string): number | undefined {
+  const padded = /^\d{4}$/.test(value)
+    ? `${value}-01-01`
+    : /^\d{4}-\d{2}$/.test(value)
+      ? `${value}-01`
+      : value;
+  const parsed = Date.parse(padded);
+  return Number.isNaN(parsed) ? undefined : parsed;
+}
+
+function instantOf(value: unknown): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === 'string') return parseInstant(value);
+  if (typeof value === 'object') {
+    const object = value as { asStr?: unknown; data?: unknown };
+    if (typeof object.asStr === 'string') return parseInstant(object.asStr);
+    if ('data' in object) return instantOf(object.data);
+  }
+  return undefined;
 }
 
 /** Literal arguments arrive bare or wrapped in a one-item list, depending on the engine's path. */

@@ -139,3 +139,30 @@ describe('starter rule set', () => {
     expect(june.results[0].status).toBe('not-fired');
   });
 });
+
+describe('native filters', () => {
+  it('since() keeps resources dated on or after the boundary, whatever the date field', async () => {
+    const { compileFhirPath, fhirPathEnvironment } = await import('../../src/rules/fhirpath-compiler.ts');
+    const record = fixture('htn-uncontrolled');
+    const environment = fhirPathEnvironment(record, new Date('2026-03-01'));
+    const since = (expression: string) =>
+      (compileFhirPath(expression, ruleSet.valueSets).evaluate(environment) as { id: string }[]).map(
+        (resource) => resource.id,
+      );
+    expect(since('%observations.since(@2025-12-01)')).toEqual(['htn-uncontrolled-bp2']);
+    expect(since('%observations.since(now() - 6 months)').sort()).toEqual([
+      'htn-uncontrolled-bp1',
+      'htn-uncontrolled-bp2',
+    ]);
+    expect(since('%encounters.since(@2026-01-01)').sort()).toEqual([
+      'htn-uncontrolled-e2',
+      'htn-uncontrolled-visit',
+    ]);
+    expect(since('%conditions.since(@2019-01-01)')).toEqual([]);
+    // The same filter written in plain FHIRPath gives the same answer.
+    expect(since('%observations.where(effective >= now() - 6 months)').sort()).toEqual([
+      'htn-uncontrolled-bp1',
+      'htn-uncontrolled-bp2',
+    ]);
+  });
+});
