@@ -26,7 +26,7 @@ export async function createModelProvider(
       return undefined;
     case 'llama-cpp':
       return LlamaCppProvider.create({
-        modelPath: config.llamaCpp.modelPath,
+        modelPath: config.llamaCpp.modelPath ?? profile.defaultModelPath,
         pullCommand: `${profile.pullCommand} (${profile.approximateDownload})`,
         contextSize: config.llamaCpp.contextSize ?? profile.contextSize,
         threads: config.llamaCpp.threads,

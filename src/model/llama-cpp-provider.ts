@@ -118,7 +118,7 @@ export class LlamaCppProvider implements ModelProvider {
     } catch (error) {
       throw new ModelError(
         `The model file ${options.modelPath} does not exist. Obtain it with: ${options.pullCommand} ` +
-          '(it is saved under ~/.node-llama-cpp/models/ unless you pass --dir), then set model.llamaCpp.modelPath to it.',
+          `(add --dir <folder> --filename <name> to save it where model.llamaCpp.modelPath points, now ${options.modelPath}).`,
         { code: 'model-file-missing', isRetryable: false, cause: error },
       );
     }

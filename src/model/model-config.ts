@@ -9,12 +9,14 @@ export const modelProfiles = {
   'medgemma-27b': {
     pullCommand: 'npx node-llama-cpp pull hf:unsloth/medgemma-27b-text-it-GGUF:Q4_K_M',
     approximateDownload: 'about 16.5 GB',
+    defaultModelPath: 'models/medgemma-27b-text-it-Q4_K_M.gguf',
     remoteModel: 'google/medgemma-27b-text-it',
     contextSize: 16_384,
   },
   'medgemma-4b': {
     pullCommand: 'npx node-llama-cpp pull hf:unsloth/medgemma-4b-it-GGUF:Q4_K_M',
     approximateDownload: 'about 2.5 GB',
+    defaultModelPath: 'models/medgemma-4b-it-Q4_K_M.gguf',
     remoteModel: 'google/medgemma-4b-it',
     contextSize: 8_192,
   },
@@ -57,7 +59,8 @@ export const modelConfigSchema = z
     profile: z.enum(['medgemma-27b', 'medgemma-4b']).default('medgemma-27b'),
     llamaCpp: z
       .object({
-        modelPath: z.string().min(1).default('models/medgemma-27b-text-it-Q4_K_M.gguf'),
+        /** Unset takes the profile's (models/medgemma-27b-text-it-Q4_K_M.gguf), relative to the working directory. */
+        modelPath: z.string().min(1).optional(),
         /** Tokens; unset takes the profile's (16k for 27B: MedGemma supports 128k but its KV cache is huge). */
         contextSize: z.number().int().min(512).optional(),
         /** Unset lets node-llama-cpp decide. */
