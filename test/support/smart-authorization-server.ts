@@ -588,13 +588,25 @@ export async function startSmartAuthorizationServer(
         },
       );
       record.status = forwarded.status;
+      // A reverse proxy rewrites the upstream's absolute URLs (next links, fullUrl, Location) to its own base,
+      // or clients that keep their token to one origin (as they should) would refuse to follow them.
+      const upstreamBase = options.fhirUpstream.replace(/\/+$/, '');
+      const rewrite = (text: string) => text.split(upstreamBase).join(urls().fhirBaseUrl);
       const headers: Record<string, string> = {};
-      for (const name of ['content-type', 'location', 'etag', 'last-modified', 'retry-after']) {
+      for (const name of [
+        'content-type',
+        'location',
+        'content-location',
+        'etag',
+        'last-modified',
+        'retry-after',
+      ]) {
         const value = forwarded.headers.get(name);
-        if (value) headers[name] = value;
+        if (value) headers[name] = rewrite(value);
       }
       response.writeHead(forwarded.status, headers);
-      response.end(Buffer.from(await forwarded.arrayBuffer()));
+      const payload = Buffer.from(await forwarded.arrayBuffer());
+      response.end(/json/.test(headers['content-type'] ?? '') ? rewrite(payload.toString('utf8')) : payload);
       return;
     }
     sendJson(response, 200, { resourceType: 'Bundle', type: 'searchset', total: 0, entry: [] });
