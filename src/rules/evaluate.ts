@@ -270,7 +270,7 @@ async function evaluateCriteria(
   const results: CriterionResult[] = [];
   // `all` is decided by the first criterion that fails, `any` by the first that holds: the rest are
   // skipped, which is most of the saving for a patient a rule does not apply to (write cheap criteria first).
-  const decidingValue = rule.document.condition.match === 'all' ? false : true;
+  const decidingValue = rule.document.condition.match !== 'all';
   let decided = false;
   for (const criterion of rule.criteria) {
     if (decided && !explain) {

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { type CdsHooksOptions, createCdsHooksRouter } from '../../src/http/cds-hooks.ts';
 import { silentLogger } from '../../src/log.ts';
+import type { CdsCard } from '../../src/rules/cds-cards.ts';
 import { evaluateRules, type Nudge } from '../../src/rules/evaluate.ts';
 import { InMemoryNudgeStore } from '../../src/rules/nudge-store.ts';
 import { recordFromBundle } from '../../src/rules/record-from-bundle.ts';
@@ -121,7 +122,7 @@ describe('CDS Hooks', () => {
       }),
     );
     expect(response.status).toBe(200);
-    const { cards } = (await response.json()) as { cards: Record<string, any>[] };
+    const { cards } = (await response.json()) as { cards: CdsCard[] };
     expect(fetched).toBe(0);
     expect(cards.length).toBeGreaterThanOrEqual(2);
     expect(cards[0]).toMatchObject({
@@ -136,7 +137,7 @@ describe('CDS Hooks', () => {
       expect(card.source.label.length).toBeGreaterThan(0);
       expect(card.source.url).toMatch(/^https?:\/\//);
       expect(card.uuid).toMatch(/^[0-9a-f-]{36}$/);
-      expect(card.links[0]).toMatchObject({ type: 'smart', url: reviewAppUrl });
+      expect(card.links?.[0]).toMatchObject({ type: 'smart', url: reviewAppUrl });
       expect(typeof card.detail).toBe('string');
     }
     expect(severe?.indicator).toBe('critical');
@@ -144,11 +145,11 @@ describe('CDS Hooks', () => {
     expect(severe?.detail).toContain('**Suggested action:**');
     expect(severe?.detail).toContain('`Observation/bp-severe-bp1`');
     expect(severe?.detail).toContain('**Visit urgency:** urgent');
-    expect(JSON.parse(severe?.links[0].appContext)).toMatchObject({
+    expect(JSON.parse(severe?.links?.[0].appContext ?? '{}')).toMatchObject({
       patientId: 'bp-severe',
       encounterId: 'bp-severe-visit',
     });
-    expect(severe?.overrideReasons.length).toBeGreaterThan(0);
+    expect(severe?.overrideReasons?.length).toBeGreaterThan(0);
   });
 
   it('fetches the record through the injected function when the prefetch is missing', async () => {
