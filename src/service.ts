@@ -3,9 +3,12 @@ import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
 import { createExtractiveEngine } from '../agents/extractive-engine.ts';
+import { createDraftLifecycle, type DraftLifecycle } from '../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../fhir/draft-note.ts';
 import { FhirClient } from '../fhir/fhir-client.ts';
 import type { ServiceConfig } from './config/config-schema.ts';
+import { schedulePurge } from './drafts/purge-schedule.ts';
+import { SqliteDraftStore } from './drafts/sqlite-draft-store.ts';
 import { createApp } from './http/app.ts';
 import { sandboxRouter } from './http/sandbox-routes.ts';
 import { configurationVersion } from './intake/configuration-version.ts';
@@ -14,7 +17,7 @@ import type { Logger } from './log.ts';
 import { createMetrics } from './metrics.ts';
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
-import type { JobQueue } from './queue/job-queue.ts';
+import type { EncounterJobInput, JobQueue } from './queue/job-queue.ts';
 import { openJobQueue } from './queue/open-job-queue.ts';
 import { createSandboxEhr, type SandboxEhr } from './sandbox/sandbox-ehr.ts';
 import { generatePatients } from './sandbox/synthetic-patients.ts';
@@ -31,6 +34,8 @@ export interface RunningService {
   sandbox: SandboxEhr | undefined;
   /** The secret notifications must carry (configured, or generated for the sandbox). */
   notifySecret: string | undefined;
+  /** Edit, sign, reject, regenerate drafts (the review app rebinds it per request with `withClient`). */
+  draftLifecycle: DraftLifecycle;
   close(): Promise<void>;
 }
 
@@ -93,7 +98,30 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     maxPages: config.fhir.maxPages,
   });
   const engine = createExtractiveEngine();
-  const writer = new DraftNoteWriter(fhir, config.drafts.identifierSystem);
+  // Drafts go where drafts.mode says: the EHR (write), or the service's own store (hold, shadow).
+  const draftStore = new SqliteDraftStore(path.join(dataDir, 'drafts.sqlite'));
+  const writer = new DraftNoteWriter(fhir, config.drafts.identifierSystem, {
+    mode: config.drafts.mode,
+    store: draftStore,
+  });
+  const draftLifecycle = createDraftLifecycle({
+    mode: config.drafts.mode,
+    identifierSystem: config.drafts.identifierSystem,
+    store: draftStore,
+    client: fhir,
+    serviceClient: fhir,
+    // A regeneration is a job of its own: `source: 'regenerate'` lets it past the completed-work ledger.
+    requestRegeneration: async (encounterId, kind) => {
+      await queue.enqueue([{ encounterId, kind: kind as EncounterJobInput['kind'], source: 'regenerate' }]);
+      workers?.nudge();
+    },
+  });
+  const purge = schedulePurge({
+    targets: { drafts: draftStore },
+    retentionDays: config.drafts.retentionDays,
+    schedule: config.drafts.purgeSchedule,
+    logger,
+  });
   workers = new WorkerPool({
     queue,
     concurrency: config.queue.concurrency,
@@ -132,11 +160,14 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     queue,
     sandbox,
     notifySecret,
+    draftLifecycle,
     async close() {
       ready = false;
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await intake.stop();
       await workers?.stop();
+      await purge.stop();
+      await draftStore.close();
       await queue.close();
       await sandbox?.close();
       server.closeAllConnections();

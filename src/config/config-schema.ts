@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { draftStoreConfigDefaults, draftStoreConfigSchema } from '../drafts/drafts-config.ts';
 import { intakeConfigSchema } from './intake-config.ts';
 
 /**
@@ -71,8 +72,10 @@ export const configSchema = z
         /** write: drafts go to the EHR as preliminary; hold: kept here until sign-off; shadow: never written. */
         mode: z.enum(['write', 'hold', 'shadow']).default('write'),
         identifierSystem: z.string().min(1).default('urn:ehr-draft-agent:draft'),
+        /** retentionDays, purgeSchedule: the service's draft store and its purge (src/drafts/drafts-config.ts). */
+        ...draftStoreConfigSchema.shape,
       })
-      .default({ mode: 'write', identifierSystem: 'urn:ehr-draft-agent:draft' }),
+      .default({ mode: 'write', identifierSystem: 'urn:ehr-draft-agent:draft', ...draftStoreConfigDefaults }),
     /** Which encounter status produces which draft (informatics teams own this). */
     triggers: z
       .partialRecord(encounterStatus, draftKindSchema)

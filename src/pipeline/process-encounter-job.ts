@@ -57,7 +57,9 @@ export async function processEncounterJob(
     kind,
     configurationVersion: dependencies.configurationVersion ?? 'unversioned',
   });
-  if (await dependencies.completedWork?.hasCompleted(key)) return 'skipped:already-done';
+  // A clinician's regeneration request redoes work on purpose; everything else done once is skipped.
+  if (job.source !== 'regenerate' && (await dependencies.completedWork?.hasCompleted(key)))
+    return 'skipped:already-done';
 
   const startedAt = performance.now();
   const record = await retrievePatientRecord(fhir, encounter, {
