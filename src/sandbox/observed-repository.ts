@@ -1,7 +1,18 @@
-import { allOk, created, multipleMatches, OperationOutcomeError, type SearchRequest } from '@medplum/core';
+import {
+  allOk,
+  created,
+  evalFhirPath,
+  getSearchParameter,
+  matchesSearchRequest,
+  multipleMatches,
+  OperationOutcomeError,
+  Operator,
+  type SearchRequest,
+} from '@medplum/core';
 import type { CreateResourceOptions } from '@medplum/fhir-router';
 import { MemoryRepository } from '@medplum/fhir-router';
 import type { Bundle, OperationOutcome, Resource } from '@medplum/fhirtypes';
+import { PatientIndex } from './patient-index.ts';
 
 type SearchRequestLike = Parameters<MemoryRepository['conditionalCreate']>[1];
 
@@ -65,6 +76,7 @@ export class ObservedRepository extends MemoryRepository {
   private readonly listeners: ((write: ResourceWrite) => void)[] = [];
   private readonly versionOrder = new Map<string, string[]>();
   private readonly deletedKeys = new Set<string>();
+  private readonly patientIndex = new PatientIndex();
 
   onWrite(listener: (write: ResourceWrite) => void): void {
     this.listeners.push(listener);
@@ -99,6 +111,8 @@ export class ObservedRepository extends MemoryRepository {
   override async search<T extends Resource>(
     searchRequest: SearchRequest<T>,
   ): Promise<Bundle<T & { id: string }>> {
+    const patientScoped = await this.patientScopedSearch(searchRequest);
+    if (patientScoped) return patientScoped as Bundle<T & { id: string }>;
     const own = searchRequest.filters?.filter(needsOwnIdentifierMatch) ?? [];
     if (own.length === 0) return super.search(searchRequest);
     const { offset = 0, count } = searchRequest;
@@ -113,6 +127,58 @@ export class ObservedRepository extends MemoryRepository {
     );
     const page = matching.slice(offset, count === undefined ? undefined : offset + count);
     return { ...all, entry: page.length ? page : undefined, total: matching.length };
+  }
+
+  /**
+   * `?patient=Patient/x` answered from the patient index: the same filters (Medplum's own matcher),
+   * sort and paging as the memory search, over that patient's resources only. Anything the index
+   * cannot answer exactly (chains, includes, several patients, modifiers) goes to the full scan.
+   */
+  private async patientScopedSearch(searchRequest: SearchRequest): Promise<Bundle | undefined> {
+    const filters = searchRequest.filters ?? [];
+    const patientFilters = filters.filter((filter) => filter.code === 'patient');
+    if (patientFilters.length !== 1 || searchRequest.include || searchRequest.revInclude) return undefined;
+    const [patientFilter] = patientFilters;
+    if (patientFilter.operator !== Operator.EQUALS || !/^Patient\/[^,]+$/.test(patientFilter.value))
+      return undefined;
+    if (filters.some((filter) => filter.code.includes('.') || filter.code.startsWith('_has')))
+      return undefined;
+    if (!this.patientIndex.covers(searchRequest.resourceType)) return undefined;
+    const rest = filters.filter((filter) => filter !== patientFilter && !needsOwnIdentifierMatch(filter));
+    const own = filters.filter(needsOwnIdentifierMatch);
+    const restRequest: SearchRequest = { resourceType: searchRequest.resourceType, filters: rest };
+    const matching: Resource[] = [];
+    for (const id of this.patientIndex.ids(patientFilter.value, searchRequest.resourceType)) {
+      const resource = await this.readResource(searchRequest.resourceType, id).catch(() => undefined);
+      if (!resource) continue;
+      if (rest.length > 0 && !matchesSearchRequest(resource, restRequest)) continue;
+      if (!own.every((filter) => identifierMatches(resource, filter.value))) continue;
+      matching.push(resource);
+    }
+    let entries = matching.map((resource) => ({ search: { mode: 'match' as const }, resource }));
+    // Successive stable sorts, as the memory search does them.
+    for (const rule of searchRequest.sortRules ?? []) {
+      const expression = getSearchParameter(searchRequest.resourceType, rule.code)?.expression;
+      if (!expression) continue;
+      const keys = new Map(
+        entries.map((entry) => [entry, JSON.stringify(evalFhirPath(expression, entry.resource))]),
+      );
+      entries = entries.sort(
+        (left, right) =>
+          (keys.get(left) as string).localeCompare(keys.get(right) as string) * (rule.descending ? -1 : 1),
+      );
+    }
+    const offset = searchRequest.offset ?? 0;
+    const page = entries.slice(
+      offset,
+      searchRequest.count === undefined ? undefined : offset + searchRequest.count,
+    );
+    return {
+      resourceType: 'Bundle',
+      type: 'searchset',
+      entry: page.length ? page : undefined,
+      total: matching.length,
+    };
   }
 
   override async conditionalCreate<T extends Resource>(
@@ -142,6 +208,7 @@ export class ObservedRepository extends MemoryRepository {
   ): Promise<void> {
     await super.deleteResource(resourceType, id, options);
     this.deletedKeys.add(`${resourceType}/${id}`);
+    this.patientIndex.remove(resourceType, id);
   }
 
   override async readHistory<T extends Resource>(resourceType: string, id: string): Promise<Bundle<T>> {
@@ -156,11 +223,13 @@ export class ObservedRepository extends MemoryRepository {
     super.clear();
     this.versionOrder.clear();
     this.deletedKeys.clear();
+    this.patientIndex.clear();
   }
 
   private remember(stored: Resource): void {
     const key = `${stored.resourceType}/${stored.id}`;
     this.deletedKeys.delete(key);
+    this.patientIndex.add(stored);
     const versionId = stored.meta?.versionId;
     if (!versionId) return;
     const versions = this.versionOrder.get(key);
