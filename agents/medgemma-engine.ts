@@ -1,16 +1,10 @@
-import { z } from 'zod';
-import { type PatientRecord, recordResources, retrievedVersions } from '../fhir/patient-record.ts';
+import { type PatientRecord, retrievedVersions } from '../fhir/patient-record.ts';
 import type { Logger } from '../src/log.ts';
 import type { AgentBudget } from '../src/model/model-config.ts';
-import {
-  type ChatMessage,
-  countPromptTokens,
-  estimateTokens,
-  type ModelProvider,
-} from '../src/model/provider.ts';
+import { type ChatMessage, countPromptTokens, type ModelProvider } from '../src/model/provider.ts';
 import { verifyCitations } from './citation-verifier.ts';
-import type { DraftEngine, DraftKind, DraftRequest, DraftResult, NudgeInput } from './draft-engine.ts';
-import type { JsonSchemaObject } from './grammar-schema.ts';
+import type { DraftEngine, DraftKind, DraftRequest, DraftResult } from './draft-engine.ts';
+import { type DraftPlan, planDraft } from './draft-plan.ts';
 import {
   defaultNoteOrder,
   type MaterialChunk,
@@ -19,6 +13,16 @@ import {
   packChunks,
   selectMaterial,
 } from './material.ts';
+import {
+  defaultOutputLimits,
+  type Fact,
+  factLines,
+  factsSchemas,
+  nudgeLines,
+  type OutputLimits,
+  tokensPerCitation,
+  writeUpSchemas,
+} from './output-schemas.ts';
 import { type PromptLibrary, type PromptTemplate, renderPrompt } from './prompt-library.ts';
 import {
   allergyLine,
@@ -53,25 +57,6 @@ import {
  * every line that cites nothing retrieved in this run. Every call is checked against the context
  * and the run's budget first.
  */
-export interface OutputLimits {
-  maxFactsPerChunk: number;
-  maxFactLength: number;
-  maxLinesPerSection: number;
-  maxLineLength: number;
-  maxCitationsPerLine: number;
-  /** Cap for any free string the grammar generates (tool arguments, focus). */
-  maxStringLength: number;
-}
-
-export const defaultOutputLimits: OutputLimits = {
-  maxFactsPerChunk: 10,
-  maxFactLength: 300,
-  maxLinesPerSection: 6,
-  maxLineLength: 300,
-  maxCitationsPerLine: 4,
-  maxStringLength: 200,
-};
-
 export interface MedGemmaEngineOptions {
   provider: ModelProvider;
   prompts: PromptLibrary;
@@ -93,6 +78,8 @@ const titles: Record<DraftKind, string> = {
   'previsit-briefing': 'Pre-visit briefing (AI draft, needs review)',
 };
 
+export { defaultOutputLimits, type OutputLimits, planDraft };
+
 export class EmptyDraftError extends Error {
   readonly isRetryable = false;
   readonly code = 'empty-draft';
@@ -103,188 +90,8 @@ export class EmptyDraftError extends Error {
   }
 }
 
-/** Tokens a citation costs at most in generated JSON, for sizing outputs. */
-const tokensPerCitation = 16;
-/** When a run's citable set is larger than this, citations are bounded strings instead of an enum. */
-const maximumCitationEnum = 400;
 /** Share of the context the manifest may take in the navigation prompt. */
 const manifestShare = 0.4;
-/** How a draft's prompt budget is shared: manifest, navigation steps after the first, material. */
-const draftShares = { manifest: 0.22, navigation: 0.3, material: 0.3 };
-
-/** The draft's plan: how many prompt tokens each stage may use, from the record's size. */
-export interface DraftPlan {
-  recordTokens: number;
-  draftTokens: number;
-  manifestTokens: number;
-  navigationAllowance: number;
-  materialTokens: number;
-  /** Capped by the ceiling: summarised map-reduce with one navigation step. */
-  large: boolean;
-}
-
-export function planDraft(record: PatientRecord, limits: AgentBudget): DraftPlan {
-  // The record as naive JSON, at the same three characters per token the benchmark uses.
-  const recordTokens = estimateTokens(JSON.stringify(recordResources(record)));
-  const share = Math.round(recordTokens * limits.promptShareOfRecord);
-  const draftTokens = Math.min(
-    limits.maxPromptTokensPerDraft,
-    Math.max(limits.minPromptTokensPerDraft, share),
-  );
-  return {
-    recordTokens,
-    draftTokens,
-    manifestTokens: Math.max(250, Math.floor(draftTokens * draftShares.manifest)),
-    navigationAllowance: Math.floor(draftTokens * draftShares.navigation),
-    materialTokens: Math.max(
-      300,
-      Math.min(limits.materialTokens, Math.floor(draftTokens * draftShares.material)),
-    ),
-    large: share > limits.maxPromptTokensPerDraft,
-  };
-}
-
-interface Fact {
-  fact: string;
-  citations: string[];
-}
-
-function citationSchema(references: string[]): Record<string, unknown> {
-  return references.length > 0 && references.length <= maximumCitationEnum
-    ? { enum: references }
-    : { type: 'string', maxLength: 80 };
-}
-
-function factsSchemas(references: string[], maxFacts: number, limits: OutputLimits) {
-  const schema = z.object({
-    facts: z
-      .array(
-        z.object({
-          fact: z.string().min(1).max(limits.maxFactLength),
-          citations: z.array(z.string().max(100)).min(1).max(limits.maxCitationsPerLine),
-        }),
-      )
-      .max(maxFacts),
-  });
-  const jsonSchema: JsonSchemaObject = {
-    type: 'object',
-    properties: {
-      facts: {
-        type: 'array',
-        minItems: 1,
-        maxItems: maxFacts,
-        items: {
-          type: 'object',
-          properties: {
-            fact: { type: 'string', minLength: 1, maxLength: limits.maxFactLength },
-            citations: {
-              type: 'array',
-              items: citationSchema(references),
-              minItems: 1,
-              maxItems: limits.maxCitationsPerLine,
-            },
-          },
-          required: ['fact', 'citations'],
-          additionalProperties: false,
-        },
-      },
-    },
-    required: ['facts'],
-    additionalProperties: false,
-  };
-  return { schema, jsonSchema };
-}
-
-function writeUpSchemas(headings: string[], references: string[], ruleIds: string[], limits: OutputLimits) {
-  const line = z.object({
-    text: z.string().min(1).max(limits.maxLineLength),
-    citations: z.array(z.string().max(100)).max(limits.maxCitationsPerLine),
-  });
-  const schema = z.object({
-    sections: z
-      .array(
-        z.object({
-          heading: z.enum(headings as [string, ...string[]]),
-          lines: z.array(line).max(limits.maxLinesPerSection),
-        }),
-      )
-      .max(headings.length),
-    suggestions: z
-      .array(z.object({ ruleId: z.string(), text: z.string().max(limits.maxLineLength) }))
-      .max(ruleIds.length),
-  });
-  const jsonSchema: JsonSchemaObject = {
-    type: 'object',
-    properties: {
-      sections: {
-        type: 'array',
-        minItems: 1,
-        maxItems: headings.length,
-        items: {
-          type: 'object',
-          properties: {
-            heading: { enum: headings },
-            lines: {
-              type: 'array',
-              minItems: 1,
-              maxItems: limits.maxLinesPerSection,
-              items: {
-                type: 'object',
-                properties: {
-                  text: { type: 'string', minLength: 1, maxLength: limits.maxLineLength },
-                  citations: {
-                    type: 'array',
-                    items: citationSchema(references),
-                    minItems: 1,
-                    maxItems: limits.maxCitationsPerLine,
-                  },
-                },
-                required: ['text', 'citations'],
-                additionalProperties: false,
-              },
-            },
-          },
-          required: ['heading', 'lines'],
-          additionalProperties: false,
-        },
-      },
-      suggestions: {
-        type: 'array',
-        maxItems: ruleIds.length,
-        items: ruleIds.length
-          ? {
-              type: 'object',
-              properties: {
-                ruleId: { enum: ruleIds },
-                text: { type: 'string', minLength: 1, maxLength: limits.maxLineLength },
-              },
-              required: ['ruleId', 'text'],
-              additionalProperties: false,
-            }
-          : { type: 'null' },
-      },
-    },
-    required: ['sections', 'suggestions'],
-    additionalProperties: false,
-  };
-  return { schema, jsonSchema };
-}
-
-function factLines(facts: Fact[]): string {
-  return facts
-    .map((fact) => `- ${fact.fact} ${fact.citations.map((citation) => `[${citation}]`).join(' ')}`)
-    .join('\n');
-}
-
-function nudgeLines(nudges: NudgeInput[]): string {
-  if (nudges.length === 0) return '(none)';
-  return nudges
-    .map(
-      (nudge) =>
-        `- ruleId ${nudge.ruleId} (${nudge.severity}): ${nudge.title}. Recommendation (${nudge.guideline.label}): ${nudge.guideline.recommendation}. Suggested action: ${nudge.suggestedAction}. Evidence: ${nudge.evidence.map((reference) => `[${reference}]`).join(' ')}`,
-    )
-    .join('\n');
-}
 
 /** Every resource of the record as its one-line form, for material the model names by reference. */
 function resourceLines(record: PatientRecord): Map<string, string> {
@@ -393,7 +200,6 @@ export class MedGemmaEngine implements DraftEngine {
       material,
       goal,
       focus: state.focus,
-      essentialsCount: manifest.essentials.length,
     });
     facts = await this.reduceFacts(request, {
       budget,
@@ -614,7 +420,6 @@ export class MedGemmaEngine implements DraftEngine {
       material: MaterialItem[];
       goal: string;
       focus: string;
-      essentialsCount: number;
     },
   ): Promise<Fact[]> {
     const template = this.prompts.get('fact-extraction');
