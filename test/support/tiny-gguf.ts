@@ -360,3 +360,6 @@ export function tinyModelTokenBias(model: LlamaModel): TokenBias {
   });
   return bias;
 }
+
+// `npx node test/support/tiny-gguf.ts` writes the model and prints its path (for trying it by hand).
+if (import.meta.url === `file://${process.argv[1]}`) console.log(writeTinyGguf());
