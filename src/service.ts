@@ -6,11 +6,15 @@ import { createExtractiveEngine } from '../agents/extractive-engine.ts';
 import { createDraftLifecycle, type DraftLifecycle } from '../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../fhir/draft-note.ts';
 import { FhirClient } from '../fhir/fhir-client.ts';
+import { normalizeOperationOutcome } from '../fhir/operation-outcome.ts';
+import { createAccessTokenProvider } from '../fhir/smart-backend-auth.ts';
 import type { ServiceConfig } from './config/config-schema.ts';
 import { schedulePurge } from './drafts/purge-schedule.ts';
 import { SqliteDraftStore } from './drafts/sqlite-draft-store.ts';
 import { createApp } from './http/app.ts';
+import { reviewAppRouters } from './http/review-app.ts';
 import { sandboxRouter } from './http/sandbox-routes.ts';
+import { createSmartLaunch } from './http/smart-launch.ts';
 import { configurationVersion } from './intake/configuration-version.ts';
 import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
@@ -82,7 +86,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     onQueued: () => workers?.nudge(),
     metrics,
     notify: intake.notifyOptions(),
-    routers: sandbox ? [{ path: '/sandbox/fhir', router: sandboxRouter(sandbox) }] : [],
+    routers: [...(sandbox ? [{ path: '/sandbox/fhir', router: sandboxRouter(sandbox) }] : [])],
   });
   const server = await listen(app, config.port, config.host);
   const address = server.address();
@@ -91,11 +95,22 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   const fhirBaseUrl = config.fhir.baseUrl ?? `${url}/sandbox/fhir`;
   sandbox?.setBaseUrl(fhirBaseUrl);
 
+  // The service's own FHIR access: SMART Backend Services, a static token, or none (sandbox).
+  const accessToken = await createAccessTokenProvider(config.auth.backend, { fhirBaseUrl, dataDir });
+  if (accessToken.mode === 'smart-backend') {
+    try {
+      await accessToken.getToken(); // a narrower grant than needed stops start-up, naming the missing scope
+    } catch (error) {
+      if (!normalizeOperationOutcome(error).isRetryable) throw error;
+      logger.warn({ error: normalizeOperationOutcome(error).message }, 'token-endpoint-unavailable-at-start');
+    }
+  }
   const fhir = new FhirClient({
     baseUrl: fhirBaseUrl,
     timeoutMs: config.fhir.timeoutMs,
     maxAttempts: config.fhir.maxAttempts,
     maxPages: config.fhir.maxPages,
+    accessToken,
   });
   const engine = createExtractiveEngine();
   // Drafts go where drafts.mode says: the EHR (write), or the service's own store (hold, shadow).
@@ -116,6 +131,27 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       workers?.nudge();
     },
   });
+  // Clinicians: SMART App Launch, then the review page and its API, acting with the clinician's own token.
+  const smartLaunch = createSmartLaunch({
+    launch: config.auth.launch,
+    publicUrl: url,
+    jwks: accessToken.jwks,
+    signingKey: accessToken.signingKey,
+    dataDir,
+    logger,
+  });
+  app.mount('/', smartLaunch.router);
+  if (config.auth.launch) {
+    for (const { path: mountPath, router } of reviewAppRouters({
+      smartLaunch,
+      lifecycle: draftLifecycle,
+      review: config.review,
+      logger,
+      fhirTimeoutMs: config.fhir.timeoutMs,
+    })) {
+      app.mount(mountPath, router);
+    }
+  }
   const purge = schedulePurge({
     targets: { drafts: draftStore },
     retentionDays: config.drafts.retentionDays,
@@ -167,6 +203,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       await intake.stop();
       await workers?.stop();
       await purge.stop();
+      await smartLaunch.close();
       await draftStore.close();
       await queue.close();
       await sandbox?.close();

@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import { draftStoreConfigDefaults, draftStoreConfigSchema } from '../drafts/drafts-config.ts';
+import { authConfigSchema } from './auth-config.ts';
 import { intakeConfigSchema } from './intake-config.ts';
+import { reviewConfigSchema } from './review-config.ts';
 
 /**
  * The service's whole configuration, validated once at start. Sections owned by other parts
@@ -82,6 +84,10 @@ export const configSchema = z
       .default({ finished: 'progress-summary', planned: 'previsit-briefing', arrived: 'previsit-briefing' }),
     /** Event sources, polling, subscription tracking, rate limits (src/config/intake-config.ts). */
     intake: intakeConfigSchema.prefault({}),
+    /** SMART Backend Services (the service's own access) and SMART App Launch (clinicians), src/config/auth-config.ts. */
+    auth: authConfigSchema,
+    /** The clinician review page (src/config/review-config.ts). */
+    review: reviewConfigSchema,
     sandbox: z
       .object({
         patients: z.coerce.number().int().min(1).max(2000).default(12),

@@ -29,7 +29,10 @@ export interface AppOptions {
 
 const jobStatuses: JobStatus[] = ['pending', 'running', 'done', 'failed'];
 
-export function createApp(options: AppOptions): Express {
+/** The app, plus a way to mount routers that can only be built once the server listens (they need its URL). */
+export type ServiceApp = Express & { mount(path: string, router: Router): void };
+
+export function createApp(options: AppOptions): ServiceApp {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', 'loopback');
@@ -91,9 +94,12 @@ export function createApp(options: AppOptions): Express {
   });
   app.use('/api/jobs', jobs);
 
-  for (const { path, router } of options.routers ?? []) app.use(path, router);
+  // One router holds every mounted part, so parts mounted after start still come before the 404 handler.
+  const mounted = express.Router();
+  for (const { path, router } of options.routers ?? []) mounted.use(path, router);
+  app.use(mounted);
 
   app.use(notFoundHandler);
   app.use(operationOutcomeErrorHandler(options.logger));
-  return app;
+  return Object.assign(app, { mount: (path: string, router: Router) => void mounted.use(path, router) });
 }
