@@ -150,6 +150,23 @@ function userFunctions(valueSets: ValueSetIndex) {
       arity: { 1: ['Any'] },
       internalStructures: true,
     },
+    /** The input resource with the latest clinical date (as `since()` reads it); empty when none has one. */
+    latest: {
+      fn(inputs: unknown[]) {
+        let best: unknown;
+        let bestInstant = Number.NEGATIVE_INFINITY;
+        for (const node of inputs) {
+          const when = clinicalInstant(node instanceof fhirpathTypes.ResourceNode ? node.data : node);
+          if (when !== undefined && when > bestInstant) {
+            best = node;
+            bestInstant = when;
+          }
+        }
+        return best === undefined ? [] : [best];
+      },
+      arity: { 0: [] },
+      internalStructures: true,
+    },
     /** True when any input Coding or CodeableConcept is in the local value set. */
     inValueSet: {
       fn(inputs: CodingLike[], url: string) {

@@ -141,7 +141,7 @@ describe('starter rule set', () => {
 });
 
 describe('native filters', () => {
-  it('since() keeps resources dated on or after the boundary, whatever the date field', async () => {
+  it('since() keeps resources dated on or after the boundary, whatever the date field; latest() picks the newest', async () => {
     const { compileFhirPath, fhirPathEnvironment } = await import('../../src/rules/fhirpath-compiler.ts');
     const record = fixture('htn-uncontrolled');
     const environment = fhirPathEnvironment(record, new Date('2026-03-01'));
@@ -159,6 +159,10 @@ describe('native filters', () => {
       'htn-uncontrolled-visit',
     ]);
     expect(since('%conditions.since(@2019-01-01)')).toEqual([]);
+    expect(since('%observations.latest()')).toEqual(['htn-uncontrolled-bp2']);
+    expect(since('%observations.latest()')).toEqual(
+      since('%observations.sort(effective.ofType(dateTime) desc).first()'),
+    );
     // The same filter written in plain FHIRPath gives the same answer.
     expect(since('%observations.where(effective >= now() - 6 months)').sort()).toEqual([
       'htn-uncontrolled-bp1',
