@@ -324,6 +324,11 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
       const bundle = body as Bundle;
       addFullUrls(bundle, base);
       if (bundle.type === 'searchset') searchLinks(bundle, path, query, base);
+      // `_summary=count`: the total only (Medplum's memory search ignores it).
+      if (bundle.type === 'searchset' && query.get('_summary') === 'count') {
+        bundle.entry = undefined;
+        bundle.link = bundle.link?.filter((link) => link.relation === 'self');
+      }
     } else if (body.id && method !== 'DELETE') {
       const versionId = body.meta?.versionId;
       if (versionId) headers.etag = `W/"${versionId}"`;

@@ -114,6 +114,9 @@ describe('sandbox EHR over HTTP', () => {
     const bare = await fhirFetch(`${base}/Encounter?patient=${patientId}&_count=1`);
     expect(bare.json.total).toBe(typed.json.total);
     expect(bare.json.total).toBeGreaterThan(100);
+    const counted = await fhirFetch(`${base}/DocumentReference?patient=${patientId}&_summary=count`);
+    expect(counted.json.total).toBe(expected);
+    expect(counted.json.entry).toBeUndefined();
     const other = await fhirFetch(`${base}/Encounter?patient=${patients[1].patientId}&_count=1`);
     expect(other.json.total).toBeLessThan(bare.json.total);
   });
