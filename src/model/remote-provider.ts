@@ -32,6 +32,19 @@ export function isRetryableStatus(status: number): boolean {
   return status === 408 || status === 425 || status === 429 || status >= 500;
 }
 
+/**
+ * The grammar-safe schemas use `oneOf` (node-llama-cpp mishandles `anyOf`); inference servers'
+ * structured-output engines (xgrammar, outlines, llama.cpp server) support `anyOf` more widely.
+ * The alternatives used here are disjoint, so the meaning is the same.
+ */
+export function toServerSchema(schema: unknown): unknown {
+  if (Array.isArray(schema)) return schema.map(toServerSchema);
+  if (schema === null || typeof schema !== 'object') return schema;
+  return Object.fromEntries(
+    Object.entries(schema).map(([key, value]) => [key === 'oneOf' ? 'anyOf' : key, toServerSchema(value)]),
+  );
+}
+
 function finishReasonOf(reason: string | undefined): FinishReason {
   if (reason === 'length') return 'length';
   if (reason === 'stop' || reason === 'eos_token' || reason === 'stop_sequence') return 'stop';
@@ -126,7 +139,7 @@ export class RemoteProvider implements ModelProvider {
                   type: 'json_schema',
                   json_schema: {
                     name: request.schemaName ?? 'step',
-                    schema: request.jsonSchema,
+                    schema: toServerSchema(request.jsonSchema) as Record<string, unknown>,
                     strict: true,
                   },
                 },

@@ -196,6 +196,10 @@ describe('remote provider', () => {
     expect(names.at(-1)).toBe('draft');
     // The flat step schema has a plain object at the root, as strict json_schema servers expect.
     expect(server.requests[0].body.response_format?.json_schema?.schema.type).toBe('object');
+    // Alternatives reach the server as anyOf, which structured-output engines support more widely.
+    const sent = JSON.stringify(server.requests.map((request) => request.body.response_format));
+    expect(sent).toContain('"anyOf"');
+    expect(sent).not.toContain('"oneOf"');
     for (const request of server.requests) {
       expect(request.body.messages[0].role).toBe('user');
       expect(request.body.messages.some((message) => message.role === 'system')).toBe(false);
