@@ -79,6 +79,7 @@ export async function processEncounterJob(
       text: result.text,
       engine: result.engine,
       prompt: result.prompt,
+      ...(result.prompts ? { prompts: result.prompts } : {}),
       sources,
       verification: {
         cited: result.verification.cited.length,

@@ -87,6 +87,76 @@ describe('retrievePatientRecord', () => {
   });
 });
 
+describe('a batch entry the server throttled', () => {
+  it('is retried on its own (429 entry), the rest of the batch kept', async () => {
+    const throttledType = 'Observation';
+    const rogue = await startScriptedServer((request, response) => {
+      const url = request.url ?? '';
+      if (url.endsWith('/metadata'))
+        return sendFhir(response, 200, {
+          resourceType: 'CapabilityStatement',
+          status: 'active',
+          kind: 'instance',
+          rest: [{ mode: 'server', interaction: [{ code: 'batch' }] }],
+        });
+      if (request.method === 'POST') {
+        const bundle = JSON.parse(request.body) as { entry: { request: { url: string } }[] };
+        return sendFhir(response, 200, {
+          resourceType: 'Bundle',
+          type: 'batch-response',
+          entry: bundle.entry.map(({ request: entryRequest }) =>
+            entryRequest.url.startsWith('Patient/')
+              ? { resource: { resourceType: 'Patient', id: 'p1' }, response: { status: '200' } }
+              : entryRequest.url.startsWith(throttledType)
+                ? {
+                    response: {
+                      status: '429',
+                      outcome: {
+                        resourceType: 'OperationOutcome',
+                        issue: [{ severity: 'error', code: 'throttled' }],
+                      },
+                    },
+                  }
+                : { resource: { resourceType: 'Bundle', type: 'searchset' }, response: { status: '200' } },
+          ),
+        });
+      }
+      // The retried search, on its own.
+      return sendFhir(response, 200, {
+        resourceType: 'Bundle',
+        type: 'searchset',
+        entry: [
+          {
+            resource: {
+              resourceType: throttledType,
+              id: 'o1',
+              status: 'final',
+              subject: { reference: 'Patient/p1' },
+            },
+          },
+        ],
+      });
+    });
+    scriptedServers.push(rogue);
+    const encounter: Encounter = {
+      resourceType: 'Encounter',
+      id: 'e1',
+      status: 'finished',
+      class: { code: 'AMB' },
+      subject: { reference: 'Patient/p1' },
+    };
+    const record = await retrievePatientRecord(new FhirClient({ baseUrl: `${rogue.url}/fhir` }), encounter, {
+      draftIdentifierSystem: draftSystem,
+    });
+    expect(record.observations.map((observation) => observation.id)).toEqual(['o1']);
+    expect(rogue.requests.map((request) => `${request.method} ${request.url.split('?')[0]}`)).toEqual([
+      'GET /fhir/metadata',
+      'POST /fhir/',
+      'GET /fhir/Observation',
+    ]);
+  });
+});
+
 describe('notes behind attachment URLs', () => {
   it('fetches several Binaries in one batch round trip, each decoded with its charset', async () => {
     const own = await startFhirTestServer({ batch: true });
