@@ -30,8 +30,9 @@ export function sandboxRouter(sandbox: SandboxEhr, options: SandboxRouterOptions
     const baseUrl = `${request.protocol}://${request.get('host')}${request.baseUrl}`;
     // Notifications need an absolute base even before the composition root knows its public URL.
     if (!sandbox.baseUrl) sandbox.setBaseUrl(baseUrl);
+    const head = request.method === 'HEAD';
     const result = await sandbox.handle({
-      method: request.method,
+      method: head ? 'GET' : request.method,
       url: request.url,
       headers: request.headers,
       body: request.body,
@@ -39,7 +40,8 @@ export function sandboxRouter(sandbox: SandboxEhr, options: SandboxRouterOptions
     });
     response.status(result.status);
     for (const [name, value] of Object.entries(result.headers)) response.setHeader(name, value);
-    if (result.body instanceof Uint8Array) response.end(Buffer.from(result.body));
+    if (head) response.end();
+    else if (result.body instanceof Uint8Array) response.end(Buffer.from(result.body));
     else if (result.body) response.end(JSON.stringify(result.body));
     else response.end();
   });

@@ -92,6 +92,14 @@ function lowerCaseHeaders(headers: SandboxRequest['headers']): Record<string, st
   return result;
 }
 
+/** Medplum reads only `W/"<version>"`; clients also send `"<version>"` or the bare version. */
+function routerHeaders(headers: SandboxRequest['headers']): Record<string, string> {
+  const result = lowerCaseHeaders(headers);
+  const ifMatch = result['if-match'];
+  if (ifMatch && !/^W\//.test(ifMatch)) result['if-match'] = `W/"${ifMatch.replace(/"/g, '')}"`;
+  return result;
+}
+
 function errorResponse(status: number, body: OperationOutcome): SandboxResponse {
   return { status, headers: { 'content-type': fhirJson }, body };
 }
@@ -295,7 +303,7 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
           params: {},
           query: queryRecord,
           body: request.body,
-          headers: lowerCaseHeaders(request.headers),
+          headers: routerHeaders(request.headers),
         },
         repository,
       );

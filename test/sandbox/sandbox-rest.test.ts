@@ -35,6 +35,9 @@ describe('sandbox EHR over HTTP', () => {
     expect(read.status).toBe(200);
     expect(read.json.name[0].family).toBe('Testcase');
     expect(read.headers.get('last-modified')).toBeTruthy();
+    const head = await fetch(`${base}/Patient/${id}`, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('etag')).toBe(`W/"${firstVersion}"`);
 
     const updated = await fhirFetch(`${base}/Patient/${id}`, {
       method: 'PUT',
@@ -44,6 +47,16 @@ describe('sandbox EHR over HTTP', () => {
     const secondVersion = updated.json.meta.versionId as string;
     expect(secondVersion).not.toBe(firstVersion);
     expect(updated.headers.get('etag')).toBe(`W/"${secondVersion}"`);
+
+    // Version-aware updates: a stale If-Match is refused, whichever ETag spelling the client uses.
+    for (const stale of [`W/"${firstVersion}"`, `"${firstVersion}"`, firstVersion]) {
+      const refused = await fhirFetch(`${base}/Patient/${id}`, {
+        method: 'PUT',
+        body: { ...read.json, active: false },
+        headers: { 'if-match': stale },
+      });
+      expect(refused.status, stale).toBe(412);
+    }
 
     const history = await fhirFetch(`${base}/Patient/${id}/_history`);
     expect(history.json.type).toBe('history');
