@@ -62,6 +62,12 @@ export function buildManifest(
   const activeConditions = record.conditions.filter(isActiveCondition);
   const activeMedications = record.medications.filter(isActiveMedication);
   const observations = latestPerCode(record);
+  const pending = newestFirst(
+    record.observations.filter(
+      (observation) => observation.status === 'registered' || observation.status === 'preliminary',
+    ),
+    observationDate,
+  );
   const notes = newestFirst(record.notes, (note) => note.date);
   const encounters = newestFirst(
     record.encounters.filter((encounter) => encounter.id !== record.encounter.id),
@@ -96,6 +102,14 @@ export function buildManifest(
       lines: record.allergies.map(allergyLine),
       total: record.allergies.length,
       essential: true,
+    },
+    {
+      // What the clinician should chase before walking in: results not final yet.
+      heading: 'Pending results',
+      lines: pending.map(observationLine),
+      total: pending.length,
+      essential: false,
+      more: 'get_observations',
     },
     {
       heading: 'Notes (newest first)',
@@ -172,6 +186,9 @@ export function buildManifest(
       if (match) references.add(match[1]);
     }
   }
-  const essentials = sections.slice(1, 4).flatMap((section) => section.lines);
+  const essentials = sections
+    .filter((section) => section.essential)
+    .slice(1)
+    .flatMap((section) => section.lines);
   return { text: parts.join('\n'), references, essentials };
 }

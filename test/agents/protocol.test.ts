@@ -123,6 +123,16 @@ describe('manifest', () => {
     expect(estimateTokens(manifest.text)).toBeLessThan(700);
     expect(manifest.essentials).toHaveLength(3 + 3 + 1);
   });
+
+  it('lists results that are not final yet as pending', () => {
+    const record = buildPatientRecord({ noteCount: 2, observationCount: 4 });
+    record.observations[0].status = 'preliminary';
+    const manifest = buildManifest(record, 'previsit-briefing', {
+      maxTokens: 2000,
+      countTokens: estimateTokens,
+    });
+    expect(manifest.text).toMatch(/Pending results:\n\[Observation\/obs-1\] .*preliminary/);
+  });
 });
 
 describe('prompt library', () => {
