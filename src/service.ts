@@ -94,6 +94,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   const url = config.publicUrl ?? `http://${config.host === '0.0.0.0' ? 'localhost' : config.host}:${port}`;
   const fhirBaseUrl = config.fhir.baseUrl ?? `${url}/sandbox/fhir`;
   sandbox?.setBaseUrl(fhirBaseUrl);
+  // The sandbox posts only to allowed endpoints (loopback by default); allow our own, wherever PUBLIC_URL points.
+  sandbox?.allowSubscriptionEndpoint(`${url}/notify`);
 
   // The service's own FHIR access: SMART Backend Services, a static token, or none (sandbox).
   const accessToken = await createAccessTokenProvider(config.auth.backend, { fhirBaseUrl, dataDir });
