@@ -15,7 +15,7 @@ import {
 import { type RuleDocument, ruleDocumentSchema } from './rule-schema.ts';
 import type { CompiledCriterion, CompiledRule, RuleLoadError, RuleSetLoadResult } from './rule-set.ts';
 import { builtInTemplateValues, templateNames } from './template.ts';
-import { emptyValueSetIndex, ValueSetIndex, valueSetFileSchema } from './value-sets.ts';
+import { emptyValueSetIndex, ValueSetIndex, valueSetFileFromFhir, valueSetFileSchema } from './value-sets.ts';
 import { contentLine, positionOf } from './yaml-location.ts';
 
 /**
@@ -122,6 +122,13 @@ async function loadValueSets(
       message: `not valid JSON: ${messageOf(error)}`,
     });
     return emptyValueSetIndex;
+  }
+  const resourceType = (json as { resourceType?: unknown })?.resourceType;
+  if (resourceType === 'Bundle' || resourceType === 'ValueSet') {
+    const converted = valueSetFileFromFhir(json);
+    for (const message of converted.errors) errors.push({ file: display(file), line: undefined, message });
+    if (!converted.file) return emptyValueSetIndex;
+    json = converted.file;
   }
   const parsed = valueSetFileSchema.safeParse(json);
   if (!parsed.success) {

@@ -76,3 +76,73 @@ function memberKey(system: string, code: string): string {
 }
 
 export const emptyValueSetIndex = new ValueSetIndex({ valueSets: [] });
+
+type FhirValueSet = {
+  resourceType: 'ValueSet';
+  url?: string;
+  version?: string;
+  name?: string;
+  title?: string;
+  expansion?: { contains?: ExpansionEntry[] };
+  compose?: {
+    include?: {
+      system?: string;
+      concept?: { code: string; display?: string }[];
+      filter?: unknown[];
+      valueSet?: string[];
+    }[];
+  };
+};
+type ExpansionEntry = { system?: string; code?: string; display?: string; contains?: ExpansionEntry[] };
+
+/**
+ * FHIR ValueSet resources (one, or a Bundle of them, as VSAC and terminology servers export them)
+ * as the local value-set file. Only what can be read without a terminology server is accepted: an
+ * expansion, or a compose that lists its concepts.
+ */
+export function valueSetFileFromFhir(json: unknown): { file?: ValueSetFile; errors: string[] } {
+  const resource = json as { resourceType?: string; entry?: { resource?: unknown }[] };
+  const valueSets = (
+    resource.resourceType === 'Bundle' ? (resource.entry ?? []).map((entry) => entry.resource) : [resource]
+  ) as FhirValueSet[];
+  const errors: string[] = [];
+  const file: ValueSetFile = { valueSets: [] };
+  valueSets.forEach((valueSet, index) => {
+    if (valueSet?.resourceType !== 'ValueSet' || !valueSet.url) {
+      errors.push(`entry ${index}: not a ValueSet with a url`);
+      return;
+    }
+    const codes: ValueSetFile['valueSets'][number]['codes'] = [];
+    const walk = (entries: ExpansionEntry[] | undefined) => {
+      for (const entry of entries ?? []) {
+        if (entry.system && entry.code)
+          codes.push({ system: entry.system, code: entry.code, display: entry.display });
+        walk(entry.contains);
+      }
+    };
+    walk(valueSet.expansion?.contains);
+    if (codes.length === 0) {
+      for (const include of valueSet.compose?.include ?? []) {
+        if (include.filter?.length || include.valueSet?.length || !include.system) {
+          errors.push(
+            `${valueSet.url}: compose uses filters or other value sets; ship its expansion instead`,
+          );
+          return;
+        }
+        for (const concept of include.concept ?? [])
+          codes.push({ system: include.system, code: concept.code, display: concept.display });
+      }
+    }
+    if (codes.length === 0) {
+      errors.push(`${valueSet.url}: no codes (neither an expansion nor listed concepts)`);
+      return;
+    }
+    file.valueSets.push({
+      url: valueSet.url,
+      version: valueSet.version,
+      name: valueSet.name ?? valueSet.title ?? valueSet.url,
+      codes,
+    });
+  });
+  return errors.length > 0 ? { errors } : { file, errors };
+}

@@ -1,3 +1,4 @@
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadRuleSet } from '../../src/rules/rule-loader.ts';
@@ -126,5 +127,71 @@ describe('rule files that must be refused with file, line and reason', () => {
     const [error] = await refused({ 'minimal.yaml': broken });
     expect(error.message).toContain('CQL library NoSuchLibrary');
     expect(error.line).toBe(15);
+  });
+
+  it('takes FHIR ValueSet resources (expansion or listed concepts) as the value-set file, and refuses filters', async () => {
+    const source = ruleFolder({
+      'minimal.yaml': minimalRule.replace(
+        '"%patient.birthDate <= today() - 18 years"',
+        `"%conditions.withCode('${valueSetBase}/diabetes')"`,
+      ),
+    });
+    const local = JSON.parse(readFileSync(source.valueSetFile ?? '', 'utf8')) as {
+      valueSets: { url: string; name: string; codes: { system: string; code: string }[] }[];
+    };
+    const bundle = {
+      resourceType: 'Bundle',
+      type: 'collection',
+      entry: local.valueSets.map((valueSet, index) => ({
+        resource:
+          index % 2 === 0
+            ? {
+                resourceType: 'ValueSet',
+                url: valueSet.url,
+                name: valueSet.name,
+                status: 'active',
+                expansion: { contains: valueSet.codes },
+              }
+            : {
+                resourceType: 'ValueSet',
+                url: valueSet.url,
+                status: 'active',
+                compose: {
+                  include: [...new Set(valueSet.codes.map((code) => code.system))].map((system) => ({
+                    system,
+                    concept: valueSet.codes
+                      .filter((code) => code.system === system)
+                      .map((code) => ({ code: code.code })),
+                  })),
+                },
+              },
+      })),
+    };
+    writeFileSync(source.valueSetFile ?? '', JSON.stringify(bundle));
+    const accepted = await loadRuleSet(source);
+    expect(accepted.ok).toBe(true);
+    if (accepted.ok) {
+      expect(
+        accepted.ruleSet.valueSets.contains(`${valueSetBase}/diabetes`, 'http://snomed.info/sct', '44054006'),
+      ).toBe(true);
+      expect(accepted.ruleSet.valueSets.urls).toHaveLength(local.valueSets.length);
+    }
+    bundle.entry[0].resource = {
+      resourceType: 'ValueSet',
+      url: `${valueSetBase}/diabetes`,
+      status: 'active',
+      compose: {
+        include: [
+          {
+            system: 'http://snomed.info/sct',
+            filter: [{ property: 'concept', op: 'is-a', value: '73211009' }],
+          },
+        ],
+      },
+    } as never;
+    writeFileSync(source.valueSetFile ?? '', JSON.stringify(bundle));
+    const refusedFilter = await loadRuleSet(source);
+    expect(refusedFilter.ok).toBe(false);
+    if (!refusedFilter.ok) expect(refusedFilter.errors[0].message).toContain('ship its expansion');
   });
 });
