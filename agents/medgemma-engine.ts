@@ -80,6 +80,22 @@ const titles: Record<DraftKind, string> = {
 
 export { defaultOutputLimits, type OutputLimits, planDraft };
 
+/** Splits at sentence ends followed by a capital or digit; short abbreviations (Dr., St.) do not end a sentence. */
+export function sentencesOf(text: string): string[] {
+  const flat = text.replace(/[\r\n]+/g, ' ').trim();
+  const sentences: string[] = [];
+  let start = 0;
+  for (const match of flat.matchAll(/[.!?]\s+(?=[A-Z0-9])/g)) {
+    const end = (match.index ?? 0) + 1;
+    const candidate = flat.slice(start, end).trim();
+    if (/(?:^|\s)(?:Dr|Mr|Mrs|Ms|St|Jr|Sr|No|vs|approx)\.$/i.test(candidate)) continue;
+    sentences.push(candidate);
+    start = end;
+  }
+  sentences.push(flat.slice(start).trim());
+  return sentences.filter((sentence) => sentence !== '');
+}
+
 export class EmptyDraftError extends Error {
   readonly isRetryable = false;
   readonly code = 'empty-draft';
@@ -221,8 +237,8 @@ export class MedGemmaEngine implements DraftEngine {
       shown: state.shown,
     });
     const verification = verifyCitations(text, state.shown);
-    if (verification.text.trim() === '') {
-      // Nothing supported is left: no draft rather than an empty one (the pipeline can fall back).
+    if (verification.cited.length === 0) {
+      // No supported line is left (headings alone say nothing): no draft rather than an empty one.
       throw new EmptyDraftError(verification.removed.length);
     }
     this.logger.info(
@@ -609,7 +625,10 @@ export class MedGemmaEngine implements DraftEngine {
       lines.push(`## ${heading}`);
       for (const line of sectionLines) {
         const citations = line.citations.map((citation) => `[${citation}]`).join(' ');
-        lines.push(`- ${line.text.replace(/[\r\n]+/g, ' ').trim()}${citations ? ` ${citations}` : ''}`);
+        // Every sentence carries the citations the model gave its line, so the verifier checks each one.
+        for (const sentence of sentencesOf(line.text)) {
+          lines.push(`- ${sentence}${citations ? ` ${citations}` : ''}`);
+        }
       }
       lines.push('');
     }

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { NudgeInput } from '../../agents/draft-engine.ts';
-import { MedGemmaEngine, planDraft } from '../../agents/medgemma-engine.ts';
+import { MedGemmaEngine, planDraft, sentencesOf } from '../../agents/medgemma-engine.ts';
 import { PromptLibrary } from '../../agents/prompt-library.ts';
 import { AgentBudgetExceededError } from '../../agents/run-budget.ts';
 import { InvalidModelOutputError } from '../../agents/structured-call.ts';
@@ -238,6 +238,60 @@ describe('MedGemma engine: grounding', () => {
       'unknown-citation',
     ]);
     expect(result.verification.cited).toEqual(['Condition/cond-1']);
+  });
+
+  it('gives every sentence of a line the citations of its line', async () => {
+    expect(sentencesOf('HbA1c 7.2% in May. Seen by Dr. Lee today. Plan: repeat in 3 months')).toEqual([
+      'HbA1c 7.2% in May.',
+      'Seen by Dr. Lee today.',
+      'Plan: repeat in 3 months',
+    ]);
+    const provider = new ScriptedProvider({
+      script: [final()],
+      fallback: (request) =>
+        request.schemaName === 'draft'
+          ? JSON.stringify({
+              sections: [
+                {
+                  heading: 'Results',
+                  lines: [
+                    { text: 'HbA1c improved. Blood pressure still high.', citations: ['Observation/obs-12'] },
+                  ],
+                },
+              ],
+              suggestions: [],
+            })
+          : cooperativeReply(request),
+    });
+    const result = await engineWith(provider).draft({
+      kind: 'progress-summary',
+      record: buildPatientRecord(),
+      nudges: [],
+    });
+    expect(result.text).toContain(
+      '- HbA1c improved. [Observation/obs-12]\n- Blood pressure still high. [Observation/obs-12]',
+    );
+  });
+
+  it('refuses to return a draft when no supported line is left', async () => {
+    const provider = new ScriptedProvider({
+      script: [final()],
+      fallback: (request) =>
+        request.schemaName === 'draft'
+          ? JSON.stringify({
+              sections: [
+                { heading: 'Results', lines: [{ text: 'Invented.', citations: ['Observation/invented'] }] },
+              ],
+              suggestions: [],
+            })
+          : cooperativeReply(request),
+    });
+    const draft = engineWith(provider).draft({
+      kind: 'progress-summary',
+      record: buildPatientRecord(),
+      nudges: [],
+    });
+    await expect(draft).rejects.toMatchObject({ code: 'empty-draft', isRetryable: false });
   });
 
   it('keeps tools inside the event patient when a note says to read another patient', async () => {
