@@ -50,6 +50,9 @@ export const defaultLaunchScopes = [
   'patient/Immunization.r',
   'patient/DocumentReference.rs',
   'patient/DocumentReference.u',
+  // Hold mode: the signed note reaches the EHR for the first time at sign-off, created with the clinician's token.
+  'patient/DocumentReference.c',
+  'patient/Binary.r',
   'patient/Provenance.c',
 ].join(' ');
 
