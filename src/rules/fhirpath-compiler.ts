@@ -122,21 +122,23 @@ function userFunctions(valueSets: ValueSetIndex) {
      * `%observations.where(code.coding.inValueSet(url))` filters item by item in the interpreter.
      */
     withCode: {
-      fn(inputs: ResourceWithCode[], url: string) {
-        return inputs.filter((resource) =>
-          codings(resource?.code ?? resource?.vaccineCode ?? resource?.medicationCodeableConcept ?? {}).some(
-            (coding) => valueSets.contains(url, coding.system, coding.code),
-          ),
-        );
+      fn(inputs: unknown[], url: unknown[]) {
+        const valueSetUrl = String(literal(url));
+        // Engine nodes in, the same nodes out: their type information survives the filter.
+        return inputs.filter((node) => {
+          const resource = (node instanceof fhirpathTypes.ResourceNode ? node.data : node) as
+            | ResourceWithCode
+            | undefined;
+          const code = resource?.code ?? resource?.vaccineCode ?? resource?.medicationCodeableConcept;
+          return (
+            code !== undefined &&
+            codings(code).some((coding) => valueSets.contains(valueSetUrl, coding.system, coding.code))
+          );
+        });
       },
       arity: { 1: ['String'] },
+      internalStructures: true,
     },
-    /**
-     * The input resources whose clinically relevant date (effective, performed, occurrence,
-     * authoredOn, onset, recordedDate, issued) is on or after the boundary:
-     * `%observations.since(now() - 6 months)` compares instants natively instead of item by item in
-     * the interpreter. A resource with no such date is left out.
-     */
     since: {
       fn(this: ClockContext, inputs: unknown[], boundary: unknown[]) {
         const limit = instantOf(boundary?.[0]);
