@@ -2,13 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
-import { createExtractiveEngine } from '../agents/extractive-engine.ts';
 import { createDraftLifecycle, type DraftLifecycle } from '../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../fhir/draft-note.ts';
 import { FhirClient } from '../fhir/fhir-client.ts';
 import { normalizeOperationOutcome } from '../fhir/operation-outcome.ts';
 import { createAccessTokenProvider } from '../fhir/smart-backend-auth.ts';
 import type { ServiceConfig } from './config/config-schema.ts';
+import { createDraftEngine } from './draft-engine-factory.ts';
 import { schedulePurge } from './drafts/purge-schedule.ts';
 import { SqliteDraftStore } from './drafts/sqlite-draft-store.ts';
 import { createApp } from './http/app.ts';
@@ -114,7 +114,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     maxPages: config.fhir.maxPages,
     accessToken,
   });
-  const engine = createExtractiveEngine();
+  // The model (in-process GGUF or the site's inference server), or the model-free extractive engine.
+  const engine = await createDraftEngine(config.model, logger);
   // Drafts go where drafts.mode says: the EHR (write), or the service's own store (hold, shadow).
   const draftStore = new SqliteDraftStore(path.join(dataDir, 'drafts.sqlite'));
   const writer = new DraftNoteWriter(fhir, config.drafts.identifierSystem, {
@@ -205,6 +206,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       await intake.stop();
       await workers?.stop();
       await purge.stop();
+      await engine.close();
       await smartLaunch.close();
       await draftStore.close();
       await queue.close();

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { draftStoreConfigDefaults, draftStoreConfigSchema } from '../drafts/drafts-config.ts';
+import { modelConfigSchema } from '../model/model-config.ts';
 import { authConfigSchema } from './auth-config.ts';
 import { intakeConfigSchema } from './intake-config.ts';
 import { reviewConfigSchema } from './review-config.ts';
@@ -52,7 +53,8 @@ export const configSchema = z
       .object({
         adapter: z.enum(['sqlite', 'postgres']).default('sqlite'),
         postgresUrl: z.string().optional(),
-        concurrency: z.coerce.number().int().min(1).max(64).default(2),
+        /** Jobs run at once; 0 makes an intake-only replica (workers run elsewhere, PostgreSQL queue). */
+        concurrency: z.coerce.number().int().min(0).max(64).default(2),
         maxAttempts: z.coerce.number().int().min(1).max(50).default(6),
         backoffBaseMs: z.coerce.number().int().positive().default(1_000),
         backoffMaxMs: z.coerce.number().int().positive().default(300_000),
@@ -86,6 +88,8 @@ export const configSchema = z
     intake: intakeConfigSchema.prefault({}),
     /** SMART Backend Services (the service's own access) and SMART App Launch (clinicians), src/config/auth-config.ts. */
     auth: authConfigSchema,
+    /** Which engine writes drafts (extractive, in-process GGUF, remote server) and the agents' budgets (src/model/model-config.ts). */
+    model: modelConfigSchema.prefault({}),
     /** The clinician review page (src/config/review-config.ts). */
     review: reviewConfigSchema,
     sandbox: z

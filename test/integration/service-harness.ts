@@ -1,7 +1,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { Bundle, DocumentReference, Encounter } from 'fhir/r4.js';
+import type { Bundle, DocumentReference, Encounter, Parameters } from 'fhir/r4.js';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { loadConfig } from '../../src/config/load-config.ts';
 import { silentLogger } from '../../src/log.ts';
@@ -30,6 +30,24 @@ export async function startSandboxService(env: Record<string, string> = {}): Pro
 
 /** A notification shaped like the Backport IG's id-only R4 example, for one encounter. */
 export function idOnlyNotification(fhirBaseUrl: string, encounterId: string, eventNumber: number): Bundle {
+  const status: Parameters = {
+    resourceType: 'Parameters',
+    parameter: [
+      { name: 'subscription', valueReference: { reference: `${fhirBaseUrl}/Subscription/test-harness` } },
+      { name: 'topic', valueCanonical: 'http://hl7.org/SubscriptionTopic/encounter-finished' },
+      { name: 'status', valueCode: 'active' },
+      { name: 'type', valueCode: 'event-notification' },
+      { name: 'events-since-subscription-start', valueString: String(eventNumber) },
+      {
+        name: 'notification-event',
+        part: [
+          { name: 'event-number', valueString: String(eventNumber) },
+          { name: 'timestamp', valueInstant: new Date().toISOString() },
+          { name: 'focus', valueReference: { reference: `${fhirBaseUrl}/Encounter/${encounterId}` } },
+        ],
+      },
+    ],
+  };
   return {
     resourceType: 'Bundle',
     type: 'history',
@@ -37,27 +55,7 @@ export function idOnlyNotification(fhirBaseUrl: string, encounterId: string, eve
     entry: [
       {
         fullUrl: 'urn:uuid:292d3c72-edc1-4d8a-afaa-d85e19c7f563',
-        resource: {
-          resourceType: 'Parameters',
-          parameter: [
-            {
-              name: 'subscription',
-              valueReference: { reference: `${fhirBaseUrl}/Subscription/test-harness` },
-            },
-            { name: 'topic', valueCanonical: 'http://hl7.org/SubscriptionTopic/encounter-finished' },
-            { name: 'status', valueCode: 'active' },
-            { name: 'type', valueCode: 'event-notification' },
-            { name: 'events-since-subscription-start', valueString: String(eventNumber) },
-            {
-              name: 'notification-event',
-              part: [
-                { name: 'event-number', valueString: String(eventNumber) },
-                { name: 'timestamp', valueInstant: new Date().toISOString() },
-                { name: 'focus', valueReference: { reference: `${fhirBaseUrl}/Encounter/${encounterId}` } },
-              ],
-            },
-          ],
-        },
+        resource: status,
         request: { method: 'GET', url: `${fhirBaseUrl}/Subscription/test-harness/$status` },
         response: { status: '200' },
       },
