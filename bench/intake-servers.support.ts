@@ -13,6 +13,7 @@ import { startService } from '../src/service.ts';
  * The processes bench/intake.ts measures, one per invocation (argv[2]):
  * - `fhir`: a FHIR server (the sandbox EHR's engine behind HTTP), in a process of its own;
  * - `service <fhirBaseUrl> <secret>`: the service with its durable SQLite queue, pointed at it;
+ * - `intake-only <fhirBaseUrl> <secret>`: the same with no workers (queue.concurrency 0);
  * - `bare`: the baseline, an express 5 endpoint that parses the same JSON and answers 200.
  * Each prints its URL on the first line of stdout.
  */
@@ -28,7 +29,7 @@ if (role === 'fhir') {
     sandbox.setBaseUrl(url);
     process.stdout.write(`${url}\n`);
   });
-} else if (role === 'service') {
+} else if (role === 'service' || role === 'intake-only') {
   const [fhirBaseUrl, secret] = process.argv.slice(3);
   const config = configSchema.parse({
     port: 0,
@@ -36,10 +37,13 @@ if (role === 'fhir') {
     logLevel: 'warn',
     fhir: { baseUrl: fhirBaseUrl },
     notify: { secret },
+    // intake-only: no workers in this process, so what is measured is intake alone.
+    queue: { concurrency: role === 'intake-only' ? 0 : 2 },
     intake: { sources: { polling: false }, subscription: { ensureOnStart: false } },
   });
   const service = await startService(config, createLogger({ level: 'warn', destination: process.stderr }));
   process.stdout.write(`${service.url}\n`);
+  process.on('SIGTERM', () => void service.close().then(() => process.exit(0)));
 } else if (role === 'bare') {
   const app = express();
   app.post('/notify', express.json({ type: fhirTypes, limit: 1_048_576 }), (request, response) => {

@@ -70,10 +70,10 @@ function hasNoBody(request: Request): boolean {
 }
 
 function accepted(response: Response, message: string): void {
-  response
-    .status(200)
-    .type('application/fhir+json')
-    .json(outcome('informational', message, 'information'));
+  // Written directly (no ETag, no content negotiation): this answer is on the hot path of every event.
+  response.statusCode = 200;
+  response.setHeader('content-type', 'application/fhir+json; charset=utf-8');
+  response.end(JSON.stringify(outcome('informational', message, 'information')));
 }
 
 function tooMany(retryAfterSeconds: number, what: string): OperationOutcomeError {

@@ -36,6 +36,15 @@ export class EventCounterTracker {
   }
 
   observe(notification: ParsedNotification): CounterObservation {
+    return this.#store.transaction(() => this.#observe(notification));
+  }
+
+  /** Several notifications in arrival order, in one transaction (group commit under bursts). */
+  observeMany(notifications: ParsedNotification[]): CounterObservation[] {
+    return this.#store.transaction(() => notifications.map((notification) => this.#observe(notification)));
+  }
+
+  #observe(notification: ParsedNotification): CounterObservation {
     const now = this.#now();
     const subscription = notification.subscription;
     const observation: CounterObservation = { fresh: [], duplicates: 0, gap: [], filled: 0, reset: false };

@@ -2,7 +2,7 @@ import type { ParsedNotification } from '../../fhir/subscription-notification.ts
 import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
 import type { DraftKindHint, EncounterJobInput, JobQueue } from '../queue/job-queue.ts';
-import type { EventCounterTracker } from './event-counter-tracker.ts';
+import type { CounterObservation, EventCounterTracker } from './event-counter-tracker.ts';
 
 /**
  * Where every source's events meet: Backport notifications (through the counter tracker), classic
@@ -70,20 +70,53 @@ export class EventIntake {
     return added;
   }
 
-  /** A Backport notification: counters tracked, redeliveries dropped, gaps and resets noted. */
-  async acceptNotification(notification: ParsedNotification, source = 'backport'): Promise<IntakeResult> {
-    const { tracker, logger, metrics } = this.#options;
-    const result: IntakeResult = { queued: 0, events: 0, duplicates: 0, reconcileRequested: false };
-    const observation = tracker?.observe(notification) ?? {
-      fresh:
+  #waiting: {
+    notification: ParsedNotification;
+    source: string;
+    resolve: (result: IntakeResult) => void;
+    reject: (error: unknown) => void;
+  }[] = [];
+
+  /**
+   * A Backport notification: counters tracked, redeliveries dropped, gaps and resets noted.
+   * Notifications arriving in the same turn of the event loop are tracked in one transaction.
+   */
+  acceptNotification(notification: ParsedNotification, source = 'backport'): Promise<IntakeResult> {
+    const tracker = this.#options.tracker;
+    if (!tracker) {
+      const fresh =
         notification.type === 'event-notification' || notification.type === 'query-event'
           ? notification.events
-          : [],
-      duplicates: 0,
-      gap: [],
-      filled: 0,
-      reset: false,
-    };
+          : [];
+      return this.#accept(notification, source, { fresh, duplicates: 0, gap: [], filled: 0, reset: false });
+    }
+    return new Promise((resolve, reject) => {
+      this.#waiting.push({ notification, source, resolve, reject });
+      if (this.#waiting.length === 1) setImmediate(() => this.#flush(tracker));
+    });
+  }
+
+  #flush(tracker: EventCounterTracker): void {
+    const batch = this.#waiting.splice(0);
+    let observations: CounterObservation[];
+    try {
+      observations = tracker.observeMany(batch.map((item) => item.notification));
+    } catch (error) {
+      for (const item of batch) item.reject(error);
+      return;
+    }
+    batch.forEach((item, index) => {
+      this.#accept(item.notification, item.source, observations[index]).then(item.resolve, item.reject);
+    });
+  }
+
+  async #accept(
+    notification: ParsedNotification,
+    source: string,
+    observation: CounterObservation,
+  ): Promise<IntakeResult> {
+    const { logger, metrics } = this.#options;
+    const result: IntakeResult = { queued: 0, events: 0, duplicates: 0, reconcileRequested: false };
     result.duplicates = observation.duplicates;
     this.#count(source, 'duplicate', observation.duplicates);
     if (observation.gap.length > 0) {

@@ -72,6 +72,19 @@ export class IntakeStateStore {
     this.#database.exec(schema);
   }
 
+  /** Runs the work in one transaction: one commit per notification instead of one per statement. */
+  transaction<T>(work: () => T): T {
+    this.#database.exec('begin immediate');
+    try {
+      const result = work();
+      this.#database.exec('commit');
+      return result;
+    } catch (error) {
+      this.#database.exec('rollback');
+      throw error;
+    }
+  }
+
   subscription(subscription: string): SubscriptionState | undefined {
     const row = this.#prepare('select * from subscription_state where subscription = ?').get(subscription) as
       | { subscription: string; highest: number; last_contact_at: number; status: string | null }
@@ -119,10 +132,13 @@ export class IntakeStateStore {
       `insert into subscription_seen (subscription, event_number, signature, received_at) values (?, ?, ?, ?)
          on conflict do update set signature = excluded.signature, received_at = excluded.received_at`,
     ).run(subscription, eventNumber, signature, now);
-    this.#prepare('delete from subscription_seen where subscription = ? and event_number <= ?').run(
-      subscription,
-      eventNumber - seenWindow,
-    );
+    // Pruning now and then is enough to keep the window bounded.
+    if (eventNumber % 100 === 0) {
+      this.#prepare('delete from subscription_seen where subscription = ? and event_number <= ?').run(
+        subscription,
+        eventNumber - seenWindow,
+      );
+    }
   }
 
   wasSeen(subscription: string, eventNumber: number): boolean {

@@ -88,35 +88,65 @@ export class SqliteJobQueue implements JobQueue {
 
   #insert: StatementSync | undefined;
 
-  async enqueue(jobs: EncounterJobInput[]): Promise<{ added: number }> {
+  #waitingEnqueues: {
+    jobs: EncounterJobInput[];
+    resolve: (result: { added: number }) => void;
+    reject: (error: unknown) => void;
+  }[] = [];
+
+  /**
+   * Group commit: enqueues arriving in the same turn of the event loop share one transaction, so a
+   * burst of notifications costs one WAL commit, not one each. Each caller still learns its own count,
+   * and nobody is answered before the commit.
+   */
+  enqueue(jobs: EncounterJobInput[]): Promise<{ added: number }> {
+    return new Promise((resolve, reject) => {
+      this.#waitingEnqueues.push({ jobs, resolve, reject });
+      if (this.#waitingEnqueues.length === 1) setImmediate(() => this.#flushEnqueues());
+    });
+  }
+
+  #flushEnqueues(): void {
+    const batch = this.#waitingEnqueues.splice(0);
     // Prepared once: intake runs this for every notification.
     this.#insert ??= this.#database.prepare(
       `insert into jobs (id, encounter_id, source, version_id, kind, status, created_at, run_at)
        values (?, ?, ?, ?, ?, 'pending', ?, ?) on conflict do nothing`,
     );
     const insert = this.#insert;
-    let added = 0;
-    this.#database.exec('begin immediate');
+    const counts: number[] = [];
     try {
-      for (const job of jobs) {
-        const now = this.#now();
-        const result = insert.run(
-          randomUUID(),
-          job.encounterId,
-          job.source,
-          job.versionId ?? null,
-          job.kind ?? null,
-          now,
-          now,
-        );
-        added += Number(result.changes);
+      this.#database.exec('begin immediate');
+      try {
+        for (const { jobs } of batch) {
+          let added = 0;
+          for (const job of jobs) {
+            const now = this.#now();
+            const result = insert.run(
+              randomUUID(),
+              job.encounterId,
+              job.source,
+              job.versionId ?? null,
+              job.kind ?? null,
+              now,
+              now,
+            );
+            added += Number(result.changes);
+          }
+          counts.push(added);
+        }
+        this.#database.exec('commit');
+      } catch (error) {
+        this.#database.exec('rollback');
+        throw error;
       }
-      this.#database.exec('commit');
     } catch (error) {
-      this.#database.exec('rollback');
-      throw error;
+      for (const waiting of batch) waiting.reject(error);
+      return;
     }
-    return { added };
+    batch.forEach((waiting, index) => {
+      waiting.resolve({ added: counts[index] });
+    });
   }
 
   async claim(workerId: string): Promise<EncounterJob | undefined> {
@@ -125,8 +155,12 @@ export class SqliteJobQueue implements JobQueue {
       .prepare(
         `update jobs set status = 'running', attempts = attempts + 1, lease_until = ?, worker_id = ?
          where id = (
-           select id from jobs
-           where (status = 'pending' and run_at <= ?) or (status = 'running' and lease_until < ?)
+           -- Two index-friendly halves: an OR across them would scan every finished job too.
+           select id from (
+             select id, run_at from jobs where status = 'pending' and run_at <= ?
+             union all
+             select id, run_at from jobs where status = 'running' and lease_until < ?
+           )
            order by run_at limit 1
          )
          returning *`,
@@ -135,7 +169,16 @@ export class SqliteJobQueue implements JobQueue {
     return row ? toJob(row) : undefined;
   }
 
+  #completedSincePurge = 0;
+
   async complete(jobId: string, outcome: string): Promise<void> {
+    // Finished jobs are kept a week for listings, then purged so the file does not grow forever.
+    if (++this.#completedSincePurge >= 1_000) {
+      this.#completedSincePurge = 0;
+      this.#database
+        .prepare(`delete from jobs where status = 'done' and finished_at < ?`)
+        .run(this.#now() - 7 * 24 * 3600 * 1000);
+    }
     this.#database
       .prepare(
         `update jobs set status = 'done', outcome = ?, lease_until = null, finished_at = ?, last_error = null where id = ?`,

@@ -203,6 +203,7 @@ describe('classic rest-hooks', () => {
       'draft from Medplum',
     );
 
+    await waitFor(async () => (await harness?.service.queue.counts())?.done === 1, 'the job to finish');
     const requestsBefore = harness.standIn.requests.length;
     const tampered = body.replace('finished', 'cancelled');
     const refused = await harness.post('/notify', tampered, signed(body));
