@@ -1,4 +1,4 @@
-import type { DocumentReference, Encounter, FhirResource, Patient } from 'fhir/r4.js';
+import type { Bundle, DocumentReference, Encounter, FhirResource, Patient } from 'fhir/r4.js';
 import type { FhirClient } from './fhir-client.ts';
 import { binaryNoteText, inlineNoteText, readNoteText, textAttachment } from './note-text.ts';
 import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
@@ -131,7 +131,7 @@ async function searchInOneBatch(
       const resourceType = searchesByList[name];
       if (result instanceof OperationOutcomeError)
         return retryAlone(result, () => reader.search(resourceType, searchParams(resourceType, options)));
-      return reader.collectSearchPages(resourceType, result);
+      return collectOrSearchAgain(reader, resourceType, result, options);
     },
   );
   const byName = Object.fromEntries(listNames.map((name, index) => [name, lists[index]])) as Lists;
@@ -172,6 +172,22 @@ async function noteTexts(
     texts[index] = fetched[position];
   });
   return texts;
+}
+
+/**
+ * Pages of a search made inside a batch. Some servers (the sandbox's engine among them) leave the `next`
+ * link out of batch results; when the total says more matched than arrived, search again on its own,
+ * which pages, rather than summarise a silently truncated record.
+ */
+async function collectOrSearchAgain(
+  reader: PatientScopedReader,
+  resourceType: FhirResource['resourceType'],
+  firstPage: Bundle,
+  options: HistoryOptions,
+): Promise<FhirResource[]> {
+  const collected = await reader.collectSearchPages(resourceType, firstPage);
+  if (firstPage.total === undefined || collected.length >= firstPage.total) return collected;
+  return reader.search(resourceType, searchParams(resourceType, options));
 }
 
 async function retryAlone<T>(error: OperationOutcomeError, again: () => Promise<T>): Promise<T> {

@@ -332,6 +332,18 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
       const bundle = body as Bundle;
       addFullUrls(bundle, base);
       if (bundle.type === 'searchset') searchLinks(bundle, path, query, base);
+      // Searches inside a batch page like standalone ones: each result carries its own next link.
+      if (bundle.type === 'batch-response') {
+        const requests = isResource(request.body) ? ((request.body as Bundle).entry ?? []) : [];
+        bundle.entry?.forEach((entry, index) => {
+          const inner = entry.resource as Bundle | undefined;
+          const requestUrl = requests[index]?.request?.url;
+          if (inner?.resourceType !== 'Bundle' || inner.type !== 'searchset' || !requestUrl) return;
+          const [innerPath, innerQuery = ''] = requestUrl.replace(/^\/+/, '').split('?');
+          addFullUrls(inner, base);
+          searchLinks(inner, innerPath, new URLSearchParams(innerQuery), base);
+        });
+      }
       // `_summary=count`: the total only (Medplum's memory search ignores it).
       if (bundle.type === 'searchset' && query.get('_summary') === 'count') {
         bundle.entry = undefined;
