@@ -2,19 +2,23 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
+import type { Encounter } from 'fhir/r4.js';
 import { createDraftLifecycle, type DraftLifecycle } from '../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../fhir/draft-note.ts';
 import { FhirClient } from '../fhir/fhir-client.ts';
-import { normalizeOperationOutcome } from '../fhir/operation-outcome.ts';
+import { normalizeOperationOutcome, outcomeError } from '../fhir/operation-outcome.ts';
+import { retrievePatientRecord } from '../fhir/patient-history.ts';
 import { createAccessTokenProvider } from '../fhir/smart-backend-auth.ts';
 import type { ServiceConfig } from './config/config-schema.ts';
 import { createDraftEngine } from './draft-engine-factory.ts';
 import { schedulePurge } from './drafts/purge-schedule.ts';
 import { SqliteDraftStore } from './drafts/sqlite-draft-store.ts';
 import { createApp } from './http/app.ts';
+import { createCdsHooksRouter } from './http/cds-hooks.ts';
 import { reviewAppRouters } from './http/review-app.ts';
 import { sandboxRouter } from './http/sandbox-routes.ts';
 import { createSmartLaunch } from './http/smart-launch.ts';
+import { enqueueFromCdsHook } from './intake/cds-hook-events.ts';
 import { configurationVersion } from './intake/configuration-version.ts';
 import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
@@ -23,6 +27,9 @@ import { processEncounterJob } from './pipeline/process-encounter-job.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
 import type { EncounterJobInput, JobQueue } from './queue/job-queue.ts';
 import { openJobQueue } from './queue/open-job-queue.ts';
+import { DraftedNudgeCache } from './rules/drafted-nudges.ts';
+import { toNudgeInput, triggerForEncounter } from './rules/evaluate.ts';
+import { createRulesRuntime } from './rules/rules-runtime.ts';
 import { createSandboxEhr, type SandboxEhr } from './sandbox/sandbox-ehr.ts';
 import { generatePatients } from './sandbox/synthetic-patients.ts';
 
@@ -114,6 +121,9 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     maxPages: config.fhir.maxPages,
     accessToken,
   });
+  // Rules decide which nudges apply (start-up refuses an invalid rule set); the engine only words them.
+  const rules = await createRulesRuntime(config.rules, { logger, dataDirectory: dataDir });
+  const draftedNudges = new DraftedNudgeCache();
   // The model (in-process GGUF or the site's inference server), or the model-free extractive engine.
   const engine = await createDraftEngine(config.model, logger);
   // Drafts go where drafts.mode says: the EHR (write), or the service's own store (hold, shadow).
@@ -155,6 +165,43 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       app.mount(mountPath, router);
     }
   }
+  // CDS Hooks: cards from drafted nudges, or rules evaluated live; encounter-start queues a briefing too.
+  app.mount(
+    '/',
+    createCdsHooksRouter({
+      ruleSet: () => rules.current(),
+      store: rules.store,
+      reviewAppUrl: config.rules.cdsHooks.reviewAppUrl ?? `${url}/smart/launch`,
+      timeBudgetMs: config.rules.cdsHooks.timeBudgetMs,
+      logger,
+      findDraftedNudges: async (query) => draftedNudges.find(query),
+      fetchPatientRecord: async ({ patientId, encounterId, fhirServer }) => {
+        // The service's own token goes only to its own FHIR server; other servers must send prefetch.
+        if (fhirServer && fhirServer.replace(/\/+$/, '') !== fhirBaseUrl) {
+          throw outcomeError('forbidden', 'this service reads only its configured FHIR server', 403);
+        }
+        const encounter = encounterId
+          ? await fhir.read<Encounter>('Encounter', encounterId)
+          : // patient-view has no encounter: stand the record on an upcoming visit of that patient.
+            ({
+              resourceType: 'Encounter',
+              id: 'patient-view',
+              status: 'planned',
+              class: { code: 'AMB' },
+              subject: { reference: `Patient/${patientId}` },
+            } as Encounter);
+        if (encounter.subject?.reference !== `Patient/${patientId}`) {
+          throw outcomeError('forbidden', 'the encounter does not belong to the patient in context', 403);
+        }
+        return retrievePatientRecord(fhir, encounter, {
+          draftIdentifierSystem: config.drafts.identifierSystem,
+        });
+      },
+      onHook: async (hook, context) => {
+        await enqueueFromCdsHook(intake.intake, hook, context);
+      },
+    }),
+  );
   const purge = schedulePurge({
     targets: { drafts: draftStore },
     retentionDays: config.drafts.retentionDays,
@@ -175,6 +222,13 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         draftIdentifierSystem: config.drafts.identifierSystem,
         logger,
         completedWork: queue,
+        selectNudges: async (record) => {
+          const trigger = triggerForEncounter(record.encounter);
+          if (!trigger) return [];
+          const evaluation = await rules.evaluate(record, { trigger, occasionId: record.encounter.id });
+          draftedNudges.remember(record.patient.id as string, record.encounter.id as string, evaluation);
+          return evaluation.nudges.map(toNudgeInput);
+        },
         configurationVersion:
           config.intake.configurationVersion ??
           configurationVersion({ triggers: config.triggers, drafts: config.drafts, engine: engine.id }),
@@ -207,6 +261,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       await workers?.stop();
       await purge.stop();
       await engine.close();
+      await rules.close();
       await smartLaunch.close();
       await draftStore.close();
       await queue.close();

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { draftStoreConfigDefaults, draftStoreConfigSchema } from '../drafts/drafts-config.ts';
 import { modelConfigSchema } from '../model/model-config.ts';
+import { rulesConfigSchema } from '../rules/rules-config.ts';
 import { authConfigSchema } from './auth-config.ts';
 import { intakeConfigSchema } from './intake-config.ts';
 import { reviewConfigSchema } from './review-config.ts';
@@ -90,6 +91,8 @@ export const configSchema = z
     auth: authConfigSchema,
     /** Which engine writes drafts (extractive, in-process GGUF, remote server) and the agents' budgets (src/model/model-config.ts). */
     model: modelConfigSchema.prefault({}),
+    /** Guideline rules, suppression, CDS Hooks (src/rules/rules-config.ts). */
+    rules: rulesConfigSchema.prefault({}),
     /** The clinician review page (src/config/review-config.ts). */
     review: reviewConfigSchema,
     sandbox: z

@@ -45,6 +45,8 @@ export interface CdsHooksOptions {
     patientId: string;
     encounterId?: string;
   }) => Promise<DraftedNudges | undefined>;
+  /** Called for every valid hook request before cards are made (encounter-start queues a briefing). */
+  onHook?: (hook: string, context: Record<string, unknown>) => Promise<void>;
   /** Checks the CDS client's JWT (Authorization header); absent: every caller is accepted. */
   authenticate?: (authorization: string | undefined) => Promise<boolean>;
   now?: () => Date;
@@ -153,6 +155,7 @@ export function createCdsHooksRouter(options: CdsHooksOptions): Router {
           .json(outcome('invalid', `service ${service.id} answers ${service.hook}, not ${parsed.data.hook}`));
         return;
       }
+      await options.onHook?.(parsed.data.hook, parsed.data.context);
       const cards = await cardsFor(service, parsed.data, options, now());
       response.json({ cards });
     } catch (error) {

@@ -29,10 +29,10 @@ export const rulesConfigSchema = z
       .object({
         /** Live evaluation (fetch + rules) gives up after this long and answers with no cards. */
         timeBudgetMs: z.number().int().min(50).max(60_000).default(1_500),
-        /** SMART launch URL of the review app, used for the cards' `smart` links. */
-        reviewAppUrl: z.url().default('http://localhost:3000/review/launch'),
+        /** SMART launch URL of the review app, for the cards' `smart` links; default `<publicUrl>/smart/launch`. */
+        reviewAppUrl: z.url().optional(),
       })
-      .default({ timeBudgetMs: 1_500, reviewAppUrl: 'http://localhost:3000/review/launch' }),
+      .default({ timeBudgetMs: 1_500 }),
     /** SQLite file of nudge deliveries and outcomes (suppression and `rules stats`). Absent: in memory. */
     storeFile: z.string().min(1).optional(),
   })

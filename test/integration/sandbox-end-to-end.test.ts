@@ -20,6 +20,7 @@ describe('the service on its embedded sandbox EHR: event in, draft note out', ()
   beforeAll(async () => {
     ({ service, fhir } = await startSandboxService());
   });
+  const serviceUrl = () => service.url;
   afterAll(async () => {
     await service?.close();
   });
@@ -87,6 +88,55 @@ describe('the service on its embedded sandbox EHR: event in, draft note out', ()
     // Sources are the exact versions read.
     expect(sources?.length).toBeGreaterThan(5);
     for (const source of sources ?? []) expect(source).toMatch(/^[A-Za-z]+\/[^/]+\/_history\/[^/]+$/);
+  });
+
+  it('briefs a planned visit with the nudges the rules chose, each with its guideline and evidence', async () => {
+    const planned = { ...finishedEncounter('sbx-0001', 'e2e-planned-1'), status: 'planned' as const };
+    await service.sandbox!.seed([planned]);
+    await postNotification(service, idOnlyNotification(service.fhirBaseUrl, planned.id!, 10));
+    await waitForIdleQueue(service);
+    const [briefing] = await draftsFor(fhir, planned.id!);
+    const text = decodeBase64Text(briefing.content[0].attachment.data!, 'text/plain; charset=utf-8');
+    expect(text).toMatch(/^## Pre-visit briefing/);
+    // sbx-0001 is a diabetic aged 40-75 without a statin: the rule fires, the draft words it and cites the data.
+    expect(text).toMatch(
+      /Suggested actions:\n(- .*\n)*- .*statin.*\(ADA .*grade A; rule diabetes-statin v1\.0\.0\) \[(Condition|Patient)\//,
+    );
+  });
+
+  it('serves the drafted nudges as CDS Hooks cards, and an encounter-start hook queues a briefing', async () => {
+    const cdsCall = (service: string, body: unknown) =>
+      fetch(`${serviceUrl()}/cds-services/${service}`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+    const drafted = await cdsCall('guideline-nudges-patient-view', {
+      hook: 'patient-view',
+      hookInstance: 'b1c2',
+      context: { patientId: 'sbx-0001', userId: 'Practitioner/p1' },
+    });
+    expect(drafted.status).toBe(200);
+    const { cards } = await drafted.json();
+    const statinCard = cards.find((card: { summary: string }) => /statin/i.test(card.summary));
+    expect(statinCard).toMatchObject({
+      indicator: 'warning',
+      source: { label: expect.stringMatching(/^ADA/) },
+    });
+    expect(statinCard.summary.length).toBeLessThan(140);
+    expect(statinCard.links[0]).toMatchObject({ type: 'smart', url: `${serviceUrl()}/smart/launch` });
+
+    const started = { ...finishedEncounter('sbx-0002', 'e2e-started-1'), status: 'arrived' as const };
+    await service.sandbox!.seed([started]);
+    const hook = await cdsCall('guideline-nudges-encounter-start', {
+      hook: 'encounter-start',
+      hookInstance: 'c3d4',
+      context: { patientId: 'sbx-0002', encounterId: started.id, userId: 'Practitioner/p1' },
+    });
+    expect(hook.status).toBe(200);
+    await waitForIdleQueue(service);
+    const [briefing] = await draftsFor(fhir, started.id!);
+    expect(briefing?.docStatus).toBe('preliminary');
   });
 
   it('drafts from the sandbox subscription alone when an encounter is finished through the FHIR API', async () => {
