@@ -155,11 +155,12 @@ export class SqliteJobQueue implements JobQueue {
       .prepare(
         `update jobs set status = 'running', attempts = attempts + 1, lease_until = ?, worker_id = ?
          where id = (
-           -- Two index-friendly halves: an OR across them would scan every finished job too.
+           -- Two index-friendly halves, each taking its own first row: an OR, or one sort over both,
+           -- would walk every waiting job on each claim.
            select id from (
-             select id, run_at from jobs where status = 'pending' and run_at <= ?
+             select * from (select id, run_at from jobs where status = 'pending' and run_at <= ? order by run_at limit 1)
              union all
-             select id, run_at from jobs where status = 'running' and lease_until < ?
+             select * from (select id, run_at from jobs where status = 'running' and lease_until < ? order by run_at limit 1)
            )
            order by run_at limit 1
          )
