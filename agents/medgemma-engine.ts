@@ -634,15 +634,18 @@ export class MedGemmaEngine implements DraftEngine {
     }
     if (request.nudges.length) {
       // Rules decided these; every one appears, in the model's words when it gave them, else the rule's.
-      lines.push('## Suggestions');
+      // Same heading and rule tag as the extractive engine: the review app and nudge outcomes read them.
+      lines.push('## Suggested actions');
       for (const nudge of request.nudges) {
         const worded = value.suggestions
           .find((suggestion) => suggestion.ruleId === nudge.ruleId)
           ?.text.replace(/[\r\n]+/g, ' ')
           .trim();
         const text = worded || `${nudge.title}: ${nudge.suggestedAction}`;
+        const grade = nudge.guideline.grade ? `, grade ${nudge.guideline.grade}` : '';
+        const evidence = nudge.evidence.map((reference) => `[${reference}]`).join(' ');
         lines.push(
-          `- ${text} (${nudge.guideline.label}) ${nudge.evidence.map((reference) => `[${reference}]`).join(' ')}`.trim(),
+          `- ${text} (${nudge.guideline.label}${grade}; rule ${nudge.ruleId} v${nudge.ruleVersion}) ${evidence}`.trim(),
         );
       }
     }

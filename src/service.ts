@@ -29,6 +29,7 @@ import type { EncounterJobInput, JobQueue } from './queue/job-queue.ts';
 import { openJobQueue } from './queue/open-job-queue.ts';
 import { DraftedNudgeCache } from './rules/drafted-nudges.ts';
 import { toNudgeInput, triggerForEncounter } from './rules/evaluate.ts';
+import { withNudgeOutcomes } from './rules/review-outcomes.ts';
 import { createRulesRuntime } from './rules/rules-runtime.ts';
 import { createSandboxEhr, type SandboxEhr } from './sandbox/sandbox-ehr.ts';
 import { generatePatients } from './sandbox/synthetic-patients.ts';
@@ -157,7 +158,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   if (config.auth.launch) {
     for (const { path: mountPath, router } of reviewAppRouters({
       smartLaunch,
-      lifecycle: draftLifecycle,
+      // Sign-off and rejection in the review app are outcomes of the nudges the draft carried.
+      lifecycle: withNudgeOutcomes(draftLifecycle, rules.store, logger),
       review: config.review,
       logger,
       fhirTimeoutMs: config.fhir.timeoutMs,

@@ -47,6 +47,8 @@ export interface NudgeStore {
     excludingOccasionId?: string,
   ): Promise<NudgeDelivery | undefined>;
   findDelivery(nudgeId: string): Promise<NudgeDelivery | undefined>;
+  /** Every nudge delivered to a patient on one occasion (an encounter's draft): what the clinician was shown. */
+  deliveriesForOccasion(patientId: string, occasionId: string): Promise<NudgeDelivery[]>;
   /** The latest outcome for a nudge is the one that counts. */
   recordOutcome(outcome: NudgeOutcome): Promise<void>;
   statistics(): Promise<RuleStatistics[]>;
@@ -73,6 +75,12 @@ export class InMemoryNudgeStore implements NudgeStore {
 
   async findDelivery(nudgeId: string) {
     return this.#deliveries.get(nudgeId);
+  }
+
+  async deliveriesForOccasion(patientId: string, occasionId: string) {
+    return [...this.#deliveries.values()].filter(
+      (delivery) => delivery.patientId === patientId && delivery.occasionId === occasionId,
+    );
   }
 
   async recordOutcome(outcome: NudgeOutcome): Promise<void> {

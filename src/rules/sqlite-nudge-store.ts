@@ -73,6 +73,13 @@ export class SqliteNudgeStore implements NudgeStore {
     return row ? deliveryFromRow(row) : undefined;
   }
 
+  async deliveriesForOccasion(patientId: string, occasionId: string) {
+    return this.#database
+      .prepare('SELECT * FROM nudge_delivery WHERE patient_id = ? AND occasion_id = ?')
+      .all(patientId, occasionId)
+      .map(deliveryFromRow);
+  }
+
   async recordOutcome(outcome: NudgeOutcome): Promise<void> {
     this.#database
       .prepare(

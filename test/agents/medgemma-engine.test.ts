@@ -138,12 +138,12 @@ describe('MedGemma engine: tool use', () => {
     expect(lastUserText(provider.calls.at(-1)! as unknown as GenerateRequest)).toContain(
       'ruleId bp-uncontrolled (warning)',
     );
-    expect(result.text).toContain('## Suggestions');
+    expect(result.text).toContain('## Suggested actions');
     expect(result.text).toMatch(
-      /consider stepping up treatment .*\(ACC\/AHA 2017\) \[Observation\/obs-11\] \[Condition\/cond-2\]/,
+      /consider stepping up treatment .*\(ACC\/AHA 2017; rule bp-uncontrolled v1\) \[Observation\/obs-11\] \[Condition\/cond-2\]/,
     );
     expect(result.text).toContain(
-      'Statin review: Review statin dose (ACC/AHA 2017) [MedicationRequest/med-3]',
+      'Statin review: Review statin dose (ACC/AHA 2017; rule statin-review v1) [MedicationRequest/med-3]',
     );
     expect(result.verification.flagged).toBe(false);
   });
