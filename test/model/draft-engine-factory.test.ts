@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/log.ts';
 import { createDraftEngine } from '../../src/draft-engine-factory.ts';
+import { silentLogger } from '../../src/log.ts';
 import { modelConfigSchema } from '../../src/model/model-config.ts';
 import {
   type ScriptedInferenceServer,

@@ -38,7 +38,9 @@ describe('rules runtime (what the composition root wires)', () => {
   it('rejects unknown keys in its config section', () => {
     expect(rulesConfigSchema.safeParse({ perEncounterCapp: 3 }).success).toBe(false);
     // Without a configured URL the service links cards to its own SMART launch (<publicUrl>/smart/launch).
-    expect(rulesConfigSchema.parse({ cdsHooks: { timeBudgetMs: 800 } }).cdsHooks.reviewAppUrl).toBeUndefined();
+    expect(
+      rulesConfigSchema.parse({ cdsHooks: { timeBudgetMs: 800 } }).cdsHooks.reviewAppUrl,
+    ).toBeUndefined();
     expect(rulesConfigSchema.safeParse({ cdsHooks: { reviewAppUrl: 'not a url' } }).success).toBe(false);
   });
 });
