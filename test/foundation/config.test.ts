@@ -60,3 +60,14 @@ describe('configuration', () => {
     );
   });
 });
+
+describe('the shipped example configuration', () => {
+  it('is valid and changes nothing from the defaults it shows', () => {
+    const example = loadConfig({
+      env: { EHR_AGENT_CONFIG: 'config/service.example.yaml' },
+      cwd: process.cwd(),
+    });
+    const defaults = loadConfig({ env: {}, cwd: emptyDirectory() });
+    expect(example).toEqual(defaults);
+  });
+});
