@@ -5,9 +5,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { JobQueue } from '../../src/queue/job-queue.ts';
 import { PgBossJobQueue } from '../../src/queue/pg-boss-job-queue.ts';
 import { SqliteJobQueue } from '../../src/queue/sqlite-job-queue.ts';
-import { type FhirStandIn, seedEncounters, startFhirStandIn } from '../support/fhir-stand-in.ts';
-import { draftsByEncounter, waitFor } from '../support/intake-harness.ts';
+import { waitFor } from '../support/intake-harness.ts';
 import { createTestDatabase, postgresAvailable } from '../support/postgres-database.ts';
+import { type SandboxFhirProcess, startSandboxFhirProcess } from '../support/sandbox-fhir.ts';
 import { startWorkerProcess } from '../support/worker-process.ts';
 
 /**
@@ -15,18 +15,22 @@ import { startWorkerProcess } from '../support/worker-process.ts';
  * (at least 20 times, each while work is still in flight), then a last worker finishes. Afterwards
  * every event has exactly one draft: none lost (lease expiry hands killed jobs out again), none
  * doubled (conditional create and the completed-work ledger). The same for both queue adapters.
+ * The FHIR server is the project's sandbox EHR engine, in a process of its own.
  */
 const events = 200;
 const kills = 20;
-const leaseMs = 1_000;
+// Long enough that a slow attempt is not handed out twice on a loaded machine, short enough to recover fast.
+const leaseMs = 3_000;
 const policy = { maxAttempts: 30, backoffBaseMs: 50, backoffMaxMs: 500, leaseMs };
 
+const identifierSystem = 'urn:ehr-draft-agent:draft';
+
 async function crashAndRecover(
-  standIn: FhirStandIn,
+  fhir: SandboxFhirProcess,
   queue: JobQueue,
   environment: Record<string, string>,
 ): Promise<{ killsWithWorkInFlight: number }> {
-  const ids = seedEncounters(standIn, events);
+  const ids = fhir.encounterIds;
   expect((await queue.enqueue(ids.map((encounterId) => ({ encounterId, source: 'crash-test' })))).added).toBe(
     events,
   );
@@ -55,16 +59,13 @@ async function crashAndRecover(
   return { killsWithWorkInFlight };
 }
 
-function assertExactlyOnce(standIn: FhirStandIn) {
-  const ids = standIn.all('Encounter').map((encounter) => encounter.id as string);
-  const drafts = draftsByEncounter(standIn);
-  const wrong = ids.filter((id) => drafts.get(id) !== 1);
+async function assertExactlyOnce(fhir: SandboxFhirProcess) {
+  const drafts = await fhir.drafts(identifierSystem);
+  const wrong = fhir.encounterIds.filter((id) => drafts.get(id) !== 1);
   expect(wrong, `encounters without exactly one draft: ${wrong.slice(0, 5).join(', ')}`).toEqual([]);
-  expect(standIn.created.get('DocumentReference')).toBe(ids.length);
-  const provenanceTargets = standIn
-    .all('Provenance')
-    .map((provenance) => (provenance.target as { reference: string }[])[0].reference);
-  expect(new Set(provenanceTargets).size).toBe(provenanceTargets.length);
+  const targets = await fhir.provenanceTargets();
+  expect(new Set(targets).size).toBe(targets.length);
+  expect(targets).toHaveLength(events);
 }
 
 describe('crash safety: SIGKILLed workers, one draft per event', () => {
@@ -74,30 +75,31 @@ describe('crash safety: SIGKILLed workers, one draft per event', () => {
   });
 
   it('SQLite queue', async () => {
-    const standIn = await startFhirStandIn({ latencyMs: 15 });
+    const fhir = await startSandboxFhirProcess(events);
     const directory = mkdtempSync(path.join(tmpdir(), 'crash-sqlite-'));
     const file = path.join(directory, 'queue.sqlite');
     const queue = new SqliteJobQueue(file, policy);
     cleanups.push(
-      () => standIn.close(),
+      () => fhir.close(),
       () => queue.close(),
       () => rmSync(directory, { recursive: true, force: true }),
     );
-    const { killsWithWorkInFlight } = await crashAndRecover(standIn, queue, {
+    const { killsWithWorkInFlight } = await crashAndRecover(fhir, queue, {
       WORKER_QUEUE_ADAPTER: 'sqlite',
       WORKER_QUEUE_FILE: file,
-      WORKER_FHIR_BASE_URL: standIn.url,
+      WORKER_FHIR_BASE_URL: fhir.url,
       WORKER_LEASE_MS: String(leaseMs),
+      WORKER_CONCURRENCY: '2',
     });
     expect(killsWithWorkInFlight).toBeGreaterThanOrEqual(kills);
     expect((await queue.counts()).failed).toBe(0);
-    assertExactlyOnce(standIn);
+    await assertExactlyOnce(fhir);
   }, 180_000);
 
   it.skipIf(!postgresAvailable)(
     'PostgreSQL queue (pg-boss)',
     async () => {
-      const standIn = await startFhirStandIn({ latencyMs: 15 });
+      const fhir = await startSandboxFhirProcess(events);
       const database = createTestDatabase();
       const queue = await PgBossJobQueue.open({
         ...policy,
@@ -105,19 +107,20 @@ describe('crash safety: SIGKILLed workers, one draft per event', () => {
         superviseIntervalSeconds: 1,
       });
       cleanups.push(
-        () => standIn.close(),
+        () => fhir.close(),
         () => database.drop(),
         () => queue.close(),
       );
-      const { killsWithWorkInFlight } = await crashAndRecover(standIn, queue, {
+      const { killsWithWorkInFlight } = await crashAndRecover(fhir, queue, {
         WORKER_QUEUE_ADAPTER: 'postgres',
         WORKER_DATABASE_URL: database.url,
-        WORKER_FHIR_BASE_URL: standIn.url,
+        WORKER_FHIR_BASE_URL: fhir.url,
         WORKER_LEASE_MS: String(leaseMs),
+        WORKER_CONCURRENCY: '2',
       });
       expect(killsWithWorkInFlight).toBeGreaterThanOrEqual(kills);
       expect((await queue.counts()).failed).toBe(0);
-      assertExactlyOnce(standIn);
+      await assertExactlyOnce(fhir);
     },
     240_000,
   );
