@@ -1,76 +1,75 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type FaultProxy, startFaultProxy } from '../support/fault-proxy.ts';
-import { seedEncounters } from '../support/fhir-stand-in.ts';
-import {
-  draftsByEncounter,
-  type IntakeHarness,
-  startIntakeHarness,
-  waitFor,
-} from '../support/intake-harness.ts';
+import { silentLogger } from '../../src/log.ts';
+import { startService } from '../../src/service.ts';
+import { startFaultProxy } from '../support/fault-proxy.ts';
+import { notifySecret, testConfig, waitFor } from '../support/intake-harness.ts';
 import { notificationBundle } from '../support/notification-builder.ts';
+import { startSandboxFhirProcess } from '../support/sandbox-fhir.ts';
 
 /**
- * Faults: the FHIR server, behind a proxy, answers 503/429 with Retry-After on 30% of calls and never
- * answers 5% (half of those after doing the work). Every event still completes, and nothing is
- * written twice.
+ * Faults: the FHIR server (the project's sandbox EHR engine, in its own process), behind a proxy that
+ * answers 503/429 with Retry-After on 30% of calls and never answers 5% (half of those after the
+ * server did the work, so the client cannot know whether a write happened). Every event completes,
+ * and no draft is written twice.
  */
-let harness: IntakeHarness | undefined;
+const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
-  await harness?.close();
-  harness = undefined;
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
 describe('FHIR server faults', () => {
   it('every event completes; no draft and no Device is written twice', async () => {
-    let proxy: FaultProxy | undefined;
-    harness = await startIntakeHarness(
-      {
-        fhir: { timeoutMs: 400, maxAttempts: 4 },
-        queue: { maxAttempts: 40, backoffBaseMs: 50, backoffMaxMs: 300, concurrency: 4 },
-      },
-      {},
-      async (target) => {
-        proxy = await startFaultProxy({ target, throttleRate: 0.3, timeoutRate: 0.05 });
-        return proxy;
-      },
-    );
-    const ids = seedEncounters(harness.standIn, 40);
-    const subscription = 'Subscription/faults';
-    for (const [index, id] of ids.entries()) {
-      const response = await harness.post(
-        '/notify',
-        notificationBundle({
-          subscription,
-          counter: index + 1,
-          events: [{ number: index + 1, focus: `Encounter/${id}` }],
-        }),
-      );
+    const events = 40;
+    const fhir = await startSandboxFhirProcess(events);
+    cleanups.push(() => fhir.close());
+    const proxy = await startFaultProxy({ target: fhir.url, throttleRate: 0.3, timeoutRate: 0.05 });
+    cleanups.push(() => proxy.close());
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'faults-'));
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }));
+    const config = testConfig(proxy.url, dataDir, {
+      fhir: { timeoutMs: 400, maxAttempts: 4 },
+      queue: { maxAttempts: 40, backoffBaseMs: 50, backoffMaxMs: 300, concurrency: 4 },
+    });
+    const service = await startService(config, silentLogger());
+    cleanups.push(() => service.close());
+
+    for (const [index, id] of fhir.encounterIds.entries()) {
+      const response = await fetch(`${service.url}/notify`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${notifySecret}`, 'content-type': 'application/fhir+json' },
+        body: JSON.stringify(
+          notificationBundle({
+            subscription: 'Subscription/faults',
+            counter: index + 1,
+            events: [{ number: index + 1, focus: `Encounter/${id}` }],
+          }),
+        ),
+      });
       expect(response.status).toBe(200);
     }
     await waitFor(
       async () => {
-        const counts = await harness?.service.queue.counts();
-        return counts && counts.pending === 0 && counts.running === 0 && counts.done >= ids.length;
+        const counts = await service.queue.counts();
+        return counts.pending === 0 && counts.running === 0 && counts.done >= events;
       },
       'all jobs to finish',
       120_000,
     );
-    expect((await harness.service.queue.counts()).failed).toBe(0);
-    const drafts = draftsByEncounter(harness.standIn);
-    expect(ids.filter((id) => drafts.get(id) !== 1)).toEqual([]);
-    expect(harness.standIn.created.get('DocumentReference')).toBe(ids.length);
+    expect((await service.queue.counts()).failed).toBe(0);
+    const drafts = await fhir.drafts(config.drafts.identifierSystem);
+    expect(fhir.encounterIds.filter((id) => drafts.get(id) !== 1)).toEqual([]);
+    const devices = (await (await fetch(`${fhir.url}/Device`)).json()) as { entry?: unknown[] };
+    expect(devices.entry ?? []).toHaveLength(1);
     // Every draft has its Provenance. Not asserted: exactly one. fhir/draft-note.ts creates the
     // Provenance without a condition, so a POST the server carried out but whose answer was lost is
     // repeated by the client's retry (reported to its owner; a conditional create on target fixes it).
-    const targets = new Set(
-      harness.standIn
-        .all('Provenance')
-        .map((provenance) => (provenance.target as { reference: string }[])[0].reference),
-    );
-    expect(targets.size).toBe(ids.length);
-    expect(harness.standIn.all('Device')).toHaveLength(1);
+    const targets = new Set(await fhir.provenanceTargets());
+    expect(targets.size).toBe(events);
     // The faults really happened.
-    expect(proxy?.counts.throttled).toBeGreaterThan(20);
-    expect(proxy?.counts.timedOut).toBeGreaterThan(0);
+    expect(proxy.counts.throttled).toBeGreaterThan(20);
+    expect(proxy.counts.timedOut).toBeGreaterThan(0);
   }, 150_000);
 });
