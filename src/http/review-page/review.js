@@ -226,6 +226,9 @@
     const sorted = [...drafts].sort((a, b) => String(b.createdAt).localeCompare(String(a.createdAt)));
     for (const draft of sorted) lists[groupOf(draft.kind)].append(renderDraft(draft));
     for (const list of Object.values(lists)) {
+      // Nudges normally sit inside each draft under "Suggested actions"; the group of stand-alone nudge
+      // drafts is shown only when there are some.
+      if (list.dataset.group === 'actions') list.closest('section').hidden = list.children.length === 0;
       if (list.children.length === 0) {
         const empty = document.createElement('p');
         empty.className = 'empty';
