@@ -38,8 +38,12 @@ export const intakeConfigSchema = z
     gapGraceMs: z.coerce.number().int().min(0).default(30_000),
     heartbeat: z
       .object({
-        /** Expected heartbeat period; silence for longer triggers $status, reconcile and reactivation. 0 = off. */
-        periodMs: z.coerce.number().int().min(0).default(120_000),
+        /**
+         * Silence (no notification, no heartbeat) longer than this triggers $status, reconcile and
+         * reactivation. 0 = off. Default: 2.5 x the 120 s heartbeat the service asks for, so one late
+         * heartbeat is not an alarm.
+         */
+        periodMs: z.coerce.number().int().min(0).default(300_000),
         checkIntervalMs: z.coerce.number().int().positive().default(15_000),
       })
       .prefault({}),
