@@ -354,8 +354,11 @@ export class DraftNoteWriter {
       });
       if (existing.length > 0) return { draft, provenance: existing[0], created, mode: 'write' };
     }
+    // Conditional on its target too: a retried POST whose answer was lost, or a second worker holding the
+    // same job after a lease ran out, finds the first Provenance instead of writing another.
     const { resource: provenance } = await this.#client.create(
       buildDraftProvenance(content, draft, deviceReference, now),
+      { ifNoneExist: `target=${encodeURIComponent(versionedReference(draft))}` },
     );
     return { draft, provenance, created, mode: 'write' };
   }

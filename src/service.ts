@@ -18,7 +18,6 @@ import { createCdsHooksRouter } from './http/cds-hooks.ts';
 import { reviewAppRouters } from './http/review-app.ts';
 import { sandboxRouter } from './http/sandbox-routes.ts';
 import { createSmartLaunch } from './http/smart-launch.ts';
-import { enqueueFromCdsHook } from './intake/cds-hook-events.ts';
 import { configurationVersion } from './intake/configuration-version.ts';
 import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
@@ -200,7 +199,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         });
       },
       onHook: async (hook, context) => {
-        await enqueueFromCdsHook(intake.intake, hook, context);
+        await intake.enqueueFromCdsHook(hook, context);
       },
     }),
   );
