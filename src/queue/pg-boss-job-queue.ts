@@ -119,7 +119,8 @@ export class PgBossJobQueue implements JobQueue {
   }
 
   #singletonKey(job: EncounterJobInput): string {
-    return `${job.encounterId}|${job.kind ?? ''}`;
+    // A clinician's regeneration request never folds into an event job (which the ledger could skip).
+    return `${job.encounterId}|${job.kind ?? ''}${job.source === 'regenerate' ? '|regenerate' : ''}`;
   }
 
   async enqueue(jobs: EncounterJobInput[]): Promise<{ added: number }> {

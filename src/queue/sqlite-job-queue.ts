@@ -43,8 +43,11 @@ create table if not exists jobs (
   outcome text,
   finished_at integer
 );
--- At most one waiting job per encounter and kind: duplicates collapse at intake.
-create unique index if not exists jobs_one_pending on jobs (encounter_id, coalesce(kind, '')) where status = 'pending';
+-- At most one waiting job per encounter and kind: duplicates collapse at intake. A clinician's request to
+-- regenerate stays a job of its own, so it is never folded into an event job that the ledger would skip.
+drop index if exists jobs_one_pending;
+create unique index if not exists jobs_one_pending_by_purpose
+  on jobs (encounter_id, coalesce(kind, ''), source = 'regenerate') where status = 'pending';
 create index if not exists jobs_due on jobs (status, run_at);
 -- Idempotency: (encounter id, versionId, kind, configuration version) already drafted.
 create table if not exists completed_work (

@@ -88,3 +88,17 @@ describe('SQLite job queue', () => {
     expect(nextDelayMs(policy, 1, 45_000, () => 0)).toBe(45_000);
   });
 });
+
+describe('regeneration requests', () => {
+  it('stay jobs of their own beside a waiting event job, and collapse with each other', async () => {
+    const { queue } = queueWithClock();
+    await queue.enqueue([{ encounterId: 'e1', source: 'cds-hooks', kind: 'progress-summary' }]);
+    expect(
+      await queue.enqueue([{ encounterId: 'e1', source: 'regenerate', kind: 'progress-summary' }]),
+    ).toEqual({ added: 1 });
+    expect(
+      await queue.enqueue([{ encounterId: 'e1', source: 'regenerate', kind: 'progress-summary' }]),
+    ).toEqual({ added: 0 });
+    expect((await queue.counts()).pending).toBe(2);
+  });
+});
