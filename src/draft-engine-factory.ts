@@ -1,13 +1,12 @@
 import type { DraftEngine } from '../agents/draft-engine.ts';
-import { withExtractiveFallback } from '../agents/engine-with-fallback.ts';
 import { createExtractiveEngine } from '../agents/extractive-engine.ts';
-import { MedGemmaEngine } from '../agents/medgemma-engine.ts';
-import { PromptLibrary } from '../agents/prompt-library.ts';
+import type { PromptLibrary } from '../agents/prompt-library.ts';
 import type { Logger } from './log.ts';
-import { LlamaCppProvider } from './model/llama-cpp-provider.ts';
 import { type ModelConfig, modelProfiles } from './model/model-config.ts';
 import type { ModelProvider } from './model/provider.ts';
-import { RemoteProvider } from './model/remote-provider.ts';
+
+// The model stack (node-llama-cpp, the inference client, the agents) is loaded only when a model is
+// configured: the extractive default, and intake-only replicas, do not carry its memory.
 
 /**
  * Wiring for the composition root: the `model` config section in, a DraftEngine out. 'extractive'
@@ -24,7 +23,8 @@ export async function createModelProvider(
   switch (config.provider) {
     case 'extractive':
       return undefined;
-    case 'llama-cpp':
+    case 'llama-cpp': {
+      const { LlamaCppProvider } = await import('./model/llama-cpp-provider.ts');
       return LlamaCppProvider.create({
         modelPath: config.llamaCpp.modelPath ?? profile.defaultModelPath,
         pullCommand: `${profile.pullCommand} (${profile.approximateDownload})`,
@@ -35,7 +35,9 @@ export async function createModelProvider(
         sequences: config.llamaCpp.sequences,
         logger,
       });
-    case 'remote':
+    }
+    case 'remote': {
+      const { RemoteProvider } = await import('./model/remote-provider.ts');
       return new RemoteProvider({
         endpointUrl: config.remote.endpointUrl!,
         model: config.remote.model ?? profile.remoteModel,
@@ -44,6 +46,7 @@ export async function createModelProvider(
         timeoutMs: config.remote.timeoutMs,
         retries: config.remote.retries,
       });
+    }
   }
 }
 
@@ -61,6 +64,11 @@ export async function createDraftEngine(
       draft: (request) => fallback.draft(request),
       close: async () => {},
     };
+  const [{ MedGemmaEngine }, { PromptLibrary }, { withExtractiveFallback }] = await Promise.all([
+    import('../agents/medgemma-engine.ts'),
+    import('../agents/prompt-library.ts'),
+    import('../agents/engine-with-fallback.ts'),
+  ]);
   const engine = new MedGemmaEngine({
     provider,
     prompts: options.prompts ?? PromptLibrary.load(),

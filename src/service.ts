@@ -30,8 +30,7 @@ import { DraftedNudgeCache } from './rules/drafted-nudges.ts';
 import { toNudgeInput, triggerForEncounter } from './rules/evaluate.ts';
 import { withNudgeOutcomes } from './rules/review-outcomes.ts';
 import { createRulesRuntime } from './rules/rules-runtime.ts';
-import { createSandboxEhr, type SandboxEhr } from './sandbox/sandbox-ehr.ts';
-import { generatePatients } from './sandbox/synthetic-patients.ts';
+import type { SandboxEhr } from './sandbox/sandbox-ehr.ts';
 
 /**
  * The composition root: the one place that wires config, queue, FHIR client, engines, rules and HTTP
@@ -69,6 +68,11 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   // No FHIR server configured: an embedded sandbox EHR with synthetic patients stands in for one.
   let sandbox: SandboxEhr | undefined;
   if (!config.fhir.baseUrl) {
+    // Loaded only in sandbox mode: a deployment against a real EHR does not carry the FHIR engine.
+    const [{ createSandboxEhr }, { generatePatients }] = await Promise.all([
+      import('./sandbox/sandbox-ehr.ts'),
+      import('./sandbox/synthetic-patients.ts'),
+    ]);
     sandbox = createSandboxEhr({ logger });
     const patients = generatePatients({ count: config.sandbox.patients, seed: config.sandbox.seed });
     await sandbox.seed(patients.flatMap((patient) => patient.resources));

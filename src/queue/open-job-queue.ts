@@ -1,7 +1,6 @@
 import path from 'node:path';
 import type { ServiceConfig } from '../config/config-schema.ts';
 import type { JobQueue } from './job-queue.ts';
-import { PgBossJobQueue } from './pg-boss-job-queue.ts';
 import { SqliteJobQueue } from './sqlite-job-queue.ts';
 
 /** The configured queue adapter: the embedded SQLite file, or PostgreSQL through pg-boss for replicas. */
@@ -13,6 +12,8 @@ export async function openJobQueue(
   if (queueConfig.adapter === 'postgres') {
     if (!queueConfig.postgresUrl)
       throw new Error('queue.adapter is postgres but queue.postgresUrl (DATABASE_URL) is not set');
+    // pg-boss is loaded only for the PostgreSQL adapter.
+    const { PgBossJobQueue } = await import('./pg-boss-job-queue.ts');
     return PgBossJobQueue.open({
       ...queueConfig,
       connectionString: queueConfig.postgresUrl,

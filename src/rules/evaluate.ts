@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Encounter } from 'fhir/r4.js';
 import type { NudgeInput } from '../../agents/draft-engine.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
-import { cqlResultValues } from './cql-runtime.ts';
+import { cqlResultValues } from './cql-values.ts';
 import { type CompiledFhirPath, type FhirPathEnvironment, fhirPathEnvironment } from './fhirpath-compiler.ts';
 import type { NudgeStore } from './nudge-store.ts';
 import type { RuleTrigger, Severity, UrgencyLevel } from './rule-schema.ts';

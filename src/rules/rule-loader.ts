@@ -4,8 +4,8 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { ZodError } from 'zod';
-import { type CqlCompiler, createCqlCompiler, type ElmLibrary } from './cql-compiler.ts';
-import { CqlRuntime } from './cql-runtime.ts';
+import type { CqlCompiler, ElmLibrary } from './cql-compiler.ts';
+import type { CqlRuntime } from './cql-runtime.ts';
 import {
   type CompiledFhirPath,
   compileFhirPath,
@@ -50,6 +50,8 @@ export async function loadRuleSet(source: RuleSetSource): Promise<RuleSetLoadRes
   let cql: CqlRuntime | undefined;
   if (elmLibraries.size > 0 && errors.length === 0) {
     try {
+      // The CQL engine is loaded only for rule sets that use CQL: FHIRPath-only sets do not carry it.
+      const { CqlRuntime } = await import('./cql-runtime.ts');
       cql = new CqlRuntime(elmLibraries, valueSets);
     } catch (error) {
       errors.push({
@@ -178,7 +180,10 @@ async function loadCqlLibraries(
         continue;
       }
       try {
-        compiler ??= createCqlCompiler(source.cqlModelDirectory, [directory]);
+        // The CQL-to-ELM translator is large: loaded only when a site ships CQL source.
+        compiler ??= (await import('./cql-compiler.ts')).createCqlCompiler(source.cqlModelDirectory, [
+          directory,
+        ]);
       } catch (error) {
         errors.push({ file: display(file), line: undefined, message: messageOf(error) });
         continue;
