@@ -5,10 +5,11 @@ import type { DraftEngine, DraftRequest, DraftResult, NudgeInput } from './draft
 import {
   assessmentAndPlan,
   conceptText,
-  conditionIsActive,
   day,
   encounterDate,
   encounterText,
+  isActiveCondition,
+  isActiveMedication,
   medicationName,
   observationDate,
   observationValue,
@@ -40,7 +41,7 @@ function latestResultsByCode(observations: Observation[]): Observation[] {
 }
 
 function problemLines(record: PatientRecord): string[] {
-  const active = record.conditions.filter(conditionIsActive);
+  const active = record.conditions.filter(isActiveCondition);
   if (active.length === 0) return [`- No active problems in the retrieved record ${cite(record.patient)}`];
   return active.map((condition) => {
     const since = condition.onsetDateTime ?? condition.recordedDate;
@@ -49,9 +50,7 @@ function problemLines(record: PatientRecord): string[] {
 }
 
 function medicationLines(record: PatientRecord): string[] {
-  const active = record.medications.filter(
-    (medication) => medication.status === 'active' || medication.status === 'on-hold',
-  );
+  const active = record.medications.filter(isActiveMedication);
   if (active.length === 0)
     return [`- No active medication orders in the retrieved record ${cite(record.patient)}`];
   return active.map((medication) => {

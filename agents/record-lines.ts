@@ -10,6 +10,9 @@ import type {
   Procedure,
 } from 'fhir/r4.js';
 import type { ClinicalNote } from '../fhir/patient-record.ts';
+import { conceptText, isActiveCondition, isActiveMedication, observationDate } from './record-text.ts';
+
+export { conceptText, isActiveCondition, isActiveMedication, observationDate };
 
 /**
  * One short line per resource, starting with its `[Type/id]` citation: what the model sees of the
@@ -19,16 +22,6 @@ const maximumLineLength = 200;
 
 export function referenceOf(resource: FhirResource): string {
   return `${resource.resourceType}/${resource.id}`;
-}
-
-export function conceptText(concept: CodeableConcept | undefined): string {
-  if (!concept) return 'unnamed';
-  return (
-    concept.text ??
-    concept.coding?.find((coding) => coding.display)?.display ??
-    concept.coding?.[0]?.code ??
-    'unnamed'
-  );
 }
 
 /** A single line: control characters and brackets that could fake a citation are neutralised. */
@@ -49,16 +42,6 @@ function day(value: string | undefined): string | undefined {
 function details(parts: (string | undefined | false)[]): string {
   const present = parts.filter((part): part is string => typeof part === 'string' && part !== '');
   return present.length ? ` (${present.join(', ')})` : '';
-}
-
-export function isActiveCondition(condition: Condition): boolean {
-  const status = condition.clinicalStatus?.coding?.[0]?.code;
-  if (status) return status === 'active' || status === 'recurrence' || status === 'relapse';
-  return !condition.abatementDateTime && !condition.abatementPeriod && !condition.abatementString;
-}
-
-export function isActiveMedication(medication: MedicationRequest): boolean {
-  return medication.status === 'active' || medication.status === 'on-hold';
 }
 
 export function conditionLine(condition: Condition): string {
@@ -112,10 +95,6 @@ export function observationValue(observation: Observation): string {
       .join('; ');
   }
   return 'no value';
-}
-
-export function observationDate(observation: Observation): string | undefined {
-  return observation.effectiveDateTime ?? observation.effectivePeriod?.start ?? observation.issued;
 }
 
 export function observationLine(observation: Observation): string {

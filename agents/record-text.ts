@@ -13,7 +13,7 @@ export function conceptText(concept: CodeableConcept | undefined): string {
     concept?.text ??
     concept?.coding?.find((coding) => coding.display)?.display ??
     concept?.coding?.[0]?.code ??
-    'unspecified'
+    'unnamed'
   );
 }
 
@@ -48,12 +48,14 @@ export function observationDate(observation: Observation): string | undefined {
   return observation.effectiveDateTime ?? observation.effectivePeriod?.start ?? observation.issued;
 }
 
-export function conditionIsActive(condition: Condition): boolean {
+export function isActiveCondition(condition: Condition): boolean {
   const status = condition.clinicalStatus?.coding?.[0]?.code;
-  return (
-    (status === undefined || ['active', 'recurrence', 'relapse'].includes(status)) &&
-    !condition.abatementDateTime
-  );
+  if (status) return status === 'active' || status === 'recurrence' || status === 'relapse';
+  return !condition.abatementDateTime && !condition.abatementPeriod && !condition.abatementString;
+}
+
+export function isActiveMedication(medication: MedicationRequest): boolean {
+  return medication.status === 'active' || medication.status === 'on-hold';
 }
 
 export function medicationName(medication: MedicationRequest): string {
