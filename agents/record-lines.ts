@@ -1,6 +1,5 @@
 import type {
   AllergyIntolerance,
-  CodeableConcept,
   Condition,
   Encounter,
   FhirResource,

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { ClinicalNote, PatientRecord } from '../fhir/patient-record.ts';
+import { type ClinicalNote, historyResourceTypes, type PatientRecord } from '../fhir/patient-record.ts';
 import {
   allergyLine,
   conceptText,
@@ -36,16 +36,7 @@ export interface RecordTool<Args = unknown> {
   execute(args: Args): ToolResult;
 }
 
-export const searchableTypes = [
-  'Condition',
-  'MedicationRequest',
-  'AllergyIntolerance',
-  'Observation',
-  'Encounter',
-  'Procedure',
-  'Immunization',
-  'DocumentReference',
-] as const;
+export const searchableTypes = historyResourceTypes;
 
 const dateText = z
   .string()

@@ -7,7 +7,7 @@ import { buildManifest } from '../agents/record-manifest.ts';
 import { DraftNoteWriter } from '../fhir/draft-note.ts';
 import { FhirClient } from '../fhir/fhir-client.ts';
 import { defaultElements, retrievePatientRecord } from '../fhir/patient-history.ts';
-import { retrievedVersions } from '../fhir/patient-record.ts';
+import { historyResourceTypes, retrievedVersions } from '../fhir/patient-record.ts';
 import { sandboxRouter } from '../src/http/sandbox-routes.ts';
 import { createSandboxEhr } from '../src/sandbox/sandbox-ehr.ts';
 import { generatePatients } from '../src/sandbox/synthetic-patients.ts';
@@ -28,16 +28,7 @@ const seed = 20261127;
 const rounds = 7;
 const draftSystem = 'urn:ehr-draft-agent:draft';
 
-const searchTypes = [
-  'Condition',
-  'MedicationRequest',
-  'AllergyIntolerance',
-  'Observation',
-  'Encounter',
-  'Procedure',
-  'Immunization',
-  'DocumentReference',
-];
+const searchTypes: readonly string[] = historyResourceTypes;
 
 const median = (values: number[]) => {
   const sorted = [...values].sort((left, right) => left - right);

@@ -1,3 +1,4 @@
+import { historyResourceTypes } from '../fhir/patient-record.ts';
 import { createSandboxEhr } from '../src/sandbox/sandbox-ehr.ts';
 import { generatePatients } from '../src/sandbox/synthetic-patients.ts';
 
@@ -7,16 +8,7 @@ import { generatePatients } from '../src/sandbox/synthetic-patients.ts';
  * and what one patient's history retrieval costs through the FHIR API on the default 12-patient
  * sandbox (the baseline) against the 1,000-patient one (search scans every resource of a type).
  */
-const historyTypes = [
-  'Condition',
-  'MedicationRequest',
-  'AllergyIntolerance',
-  'Observation',
-  'Encounter',
-  'Procedure',
-  'Immunization',
-  'DocumentReference',
-];
+const historyTypes = historyResourceTypes;
 
 function percentile(values: number[], share: number): number {
   const sorted = [...values].sort((left, right) => left - right);

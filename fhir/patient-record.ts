@@ -43,6 +43,18 @@ export interface PatientRecord {
   notes: ClinicalNote[];
 }
 
+/** The resource types retrieved for a patient's history, besides the Patient itself. */
+export const historyResourceTypes = [
+  'Condition',
+  'MedicationRequest',
+  'AllergyIntolerance',
+  'Observation',
+  'Encounter',
+  'Procedure',
+  'Immunization',
+  'DocumentReference',
+] as const;
+
 export type PatientResourceLists = Omit<PatientRecord, 'patient' | 'encounter' | 'notes'>;
 
 /** Every resource in the record, each once. */
