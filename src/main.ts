@@ -16,6 +16,21 @@ try {
 
 const logger = createLogger({ level: config.logLevel });
 const service = await startService(config, logger);
+if (service.sandbox) {
+  // Said plainly, outside the JSON log: nobody should mistake the sandbox for a real EHR.
+  process.stderr.write(
+    [
+      '',
+      'SANDBOX MODE: no FHIR_BASE_URL is set, so an embedded sandbox EHR with SYNTHETIC patients serves.',
+      `  service          ${service.url}`,
+      `  sandbox FHIR     ${service.fhirBaseUrl}`,
+      `  health           ${service.url}/readyz`,
+      `  review page      ${service.url}/review (needs a SMART launch)`,
+      '  try it           npm run demo   (finishes an encounter and prints the draft)',
+      '',
+    ].join('\n'),
+  );
+}
 
 let stopping = false;
 async function shutdown(signal: string) {
