@@ -4,6 +4,7 @@ import type { ServiceConfig } from '../config/config-schema.ts';
 import { loadConfig } from '../config/load-config.ts';
 import type { EncounterJob, JobQueue, JobStatus } from '../queue/job-queue.ts';
 import { openJobQueue } from '../queue/open-job-queue.ts';
+import { runProgram } from './run-program.ts';
 
 /**
  * `jobs`: the operator's view of the durable queue, on the same configuration as the service (SQLite
@@ -107,14 +108,4 @@ export function createJobsProgram(options: { io?: CliIo; config?: () => ServiceC
   return program;
 }
 
-if (import.meta.main) {
-  try {
-    await createJobsProgram().parseAsync(process.argv);
-  } catch (error) {
-    const code = (error as { code?: string }).code;
-    if (code === 'commander.helpDisplayed' || code === 'commander.version') process.exit(0);
-    if (code?.startsWith('commander.')) process.exit((error as { exitCode?: number }).exitCode ?? 1);
-    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
-    process.exit(1);
-  }
-}
+if (import.meta.main) await runProgram(createJobsProgram());

@@ -15,6 +15,7 @@ import { formatLoadError, type RuleSet } from '../rules/rule-set.ts';
 import { runRuleTests } from '../rules/rule-tests.ts';
 import { defaultRulesConfig } from '../rules/rules-config.ts';
 import { SqliteNudgeStore } from '../rules/sqlite-nudge-store.ts';
+import { runProgram } from './run-program.ts';
 import { populationRecord, sandboxPopulationModule } from './sandbox-population.ts';
 
 /**
@@ -406,14 +407,4 @@ function isoDate(value: string): Date {
   return parsed;
 }
 
-if (import.meta.main) {
-  try {
-    await createRulesProgram().parseAsync(process.argv);
-  } catch (error) {
-    const code = (error as { code?: string; exitCode?: number }).code;
-    if (code === 'commander.helpDisplayed' || code === 'commander.version') process.exit(0);
-    if (code?.startsWith('commander.')) process.exit((error as { exitCode?: number }).exitCode ?? 1);
-    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
-    process.exit(1);
-  }
-}
+if (import.meta.main) await runProgram(createRulesProgram());

@@ -8,6 +8,7 @@ import {
   type SubscriptionSpec,
 } from '../intake/subscription-manager.ts';
 import type { CliIo } from './jobs.ts';
+import { runProgram } from './run-program.ts';
 
 /**
  * `subscription`: the service's Subscription on the FHIR server. `list` shows the ones pointing at
@@ -107,14 +108,4 @@ export function createSubscriptionProgram(
   return program;
 }
 
-if (import.meta.main) {
-  try {
-    await createSubscriptionProgram().parseAsync(process.argv);
-  } catch (error) {
-    const code = (error as { code?: string }).code;
-    if (code === 'commander.helpDisplayed' || code === 'commander.version') process.exit(0);
-    if (code?.startsWith('commander.')) process.exit((error as { exitCode?: number }).exitCode ?? 1);
-    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n`);
-    process.exit(1);
-  }
-}
+if (import.meta.main) await runProgram(createSubscriptionProgram());
