@@ -4,7 +4,7 @@ import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
 import type { JobQueue, JobStatus } from '../queue/job-queue.ts';
 import { notFoundHandler, operationOutcomeErrorHandler } from './errors.ts';
-import { type NotifyRouteOptions, notifyRouter } from './notify-routes.ts';
+import { checkBearer, type NotifyRouteOptions, notifyRouter } from './notify-routes.ts';
 
 /**
  * The HTTP surface: event intake, health, job listing, and whatever routers the composition root
@@ -70,9 +70,8 @@ export function createApp(options: AppOptions): ServiceApp {
   // Job listing and dead-letter retry, for operators. Protected by the admin (or notify) secret when one is set.
   const jobs = express.Router();
   jobs.use((request, _response, next) => {
-    const secret = options.adminSecret ?? options.notifySecret;
-    if (secret && request.get('authorization') !== `Bearer ${secret}`)
-      throw outcomeError('security', 'bearer secret required', 401);
+    // Compared in constant time, like the notify secret.
+    checkBearer(request, options.adminSecret ?? options.notifySecret);
     next();
   });
   jobs.get('/', async (request, response) => {

@@ -209,6 +209,10 @@ describe('the service on its embedded sandbox EHR: event in, draft note out', ()
       headers: { Authorization: `Bearer ${service.notifySecret}` },
     });
     const listing = await response.json();
+    // The job API is for operators: without the secret, or with a wrong one, nothing is listed.
+    expect((await fetch(`${service.url}/api/jobs?status=failed`)).status).toBe(401);
+    const wrongSecret = { headers: { Authorization: `Bearer ${service.notifySecret}x` } };
+    expect((await fetch(`${service.url}/api/jobs?status=failed`, wrongSecret)).status).toBe(401);
     expect(listing.jobs.map((job: { encounterId: string }) => job.encounterId)).toContain('orphan-visit');
   });
 });
