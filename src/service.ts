@@ -14,6 +14,7 @@ import { createDraftEngine } from './draft-engine-factory.ts';
 import { schedulePurge } from './drafts/purge-schedule.ts';
 import { SqliteDraftStore } from './drafts/sqlite-draft-store.ts';
 import { createApp } from './http/app.ts';
+import { cdsClientAuthenticator } from './http/cds-client-auth.ts';
 import { createCdsHooksRouter } from './http/cds-hooks.ts';
 import { reviewAppRouters } from './http/review-app.ts';
 import { sandboxRouter } from './http/sandbox-routes.ts';
@@ -202,11 +203,20 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
           draftIdentifierSystem: config.drafts.identifierSystem,
         });
       },
+      authenticate:
+        config.rules.cdsHooks.clients.length > 0
+          ? cdsClientAuthenticator(config.rules.cdsHooks.clients, url)
+          : undefined,
       onHook: async (hook, context) => {
         await intake.enqueueFromCdsHook(hook, context);
       },
     }),
   );
+  if (config.rules.cdsHooks.clients.length === 0 && config.fhir.baseUrl) {
+    logger.warn(
+      'cds-hooks-unauthenticated: set rules.cdsHooks.clients so only the EHR can call /cds-services',
+    );
+  }
   const purge = schedulePurge({
     targets: { drafts: draftStore },
     retentionDays: config.drafts.retentionDays,

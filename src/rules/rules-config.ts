@@ -31,8 +31,13 @@ export const rulesConfigSchema = z
         timeBudgetMs: z.number().int().min(50).max(60_000).default(1_500),
         /** SMART launch URL of the review app, for the cards' `smart` links; default `<publicUrl>/smart/launch`. */
         reviewAppUrl: z.url().optional(),
+        /**
+         * CDS clients (EHRs) allowed to call, each by its JWT issuer and JWKS URL (CDS Hooks 2.0 security).
+         * Empty: calls are not authenticated (sandbox and development only; the service warns at start).
+         */
+        clients: z.array(z.object({ issuer: z.string().min(1), jwksUrl: z.url() }).strict()).default([]),
       })
-      .default({ timeBudgetMs: 1_500 }),
+      .default({ timeBudgetMs: 1_500, clients: [] }),
     /** SQLite file of nudge deliveries and outcomes (suppression and `rules stats`). Absent: in memory. */
     storeFile: z.string().min(1).optional(),
   })
