@@ -50,10 +50,6 @@ function latestPerCode(record: PatientRecord) {
   return [...latest.values()];
 }
 
-export function noteTokenEstimate(text: string, countTokens: (text: string) => number): number {
-  return countTokens(text);
-}
-
 export function buildManifest(
   record: PatientRecord,
   kind: DraftKind,

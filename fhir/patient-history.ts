@@ -83,6 +83,31 @@ export async function retrievePatientRecord(
   return retrievePatientHistory(openPatientScope(client, encounter), encounter, options);
 }
 
+/**
+ * The record of a patient named by a caller (a CDS Hooks context) rather than by an event: the
+ * encounter, when named, must be that patient's; without one (patient-view) the record stands on an
+ * upcoming visit of that patient, so nothing can widen the read beyond them.
+ */
+export async function retrievePatientRecordInContext(
+  client: FhirClient,
+  context: { patientId: string; encounterId?: string },
+  options: HistoryOptions,
+): Promise<PatientRecord> {
+  const encounter: Encounter = context.encounterId
+    ? await client.read<Encounter>('Encounter', context.encounterId)
+    : {
+        resourceType: 'Encounter',
+        id: 'patient-view',
+        status: 'planned',
+        class: { code: 'AMB' },
+        subject: { reference: `Patient/${context.patientId}` },
+      };
+  if (patientReferenceOf(encounter) !== `Patient/${context.patientId}`) {
+    throw outcomeError('forbidden', 'the encounter does not belong to the patient in context', 403);
+  }
+  return retrievePatientRecord(client, encounter, options);
+}
+
 function searchParams(resourceType: string, options: HistoryOptions): Record<string, string | number> {
   const elements = (options.elements ?? defaultElements)[resourceType];
   return { _count: options.pageSize ?? 200, ...(elements ? { _elements: elements } : {}) };

@@ -2,12 +2,11 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
-import type { Encounter } from 'fhir/r4.js';
 import { createDraftLifecycle, type DraftLifecycle } from '../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../fhir/draft-note.ts';
 import { FhirClient } from '../fhir/fhir-client.ts';
 import { normalizeOperationOutcome, outcomeError } from '../fhir/operation-outcome.ts';
-import { retrievePatientRecord } from '../fhir/patient-history.ts';
+import { retrievePatientRecordInContext } from '../fhir/patient-history.ts';
 import { createAccessTokenProvider } from '../fhir/smart-backend-auth.ts';
 import type { ServiceConfig } from './config/config-schema.ts';
 import { createDraftEngine } from './draft-engine-factory.ts';
@@ -98,7 +97,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     onQueued: () => workers?.nudge(),
     metrics,
     notify: intake.notifyOptions(),
-    routers: [...(sandbox ? [{ path: '/sandbox/fhir', router: sandboxRouter(sandbox) }] : [])],
+    routers: sandbox ? [{ path: '/sandbox/fhir', router: sandboxRouter(sandbox) }] : [],
   });
   const server = await listen(app, config.port, config.host);
   const address = server.address();
@@ -126,6 +125,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     maxPages: config.fhir.maxPages,
     accessToken,
   });
+  const historyOptions = { draftIdentifierSystem: config.drafts.identifierSystem };
   // Rules decide which nudges apply (start-up refuses an invalid rule set); the engine only words them.
   const rules = await createRulesRuntime(config.rules, { logger, dataDirectory: dataDir });
   const draftedNudges = new DraftedNudgeCache();
@@ -186,22 +186,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         if (fhirServer && fhirServer.replace(/\/+$/, '') !== fhirBaseUrl) {
           throw outcomeError('forbidden', 'this service reads only its configured FHIR server', 403);
         }
-        const encounter = encounterId
-          ? await fhir.read<Encounter>('Encounter', encounterId)
-          : // patient-view has no encounter: stand the record on an upcoming visit of that patient.
-            ({
-              resourceType: 'Encounter',
-              id: 'patient-view',
-              status: 'planned',
-              class: { code: 'AMB' },
-              subject: { reference: `Patient/${patientId}` },
-            } as Encounter);
-        if (encounter.subject?.reference !== `Patient/${patientId}`) {
-          throw outcomeError('forbidden', 'the encounter does not belong to the patient in context', 403);
-        }
-        return retrievePatientRecord(fhir, encounter, {
-          draftIdentifierSystem: config.drafts.identifierSystem,
-        });
+        return retrievePatientRecordInContext(fhir, { patientId, encounterId }, historyOptions);
       },
       authenticate:
         config.rules.cdsHooks.clients.length > 0
@@ -223,6 +208,10 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     schedule: config.drafts.purgeSchedule,
     logger,
   });
+  // Part of every job's idempotency key: the same encounter version is drafted again only after a change here.
+  const workConfigurationVersion =
+    config.intake.configurationVersion ??
+    configurationVersion({ triggers: config.triggers, drafts: config.drafts, engine: engine.id });
   workers = new WorkerPool({
     queue,
     concurrency: config.queue.concurrency,
@@ -244,9 +233,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
           draftedNudges.remember(record.patient.id as string, record.encounter.id as string, evaluation);
           return evaluation.nudges.map(toNudgeInput);
         },
-        configurationVersion:
-          config.intake.configurationVersion ??
-          configurationVersion({ triggers: config.triggers, drafts: config.drafts, engine: engine.id }),
+        configurationVersion: workConfigurationVersion,
       }),
     onSettled: (_job, outcome, durationMs) => {
       metrics.jobAttempts.inc({ outcome });

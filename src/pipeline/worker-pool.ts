@@ -25,7 +25,10 @@ export class WorkerPool {
   readonly #abort = new AbortController();
   #loops: Promise<void>[] = [];
   #stopping = false;
-  #wake: (() => void) | undefined;
+  /** One waker per idle worker: a nudge wakes them all, not just the last one to go idle. */
+  readonly #wakers = new Set<() => void>();
+  /** Jobs handed back on stop: whatever their run ends with later is not recorded. */
+  readonly #released = new Set<string>();
 
   constructor(options: WorkerPoolOptions) {
     this.#options = options;
@@ -37,7 +40,7 @@ export class WorkerPool {
 
   /** Wakes idle workers at once (new jobs were queued) instead of waiting for the next poll. */
   nudge(): void {
-    this.#wake?.();
+    for (const wake of [...this.#wakers]) wake();
   }
 
   get inFlight(): number {
@@ -46,11 +49,13 @@ export class WorkerPool {
 
   async #idle(): Promise<void> {
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, this.#options.pollIntervalMs);
-      this.#wake = () => {
+      const wake = () => {
         clearTimeout(timer);
+        this.#wakers.delete(wake);
         resolve();
       };
+      const timer = setTimeout(wake, this.#options.pollIntervalMs);
+      this.#wakers.add(wake);
     });
   }
 
@@ -78,6 +83,7 @@ export class WorkerPool {
     const startedAt = performance.now();
     try {
       const outcome = await this.#options.process(job, this.#abort.signal);
+      if (this.#released.has(job.id)) return;
       await queue.complete(job.id, outcome);
       logger.info(
         { jobId: job.id, encounterId: job.encounterId, outcome, attempt: job.attempts },
@@ -85,7 +91,7 @@ export class WorkerPool {
       );
       this.#options.onSettled?.(job, 'done', performance.now() - startedAt);
     } catch (caught) {
-      if (this.#stopping && this.#abort.signal.aborted) return; // released on stop
+      if (this.#released.has(job.id)) return; // handed back on stop: the next worker retries it
       const error = normalizeOperationOutcome(caught);
       const status = await queue.fail(job.id, error.message, {
         retryable: error.isRetryable,
@@ -110,14 +116,20 @@ export class WorkerPool {
   /** Stops taking jobs; waits up to graceMs for running ones, then releases what is left. */
   async stop(graceMs = 10_000): Promise<void> {
     this.#stopping = true;
-    this.#wake?.();
+    this.nudge();
     const running = [...this.#inFlight.values()];
     const finished = Promise.all(running.map((entry) => entry.done)).then(() => true);
     const timedOut = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), graceMs).unref());
-    if (!(await Promise.race([finished, timedOut]))) {
-      this.#abort.abort();
-      for (const { job } of this.#inFlight.values()) await this.#options.queue.release(job.id);
+    if (await Promise.race([finished, timedOut])) {
+      await Promise.allSettled(this.#loops);
+      return;
     }
-    await Promise.allSettled(this.#loops);
+    // Jobs still running after the grace period go back to the queue now; their runs are abandoned
+    // (not awaited: a step that ignores the abort signal must not hold the shutdown).
+    this.#abort.abort();
+    for (const { job } of this.#inFlight.values()) {
+      this.#released.add(job.id);
+      await this.#options.queue.release(job.id);
+    }
   }
 }

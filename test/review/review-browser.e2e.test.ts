@@ -1,11 +1,12 @@
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FhirResource } from 'fhir/r4.js';
-import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DraftView } from '../../src/http/drafts-api-routes.ts';
+import { hasChromium, launchChromium } from '../support/chromium.ts';
 import { createMemoryDraftLifecycle } from './memory-draft-lifecycle.ts';
 import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
 
@@ -15,7 +16,6 @@ import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
  * id_token, expiry, another patient, no session, no CSRF). Screenshots go to test/artifacts/; axe-core checks
  * the page in the same run.
  */
-const chromiumPath = '/usr/bin/chromium';
 const artifacts = path.resolve('test/artifacts');
 const axeSource = readFileSync(path.resolve('node_modules/axe-core/axe.min.js'), 'utf8');
 
@@ -173,7 +173,7 @@ async function csrfToken(page: Page): Promise<string> {
   return (await pageFetch(page, '/api/drafts/session')).body.csrfToken;
 }
 
-describe.skipIf(!existsSync(chromiumPath))('review app in Chromium', () => {
+describe.skipIf(!hasChromium)('review app in Chromium', () => {
   beforeAll(async () => {
     mkdirSync(artifacts, { recursive: true });
     ehrPage = createServer((_request, response) => {
@@ -190,19 +190,7 @@ describe.skipIf(!existsSync(chromiumPath))('review app in Chromium', () => {
       authorization: { fhirHandler: (request, response) => serveFhir(request, response) },
       lifecycleFor: () => memory.lifecycle,
     });
-    browser = await chromium.launch({
-      executablePath: chromiumPath,
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-      ],
-    });
+    browser = await launchChromium();
   });
 
   afterAll(async () => {

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type {
   Condition,
@@ -10,7 +10,7 @@ import type {
   Practitioner,
   Provenance,
 } from 'fhir/r4.js';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDraftLifecycle, type DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
 import { type DraftContent, DraftNoteWriter } from '../../fhir/draft-note.ts';
@@ -19,6 +19,7 @@ import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
 import { sandboxRouter } from '../../src/http/sandbox-routes.ts';
 import { createSandboxEhr, type SandboxEhr } from '../../src/sandbox/sandbox-ehr.ts';
 import { generatePatients } from '../../src/sandbox/synthetic-patients.ts';
+import { hasChromium, launchChromium } from '../support/chromium.ts';
 import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
 
 /**
@@ -28,7 +29,6 @@ import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
  * through the page. Afterwards the chart itself is checked: final with authenticator and a sign-off Provenance,
  * or entered-in-error with a rejection Provenance.
  */
-const chromiumPath = '/usr/bin/chromium';
 const artifacts = path.resolve('test/artifacts');
 const axeSource = readFileSync(path.resolve('node_modules/axe-core/axe.min.js'), 'utf8');
 const identifierSystem = 'urn:ehr-draft-agent:draft';
@@ -97,7 +97,7 @@ function first<T extends FhirResource>(
   return found as T;
 }
 
-describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and the sandbox EHR', () => {
+describe.skipIf(!hasChromium)('review on the real lifecycle and the sandbox EHR', () => {
   beforeAll(async () => {
     mkdirSync(artifacts, { recursive: true });
     sandbox = createSandboxEhr();
@@ -189,19 +189,7 @@ describe.skipIf(!existsSync(chromiumPath))('review on the real lifecycle and the
         now,
       )
     ).draft.id as string;
-    browser = await chromium.launch({
-      executablePath: chromiumPath,
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-      ],
-    });
+    browser = await launchChromium();
   });
 
   afterAll(async () => {
