@@ -1,5 +1,4 @@
 import type { Bundle, BundleEntry, CapabilityStatement, DocumentReference, FhirResource } from 'fhir/r4.js';
-import { Client, RESPONSE_KEY } from 'fhir-kit-client';
 import {
   isOperationOutcome,
   normalizeOperationOutcome,
@@ -9,9 +8,14 @@ import {
 } from './operation-outcome.ts';
 
 /**
- * The one way the service talks to a FHIR server: fhir-kit-client underneath, with timeouts, retries
- * on 429/5xx honouring Retry-After, paging up to a cap, errors as OperationOutcomes, and a bearer
- * token that is only ever sent to the FHIR base's own origin.
+ * The one way the service talks to a FHIR server: fetch with timeouts, retries on 429/5xx honouring
+ * Retry-After, paging up to a cap, errors as OperationOutcomes, a bearer token that is only ever sent
+ * to the FHIR base's own origin, a cap on every response's size counted while it streams in, and no
+ * URL ever built from an id that is not a FHIR id.
+ *
+ * The transport is our own rather than fhir-kit-client's: that library reads every body whole with
+ * `response.text()`, so a server could make the process hold any amount of memory before anything
+ * here saw a byte.
  */
 export interface AccessTokenSource {
   getToken(): Promise<string | undefined>;
@@ -39,11 +43,16 @@ export interface BatchRead {
   url: string;
 }
 
+/** 32 MiB: far above any real note or search page, far below what would strain the process. */
+export const defaultMaxResponseBytes = 32 * 1024 * 1024;
+
 export interface FhirClientOptions {
   baseUrl: string;
   timeoutMs?: number;
   maxAttempts?: number;
   maxPages?: number;
+  /** Largest response body accepted (after content decoding); larger ones are refused, not retried. */
+  maxResponseBytes?: number;
   accessToken?: AccessTokenSource;
   /** Called before every request (each attempt): lets metrics and tests see all traffic. */
   onRequest?: (request: { method: string; url: string }) => void;
@@ -61,7 +70,77 @@ interface Attempt {
   headers: Record<string, string>;
 }
 
-type KitResponse = Record<string, unknown> & { [RESPONSE_KEY]?: Response };
+interface Answer {
+  status: number;
+  /** The parsed JSON body; an empty object when the body was empty. */
+  body: Record<string, unknown>;
+}
+
+/**
+ * A response larger than the configured cap. Asking again would bring the same bytes, so it is never
+ * retried: the caller leaves that resource out (a note) or fails the job once.
+ */
+export class ResponseTooLargeError extends OperationOutcomeError {
+  override readonly isRetryable = false;
+
+  constructor(description: string, limit: number) {
+    super(
+      outcome(
+        'too-long',
+        `${description}: the response is larger than ${limit} bytes (fhir.maxResponseBytes); refused`,
+      ),
+      { status: 502 },
+    );
+    this.name = 'ResponseTooLargeError';
+  }
+}
+
+const fhirIdPattern = /^[A-Za-z0-9\-.]{1,64}$/;
+const resourceTypePattern = /^[A-Z][A-Za-z]{1,63}$/;
+
+/**
+ * FHIR's id pattern, minus ids made only of dots: `..` matches the pattern, but in a URL it is a
+ * path segment that climbs out of the resource (`Patient/..` is the server's base).
+ */
+export function isFhirId(value: unknown): value is string {
+  return typeof value === 'string' && fhirIdPattern.test(value) && !/^\.+$/.test(value);
+}
+
+/** Enough of an untrusted value to recognise it in an error, never all of it. */
+function shown(value: unknown): string {
+  const text = typeof value === 'string' ? value : String(value);
+  return JSON.stringify(text.length > 70 ? `${text.slice(0, 70)}...` : text);
+}
+
+function requireId(value: unknown, what: string): string {
+  if (!isFhirId(value)) throw outcomeError('invalid', `not a FHIR ${what}: ${shown(value)}`, 400);
+  return value;
+}
+
+function requireResourceType(value: unknown): string {
+  if (typeof value !== 'string' || !resourceTypePattern.test(value))
+    throw outcomeError('invalid', `not a FHIR resource type: ${shown(value)}`, 400);
+  return value;
+}
+
+/**
+ * Refuses a path with a segment made only of dots, also when percent-encoded or written with
+ * backslashes (URL parsers treat both like `/` and `..`), so a reference such as `Binary/..` or
+ * `Patient/%2e%2e` can never resolve to another resource than the one it names.
+ */
+function refuseDotSegments(pathOrUrl: string): void {
+  const path = pathOrUrl.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/\\?#]*/i, '').split(/[?#]/)[0];
+  let decoded = path;
+  try {
+    decoded = decodeURIComponent(path);
+  } catch {
+    // Malformed percent-encoding: check the raw text; the server will refuse it anyway.
+  }
+  for (const candidate of [path, decoded]) {
+    if (candidate.split(/[/\\]/).some((segment) => /^\.+$/.test(segment)))
+      throw outcomeError('invalid', `refused a path with a dot-only segment: ${shown(pathOrUrl)}`, 400);
+  }
+}
 
 const defaultSleep = (milliseconds: number) =>
   new Promise<void>((resolve) => setTimeout(resolve, milliseconds));
@@ -75,24 +154,39 @@ function retryAfterSeconds(headers: Headers | undefined): number | undefined {
   return Number.isFinite(date) ? Math.max(0, (date - Date.now()) / 1000) : undefined;
 }
 
-/** Turns fhir-kit-client's errors and fetch failures into OperationOutcomeErrors that say whether to retry. */
+/**
+ * The body, read chunk by chunk and abandoned (which aborts the request) as soon as it passes the
+ * cap. A declared Content-Length over the cap is refused before any of the body is read; without
+ * one (chunked), or when it lies, the count of decoded bytes decides. Counting after decoding means
+ * a small gzip body that inflates past the cap is refused too.
+ */
+async function readBodyWithinCap(response: Response, limit: number, description: string): Promise<string> {
+  const declared = Number(response.headers.get('content-length') ?? Number.NaN);
+  if (Number.isFinite(declared) && declared > limit) {
+    await response.body?.cancel().catch(() => {});
+    throw new ResponseTooLargeError(description, limit);
+  }
+  if (!response.body) return '';
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > limit) {
+      chunks.length = 0;
+      await reader.cancel().catch(() => {});
+      throw new ResponseTooLargeError(description, limit);
+    }
+    chunks.push(value);
+  }
+  return new TextDecoder().decode(Buffer.concat(chunks, total));
+}
+
+/** Turns fetch failures (timeouts, refused connections) into OperationOutcomeErrors that say whether to retry. */
 function toOutcomeError(error: unknown, method: string, path: string): OperationOutcomeError {
   if (error instanceof OperationOutcomeError) return error;
-  const response = (error as { response?: { status?: number; data?: unknown } }).response;
-  if (response?.status) {
-    const headers = (error as { config?: { headers?: Headers } }).config?.headers;
-    const serverOutcome = isOperationOutcome(response.data)
-      ? response.data
-      : outcome(
-          response.status === 404 ? 'not-found' : 'exception',
-          `${method} ${path}: HTTP ${response.status}`,
-        );
-    return new OperationOutcomeError(serverOutcome, {
-      status: response.status,
-      cause: error,
-      retryAfterSeconds: retryAfterSeconds(headers),
-    });
-  }
   const name = (error as { name?: string }).name;
   if (name === 'TimeoutError' || name === 'AbortError') {
     return new OperationOutcomeError(outcome('timeout', `${method} ${path}: timed out`), {
@@ -138,10 +232,10 @@ function refuseUnsignedFinalNote(resource: FhirResource, signOff: SignOffAuthori
 export class FhirClient {
   readonly baseUrl: string;
   readonly origin: string;
-  readonly #kit: Client;
   readonly #timeoutMs: number;
   readonly #maxAttempts: number;
   readonly #maxPages: number;
+  readonly #maxResponseBytes: number;
   readonly #accessToken: AccessTokenSource | undefined;
   readonly #onRequest: FhirClientOptions['onRequest'];
   readonly #sleep: (milliseconds: number) => Promise<void>;
@@ -156,15 +250,11 @@ export class FhirClient {
     this.#timeoutMs = options.timeoutMs ?? 15_000;
     this.#maxAttempts = options.maxAttempts ?? 4;
     this.#maxPages = options.maxPages ?? 50;
+    this.#maxResponseBytes = options.maxResponseBytes ?? defaultMaxResponseBytes;
     this.#accessToken = options.accessToken;
     this.#onRequest = options.onRequest;
     this.#sleep = options.sleep ?? defaultSleep;
     this.#options = options;
-    this.#kit = new Client({
-      baseUrl: this.baseUrl,
-      customHeaders: { Accept: 'application/fhir+json' },
-      requestSigner: (url, init) => this.#signRequest(url, init),
-    });
   }
 
   /** The same server and settings with another token: the review app acts with the clinician's own token. */
@@ -172,8 +262,12 @@ export class FhirClient {
     return new FhirClient({ ...this.#options, accessToken });
   }
 
-  /** The absolute URL for a relative FHIR path, refusing anything that would leave the server's origin. */
+  /**
+   * The absolute URL for a relative FHIR path, refusing anything that would leave the server's origin
+   * or climb out of the resource it names through a dot-only segment.
+   */
   resolveUrl(pathOrUrl: string): string {
+    refuseDotSegments(pathOrUrl);
     const url = /^https?:\/\//i.test(pathOrUrl)
       ? new URL(pathOrUrl)
       : new URL(`${this.baseUrl}/${pathOrUrl.replace(/^\/+/, '')}`);
@@ -187,11 +281,54 @@ export class FhirClient {
     return url.toString();
   }
 
-  async #signRequest(url: string, _init: RequestInit): Promise<void> {
-    // Defence in depth: fhir-kit-client follows absolute URLs as given, so check the origin here too,
-    // before the request (and the Authorization header set for this origin) leaves.
+  /** One HTTP exchange: JSON in and out, the body read within the response cap. */
+  async #send(
+    method: string,
+    url: string,
+    attempt: Attempt,
+    options: { body?: unknown; headers?: Record<string, string> } = {},
+  ): Promise<Answer> {
+    // Defence in depth: every caller resolves its URL, but check the origin here too, before the
+    // request (and the Authorization header set for this origin) leaves.
     if (new URL(url).origin !== this.origin)
       throw outcomeError('security', 'refused a cross-origin request', 502);
+    const description = `${method} ${new URL(url).pathname}`;
+    const response = await fetch(url, {
+      method,
+      headers: {
+        Accept: 'application/fhir+json',
+        ...(options.body !== undefined ? { 'Content-Type': 'application/fhir+json' } : {}),
+        ...options.headers,
+        ...attempt.headers,
+      },
+      ...(options.body !== undefined ? { body: JSON.stringify(options.body) } : {}),
+      signal: attempt.signal,
+    });
+    const text = await readBodyWithinCap(response, this.#maxResponseBytes, description);
+    let body: Record<string, unknown> = {};
+    let parsed = text.trim() === '';
+    if (!parsed) {
+      try {
+        body = JSON.parse(text);
+        parsed = true;
+      } catch {
+        // Not JSON: an HTML error page from a proxy, or a server answering in another format.
+      }
+    }
+    if (!response.ok) {
+      const serverOutcome = parsed && isOperationOutcome(body) ? body : undefined;
+      throw new OperationOutcomeError(
+        serverOutcome ??
+          outcome(
+            response.status === 404 ? 'not-found' : 'exception',
+            `${description}: HTTP ${response.status}`,
+          ),
+        { status: response.status, retryAfterSeconds: retryAfterSeconds(response.headers) },
+      );
+    }
+    if (!parsed || typeof body !== 'object' || body === null)
+      throw outcomeError('structure', `${description}: the server did not answer with a JSON resource`, 502);
+    return { status: response.status, body };
   }
 
   async #withRetries<T>(method: string, path: string, call: (attempt: Attempt) => Promise<T>): Promise<T> {
@@ -224,12 +361,14 @@ export class FhirClient {
     }
   }
 
+  /** A GET of a URL already resolved against the base, with retries; the parsed body. */
+  async #getJson(path: string, url: string): Promise<Record<string, unknown>> {
+    return (await this.#withRetries('GET', path, (attempt) => this.#send('GET', url, attempt))).body;
+  }
+
   async read<T extends FhirResource>(resourceType: T['resourceType'], id: string): Promise<T> {
-    if (!/^[A-Za-z0-9\-.]{1,64}$/.test(id))
-      throw outcomeError('invalid', `not a FHIR id: ${JSON.stringify(id)}`);
-    return (await this.#withRetries('GET', `${resourceType}/${id}`, (attempt) =>
-      this.#kit.read({ resourceType, id, options: attempt }),
-    )) as unknown as T;
+    const path = `${requireResourceType(resourceType)}/${requireId(id, 'id')}`;
+    return (await this.#getJson(path, `${this.baseUrl}/${path}`)) as unknown as T;
   }
 
   /** One exact version, for Provenance checks and sign-off revisions. */
@@ -238,20 +377,15 @@ export class FhirClient {
     id: string,
     versionId: string,
   ): Promise<T> {
-    if (!/^[A-Za-z0-9\-.]{1,64}$/.test(id) || !/^[A-Za-z0-9\-.]{1,64}$/.test(versionId))
-      throw outcomeError('invalid', `not a FHIR id or version: ${JSON.stringify(`${id}/${versionId}`)}`);
-    return (await this.#withRetries('GET', `${resourceType}/${id}/_history/${versionId}`, (attempt) =>
-      this.#kit.vread({ resourceType, id, version: versionId, options: attempt }),
-    )) as unknown as T;
+    const path = `${requireResourceType(resourceType)}/${requireId(id, 'id')}/_history/${requireId(versionId, 'version id')}`;
+    return (await this.#getJson(path, `${this.baseUrl}/${path}`)) as unknown as T;
   }
 
   /** The server's CapabilityStatement, read once; undefined when the server does not serve one. */
   capabilities(): Promise<CapabilityStatement | undefined> {
-    this.#capabilities ??= this.#withRetries('GET', 'metadata', (attempt) =>
-      this.#kit.capabilityStatement(attempt),
-    )
+    this.#capabilities ??= this.#getJson('metadata', `${this.baseUrl}/metadata`)
       .then((statement) =>
-        (statement as { resourceType?: string }).resourceType === 'CapabilityStatement'
+        statement.resourceType === 'CapabilityStatement'
           ? (statement as unknown as CapabilityStatement)
           : undefined,
       )
@@ -275,14 +409,17 @@ export class FhirClient {
    * for an entry the server refused (the caller decides whether to retry it on its own).
    */
   async batch(reads: BatchRead[]): Promise<(FhirResource | OperationOutcomeError)[]> {
+    for (const read of reads) refuseDotSegments(read.url);
     const body: Bundle = {
       resourceType: 'Bundle',
       type: 'batch',
       entry: reads.map((read) => ({ request: { method: 'GET', url: read.url.replace(/^\/+/, '') } })),
     };
-    const response = (await this.#withRetries('POST', 'batch', (attempt) =>
-      this.#kit.batch({ body: body as never, options: attempt }),
-    )) as unknown as Bundle;
+    const response = (
+      await this.#withRetries('POST', 'batch', (attempt) =>
+        this.#send('POST', `${this.baseUrl}/`, attempt, { body }),
+      )
+    ).body as unknown as Bundle;
     if (response?.resourceType !== 'Bundle' || (response.entry?.length ?? 0) !== reads.length) {
       throw outcomeError('invalid', 'batch response does not answer every request', 502);
     }
@@ -299,12 +436,10 @@ export class FhirClient {
 
   /** One page of search results as the server returns it. */
   async searchPage(resourceType: string, params: Record<string, string | number>): Promise<Bundle> {
-    const searchParams = Object.fromEntries(
-      Object.entries(params).map(([key, value]) => [key, String(value)]),
-    );
-    return (await this.#withRetries('GET', resourceType, (attempt) =>
-      this.#kit.search({ resourceType, searchParams, options: attempt }),
-    )) as unknown as Bundle;
+    const query = new URLSearchParams(Object.entries(params).map(([key, value]) => [key, String(value)]));
+    const path = requireResourceType(resourceType);
+    const url = `${this.baseUrl}/${path}${query.size > 0 ? `?${query}` : ''}`;
+    return (await this.#getJson(path, url)) as unknown as Bundle;
   }
 
   /** Follows `next` links (same origin only) up to the page cap and returns the matching resources. */
@@ -332,9 +467,7 @@ export class FhirClient {
         throw outcomeError('too-costly', `${resourceType} search exceeded ${this.#maxPages} pages`, 502);
       }
       const nextUrl = this.resolveUrl(next);
-      page = (await this.#withRetries('GET', `${resourceType} (page ${pageNumber + 1})`, (attempt) =>
-        this.#kit.request(nextUrl, { options: attempt }),
-      )) as unknown as Bundle;
+      page = (await this.#getJson(`${resourceType} (page ${pageNumber + 1})`, nextUrl)) as unknown as Bundle;
     }
     return results;
   }
@@ -344,18 +477,14 @@ export class FhirClient {
     resource: T,
     options: { ifNoneExist?: string; signOff?: SignOffAuthority } = {},
   ): Promise<CreateResult<T>> {
+    const resourceType = requireResourceType(resource.resourceType);
     refuseUnsignedFinalNote(resource, options.signOff);
-    const headers: Record<string, string> = { 'Content-Type': 'application/fhir+json' };
+    const headers: Record<string, string> = {};
     if (options.ifNoneExist) headers['If-None-Exist'] = options.ifNoneExist;
-    const response = (await this.#withRetries('POST', resource.resourceType, (attempt) =>
-      this.#kit.create({
-        resourceType: resource.resourceType,
-        body: resource as never,
-        options: { signal: attempt.signal, headers: { ...headers, ...attempt.headers } },
-      }),
-    )) as unknown as KitResponse;
-    const status = response[RESPONSE_KEY]?.status ?? 201;
-    if (!response.resourceType && options.ifNoneExist) {
+    const response = await this.#withRetries('POST', resourceType, (attempt) =>
+      this.#send('POST', `${this.baseUrl}/${resourceType}`, attempt, { body: resource, headers }),
+    );
+    if (!response.body.resourceType && options.ifNoneExist) {
       // Some servers answer 200 with an empty body when the resource exists: read it back.
       const [existing] = await this.search<T>(
         resource.resourceType,
@@ -364,7 +493,7 @@ export class FhirClient {
       if (!existing) throw outcomeError('exception', 'conditional create returned no resource', 502);
       return { resource: existing, created: false };
     }
-    return { resource: response as unknown as T, created: status === 201 };
+    return { resource: response.body as unknown as T, created: response.status === 201 };
   }
 
   /** Update with optimistic locking when the version read is known (If-Match), so a concurrent edit is not lost. */
@@ -373,24 +502,20 @@ export class FhirClient {
     options: { ifMatchVersion?: string; signOff?: SignOffAuthority } = {},
   ): Promise<T> {
     if (!resource.id) throw outcomeError('invalid', 'update needs an id');
+    const path = `${requireResourceType(resource.resourceType)}/${requireId(resource.id, 'id')}`;
     refuseUnsignedFinalNote(resource, options.signOff);
-    const headers: Record<string, string> = { 'Content-Type': 'application/fhir+json' };
-    if (options.ifMatchVersion) headers['If-Match'] = `W/"${options.ifMatchVersion}"`;
-    return (await this.#withRetries('PUT', `${resource.resourceType}/${resource.id}`, (attempt) =>
-      this.#kit.update({
-        resourceType: resource.resourceType,
-        id: resource.id as string,
-        body: resource as never,
-        options: { signal: attempt.signal, headers: { ...headers, ...attempt.headers } },
-      }),
-    )) as unknown as T;
+    const headers: Record<string, string> = {};
+    if (options.ifMatchVersion)
+      headers['If-Match'] = `W/"${requireId(options.ifMatchVersion, 'version id')}"`;
+    const response = await this.#withRetries('PUT', path, (attempt) =>
+      this.#send('PUT', `${this.baseUrl}/${path}`, attempt, { body: resource, headers }),
+    );
+    return response.body as unknown as T;
   }
 
   /** Any GET relative to the base or on the base's own origin (Binary content, operations). */
   async get<T = unknown>(pathOrUrl: string): Promise<T> {
     const url = this.resolveUrl(pathOrUrl);
-    return (await this.#withRetries('GET', new URL(url).pathname, (attempt) =>
-      this.#kit.request(url, { options: attempt }),
-    )) as unknown as T;
+    return (await this.#getJson(new URL(url).pathname, url)) as unknown as T;
   }
 }

@@ -52,15 +52,46 @@ function stripMarkup(text: string, contentType: string | undefined): string {
     .replace(/&amp;/g, '&');
 }
 
+/**
+ * Longest note text kept, in characters: a long discharge summary fits many times over, and it is at
+ * least the longest draft the service itself accepts, so its own drafts are never cut.
+ */
+export const defaultMaxNoteCharacters = 200_000;
+
+/** The marker that ends a note cut at the cap, so a reader (or the model) sees that text is missing. */
+export function truncationMarker(maxCharacters: number): string {
+  return `[... note truncated at ${maxCharacters} characters]`;
+}
+
+/** The text, cut at the cap with a visible marker (never between the two halves of a surrogate pair). */
+export function capNoteText(text: string, maxCharacters = defaultMaxNoteCharacters): string {
+  if (text.length <= maxCharacters) return text;
+  let end = maxCharacters;
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--;
+  return `${text.slice(0, end)}\n${truncationMarker(maxCharacters)}`;
+}
+
+function decodedText(data: string, contentType: string | undefined, maxCharacters: number): string {
+  return capNoteText(stripMarkup(decodeBase64Text(data, contentType), contentType), maxCharacters);
+}
+
 /** The text of a note whose attachment carries its data inline; undefined when it must be fetched. */
-export function inlineNoteText(document: DocumentReference): string | undefined {
+export function inlineNoteText(
+  document: DocumentReference,
+  maxCharacters = defaultMaxNoteCharacters,
+): string | undefined {
   const attachment = textAttachment(document);
   if (!attachment?.data) return undefined;
-  return stripMarkup(decodeBase64Text(attachment.data, attachment.contentType), attachment.contentType);
+  return decodedText(attachment.data, attachment.contentType, maxCharacters);
 }
 
 /** The text of a Binary fetched for a note's attachment URL. */
-export function binaryNoteText(document: DocumentReference, binary: Binary | undefined): string {
+export function binaryNoteText(
+  document: DocumentReference,
+  binary: Binary | undefined,
+  maxCharacters = defaultMaxNoteCharacters,
+): string {
   const attachment = textAttachment(document);
   if (binary?.resourceType !== 'Binary' || typeof binary.data !== 'string') {
     throw outcomeError(
@@ -69,8 +100,7 @@ export function binaryNoteText(document: DocumentReference, binary: Binary | und
       502,
     );
   }
-  const contentType = binary.contentType ?? attachment?.contentType;
-  return stripMarkup(decodeBase64Text(binary.data, contentType), contentType);
+  return decodedText(binary.data, binary.contentType ?? attachment?.contentType, maxCharacters);
 }
 
 /**
@@ -81,15 +111,15 @@ export function binaryNoteText(document: DocumentReference, binary: Binary | und
 export async function readNoteText(
   source: FhirClient | PatientScopedReader,
   document: DocumentReference,
+  maxCharacters = defaultMaxNoteCharacters,
 ): Promise<string | undefined> {
   const attachment = textAttachment(document);
   if (!attachment) return undefined;
-  if (attachment.data)
-    return stripMarkup(decodeBase64Text(attachment.data, attachment.contentType), attachment.contentType);
+  if (attachment.data) return decodedText(attachment.data, attachment.contentType, maxCharacters);
   const url = attachment.url as string;
   const binary =
     source instanceof PatientScopedReader
       ? await source.noteAttachment(document, url)
       : await source.get<Binary>(url);
-  return binaryNoteText(document, binary);
+  return binaryNoteText(document, binary, maxCharacters);
 }

@@ -1,8 +1,14 @@
 import type { Bundle, DocumentReference, Encounter, FhirResource, Patient } from 'fhir/r4.js';
-import type { FhirClient } from './fhir-client.ts';
-import { binaryNoteText, inlineNoteText, readNoteText, textAttachment } from './note-text.ts';
+import { type FhirClient, ResponseTooLargeError } from './fhir-client.ts';
+import {
+  binaryNoteText,
+  defaultMaxNoteCharacters,
+  inlineNoteText,
+  readNoteText,
+  textAttachment,
+} from './note-text.ts';
 import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
-import type { ClinicalNote, PatientRecord, PatientResourceLists } from './patient-record.ts';
+import type { ClinicalNote, PatientRecord, PatientResourceLists, RecordOmission } from './patient-record.ts';
 import { PatientScopedReader, patientReferenceOf } from './patient-scope.ts';
 
 export { assertInCompartment, patientReferenceOf } from './patient-scope.ts';
@@ -11,9 +17,16 @@ export { assertInCompartment, patientReferenceOf } from './patient-scope.ts';
  * Retrieves one patient's history for one event in as few round trips as the server allows: one
  * batch Bundle when its CapabilityStatement offers batch, otherwise per-type searches in parallel
  * within a limit. Every read goes through a PatientScopedReader (the compartment guard), notes are
- * decoded honouring their charset, and the service's own drafts are left out so a summary never
- * summarises an earlier summary.
+ * decoded honouring their charset (each cut at a cap, with a marker), a note whose attachment is over
+ * the client's response cap is left out and listed in `record.omitted`, and the service's own drafts
+ * are left out so a summary never summarises an earlier summary.
  */
+
+/** Where retrieval reports what it left out: counts and ids only (a pino logger fits). */
+export interface HistoryLogger {
+  warn(fields: Record<string, unknown>, message: string): void;
+}
+
 export interface HistoryOptions {
   /** Identifier system of the drafts this service writes. */
   draftIdentifierSystem: string;
@@ -24,6 +37,9 @@ export interface HistoryOptions {
   batch?: 'auto' | 'never';
   /** `_elements` per resource type, where the full resource carries bytes nobody downstream reads. */
   elements?: Partial<Record<string, string>>;
+  /** Longest text kept per note; the rest is cut with a visible marker. */
+  maxNoteCharacters?: number;
+  logger?: HistoryLogger;
 }
 
 const searchesByList: Record<keyof PatientResourceLists, FhirResource['resourceType']> = {
@@ -163,40 +179,66 @@ async function searchInOneBatch(
   return { patient, lists: byName };
 }
 
+/** A note's text, or its omission when its attachment is over the response cap (asking again cannot help). */
+async function textOrOmission(
+  read: () => Promise<string | undefined>,
+  document: DocumentReference,
+  omitted: RecordOmission[],
+): Promise<string | undefined> {
+  try {
+    return await read();
+  } catch (error) {
+    if (!(error instanceof ResponseTooLargeError)) throw error;
+    omitted.push({ reference: `DocumentReference/${document.id}`, reason: 'too-large' });
+    return undefined;
+  }
+}
+
 /**
  * Every note's text: inline data decoded in place; notes behind attachment URLs fetched in one batch
  * when the server takes batches (otherwise in parallel within the limit), each Binary checked by the
- * compartment guard.
+ * compartment guard. A batch answer over the response cap falls back to one read per note, so only
+ * the notes that are themselves too large are left out.
  */
 async function noteTexts(
   reader: PatientScopedReader,
   documents: DocumentReference[],
   useBatch: boolean,
-  concurrency: number,
-): Promise<(string | undefined)[]> {
-  const texts = documents.map((document) => inlineNoteText(document));
+  options: HistoryOptions,
+): Promise<{ texts: (string | undefined)[]; omitted: RecordOmission[] }> {
+  const maxCharacters = options.maxNoteCharacters ?? defaultMaxNoteCharacters;
+  const omitted: RecordOmission[] = [];
+  const texts = documents.map((document) => inlineNoteText(document, maxCharacters));
   const remote = documents.flatMap((document, index) => {
     const url = texts[index] === undefined ? textAttachment(document)?.url : undefined;
     return url ? [{ index, document, url }] : [];
   });
-  if (useBatch && remote.length > 1) {
-    const binaries = await reader.noteAttachments(remote);
+  const readAlone = (document: DocumentReference) =>
+    textOrOmission(() => readNoteText(reader, document, maxCharacters), document, omitted);
+  const binaries =
+    useBatch && remote.length > 1
+      ? await reader.noteAttachments(remote).catch((error: unknown) => {
+          if (error instanceof ResponseTooLargeError) return undefined;
+          throw error;
+        })
+      : undefined;
+  if (binaries) {
     for (const [position, { index, document }] of remote.entries()) {
       const binary = binaries[position];
       texts[index] =
         binary instanceof OperationOutcomeError
-          ? await retryAlone(binary, () => readNoteText(reader, document))
-          : binaryNoteText(document, binary);
+          ? await retryAlone(binary, () => readAlone(document))
+          : binaryNoteText(document, binary, maxCharacters);
     }
-    return texts;
+    return { texts, omitted };
   }
-  const fetched = await mapWithConcurrency(remote, concurrency, ({ document }) =>
-    readNoteText(reader, document),
+  const fetched = await mapWithConcurrency(remote, options.concurrency ?? 4, ({ document }) =>
+    readAlone(document),
   );
   remote.forEach(({ index }, position) => {
     texts[index] = fetched[position];
   });
-  return texts;
+  return { texts, omitted };
 }
 
 /**
@@ -231,7 +273,11 @@ export async function retrievePatientHistory(
   const listNames = Object.keys(searchesByList) as (keyof PatientResourceLists)[];
   const useBatch = options.batch !== 'never' && (await reader.supportsBatch());
   const { patient, lists } = useBatch
-    ? await searchInOneBatch(reader, listNames, options)
+    ? await searchInOneBatch(reader, listNames, options).catch((error: unknown) => {
+        // The whole batch answer over the response cap: each search on its own may fit.
+        if (error instanceof ResponseTooLargeError) return searchSeparately(reader, listNames, options);
+        throw error;
+      })
     : await searchSeparately(reader, listNames, options);
 
   const record = { patient, encounter: admittedEncounter, ...lists } as PatientRecord;
@@ -240,7 +286,14 @@ export async function retrievePatientHistory(
       document.status !== 'entered-in-error' && !isOwnDraft(document, options.draftIdentifierSystem),
   );
 
-  const texts = await noteTexts(reader, record.noteResources, useBatch, options.concurrency ?? 4);
+  const { texts, omitted } = await noteTexts(reader, record.noteResources, useBatch, options);
+  if (omitted.length > 0) {
+    record.omitted = omitted;
+    options.logger?.warn(
+      { encounterId: encounter.id, omittedNotes: omitted.length, reason: 'too-large' },
+      'history-notes-omitted',
+    );
+  }
   const notes = record.noteResources.map((document, index): ClinicalNote | undefined => {
     const text = texts[index];
     if (text === undefined) return undefined;

@@ -27,6 +27,17 @@ export interface ClinicalNote {
   text: string;
 }
 
+/**
+ * A resource the retrieval had to leave out, so the draft can say what it did not read instead of
+ * silently summarising less. Only references and reasons: nothing from the resource's content.
+ */
+export interface RecordOmission {
+  /** `DocumentReference/<id>` of the note whose text could not be read. */
+  reference: string;
+  /** too-large: its attachment was over the response cap (fhir.maxResponseBytes). */
+  reason: 'too-large';
+}
+
 export interface PatientRecord {
   patient: Patient;
   /** The encounter the event is about, as re-read from the server. */
@@ -41,6 +52,8 @@ export interface PatientRecord {
   /** The note resources as retrieved (without their decoded text). */
   noteResources: DocumentReference[];
   notes: ClinicalNote[];
+  /** What was left out of this record and why (absent or empty: nothing was). */
+  omitted?: RecordOmission[];
 }
 
 /** The resource types retrieved for a patient's history, besides the Patient itself. */
@@ -55,7 +68,7 @@ export const historyResourceTypes = [
   'DocumentReference',
 ] as const;
 
-export type PatientResourceLists = Omit<PatientRecord, 'patient' | 'encounter' | 'notes'>;
+export type PatientResourceLists = Omit<PatientRecord, 'patient' | 'encounter' | 'notes' | 'omitted'>;
 
 /** Every resource in the record, each once. */
 export function recordResources(record: PatientRecord): FhirResource[] {

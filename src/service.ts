@@ -123,6 +123,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     timeoutMs: config.fhir.timeoutMs,
     maxAttempts: config.fhir.maxAttempts,
     maxPages: config.fhir.maxPages,
+    maxResponseBytes: config.fhir.maxResponseBytes,
     accessToken,
   });
   const historyOptions = { draftIdentifierSystem: config.drafts.identifierSystem };

@@ -41,8 +41,10 @@ export const configSchema = z
         maxAttempts: z.coerce.number().int().min(1).max(10).default(4),
         /** Cap on pages followed for one search, so a runaway result set cannot stall a job. */
         maxPages: z.coerce.number().int().positive().default(50),
+        /** Largest response accepted from the FHIR server (bytes); larger ones are refused, never refetched. */
+        maxResponseBytes: z.coerce.number().int().min(65_536).default(33_554_432),
       })
-      .default({ timeoutMs: 15_000, maxAttempts: 4, maxPages: 50 }),
+      .default({ timeoutMs: 15_000, maxAttempts: 4, maxPages: 50, maxResponseBytes: 33_554_432 }),
     notify: z
       .object({
         /** Bearer secret the FHIR server must send; set into the Subscription's channel.header. */
