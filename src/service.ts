@@ -1,7 +1,7 @@
-import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
+import type { Encounter } from 'fhir/r4.js';
 import { createDraftLifecycle, type DraftLifecycle } from '../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../fhir/draft-note.ts';
 import { FhirClient } from '../fhir/fhir-client.ts';
@@ -9,6 +9,7 @@ import { normalizeOperationOutcome, outcomeError } from '../fhir/operation-outco
 import { retrievePatientRecordInContext } from '../fhir/patient-history.ts';
 import { createAccessTokenProvider } from '../fhir/smart-backend-auth.ts';
 import type { ServiceConfig } from './config/config-schema.ts';
+import { resolveOperatorSecrets } from './config/operator-secrets.ts';
 import { createDraftEngine } from './draft-engine-factory.ts';
 import { schedulePurge } from './drafts/purge-schedule.ts';
 import { SqliteDraftStore } from './drafts/sqlite-draft-store.ts';
@@ -43,7 +44,11 @@ export interface RunningService {
   /** The embedded sandbox EHR, when no FHIR server is configured. */
   sandbox: SandboxEhr | undefined;
   /** The secret notifications must carry (configured, or generated for the sandbox). */
-  notifySecret: string | undefined;
+  notifySecret: string;
+  /** The bearer the operator APIs (/api/jobs) need (configured, or generated into the sandbox's data directory). */
+  adminSecret: string;
+  /** Where the sandbox keeps a generated admin secret (for the start-up banner). */
+  adminSecretFile: string | undefined;
   /** Edit, sign, reject, regenerate drafts (the review app rebinds it per request with `withClient`). */
   draftLifecycle: DraftLifecycle;
   close(): Promise<void>;
@@ -53,6 +58,28 @@ function listen(app: ReturnType<typeof createApp>, port: number, host: string): 
   return new Promise((resolve, reject) => {
     const server = app.listen(port, host, (error?: Error) => (error ? reject(error) : resolve(server)));
   });
+}
+
+/**
+ * Who may call the CDS services: the listed EHRs (JWTs against their JWKS); nobody without a JWT against a
+ * real EHR unless a site opts out explicitly; anyone only in the embedded sandbox.
+ */
+function cdsHookAuthentication(
+  config: ServiceConfig,
+  serviceUrl: string,
+  logger: Logger,
+): ((authorization: string | undefined) => Promise<boolean>) | undefined {
+  const { clients, allowUnauthenticated } = config.rules.cdsHooks;
+  if (clients.length > 0) return cdsClientAuthenticator(clients, serviceUrl);
+  if (!config.fhir.baseUrl) return undefined;
+  if (allowUnauthenticated) {
+    logger.warn(
+      'cds-hooks-open: rules.cdsHooks.allowUnauthenticated is set, so any caller that reaches /cds-services can ask for cards and queue briefings',
+    );
+    return undefined;
+  }
+  logger.warn('cds-hooks-closed: no rules.cdsHooks.clients are listed, so every hook call is refused (401)');
+  return async () => false;
 }
 
 export async function startService(config: ServiceConfig, logger: Logger): Promise<RunningService> {
@@ -77,8 +104,11 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     const patients = generatePatients({ count: config.sandbox.patients, seed: config.sandbox.seed });
     await sandbox.seed(patients.flatMap((patient) => patient.resources));
   }
-  // The notification endpoint is never open: in sandbox mode without a configured secret, make one up.
-  const notifySecret = config.notify.secret ?? (sandbox ? randomBytes(24).toString('hex') : undefined);
+  // No door is open: /notify and the operator APIs need secrets (generated only in the sandbox).
+  const { notifySecret, adminSecret, adminSecretFile } = resolveOperatorSecrets(config, {
+    sandbox: Boolean(sandbox),
+    dataDir,
+  });
   const intake = new IntakeService({
     config: config.intake,
     dataDir,
@@ -92,7 +122,9 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     queue,
     logger,
     notifySecret,
+    adminSecret,
     maxBodyBytes: config.notify.maxBodyBytes,
+    trustProxy: config.http.trustProxy,
     isReady: () => ready,
     onQueued: () => workers?.nudge(),
     metrics,
@@ -189,20 +221,15 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         }
         return retrievePatientRecordInContext(fhir, { patientId, encounterId }, historyOptions);
       },
-      authenticate:
-        config.rules.cdsHooks.clients.length > 0
-          ? cdsClientAuthenticator(config.rules.cdsHooks.clients, url)
-          : undefined,
+      authenticate: cdsHookAuthentication(config, url, logger),
       onHook: async (hook, context) => {
-        await intake.enqueueFromCdsHook(hook, context);
+        // The encounter must be the context patient's; its status, not the hook, decides the kind of draft.
+        await intake.enqueueFromCdsHook(hook, context, (encounterId) =>
+          fhir.read<Encounter>('Encounter', encounterId),
+        );
       },
     }),
   );
-  if (config.rules.cdsHooks.clients.length === 0 && config.fhir.baseUrl) {
-    logger.warn(
-      'cds-hooks-unauthenticated: set rules.cdsHooks.clients so only the EHR can call /cds-services',
-    );
-  }
   const purge = schedulePurge({
     targets: { drafts: draftStore },
     retentionDays: config.drafts.retentionDays,
@@ -256,6 +283,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     queue,
     sandbox,
     notifySecret,
+    adminSecret,
+    adminSecretFile,
     draftLifecycle,
     async close() {
       ready = false;

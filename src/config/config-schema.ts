@@ -3,6 +3,7 @@ import { draftStoreConfigDefaults, draftStoreConfigSchema } from '../drafts/draf
 import { modelConfigSchema } from '../model/model-config.ts';
 import { rulesConfigSchema } from '../rules/rules-config.ts';
 import { authConfigSchema } from './auth-config.ts';
+import { httpConfigSchema } from './http-config.ts';
 import { intakeConfigSchema } from './intake-config.ts';
 import { reviewConfigSchema } from './review-config.ts';
 
@@ -45,6 +46,8 @@ export const configSchema = z
         maxResponseBytes: z.coerce.number().int().min(65_536).default(33_554_432),
       })
       .default({ timeoutMs: 15_000, maxAttempts: 4, maxPages: 50, maxResponseBytes: 33_554_432 }),
+    /** The HTTP server: which proxies may name the client (src/config/http-config.ts). */
+    http: httpConfigSchema.prefault({}),
     notify: z
       .object({
         /** Bearer secret the FHIR server must send; set into the Subscription's channel.header. */
@@ -52,6 +55,14 @@ export const configSchema = z
         maxBodyBytes: z.coerce.number().int().positive().default(1_048_576),
       })
       .default({ maxBodyBytes: 1_048_576 }),
+    /**
+     * Operator APIs (/api/jobs and the like). Absent: the notify secret against a real EHR; in the sandbox a
+     * secret generated into `<dataDir>/admin-secret` (never derived from the notify secret, which the sandbox EHR holds).
+     */
+    admin: z
+      .object({ secret: z.string().min(16, 'at least 16 characters').optional() })
+      .strict()
+      .default({}),
     queue: z
       .object({
         adapter: z.enum(['sqlite', 'postgres']).default('sqlite'),
@@ -104,7 +115,18 @@ export const configSchema = z
       })
       .default({ patients: 12, seed: 20261127 }),
   })
-  .strict();
+  .strict()
+  .superRefine((config, context) => {
+    // No open mode outside the embedded sandbox: a real EHR's events must prove where they come from.
+    if (config.fhir.baseUrl && !config.notify.secret) {
+      context.addIssue({
+        code: 'custom',
+        path: ['notify', 'secret'],
+        message:
+          'is required when fhir.baseUrl points at a real EHR (set NOTIFY_SECRET, at least 16 characters)',
+      });
+    }
+  });
 
 export type ServiceConfig = z.infer<typeof configSchema>;
 export type DraftKindName = z.infer<typeof draftKindSchema>;

@@ -8,7 +8,7 @@ import { configSchema, type ServiceConfig } from './config-schema.ts';
  * Configuration comes from an optional YAML file and from environment variables, environment winning.
  * Environment names: `EHR_AGENT_` + the key path in UPPER_SNAKE, sections joined by `__`
  * (`EHR_AGENT_QUEUE__ADAPTER=postgres`). A few well-known names are accepted as they are
- * (PORT, FHIR_BASE_URL, NOTIFY_SECRET, DATA_DIR, LOG_LEVEL, PUBLIC_URL, DATABASE_URL).
+ * (PORT, FHIR_BASE_URL, NOTIFY_SECRET, ADMIN_SECRET, DATA_DIR, LOG_LEVEL, PUBLIC_URL, DATABASE_URL).
  */
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -26,6 +26,7 @@ const aliases: Record<string, string[]> = {
   LOG_LEVEL: ['logLevel'],
   FHIR_BASE_URL: ['fhir', 'baseUrl'],
   NOTIFY_SECRET: ['notify', 'secret'],
+  ADMIN_SECRET: ['admin', 'secret'],
   DATABASE_URL: ['queue', 'postgresUrl'],
 };
 

@@ -1,10 +1,11 @@
 import express, { type Express, type Router } from 'express';
 import { outcomeError } from '../../fhir/operation-outcome.ts';
+import type { TrustProxySetting } from '../config/http-config.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
 import type { JobQueue, JobStatus } from '../queue/job-queue.ts';
 import { notFoundHandler, operationOutcomeErrorHandler } from './errors.ts';
-import { checkBearer, type NotifyRouteOptions, notifyRouter } from './notify-routes.ts';
+import { adminBearerRequired, type NotifyRouteOptions, notifyRouter } from './notify-routes.ts';
 
 /**
  * The HTTP surface: event intake, health, job listing, and whatever routers the composition root
@@ -13,16 +14,19 @@ import { checkBearer, type NotifyRouteOptions, notifyRouter } from './notify-rou
 export interface AppOptions {
   queue: JobQueue;
   logger: Logger;
-  notifySecret: string | undefined;
+  /** Bearer secret /notify requires; there is no open mode. */
+  notifySecret: string;
   maxBodyBytes: number;
   /** Readiness: false until start-up finished and while shutting down. */
   isReady: () => boolean;
   onQueued?: (added: number) => void;
-  /** Secret for the job API (listing and retrying dead letters); the notify secret when unset. */
-  adminSecret?: string;
+  /** Bearer secret for the operator APIs (job listing, dead-letter retry); there is no open mode. */
+  adminSecret: string;
   routers?: { path: string; router: Router }[];
   /** Prometheus metrics; GET /metrics serves them when given. */
   metrics?: ServiceMetrics;
+  /** Which proxies may name the client in X-Forwarded-For (`http.trustProxy`); default none. */
+  trustProxy?: TrustProxySetting;
   /** Intake wiring for /notify (event intake, sources, Medplum secrets, rate limits). */
   notify?: Pick<NotifyRouteOptions, 'intake' | 'sources' | 'medplumSecrets' | 'rateLimit'>;
 }
@@ -35,7 +39,8 @@ export type ServiceApp = Express & { mount(path: string, router: Router): void }
 export function createApp(options: AppOptions): ServiceApp {
   const app = express();
   app.disable('x-powered-by');
-  app.set('trust proxy', 'loopback');
+  // The socket's peer is the client unless configured otherwise: a forwarded-for header is believed only from named proxies.
+  app.set('trust proxy', options.trustProxy ?? false);
 
   app.get('/healthz', (_request, response) => {
     response.json({ status: 'ok' });
@@ -67,13 +72,9 @@ export function createApp(options: AppOptions): ServiceApp {
     });
   }
 
-  // Job listing and dead-letter retry, for operators. Protected by the admin (or notify) secret when one is set.
+  // Job listing and dead-letter retry, for operators: the admin secret, compared in constant time.
   const jobs = express.Router();
-  jobs.use((request, _response, next) => {
-    // Compared in constant time, like the notify secret.
-    checkBearer(request, options.adminSecret ?? options.notifySecret);
-    next();
-  });
+  jobs.use(adminBearerRequired(options.adminSecret));
   jobs.get('/', async (request, response) => {
     const status = String(request.query.status ?? 'failed') as JobStatus;
     if (!jobStatuses.includes(status))

@@ -1,34 +1,59 @@
+import type { Encounter } from 'fhir/r4.js';
 import { z } from 'zod';
 import { outcomeError } from '../../fhir/operation-outcome.ts';
-import type { DraftKindHint } from '../queue/job-queue.ts';
 import type { EventIntake } from './event-intake.ts';
 
 /**
- * CDS Hooks `encounter-start` and `encounter-discharge` calls as events: the CDS Hooks service (owned
- * by the rules part) calls enqueueFromCdsHook with the hook name and its context; the encounter is
- * queued with the kind of draft the hook implies. Other hooks are not events and are ignored.
+ * CDS Hooks `encounter-start` and `encounter-discharge` calls as events: the CDS Hooks service (owned by the
+ * rules part) calls enqueueFromCdsHook with the hook name and its context. A hook is a hint like any other
+ * event: the Encounter is read first and must belong to the patient in context (a caller cannot aim a draft
+ * at another patient's visit), and the kind of draft follows the encounter's status and the configured
+ * triggers when the job runs, not the hook's name. Other hooks are not events and are ignored.
  */
-export const encounterHookKinds: Record<string, DraftKindHint> = {
-  'encounter-start': 'previsit-briefing',
-  'encounter-discharge': 'progress-summary',
-};
+export const encounterHooks = new Set(['encounter-start', 'encounter-discharge']);
+
+const fhirId = z
+  .string()
+  .regex(/^[A-Za-z0-9\-.]{1,64}$/)
+  .refine((id) => !/^\.+$/.test(id), 'is not a FHIR id');
 
 const contextSchema = z.looseObject({
-  patientId: z.string().regex(/^[A-Za-z0-9\-.]{1,64}$/),
-  encounterId: z.string().regex(/^[A-Za-z0-9\-.]{1,64}$/),
+  patientId: fhirId,
+  encounterId: fhirId,
   userId: z.string().optional(),
 });
+
+/** The patient id an Encounter's subject names, relative or absolute (`[base]/Patient/<id>`). */
+function subjectPatientId(encounter: Encounter): string | undefined {
+  const reference = encounter.subject?.reference ?? '';
+  return /(?:^|\/)Patient\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(reference)?.[1];
+}
 
 export async function enqueueFromCdsHook(
   intake: EventIntake,
   hook: string,
   context: unknown,
-): Promise<{ queued: number; kind: DraftKindHint | undefined }> {
-  const kind = encounterHookKinds[hook];
-  if (!kind) return { queued: 0, kind: undefined };
+  readEncounter: (encounterId: string) => Promise<Encounter>,
+): Promise<{ queued: number }> {
+  if (!encounterHooks.has(hook)) return { queued: 0 };
   const parsed = contextSchema.safeParse(context);
   if (!parsed.success)
     throw outcomeError('invalid', `${hook} context needs patientId and encounterId (FHIR ids)`, 400);
-  const queued = await intake.acceptEncounters([{ encounterId: parsed.data.encounterId, kind }], 'cds-hooks');
-  return { queued, kind };
+  const { patientId, encounterId } = parsed.data;
+  // The same answer whether the encounter is missing or another patient's: nothing about it is revealed.
+  const notThisPatients = () =>
+    outcomeError('invalid', `${hook}: context.encounterId is not an encounter of context.patientId`, 400);
+  const encounter = await readEncounter(encounterId).catch((error: unknown) => {
+    const status = (error as { status?: number }).status;
+    if (status === 404 || status === 410) throw notThisPatients();
+    throw error;
+  });
+  if (encounter.resourceType !== 'Encounter' || subjectPatientId(encounter) !== patientId)
+    throw notThisPatients();
+  const versionId = encounter.meta?.versionId;
+  const queued = await intake.acceptEncounters(
+    [{ encounterId, ...(versionId ? { versionId } : {}) }],
+    'cds-hooks',
+  );
+  return { queued };
 }

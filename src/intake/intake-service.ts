@@ -1,4 +1,5 @@
 import path from 'node:path';
+import type { Encounter } from 'fhir/r4.js';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
 import type { IntakeConfig } from '../config/intake-config.ts';
@@ -12,6 +13,7 @@ import { IntakeStateStore } from './intake-state-store.ts';
 import { PollingReconciler } from './polling-reconciler.ts';
 import { ensureSubscription, type SubscriptionSpec } from './subscription-manager.ts';
 import { SubscriptionWatchdog } from './subscription-watchdog.ts';
+import { TrackedSubscriptions } from './tracked-subscriptions.ts';
 
 /**
  * All event sources assembled: the intake (usable as soon as it is built, so /notify can answer
@@ -31,6 +33,7 @@ export class IntakeService {
   readonly intake: EventIntake;
   readonly store: IntakeStateStore;
   readonly tracker: EventCounterTracker;
+  readonly tracked: TrackedSubscriptions;
   reconciler: PollingReconciler | undefined;
   watchdog: SubscriptionWatchdog | undefined;
   readonly #options: IntakeServiceOptions;
@@ -38,7 +41,13 @@ export class IntakeService {
   constructor(options: IntakeServiceOptions) {
     this.#options = options;
     this.store = new IntakeStateStore(path.join(options.dataDir, 'intake.sqlite'));
-    this.tracker = new EventCounterTracker(this.store);
+    this.tracked = new TrackedSubscriptions(
+      options.config.trackedSubscriptions,
+      this.store.serviceSubscription(),
+    );
+    // State of subscriptions no longer tracked (or never: left by earlier versions) goes now.
+    this.store.forgetSubscriptionsExcept(this.tracked.keys());
+    this.tracker = new EventCounterTracker(this.store, this.tracked);
     this.intake = new EventIntake({
       queue: options.queue,
       logger: options.logger,
@@ -53,9 +62,13 @@ export class IntakeService {
    * A CDS Hooks call as an event (encounter-start -> pre-visit briefing, encounter-discharge ->
    * progress summary). For the CDS Hooks router: call it with the hook name and the request context.
    */
-  async enqueueFromCdsHook(hook: string, context: unknown): Promise<{ queued: number }> {
+  async enqueueFromCdsHook(
+    hook: string,
+    context: unknown,
+    readEncounter: (encounterId: string) => Promise<Encounter>,
+  ): Promise<{ queued: number }> {
     if (!this.#options.config.sources.cdsHooks) return { queued: 0 };
-    return enqueueFromCdsHook(this.intake, hook, context);
+    return enqueueFromCdsHook(this.intake, hook, context, readEncounter);
   }
 
   /** What /notify needs (pass as AppOptions.notify). */
@@ -141,6 +154,12 @@ export class IntakeService {
         payload: config.subscription.payload,
         heartbeatSeconds: config.subscription.heartbeatSeconds,
       });
+      if (ensured.id) {
+        const reference = `Subscription/${ensured.id}`;
+        this.store.saveServiceSubscription(reference, Date.now());
+        const replaced = this.tracked.setOwn(reference);
+        if (replaced) this.store.forgetSubscription(replaced);
+      }
       logger.info({ subscription: ensured.id, action }, 'subscription-ensured');
     } catch (error) {
       logger.warn(

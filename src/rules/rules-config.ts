@@ -33,11 +33,14 @@ export const rulesConfigSchema = z
         reviewAppUrl: z.url().optional(),
         /**
          * CDS clients (EHRs) allowed to call, each by its JWT issuer and JWKS URL (CDS Hooks 2.0 security).
-         * Empty: calls are not authenticated (sandbox and development only; the service warns at start).
+         * Empty: only the embedded sandbox answers; against a real EHR every hook call is refused (401)
+         * unless `allowUnauthenticated` is set.
          */
         clients: z.array(z.object({ issuer: z.string().min(1), jwksUrl: z.url() }).strict()).default([]),
+        /** Answer hook calls without a client JWT against a real EHR (a closed network only; logged at every start). */
+        allowUnauthenticated: z.boolean().default(false),
       })
-      .default({ timeBudgetMs: 1_500, clients: [] }),
+      .default({ timeBudgetMs: 1_500, clients: [], allowUnauthenticated: false }),
     /** SQLite file of nudge deliveries and outcomes (suppression and `rules stats`). Absent: in memory. */
     storeFile: z.string().min(1).optional(),
   })

@@ -24,6 +24,8 @@ describe('configuration', () => {
         PORT: '5000',
         EHR_AGENT_QUEUE__MAX_ATTEMPTS: '9',
         FHIR_BASE_URL: 'https://ehr.example/fhir',
+        NOTIFY_SECRET: 'notify-secret-0123456789',
+        ADMIN_SECRET: 'admin-secret-0123456789',
       },
       cwd: directory,
     });
@@ -31,6 +33,7 @@ describe('configuration', () => {
     expect(config.queue.concurrency).toBe(3);
     expect(config.queue.maxAttempts).toBe(9);
     expect(config.fhir.baseUrl).toBe('https://ehr.example/fhir');
+    expect(config.admin.secret).toBe('admin-secret-0123456789');
   });
 
   it('names the key, the file and the line of a bad value', () => {

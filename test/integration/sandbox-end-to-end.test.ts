@@ -206,13 +206,16 @@ describe('the service on its embedded sandbox EHR: event in, draft note out', ()
     await postNotification(service, idOnlyNotification(service.fhirBaseUrl, 'orphan-visit', 99));
     await waitForIdleQueue(service);
     const response = await fetch(`${service.url}/api/jobs?status=failed`, {
-      headers: { Authorization: `Bearer ${service.notifySecret}` },
+      headers: { Authorization: `Bearer ${service.adminSecret}` },
     });
     const listing = await response.json();
-    // The job API is for operators: without the secret, or with a wrong one, nothing is listed.
+    // The job API is for operators: without the admin secret, with a wrong one, or with the notify secret
+    // (which the sandbox EHR holds), nothing is listed.
     expect((await fetch(`${service.url}/api/jobs?status=failed`)).status).toBe(401);
-    const wrongSecret = { headers: { Authorization: `Bearer ${service.notifySecret}x` } };
+    const wrongSecret = { headers: { Authorization: `Bearer ${service.adminSecret}x` } };
     expect((await fetch(`${service.url}/api/jobs?status=failed`, wrongSecret)).status).toBe(401);
+    const notifySecret = { headers: { Authorization: `Bearer ${service.notifySecret}` } };
+    expect((await fetch(`${service.url}/api/jobs?status=failed`, notifySecret)).status).toBe(401);
     expect(listing.jobs.map((job: { encounterId: string }) => job.encounterId)).toContain('orphan-visit');
   });
 });

@@ -94,7 +94,8 @@ export async function startReviewHarness(options: {
   const app = createApp({
     queue,
     logger,
-    notifySecret: undefined,
+    notifySecret: 'review-harness-notify-secret',
+    adminSecret: 'review-harness-admin-secret',
     maxBodyBytes: 1_048_576,
     isReady: () => true,
     routers: [
