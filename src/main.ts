@@ -25,6 +25,7 @@ if (service.sandbox) {
       `  service          ${service.url}`,
       `  sandbox FHIR     ${service.fhirBaseUrl}`,
       `  health           ${service.url}/readyz`,
+      `  operator APIs    ${service.url}/api/jobs (bearer: the admin secret in ${service.adminSecretFile ?? 'ADMIN_SECRET'})`,
       `  review page      ${service.url}/review (needs a SMART launch)`,
       '  try it           npm run demo   (finishes an encounter and prints the draft)',
       '',
