@@ -6,6 +6,7 @@ import type { Bundle, Encounter, Patient } from 'fhir/r4.js';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
+import { loadConfig } from '../config/load-config.ts';
 import { type BacktestPopulation, backtestCsv, runBacktest } from '../rules/backtest.ts';
 import { evaluateRules, type RuleResult } from '../rules/evaluate.ts';
 import type { NudgeStore, RuleStatistics } from '../rules/nudge-store.ts';
@@ -15,6 +16,7 @@ import { formatLoadError, type RuleSet } from '../rules/rule-set.ts';
 import { runRuleTests } from '../rules/rule-tests.ts';
 import { defaultRulesConfig } from '../rules/rules-config.ts';
 import { SqliteNudgeStore } from '../rules/sqlite-nudge-store.ts';
+import { createServiceFhirClient } from '../service-fhir-client.ts';
 import { runProgram } from './run-program.ts';
 import { populationRecord, sandboxPopulationModule } from './sandbox-population.ts';
 
@@ -258,7 +260,7 @@ async function* fhirPopulation(
   token: string | undefined,
   now: Date,
 ): AsyncIterable<PatientRecord[]> {
-  const client = fhirClient(baseUrl, token);
+  const client = await fhirClient(baseUrl, token);
   const patients = (
     await client.search<Patient>('Patient', { _count: Math.min(count, 200), _elements: 'id' })
   ).slice(0, count);
@@ -268,11 +270,18 @@ async function* fhirPopulation(
   }
 }
 
-function fhirClient(baseUrl: string, token: string | undefined): FhirClient {
-  return new FhirClient({
-    baseUrl,
-    ...(token ? { accessToken: { getToken: async () => token, invalidate: () => {} } } : {}),
-  });
+/**
+ * A client for a FHIR source: with --token, that bearer; on the service's own FHIR server, the service's
+ * authenticated client (SMART Backend Services or its static token); elsewhere, no token.
+ */
+async function fhirClient(baseUrl: string, token: string | undefined): Promise<FhirClient> {
+  if (token)
+    return new FhirClient({ baseUrl, accessToken: { getToken: async () => token, invalidate: () => {} } });
+  const config = loadConfig();
+  const sameServer = (url: string | undefined) => url?.replace(/\/+$/, '') === baseUrl.replace(/\/+$/, '');
+  if (sameServer(config.fhir.baseUrl))
+    return (await createServiceFhirClient(config, { fhirBaseUrl: baseUrl.replace(/\/+$/, '') })).fhir;
+  return new FhirClient({ baseUrl });
 }
 
 async function fhirRecord(client: FhirClient, patientId: string, now: Date): Promise<PatientRecord> {
@@ -294,7 +303,7 @@ async function explainRecord(
   options: { fhir?: string; token?: string; seed: number },
   now: Date,
 ): Promise<PatientRecord> {
-  if (options.fhir) return fhirRecord(fhirClient(options.fhir, options.token), patient, now);
+  if (options.fhir) return fhirRecord(await fhirClient(options.fhir, options.token), patient, now);
   const sandboxIndex = /^sbx-(\d+)$/.exec(patient);
   if (sandboxIndex) return populationRecord(Number(sandboxIndex[1]), now, options.seed);
   const candidates = [

@@ -1,5 +1,4 @@
 import { Command } from 'commander';
-import { FhirClient } from '../../fhir/fhir-client.ts';
 import type { ServiceConfig } from '../config/config-schema.ts';
 import { loadConfig } from '../config/load-config.ts';
 import {
@@ -7,6 +6,7 @@ import {
   findSubscriptions,
   type SubscriptionSpec,
 } from '../intake/subscription-manager.ts';
+import { createServiceFhirClient } from '../service-fhir-client.ts';
 import type { CliIo } from './jobs.ts';
 import { runProgram } from './run-program.ts';
 
@@ -31,7 +31,7 @@ export function createSubscriptionProgram(
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .exitOverride();
 
-  const context = () => {
+  const context = async () => {
     const config = readConfig();
     if (!config.fhir.baseUrl)
       throw new Error('fhir.baseUrl (FHIR_BASE_URL) is not set: the sandbox needs no Subscription');
@@ -40,7 +40,8 @@ export function createSubscriptionProgram(
       (config.publicUrl ? `${config.publicUrl.replace(/\/$/, '')}/notify` : undefined);
     if (!publicUrl)
       throw new Error('set publicUrl (PUBLIC_URL) or pass --endpoint: the server must know where to send');
-    const fhir = new FhirClient({ baseUrl: config.fhir.baseUrl, timeoutMs: config.fhir.timeoutMs });
+    // The service's own client: the same authentication (SMART Backend Services, static token) as the service.
+    const { fhir } = await createServiceFhirClient(config, { fhirBaseUrl: config.fhir.baseUrl });
     const spec: SubscriptionSpec = {
       endpoint: publicUrl,
       mode: config.intake.subscription.mode,
@@ -64,7 +65,7 @@ export function createSubscriptionProgram(
     .command('list')
     .description('subscriptions on the server that point at this service')
     .action(async () => {
-      const { fhir, spec } = context();
+      const { fhir, spec } = await context();
       for (const subscription of await findSubscriptions(fhir, spec)) io.out(describe(subscription));
     });
 
@@ -72,7 +73,7 @@ export function createSubscriptionProgram(
     .command('check')
     .description('exit 0 when an active or requested subscription exists, 1 otherwise')
     .action(async () => {
-      const { fhir, spec } = context();
+      const { fhir, spec } = await context();
       const found = await findSubscriptions(fhir, spec);
       const usable = found.find(
         (subscription) => subscription.status === 'active' || subscription.status === 'requested',
@@ -100,7 +101,7 @@ export function createSubscriptionProgram(
           : 'create or reactivate when needed',
       )
       .action(async () => {
-        const { fhir, spec } = context();
+        const { fhir, spec } = await context();
         const { subscription, action } = await ensureSubscription(fhir, spec, { recreate });
         io.out(`${action}\t${describe(subscription)}`);
       });
