@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FhirClient, staticAccessToken } from '../../fhir/fhir-client.ts';
 import { readNoteText } from '../../fhir/note-text.ts';
 import { OperationOutcomeError } from '../../fhir/operation-outcome.ts';
+import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import { type ScriptedServer, sendFhir, startScriptedServer } from './scripted-server.ts';
 
 const servers: ScriptedServer[] = [];
@@ -264,5 +265,97 @@ describe('FhirClient resilience', () => {
     expect((missing as OperationOutcomeError).status).toBe(404);
     expect(server.requests).toHaveLength(1);
     expect(server.requests[0].method).toBe('POST');
+  });
+});
+
+describe('FhirClient never builds a URL from an id that is not a FHIR id', () => {
+  const badIds = ['..', '.', '...', 'a/b', 'a?b', 'a#b', '', 'x'.repeat(65)];
+
+  async function refused(call: () => Promise<unknown>) {
+    const error = (await call().catch((caught: unknown) => caught)) as OperationOutcomeError;
+    expect(error).toBeInstanceOf(OperationOutcomeError);
+    expect(error.status).toBe(400);
+    expect(error.outcome.issue[0].code).toBe('invalid');
+    expect(error.isRetryable).toBe(false);
+  }
+
+  it('refuses dot-only and path-breaking ids in read, vread and update, sending nothing', async () => {
+    const server = await scripted((_request, response) => sendFhir(response, 200, patient));
+    const client = new FhirClient({ baseUrl: `${server.url}/fhir`, sleep: async () => {} });
+    for (const id of badIds) {
+      await refused(() => client.read('Encounter', id));
+      await refused(() => client.vread('Encounter', id, '1'));
+      await refused(() => client.vread('Encounter', 'e1', id));
+      await refused(() => client.update({ resourceType: 'Patient', id }));
+      // An empty version means no If-Match at all; every other bad one is refused.
+      if (id !== '')
+        await refused(() => client.update({ resourceType: 'Patient', id: 'p1' }, { ifMatchVersion: id }));
+    }
+    await refused(() => client.read('../metadata' as 'Patient', 'p1'));
+    await refused(() => client.searchPage('Patient/..', {}));
+    await refused(() => client.create({ resourceType: 'Patient/..' as 'Patient' }));
+    expect(server.requests).toHaveLength(0);
+    // The same calls with real ids go through.
+    await expect(client.read('Patient', 'p1')).resolves.toMatchObject({ id: 'p1' });
+    await expect(client.read('Patient', 'a.b-1')).resolves.toMatchObject({ id: 'p1' });
+    expect(server.requests.map((request) => request.url)).toEqual([
+      '/fhir/Patient/p1',
+      '/fhir/Patient/a.b-1',
+    ]);
+  });
+
+  it('refuses references and URLs with a dot-only segment, however they are spelled', async () => {
+    const server = await scripted((_request, response) => sendFhir(response, 200, patient));
+    const client = new FhirClient({ baseUrl: `${server.url}/fhir`, sleep: async () => {} });
+    for (const reference of [
+      'Patient/..',
+      'Patient/.',
+      'Binary/%2e%2e',
+      'Binary/.%2E',
+      'Binary/..%2f..',
+      'Binary\\..',
+      'DocumentReference/d1/_history/..',
+      '../Patient/p1',
+      `${server.url}/fhir/Patient/..`,
+      `${server.url}/fhir/Binary/%2E%2E?_format=json`,
+    ]) {
+      await refused(() => client.get(reference));
+      expect(() => client.resolveUrl(reference)).toThrow(OperationOutcomeError);
+    }
+    await refused(() => client.batch([{ url: 'Patient/p1' }, { url: 'Patient/..' }]));
+    const note: DocumentReference = {
+      resourceType: 'DocumentReference',
+      id: 'n1',
+      status: 'current',
+      subject: { reference: 'Patient/p1' },
+      content: [{ attachment: { contentType: 'text/plain', url: 'Binary/..' } }],
+    };
+    await refused(() => readNoteText(client, note));
+    expect(server.requests).toHaveLength(0);
+    // Dots inside a segment are ordinary id characters.
+    await expect(client.get('Patient/p.1')).resolves.toMatchObject({ id: 'p1' });
+  });
+
+  it('an event whose Encounter names Patient/.. is refused without any request for a dot-only path', async () => {
+    const server = await scripted((_request, response) =>
+      sendFhir(response, 404, {
+        resourceType: 'OperationOutcome',
+        issue: [{ severity: 'error', code: 'not-found' }],
+      }),
+    );
+    const client = new FhirClient({ baseUrl: `${server.url}/fhir`, sleep: async () => {} });
+    const encounter = {
+      resourceType: 'Encounter' as const,
+      id: 'e1',
+      status: 'finished' as const,
+      class: { code: 'AMB' },
+      subject: { reference: 'Patient/..' },
+    };
+    await refused(() => retrievePatientRecord(client, encounter, { draftIdentifierSystem: 'urn:x' }));
+    for (const request of server.requests) {
+      const path = new URL(request.url, 'http://x').pathname;
+      expect(path.split('/').some((segment) => /^\.+$/.test(segment))).toBe(false);
+      expect(path).not.toBe('/fhir/');
+    }
   });
 });
