@@ -4,9 +4,10 @@ import type { DraftEngine, DraftRequest, DraftResult } from './draft-engine.ts';
 /**
  * A model engine backed by the extractive engine. Failures a later attempt may fix (the inference
  * server is down, a timeout) are thrown, so the queue retries; failures that would repeat (the
- * model's output was invalid twice, the budget ran out, nothing verified was left) give the
- * extractive draft instead, so the clinician still gets a cited note. The result names the engine
- * that wrote it, so the Provenance stays honest.
+ * model's output was invalid twice, the budget ran out) give the extractive draft instead, so the
+ * clinician still gets a cited note. A model draft that the pipeline's verifier leaves with no
+ * supported line is the pipeline's to replace: it drafts again with `fallback`. The result names the
+ * engine that wrote it, so the Provenance stays honest.
  */
 export function withExtractiveFallback(
   primary: DraftEngine,
@@ -16,6 +17,7 @@ export function withExtractiveFallback(
   return {
     id: primary.id,
     version: primary.version,
+    fallback,
     async draft(request: DraftRequest): Promise<DraftResult> {
       try {
         return await primary.draft(request);

@@ -1,7 +1,6 @@
 import type { Encounter, Observation } from 'fhir/r4.js';
-import { type PatientRecord, retrievedVersions } from '../fhir/patient-record.ts';
-import { verifyCitations } from './citation-verifier.ts';
-import type { DraftEngine, DraftRequest, DraftResult, NudgeInput } from './draft-engine.ts';
+import type { PatientRecord } from '../fhir/patient-record.ts';
+import type { DraftEngine, DraftKind, DraftRequest, DraftResult, NudgeInput } from './draft-engine.ts';
 import {
   assessmentAndPlan,
   conceptText,
@@ -19,8 +18,50 @@ import {
 /**
  * The model-free draft engine: a structured summary extracted from the record, every line citing
  * its source. It is the embedded default, and the scaffold the model's output is checked against.
+ * Its text is verified by the pipeline like any engine's; every record text in it is one inert line.
  */
 export const extractiveEngineVersion = '1.0.0';
+
+const titleLines: Record<DraftKind, string> = {
+  'progress-summary': '## Progress summary (AI draft - not final until signed by a clinician)',
+  'previsit-briefing': '## Pre-visit briefing (AI draft - not final until signed by a clinician)',
+};
+
+const sectionTitles = {
+  'progress-summary': [
+    'Active problems',
+    'Medications',
+    'Allergies',
+    'Recent results',
+    'Recent encounters',
+    'Latest notes: assessment and plan',
+    'Suggested actions',
+  ],
+  'previsit-briefing': [
+    'Visit urgency',
+    'Open problems',
+    'Changes since the last visit',
+    'Pending results',
+    'Medications',
+    'Allergies',
+    'Latest notes: assessment and plan',
+    'Suggested actions',
+  ],
+} as const satisfies Record<DraftKind, readonly string[]>;
+
+type SectionTitle<Kind extends DraftKind> = (typeof sectionTitles)[Kind][number];
+
+/** The heading lines this engine's template emits per draft kind: the verifier's allow-list for its drafts. */
+export const extractiveHeadings: Record<DraftKind, readonly string[]> = {
+  'progress-summary': [
+    titleLines['progress-summary'],
+    ...sectionTitles['progress-summary'].map((title) => `${title}:`),
+  ],
+  'previsit-briefing': [
+    titleLines['previsit-briefing'],
+    ...sectionTitles['previsit-briefing'].map((title) => `${title}:`),
+  ],
+};
 
 const limits = { results: 12, encounters: 5, notes: 3, noteChars: 600 };
 
@@ -112,8 +153,10 @@ function nudgeLines(nudges: NudgeInput[]): string[] {
   });
 }
 
-function section(title: string, lines: string[]): string[] {
-  return lines.length > 0 ? ['', `${title}:`, ...lines] : [];
+/** A section of the kind's template; its title must be one of that kind's allow-listed headings. */
+function sectionOf<Kind extends DraftKind>(_kind: Kind) {
+  return (title: SectionTitle<Kind>, lines: string[]): string[] =>
+    lines.length > 0 ? ['', `${title}:`, ...lines] : [];
 }
 
 function changesSinceLastVisit(record: PatientRecord): string[] {
@@ -140,8 +183,9 @@ function changesSinceLastVisit(record: PatientRecord): string[] {
 
 function progressSummary(record: PatientRecord, nudges: NudgeInput[]): string[] {
   const encounter = record.encounter;
+  const section = sectionOf('progress-summary');
   return [
-    '## Progress summary (AI draft - not final until signed by a clinician)',
+    titleLines['progress-summary'],
     `Encounter: ${encounterText(encounter)} on ${day(encounterDate(encounter))} ${cite(encounter)}`,
     ...section('Active problems', problemLines(record)),
     ...section('Medications', medicationLines(record)),
@@ -159,8 +203,9 @@ function previsitBriefing(record: PatientRecord, nudges: NudgeInput[]): string[]
   const pending = record.observations.filter((observation) =>
     ['registered', 'preliminary'].includes(observation.status),
   );
+  const section = sectionOf('previsit-briefing');
   return [
-    '## Pre-visit briefing (AI draft - not final until signed by a clinician)',
+    titleLines['previsit-briefing'],
     `Visit: ${encounterText(encounter)} planned for ${day(encounterDate(encounter))} ${cite(encounter)}`,
     ...section(
       'Visit urgency',
@@ -192,13 +237,12 @@ export function createExtractiveEngine(): DraftEngine {
     async draft({ kind, record, nudges }: DraftRequest): Promise<DraftResult> {
       const lines =
         kind === 'previsit-briefing' ? previsitBriefing(record, nudges) : progressSummary(record, nudges);
-      const verification = verifyCitations(lines.join('\n'), retrievedVersions(record));
       return {
         kind,
         title: kind === 'previsit-briefing' ? 'AI draft pre-visit briefing' : 'AI draft progress summary',
-        text: verification.text,
+        text: lines.join('\n'),
+        headings: extractiveHeadings[kind],
         engine: { id: 'extractive', version: extractiveEngineVersion },
-        verification,
       };
     },
   };

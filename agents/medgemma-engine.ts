@@ -2,7 +2,6 @@ import { type PatientRecord, retrievedVersions } from '../fhir/patient-record.ts
 import type { Logger } from '../src/log.ts';
 import type { AgentBudget } from '../src/model/model-config.ts';
 import { type ChatMessage, countPromptTokens, type ModelProvider } from '../src/model/provider.ts';
-import { verifyCitations } from './citation-verifier.ts';
 import type { DraftEngine, DraftKind, DraftRequest, DraftResult } from './draft-engine.ts';
 import { type DraftPlan, planDraft } from './draft-plan.ts';
 import {
@@ -18,8 +17,10 @@ import {
   type Fact,
   factLines,
   factsSchemas,
+  modelHeadingLines,
   nudgeLines,
   type OutputLimits,
+  suggestedActionsHeading,
   tokensPerCitation,
   writeUpSchemas,
 } from './output-schemas.ts';
@@ -34,6 +35,7 @@ import {
   procedureLine,
 } from './record-lines.ts';
 import { buildManifest } from './record-manifest.ts';
+import { oneLine } from './record-text.ts';
 import { createRecordTools, type RecordTool, sanitizeToolError } from './record-tools.ts';
 import { RunBudget } from './run-budget.ts';
 import {
@@ -53,9 +55,9 @@ import {
  * The MedGemma agents (progress-note summary, pre-visit briefing) as one DraftEngine, after Google's
  * MedGemma EHR navigator: code builds a manifest; the model navigates the record with read-only tools
  * and names what to read; facts are extracted chunk by chunk with `[Type/id]` citations (map);
- * merged if they overflow (reduce); a final call writes the draft; the grounding verifier removes
- * every line that cites nothing retrieved in this run. Every call is checked against the context
- * and the run's budget first.
+ * merged if they overflow (reduce); a final call writes the draft. The engine reports what it showed
+ * the model; the pipeline's verifier then removes every line that cites nothing, or anything the
+ * model was not shown. Every call is checked against the context and the run's budget first.
  */
 export interface MedGemmaEngineOptions {
   provider: ModelProvider;
@@ -73,6 +75,11 @@ const kindPromptIds: Record<DraftKind, string> = {
   'previsit-briefing': 'previsit-briefing',
 };
 
+/** The kind prompt's section headings (the write-up's sections). */
+function kindHeadings(template: PromptTemplate): string[] {
+  return template.headings ?? ['Summary'];
+}
+
 const titles: Record<DraftKind, string> = {
   'progress-summary': 'Progress note summary (AI draft, needs review)',
   'previsit-briefing': 'Pre-visit briefing (AI draft, needs review)',
@@ -80,9 +87,17 @@ const titles: Record<DraftKind, string> = {
 
 export { defaultOutputLimits, type OutputLimits, planDraft };
 
-/** Splits at sentence ends followed by a capital or digit; short abbreviations (Dr., St.) do not end a sentence. */
+const referencePattern = /^[A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64}$/;
+
+/** Anything that could end a line of the draft, or hide text: a model's line is one line. */
+const lineBreaking = /[\p{Cc}\u2028\u2029\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+/gu;
+
+/**
+ * Splits at sentence ends followed by a capital or digit; short abbreviations (Dr., St.) do not end a
+ * sentence. The model's own `[Type/id]` text is kept as it is, so the verifier checks it.
+ */
 export function sentencesOf(text: string): string[] {
-  const flat = text.replace(/[\r\n]+/g, ' ').trim();
+  const flat = text.replace(lineBreaking, ' ').trim();
   const sentences: string[] = [];
   let start = 0;
   for (const match of flat.matchAll(/[.!?]\s+(?=[A-Z0-9])/g)) {
@@ -94,16 +109,6 @@ export function sentencesOf(text: string): string[] {
   }
   sentences.push(flat.slice(start).trim());
   return sentences.filter((sentence) => sentence !== '');
-}
-
-export class EmptyDraftError extends Error {
-  readonly isRetryable = false;
-  readonly code = 'empty-draft';
-
-  constructor(removedLines: number) {
-    super(`The model's draft kept no supported line (${removedLines} removed by the verifier)`);
-    this.name = 'EmptyDraftError';
-  }
 }
 
 /** Share of the context the manifest may take in the navigation prompt. */
@@ -236,11 +241,6 @@ export class MedGemmaEngine implements DraftEngine {
       essentials: manifest.essentials,
       shown: state.shown,
     });
-    const verification = verifyCitations(text, state.shown);
-    if (verification.cited.length === 0) {
-      // No supported line is left (headings alone say nothing): no draft rather than an empty one.
-      throw new EmptyDraftError(verification.removed.length);
-    }
     this.logger.info(
       {
         kind,
@@ -250,7 +250,6 @@ export class MedGemmaEngine implements DraftEngine {
         steps: budget.steps,
         materialItems: material.length,
         facts: facts.length,
-        removedLines: verification.removed.length,
         navigationEnded: state.navigationEnded,
       },
       'model draft written',
@@ -258,14 +257,15 @@ export class MedGemmaEngine implements DraftEngine {
     return {
       kind,
       title: titles[kind],
-      text: verification.text,
+      text,
+      headings: modelHeadingLines(kindHeadings(kindPrompt)),
+      shown: [...state.shown],
       engine: { id: this.id, version: this.version, model: this.provider.modelId },
       prompt: { id: kindPrompt.id, version: kindPrompt.version },
       prompts: ['record-navigator', 'fact-extraction', 'fact-reduction', kindPrompt.id].map((id) => ({
         id,
         version: this.prompts.get(id).version,
       })),
-      verification,
       usage: {
         modelCalls: budget.modelCalls,
         promptTokens: budget.promptTokens,
@@ -593,7 +593,7 @@ export class MedGemmaEngine implements DraftEngine {
       shown: Set<string>;
     },
   ): Promise<string> {
-    const headings = context.kindPrompt.headings ?? ['Summary'];
+    const headings = kindHeadings(context.kindPrompt);
     const ruleIds = request.nudges.map((nudge) => nudge.ruleId);
     const references = [...context.shown];
     const { schema, jsonSchema } = writeUpSchemas(headings, references, ruleIds, this.limits);
@@ -624,7 +624,12 @@ export class MedGemmaEngine implements DraftEngine {
       if (sectionLines.length === 0) continue;
       lines.push(`## ${heading}`);
       for (const line of sectionLines) {
-        const citations = line.citations.map((citation) => `[${citation}]`).join(' ');
+        // A citation that is not a plain `Type/id` could carry text or line breaks of its own: a line
+        // with one keeps none of its given citations, so the verifier removes it unless its text cites.
+        const given = line.citations.every((citation) => referencePattern.test(citation))
+          ? line.citations
+          : [];
+        const citations = given.map((citation) => `[${citation}]`).join(' ');
         // Every sentence carries the citations the model gave its line, so the verifier checks each one.
         for (const sentence of sentencesOf(line.text)) {
           lines.push(`- ${sentence}${citations ? ` ${citations}` : ''}`);
@@ -635,13 +640,14 @@ export class MedGemmaEngine implements DraftEngine {
     if (request.nudges.length) {
       // Rules decided these; every one appears, in the model's words when it gave them, else the rule's.
       // Same heading and rule tag as the extractive engine: the review app and nudge outcomes read them.
-      lines.push('## Suggested actions');
+      lines.push(`## ${suggestedActionsHeading}`);
       for (const nudge of request.nudges) {
         const worded = value.suggestions
           .find((suggestion) => suggestion.ruleId === nudge.ruleId)
-          ?.text.replace(/[\r\n]+/g, ' ')
+          ?.text.replace(lineBreaking, ' ')
           .trim();
-        const text = worded || `${nudge.title}: ${nudge.suggestedAction}`;
+        // A rule's action may be filled from record values: inert, like any record text.
+        const text = worded || oneLine(`${nudge.title}: ${nudge.suggestedAction}`, 400);
         const grade = nudge.guideline.grade ? `, grade ${nudge.guideline.grade}` : '';
         const evidence = nudge.evidence.map((reference) => `[${reference}]`).join(' ');
         lines.push(

@@ -161,6 +161,17 @@ export function writeUpSchemas(
   return { schema, jsonSchema };
 }
 
+/** The section every draft with nudges ends with; the review app and nudge outcomes look for it. */
+export const suggestedActionsHeading = 'Suggested actions';
+
+/**
+ * The heading lines a model draft's template emits: one per heading of the kind's prompt, then the
+ * suggested actions. The write-up writes exactly these, and they are the verifier's allow-list.
+ */
+export function modelHeadingLines(headings: readonly string[]): string[] {
+  return [...headings, suggestedActionsHeading].map((heading) => `## ${heading}`);
+}
+
 export function factLines(facts: Fact[]): string {
   return facts
     .map((fact) => `- ${fact.fact} ${fact.citations.map((citation) => `[${citation}]`).join(' ')}`)

@@ -9,7 +9,13 @@ import type {
   Procedure,
 } from 'fhir/r4.js';
 import type { ClinicalNote } from '../fhir/patient-record.ts';
-import { conceptText, isActiveCondition, isActiveMedication, observationDate } from './record-text.ts';
+import {
+  conceptText,
+  isActiveCondition,
+  isActiveMedication,
+  observationDate,
+  oneLine,
+} from './record-text.ts';
 
 export { conceptText, isActiveCondition, isActiveMedication, observationDate };
 
@@ -23,15 +29,9 @@ export function referenceOf(resource: FhirResource): string {
   return `${resource.resourceType}/${resource.id}`;
 }
 
-/** A single line: control characters and brackets that could fake a citation are neutralised. */
+/** A single inert line (see oneLine): the model reads it after a citation it must not be able to fake. */
 export function clean(text: string, maximum = maximumLineLength): string {
-  const flattened = text
-    .replace(/[\r\n\t]+/g, ' ')
-    .replace(/\[/g, '(')
-    .replace(/\]/g, ')')
-    .replace(/\s{2,}/g, ' ')
-    .trim();
-  return flattened.length > maximum ? `${flattened.slice(0, maximum - 1)}…` : flattened;
+  return oneLine(text, maximum);
 }
 
 function day(value: string | undefined): string | undefined {

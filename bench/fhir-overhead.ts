@@ -9,6 +9,7 @@ import { FhirClient } from '../fhir/fhir-client.ts';
 import { defaultElements, retrievePatientRecord } from '../fhir/patient-history.ts';
 import { historyResourceTypes, retrievedVersions } from '../fhir/patient-record.ts';
 import { sandboxRouter } from '../src/http/sandbox-routes.ts';
+import { verifyDraft } from '../src/pipeline/process-encounter-job.ts';
 import { createSandboxEhr } from '../src/sandbox/sandbox-ehr.ts';
 import { generatePatients } from '../src/sandbox/synthetic-patients.ts';
 
@@ -172,22 +173,21 @@ export async function run(): Promise<Record<string, unknown>> {
             });
             buildManifest(record, 'progress-summary', { maxTokens: 6000, countTokens });
             const result = await engine.draft({ kind: 'progress-summary', record, nudges: [] });
+            const verification = verifyDraft(result, record);
             const versions = retrievedVersions(record);
             const writeStartedAt = performance.now();
             const written = await writer.write(
               {
                 kind: 'progress-summary',
                 title: result.title,
-                text: result.text,
+                text: verification.text,
                 // A new engine version per round: every write-back is a real create, not a found duplicate.
                 engine: { ...result.engine, version: `${result.engine.version}-bench${roundNumber}` },
-                sources: new Map(
-                  result.verification.cited.map((reference) => [reference, versions.get(reference)]),
-                ),
+                sources: new Map(verification.cited.map((reference) => [reference, versions.get(reference)])),
                 verification: {
-                  cited: result.verification.cited.length,
-                  removed: result.verification.removed.length,
-                  flagged: result.verification.flagged,
+                  cited: verification.cited.length,
+                  removed: verification.removed.length,
+                  flagged: verification.flagged,
                 },
               },
               record.patient,

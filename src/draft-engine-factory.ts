@@ -82,6 +82,8 @@ export async function createDraftEngine(
     id: guarded.id,
     version: guarded.version,
     draft: (request) => guarded.draft(request),
+    // The pipeline drafts with it when the verifier leaves the model's draft with no supported line.
+    fallback,
     close: () => provider.close(),
   };
 }

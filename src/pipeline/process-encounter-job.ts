@@ -1,5 +1,18 @@
 import type { Encounter } from 'fhir/r4.js';
-import type { DraftEngine, DraftKind, NudgeInput } from '../../agents/draft-engine.ts';
+import {
+  type CitationVerification,
+  citationScopeOf,
+  EmptyDraftError,
+  removalCounts,
+  verifyCitations,
+} from '../../agents/citation-verifier.ts';
+import type {
+  DraftEngine,
+  DraftKind,
+  DraftRequest,
+  DraftResult,
+  NudgeInput,
+} from '../../agents/draft-engine.ts';
 import type { DraftNoteWriter } from '../../fhir/draft-note.ts';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { OperationOutcomeError } from '../../fhir/operation-outcome.ts';
@@ -13,6 +26,9 @@ import { type CompletedWorkLedger, type EncounterJob, workKey } from '../queue/j
  * of draft from its status, retrieve the history, let the rules pick nudges, let the engine write,
  * verify, and write the draft back. Returns a short outcome for the job record; throws an
  * OperationOutcomeError (retryable or not) when the job should be retried or dead-lettered.
+ *
+ * Verification is one stage here, for every engine: engines return unverified text, and only what
+ * the verifier keeps, checked against what this run read of this patient, is ever written.
  */
 export interface PipelineDependencies {
   fhir: FhirClient;
@@ -34,6 +50,45 @@ export type JobOutcome =
   | 'no-trigger'
   | 'encounter-gone'
   | `skipped:${string}`;
+
+/** The verification stage: the engine's text against this patient's resources that the run read. */
+export function verifyDraft(result: DraftResult, record: PatientRecord): CitationVerification {
+  return verifyCitations(result.text, citationScopeOf(record, result.headings, result.shown));
+}
+
+export interface VerifiedDraft {
+  result: DraftResult;
+  verification: CitationVerification;
+}
+
+/**
+ * Drafts and verifies. A draft left with no supported line is replaced by the engine's fallback's
+ * (verified the same way); with none, or when that is empty too, nothing is written and the job
+ * fails for good (an EmptyDraftError: retrying the same record cannot help).
+ */
+export async function draftVerified(
+  engine: DraftEngine,
+  request: DraftRequest,
+  logger: Logger,
+): Promise<VerifiedDraft> {
+  let result = await engine.draft(request);
+  let verification = verifyDraft(result, request.record);
+  if (verification.cited.length === 0 && engine.fallback) {
+    logger.warn(
+      {
+        encounterId: request.record.encounter.id,
+        kind: request.kind,
+        engine: result.engine.id,
+        removedLines: verification.removed.length,
+      },
+      'draft kept no supported line, drafting with the fallback engine instead',
+    );
+    result = await engine.fallback.draft(request);
+    verification = verifyDraft(result, request.record);
+  }
+  if (verification.cited.length === 0) throw new EmptyDraftError(verification.removed.length);
+  return { result, verification };
+}
 
 export async function processEncounterJob(
   job: EncounterJob,
@@ -67,24 +122,32 @@ export async function processEncounterJob(
   });
   const retrievedAt = performance.now();
   const nudges = (await dependencies.selectNudges?.(record, kind)) ?? [];
-  const result = await engine.draft({ kind, record, nudges });
+  const { result, verification } = await draftVerified(engine, { kind, record, nudges }, logger);
   const draftedAt = performance.now();
+  const removedReasons = removalCounts(verification);
+  if (removedReasons['other-patient'] > 0) {
+    // Never the lines themselves: they hold patient data, possibly another patient's.
+    logger.warn(
+      { jobId: job.id, encounterId: encounter.id, kind, lines: removedReasons['other-patient'] },
+      'draft-cited-another-patient',
+    );
+  }
 
   const versions = retrievedVersions(record);
-  const sources = new Map(result.verification.cited.map((reference) => [reference, versions.get(reference)]));
+  const sources = new Map(verification.cited.map((reference) => [reference, versions.get(reference)]));
   const written = await writer.write(
     {
       kind,
       title: result.title,
-      text: result.text,
+      text: verification.text,
       engine: result.engine,
       prompt: result.prompt,
       ...(result.prompts ? { prompts: result.prompts } : {}),
       sources,
       verification: {
-        cited: result.verification.cited.length,
-        removed: result.verification.removed.length,
-        flagged: result.verification.flagged,
+        cited: verification.cited.length,
+        removed: verification.removed.length,
+        flagged: verification.flagged,
       },
       rules: nudges.map((nudge) => ({ id: nudge.ruleId, version: nudge.ruleVersion })),
     },
@@ -101,8 +164,10 @@ export async function processEncounterJob(
       resources: versions.size,
       notes: record.notes.length,
       nudges: nudges.length,
-      citations: result.verification.cited.length,
-      removedLines: result.verification.removed.length,
+      engine: result.engine.id,
+      citations: verification.cited.length,
+      removedLines: verification.removed.length,
+      removedReasons,
       retrievalMs: Math.round(retrievedAt - startedAt),
       draftingMs: Math.round(draftedAt - retrievedAt),
     },

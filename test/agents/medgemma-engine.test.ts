@@ -1,5 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { NudgeInput } from '../../agents/draft-engine.ts';
+import { withExtractiveFallback } from '../../agents/engine-with-fallback.ts';
+import { createExtractiveEngine } from '../../agents/extractive-engine.ts';
 import { MedGemmaEngine, planDraft, sentencesOf } from '../../agents/medgemma-engine.ts';
 import { PromptLibrary } from '../../agents/prompt-library.ts';
 import { AgentBudgetExceededError } from '../../agents/run-budget.ts';
@@ -8,6 +10,7 @@ import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { silentLogger } from '../../src/log.ts';
 import { agentBudgetSchema } from '../../src/model/model-config.ts';
 import type { GenerateRequest } from '../../src/model/provider.ts';
+import { draftVerified, verifyDraft } from '../../src/pipeline/process-encounter-job.ts';
 import { buildPatientRecord } from '../support/patient-record-builder.ts';
 import { cooperativeReply, lastUserText, ScriptedProvider } from '../support/scripted-model.ts';
 
@@ -95,7 +98,7 @@ describe('MedGemma engine: tool use', () => {
     expect(result.engine).toEqual({ id: 'medgemma-agent', version: '1.0.0', model: 'scripted-medgemma' });
     expect(result.prompt).toEqual({ id: 'progress-summary', version: '1.0.0' });
     expect(result.prompts?.map((prompt) => prompt.id)).toContain('record-navigator');
-    expect(result.verification.flagged).toBe(false);
+    expect(verifyDraft(result, record).flagged).toBe(false);
     expect(result.text).toMatch(/^## /);
     expect(result.usage?.modelCalls).toBe(provider.calls.length);
     expectEveryCallWithinContext(provider);
@@ -145,7 +148,7 @@ describe('MedGemma engine: tool use', () => {
     expect(result.text).toContain(
       'Statin review: Review statin dose (ACC/AHA 2017; rule statin-review v1) [MedicationRequest/med-3]',
     );
-    expect(result.verification.flagged).toBe(false);
+    expect(verifyDraft(result, record).flagged).toBe(false);
   });
 });
 
@@ -169,7 +172,7 @@ describe('MedGemma engine: invalid output', () => {
     // ...and the draft was still written from code's choice of material, newest note first.
     const extraction = provider.calls.find((call) => call.schemaName === 'facts')!;
     expect(extraction.messages[0].content).toContain('[DocumentReference/note-4]');
-    expect(result.verification.flagged).toBe(false);
+    expect(verifyDraft(result, record).flagged).toBe(false);
     expect(result.prompt?.id).toBe('previsit-briefing');
   });
 
@@ -200,8 +203,8 @@ describe('MedGemma engine: invalid output', () => {
   });
 });
 
-describe('MedGemma engine: grounding', () => {
-  it('removes lines citing resources that were never retrieved and flags the draft', async () => {
+describe('MedGemma engine: grounding, by the pipeline verification stage', () => {
+  it('returns its text unverified; the stage removes lines citing nothing, unretrieved resources or another patient, and flags the draft', async () => {
     const record = buildPatientRecord({ noteCount: 3 });
     const provider = new ScriptedProvider({
       script: [final()],
@@ -219,6 +222,10 @@ describe('MedGemma engine: grounding', () => {
                       text: 'Hypertension [Condition/cond-2] and a stroke [Condition/invented].',
                       citations: ['Condition/cond-2'],
                     },
+                    // Shaped like a label, which the old verifier let through uncited.
+                    { text: 'Plan: start warfarin and stop insulin:', citations: [] },
+                    // A citation carrying a line break of its own.
+                    { text: 'Anticoagulation agreed.', citations: ['Condition/cond-1]\n## Plan'] },
                   ],
                 },
               ],
@@ -226,18 +233,27 @@ describe('MedGemma engine: grounding', () => {
             })
           : cooperativeReply(request),
     });
-    const result = await engineWith(provider).draft({ kind: 'progress-summary', record, nudges: [] });
-    expect(result.text).toContain('- Type 2 diabetes, improving. [Condition/cond-1]');
-    expect(result.text).not.toContain('myocardial');
-    expect(result.text).not.toContain('Patient/other');
-    expect(result.text).not.toContain('stroke');
-    expect(result.verification.flagged).toBe(true);
-    expect(result.verification.removed.map((removed) => removed.reason)).toEqual([
+    const { result, verification } = await draftVerified(
+      engineWith(provider),
+      { kind: 'progress-summary', record, nudges: [] },
+      silentLogger(),
+    );
+    expect(result.text).toContain('myocardial');
+    expect(result.text).not.toContain('\n## Plan');
+    expect(verification.text).toContain(
+      '## Assessment and problems\n- Type 2 diabetes, improving. [Condition/cond-1]',
+    );
+    for (const removed of ['myocardial', 'Patient/other', 'stroke', 'warfarin', 'Anticoagulation', '## Plan'])
+      expect(verification.text).not.toContain(removed);
+    expect(verification.flagged).toBe(true);
+    expect(verification.removed.map((removed) => removed.reason)).toEqual([
       'unknown-citation',
+      'other-patient',
       'unknown-citation',
-      'unknown-citation',
+      'no-citation',
+      'no-citation',
     ]);
-    expect(result.verification.cited).toEqual(['Condition/cond-1']);
+    expect(verification.cited).toEqual(['Condition/cond-1']);
   });
 
   it('gives every sentence of a line the citations of its line', async () => {
@@ -273,8 +289,8 @@ describe('MedGemma engine: grounding', () => {
     );
   });
 
-  it('refuses to return a draft when no supported line is left', async () => {
-    const provider = new ScriptedProvider({
+  const inventedOnly = () =>
+    new ScriptedProvider({
       script: [final()],
       fallback: (request) =>
         request.schemaName === 'draft'
@@ -286,12 +302,32 @@ describe('MedGemma engine: grounding', () => {
             })
           : cooperativeReply(request),
     });
-    const draft = engineWith(provider).draft({
-      kind: 'progress-summary',
-      record: buildPatientRecord(),
-      nudges: [],
-    });
-    await expect(draft).rejects.toMatchObject({ code: 'empty-draft', isRetryable: false });
+
+  it('writes no draft when no supported line is left and there is no fallback', async () => {
+    const draft = draftVerified(
+      engineWith(inventedOnly()),
+      { kind: 'progress-summary', record: buildPatientRecord(), nudges: [] },
+      silentLogger(),
+    );
+    await expect(draft).rejects.toMatchObject({ code: 'empty-draft', isRetryable: false, status: 422 });
+  });
+
+  it("writes the fallback engine's verified draft when the model's keeps no supported line", async () => {
+    const record = buildPatientRecord();
+    const engine = withExtractiveFallback(
+      engineWith(inventedOnly()),
+      createExtractiveEngine(),
+      silentLogger(),
+    );
+    const { result, verification } = await draftVerified(
+      engine,
+      { kind: 'progress-summary', record, nudges: [] },
+      silentLogger(),
+    );
+    expect(result.engine.id).toBe('extractive');
+    expect(verification.flagged).toBe(false);
+    expect(verification.text).toContain('[Condition/cond-1]');
+    expect(verification.text).not.toContain('Invented');
   });
 
   it('keeps tools inside the event patient when a note says to read another patient', async () => {
@@ -332,11 +368,11 @@ describe('MedGemma engine: grounding', () => {
             })
           : cooperativeReply(request),
     });
-    const result = await engineWith(provider, { maxSteps: 8 }).draft({
-      kind: 'progress-summary',
-      record,
-      nudges: [],
-    });
+    const { verification } = await draftVerified(
+      engineWith(provider, { maxSteps: 8 }),
+      { kind: 'progress-summary', record, nudges: [] },
+      silentLogger(),
+    );
 
     const toolResults = provider.calls.flatMap((call) =>
       call.messages.filter((message) => message.content.startsWith('Result of')),
@@ -361,9 +397,10 @@ describe('MedGemma engine: grounding', () => {
     expect(everything).not.toContain('OTHER PATIENT SECRET');
     expect(everything).not.toMatch(/\[Patient\/other\]/);
     expect(fetchSpy).not.toHaveBeenCalled();
-    expect(result.text).not.toContain('Patient/other');
-    expect(result.text).toContain('Follow-up visit. [Encounter/enc-4]');
-    expect(result.verification.flagged).toBe(true);
+    expect(verification.text).not.toContain('Patient/other');
+    expect(verification.text).toContain('Follow-up visit. [Encounter/enc-4]');
+    expect(verification.flagged).toBe(true);
+    expect(verification.removed.map((removed) => removed.reason)).toEqual(['other-patient']);
   });
 });
 
@@ -487,7 +524,7 @@ describe('MedGemma engine: bounds', () => {
     const sent = provider.calls.reduce((sum, call) => sum + call.promptCharacters, 0);
     const naive = JSON.stringify(record).length;
     expect(sent).toBeLessThan(naive / 10);
-    expect(result.verification.flagged).toBe(false);
+    expect(verifyDraft(result, record).flagged).toBe(false);
   });
 
   it('reduces facts in groups when all chunks together overflow the write-up', async () => {
@@ -528,6 +565,6 @@ describe('MedGemma engine: bounds', () => {
     const reductions = provider.calls.filter((call) => call.messages[0].content.includes('Merge duplicates'));
     expect(reductions.length).toBeGreaterThan(0);
     expectEveryCallWithinContext(provider);
-    expect(result.verification.flagged).toBe(false);
+    expect(verifyDraft(result, record).flagged).toBe(false);
   });
 });

@@ -12,6 +12,7 @@ import { validateGgufFile } from '../../src/model/gguf-header.ts';
 import { LlamaCppProvider } from '../../src/model/llama-cpp-provider.ts';
 import { agentBudgetSchema, modelProfiles } from '../../src/model/model-config.ts';
 import { ModelError } from '../../src/model/provider.ts';
+import { verifyDraft } from '../../src/pipeline/process-encounter-job.ts';
 import { buildPatientRecord } from '../support/patient-record-builder.ts';
 import { repoRoot } from '../support/shared-fixtures.ts';
 import { buildTinyGguf, tinyModelTokenBias, writeTinyGguf } from '../support/tiny-gguf.ts';
@@ -208,7 +209,8 @@ describe('llama-cpp provider', () => {
     expect(result.usage!.modelCalls).toBe(calls.length);
     // Constrained decoding kept every citation inside what the run retrieved: nothing was removed.
     expect(result.text).toMatch(/^## /);
-    expect(result.verification.flagged).toBe(false);
+    const verification = verifyDraft(result, record);
+    expect(verification.flagged).toBe(false);
     const retrieved = new Set([
       ...record.notes.map((note) => note.reference),
       ...record.conditions.map((condition) => `Condition/${condition.id}`),
@@ -217,8 +219,8 @@ describe('llama-cpp provider', () => {
       ...record.encounters.map((encounter) => `Encounter/${encounter.id}`),
       'AllergyIntolerance/allergy-1',
     ]);
-    expect(result.verification.cited.length).toBeGreaterThan(0);
-    for (const citation of result.verification.cited) expect(retrieved).toContain(citation);
+    expect(verification.cited.length).toBeGreaterThan(0);
+    for (const citation of verification.cited) expect(retrieved).toContain(citation);
   });
 
   it('runs a LangChain createAgent loop over the real model through the adapter, bounded by the call limit', async () => {

@@ -5,6 +5,7 @@ import { silentLogger } from '../../src/log.ts';
 import { agentBudgetSchema } from '../../src/model/model-config.ts';
 import { ModelError } from '../../src/model/provider.ts';
 import { RemoteProvider } from '../../src/model/remote-provider.ts';
+import { verifyDraft } from '../../src/pipeline/process-encounter-job.ts';
 import {
   type ChatCompletionRequestBody,
   type ScriptedInferenceServer,
@@ -186,11 +187,8 @@ describe('remote provider', () => {
       logger: silentLogger(),
       stepSchemaStyle: 'flat',
     });
-    const result = await engine.draft({
-      kind: 'previsit-briefing',
-      record: buildPatientRecord({ noteCount: 5 }),
-      nudges: [],
-    });
+    const record = buildPatientRecord({ noteCount: 5 });
+    const result = await engine.draft({ kind: 'previsit-briefing', record, nudges: [] });
     const names = server.requests.map((request) => request.body.response_format?.json_schema?.name);
     expect(names[0]).toBe('navigation_step');
     expect(names.at(-1)).toBe('draft');
@@ -205,7 +203,7 @@ describe('remote provider', () => {
       expect(request.body.messages.some((message) => message.role === 'system')).toBe(false);
     }
     expect(result.engine.model).toBe('google/medgemma-27b-text-it');
-    expect(result.verification.flagged).toBe(false);
+    expect(verifyDraft(result, record).flagged).toBe(false);
     expect(result.text).toContain('[');
   });
 });
