@@ -9,12 +9,12 @@ import { z } from 'zod';
 
 /**
  * What the service reads and writes with its own token, in SMART v2 syntax (permissions in the order c r u d s),
- * checked against what the code does: conditional create (`If-None-Exist`) is a create plus a search, so the
- * draft DocumentReference and the AI Device need `c` and `s`; superseding a draft needs `u`; Binary is only read
- * (attachment URLs); Provenance is created and searched (a repeated event looks for the one already written);
- * a Subscription is searched (by endpoint), created, read back and updated (re-activation), never deleted.
+ * checked against what the code does. One scope per resource type, holding every permission the service needs on
+ * it: some servers (Medplum under an access policy) apply only the first scope they see for a type, so a second
+ * scope for the same type (`.rs` then `.cu`) is silently dropped and its writes answer 403.
  */
 export const defaultBackendScopes = [
+  // The history retrieval reads the Encounter and the patient, and searches every citable type by patient.
   'system/Patient.rs',
   'system/Encounter.rs',
   'system/Condition.rs',
@@ -23,23 +23,29 @@ export const defaultBackendScopes = [
   'system/AllergyIntolerance.rs',
   'system/Procedure.rs',
   'system/Immunization.rs',
-  'system/DocumentReference.rs',
-  'system/DocumentReference.cu',
+  // The draft: conditional create (If-None-Exist) is a create plus a search, the earlier notes are read and
+  // searched, and a superseded or refreshed draft is updated.
+  'system/DocumentReference.crus',
+  // Only read: the text of earlier notes kept as a Binary (attachment.url).
   'system/Binary.r',
+  // Created with each draft, and searched so a repeated event finds the one already written.
   'system/Provenance.cs',
+  // The AI Device the Provenance names: conditional create, so create plus search.
   'system/Device.cs',
+  // The service's own Subscription: searched by endpoint, created, read back and updated (re-activation), never deleted.
   'system/Subscription.crus',
 ].join(' ');
 
 /**
- * What the review app does with the clinician's token: read the patient (banner) and every type a draft can cite
- * (the types the history retrieval reads; citations open by read or vread), list and update the drafts, and
- * record each change as Provenance. Least privilege: named types, not `patient/*.rs`.
+ * What the review app does with the clinician's token, one scope per resource type for the same reason as the
+ * backend scopes. Least privilege: named types, not `patient/*.rs`.
  */
 export const defaultLaunchScopes = [
   'launch',
   'openid',
   'fhirUser',
+  // The banner, and every type a draft can cite (the types the history retrieval reads): citations open by
+  // read or vread, never by search.
   'patient/Patient.r',
   'patient/Encounter.r',
   'patient/Condition.r',
@@ -48,11 +54,12 @@ export const defaultLaunchScopes = [
   'patient/AllergyIntolerance.r',
   'patient/Procedure.r',
   'patient/Immunization.r',
-  'patient/DocumentReference.rs',
-  'patient/DocumentReference.u',
-  // Hold mode: the signed note reaches the EHR for the first time at sign-off, created with the clinician's token.
-  'patient/DocumentReference.c',
+  // The drafts are listed (search) and read, edited (update), and in hold mode the signed note reaches the EHR
+  // for the first time at sign-off, created with the clinician's token.
+  'patient/DocumentReference.crus',
+  // Only read: cited notes whose text is kept as a Binary (attachment.url).
   'patient/Binary.r',
+  // Each edit, sign-off or rejection is recorded as a Provenance.
   'patient/Provenance.c',
 ].join(' ');
 

@@ -20,7 +20,7 @@ import {
  * redirects and a one-cookie jar, the EHR's authorization server by the strict test server.
  */
 const clientId = 'review-app';
-const launchScopes = ['patient/DocumentReference.rs', 'patient/DocumentReference.u', 'patient/Provenance.c'];
+const launchScopes = ['patient/DocumentReference.crus', 'patient/Provenance.c'];
 
 let authorizationServer: SmartAuthorizationServer;
 let service: Server;
@@ -236,7 +236,7 @@ describe('SMART EHR launch', () => {
       tokenWorks: true,
     });
     expect(context.csrfToken).toMatch(/^[A-Za-z0-9_-]{43}$/);
-    expect(context.scopes).toContain('patient/DocumentReference.u');
+    expect(context.scopes).toContain('patient/DocumentReference.crus');
 
     // The pre-login cookie is dead (no session fixation), a POST needs the CSRF token.
     const stale = new Browser();

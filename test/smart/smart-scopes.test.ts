@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { missingScopes, parseClinicalScope } from '../../fhir/smart-scopes.ts';
-import { defaultBackendScopes } from '../../src/config/auth-config.ts';
+import { defaultBackendScopes, defaultLaunchScopes } from '../../src/config/auth-config.ts';
 
 const needed = defaultBackendScopes.split(' ');
 
@@ -24,7 +24,7 @@ describe('SMART scopes', () => {
     expect(missingScopes(needed, ['system/*.*'])).toEqual([]);
     expect(missingScopes(['system/Patient.rs'], ['system/Patient.read'])).toEqual([]);
     expect(missingScopes(needed, ['system/*.read'])).toEqual([
-      'system/DocumentReference.cu',
+      'system/DocumentReference.crus',
       'system/Provenance.cs',
       'system/Device.cs',
       'system/Subscription.crus',
@@ -42,6 +42,52 @@ describe('SMART scopes', () => {
       'system/Observation.rs',
     ]);
     expect(missingScopes(['system/Encounter.rs'], ['system/Encounter.r'])).toEqual(['system/Encounter.rs']);
+  });
+
+  it('asks for each resource type once in both default lists, with every permission in that one scope', () => {
+    // Medplum under an access policy applies only the first scope it sees for a type: a split pair
+    // (`.rs` then `.cu`) loses its writes.
+    for (const [name, list] of [
+      ['backend', defaultBackendScopes],
+      ['launch', defaultLaunchScopes],
+    ] as const) {
+      const types = list
+        .split(' ')
+        .map(parseClinicalScope)
+        .filter((scope) => scope !== undefined)
+        .map((scope) => `${scope.context}/${scope.resourceType}`);
+      expect(types.length, name).toBeGreaterThan(0);
+      expect(
+        types.filter((type, index) => types.indexOf(type) !== index),
+        name,
+      ).toEqual([]);
+    }
+    expect(defaultBackendScopes.split(' ')).toContain('system/DocumentReference.crus');
+    expect(defaultLaunchScopes.split(' ')).toContain('patient/DocumentReference.crus');
+  });
+
+  it('checks a merged scope against a grant in either form, naming it when a permission is missing', () => {
+    expect(missingScopes(['system/DocumentReference.crus'], ['system/DocumentReference.crus'])).toEqual([]);
+    expect(
+      missingScopes(
+        ['system/DocumentReference.crus'],
+        ['system/DocumentReference.rs', 'system/DocumentReference.cu'],
+      ),
+    ).toEqual([]);
+    expect(missingScopes(['system/DocumentReference.crus'], ['system/DocumentReference.cruds'])).toEqual([]);
+    expect(
+      missingScopes(
+        ['system/DocumentReference.crus'],
+        ['system/DocumentReference.read', 'system/DocumentReference.write'],
+      ),
+    ).toEqual([]);
+    // What Medplum effectively granted before: the first scope for the type only.
+    expect(
+      missingScopes(needed, [
+        ...needed.filter((scope) => !scope.startsWith('system/DocumentReference.')),
+        'system/DocumentReference.rs',
+      ]),
+    ).toEqual(['system/DocumentReference.crus']);
   });
 
   it('requires non-clinical scopes verbatim', () => {
