@@ -48,6 +48,9 @@ export const notificationTypes = [
 ] as const;
 export type NotificationType = (typeof notificationTypes)[number];
 
+/** Subscription.status codes (R4); any other value is dropped rather than kept in intake state. */
+const subscriptionStatuses = ['requested', 'active', 'error', 'off', 'entered-in-error'] as const;
+
 export interface NotificationEvent {
   /** Event number on the subscription, when the server sends one. */
   eventNumber: number | undefined;
@@ -84,6 +87,15 @@ function numberFrom(parameter: Parameter | undefined): number | undefined {
 const find = (parameters: Parameter[] | undefined, name: string) =>
   parameters?.find((parameter) => parameter.name === name);
 
+/**
+ * Whether a value can name a resource in a URL path. The FHIR id pattern allows ids made only of dots,
+ * but `.` and `..` are path segments that a URL resolves away (`Encounter/..` is the server's base):
+ * nothing from outside may name one.
+ */
+export function isResourceId(value: unknown): value is string {
+  return typeof value === 'string' && /^[A-Za-z0-9\-.]{1,64}$/.test(value) && !/^\.+$/.test(value);
+}
+
 /** `Type/id` from an absolute or relative reference, dropping any `_history` suffix. */
 export function relativeReference(reference: string | undefined): string | undefined {
   if (!reference) return undefined;
@@ -91,8 +103,36 @@ export function relativeReference(reference: string | undefined): string | undef
     /(?:^|\/)([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?\/?$/.exec(
       reference.trim(),
     );
-  return match ? `${match[1]}/${match[2]}` : undefined;
+  return match && isResourceId(match[2]) ? `${match[1]}/${match[2]}` : undefined;
 }
+
+/** Longest subscription reference accepted: real ones are a URL of a few dozen characters. */
+export const maxSubscriptionReferenceLength = 1_024;
+
+/**
+ * Deepest `part` nesting accepted under Parameters.parameter. The Backport shape uses two levels
+ * (notification-event, then its parts); a little room is left for extensions of the shape. The limit
+ * is checked before the recursive schema runs, so a hostile depth cannot exhaust the stack.
+ */
+const maxParameterDepth = 4;
+
+/** Whether parameters nest `part` deeper than the limit; iterative, so any depth is measured safely. */
+function nestsTooDeep(parameters: unknown, limit: number): boolean {
+  const pending: { value: unknown; depth: number }[] = [{ value: parameters, depth: 1 }];
+  while (pending.length > 0) {
+    const { value, depth } = pending.pop() as { value: unknown; depth: number };
+    if (!Array.isArray(value)) continue;
+    if (depth > limit) return true;
+    for (const parameter of value) {
+      const part = (parameter as { part?: unknown } | null)?.part;
+      if (part !== undefined) pending.push({ value: part, depth: depth + 1 });
+    }
+  }
+  return false;
+}
+
+/** An instant is at most 35 characters; anything much longer is not one and is not kept. */
+const maxTimestampLength = 64;
 
 export function parseNotification(body: unknown): ParsedNotification {
   const bundle = notificationBundleSchema.safeParse(body);
@@ -112,6 +152,12 @@ export function parseNotification(body: unknown): ParsedNotification {
       400,
     );
   }
+  if (nestsTooDeep(statusResource.parameter, maxParameterDepth))
+    throw outcomeError(
+      'too-costly',
+      `subscription status parameters nest deeper than ${maxParameterDepth} levels`,
+      400,
+    );
   const parsedParameters = z.array(parameterSchema).safeParse(statusResource.parameter);
   if (!parsedParameters.success)
     throw outcomeError('invalid', 'subscription status Parameters.parameter is malformed', 400);
@@ -123,6 +169,12 @@ export function parseNotification(body: unknown): ParsedNotification {
     subscriptionParameter?.valueString ??
     subscriptionParameter?.valueUri;
   if (!subscription) throw outcomeError('required', 'subscription status has no subscription parameter', 422);
+  if (subscription.length > maxSubscriptionReferenceLength)
+    throw outcomeError(
+      'too-long',
+      `the subscription parameter is longer than ${maxSubscriptionReferenceLength} characters`,
+      400,
+    );
   const type = find(parameters, 'type')?.valueCode;
   if (!notificationTypes.includes(type as NotificationType)) {
     throw outcomeError('invalid', `unknown notification type ${JSON.stringify(type)}`, 422);
@@ -146,9 +198,12 @@ export function parseNotification(body: unknown): ParsedNotification {
       const focus = relativeReference(focusReference);
       if (focusReference && !focus)
         throw outcomeError('invalid', 'notification-event focus is not a resource reference', 422);
+      const timestamp =
+        timestampPart?.valueInstant ?? timestampPart?.valueDateTime ?? timestampPart?.valueDate;
       return {
         eventNumber: numberFrom(find(parts, 'event-number')),
-        timestamp: timestampPart?.valueInstant ?? timestampPart?.valueDateTime ?? timestampPart?.valueDate,
+        // Kept with each seen event number: a string that is no instant is not stored.
+        timestamp: timestamp && timestamp.length <= maxTimestampLength ? timestamp : undefined,
         focus,
         resource: focus ? resourcesByReference.get(focus) : undefined,
       };
@@ -157,7 +212,7 @@ export function parseNotification(body: unknown): ParsedNotification {
   return {
     subscription,
     topic: find(parameters, 'topic')?.valueCanonical ?? find(parameters, 'topic')?.valueUri,
-    status: find(parameters, 'status')?.valueCode,
+    status: subscriptionStatuses.find((status) => status === find(parameters, 'status')?.valueCode),
     type: type as NotificationType,
     eventsSinceSubscriptionStart: numberFrom(find(parameters, 'events-since-subscription-start')),
     events,

@@ -51,6 +51,12 @@ export const intakeConfigSchema = z
     useEventsOperation: booleanish.default(true),
     /** Medplum subscription id -> HMAC secret (X-Signature). JSON in the environment variable. */
     medplumSecrets: z.record(z.string(), z.string().min(16, 'at least 16 characters')).default({}),
+    /**
+     * Subscriptions made outside the service (it did not ensure them) whose event counters intake
+     * tracks: ids, `Subscription/<id>` or absolute URLs. The one the service ensures is always tracked;
+     * notifications of any other are worked but leave no state (metric outcome `untracked-subscription`).
+     */
+    trackedSubscriptions: z.array(z.string().trim().min(1).max(1_024)).default([]),
     /** Hosts besides the FHIR base's own that the service may call back ($status, $events). */
     callbackHosts: z.array(z.string().min(1)).default([]),
     rateLimit: z

@@ -1,13 +1,14 @@
 import { timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response, Router } from 'express';
 import { OperationOutcomeError, outcome, outcomeError } from '../../fhir/operation-outcome.ts';
-import { parseNotification } from '../../fhir/subscription-notification.ts';
+import { isResourceId, parseNotification } from '../../fhir/subscription-notification.ts';
 import { EventIntake } from '../intake/event-intake.ts';
 import { verifyMedplumSignature } from '../intake/medplum-signature.ts';
 import { RateLimiter } from '../intake/rate-limiter.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
 import type { JobQueue } from '../queue/job-queue.ts';
+import { bodyReadFailure } from './errors.ts';
 
 /**
  * The notification endpoint, for every push source real servers use:
@@ -15,8 +16,9 @@ import type { JobQueue } from '../queue/job-queue.ts';
  * - POST /notify with an empty body (HAPI classic rest-hook without payload): a reconcile request;
  * - PUT or POST /notify/Encounter/<id> with the resource (HAPI classic rest-hook with payload);
  * - POST /notify with the bare resource and X-Signature (Medplum; `{}` for a delete).
- * A bearer secret or a valid HMAC is required before anything is read or fetched; failures and
- * empty-payload floods are rate limited per client. Everything is recorded in the durable queue and
+ * A bearer secret or a valid HMAC is required before anything is read or fetched; failed
+ * authentications and empty-payload floods are rate limited per client (the socket's address, unless
+ * `http.trustProxy` names the proxies in front). Everything is recorded in the durable queue and
  * answered 200 before any FHIR call.
  */
 export interface NotifyRouteOptions {
@@ -34,7 +36,6 @@ export interface NotifyRouteOptions {
 }
 
 const fhirJsonTypes = ['application/fhir+json', 'application/json', 'application/json+fhir'];
-const encounterIdPattern = /^[A-Za-z0-9\-.]{1,64}$/;
 
 function sameSecret(given: string, expected: string): boolean {
   const left = Buffer.from(given);
@@ -43,7 +44,8 @@ function sameSecret(given: string, expected: string): boolean {
 }
 
 function hasBearer(request: Request, secret: string | undefined): boolean {
-  if (!secret) return true;
+  // No secret configured is a wiring mistake, never an open door.
+  if (!secret) return false;
   const header = request.get('authorization') ?? '';
   const token = /^Bearer\s+(.+)$/i.exec(header)?.[1]?.trim();
   return token !== undefined && sameSecret(token, secret);
@@ -51,6 +53,14 @@ function hasBearer(request: Request, secret: string | undefined): boolean {
 
 export function checkBearer(request: Request, secret: string | undefined): void {
   if (!hasBearer(request, secret)) throw outcomeError('security', 'missing or wrong bearer secret', 401);
+}
+
+/** Middleware for operator APIs (jobs, rules): the admin bearer, compared in constant time. */
+export function adminBearerRequired(adminSecret: string) {
+  return (request: Request, _response: Response, next: NextFunction) => {
+    checkBearer(request, adminSecret);
+    next();
+  };
 }
 
 /** Parses a raw JSON body, tolerating the UTF-8 byte order mark some servers send. */
@@ -101,31 +111,53 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
   const rawBody = express.raw({ type: () => true, limit: options.maxBodyBytes });
   const clientOf = (request: Request) => request.ip ?? request.socket.remoteAddress ?? 'unknown';
 
-  const reject = (request: Request, reason: string): never => {
-    metrics?.notificationsRejected.inc({ reason });
-    unauthenticated.take(clientOf(request));
-    throw outcomeError(
-      'security',
-      reason === 'bad-signature' ? 'invalid X-Signature' : 'missing or wrong bearer secret',
-      401,
-    );
-  };
-
-  /** Before any body is read: a client that keeps failing authentication is turned away cheaply. */
-  const notFlooding = (request: Request, response: Response, next: NextFunction) => {
+  /**
+   * A request that did not prove where it comes from spends one of its client's tokens; with none left
+   * the answer is 429, before any body is read on the bearer paths. Only failures are counted and
+   * checked: valid credentials are never refused, so a flood from a shared address cannot lock out
+   * the real server behind it.
+   */
+  const refuse = (
+    request: Request,
+    response: Response,
+    reason: string,
+    failure?: OperationOutcomeError,
+  ): never => {
     const client = clientOf(request);
-    if (!unauthenticated.allows(client)) {
+    if (!unauthenticated.take(client)) {
       metrics?.notificationsRejected.inc({ reason: 'rate-limited' });
       const error = tooMany(unauthenticated.retryAfterSeconds(client), 'failed authentications');
       response.set('Retry-After', String(error.retryAfterSeconds));
       throw error;
     }
+    metrics?.notificationsRejected.inc({ reason });
+    throw (
+      failure ??
+      outcomeError(
+        'security',
+        reason === 'bad-signature' ? 'invalid X-Signature' : 'missing or wrong bearer secret',
+        401,
+      )
+    );
+  };
+
+  const bearerRequired = (request: Request, response: Response, next: NextFunction) => {
+    if (!hasBearer(request, options.secret)) refuse(request, response, 'unauthenticated');
     next();
   };
 
-  const bearerRequired = (request: Request, _response: Response, next: NextFunction) => {
-    if (!hasBearer(request, options.secret)) reject(request, 'unauthenticated');
-    next();
+  /** The raw body on the signature path, where nothing is proven yet: a failed read counts as a failed authentication. */
+  const signedBody = async (request: Request, response: Response): Promise<Buffer> => {
+    try {
+      await new Promise<void>((resolve, reject) =>
+        rawBody(request, response, (error?: unknown) => (error ? reject(error) : resolve())),
+      );
+    } catch (error) {
+      const failure = bodyReadFailure(error);
+      if (!failure) throw error;
+      refuse(request, response, 'unreadable-body', failure.error);
+    }
+    return Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0);
   };
 
   const jsonContentType = (request: Request) => {
@@ -155,23 +187,28 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     if (typeof resource !== 'object' || resource === null || resource.resourceType !== 'Encounter')
       throw outcomeError('invalid', 'expected an Encounter resource', 422);
     const id = typeof resource.id === 'string' ? resource.id : pathId;
-    if (!id || !encounterIdPattern.test(id)) throw outcomeError('invalid', 'Encounter has no valid id', 422);
+    if (!isResourceId(id)) throw outcomeError('invalid', 'Encounter has no valid id', 422);
     if (pathId && id !== pathId) throw outcomeError('invalid', 'Encounter id does not match the URL', 422);
-    const versionId = typeof resource.meta?.versionId === 'string' ? resource.meta.versionId : undefined;
+    const versionId = resource.meta?.versionId;
+    if (versionId !== undefined && !isResourceId(versionId))
+      throw outcomeError('invalid', 'Encounter meta.versionId is not a FHIR id', 422);
     return { encounterId: id, ...(versionId ? { versionId } : {}) };
   };
 
-  router.post('/notify', notFlooding, async (request, response, next) => {
+  router.post('/notify', async (request, response, next) => {
     if (request.get('x-signature') === undefined) return next();
+    if (!sources.medplum)
+      refuse(
+        request,
+        response,
+        'source-off',
+        outcomeError('not-supported', 'Medplum notifications are switched off', 404),
+      );
     // Medplum: the signature covers the raw body, so read it (bounded) before checking.
-    if (!sources.medplum) throw outcomeError('not-supported', 'Medplum notifications are switched off', 404);
-    await new Promise<void>((resolve, reject) =>
-      rawBody(request, response, (error?: unknown) => (error ? reject(error) : resolve())),
-    );
-    const raw = Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0);
+    const raw = await signedBody(request, response);
     const subscriptionId = request.get('x-medplum-subscription') ?? undefined;
     if (!verifyMedplumSignature(raw, request.get('x-signature') ?? '', medplumSecrets, subscriptionId))
-      reject(request, 'bad-signature');
+      refuse(request, response, 'bad-signature');
     const body = raw.length === 0 ? {} : parseJsonBody(raw);
     const interaction = (request.get('x-medplum-interaction') ?? '').toLowerCase();
     const resourceType = (body as { resourceType?: unknown }).resourceType;
@@ -182,7 +219,8 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     }
     if (resourceType !== 'Encounter') {
       metrics?.eventsReceived.inc({ source: 'medplum', outcome: 'ignored' });
-      return accepted(response, `accepted; ${String(resourceType)} ignored`);
+      const named = typeof resourceType === 'string' && /^[A-Z][A-Za-z]{0,63}$/.test(resourceType);
+      return accepted(response, `accepted; ${named ? resourceType : 'resource'} ignored`);
     }
     const added = await intake.acceptEncounters([encounterFrom(body)], 'medplum');
     accepted(response, `accepted; ${added} job(s) queued`);
@@ -228,7 +266,6 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
   );
 
   const classicWithResource = [
-    notFlooding,
     bearerRequired,
     (request: Request, response: Response, next: NextFunction) => {
       if (!sources.classic)
@@ -243,7 +280,7 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     rawBody,
     async (request: Request, response: Response) => {
       const pathId = String(request.params.id);
-      if (!encounterIdPattern.test(pathId)) throw outcomeError('invalid', 'not a FHIR id', 400);
+      if (!isResourceId(pathId)) throw outcomeError('invalid', 'not a FHIR id', 400);
       const event =
         Buffer.isBuffer(request.body) && request.body.length > 0
           ? encounterFrom(parseJsonBody(request.body), pathId)
@@ -254,7 +291,7 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
   ];
   router.put('/notify/Encounter/:id', ...classicWithResource);
   router.post('/notify/Encounter/:id', ...classicWithResource);
-  router.delete('/notify/Encounter/:id', notFlooding, bearerRequired, (_request, response) => {
+  router.delete('/notify/Encounter/:id', bearerRequired, (_request, response) => {
     metrics?.eventsReceived.inc({ source: 'classic', outcome: 'ignored' });
     accepted(response, 'accepted; delete needs no work');
   });

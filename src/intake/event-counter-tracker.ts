@@ -1,10 +1,13 @@
 import type { NotificationEvent, ParsedNotification } from '../../fhir/subscription-notification.ts';
 import type { IntakeStateStore } from './intake-state-store.ts';
+import type { TrackedSubscriptions } from './tracked-subscriptions.ts';
 
 /**
  * Tracks `events-since-subscription-start` and event numbers per subscription, persisted, to tell
  * apart: new events, redeliveries (dropped), late arrivals that fill a gap, gaps (numbers skipped:
  * recovered after a grace period) and resets (the counter went backwards: reconcile everything).
+ * Only tracked subscriptions are counted; another subscription's events pass through untouched and
+ * nothing about it is stored.
  */
 export interface CounterObservation {
   /** Events to turn into work, in order. */
@@ -15,6 +18,8 @@ export interface CounterObservation {
   /** Late events that filled a gap. */
   filled: number;
   reset: boolean;
+  /** The subscription is not one intake tracks: its events were passed on, nothing was stored. */
+  untracked: boolean;
 }
 
 /** A jump larger than this is recorded as a reset (reconcile), not as that many missing numbers. */
@@ -28,10 +33,12 @@ function signatureOf(event: NotificationEvent): string {
 
 export class EventCounterTracker {
   readonly #store: IntakeStateStore;
+  readonly #tracked: TrackedSubscriptions;
   readonly #now: () => number;
 
-  constructor(store: IntakeStateStore, now: () => number = Date.now) {
+  constructor(store: IntakeStateStore, tracked: TrackedSubscriptions, now: () => number = Date.now) {
     this.#store = store;
+    this.#tracked = tracked;
     this.#now = now;
   }
 
@@ -46,13 +53,21 @@ export class EventCounterTracker {
 
   #observe(notification: ParsedNotification): CounterObservation {
     const now = this.#now();
-    const subscription = notification.subscription;
-    const observation: CounterObservation = { fresh: [], duplicates: 0, gap: [], filled: 0, reset: false };
-    const known = this.#store.subscription(subscription);
-    let highest = known?.highest ?? 0;
     const counter = notification.eventsSinceSubscriptionStart;
     const carriesEvents = notification.type === 'event-notification' || notification.type === 'query-event';
     const events = carriesEvents ? notification.events : [];
+    const observation: CounterObservation = {
+      fresh: [],
+      duplicates: 0,
+      gap: [],
+      filled: 0,
+      reset: false,
+      untracked: false,
+    };
+    const subscription = this.#tracked.keyFor(notification.subscription);
+    if (subscription === undefined) return { ...observation, fresh: [...events], untracked: true };
+    const known = this.#store.subscription(subscription);
+    let highest = known?.highest ?? 0;
 
     const verdicts = events.map((event) =>
       event.eventNumber === undefined

@@ -1,4 +1,4 @@
-import type { ParsedNotification } from '../../fhir/subscription-notification.ts';
+import { isResourceId, type ParsedNotification } from '../../fhir/subscription-notification.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
 import type { DraftKindHint, EncounterJobInput, JobQueue } from '../queue/job-queue.ts';
@@ -34,7 +34,13 @@ export interface EncounterEvent {
   kind?: DraftKindHint;
 }
 
-const encounterIdPattern = /^[A-Za-z0-9\-.]{1,64}$/;
+/**
+ * A subscription reference as it may appear in a log line: senders choose it, so only its start is
+ * kept (a heartbeat can carry a kilobyte of it, thousands of times a day).
+ */
+export function subscriptionForLog(subscription: string): string {
+  return subscription.length > 100 ? `${subscription.slice(0, 100)}…` : subscription;
+}
 
 export class EventIntake {
   readonly #options: EventIntakeOptions;
@@ -55,11 +61,11 @@ export class EventIntake {
   /** Queues encounter events; duplicates of a job still waiting collapse in the queue. */
   async acceptEncounters(events: EncounterEvent[], source: string): Promise<number> {
     const jobs: EncounterJobInput[] = events
-      .filter((event) => encounterIdPattern.test(event.encounterId))
+      .filter((event) => isResourceId(event.encounterId))
       .map((event) => ({
         encounterId: event.encounterId,
         source,
-        ...(event.versionId ? { versionId: event.versionId } : {}),
+        ...(isResourceId(event.versionId) ? { versionId: event.versionId } : {}),
         ...(event.kind ? { kind: event.kind } : {}),
       }));
     if (jobs.length === 0) return 0;
@@ -88,7 +94,14 @@ export class EventIntake {
         notification.type === 'event-notification' || notification.type === 'query-event'
           ? notification.events
           : [];
-      return this.#accept(notification, source, { fresh, duplicates: 0, gap: [], filled: 0, reset: false });
+      return this.#accept(notification, source, {
+        fresh,
+        duplicates: 0,
+        gap: [],
+        filled: 0,
+        reset: false,
+        untracked: false,
+      });
     }
     return new Promise((resolve, reject) => {
       this.#waiting.push({ notification, source, resolve, reject });
@@ -117,18 +130,18 @@ export class EventIntake {
   ): Promise<IntakeResult> {
     const { logger, metrics } = this.#options;
     const result: IntakeResult = { queued: 0, events: 0, duplicates: 0, reconcileRequested: false };
+    const subscription = subscriptionForLog(notification.subscription);
     result.duplicates = observation.duplicates;
     this.#count(source, 'duplicate', observation.duplicates);
+    // Answered and worked, but counted here rather than stored: the service neither made it nor was told of it.
+    if (observation.untracked) this.#count(source, 'untracked-subscription');
     if (observation.gap.length > 0) {
       // Often only out of order (concurrent deliveries): the watchdog decides after the grace period.
-      logger.debug(
-        { subscription: notification.subscription, missing: observation.gap.length },
-        'subscription-numbers-missing',
-      );
+      logger.debug({ subscription, missing: observation.gap.length }, 'subscription-numbers-missing');
     }
     if (observation.reset) {
       metrics?.resetsDetected.inc();
-      logger.warn({ subscription: notification.subscription }, 'subscription-counter-reset');
+      logger.warn({ subscription }, 'subscription-counter-reset');
       this.requestReconcile('counter-reset', source);
       result.reconcileRequested = true;
     }
@@ -145,17 +158,18 @@ export class EventIntake {
         this.#count(source, 'ignored');
         continue;
       }
-      const versionId = (event.resource as { meta?: { versionId?: string } } | undefined)?.meta?.versionId;
+      const versionId = (event.resource as { meta?: { versionId?: unknown } } | undefined)?.meta?.versionId;
       encounters.push({
         encounterId: event.focus.slice('Encounter/'.length),
-        ...(versionId ? { versionId } : {}),
+        ...(isResourceId(versionId) ? { versionId } : {}),
       });
     }
     result.events = encounters.length;
     result.queued = await this.acceptEncounters(encounters, source);
     logger.info(
       {
-        subscription: notification.subscription,
+        subscription,
+        tracked: !observation.untracked,
         type: notification.type,
         events: notification.events.length,
         queued: result.queued,

@@ -2,7 +2,8 @@ import { DatabaseSync, type StatementSync } from 'node:sqlite';
 
 /**
  * What intake must remember across restarts: per-subscription event counters (highest number seen,
- * recently seen numbers, missing numbers awaiting recovery, last contact), the polling cursor, and the
+ * recently seen numbers, missing numbers awaiting recovery, last contact) for the tracked
+ * subscriptions only, the Subscription the service ensured, the polling cursor, and the
  * (id, versionId) pairs polling has already queued inside its overlap window. One SQLite file.
  */
 export interface SubscriptionState {
@@ -37,6 +38,11 @@ create table if not exists subscription_missing (
   event_number integer not null,
   detected_at integer not null,
   primary key (subscription, event_number)
+);
+create table if not exists service_subscription (
+  singleton integer primary key check (singleton = 1),
+  reference text not null,
+  ensured_at integer not null
 );
 create table if not exists poll_cursor (name text primary key, cursor text not null);
 create table if not exists poll_seen (
@@ -202,6 +208,46 @@ export class IntakeStateStore {
       'delete from subscription_missing where subscription = ? and event_number = ?',
     );
     for (const number of numbers) remove.run(subscription, number);
+  }
+
+  /** Everything kept about one subscription, when it is no longer tracked. */
+  forgetSubscription(subscription: string): void {
+    this.#prepare('delete from subscription_seen where subscription = ?').run(subscription);
+    this.#prepare('delete from subscription_missing where subscription = ?').run(subscription);
+    this.#prepare('delete from subscription_state where subscription = ?').run(subscription);
+  }
+
+  /** Forgets every subscription not in the list (left by an earlier version, or no longer configured). */
+  forgetSubscriptionsExcept(kept: string[]): number {
+    const keep = new Set(kept);
+    const stored = new Set(
+      (
+        this.#prepare(
+          `select subscription from subscription_state union select subscription from subscription_seen
+             union select subscription from subscription_missing`,
+        ).all() as { subscription: string }[]
+      ).map((row) => row.subscription),
+    );
+    const forgotten = [...stored].filter((subscription) => !keep.has(subscription));
+    this.transaction(() => {
+      for (const subscription of forgotten) this.forgetSubscription(subscription);
+    });
+    return forgotten.length;
+  }
+
+  /** The reference of the Subscription the service last ensured on its FHIR server. */
+  serviceSubscription(): string | undefined {
+    const row = this.#prepare('select reference from service_subscription where singleton = 1').get() as
+      | { reference: string }
+      | undefined;
+    return row?.reference;
+  }
+
+  saveServiceSubscription(reference: string, now: number): void {
+    this.#prepare(
+      `insert into service_subscription (singleton, reference, ensured_at) values (1, ?, ?)
+         on conflict (singleton) do update set reference = excluded.reference, ensured_at = excluded.ensured_at`,
+    ).run(reference, now);
   }
 
   /** After a counter reset the old numbers mean nothing: forget them. */

@@ -68,8 +68,8 @@ describe.skipIf(!sharedFixtures)('Backport IG examples', () => {
   });
 
   it('handshake and heartbeat yield no event; a heartbeat repeating a seen event is deduplicated', async () => {
-    harness = await startIntakeHarness();
     const subscription = 'https://example.org/fhir/Subscription/admission';
+    harness = await startIntakeHarness({ intake: { trackedSubscriptions: [subscription] } });
     const handshake = notificationBundle({
       subscription,
       type: 'handshake',
@@ -97,7 +97,8 @@ describe.skipIf(!sharedFixtures)('Backport IG examples', () => {
 
 describe('notification sequences end with one draft per encounter version', () => {
   it('duplicates, out-of-order, a gap recovered by $events, and a counter reset', async () => {
-    harness = await startIntakeHarness();
+    // Configured as a relative reference: it names the subscription on the service's own FHIR server.
+    harness = await startIntakeHarness({ intake: { trackedSubscriptions: ['Subscription/sub-sequence'] } });
     const ids = seedEncounters(harness.standIn, 8);
     const subscriptionId = 'sub-sequence';
     const subscription = `${harness.standIn.url}/Subscription/${subscriptionId}`;

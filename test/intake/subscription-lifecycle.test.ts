@@ -64,7 +64,11 @@ describe('subscription ensure', () => {
 describe('heartbeat watchdog', () => {
   it('a silent subscription: $status, missed events via $events, reconcile, reactivation', async () => {
     const harness: IntakeHarness = await startIntakeHarness({
-      intake: { heartbeat: { periodMs: 400, checkIntervalMs: 100 }, gapGraceMs: 100 },
+      intake: {
+        heartbeat: { periodMs: 400, checkIntervalMs: 100 },
+        gapGraceMs: 100,
+        trackedSubscriptions: ['silent'],
+      },
     });
     cleanups.push(() => harness.close());
     const ids = seedEncounters(harness.standIn, 2);
@@ -107,7 +111,10 @@ describe('heartbeat watchdog', () => {
 
   it('never calls back a host that is not the FHIR server or on the allow-list', async () => {
     const harness: IntakeHarness = await startIntakeHarness({
-      intake: { heartbeat: { periodMs: 200, checkIntervalMs: 50 } },
+      intake: {
+        heartbeat: { periodMs: 200, checkIntervalMs: 50 },
+        trackedSubscriptions: ['https://elsewhere.example/fhir/Subscription/silent'],
+      },
     });
     cleanups.push(() => harness.close());
     await harness.post(
