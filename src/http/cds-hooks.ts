@@ -13,6 +13,7 @@ import {
 import { evaluateRules, type Nudge, type VisitUrgency } from '../rules/evaluate.ts';
 import type { NudgeStore } from '../rules/nudge-store.ts';
 import type { RuleSet } from '../rules/rule-set.ts';
+import { bodyReadFailure } from './errors.ts';
 
 /**
  * CDS Hooks 2.0: discovery, the two services (patient-view, encounter-start) and feedback.
@@ -210,10 +211,10 @@ export function createCdsHooksRouter(options: CdsHooksOptions): Router {
   router.use(
     '/cds-services',
     (error: unknown, _request: Request, response: Response, _next: NextFunction) => {
-      const status =
-        (error as { status?: number; type?: string }).type === 'entity.parse.failed' ? 400 : undefined;
-      if (status === 400) {
-        response.status(400).json(outcome('invalid', 'request body is not valid JSON'));
+      // Bad JSON, bad gzip, too large, an unknown encoding, a client gone: each the parser's own 4xx.
+      const bodyFailure = bodyReadFailure(error);
+      if (bodyFailure) {
+        response.status(bodyFailure.error.status).json(bodyFailure.error.outcome);
         return;
       }
       const normalized = normalizeOperationOutcome(error);

@@ -9,9 +9,11 @@ import { gzipSync } from 'node:zlib';
 import express from 'express';
 import { afterEach, describe, expect, it } from 'vitest';
 import { configSchema, type ServiceConfig } from '../../src/config/config-schema.ts';
+import { createCdsHooksRouter } from '../../src/http/cds-hooks.ts';
 import { operationOutcomeErrorHandler } from '../../src/http/errors.ts';
 import { medplumSignature } from '../../src/intake/medplum-signature.ts';
 import { createLogger, silentLogger } from '../../src/log.ts';
+import { InMemoryNudgeStore } from '../../src/rules/nudge-store.ts';
 import { type RunningService, startService } from '../../src/service.ts';
 import { type FhirStandIn, startFhirStandIn } from '../support/fhir-stand-in.ts';
 import { notifySecret, testConfig, waitFor } from '../support/intake-harness.ts';
@@ -223,29 +225,49 @@ describe('body-parser failures, each its own 4xx', () => {
     expect(current.logs.filter((line) => line.level >= 50)).toEqual([]);
   });
 
-  it('routers that parse JSON themselves answer through the same handler: an unknown charset is 415', async () => {
+  it('the other routers that parse JSON answer body failures the same way', async () => {
+    // The review API's shape (express.json, then the shared handler) and the CDS Hooks router.
     const app = express();
-    app.post('/json', express.json({ type: 'application/json' }), (_request, response) => {
+    app.post('/json', express.json({ type: 'application/json', limit: 1_024 }), (_request, response) => {
       response.json({});
     });
+    app.use(
+      createCdsHooksRouter({
+        ruleSet: () => {
+          throw new Error('not reached: the body fails first');
+        },
+        store: new InMemoryNudgeStore(),
+        reviewAppUrl: 'https://review.example/launch',
+        timeBudgetMs: 1_000,
+        logger: silentLogger(),
+        maxBodyBytes: 1_024,
+      }),
+    );
     app.use(operationOutcomeErrorHandler(silentLogger()));
     const server = app.listen(0, '127.0.0.1');
     await new Promise((resolve) => server.once('listening', resolve));
     running.push(() => new Promise((resolve) => server.close(() => resolve())));
     const { port } = server.address() as { port: number };
-    const url = `http://127.0.0.1:${port}/json`;
-    const charset = await fetch(url, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json; charset=klingon' },
-      body: '{}',
-    });
-    await expectOutcome(charset, 415);
-    const badGzip = await fetch(url, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' },
-      body: '{}',
-    });
-    await expectOutcome(badGzip, 400);
+    const send = (pathname: string, body: string, headers: Record<string, string>) =>
+      fetch(`http://127.0.0.1:${port}${pathname}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...headers },
+        body,
+      });
+    const cases: [Record<string, string>, string, number][] = [
+      [{ 'content-type': 'application/json; charset=klingon' }, '{}', 415],
+      [{ 'content-encoding': 'gzip' }, '{}', 400],
+      [{ 'content-encoding': 'compress' }, '{}', 415],
+      [{}, JSON.stringify({ padding: 'x'.repeat(2_000) }), 413],
+      [{}, '{not json', 400],
+    ];
+    for (const pathname of ['/json', '/cds-services/guideline-nudges-patient-view']) {
+      for (const [headers, body, status] of cases) {
+        const response = await send(pathname, body, headers);
+        expect(response.status, `${pathname} ${JSON.stringify(headers)}`).toBe(status);
+        expect((await response.json()).resourceType).toBe('OperationOutcome');
+      }
+    }
   });
 });
 
