@@ -37,6 +37,8 @@ export function sandboxRouter(sandbox: SandboxEhr, options: SandboxRouterOptions
       headers: request.headers,
       body: request.body,
       baseUrl,
+      // Behind a reverse proxy on loopback, the forwarded client address (trust proxy: loopback).
+      remoteAddress: request.ip ?? request.socket.remoteAddress,
     });
     response.status(result.status);
     for (const [name, value] of Object.entries(result.headers)) response.setHeader(name, value);

@@ -1,4 +1,4 @@
-import type { CapabilityStatement } from 'fhir/r4.js';
+import type { CapabilityStatement, CapabilityStatementRestSecurity } from 'fhir/r4.js';
 
 /** The resource types the sandbox advertises (it stores any R4 type; these are the ones the service uses). */
 export const advertisedResourceTypes = [
@@ -21,9 +21,35 @@ export const advertisedResourceTypes = [
   'Subscription',
 ] as const;
 
+/** SMART App Launch's oauth-uris extension: where the authorization server's endpoints are. */
+function smartSecurity(oauth: { authorize: string; token: string }): CapabilityStatementRestSecurity {
+  return {
+    service: [
+      {
+        coding: [
+          {
+            system: 'http://terminology.hl7.org/CodeSystem/restful-security-service',
+            code: 'SMART-on-FHIR',
+          },
+        ],
+      },
+    ],
+    extension: [
+      {
+        url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris',
+        extension: [
+          { url: 'authorize', valueUri: oauth.authorize },
+          { url: 'token', valueUri: oauth.token },
+        ],
+      },
+    ],
+  };
+}
+
 export function sandboxCapabilityStatement(
   baseUrl: string | undefined,
   software: string,
+  oauth?: { authorize: string; token: string },
 ): CapabilityStatement {
   const interactions = [
     'read',
@@ -50,7 +76,10 @@ export function sandboxCapabilityStatement(
     rest: [
       {
         mode: 'server',
-        documentation: 'In-memory sandbox: synthetic patients, no authentication, data lost on restart.',
+        documentation: oauth
+          ? 'In-memory sandbox: synthetic patients, SMART on FHIR authorization, data lost on restart.'
+          : 'In-memory sandbox: synthetic patients, no authentication, data lost on restart.',
+        ...(oauth ? { security: smartSecurity(oauth) } : {}),
         resource: advertisedResourceTypes.map((type) => ({
           type,
           versioning: 'versioned',

@@ -12,6 +12,8 @@ import type {
 } from 'fhir/r4.js';
 import { normalizeOperationOutcome, outcome } from '../../fhir/operation-outcome.ts';
 import { type Logger, silentLogger } from '../log.ts';
+import type { SandboxAuthorizationServer } from './authorization/authorization-server.ts';
+import { enforceScopes, type TokenAccess } from './authorization/scope-enforcement.ts';
 import { sandboxCapabilityStatement } from './capability-statement.ts';
 import { loadFhirDefinitionsOnce } from './fhir-definitions.ts';
 import { ObservedRepository } from './observed-repository.ts';
@@ -36,6 +38,11 @@ export interface SandboxRequest {
   body?: unknown;
   /** The absolute FHIR base this request arrived on; used for links and Location headers. */
   baseUrl?: string;
+  /**
+   * The caller's address as the HTTP layer saw it. Absent for in-process callers (the composition root, tests),
+   * which are trusted like loopback.
+   */
+  remoteAddress?: string;
 }
 
 export interface SandboxResponse {
@@ -55,6 +62,14 @@ export interface SandboxEhrOptions {
   maxPageSize?: number;
   subscriptions?: SubscriptionOptions;
   logger?: Logger;
+  auth?: SandboxAuthOptions;
+}
+
+export interface SandboxAuthOptions {
+  /** Refuse requests without a token even from loopback (by default loopback callers act as the EHR's administrator). */
+  required?: boolean;
+  /** Honour only the first scope per resource type, as Medplum does under an access policy. */
+  onlyFirstScopePerType?: boolean;
 }
 
 export interface SandboxEhr {
@@ -69,6 +84,9 @@ export interface SandboxEhr {
   /** Resolves when every queued subscription notification has been delivered or given up. */
   whenIdle(): Promise<void>;
   heartbeat(subscriptionId: string): Promise<void>;
+  /** The SMART authorization server whose tokens this EHR accepts; requests carrying a token are checked against it. */
+  readonly authorization: SandboxAuthorizationServer | undefined;
+  attachAuthorization(server: SandboxAuthorizationServer): void;
   /** Lets subscriptions notify an endpoint outside the configured ones (loopback is allowed by default). */
   allowSubscriptionEndpoint(prefix: string): void;
   readonly deliveries: readonly DeliveryRecord[];
@@ -100,9 +118,21 @@ function routerHeaders(headers: SandboxRequest['headers']): Record<string, strin
   return result;
 }
 
-function errorResponse(status: number, body: OperationOutcome): SandboxResponse {
-  return { status, headers: { 'content-type': fhirJson }, body };
+function errorResponse(
+  status: number,
+  body: OperationOutcome,
+  headers: Record<string, string> = {},
+): SandboxResponse {
+  return { status, headers: { 'content-type': fhirJson, ...headers }, body };
 }
+
+function isLoopbackAddress(address: string): boolean {
+  const plain = address.replace(/^::ffff:/i, '');
+  return plain === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(plain);
+}
+
+/** Paths anyone may read without a token: how to find the server's capabilities and its authorization server. */
+const openPaths = new Set(['metadata', '.well-known/smart-configuration']);
 
 function isResource(value: unknown): value is Resource {
   return typeof value === 'object' && value !== null && typeof (value as Resource).resourceType === 'string';
@@ -121,6 +151,44 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
     ...options.subscriptions,
   });
   const extraRoutes = new Map<string, SandboxRouteHandler>();
+  let authorization: SandboxAuthorizationServer | undefined;
+  const authOptions = { required: false, onlyFirstScopePerType: false, ...options.auth };
+
+  /**
+   * Who is calling: a token's grant, the administrator (no token, from loopback or in process, unless tokens
+   * are required), or a refusal (401 with WWW-Authenticate, as RFC 6750 describes).
+   */
+  async function identifyCaller(
+    request: SandboxRequest,
+  ): Promise<{ access: TokenAccess | 'administrator' } | { refused: SandboxResponse }> {
+    const authorizationHeader = header(request.headers, 'authorization');
+    const unauthorized = (diagnostics: string, error?: string) => ({
+      refused: errorResponse(401, outcome('login', diagnostics), {
+        'www-authenticate': `Bearer realm="sandbox"${error ? `, error="${error}"` : ''}`,
+      }),
+    });
+    if (authorizationHeader === undefined) {
+      if (authOptions.required)
+        return unauthorized('this sandbox requires a bearer token (sandbox.auth.required)');
+      if (request.remoteAddress && !isLoopbackAddress(request.remoteAddress))
+        return unauthorized('a bearer token is required from outside this machine');
+      return { access: 'administrator' };
+    }
+    const bearer = /^Bearer +([\x21-\x7e]+)$/i.exec(authorizationHeader);
+    if (!bearer) return unauthorized('the Authorization header must be "Bearer <token>"', 'invalid_request');
+    const access = await authorization?.verifyAccessToken(bearer[1]);
+    if (!access)
+      return unauthorized('the bearer token is unknown, expired or for another server', 'invalid_token');
+    return { access };
+  }
+
+  async function readStored(type: string, id: string): Promise<Resource | undefined> {
+    if (!resourceTypePattern.test(type)) return undefined;
+    return repository.readResource(type, id).then(
+      (resource) => resource as unknown as Resource,
+      () => undefined,
+    );
+  }
 
   function absolute(base: string | undefined, relative: string): string {
     return base ? `${base}/${relative}` : relative;
@@ -220,8 +288,37 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
       return {
         status: 200,
         headers: { 'content-type': fhirJson },
-        body: sandboxCapabilityStatement(base, 'ehr-draft-agent sandbox EHR'),
+        body: sandboxCapabilityStatement(
+          base,
+          'ehr-draft-agent sandbox EHR',
+          authorization && { authorize: authorization.authorizeUrl, token: authorization.tokenUrl },
+        ),
       };
+    }
+    if (method === 'GET' && path === '.well-known/smart-configuration') {
+      if (!authorization)
+        return errorResponse(404, outcome('not-found', 'this sandbox has no authorization server attached'));
+      return {
+        status: 200,
+        headers: { 'content-type': 'application/json', 'cache-control': 'no-store' },
+        body: authorization.smartConfiguration() as unknown as Resource,
+      };
+    }
+
+    let requestBody = request.body;
+    if (!openPaths.has(path)) {
+      const caller = await identifyCaller(request);
+      if ('refused' in caller) return caller.refused;
+      if (caller.access !== 'administrator') {
+        const enforced = await enforceScopes(
+          caller.access,
+          { method, segments, query, body: requestBody, baseUrl: base },
+          readStored,
+          { onlyFirstScopePerType: authOptions.onlyFirstScopePerType },
+        );
+        if (!enforced.allowed) return errorResponse(enforced.status, enforced.outcome, enforced.headers);
+        requestBody = enforced.body;
+      }
     }
 
     if (segments[0] === 'Subscription' && (method === 'GET' || method === 'POST')) {
@@ -231,7 +328,7 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
           operation,
           segments.length === 3 ? segments[1] : undefined,
           query,
-          request.body,
+          requestBody,
         );
       }
     }
@@ -259,20 +356,20 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
     }
 
     if ((method === 'POST' || method === 'PUT') && segments.length >= 1 && segments.length <= 2 && path) {
-      if (!isResource(request.body))
+      if (!isResource(requestBody))
         return errorResponse(
           400,
           outcome('structure', 'the body must be a FHIR resource (JSON object with resourceType)'),
         );
-      if (resourceTypePattern.test(segments[0]) && request.body.resourceType !== segments[0])
+      if (resourceTypePattern.test(segments[0]) && requestBody.resourceType !== segments[0])
         return errorResponse(
           400,
-          outcome('invalid', `resourceType ${request.body.resourceType} does not match ${segments[0]}`),
+          outcome('invalid', `resourceType ${requestBody.resourceType} does not match ${segments[0]}`),
         );
-      if (method === 'PUT' && segments[1] && request.body.id !== segments[1])
+      if (method === 'PUT' && segments[1] && requestBody.id !== segments[1])
         return errorResponse(400, outcome('invalid', 'the resource id must match the id in the URL'));
     }
-    if (method === 'POST' && !path && (!isResource(request.body) || request.body.resourceType !== 'Bundle'))
+    if (method === 'POST' && !path && (!isResource(requestBody) || requestBody.resourceType !== 'Bundle'))
       return errorResponse(
         400,
         outcome('structure', 'a POST to the base must carry a batch or transaction Bundle'),
@@ -302,7 +399,7 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
           pathname: '',
           params: {},
           query: queryRecord,
-          body: request.body,
+          body: requestBody,
           headers: routerHeaders(request.headers),
         },
         repository,
@@ -334,7 +431,7 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
       if (bundle.type === 'searchset') searchLinks(bundle, path, query, base);
       // Searches inside a batch page like standalone ones: each result carries its own next link.
       if (bundle.type === 'batch-response') {
-        const requests = isResource(request.body) ? ((request.body as Bundle).entry ?? []) : [];
+        const requests = isResource(requestBody) ? ((requestBody as Bundle).entry ?? []) : [];
         bundle.entry?.forEach((entry, index) => {
           const inner = entry.resource as Bundle | undefined;
           const requestUrl = requests[index]?.request?.url;
@@ -385,6 +482,12 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
       baseUrl = value.replace(/\/$/, '');
     },
     handle,
+    get authorization() {
+      return authorization;
+    },
+    attachAuthorization(server) {
+      authorization = server;
+    },
     async seed(resources) {
       for (const resource of resources) await repository.seedResource(resource as unknown as MedplumResource);
     },
