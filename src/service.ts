@@ -100,7 +100,10 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       import('./sandbox/sandbox-ehr.ts'),
       import('./sandbox/synthetic-patients.ts'),
     ]);
-    sandbox = createSandboxEhr({ logger });
+    sandbox = createSandboxEhr({
+      logger,
+      subscriptions: { allowedEndpoints: config.sandbox.subscriptionEndpoints },
+    });
     const patients = generatePatients({ count: config.sandbox.patients, seed: config.sandbox.seed });
     await sandbox.seed(patients.flatMap((patient) => patient.resources));
   }
@@ -137,7 +140,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   const url = config.publicUrl ?? `http://${config.host === '0.0.0.0' ? 'localhost' : config.host}:${port}`;
   const fhirBaseUrl = config.fhir.baseUrl ?? `${url}/sandbox/fhir`;
   sandbox?.setBaseUrl(fhirBaseUrl);
-  // The sandbox posts only to allowed endpoints (loopback by default); allow our own, wherever PUBLIC_URL points.
+  // The sandbox notifies only endpoints allowed exactly (none by default): ours, wherever PUBLIC_URL points.
   sandbox?.allowSubscriptionEndpoint(`${url}/notify`);
 
   // The service's own FHIR access: SMART Backend Services, a static token, or none (sandbox).

@@ -112,8 +112,13 @@ export const configSchema = z
       .object({
         patients: z.coerce.number().int().min(1).max(2000).default(12),
         seed: z.coerce.number().int().default(20261127),
+        /**
+         * Endpoints the sandbox's subscriptions may notify besides the service's own /notify, each matched
+         * exactly (tests' receivers); anything else is refused, so the sandbox cannot be aimed at other hosts.
+         */
+        subscriptionEndpoints: z.array(z.url({ protocol: /^https?$/ })).default([]),
       })
-      .default({ patients: 12, seed: 20261127 }),
+      .default({ patients: 12, seed: 20261127, subscriptionEndpoints: [] }),
   })
   .strict()
   .superRefine((config, context) => {

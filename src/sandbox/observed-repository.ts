@@ -1,5 +1,6 @@
 import {
   allOk,
+  badRequest,
   created,
   evalFhirPath,
   getSearchParameter,
@@ -63,7 +64,22 @@ export interface ResourceWrite {
   /** The version before this write; undefined for a create. */
   previous: Resource | undefined;
   current: Resource;
+  /** Made by the server itself (`updateAsServer`), not by a client: write guards did not run. */
+  byServer: boolean;
 }
+
+/** What a write guard lets through: the resource to store, and work to do once it is stored. */
+export interface GuardedWrite {
+  resource: Resource;
+  afterWrite?: (stored: Resource) => void;
+}
+
+/**
+ * Runs before a client's create or update is stored. It may refuse the write (throw an
+ * OperationOutcomeError) or store a changed copy, e.g. without write-only elements; undefined lets the
+ * resource through unchanged.
+ */
+export type WriteGuard = (resource: Resource, previous: Resource | undefined) => GuardedWrite | undefined;
 
 /**
  * Medplum's in-memory repository, observed: every create or update (through the REST API, a
@@ -74,12 +90,27 @@ export interface ResourceWrite {
  */
 export class ObservedRepository extends MemoryRepository {
   private readonly listeners: ((write: ResourceWrite) => void)[] = [];
+  private readonly guards: WriteGuard[] = [];
   private readonly versionOrder = new Map<string, string[]>();
   private readonly deletedKeys = new Set<string>();
   private readonly patientIndex = new PatientIndex();
 
   onWrite(listener: (write: ResourceWrite) => void): void {
     this.listeners.push(listener);
+  }
+
+  /** Guards every client write (REST, transactions, conditional creates, patches); see WriteGuard. */
+  guardWrites(guard: WriteGuard): void {
+    this.guards.push(guard);
+  }
+
+  /**
+   * An update the server makes on its own account (a subscription's status), past the write guards
+   * that police clients. With `expectedVersionId`, nothing is written (undefined is returned) when
+   * the resource changed since that version was read, so a client's newer write is never undone.
+   */
+  async updateAsServer<T extends Resource>(resource: T, expectedVersionId?: string): Promise<T | undefined> {
+    return this.write(resource, undefined, true, true, expectedVersionId);
   }
 
   isDeleted(resourceType: string, id: string): boolean {
@@ -98,13 +129,36 @@ export class ObservedRepository extends MemoryRepository {
     options?: CreateResourceOptions,
     update = false,
   ): Promise<T & { id: string }> {
+    return (await this.write(resource, options, update, false)) as T & { id: string };
+  }
+
+  private async write<T extends Resource>(
+    resource: T,
+    options: CreateResourceOptions | undefined,
+    update: boolean,
+    byServer: boolean,
+    expectedVersionId?: string,
+  ): Promise<(T & { id: string }) | undefined> {
     const previous =
       update && resource.id
         ? await this.readResource(resource.resourceType, resource.id).catch(() => undefined)
         : undefined;
-    const stored = await super.createResource(resource, options, update);
+    if (expectedVersionId !== undefined && previous?.meta?.versionId !== expectedVersionId) return undefined;
+    let toStore: Resource = resource;
+    const afterWrites: ((stored: Resource) => void)[] = [];
+    if (!byServer) {
+      for (const guard of this.guards) {
+        const guarded = guard(toStore, previous);
+        if (!guarded) continue;
+        toStore = guarded.resource;
+        if (guarded.afterWrite) afterWrites.push(guarded.afterWrite);
+      }
+    }
+    // No await between the version check above and this store: nothing can slip in between.
+    const stored = (await super.createResource(toStore, options, update)) as T & { id: string };
     this.remember(stored);
-    this.emit({ interaction: previous ? 'update' : 'create', previous, current: stored });
+    for (const afterWrite of afterWrites) afterWrite(stored);
+    this.emit({ interaction: previous ? 'update' : 'create', previous, current: stored, byServer });
     return stored;
   }
 
@@ -181,24 +235,31 @@ export class ObservedRepository extends MemoryRepository {
     };
   }
 
+  /**
+   * Medplum's memory repository creates a conditional create's resource without going through
+   * `createResource`, so neither the write guards nor the listeners would see it: the search and the
+   * create are done here instead, with the same checks as the base class.
+   */
   override async conditionalCreate<T extends Resource>(
     resource: T,
     search: SearchRequestLike,
     options?: CreateResourceOptions,
   ): Promise<{ resource: T & { id: string }; outcome: OperationOutcome }> {
-    if (search.filters?.some(needsOwnIdentifierMatch)) {
-      const found = await this.search({ ...search, count: 2, sortRules: undefined } as SearchRequest<T>);
-      if ((found.entry?.length ?? 0) > 1) throw new OperationOutcomeError(multipleMatches);
-      const existing = found.entry?.[0]?.resource;
-      if (existing) return { resource: existing, outcome: allOk };
-      return { resource: await this.createResource(resource, options), outcome: created };
+    if (search.resourceType !== resource.resourceType)
+      throw new OperationOutcomeError(
+        badRequest('Search type must match resource type for conditional create'),
+      );
+    const found = await this.search({ ...search, count: 2, sortRules: undefined } as SearchRequest<T>);
+    if ((found.entry?.length ?? 0) > 1) throw new OperationOutcomeError(multipleMatches);
+    const existing = found.entry?.[0]?.resource;
+    if (existing) {
+      if (!options?.assignedId && resource.id && resource.id !== existing.id)
+        throw new OperationOutcomeError(
+          badRequest('Resource ID did not match resolved ID', `${resource.resourceType}.id`),
+        );
+      return { resource: existing, outcome: allOk };
     }
-    const result = await super.conditionalCreate(resource, search as never, options);
-    if (result.outcome.id === 'created') {
-      this.remember(result.resource);
-      this.emit({ interaction: 'create', previous: undefined, current: result.resource });
-    }
-    return result as { resource: T & { id: string }; outcome: OperationOutcome };
+    return { resource: await this.createResource(resource, options), outcome: created };
   }
 
   override async deleteResource(

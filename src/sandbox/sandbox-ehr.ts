@@ -87,8 +87,8 @@ export interface SandboxEhr {
   /** The SMART authorization server whose tokens this EHR accepts; requests carrying a token are checked against it. */
   readonly authorization: SandboxAuthorizationServer | undefined;
   attachAuthorization(server: SandboxAuthorizationServer): void;
-  /** Lets subscriptions notify an endpoint outside the configured ones (loopback is allowed by default). */
-  allowSubscriptionEndpoint(prefix: string): void;
+  /** Lets subscriptions notify one more endpoint, matched exactly (none is allowed by default). */
+  allowSubscriptionEndpoint(endpoint: string): void;
   readonly deliveries: readonly DeliveryRecord[];
   close(): Promise<void>;
 }
@@ -496,7 +496,7 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
     },
     whenIdle: () => subscriptions.whenIdle(),
     heartbeat: (subscriptionId) => subscriptions.heartbeat(subscriptionId),
-    allowSubscriptionEndpoint: (prefix) => subscriptions.allowEndpoint(prefix),
+    allowSubscriptionEndpoint: (endpoint) => subscriptions.allowEndpoint(endpoint),
     get deliveries() {
       return subscriptions.deliveries;
     },

@@ -1,9 +1,9 @@
-import { matchesSearchRequest, parseSearchRequest } from '@medplum/core';
-import type { Resource } from '@medplum/fhirtypes';
+import { matchesSearchRequest, OperationOutcomeError, parseSearchRequest } from '@medplum/core';
+import type { OperationOutcome as MedplumOutcome, Resource } from '@medplum/fhirtypes';
 import type { Bundle, Encounter, Subscription } from 'fhir/r4.js';
-import { outcomeError } from '../../fhir/operation-outcome.ts';
+import { outcome, outcomeError } from '../../fhir/operation-outcome.ts';
 import { type Logger, silentLogger } from '../log.ts';
-import type { ObservedRepository, ResourceWrite } from './observed-repository.ts';
+import type { GuardedWrite, ObservedRepository, ResourceWrite } from './observed-repository.ts';
 import {
   backportProfiles,
   type NotificationType,
@@ -14,13 +14,20 @@ import {
 } from './subscription-notifications.ts';
 
 /**
- * Subscriptions as the FHIR Subscriptions Backport IG (R4) describes them, for Encounter events:
- * a Subscription created through the sandbox's API (classic `Encounter?...` criteria, or a topic URL
- * with `backport-filter-criteria`) gets a handshake and is activated, then an `event-notification`
- * (id-only unless the subscription asks otherwise) for every Encounter created or whose status
- * changes, numbered per subscription; heartbeats follow `backport-heartbeat-period`; `$status` and
- * `$events` answer from memory. Delivery is asynchronous, ordered per subscription, retried a few
- * times, and only to allowed endpoints.
+ * Subscriptions as the FHIR Subscriptions Backport IG (R4) describes them, for Encounter events, with
+ * the lifecycle strict servers enforce. A Subscription is `requested` until its endpoint answers the
+ * handshake with a 2xx, then `active`; only active subscriptions are notified: an `event-notification`
+ * (id-only unless the subscription asks otherwise) for every Encounter created or whose status changes,
+ * numbered per subscription, and heartbeats every `backport-heartbeat-period`. A notification that
+ * still fails after a few retries puts the subscription in `error` (with the reason in
+ * Subscription.error and `$status`); asking for `requested` again starts over with a handshake.
+ * `$status` and `$events` answer from memory.
+ *
+ * Two rules keep the sandbox from being a tool against its own host: notifications go only to
+ * endpoints allowed exactly (the service's own /notify, and those in configuration), and channel
+ * headers are write-only. They usually carry the receiver's bearer secret, so they are kept here for
+ * delivery and never stored in the FHIR repository: no read, vread, search, history, batch or
+ * notification payload can return them.
  */
 export type { NotificationType } from './subscription-notifications.ts';
 
@@ -31,13 +38,14 @@ const heartbeatPeriodUrl = `${backportProfiles}/backport-heartbeat-period`;
 const eventLogLimit = 1000;
 
 export interface SubscriptionOptions {
-  /** URL prefixes notifications may go to. Absent: loopback hosts (localhost, 127.0.0.1, ::1) only. */
+  /**
+   * Notification endpoints allowed besides those added with `allowEndpoint`, each compared exactly
+   * (scheme, host, port, path and query). Absent or empty: none, so nothing is delivered until allowed.
+   */
   allowedEndpoints?: string[];
   /** Waits before each retry; the number of entries is the number of retries. */
   retryDelaysMs?: number[];
   timeoutMs?: number;
-  /** Send a handshake when a subscription is requested, and activate it on success (default true). */
-  handshake?: boolean;
   logger?: Logger;
 }
 
@@ -58,21 +66,63 @@ interface DeliveryJob {
   event?: SubscriptionEvent;
 }
 
+/** The write-only part of a subscription's channel, bound to the endpoint it was given for. */
+interface ChannelSecret {
+  endpoint: string | undefined;
+  header: string[];
+}
+
 function numberExtension(extensions: { url?: string; valueUnsignedInt?: number }[] | undefined, url: string) {
   const value = extensions?.find((candidate) => candidate.url === url)?.valueUnsignedInt;
   return typeof value === 'number' && Number.isFinite(value) && value > 0 ? value : undefined;
 }
 
-export function isLoopbackUrl(url: URL): boolean {
-  return ['localhost', '127.0.0.1', '[::1]', '::1'].includes(url.hostname);
+/** Headers the sandbox sets itself: a channel header cannot change how the request is framed or addressed. */
+const reservedHeaders = new Set([
+  'host',
+  'content-length',
+  'content-type',
+  'transfer-encoding',
+  'connection',
+]);
+
+/** `Name: value`, as Subscription.channel.header lines are written; undefined when not a valid HTTP header. */
+function parseHeaderLine(line: string): { name: string; value: string } | undefined {
+  const match = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t]*:[ \t]*([\t\x20-\x7e]*?)[ \t]*$/.exec(line);
+  return match ? { name: match[1].toLowerCase(), value: match[2] } : undefined;
+}
+
+/**
+ * An endpoint in the one form it is compared and called in: the URL parser's, so `/notify/../x`,
+ * default ports and letter case are resolved before comparing. Only plain http(s) URLs qualify: user
+ * info (`http://user@host`) and fragments are refused rather than normalised away.
+ */
+export function normalizedEndpoint(endpoint: string | undefined): string | undefined {
+  if (typeof endpoint !== 'string' || !endpoint) return undefined;
+  let url: URL;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    return undefined;
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return undefined;
+  if (url.username || url.password || url.hash || endpoint.includes('@')) return undefined;
+  return url.href;
+}
+
+/** A 422 naming the rule broken, as strict servers (HAPI's SubscriptionValidatingInterceptor) refuse subscriptions they will not serve. */
+function refusal(diagnostics: string, expression: string): OperationOutcomeError {
+  const refused = { ...outcome('business-rule', diagnostics, 'error', [expression]), id: 'business-rule' };
+  // Thrown inside Medplum's router, which maps the `business-rule` outcome id to 422.
+  return new OperationOutcomeError(refused as unknown as MedplumOutcome);
 }
 
 export class SandboxSubscriptions {
   private readonly repository: ObservedRepository;
   private readonly baseUrl: () => string | undefined;
-  private readonly options: Required<Omit<SubscriptionOptions, 'allowedEndpoints'>> & {
-    allowedEndpoints?: string[];
-  };
+  private readonly options: Required<Omit<SubscriptionOptions, 'allowedEndpoints'>>;
+  private readonly allowedEndpoints = new Set<string>();
+  private readonly channelSecrets = new Map<string, ChannelSecret>();
   private readonly eventCounts = new Map<string, number>();
   private readonly eventLogs = new Map<string, SubscriptionEvent[]>();
   private readonly heartbeats = new Map<string, { period: number; timer: NodeJS.Timeout }>();
@@ -80,7 +130,6 @@ export class SandboxSubscriptions {
   private readonly chains = new Map<string, Promise<void>>();
   private readonly pending = new Set<Promise<void>>();
   private readonly controllers = new Set<AbortController>();
-  private readonly extraAllowedEndpoints: string[] = [];
   private closed = false;
   /** The most recent deliveries (bounded), newest last: what tests and operators inspect. */
   readonly deliveries: DeliveryRecord[] = [];
@@ -93,12 +142,12 @@ export class SandboxSubscriptions {
     this.repository = repository;
     this.baseUrl = baseUrl;
     this.options = {
-      allowedEndpoints: options.allowedEndpoints,
       retryDelaysMs: options.retryDelaysMs ?? [500, 2000, 5000],
       timeoutMs: options.timeoutMs ?? 10_000,
-      handshake: options.handshake ?? true,
       logger: options.logger ?? silentLogger(),
     };
+    for (const endpoint of options.allowedEndpoints ?? []) this.allowEndpoint(endpoint);
+    repository.guardWrites((resource, previous) => this.guardWrite(resource, previous));
     repository.onWrite((write) => this.onWrite(write));
   }
 
@@ -107,9 +156,10 @@ export class SandboxSubscriptions {
     while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
   }
 
-  /** Sends a heartbeat for one subscription now (the Backport IG's keep-alive). */
+  /** Sends a heartbeat for one subscription now (the Backport IG's keep-alive), if it is active. */
   async heartbeat(subscriptionId: string): Promise<void> {
-    await this.enqueue({ subscription: await this.read(subscriptionId), type: 'heartbeat' });
+    const subscription = await this.read(subscriptionId);
+    if (subscription.status === 'active') await this.enqueue({ subscription, type: 'heartbeat' });
   }
 
   /** `Subscription/[id]/$status` (one id) or `Subscription/$status` (all, or those named). */
@@ -160,32 +210,16 @@ export class SandboxSubscriptions {
     this.heartbeats.clear();
   }
 
-  /** Allows one more endpoint prefix (e.g. the service's public /notify URL once it is known). */
-  allowEndpoint(prefix: string): void {
-    this.extraAllowedEndpoints.push(prefix);
+  /** Allows one more endpoint, exactly as given (e.g. the service's public /notify URL once it is known). */
+  allowEndpoint(endpoint: string): void {
+    const normalized = normalizedEndpoint(endpoint);
+    if (!normalized) throw new Error('an allowed subscription endpoint must be a plain http(s) URL');
+    this.allowedEndpoints.add(normalized);
   }
 
   endpointAllowed(endpoint: string | undefined): boolean {
-    if (!endpoint) return false;
-    let url: URL;
-    try {
-      url = new URL(endpoint);
-    } catch {
-      return false;
-    }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') return false;
-    // Same origin and a path under the allowed one: a bare string prefix would let `example.org.evil` through.
-    const under = (prefix: string) => {
-      try {
-        const allowed = new URL(prefix);
-        return allowed.origin === url.origin && url.pathname.startsWith(allowed.pathname);
-      } catch {
-        return false;
-      }
-    };
-    if (this.extraAllowedEndpoints.some(under)) return true;
-    if (this.options.allowedEndpoints) return this.options.allowedEndpoints.some(under);
-    return isLoopbackUrl(url);
+    const normalized = normalizedEndpoint(endpoint);
+    return normalized !== undefined && this.allowedEndpoints.has(normalized);
   }
 
   private async read(id: string): Promise<Subscription> {
@@ -196,10 +230,110 @@ export class SandboxSubscriptions {
     }
   }
 
+  /**
+   * Every client write of a Subscription passes here before it is stored: refused when the sandbox
+   * would not serve it, its status set by the lifecycle rather than by the client, its channel headers
+   * taken out and kept for delivery only.
+   */
+  private guardWrite(resource: Resource, previousResource: Resource | undefined): GuardedWrite | undefined {
+    if (resource.resourceType !== 'Subscription') return undefined;
+    const subscription = resource as unknown as Subscription;
+    const previous = previousResource as unknown as Subscription | undefined;
+    const header = subscription.channel?.header;
+    if (
+      header !== undefined &&
+      (!Array.isArray(header) ||
+        header.some((line) => typeof line !== 'string' || line.length > 4096 || !parseHeaderLine(line)))
+    )
+      throw refusal(
+        'Subscription.channel.header must be a list of HTTP header lines (Name: value)',
+        'Subscription.channel.header',
+      );
+    const status = this.statusForClientWrite(subscription, previous);
+    // Switching a subscription off is always allowed; anything that may lead to a delivery is checked.
+    if (status !== 'off') {
+      const problem = this.unsupportedReason(subscription);
+      if (problem) throw refusal(problem.diagnostics, problem.expression);
+    }
+    const { error: _clientError, channel, ...rest } = subscription;
+    const stored: Subscription = {
+      ...rest,
+      status,
+      // Subscription.error is the server's account of why it stopped; a client cannot write it.
+      ...(status === 'error' && previous?.error ? { error: previous.error } : {}),
+      ...(channel ? { channel: this.withoutHeader(channel) } : {}),
+    } as Subscription;
+    return {
+      resource: stored as unknown as Resource,
+      afterWrite: (saved) => this.keepChannelSecret(saved.id as string, channel?.endpoint, header, previous),
+    };
+  }
+
+  /**
+   * The status a client's write leads to. Clients ask for `requested` (or `active`, which strict
+   * servers read as the same request) or `off`; only a handshake makes a subscription active, so
+   * `active` is kept only for an edit of an active subscription that leaves its channel alone.
+   */
+  private statusForClientWrite(
+    subscription: Subscription,
+    previous: Subscription | undefined,
+  ): Subscription['status'] {
+    switch (subscription.status) {
+      case 'off':
+      case 'requested':
+        return subscription.status;
+      case 'active':
+        return previous?.status === 'active' && !this.channelChanged(subscription, previous)
+          ? 'active'
+          : 'requested';
+      case 'error':
+        if (previous?.status === 'error') return 'error';
+        throw refusal(
+          'Subscription.status error is set by the server when notifications cannot be delivered; ask for requested',
+          'Subscription.status',
+        );
+      default:
+        throw refusal('Subscription.status must be requested, active, error or off', 'Subscription.status');
+    }
+  }
+
+  private channelChanged(subscription: Subscription, previous: Subscription): boolean {
+    const id = previous.id as string;
+    if (normalizedEndpoint(subscription.channel?.endpoint) !== normalizedEndpoint(previous.channel?.endpoint))
+      return true;
+    const header = subscription.channel?.header;
+    if (header === undefined) return false;
+    return JSON.stringify(header) !== JSON.stringify(this.channelSecrets.get(id)?.header ?? []);
+  }
+
+  private withoutHeader(channel: Subscription['channel']): Subscription['channel'] {
+    const { header: _header, ...rest } = channel;
+    return rest;
+  }
+
+  /**
+   * Headers given with the write replace the kept ones. An update that leaves them out keeps them
+   * while the endpoint stays the same (a client that read the subscription, which never shows them,
+   * and wrote it back must not lose its credentials), but a secret never follows a new endpoint.
+   */
+  private keepChannelSecret(
+    id: string,
+    endpoint: string | undefined,
+    header: string[] | undefined,
+    previous: Subscription | undefined,
+  ): void {
+    const normalized = normalizedEndpoint(endpoint);
+    if (header !== undefined) {
+      this.channelSecrets.set(id, { endpoint: normalized, header: [...header] });
+      return;
+    }
+    const kept = this.channelSecrets.get(id);
+    if (!previous || kept?.endpoint !== normalized) this.channelSecrets.delete(id);
+  }
+
   private onWrite(write: ResourceWrite): void {
     if (this.closed) return;
-    if (write.current.resourceType === 'Subscription')
-      this.onSubscriptionWrite(write.current as unknown as Subscription);
+    if (write.current.resourceType === 'Subscription') this.onSubscriptionWrite(write);
     if (write.current.resourceType === 'Encounter') {
       const previous = write.previous as unknown as Encounter | undefined;
       const current = write.current as unknown as Encounter;
@@ -208,27 +342,12 @@ export class SandboxSubscriptions {
     }
   }
 
-  private onSubscriptionWrite(subscription: Subscription): void {
+  private onSubscriptionWrite(write: ResourceWrite): void {
+    const subscription = write.current as unknown as Subscription;
     this.scheduleHeartbeats(subscription);
-    if (subscription.status !== 'requested') return;
-    const problem = this.unsupportedReason(subscription);
-    if (problem) {
-      this.track(this.setStatus(subscription, 'error', problem));
-      return;
-    }
-    if (!this.options.handshake) {
-      this.track(this.setStatus(subscription, 'active'));
-      return;
-    }
-    this.track(
-      this.enqueue({ subscription, type: 'handshake' }).then(async () => {
-        const record = this.deliveries.findLast(
-          (delivery) => delivery.subscriptionId === subscription.id && delivery.type === 'handshake',
-        );
-        if (record?.status === 'delivered') await this.setStatus(subscription, 'active');
-        else await this.setStatus(subscription, 'error', 'handshake was not accepted by the endpoint');
-      }),
-    );
+    // The server's own status changes start nothing; a client asking for `requested` gets a handshake.
+    if (write.byServer || subscription.status !== 'requested') return;
+    void this.enqueue({ subscription, type: 'handshake' });
   }
 
   /** Heartbeats every `backport-heartbeat-period` seconds while active, skipped when something else went out. */
@@ -246,35 +365,58 @@ export class SandboxSubscriptions {
     const periodMs = period * 1000;
     const timer = setInterval(() => {
       if (this.closed || Date.now() - (this.lastSent.get(id) ?? 0) < periodMs * 0.9) return;
-      void this.heartbeat(id).catch(() => undefined);
+      void this.heartbeat(id).catch(() => {
+        // Deleted: stop beating for it.
+        clearInterval(timer);
+        this.heartbeats.delete(id);
+      });
     }, periodMs);
     // Heartbeats must not keep a finished process alive.
     timer.unref();
     this.heartbeats.set(id, { period, timer });
   }
 
-  private unsupportedReason(subscription: Subscription): string | undefined {
-    if (subscription.channel?.type !== 'rest-hook') return 'only rest-hook channels are supported';
+  private unsupportedReason(
+    subscription: Subscription,
+  ): { diagnostics: string; expression: string } | undefined {
+    if (subscription.channel?.type !== 'rest-hook')
+      return {
+        diagnostics: 'only rest-hook channels are supported by this sandbox',
+        expression: 'Subscription.channel.type',
+      };
     if (!this.endpointAllowed(subscription.channel.endpoint))
-      return 'the endpoint is not allowed by this sandbox';
+      return {
+        diagnostics:
+          'Subscription.channel.endpoint is not an allowed notification endpoint: this sandbox notifies only ' +
+          "the service's own /notify endpoint and the endpoints listed in sandbox.subscriptionEndpoints, " +
+          'compared exactly (no other path, user info or fragment)',
+        expression: 'Subscription.channel.endpoint',
+      };
     const criteria = subscription.criteria ?? '';
     if (!/^https?:\/\//.test(criteria) && !/^Encounter(\?|$)/.test(criteria))
-      return 'only Encounter criteria or a topic URL are supported';
+      return {
+        diagnostics: 'only Encounter criteria or a topic URL are supported by this sandbox',
+        expression: 'Subscription.criteria',
+      };
     return undefined;
   }
 
+  /**
+   * The server's own status change, written only if the subscription is still the version this
+   * decision was made on: a client's newer write (switched off, new endpoint) wins.
+   */
   private async setStatus(
     subscription: Subscription,
     status: 'active' | 'error',
     error?: string,
   ): Promise<void> {
-    const current = await this.read(subscription.id!);
-    await this.repository.updateResource({
-      ...current,
-      status,
-      ...(error ? { error } : {}),
-    } as unknown as Resource);
-    this.options.logger.info({ subscriptionId: subscription.id, status }, 'sandbox-subscription-status');
+    const { error: _previousError, ...rest } = subscription;
+    const written = await this.repository.updateAsServer(
+      { ...rest, status, ...(error ? { error } : {}) } as unknown as Resource,
+      subscription.meta?.versionId,
+    );
+    if (written)
+      this.options.logger.info({ subscriptionId: subscription.id, status }, 'sandbox-subscription-status');
   }
 
   private async onEncounterEvent(encounter: Encounter, interaction: 'create' | 'update'): Promise<void> {
@@ -282,7 +424,9 @@ export class SandboxSubscriptions {
     const bundle = await this.repository.search({ resourceType: 'Subscription', count: 1000 });
     for (const entry of bundle.entry ?? []) {
       const subscription = entry.resource as unknown as Subscription;
-      if (subscription.status !== 'active' && subscription.status !== 'requested') continue;
+      // Events still count while in error, so a subscription asked to start again reveals through its
+      // counter (and `$events`) what it missed; before its first handshake it has no events at all.
+      if (subscription.status !== 'active' && subscription.status !== 'error') continue;
       // A subscription past its `end` is over, as on a real server.
       if (subscription.end && Date.parse(subscription.end) < Date.now()) continue;
       if (this.unsupportedReason(subscription) || !this.matches(subscription, encounter)) continue;
@@ -294,7 +438,8 @@ export class SandboxSubscriptions {
       log.push(event);
       if (log.length > eventLogLimit) log.splice(0, log.length - eventLogLimit);
       this.eventLogs.set(id, log);
-      void this.enqueue({ subscription, type: 'event-notification', event });
+      if (subscription.status === 'active')
+        void this.enqueue({ subscription, type: 'event-notification', event });
     }
   }
 
@@ -337,16 +482,39 @@ export class SandboxSubscriptions {
     return next;
   }
 
+  /**
+   * The subscription as it is now, if this job is still due: a handshake only for the very version
+   * that asked for it, anything else only while active. What was queued before a subscription
+   * stopped, moved or was deleted is dropped, not sent.
+   */
+  private async stillDue(job: DeliveryJob): Promise<Subscription | undefined> {
+    const current = (await this.repository
+      .readResource('Subscription', job.subscription.id!)
+      .catch(() => undefined)) as unknown as Subscription | undefined;
+    if (!current) return undefined;
+    if (job.type === 'handshake')
+      return current.status === 'requested' && current.meta?.versionId === job.subscription.meta?.versionId
+        ? current
+        : undefined;
+    if (current.status !== 'active') return undefined;
+    if (current.end && Date.parse(current.end) < Date.now()) return undefined;
+    return current;
+  }
+
   private async deliver(job: DeliveryJob): Promise<void> {
-    const { subscription } = job;
-    const id = subscription.id!;
+    const id = job.subscription.id!;
+    let subscription = await this.stillDue(job);
+    if (!subscription || this.closed) return;
     const channel = subscription.channel;
-    const endpoint = channel.endpoint ?? '';
-    const headers: Record<string, string> = { 'content-type': channel.payload ?? 'application/fhir+json' };
-    for (const line of channel.header ?? []) {
-      const colon = line.indexOf(':');
-      if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+    // Checked again at the moment of sending, and what is called is the very URL that was checked.
+    const endpoint = normalizedEndpoint(channel.endpoint);
+    if (!endpoint || !this.endpointAllowed(endpoint)) return;
+    const headers: Record<string, string> = {};
+    for (const line of this.channelSecrets.get(id)?.header ?? []) {
+      const { name, value } = parseHeaderLine(line) ?? {};
+      if (name && value !== undefined && !reservedHeaders.has(name)) headers[name] = value;
     }
+    headers['content-type'] = channel.payload ?? 'application/fhir+json';
     const timeoutSeconds = numberExtension(channel.extension as never, timeoutUrl);
     const timeoutMs = timeoutSeconds ? timeoutSeconds * 1000 : this.options.timeoutMs;
     const body = JSON.stringify(
@@ -362,10 +530,15 @@ export class SandboxSubscriptions {
     );
     let attempts = 0;
     let httpStatus: number | undefined;
+    let delivered = false;
     for (const delay of [0, ...this.options.retryDelaysMs]) {
-      if (this.closed) break;
-      if (delay) await this.sleep(delay);
-      if (this.closed) break;
+      if (delay) {
+        await this.sleep(delay);
+        // Switched off, moved or deleted while waiting: stop trying.
+        subscription = await this.stillDue(job);
+        if (!subscription) return;
+      }
+      if (this.closed) return;
       attempts++;
       const controller = new AbortController();
       this.controllers.add(controller);
@@ -380,15 +553,16 @@ export class SandboxSubscriptions {
         });
         httpStatus = response.status;
         await response.arrayBuffer().catch(() => undefined);
-        if (response.ok) break;
+        delivered = response.status >= 200 && response.status < 300;
       } catch {
         httpStatus = undefined;
       } finally {
         clearTimeout(timer);
         this.controllers.delete(controller);
       }
+      if (delivered) break;
     }
-    const delivered = httpStatus !== undefined && httpStatus >= 200 && httpStatus < 300;
+    if (this.closed) return;
     if (delivered) this.lastSent.set(id, Date.now());
     this.record({
       subscriptionId: id,
@@ -411,6 +585,26 @@ export class SandboxSubscriptions {
       },
       'sandbox-notification',
     );
+    if (job.type === 'handshake') {
+      if (delivered) await this.setStatus(subscription, 'active');
+      else
+        await this.setStatus(
+          subscription,
+          'error',
+          `the handshake was not accepted: ${this.failure(attempts, httpStatus)}`,
+        );
+    } else if (!delivered) {
+      await this.setStatus(
+        subscription,
+        'error',
+        `a ${job.type} could not be delivered: ${this.failure(attempts, httpStatus)}`,
+      );
+    }
+  }
+
+  private failure(attempts: number, httpStatus: number | undefined): string {
+    const last = httpStatus === undefined ? 'no response' : `HTTP ${httpStatus}`;
+    return `${attempts} attempt${attempts === 1 ? '' : 's'}, last: ${last}`;
   }
 
   private record(delivery: DeliveryRecord): void {

@@ -56,8 +56,8 @@ export function topicOf(subscription: Subscription, absolute: (relative: string)
 export function statusParameters(context: StatusContext, events: SubscriptionEvent[]): Parameters {
   const { subscription, absolute, type } = context;
   const content = payloadContent(subscription);
-  const status =
-    type === 'handshake' ? 'requested' : subscription.status === 'requested' ? 'active' : subscription.status;
+  // As stored: a subscription is never reported active before its handshake was answered.
+  const status = type === 'handshake' ? 'requested' : subscription.status;
   const parameter: ParametersParameter[] = [
     { name: 'subscription', valueReference: { reference: absolute(`Subscription/${subscription.id}`) } },
     { name: 'topic', valueCanonical: topicOf(subscription, absolute) },
@@ -77,6 +77,9 @@ export function statusParameters(context: StatusContext, events: SubscriptionEve
       });
     parameter.push({ name: 'notification-event', part });
   }
+  // The Backport status Parameters' `error` (0..*): why the server stopped notifying.
+  if (subscription.status === 'error' && subscription.error)
+    parameter.push({ name: 'error', valueCodeableConcept: { text: subscription.error } });
   return {
     resourceType: 'Parameters',
     id: randomUUID(),
