@@ -90,6 +90,21 @@ export async function draftVerified(
   return { result, verification };
 }
 
+/**
+ * A draft made without part of the record says so: the reviewer must know a note was not read (it was over
+ * the response cap). Added after verification because it states what the service did, not a fact about the
+ * patient; the references are written without brackets so they are not mistaken for citations.
+ */
+export function withOmissionNotice(text: string, record: PatientRecord): string {
+  const omitted = record.omitted ?? [];
+  if (omitted.length === 0) return text;
+  const references = omitted.map((omission) => omission.reference).join(', ');
+  const count = omitted.length === 1 ? '1 note was' : `${omitted.length} notes were`;
+  return `${text}
+
+_Not read: ${count} larger than the service's size limit and left out of this draft (${references})._`;
+}
+
 export async function processEncounterJob(
   job: EncounterJob,
   dependencies: PipelineDependencies,
@@ -119,6 +134,7 @@ export async function processEncounterJob(
   const startedAt = performance.now();
   const record = await retrievePatientRecord(fhir, encounter, {
     draftIdentifierSystem: dependencies.draftIdentifierSystem,
+    logger,
   });
   const retrievedAt = performance.now();
   const nudges = (await dependencies.selectNudges?.(record, kind)) ?? [];
@@ -139,7 +155,7 @@ export async function processEncounterJob(
     {
       kind,
       title: result.title,
-      text: verification.text,
+      text: withOmissionNotice(verification.text, record),
       engine: result.engine,
       prompt: result.prompt,
       ...(result.prompts ? { prompts: result.prompts } : {}),

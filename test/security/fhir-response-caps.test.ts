@@ -361,7 +361,11 @@ describe('the pipeline on the sandbox: the draft goes on without the over-cap no
       expect(drafts).toHaveLength(1);
       expect(drafts[0].docStatus).toBe('preliminary');
       const text = Buffer.from(drafts[0].content[0].attachment.data!, 'base64').toString('utf8');
-      expect(text).not.toContain('DocumentReference/huge-note');
+      // Not cited, but the reviewer is told which note was not read.
+      expect(text).not.toContain('[DocumentReference/huge-note]');
+      expect(text).toMatch(
+        /_Not read: 1 note was larger than the service's size limit .*\(DocumentReference\/huge-note\)\._/,
+      );
       expect(text).not.toContain('huge-note regimen');
       expect(hugeReads).toBe(1);
       expect((await service.queue.counts()).failed).toBe(0);
