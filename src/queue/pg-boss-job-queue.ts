@@ -1,4 +1,4 @@
-import { PgBoss } from 'pg-boss';
+import { type JobWithMetadata, PgBoss } from 'pg-boss';
 import {
   type BackoffPolicy,
   type EncounterJob,
@@ -14,7 +14,8 @@ import {
  * The shared queue for several replicas: PostgreSQL through pg-boss. pg-boss does the hard parts
  * (SKIP LOCKED claims, lease expiry of jobs held by a crashed worker, retries, retention); this adapter
  * maps the port onto it. Waiting jobs collapse per encounter through the `short` policy and a
- * singleton key. Our own backoff (honouring Retry-After) replaces pg-boss's on each retry, so both
+ * singleton key; running jobs are kept to one per encounter through pg-boss groups (the encounter id
+ * is the group, claimed with a group concurrency of 1). Our own backoff (honouring Retry-After) replaces pg-boss's on each retry, so both
  * adapters behave the same. A non-retryable failure is cancelled, which this port lists as failed.
  */
 export interface PgBossQueueOptions extends BackoffPolicy {
@@ -115,6 +116,13 @@ export class PgBossJobQueue implements JobQueue {
       .executeSql(
         `create table if not exists ${schema}.completed_work (work_key text primary key, outcome text not null, completed_at timestamptz not null default now())`,
       );
+    // Jobs queued by an earlier version carry no group, and a job without one is claimed regardless of
+    // what else runs for its encounter.
+    await boss.getDb().executeSql(
+      `update ${schema}.job set group_id = data->>'encounterId'
+          where name = $1 and group_id is null and state in ('created', 'retry', 'active') and data ? 'encounterId'`,
+      [queue.#name],
+    );
     return queue;
   }
 
@@ -132,14 +140,53 @@ export class PgBossJobQueue implements JobQueue {
         ...(job.versionId ? { versionId: job.versionId } : {}),
         ...(job.kind ? { kind: job.kind } : {}),
       };
-      const id = await this.#boss.send(this.#name, data, { singletonKey: this.#singletonKey(job) });
+      const id = await this.#boss.send(this.#name, data, {
+        singletonKey: this.#singletonKey(job),
+        group: { id: job.encounterId },
+      });
       if (id) added++;
     }
     return { added };
   }
 
-  async claim(_workerId: string): Promise<EncounterJob | undefined> {
-    const [job] = await this.#boss.fetch<JobData>(this.#name, { batchSize: 1, includeMetadata: true });
+  /**
+   * At most one job per encounter runs at a time, across every replica: pg-boss skips a job whose
+   * group (its encounter) already has an active job. That check reads committed rows, so two claims
+   * at the same moment could each see the other's encounter idle and take a job of it each; claims
+   * therefore take a transaction-scoped advisory lock first, one per queue, and run one after the
+   * other (a claim is one short statement). A job whose encounter is busy stays queued and is handed
+   * out once the running one settles or its lease runs out.
+   */
+  claim(_workerId: string): Promise<EncounterJob | undefined> {
+    // This process's claims queue up here rather than each holding a pooled connection while it waits
+    // for the lock: the pool stays free for the lock holder and for settling jobs.
+    const claimed = this.#lastClaim.then(() => this.#claimNext());
+    this.#lastClaim = claimed.catch(() => undefined);
+    return claimed;
+  }
+
+  #lastClaim: Promise<unknown> = Promise.resolve();
+
+  async #claimNext(): Promise<EncounterJob | undefined> {
+    const database = this.#boss.getDb();
+    if (!database.beginTransaction) throw new Error('the pg-boss database adapter cannot open a transaction');
+    const transaction = await database.beginTransaction();
+    let job: JobWithMetadata<JobData> | undefined;
+    try {
+      await transaction.db.executeSql('select pg_advisory_xact_lock(hashtext($1))', [
+        `${this.#schema}.${this.#name}:claim`,
+      ]);
+      [job] = await this.#boss.fetch<JobData>(this.#name, {
+        batchSize: 1,
+        includeMetadata: true,
+        groupConcurrency: 1,
+        db: transaction.db,
+      });
+      await transaction.commit();
+    } catch (error) {
+      await transaction.rollback();
+      throw error;
+    }
     if (!job) return undefined;
     this.#held.set(job.id, job.retryCount);
     return {

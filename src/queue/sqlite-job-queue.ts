@@ -49,6 +49,8 @@ drop index if exists jobs_one_pending;
 create unique index if not exists jobs_one_pending_by_purpose
   on jobs (encounter_id, coalesce(kind, ''), source = 'regenerate') where status = 'pending';
 create index if not exists jobs_due on jobs (status, run_at);
+-- The claim looks for a live running job of the same encounter before handing one out.
+create index if not exists jobs_running_by_encounter on jobs (encounter_id, lease_until) where status = 'running';
 -- Idempotency: (encounter id, versionId, kind, configuration version) already drafted.
 create table if not exists completed_work (
   work_key text primary key,
@@ -56,6 +58,10 @@ create table if not exists completed_work (
   completed_at integer not null
 );
 `;
+
+/** A job of the candidate's encounter that a worker holds now (a lapsed lease no longer counts). */
+const liveJobOfSameEncounter = `select 1 from jobs running
+  where running.encounter_id = candidate.encounter_id and running.status = 'running' and running.lease_until >= :now`;
 
 function toJob(row: JobRow): EncounterJob {
   return {
@@ -152,26 +158,45 @@ export class SqliteJobQueue implements JobQueue {
     });
   }
 
+  /**
+   * At most one job per encounter runs at a time, whatever its source or kind: two subscriptions
+   * delivering the same version, or a CDS Hooks call beside a notification, would otherwise run two
+   * full retrievals side by side. A job whose encounter is busy stays pending (not failed, not lost)
+   * and is handed out once the running one settles or its lease runs out; by then the completed-work
+   * ledger usually lets it skip. One UPDATE statement, so the check and the claim are one write, also
+   * between processes sharing the file.
+   */
   async claim(workerId: string): Promise<EncounterJob | undefined> {
     const now = this.#now();
-    const row = this.#database
-      .prepare(
-        `update jobs set status = 'running', attempts = attempts + 1, lease_until = ?, worker_id = ?
-         where id = (
-           -- Two index-friendly halves, each taking its own first row: an OR, or one sort over both,
-           -- would walk every waiting job on each claim.
-           select id from (
-             select * from (select id, run_at from jobs where status = 'pending' and run_at <= ? order by run_at limit 1)
-             union all
-             select * from (select id, run_at from jobs where status = 'running' and lease_until < ? order by run_at limit 1)
-           )
-           order by run_at limit 1
+    this.#claim ??= this.#database.prepare(
+      `update jobs set status = 'running', attempts = attempts + 1, lease_until = :leaseUntil, worker_id = :workerId
+       where id = (
+         -- Two index-friendly halves, each taking its own first row: an OR, or one sort over both,
+         -- would walk every waiting job on each claim.
+         select id from (
+           select * from (
+             select id, run_at from jobs candidate
+             where status = 'pending' and run_at <= :now
+               and not exists (${liveJobOfSameEncounter})
+             order by run_at limit 1)
+           union all
+           select * from (
+             select id, run_at from jobs candidate
+             where status = 'running' and lease_until < :now
+               and not exists (${liveJobOfSameEncounter})
+             order by run_at limit 1)
          )
-         returning *`,
-      )
-      .get(now + this.#policy.leaseMs, workerId, now, now) as JobRow | undefined;
+         order by run_at limit 1
+       )
+       returning *`,
+    );
+    const row = this.#claim.get({ leaseUntil: now + this.#policy.leaseMs, workerId, now }) as
+      | JobRow
+      | undefined;
     return row ? toJob(row) : undefined;
   }
+
+  #claim: StatementSync | undefined;
 
   #completedSincePurge = 0;
 

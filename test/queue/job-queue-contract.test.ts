@@ -20,36 +20,40 @@ afterAll(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup();
 });
 
-async function sqliteQueue(): Promise<JobQueue> {
+/** Storage of the test's own (a file, a database), and a way to open queues on it as replicas would. */
+type OpenReplica = () => Promise<JobQueue>;
+
+async function sqliteStorage(): Promise<OpenReplica> {
   const directory = mkdtempSync(path.join(tmpdir(), 'contract-'));
-  const queue = new SqliteJobQueue(path.join(directory, 'queue.sqlite'), policy);
-  cleanups.push(
-    () => queue.close(),
-    () => rmSync(directory, { recursive: true, force: true }),
-  );
-  return queue;
+  cleanups.push(() => rmSync(directory, { recursive: true, force: true }));
+  return async () => {
+    const queue = new SqliteJobQueue(path.join(directory, 'queue.sqlite'), policy);
+    cleanups.push(() => queue.close());
+    return queue;
+  };
 }
 
-async function postgresQueue(): Promise<JobQueue> {
+async function postgresStorage(): Promise<OpenReplica> {
   const database = createTestDatabase();
-  const queue = await PgBossJobQueue.open({
-    ...policy,
-    connectionString: database.url,
-    superviseIntervalSeconds: 1,
-  });
-  cleanups.push(
-    () => database.drop(),
-    () => queue.close(),
-  );
-  return queue;
+  cleanups.push(() => database.drop());
+  return async () => {
+    const queue = await PgBossJobQueue.open({
+      ...policy,
+      connectionString: database.url,
+      superviseIntervalSeconds: 1,
+    });
+    cleanups.push(() => queue.close());
+    return queue;
+  };
 }
 
-const adapters: [string, () => Promise<JobQueue>, boolean][] = [
-  ['SQLite', sqliteQueue, true],
-  ['PostgreSQL (pg-boss)', postgresQueue, postgresAvailable],
+const adapters: [string, () => Promise<OpenReplica>, boolean][] = [
+  ['SQLite', sqliteStorage, true],
+  ['PostgreSQL (pg-boss)', postgresStorage, postgresAvailable],
 ];
 
-for (const [name, open, available] of adapters) {
+for (const [name, storage, available] of adapters) {
+  const open = async () => (await storage())();
   describe.skipIf(!available)(`job queue contract: ${name}`, () => {
     it('collapses waiting duplicates per encounter and kind', async () => {
       const queue = await open();
@@ -114,6 +118,71 @@ for (const [name, open, available] of adapters) {
       const again = await waitFor(() => queue.claim('live-worker'), 'lease expiry', 15_000);
       expect(again.id).toBe(held?.id);
       expect(again.attempts).toBe(2);
+    });
+
+    it('runs one job per encounter at a time, whatever its source or kind; other encounters run beside it', async () => {
+      const queue = await open();
+      await queue.enqueue([{ encounterId: 'busy', source: 'subscription-a' }]);
+      const first = await queue.claim('w1');
+      expect(first?.encounterId).toBe('busy');
+      // The same version delivered by a second subscription, and a CDS Hooks call, while the first job runs.
+      const { added } = await queue.enqueue([
+        { encounterId: 'busy', source: 'subscription-b' },
+        { encounterId: 'busy', source: 'cds-hooks', kind: 'previsit-briefing' },
+        { encounterId: 'idle', source: 'subscription-b' },
+      ]);
+      expect(added).toBe(3);
+      const claimed = await Promise.all([queue.claim('w2'), queue.claim('w3'), queue.claim('w4')]);
+      expect(claimed.filter((job) => job !== undefined).map((job) => job.encounterId)).toEqual(['idle']);
+      // Waiting, not failed and not lost.
+      expect(await queue.counts()).toMatchObject({ pending: 2, running: 2, failed: 0 });
+      expect(await queue.claim('w2')).toBeUndefined();
+
+      await queue.complete(first?.id as string, 'draft-created');
+      const second = await waitFor(() => queue.claim('w2'), 'the second job of the encounter', 10_000);
+      expect(second.encounterId).toBe('busy');
+      expect(await queue.claim('w3')).toBeUndefined(); // the third waits for the second
+      await queue.fail(second.id, 'HTTP 422', { retryable: false });
+      const third = await waitFor(() => queue.claim('w3'), 'the third job of the encounter', 10_000);
+      expect(third.encounterId).toBe('busy');
+      expect(new Set([first?.id, second.id, third.id]).size).toBe(3);
+    });
+
+    it('never hands two jobs of one encounter to claims made at the same moment, by several replicas', async () => {
+      const openReplica = await storage();
+      const replicas: JobQueue[] = [];
+      for (let count = 0; count < 3; count++) replicas.push(await openReplica());
+      const encounters = Array.from({ length: 8 }, (_, index) => `race-${index}`);
+      // Two jobs per encounter that do not collapse (different kinds), so both wait side by side.
+      await replicas[0].enqueue(
+        encounters.flatMap((encounterId) => [
+          { encounterId, source: 'subscription-a' },
+          { encounterId, source: 'cds-hooks', kind: 'previsit-briefing' as const },
+        ]),
+      );
+      for (let round = 0; round < 2; round++) {
+        const claims = Array.from({ length: encounters.length * 2 }, (_, index) =>
+          replicas[index % replicas.length].claim(`worker-${index}`),
+        );
+        const claimed = (await Promise.all(claims)).filter((job) => job !== undefined);
+        expect(claimed.map((job) => job.encounterId).sort(), `round ${round}`).toEqual(
+          [...encounters].sort(),
+        );
+        for (const job of claimed) await replicas[0].complete(job.id, 'draft-created');
+      }
+      expect(await replicas[0].counts()).toMatchObject({ pending: 0, running: 0, done: 16 });
+    });
+
+    it("lets a waiting job of the encounter run once a crashed worker's lease runs out", async () => {
+      const queue = await open();
+      await queue.enqueue([{ encounterId: 'crashed-busy', source: 'subscription-a' }]);
+      await queue.claim('dead-worker');
+      await queue.enqueue([{ encounterId: 'crashed-busy', source: 'subscription-b' }]);
+      expect(await queue.claim('live-worker')).toBeUndefined(); // the lease still holds
+      const next = await waitFor(() => queue.claim('live-worker'), 'lease expiry', 15_000);
+      expect(next.encounterId).toBe('crashed-busy');
+      // Whichever of the two it was, the other one waits for it.
+      expect(await queue.claim('another-worker')).toBeUndefined();
     });
 
     it('records completed work keys', async () => {
