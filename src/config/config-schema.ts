@@ -117,8 +117,23 @@ export const configSchema = z
          * exactly (tests' receivers); anything else is refused, so the sandbox cannot be aimed at other hosts.
          */
         subscriptionEndpoints: z.array(z.url({ protocol: /^https?$/ })).default([]),
+        /** The sandbox EHR's SMART authorization (src/sandbox/authorization/). */
+        auth: z
+          .object({
+            /** Refuse requests without a token even from loopback (by default they act as the EHR's administrator). */
+            required: z.stringbool().or(z.boolean()).default(false),
+            /** Honour only the first scope per resource type, as Medplum does under an explicit access policy. */
+            onlyFirstScopePerType: z.stringbool().or(z.boolean()).default(false),
+          })
+          .strict()
+          .default({ required: false, onlyFirstScopePerType: false }),
       })
-      .default({ patients: 12, seed: 20261127, subscriptionEndpoints: [] }),
+      .default({
+        patients: 12,
+        seed: 20261127,
+        subscriptionEndpoints: [],
+        auth: { required: false, onlyFirstScopePerType: false },
+      }),
   })
   .strict()
   .superRefine((config, context) => {
