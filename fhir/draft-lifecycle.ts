@@ -1,5 +1,5 @@
 import type { DocumentReference, Provenance } from 'fhir/r4.js';
-import { ensureDeviceIn } from './draft-note.ts';
+import { ensureDeviceIn, removedStatementExtensionUrl } from './draft-note.ts';
 import type { DraftMode, DraftStore, StoredDraft } from './draft-store.ts';
 import { citationsOf, type DraftView, viewOfDocument, viewOfStored } from './draft-view.ts';
 import type { FhirClient } from './fhir-client.ts';
@@ -8,6 +8,7 @@ import {
   buildRejectProvenance,
   buildSignOffProvenance,
 } from './lifecycle-provenance.ts';
+import { inlineNoteText } from './note-text.ts';
 import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
 
 export type { DraftView } from './draft-view.ts';
@@ -42,12 +43,20 @@ export interface DraftLifecycle {
   /** The draft, or undefined when there is no draft of this service by that id. */
   getDraft(draftId: string): Promise<DraftView | undefined>;
   editDraft(draftId: string, text: string, actor: string | { practitioner: string }): Promise<DraftView>;
-  signDraft(draftId: string, options: { practitioner: string; text?: string }): Promise<DraftView>;
+  signDraft(draftId: string, options: SignOptions): Promise<DraftView>;
   rejectDraft(draftId: string, options: { practitioner: string; reason: string }): Promise<DraftView>;
   /** Queues a new draft for the same encounter and kind; returns this draft, marked regenerationRequested. */
   regenerateDraft(draftId: string): Promise<DraftView>;
   /** The same lifecycle acting with another client (the clinician's token for this request). */
   withClient(client: FhirClient): DraftLifecycle;
+}
+
+export interface SignOptions {
+  practitioner: string;
+  /** The text as the clinician signs it; default: the draft's current text. */
+  text?: string;
+  /** The clinician's name (from their Practitioner resource), written into the signed note's heading. */
+  practitionerName?: string;
 }
 
 const practitionerPattern = /^Practitioner\/[A-Za-z0-9\-.]{1,64}$/;
@@ -92,17 +101,81 @@ function withText(document: DocumentReference, text: string, now: Date): Documen
   };
 }
 
-/** Final, authenticated by the Practitioner, who joins the AI device as author. */
-function signed(document: DocumentReference, practitioner: string): DocumentReference {
+/**
+ * A heading's draft marker: "(AI draft - not final until signed by a clinician)" (agents/extractive-engine.ts),
+ * with any dash, or another "(AI draft, ...)" wording.
+ */
+const unsignedHeadingPattern = /\s*\(\s*AI draft\b[^)]*\)\s*$/i;
+
+/** A name fit for one heading line: no line breaks, no brackets that would read as a citation. */
+function headingSafeName(name: string | undefined): string | undefined {
+  const cleaned = name
+    ?.replace(/[[\]#*_`<>]/g, '')
+    .replace(/\s+/g, ' ')
+    .trim()
+    .slice(0, 120);
+  return cleaned || undefined;
+}
+
+/**
+ * The text as it reads once signed: a heading that said "AI draft - not final until signed" now says who
+ * signed and when. Other lines stay exactly as the clinician left them.
+ */
+export function signedNoteText(text: string, signer: { name?: string; date: Date }): string {
+  const who = headingSafeName(signer.name) ?? 'a clinician';
+  const when = signer.date.toISOString().slice(0, 10);
+  return text
+    .split('\n')
+    .map((line) =>
+      /^\s{0,3}#{1,6}\s/.test(line) && unsignedHeadingPattern.test(line)
+        ? line.replace(
+            unsignedHeadingPattern,
+            ` (drafted with AI assistance; reviewed and signed by ${who}, ${when})`,
+          )
+        : line,
+    )
+    .join('\n');
+}
+
+/**
+ * "AI draft progress summary" and "Progress note summary (AI draft, needs review)" become "Progress summary
+ * (drafted with AI assistance)" and "Progress note summary (drafted with AI assistance)": a signed note is no draft.
+ */
+export function signedNoteTitle(title: string | undefined): string | undefined {
+  if (!title) return title;
+  const leading = /^\s*AI[- ]draft(?:ed)?\s+(.+)$/i.exec(title);
+  if (leading)
+    return `${leading[1].charAt(0).toUpperCase()}${leading[1].slice(1)} (drafted with AI assistance)`;
+  const trailing = /^(.+?)\s*\(\s*AI draft\b[^)]*\)\s*$/i.exec(title);
+  if (trailing) return `${trailing[1]} (drafted with AI assistance)`;
+  return title;
+}
+
+/**
+ * Final, authenticated by the Practitioner, who joins the AI device as author. The verifier's list of
+ * removed statements was for the reviewer: it does not go into the chart with the signed note.
+ */
+function signed(
+  document: DocumentReference,
+  signer: { practitioner: string; name?: string },
+): DocumentReference {
   const authors = document.author ?? [];
+  const display = headingSafeName(signer.name);
+  const signerReference = { reference: signer.practitioner, ...(display ? { display } : {}) };
+  const [first, ...rest] = document.content ?? [];
+  const title = signedNoteTitle(first?.attachment?.title);
+  const extension = (document.extension ?? []).filter((entry) => entry.url !== removedStatementExtensionUrl);
+  const { extension: _removed, ...withoutExtensions } = document;
   return {
-    ...document,
+    ...withoutExtensions,
+    ...(extension.length > 0 ? { extension } : {}),
     docStatus: 'final',
-    authenticator: { reference: practitioner },
-    author: authors.some((author) => author.reference === practitioner)
+    authenticator: signerReference,
+    author: authors.some((author) => author.reference === signer.practitioner)
       ? authors
-      : [...authors, { reference: practitioner }],
+      : [...authors, signerReference],
     description: 'AI-drafted note, reviewed and signed by a clinician.',
+    ...(first ? { content: [{ ...first, attachment: { ...first.attachment, title } }, ...rest] } : {}),
   };
 }
 
@@ -196,10 +269,23 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
     return viewOfDocument(updated, identifierSystem);
   }
 
-  async function signEhr(document: DocumentReference, practitioner: string, text: string | undefined) {
+  /**
+   * The text the note is signed with (the clinician's, or the draft's own), its heading rewritten to say who
+   * signed; undefined when the draft's stored text already reads that way and nothing changes.
+   */
+  function textToSign(current: string | undefined, options: SignOptions): string | undefined {
+    const base = options.text ?? current;
+    if (base === undefined) return undefined;
+    const rewritten = signedNoteText(base, { name: options.practitionerName, date: now() });
+    return options.text !== undefined || rewritten !== current ? rewritten : undefined;
+  }
+
+  async function signEhr(document: DocumentReference, options: SignOptions) {
     const fhir = client();
+    const { practitioner } = options;
+    const text = textToSign(inlineNoteText(document), options);
     const edited = text !== undefined ? withText(document, text, now()) : document;
-    const updated = await fhir.update(signed(edited, practitioner), {
+    const updated = await fhir.update(signed(edited, { practitioner, name: options.practitionerName }), {
       ifMatchVersion: document.meta?.versionId,
       signOff: { practitioner },
     });
@@ -219,12 +305,10 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
    * create on its identifier, so a retried sign-off finds it), the AI Provenance and the sign-off
    * Provenance are written with the caller's client.
    */
-  async function signHeld(
-    draft: StoredDraft,
-    practitioner: string,
-    text: string | undefined,
-  ): Promise<DraftView> {
+  async function signHeld(draft: StoredDraft, options: SignOptions): Promise<DraftView> {
     const fhir = client();
+    const { practitioner } = options;
+    const text = textToSign(draft.text, options);
     const deviceReference = await ensureDeviceIn(dependencies.serviceClient ?? fhir, draft.device);
     const logicalDevice = draft.document.author?.[0]?.reference;
     const source = text !== undefined ? withText(draft.document, text, now()) : draft.document;
@@ -238,7 +322,7 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
           author.reference === logicalDevice ? { ...author, reference: deviceReference } : author,
         ),
       },
-      practitioner,
+      { practitioner, name: options.practitionerName },
     );
     const identifier = document.identifier?.[0];
     const { resource: written } = await fhir.create(document, {
@@ -259,6 +343,7 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
         draft,
         {
           status: 'final',
+          title: signedNoteTitle(draft.title) ?? draft.title,
           text: text ?? draft.text,
           citations: text !== undefined ? citationsOf(text) : draft.citations,
           document: { ...written },
@@ -270,15 +355,13 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
   }
 
   /** Shadow mode: the same resources a sign-off would write, kept in the store and never sent. */
-  function signShadow(
-    draft: StoredDraft,
-    practitioner: string,
-    text: string | undefined,
-  ): Promise<DraftView> {
-    const document = signed(
-      text !== undefined ? withText(draft.document, text, now()) : draft.document,
+  function signShadow(draft: StoredDraft, options: SignOptions): Promise<DraftView> {
+    const { practitioner } = options;
+    const text = textToSign(draft.text, options);
+    const document = signed(text !== undefined ? withText(draft.document, text, now()) : draft.document, {
       practitioner,
-    );
+      name: options.practitionerName,
+    });
     const signOff = buildSignOffProvenance({
       target: `DocumentReference/${draft.id}`,
       practitioner,
@@ -290,6 +373,7 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
         draft,
         {
           status: 'final',
+          title: signedNoteTitle(draft.title) ?? draft.title,
           text: text ?? draft.text,
           citations: text !== undefined ? citationsOf(text) : draft.citations,
           document,
@@ -362,17 +446,21 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
     async signDraft(draftId, options) {
       const practitioner = checkPractitioner(options?.practitioner);
       if (options.text !== undefined) checkText(options.text);
+      const name = typeof options.practitionerName === 'string' ? options.practitionerName : undefined;
+      const signOptions: SignOptions = {
+        practitioner,
+        ...(options.text !== undefined ? { text: options.text } : {}),
+        ...(name ? { practitionerName: name } : {}),
+      };
       const located = await locate(draftId);
       if ('document' in located) {
         const status = viewOfDocument(located.document, identifierSystem).status;
         if (status !== 'preliminary') throw notPreliminary(status);
-        return signEhr(located.document, practitioner, options.text);
+        return signEhr(located.document, signOptions);
       }
       const draft = located.stored;
       if (draft.status !== 'preliminary') throw notPreliminary(draft.status);
-      return draft.mode === 'shadow'
-        ? signShadow(draft, practitioner, options.text)
-        : signHeld(draft, practitioner, options.text);
+      return draft.mode === 'shadow' ? signShadow(draft, signOptions) : signHeld(draft, signOptions);
     },
 
     async rejectDraft(draftId, options) {

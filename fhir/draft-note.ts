@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import type { Device, DocumentReference, Encounter, Patient, Provenance } from 'fhir/r4.js';
+import type { Device, DocumentReference, Encounter, Extension, Patient, Provenance } from 'fhir/r4.js';
+import { encounterTypeText } from './display-labels.ts';
 import type { DraftMode, DraftStore, RegenerationRequest } from './draft-store.ts';
 import type { FhirClient } from './fhir-client.ts';
 
@@ -20,7 +21,13 @@ export interface DraftContent {
   prompts?: { id: string; version: string }[];
   /** `Type/id` -> versionId of every resource the draft cites. */
   sources: Map<string, string | undefined>;
-  verification: { cited: number; removed: number; flagged: boolean };
+  verification: {
+    cited: number;
+    removed: number;
+    flagged: boolean;
+    /** The removed lines themselves, shown to the reviewer with the draft (never logged: patient data). */
+    removedLines?: RemovedStatement[];
+  };
   /** Rules whose nudges the draft carries (Provenance derivations). */
   rules?: { id: string; version: string }[];
 }
@@ -45,6 +52,39 @@ export function draftIdentifierValue(
 
 /** Marks a draft whose verifier removed unsupported lines, so every reader (and the review list) can tell. */
 export const flaggedDescriptionMarker = 'Some unsupported statements were removed: review with care.';
+
+/** A line the citation verifier removed, and why (`no-citation`, `unknown-citation`, `other-patient`). */
+export interface RemovedStatement {
+  line: string;
+  reason: string;
+  citations?: string[];
+}
+
+/**
+ * One extension per removed statement on the preliminary draft (sub-extensions `text`, `reason`,
+ * `citation`), so the reviewer sees what the verifier took out wherever the draft lives; sign-off drops them.
+ */
+export const removedStatementExtensionUrl = 'urn:ehr-draft-agent:fhir:StructureDefinition/removed-statement';
+const maxRemovedStatements = 30;
+const maxRemovedStatementCharacters = 500;
+
+function removedStatementExtensions(statements: RemovedStatement[] | undefined): Extension[] {
+  return (statements ?? []).slice(0, maxRemovedStatements).map((statement) => {
+    // A line that cited another patient's record is not shown again to this patient's reviewer.
+    const withheld = statement.reason === 'other-patient';
+    const text = statement.line.trim().slice(0, maxRemovedStatementCharacters);
+    return {
+      url: removedStatementExtensionUrl,
+      extension: [
+        ...(withheld || !text ? [] : [{ url: 'text', valueString: text }]),
+        { url: 'reason', valueCode: statement.reason },
+        ...(withheld
+          ? []
+          : (statement.citations ?? []).map((citation) => ({ url: 'citation', valueString: citation }))),
+      ],
+    };
+  });
+}
 
 export function deviceIdFor(engine: DraftContent['engine']): string {
   return `ehr-draft-agent-${engine.id}`.replace(/[^A-Za-z0-9\-.]/g, '-').slice(0, 64);
@@ -103,9 +143,12 @@ export function buildDraftDocumentReference(
 ): DocumentReference {
   const { encounter } = context;
   const flaggedNote = content.verification.flagged ? ` ${flaggedDescriptionMarker}` : '';
+  const removed = removedStatementExtensions(content.verification.removedLines);
+  const encounterType = encounterTypeText(encounter);
   return {
     resourceType: 'DocumentReference',
     meta: { security: [aiAssertedLabel] },
+    ...(removed.length > 0 ? { extension: removed } : {}),
     identifier: [
       {
         system: context.identifierSystem,
@@ -148,7 +191,10 @@ export function buildDraftDocumentReference(
       ? { relatesTo: [{ code: 'replaces', target: { reference: context.replaces } }] }
       : {}),
     context: {
-      encounter: [{ reference: `Encounter/${encounter.id}` }],
+      // The type in words, so readers (and the review app) can name the visit without reading the Encounter.
+      encounter: [
+        { reference: `Encounter/${encounter.id}`, ...(encounterType ? { display: encounterType } : {}) },
+      ],
       ...(encounter.period ? { period: encounter.period } : {}),
     },
   };

@@ -1,5 +1,10 @@
 import type { DocumentReference } from 'fhir/r4.js';
-import { flaggedDescriptionMarker } from './draft-note.ts';
+import type { EncounterLabel } from './display-labels.ts';
+import {
+  flaggedDescriptionMarker,
+  type RemovedStatement,
+  removedStatementExtensionUrl,
+} from './draft-note.ts';
 import type { DraftMode, DraftStatus, StoredDraft } from './draft-store.ts';
 import { inlineNoteText } from './note-text.ts';
 
@@ -26,6 +31,12 @@ export interface DraftView {
   supersededBy?: string;
   /** `Practitioner/<id>` who signed, once final. */
   signedBy?: string;
+  /** The signer's name, as recorded at sign-off (`authenticator.display`). */
+  signedByName?: string;
+  /** The encounter in words (type and period), as recorded with the draft. */
+  encounterLabel?: EncounterLabel;
+  /** What the citation verifier removed from a flagged draft, when the writer recorded it. */
+  removedStatements?: RemovedStatement[];
   /** The EHR's DocumentReference id once a held draft was signed and written. */
   fhirId?: string;
   /** Set by regenerateDraft: a new draft is on its way and will replace this one. */
@@ -46,6 +57,40 @@ export function statusOf(document: DocumentReference): DraftStatus {
 }
 
 const bareId = (reference: string | undefined) => reference?.split('/').at(-1) ?? '';
+
+/** The removed statements the writer recorded as extensions (fhir/draft-note.ts). */
+export function removedStatementsOf(document: DocumentReference): RemovedStatement[] {
+  return (document.extension ?? [])
+    .filter((extension) => extension.url === removedStatementExtensionUrl)
+    .map((extension) => {
+      const parts = extension.extension ?? [];
+      const citations = parts
+        .filter((part) => part.url === 'citation' && typeof part.valueString === 'string')
+        .map((part) => part.valueString as string);
+      return {
+        line: parts.find((part) => part.url === 'text')?.valueString ?? '',
+        reason: parts.find((part) => part.url === 'reason')?.valueCode ?? 'unknown',
+        ...(citations.length > 0 ? { citations } : {}),
+      };
+    });
+}
+
+/** Names, labels and removed lines, read from the document the same way for EHR and stored drafts. */
+function descriptiveFields(
+  document: DocumentReference,
+): Pick<DraftView, 'signedBy' | 'signedByName' | 'encounterLabel' | 'removedStatements'> {
+  const type = document.context?.encounter?.[0]?.display;
+  const { start, end } = document.context?.period ?? {};
+  const encounterLabel = { ...(type ? { type } : {}), ...(start ? { start } : {}), ...(end ? { end } : {}) };
+  const removedStatements = removedStatementsOf(document);
+  const authenticator = document.authenticator;
+  return {
+    ...(authenticator?.reference ? { signedBy: authenticator.reference } : {}),
+    ...(authenticator?.display ? { signedByName: authenticator.display } : {}),
+    ...(Object.keys(encounterLabel).length > 0 ? { encounterLabel } : {}),
+    ...(removedStatements.length > 0 ? { removedStatements } : {}),
+  };
+}
 
 /** A draft in the EHR; `identifierSystem` tells which identifier carries encounter|kind|engine. */
 export function viewOfDocument(document: DocumentReference, identifierSystem: string): DraftView {
@@ -69,7 +114,7 @@ export function viewOfDocument(document: DocumentReference, identifierSystem: st
     mode: 'write',
     ...(document.meta?.versionId ? { version: document.meta.versionId } : {}),
     ...(replaces ? { replaces: bareId(replaces) } : {}),
-    ...(document.authenticator?.reference ? { signedBy: document.authenticator.reference } : {}),
+    ...descriptiveFields(document),
   };
 }
 
@@ -89,7 +134,7 @@ export function viewOfStored(draft: StoredDraft): DraftView {
     version: draft.updatedAt,
     ...(draft.replaces ? { replaces: draft.replaces } : {}),
     ...(draft.supersededBy ? { supersededBy: draft.supersededBy } : {}),
-    ...(draft.document.authenticator?.reference ? { signedBy: draft.document.authenticator.reference } : {}),
+    ...descriptiveFields(draft.document),
     ...(draft.fhirId ? { fhirId: draft.fhirId } : {}),
   };
 }

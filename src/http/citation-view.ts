@@ -1,4 +1,5 @@
 import type { FhirResource } from 'fhir/r4.js';
+import { personName } from '../../fhir/display-labels.ts';
 
 /**
  * What the review page shows when a clinician opens a `[Type/id]` citation: a few labelled fields a human can
@@ -86,13 +87,6 @@ function quantityText(value: unknown): string | undefined {
   return `${String(quantity.value)} ${unit}`.trim();
 }
 
-function humanName(value: unknown): string | undefined {
-  const name = asRecord(asArray(value)[0]);
-  if (!name) return undefined;
-  const given = asArray(name.given).filter((part): part is string => typeof part === 'string');
-  return asString(name.text) ?? ([...given, asString(name.family)].filter(Boolean).join(' ') || undefined);
-}
-
 function attachmentText(resource: Loose): string | undefined {
   for (const content of asArray(resource.content)) {
     const attachment = asRecord(asRecord(content)?.attachment);
@@ -112,7 +106,7 @@ export function describeCitation(resource: FhirResource): CitationView {
     if (value) fields.push({ label, value });
   };
   if (resource.resourceType === 'Patient') {
-    add('Name', humanName(loose.name));
+    add('Name', personName(resource.name));
     add('Birth date', asString(loose.birthDate));
     add('Gender', asString(loose.gender));
   }

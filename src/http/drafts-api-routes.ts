@@ -1,8 +1,14 @@
 import express, { type Request, type RequestHandler, type Response, type Router } from 'express';
-import type { FhirResource, Patient } from 'fhir/r4.js';
+import type { Encounter, FhirResource, Patient, Practitioner } from 'fhir/r4.js';
 import { z } from 'zod';
+import { type EncounterLabel, encounterLabel, personName } from '../../fhir/display-labels.ts';
+import type { RemovedStatement } from '../../fhir/draft-note.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
-import { normalizeOperationOutcome, outcomeError } from '../../fhir/operation-outcome.ts';
+import {
+  normalizeOperationOutcome,
+  type OperationOutcomeError,
+  outcomeError,
+} from '../../fhir/operation-outcome.ts';
 import type { Logger } from '../log.ts';
 import {
   barePatientId,
@@ -36,6 +42,12 @@ export interface DraftView {
   mode: string;
   /** `Practitioner/<id>` who signed, once final. */
   signedBy?: string;
+  /** The signer's name: as recorded at sign-off, or looked up for the page. */
+  signedByName?: string;
+  /** The encounter in words: as recorded with the draft, or looked up for the page. */
+  encounterLabel?: EncounterLabel;
+  /** What the citation verifier removed from a flagged draft, when recorded. */
+  removedStatements?: RemovedStatement[];
   /** Set by regenerateDraft: a new draft is queued and will replace this one. */
   regenerationRequested?: boolean;
 }
@@ -45,7 +57,10 @@ export interface DraftLifecyclePort {
   listDrafts(patientId: string): Promise<DraftView[]>;
   getDraft(draftId: string): Promise<DraftView | undefined>;
   editDraft(draftId: string, text: string, actor: string): Promise<DraftView>;
-  signDraft(draftId: string, options: { practitioner: string; text?: string }): Promise<DraftView>;
+  signDraft(
+    draftId: string,
+    options: { practitioner: string; text?: string; practitionerName?: string },
+  ): Promise<DraftView>;
   rejectDraft(draftId: string, options: { practitioner: string; reason: string }): Promise<DraftView>;
   regenerateDraft(draftId: string): Promise<DraftView>;
 }
@@ -63,6 +78,8 @@ export interface DraftsApiDependencies {
 }
 
 const maxTextCharacters = 100_000;
+/** Encounters and signers looked up per list: enough for a patient's recent drafts, bounded for a long chart. */
+const maxLookups = 20;
 
 const editBodySchema = z.object({ text: z.string().trim().min(1).max(maxTextCharacters) }).strict();
 const signBodySchema = z
@@ -99,6 +116,64 @@ function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
 }
 
 const contextOf = (response: Response) => response.locals.launchContext as LaunchContext;
+
+/**
+ * The FHIR server refused the clinician's own token (401), or no longer lets it act (403): the launch is
+ * over, and only a new one from the EHR helps. The page turns this into one plain sentence.
+ */
+export function ehrSessionEnded(): OperationOutcomeError {
+  return outcomeError(
+    'login',
+    'the EHR no longer accepts this session: open the app again from the patient’s chart in the EHR',
+    401,
+  );
+}
+
+const refusedByEhr = (error: unknown) => {
+  const status = normalizeOperationOutcome(error).status;
+  return status === 401 || status === 403;
+};
+
+/**
+ * The lifecycle with the EHR's refusals of the user's token turned into {@link ehrSessionEnded}. Every
+ * 401 or 403 the lifecycle raises comes from the FHIR server: its own refusals are 400, 404 and 409.
+ */
+function endingSessionOnRefusal(lifecycle: DraftLifecyclePort, logger: Logger): DraftLifecyclePort {
+  const guard =
+    <A extends unknown[], R>(call: (...args: A) => Promise<R>) =>
+    async (...args: A): Promise<R> => {
+      try {
+        return await call(...args);
+      } catch (error) {
+        if (!refusedByEhr(error)) throw error;
+        logger.warn({ status: normalizeOperationOutcome(error).status }, 'ehr-refused-user-token');
+        throw ehrSessionEnded();
+      }
+    };
+  return {
+    listDrafts: guard((patientId) => lifecycle.listDrafts(patientId)),
+    getDraft: guard((draftId) => lifecycle.getDraft(draftId)),
+    editDraft: guard((draftId, text, actor) => lifecycle.editDraft(draftId, text, actor)),
+    signDraft: guard((draftId, options) => lifecycle.signDraft(draftId, options)),
+    rejectDraft: guard((draftId, options) => lifecycle.rejectDraft(draftId, options)),
+    regenerateDraft: guard((draftId) => lifecycle.regenerateDraft(draftId)),
+  };
+}
+
+/**
+ * A read made only to name something (a patient, a visit, a clinician): the page works without it, so a
+ * refusal leaves the name out. Only a 401 says more: the user's token is dead, and so is the session.
+ */
+async function lookUp<T>(read: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await read();
+  } catch (error) {
+    if (normalizeOperationOutcome(error).status === 401) throw ehrSessionEnded();
+    return undefined;
+  }
+}
+
+const bareId = (reference: string | undefined) => reference?.split('/').at(-1);
 
 function requirePractitioner(context: LaunchContext): string {
   const practitioner = practitionerReference(context.fhirUser);
@@ -146,7 +221,67 @@ const requireJson: RequestHandler = (request, _response, next) => {
 export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
   const router = express.Router();
   const fhirClientFor = dependencies.fhirClientFor ?? ((context: LaunchContext) => userFhirClient(context));
-  const lifecycleOf = (response: Response) => dependencies.lifecycleFor(contextOf(response));
+  const lifecycleOf = (response: Response) =>
+    endingSessionOnRefusal(dependencies.lifecycleFor(contextOf(response)), dependencies.logger);
+
+  /** The encounter in words, read with the user's token; only an encounter of the launch patient counts. */
+  async function encounterLabelFor(context: LaunchContext, encounterId: string | undefined) {
+    const id = bareId(encounterId);
+    if (!id || !fhirIdPattern.test(id)) return undefined;
+    const encounter = await lookUp(() => fhirClientFor(context).read<Encounter>('Encounter', id));
+    if (!encounter || !isInPatientCompartment(encounter, context.patient)) return undefined;
+    const label = encounterLabel(encounter);
+    return Object.keys(label).length > 0 ? label : undefined;
+  }
+
+  /** A practitioner's name, read with the user's token (needs a Practitioner read scope; else none). */
+  async function practitionerNameFor(context: LaunchContext, reference: string | undefined) {
+    const id = reference ? /^Practitioner\/([A-Za-z0-9\-.]{1,64})$/.exec(reference)?.[1] : undefined;
+    if (!id) return undefined;
+    const practitioner = await lookUp(() => fhirClientFor(context).read<Practitioner>('Practitioner', id));
+    return practitioner?.resourceType === 'Practitioner' ? personName(practitioner.name) : undefined;
+  }
+
+  /** Fills in the visit and signer names a draft did not record (drafts written before they were). */
+  async function withNames(context: LaunchContext, drafts: DraftView[]): Promise<DraftView[]> {
+    const encounterIds = [
+      ...new Set(drafts.filter((draft) => !draft.encounterLabel?.type).map((draft) => draft.encounterId)),
+    ]
+      .filter((id): id is string => Boolean(id))
+      .slice(0, maxLookups);
+    const signers = [
+      ...new Set(
+        drafts.filter((draft) => draft.signedBy && !draft.signedByName).map((draft) => draft.signedBy),
+      ),
+    ]
+      .filter((reference): reference is string => Boolean(reference))
+      .slice(0, maxLookups);
+    const [labels, names] = await Promise.all([
+      Promise.all(encounterIds.map(async (id) => [id, await encounterLabelFor(context, id)] as const)),
+      Promise.all(
+        signers.map(async (reference) => [reference, await practitionerNameFor(context, reference)] as const),
+      ),
+    ]);
+    const labelById = new Map(labels.filter(([, label]) => label));
+    const nameByReference = new Map(names.filter(([, name]) => name));
+    return drafts.map((draft) => {
+      const label = draft.encounterId ? labelById.get(draft.encounterId) : undefined;
+      const name = draft.signedBy ? nameByReference.get(draft.signedBy) : undefined;
+      return {
+        ...draft,
+        ...(label
+          ? {
+              encounterLabel: {
+                ...label,
+                ...draft.encounterLabel,
+                type: label.type ?? draft.encounterLabel?.type,
+              },
+            }
+          : {}),
+        ...(name ? { signedByName: name } : {}),
+      };
+    });
+  }
 
   router.use((_request, response, next) => {
     // Patient data: never cached by the browser or a proxy.
@@ -161,21 +296,20 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
 
   router.get('/session', async (_request, response) => {
     const context = contextOf(response);
-    let patientName: string | undefined;
-    try {
-      // Shown so the clinician can see whose chart this is; the launch scopes may not allow it.
-      const patient = await fhirClientFor(context).read<Patient>('Patient', barePatientId(context.patient));
-      const name = patient.name?.[0];
-      patientName =
-        name?.text ?? ([...(name?.given ?? []), name?.family].filter(Boolean).join(' ') || undefined);
-    } catch {
-      patientName = undefined;
-    }
+    // Shown so the clinician can see whose chart, which visit and who is signed in; the launch scopes may
+    // not allow every read, and the page then shows less.
+    const [patient, launchedEncounter, userName] = await Promise.all([
+      lookUp(() => fhirClientFor(context).read<Patient>('Patient', barePatientId(context.patient))),
+      encounterLabelFor(context, context.encounter),
+      practitionerNameFor(context, practitionerReference(context.fhirUser)),
+    ]);
     response.json({
       patient: barePatientId(context.patient),
-      patientName,
-      encounter: context.encounter,
+      patientName: patient?.resourceType === 'Patient' ? personName(patient.name) : undefined,
+      encounter: bareId(context.encounter),
+      encounterLabel: launchedEncounter,
       fhirUser: context.fhirUser,
+      userName,
       canChange: practitionerReference(context.fhirUser) !== undefined,
       csrfToken: context.csrfToken,
       expiresAt: new Date(context.expiresAt).toISOString(),
@@ -196,9 +330,15 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
     }
     const client = fhirClientFor(context);
     // A versioned citation shows the version the draft was written from, not whatever the chart holds now.
-    const resource = version
-      ? await client.get<FhirResource>(`${type}/${id}/_history/${version}`)
-      : await client.read<FhirResource>(type as FhirResource['resourceType'], id);
+    let resource: FhirResource;
+    try {
+      resource = version
+        ? await client.get<FhirResource>(`${type}/${id}/_history/${version}`)
+        : await client.read<FhirResource>(type as FhirResource['resourceType'], id);
+    } catch (error) {
+      if (normalizeOperationOutcome(error).status === 401) throw ehrSessionEnded();
+      throw error;
+    }
     if (resource?.resourceType !== type || resource.id !== id) {
       throw outcomeError(
         'exception',
@@ -234,12 +374,14 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
     const patientId = barePatientId(context.patient);
     const drafts = await lifecycleOf(response).listDrafts(patientId);
     // Defence in depth: a lifecycle or server that returns more than asked for still shows only this patient.
-    response.json({ drafts: drafts.filter((draft) => barePatientId(draft.patientId) === patientId) });
+    const own = drafts.filter((draft) => barePatientId(draft.patientId) === patientId);
+    response.json({ drafts: await withNames(context, own) });
   });
 
   router.get('/:id', async (request: Request<{ id: string }>, response) => {
-    const draft = await draftForPatient(lifecycleOf(response), contextOf(response), request.params.id);
-    response.json({ draft });
+    const context = contextOf(response);
+    const draft = await draftForPatient(lifecycleOf(response), context, request.params.id);
+    response.json({ draft: (await withNames(context, [draft]))[0] });
   });
 
   router.patch('/:id', ...changes, async (request: Request<{ id: string }>, response) => {
@@ -259,9 +401,12 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
     const body = parseBody(signBodySchema, request.body);
     const lifecycle = lifecycleOf(response);
     const draft = await draftForPatient(lifecycle, context, request.params.id);
+    // The signed note names its signer in words; without a Practitioner read scope it says "a clinician".
+    const practitionerName = await practitionerNameFor(context, practitioner);
     const signed = await lifecycle.signDraft(draft.id, {
       practitioner,
       ...(body.text !== undefined ? { text: body.text } : {}),
+      ...(practitionerName ? { practitionerName } : {}),
     });
     dependencies.logger.info({ draftId: draft.id }, 'draft-signed');
     response.json({ draft: signed });

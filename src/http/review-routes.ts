@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import express, { type Router } from 'express';
 
 /**
- * Serves the review page (`/review`): one HTML file, one stylesheet and one script, no build step. The files
+ * Serves the review page (`/review`): one HTML file, one stylesheet and two script modules, no build step. The files
  * are read once at start and sent with a strict Content-Security-Policy (scripts and styles from this origin
  * only, nothing inline), so even a draft text that slipped past the page's own textContent rendering could not
  * run script. The page works in an EHR iframe: `frameAncestors` lists the EHR origins allowed to embed it.
@@ -20,6 +20,7 @@ const assets: Record<string, { file: string; type: string }> = {
   '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
   '/review.css': { file: 'review.css', type: 'text/css; charset=utf-8' },
   '/review.js': { file: 'review.js', type: 'text/javascript; charset=utf-8' },
+  '/review-markdown.js': { file: 'review-markdown.js', type: 'text/javascript; charset=utf-8' },
 };
 
 const sourcePattern = /^('self'|'none'|https?:\/\/(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?)$/;

@@ -3,7 +3,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Device, DocumentReference, Encounter, Provenance } from 'fhir/r4.js';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createDraftLifecycle, type DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
+import {
+  createDraftLifecycle,
+  type DraftLifecycle,
+  signedNoteText,
+  signedNoteTitle,
+} from '../../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../../fhir/draft-note.ts';
 import type { DraftMode } from '../../fhir/draft-store.ts';
 import { FhirClient, staticAccessToken } from '../../fhir/fhir-client.ts';
@@ -43,7 +48,7 @@ interface Harness {
   regenerations: { encounterId: string; kind: string }[];
 }
 
-function harness(mode: DraftMode): Harness {
+function harness(mode: DraftMode, now?: () => Date): Harness {
   const store = new SqliteDraftStore(
     path.join(directory, `${mode}-${Math.random().toString(36).slice(2)}.sqlite`),
   );
@@ -58,6 +63,7 @@ function harness(mode: DraftMode): Harness {
     identifierSystem,
     store,
     requestRegeneration: (encounterId, kind) => void regenerations.push({ encounterId, kind }),
+    ...(now ? { now } : {}),
   }).withClient(clinicianClient);
   return {
     writer: new DraftNoteWriter(serviceClient, identifierSystem, { mode, store }),
@@ -67,14 +73,40 @@ function harness(mode: DraftMode): Harness {
   };
 }
 
-async function newEncounter(): Promise<Encounter> {
+async function newEncounter(extra: Partial<Encounter> = {}): Promise<Encounter> {
   return create<Encounter>(server.repository, {
     resourceType: 'Encounter',
     status: 'finished',
     class: { code: 'AMB' },
+    ...extra,
     subject: { reference: `Patient/${chart.patient.id}` },
     period: { start: '2026-11-20T09:00:00Z' },
   });
+}
+
+const signingDay = new Date('2026-11-27T15:30:00Z');
+const unsignedHeading = '## Progress summary (AI draft - not final until signed by a clinician)';
+const signedHeading =
+  '## Progress summary (drafted with AI assistance; reviewed and signed by Dana Okafor, 2026-11-27)';
+
+/** A draft as the extractive engine writes it: the heading that says it is not final yet. */
+function headedContent(removedLines?: { line: string; reason: string; citations: string[] }[]) {
+  const content = draftContentFor(chart);
+  return {
+    ...content,
+    title: 'AI draft progress summary',
+    text: `${unsignedHeading}\n${content.text.replace('## Progress summary\n', '')}`,
+    ...(removedLines
+      ? {
+          verification: {
+            cited: content.verification.cited,
+            removed: removedLines.length,
+            flagged: true,
+            removedLines,
+          },
+        }
+      : {}),
+  };
 }
 
 const fhirWrites = () => server.requests.filter((request) => request.method !== 'GET');
@@ -296,12 +328,131 @@ describe('write mode (the default): drafts live in the EHR', () => {
     await expect(h.lifecycle.regenerateDraft(old.id as string)).rejects.toMatchObject({ status: 409 });
   });
 
+  it('signs with the clinician’s name in the heading: the signed text no longer says it is unsigned', async () => {
+    const named = harness('write', () => signingDay);
+    const { draft } = await named.writer.write(headedContent(), chart.patient, await newEncounter());
+    const before = await named.lifecycle.getDraft(draft.id as string);
+    expect(before?.text).toContain('not final until signed');
+    expect(before?.title).toBe('AI draft progress summary');
+
+    const signed = await named.lifecycle.signDraft(draft.id as string, {
+      practitioner,
+      practitionerName: 'Dana Okafor',
+    });
+    const document = await new FhirClient({ baseUrl: server.baseUrl }).read<DocumentReference>(
+      'DocumentReference',
+      draft.id as string,
+    );
+    const text = inlineNoteText(document) ?? '';
+    expect(text.split('\n')[0]).toBe(signedHeading);
+    expect(text).not.toContain('not final until signed');
+    // Everything below the heading is the text as reviewed.
+    expect(text.split('\n').slice(1)).toEqual(before?.text.split('\n').slice(1));
+    expect(document.docStatus).toBe('final');
+    expect(document.authenticator).toEqual({ reference: practitioner, display: 'Dana Okafor' });
+    expect(document.content?.[0].attachment.title).toBe('Progress summary (drafted with AI assistance)');
+    expect(signed).toMatchObject({
+      status: 'final',
+      signedBy: practitioner,
+      signedByName: 'Dana Okafor',
+      title: 'Progress summary (drafted with AI assistance)',
+    });
+    expect(signed.text).not.toContain('not final until signed');
+
+    // Without a name (no Practitioner read scope) the heading still stops saying "not final"; text the
+    // clinician typed is signed with the heading rewritten too.
+    const { draft: other } = await named.writer.write(headedContent(), chart.patient, await newEncounter());
+    const typed = `${unsignedHeading}\n- Reviewed in clinic [Condition/${chart.conditions[0].id}]`;
+    const anonymous = await named.lifecycle.signDraft(other.id as string, { practitioner, text: typed });
+    expect(anonymous.text).toBe(
+      `## Progress summary (drafted with AI assistance; reviewed and signed by a clinician, 2026-11-27)\n- Reviewed in clinic [Condition/${chart.conditions[0].id}]`,
+    );
+    expect(anonymous.signedByName).toBeUndefined();
+  });
+
+  it('records the visit in words and the removed statements with the draft; sign-off leaves them out of the chart', async () => {
+    const encounter = await newEncounter({
+      type: [
+        { coding: [{ system: 'http://snomed.info/sct', code: '390906007', display: 'Follow-up encounter' }] },
+      ],
+    });
+    const removedLines = [
+      { line: '- Patient reports chest pain', reason: 'no-citation', citations: [] },
+      {
+        line: '- Creatinine 2.1 [Observation/not-read]',
+        reason: 'unknown-citation',
+        citations: ['Observation/not-read'],
+      },
+      {
+        line: '- Glucose 9.1 [Observation/someone-else]',
+        reason: 'other-patient',
+        citations: ['Observation/someone-else'],
+      },
+    ];
+    const { draft } = await h.writer.write(headedContent(removedLines), chart.patient, encounter);
+    expect(draft.context?.encounter?.[0]).toEqual({
+      reference: `Encounter/${encounter.id}`,
+      display: 'Follow-up encounter',
+    });
+    const view = await h.lifecycle.getDraft(draft.id as string);
+    expect(view).toMatchObject({
+      flagged: true,
+      encounterLabel: { type: 'Follow-up encounter', start: '2026-11-20T09:00:00Z' },
+    });
+    expect(view?.removedStatements).toEqual([
+      { line: '- Patient reports chest pain', reason: 'no-citation' },
+      {
+        line: '- Creatinine 2.1 [Observation/not-read]',
+        reason: 'unknown-citation',
+        citations: ['Observation/not-read'],
+      },
+      // What cited another patient's record is not repeated to this patient's reviewer.
+      { line: '', reason: 'other-patient' },
+    ]);
+
+    const signed = await h.lifecycle.signDraft(draft.id as string, { practitioner });
+    expect(signed.removedStatements).toBeUndefined();
+    const document = await new FhirClient({ baseUrl: server.baseUrl }).read<DocumentReference>(
+      'DocumentReference',
+      draft.id as string,
+    );
+    expect(document.extension ?? []).toEqual([]);
+  });
+
   it('does not show notes that are not its drafts, and refuses a bad practitioner', async () => {
     expect(await h.lifecycle.getDraft(chart.latinNote.id as string)).toBeUndefined();
     const { draft } = await h.writer.write(draftContentFor(chart), chart.patient, await newEncounter());
     await expect(
       h.lifecycle.signDraft(draft.id as string, { practitioner: 'Patient/p1' }),
     ).rejects.toMatchObject({ status: 400 });
+  });
+});
+
+describe('the signed wording', () => {
+  it('rewrites each engine’s draft marker in headings and titles, and nothing else', () => {
+    const date = new Date('2026-11-27T23:59:00Z');
+    expect(
+      signedNoteText(
+        '## Pre-visit briefing (AI draft – not final until signed by a clinician)\n- BP 150 [Observation/o1]',
+        {
+          name: 'Dr. Dana\nOkafor [Patient/p2]',
+          date,
+        },
+      ),
+    ).toBe(
+      '## Pre-visit briefing (drafted with AI assistance; reviewed and signed by Dr. Dana Okafor Patient/p2, 2026-11-27)\n- BP 150 [Observation/o1]',
+    );
+    // A statement that quotes the marker is not a heading: it stays as the clinician left it.
+    expect(signedNoteText('- Note said (AI draft - not final until signed by a clinician)', { date })).toBe(
+      '- Note said (AI draft - not final until signed by a clinician)',
+    );
+    expect(signedNoteTitle('AI draft pre-visit briefing')).toBe(
+      'Pre-visit briefing (drafted with AI assistance)',
+    );
+    expect(signedNoteTitle('Progress note summary (AI draft, needs review)')).toBe(
+      'Progress note summary (drafted with AI assistance)',
+    );
+    expect(signedNoteTitle('Discharge letter')).toBe('Discharge letter');
   });
 });
 
@@ -356,6 +507,29 @@ describe('hold mode: drafts stay in the service until sign-off, then go to the E
       document,
     );
     for (const write of fhirWrites()) expect(write.authorization).toBe('Bearer clinician-token');
+  });
+
+  it('writes the signed note with the heading rewritten and the signer named, in the EHR and the store', async () => {
+    const h = harness('hold', () => signingDay);
+    const { draft } = await h.writer.write(headedContent(), chart.patient, await newEncounter());
+    const signed = await h.lifecycle.signDraft(draft.id as string, {
+      practitioner,
+      practitionerName: 'Dana Okafor',
+    });
+    const document = await new FhirClient({ baseUrl: server.baseUrl }).read<DocumentReference>(
+      'DocumentReference',
+      signed.fhirId as string,
+    );
+    const text = inlineNoteText(document) ?? '';
+    expect(text.split('\n')[0]).toBe(signedHeading);
+    expect(text).not.toContain('not final until signed');
+    expect(document.authenticator).toEqual({ reference: practitioner, display: 'Dana Okafor' });
+    expect(signed.text.split('\n')[0]).toBe(signedHeading);
+    expect(signed).toMatchObject({
+      signedByName: 'Dana Okafor',
+      title: 'Progress summary (drafted with AI assistance)',
+    });
+    expect((await h.store.get(draft.id as string))?.text).not.toContain('not final until signed');
   });
 
   it('rejects and regenerates inside the store, never touching the EHR', async () => {

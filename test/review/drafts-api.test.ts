@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import express, { type RequestHandler } from 'express';
 import type { FhirResource } from 'fhir/r4.js';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { outcomeError } from '../../fhir/operation-outcome.ts';
+import { OperationOutcomeError, outcome, outcomeError } from '../../fhir/operation-outcome.ts';
 import { type DraftView, draftsApiRouter, practitionerReference } from '../../src/http/drafts-api-routes.ts';
 import type { LaunchContext } from '../../src/http/smart-launch.ts';
 import { silentLogger } from '../../src/log.ts';
@@ -87,9 +87,36 @@ const resources: Record<string, FhirResource> = {
     code: { text: 'Glucose' },
     subject: { reference: 'Patient/p2' },
   },
-  'Practitioner/dr-a': { resourceType: 'Practitioner', id: 'dr-a' },
+  'Practitioner/dr-a': {
+    resourceType: 'Practitioner',
+    id: 'dr-a',
+    name: [{ prefix: ['Dr.'], given: ['Dana'], family: 'Okafor' }],
+  },
+  'Practitioner/dr-b': { resourceType: 'Practitioner', id: 'dr-b', name: [{ text: 'Ben Ilunga' }] },
   'Patient/p1': { resourceType: 'Patient', id: 'p1', name: [{ given: ['Ada'], family: 'Test' }] },
+  'Encounter/e1': {
+    resourceType: 'Encounter',
+    id: 'e1',
+    status: 'finished',
+    class: { code: 'AMB' },
+    type: [
+      { coding: [{ system: 'http://snomed.info/sct', code: '390906007', display: 'Follow-up encounter' }] },
+    ],
+    subject: { reference: 'Patient/p1' },
+    period: { start: '2026-11-20T09:00:00Z', end: '2026-11-20T09:30:00Z' },
+  },
+  'Encounter/e-other': {
+    resourceType: 'Encounter',
+    id: 'e-other',
+    status: 'finished',
+    class: { code: 'EMER' },
+    subject: { reference: 'Patient/p2' },
+  },
 };
+/** When set, the EHR answers every read with this status, as it does for a revoked or expired user token. */
+let ehrRefusal: number | undefined;
+const refusedRead = (path: string) =>
+  new OperationOutcomeError(outcome('exception', `GET ${path}: HTTP ${ehrRefusal}`), { status: ehrRefusal });
 
 let server: Server;
 let baseUrl: string;
@@ -107,12 +134,14 @@ beforeAll(async () => {
       fhirClientFor: (context) => ({
         read: async (type: string, id: string) => {
           tokensUsed.push(context.accessToken);
+          if (ehrRefusal) throw refusedRead(`${type}/${id}`);
           const resource = resources[`${type}/${id}`];
           if (!resource) throw outcomeError('not-found', 'gone', 404);
           return resource as never;
         },
         get: async (path: string) => {
           tokensUsed.push(context.accessToken);
+          if (ehrRefusal) throw refusedRead(path);
           versionReads.push(path);
           const [type, id] = path.split('/');
           const resource = resources[`${type}/${id}`];
@@ -131,6 +160,7 @@ beforeAll(async () => {
 afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
 
 beforeEach(() => {
+  ehrRefusal = undefined;
   memory = createMemoryDraftLifecycle([
     draft('d1', 'p1'),
     draft('d2', 'p2'),
@@ -227,8 +257,9 @@ describe('/api/drafts', () => {
       'Edited [Observation/o1].',
       'Practitioner/dr-a',
     ]);
+    // The signer's name, read with the clinician's own token, goes with the sign-off.
     expect(memory.calls.find((entry) => entry.method === 'signDraft')?.arguments).toEqual([
-      { practitioner: 'Practitioner/dr-a' },
+      { practitioner: 'Practitioner/dr-a', practitionerName: 'Dr. Dana Okafor' },
     ]);
     // A signed draft cannot be signed again: the lifecycle's conflict comes through as an OperationOutcome.
     const again = await call('/d1/sign', { ...alice, method: 'POST', body: {} });
@@ -278,6 +309,84 @@ describe('/api/drafts', () => {
     expect(versioned.status).toBe(200);
     expect(versionReads).toContain('Observation/o1/_history/3');
     expect((await call('/citations/Observation/other/_history/1', alice)).status).toBe(403);
+  });
+
+  it('names the patient, the launched visit and the signed-in clinician in words, ids kept beside them', async () => {
+    const body = await (await call('/session', alice)).json();
+    expect(body).toMatchObject({
+      patient: 'p1',
+      patientName: 'Ada Test',
+      encounter: 'e1',
+      encounterLabel: {
+        type: 'Follow-up encounter',
+        start: '2026-11-20T09:00:00Z',
+        end: '2026-11-20T09:30:00Z',
+      },
+      userName: 'Dr. Dana Okafor',
+      fhirUser: 'https://ehr.example/fhir/Practitioner/dr-a',
+    });
+  });
+
+  it('gives each listed draft its visit type and date and its signer’s name instead of bare ids', async () => {
+    memory = createMemoryDraftLifecycle([
+      draft('d1', 'p1'),
+      draft('d4', 'p1', { status: 'final', signedBy: 'Practitioner/dr-b' }),
+      // Recorded with the draft at writing and sign-off: used as they are, not looked up again.
+      draft('d5', 'p1', {
+        encounterId: 'e9',
+        encounterLabel: { type: 'Home visit', start: '2026-10-01' },
+        status: 'final',
+        signedBy: 'Practitioner/dr-c',
+        signedByName: 'Cleo Marsh',
+      }),
+      // An encounter of another patient is never described, whatever a draft claims.
+      draft('d6', 'p1', { encounterId: 'e-other' }),
+    ]);
+    const { drafts } = await (await call('', alice)).json();
+    const byId = Object.fromEntries(drafts.map((entry: DraftView) => [entry.id, entry]));
+    expect(byId.d1.encounterLabel).toEqual({
+      type: 'Follow-up encounter',
+      start: '2026-11-20T09:00:00Z',
+      end: '2026-11-20T09:30:00Z',
+    });
+    expect(byId.d4).toMatchObject({ signedBy: 'Practitioner/dr-b', signedByName: 'Ben Ilunga' });
+    expect(byId.d5).toMatchObject({
+      encounterLabel: { type: 'Home visit', start: '2026-10-01' },
+      signedByName: 'Cleo Marsh',
+    });
+    expect(byId.d6.encounterLabel).toBeUndefined();
+    expect(versionReads).not.toContain('Practitioner/dr-c');
+  });
+
+  it('ends the session with a 401 when the EHR refuses the clinician’s token (401 or 403), on every call', async () => {
+    for (const status of [401, 403]) {
+      memory.refuseWith(status);
+      ehrRefusal = status;
+      for (const [path, init] of [
+        ['', alice],
+        ['/d1', alice],
+        ['/d1/sign', { ...alice, method: 'POST', body: {} }],
+        ['/d1/reject', { ...alice, method: 'POST', body: { reason: 'Wrong visit' } }],
+      ] as const) {
+        const response = await call(path, init);
+        const body = await response.json();
+        expect(response.status, `${status} ${path}`).toBe(401);
+        expect(body.issue[0].code).toBe('login');
+        // The page shows its own plain sentence; nothing of the FHIR request leaks into the answer.
+        expect(JSON.stringify(body)).not.toMatch(/HTTP 40[13]|GET /);
+      }
+    }
+    // The page's first call, and a citation, refused as unauthenticated end the session too. (A 403 on the
+    // session's name reads only leaves names out: the scopes may not cover them.)
+    ehrRefusal = 401;
+    expect((await call('/session', alice)).status).toBe(401);
+    expect((await call('/citations/Observation/o1', alice)).status).toBe(401);
+
+    // The API's own refusals stay what they are: another patient's draft, a missing CSRF token.
+    memory.refuseWith(undefined);
+    ehrRefusal = undefined;
+    expect((await call('/d2', alice)).status).toBe(403);
+    expect((await call('/d1/sign', { session: 'alice', method: 'POST', body: {} })).status).toBe(403);
   });
 
   it('reads the practitioner from relative and absolute fhirUser values only', () => {

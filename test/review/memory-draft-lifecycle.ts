@@ -1,9 +1,11 @@
-import { outcomeError } from '../../fhir/operation-outcome.ts';
+import { signedNoteText } from '../../fhir/draft-lifecycle.ts';
+import { OperationOutcomeError, outcome, outcomeError } from '../../fhir/operation-outcome.ts';
 import type { DraftLifecyclePort, DraftView } from '../../src/http/drafts-api-routes.ts';
 
 /**
  * An in-memory stand-in for the draft lifecycle, for the API tests: same interface, the same refusals (only
- * preliminary drafts change), and a record of every call so tests can assert what the API asked for.
+ * preliminary drafts change), the same signed heading, and a record of every call so tests can assert what the
+ * API asked for. `refuseWith(401)` makes every call fail as the FhirClient does when the EHR refuses the token.
  */
 export interface RecordedCall {
   method: string;
@@ -14,7 +16,12 @@ export interface RecordedCall {
 export function createMemoryDraftLifecycle(seed: DraftView[]) {
   const drafts = new Map(seed.map((draft) => [draft.id, structuredClone(draft)]));
   const calls: RecordedCall[] = [];
+  let refusal: OperationOutcomeError | undefined;
+  const checkAccepted = () => {
+    if (refusal) throw refusal;
+  };
   const open = (draftId: string) => {
+    checkAccepted();
     const draft = drafts.get(draftId);
     if (!draft) throw outcomeError('not-found', 'no such draft', 404);
     if (draft.status !== 'preliminary') throw outcomeError('conflict', `draft is ${draft.status}`, 409);
@@ -23,12 +30,14 @@ export function createMemoryDraftLifecycle(seed: DraftView[]) {
   const lifecycle: DraftLifecyclePort = {
     async listDrafts(patientId) {
       calls.push({ method: 'listDrafts', arguments: [patientId] });
+      checkAccepted();
       return [...drafts.values()]
         .filter((draft) => draft.patientId === patientId)
         .map((draft) => structuredClone(draft));
     },
     async getDraft(draftId) {
       calls.push({ method: 'getDraft', draftId, arguments: [] });
+      checkAccepted();
       const draft = drafts.get(draftId);
       return draft ? structuredClone(draft) : undefined;
     },
@@ -41,8 +50,13 @@ export function createMemoryDraftLifecycle(seed: DraftView[]) {
     async signDraft(draftId, options) {
       calls.push({ method: 'signDraft', draftId, arguments: [options] });
       const draft = open(draftId);
-      if (options.text) draft.text = options.text;
+      draft.text = signedNoteText(options.text ?? draft.text, {
+        name: options.practitionerName,
+        date: new Date(),
+      });
       draft.status = 'final';
+      draft.signedBy = options.practitioner;
+      if (options.practitionerName) draft.signedByName = options.practitionerName;
       return structuredClone(draft);
     },
     async rejectDraft(draftId, options) {
@@ -57,5 +71,15 @@ export function createMemoryDraftLifecycle(seed: DraftView[]) {
       return { ...structuredClone(open(draftId)), regenerationRequested: true };
     },
   };
-  return { lifecycle, calls, drafts };
+  return {
+    lifecycle,
+    calls,
+    drafts,
+    /** From now on every call fails with this HTTP status from the EHR (undefined: accepted again). */
+    refuseWith(status: number | undefined) {
+      refusal = status
+        ? new OperationOutcomeError(outcome('exception', `GET DocumentReference: HTTP ${status}`), { status })
+        : undefined;
+    },
+  };
 }

@@ -25,6 +25,36 @@ const practitioner = 'Practitioner/dr-a';
 
 const fhirResources: Record<string, FhirResource> = {
   'Patient/p1': { resourceType: 'Patient', id: 'p1', name: [{ given: ['Ada'], family: 'Testperson' }] },
+  'Practitioner/dr-a': {
+    resourceType: 'Practitioner',
+    id: 'dr-a',
+    name: [{ prefix: ['Dr.'], given: ['Dana'], family: 'Okafor' }],
+  },
+  'Practitioner/dr-b': {
+    resourceType: 'Practitioner',
+    id: 'dr-b',
+    name: [{ given: ['Ben'], family: 'Ilunga' }],
+  },
+  'Encounter/e1': {
+    resourceType: 'Encounter',
+    id: 'e1',
+    status: 'finished',
+    class: { code: 'AMB' },
+    type: [
+      { coding: [{ system: 'http://snomed.info/sct', code: '390906007', display: 'Follow-up encounter' }] },
+    ],
+    subject: { reference: 'Patient/p1' },
+    period: { start: '2026-11-20T09:00:00Z' },
+  },
+  'Encounter/e0': {
+    resourceType: 'Encounter',
+    id: 'e0',
+    status: 'finished',
+    class: { code: 'AMB' },
+    type: [{ text: 'Encounter for check up' }],
+    subject: { reference: 'Patient/p1' },
+    period: { start: '2026-09-02T14:00:00Z' },
+  },
   'Observation/bp1': {
     resourceType: 'Observation',
     id: 'bp1',
@@ -49,8 +79,21 @@ const fhirResources: Record<string, FhirResource> = {
   },
 };
 
+/** Set when the EHR should refuse the clinician's token, as it does once the user signs out there. */
+const ehr = { refusesTokens: false };
+
 function serveFhir(request: IncomingMessage, response: ServerResponse) {
   const url = new URL(request.url ?? '/', 'http://localhost');
+  if (ehr.refusesTokens) {
+    response.writeHead(401, { 'content-type': 'application/fhir+json', 'www-authenticate': 'Bearer' });
+    response.end(
+      JSON.stringify({
+        resourceType: 'OperationOutcome',
+        issue: [{ severity: 'error', code: 'login', diagnostics: 'token revoked' }],
+      }),
+    );
+    return;
+  }
   const key = url.pathname.replace(/^\/fhir\//, '').replace(/\/_history\/[^/]+$/, '');
   const resource = fhirResources[key];
   response.writeHead(resource ? 200 : 404, { 'content-type': 'application/fhir+json' });
@@ -79,19 +122,51 @@ const draft = (id: string, extra: Partial<DraftView>): DraftView => ({
   ...extra,
 });
 
+const unsignedHeading = '## Progress summary (AI draft - not final until signed by a clinician)';
+
 const memory = createMemoryDraftLifecycle([
+  // The draft of the launched encounter (e1): listed first and marked, though not the newest.
   draft('summary-1', {
-    text: 'Hypertension [Condition/htn], poorly controlled: systolic 152 mmHg [Observation/bp1].\nA literal <img src=x onerror="window.pwned=1"> stays text.',
+    text: [
+      unsignedHeading,
+      'Hypertension [Condition/htn], poorly controlled: systolic 152 mmHg [Observation/bp1].',
+      '',
+      'Active problems:',
+      '- Essential hypertension [Condition/htn]',
+      '- Raised blood pressure, **152 mmHg** systolic [Observation/bp1]',
+      '',
+      'A literal <img src=x onerror="window.pwned=1"> stays text.',
+    ].join('\n'),
     citations: ['Condition/htn', 'Observation/bp1'],
   }),
+  draft('summary-0', {
+    encounterId: 'e0',
+    title: 'Progress summary',
+    status: 'final',
+    signedBy: 'Practitioner/dr-b',
+    createdAt: '2026-11-28T08:00:00Z',
+    text: '## Progress summary (drafted with AI assistance; reviewed and signed by Ben Ilunga, 2026-09-03)\n- Check-up, no concerns [Observation/bp1]',
+    citations: ['Observation/bp1'],
+  }),
   draft('briefing-1', {
+    encounterId: 'e0',
     kind: 'previsit-briefing',
     title: 'Pre-visit briefing',
     text: 'Review blood pressure [Observation/bp1].',
     citations: ['Observation/bp1'],
     flagged: true,
+    removedStatements: [
+      { line: '- Chest pain since Tuesday', reason: 'no-citation' },
+      {
+        line: '- Creatinine 2.1 [Observation/unread]',
+        reason: 'unknown-citation',
+        citations: ['Observation/unread'],
+      },
+      { line: '', reason: 'other-patient' },
+    ],
   }),
   draft('nudge-1', {
+    encounterId: 'e0',
     kind: 'nudges',
     title: 'Suggested actions',
     text: 'Consider intensifying antihypertensive therapy [Observation/bp1/_history/1].',
@@ -254,13 +329,87 @@ describe.skipIf(!hasChromium)('review app in Chromium', () => {
     }
   });
 
+  it('shows headings and lists, names instead of ids, the launched visit’s draft first and marked, and what the citation check removed', async () => {
+    const { context, page } = await launchedPage();
+    await expect.poll(() => page.locator('#patient-line').textContent()).toContain('Ada Testperson');
+
+    // The header names the patient, the visit and the clinician; the ids stay on hover.
+    const header = page.locator('#patient-line');
+    expect(await header.textContent()).toMatch(/^Patient: Ada Testperson · Visit: Follow-up encounter, \S/);
+    expect(await header.textContent()).not.toMatch(/Patient\/p1|Encounter\/e1/);
+    expect(await header.locator('span', { hasText: 'Follow-up encounter' }).getAttribute('title')).toBe(
+      'Encounter/e1',
+    );
+    expect(await page.locator('#user-line').textContent()).toBe('Signed in as Dr. Dana Okafor');
+
+    // The launched encounter's draft is the first on the page and marked, though another draft is newer.
+    const articles = page.locator('article.draft');
+    expect(await articles.first().getAttribute('data-draft-id')).toBe('summary-1');
+    const launched = page.locator('article[data-draft-id="summary-1"]');
+    expect(await launched.locator('.launched-badge').isVisible()).toBe(true);
+    expect(await launched.locator('.launched-badge').textContent()).toBe('This visit');
+    expect(await page.locator('#launched-heading').textContent()).toMatch(
+      /^This visit: Follow-up encounter, /,
+    );
+    for (const other of ['summary-0', 'briefing-1', 'nudge-1'])
+      expect(await page.locator(`article[data-draft-id="${other}"] .launched-badge`).isVisible()).toBe(false);
+
+    // Markdown headings and section labels are headings under the draft's own title (h3); lists are lists.
+    const text = launched.locator('.draft-text');
+    expect(await text.locator('h4').allTextContents()).toEqual([
+      'Progress summary (AI draft - not final until signed by a clinician)',
+    ]);
+    expect(await text.locator('h5').allTextContents()).toEqual(['Active problems']);
+    expect(await text.locator('ul > li').count()).toBe(2);
+    expect(await text.locator('li').first().textContent()).toBe('Essential hypertension [Condition/htn]');
+    expect(await text.locator('li strong').textContent()).toBe('152 mmHg');
+    expect(await text.textContent()).not.toMatch(/^##|\n- /m);
+    // A citation inside a list item is still a button that opens the source.
+    expect(
+      await text
+        .locator('li')
+        .first()
+        .getByRole('button', { name: 'Open cited source [Condition/htn]' })
+        .count(),
+    ).toBe(1);
+
+    // Visits and signers by name: no raw ids in what the clinician reads; the ids are on hover.
+    const meta = launched.locator('.draft-meta');
+    expect(await meta.textContent()).toContain('Follow-up encounter, ');
+    expect(await meta.textContent()).not.toContain('e1');
+    const signedMeta = page.locator('article[data-draft-id="summary-0"] .draft-meta');
+    expect(await signedMeta.textContent()).toContain('Encounter for check up, ');
+    expect(await signedMeta.textContent()).toContain('signed by Ben Ilunga');
+    expect(await signedMeta.textContent()).not.toMatch(/Practitioner\/|Encounter\//);
+    expect(await signedMeta.locator('span', { hasText: 'signed by Ben Ilunga' }).getAttribute('title')).toBe(
+      'Practitioner/dr-b',
+    );
+
+    // The flagged draft lists what the citation check removed, with the reason; removed citations are not links.
+    const flagged = page.locator('article[data-draft-id="briefing-1"] .flagged');
+    expect(await flagged.isVisible()).toBe(true);
+    const removed = flagged.locator('.removed-list li');
+    expect(await removed.allTextContents()).toEqual([
+      'Chest pain since Tuesday - removed because it cited no source.',
+      'Creatinine 2.1 [Observation/unread] - removed because it cited a source that was not read for this draft.',
+      'A statement (not shown here) - removed because it cited another patient’s record.',
+    ]);
+    expect(await flagged.locator('button').count()).toBe(0);
+
+    await page.screenshot({ path: path.join(artifacts, 'review-rendered.png'), fullPage: true });
+    await expectNoSeriousViolations(page, 'rendered drafts');
+    await context.close();
+  });
+
   it('launches, lists the drafts with their status, opens a citation, edits and signs', async () => {
     const { context, page } = await launchedPage();
     await expect.poll(() => page.locator('#patient-line').textContent()).toContain('Ada Testperson');
     await expect.poll(() => page.locator('.ai-banner').textContent()).toContain('not final until you sign');
 
-    // Grouped: summary, briefing, and nudges under "Suggested actions"; the other patient's draft is absent.
+    // The launched visit's draft first; the rest grouped: summary, briefing, and nudges under "Suggested
+    // actions"; the other patient's draft is absent.
     const summary = page.locator('article[data-draft-id="summary-1"]');
+    expect(await page.locator('[data-group="launched"] article[data-draft-id="summary-1"]').count()).toBe(1);
     expect(await page.locator('[data-group="summary"] article').count()).toBe(1);
     expect(await page.locator('[data-group="briefing"] article[data-draft-id="briefing-1"]').count()).toBe(1);
     expect(await page.locator('[data-group="actions"] article[data-draft-id="nudge-1"]').count()).toBe(1);
@@ -270,7 +419,7 @@ describe.skipIf(!hasChromium)('review app in Chromium', () => {
     expect(await summary.locator('.flagged').isVisible()).toBe(false);
 
     // Model text is text: the literal tag is shown, not parsed.
-    expect(await summary.locator('.draft-text img').count()).toBe(0);
+    expect(await page.locator('.draft-text img').count()).toBe(0);
     expect(await summary.locator('.draft-text').textContent()).toContain(
       '<img src=x onerror="window.pwned=1">',
     );
@@ -279,7 +428,7 @@ describe.skipIf(!hasChromium)('review app in Chromium', () => {
     await expectNoSeriousViolations(page, 'draft list');
 
     // Open a citation with the keyboard.
-    const citation = summary.getByRole('button', { name: 'Open cited source [Observation/bp1]' });
+    const citation = summary.getByRole('button', { name: 'Open cited source [Observation/bp1]' }).first();
     await citation.focus();
     await page.keyboard.press('Enter');
     const dialog = page.getByRole('dialog', { name: 'Cited source: Observation/bp1' });
@@ -307,7 +456,7 @@ describe.skipIf(!hasChromium)('review app in Chromium', () => {
     await summary.getByRole('button', { name: 'Edit text: Progress summary' }).click();
     const editor = summary.getByRole('textbox', { name: 'Edit text: Progress summary' });
     await editor.fill(
-      'Hypertension [Condition/htn], uncontrolled: systolic 152 mmHg [Observation/bp1]. Reviewed.',
+      `${unsignedHeading}\nHypertension [Condition/htn], uncontrolled: systolic 152 mmHg [Observation/bp1]. Reviewed.`,
     );
     await page.screenshot({ path: path.join(artifacts, 'review-editing.png') });
     await expectNoSeriousViolations(page, 'editor');
@@ -336,12 +485,20 @@ describe.skipIf(!hasChromium)('review app in Chromium', () => {
       'Signed',
     );
     expect(await page.locator('article[data-draft-id="summary-1"] button.sign').isVisible()).toBe(false);
+    // The signed text says who signed it, by name; nothing in it still says it is not final.
+    const signedArticle = page.locator('article[data-draft-id="summary-1"]');
+    expect(await signedArticle.locator('.draft-text h4').textContent()).toMatch(
+      /^Progress summary \(drafted with AI assistance; reviewed and signed by Dr\. Dana Okafor, \d{4}-\d{2}-\d{2}\)$/,
+    );
+    expect(await signedArticle.locator('.draft-text').textContent()).not.toContain('not final until signed');
+    const signer = signedArticle.locator('.draft-meta span', { hasText: 'signed by Dr. Dana Okafor' });
+    expect(await signer.getAttribute('title')).toBe(practitioner);
     await page.screenshot({ path: path.join(artifacts, 'review-signed.png'), fullPage: true });
 
     const edit = memory.calls.find((call) => call.method === 'editDraft' && call.draftId === 'summary-1');
     expect(edit?.arguments[1]).toBe(practitioner);
     const sign = memory.calls.find((call) => call.method === 'signDraft' && call.draftId === 'summary-1');
-    expect(sign?.arguments[0]).toEqual({ practitioner });
+    expect(sign?.arguments[0]).toEqual({ practitioner, practitionerName: 'Dr. Dana Okafor' });
     expect(memory.drafts.get('summary-1')?.status).toBe('final');
     await context.close();
   });
@@ -445,10 +602,48 @@ describe.skipIf(!hasChromium)('review app in Chromium', () => {
     harness.clockOffset.milliseconds = 2 * 3_600_000;
     try {
       expect((await pageFetch(page, '/api/drafts')).status).toBe(401);
+      // The page says so in words, not with the API's diagnostics.
+      await page.reload();
+      await expect
+        .poll(() => page.locator('#error').textContent())
+        .toBe(
+          'Your session with the EHR has ended. Open this app again from the patient’s chart in your EHR.',
+        );
     } finally {
       harness.clockOffset.milliseconds = 0;
     }
     await context.close();
+  });
+
+  it('says in one plain sentence that the session ended when the EHR refuses the clinician’s token', async () => {
+    const sentence =
+      'Your session with the EHR has ended. Open this app again from the patient’s chart in your EHR.';
+    // Refused while the page is open: the next action ends the session on the page.
+    const { context, page } = await launchedPage();
+    memory.refuseWith(401);
+    try {
+      await page
+        .locator('article[data-draft-id="nudge-1"]')
+        .getByRole('button', { name: 'Regenerate: Suggested actions' })
+        .click();
+      await expect.poll(() => page.locator('#error').textContent()).toBe(sentence);
+      expect(await page.locator('#drafts').isVisible()).toBe(false);
+      expect(await page.locator('#patient-line').isVisible()).toBe(false);
+      await page.screenshot({ path: path.join(artifacts, 'review-session-ended.png') });
+      await expectNoSeriousViolations(page, 'session ended');
+
+      // Refused from the start (the page reopened after the EHR revoked the token): the same sentence.
+      ehr.refusesTokens = true;
+      await page.reload();
+      await expect.poll(() => page.locator('#error').textContent()).toBe(sentence);
+      const body = (await page.locator('body').textContent()) ?? '';
+      expect(body).not.toMatch(/HTTP 401|No patient in context|GET DocumentReference/);
+      expect(await page.locator('article.draft').count()).toBe(0);
+    } finally {
+      memory.refuseWith(undefined);
+      ehr.refusesTokens = false;
+      await context.close();
+    }
   });
 
   it('refuses a callback with the wrong state', async () => {

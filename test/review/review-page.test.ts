@@ -4,6 +4,7 @@ import express from 'express';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reviewConfigSchema } from '../../src/config/review-config.ts';
 import { barePatientId, describeCitation, isInPatientCompartment } from '../../src/http/citation-view.ts';
+import { inlineParts, parseDraftText } from '../../src/http/review-page/review-markdown.js';
 import { contentSecurityPolicy, reviewRouter } from '../../src/http/review-routes.ts';
 
 let server: Server;
@@ -41,14 +42,25 @@ describe('review page router', () => {
     expect((await fetch(`${baseUrl}/review/review.css`)).headers.get('content-type')).toContain('text/css');
   });
 
-  it('never renders note text as HTML in its script', async () => {
-    const script = await (await fetch(`${baseUrl}/review/review.js`)).text();
-    expect(script).not.toMatch(/innerHTML|outerHTML|insertAdjacentHTML|document\.write/);
+  it('never renders note text as HTML in its scripts', async () => {
+    for (const asset of ['/review/review.js', '/review/review-markdown.js']) {
+      const response = await fetch(`${baseUrl}${asset}`);
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toContain('text/javascript');
+      expect(await response.text()).not.toMatch(
+        /innerHTML|outerHTML|insertAdjacentHTML|document\.write|DOMParser/,
+      );
+    }
   });
 
   it('stays small: page, stylesheet and script under 48 KB together, no third-party assets', async () => {
     let total = 0;
-    for (const asset of ['/review', '/review/review.css', '/review/review.js']) {
+    for (const asset of [
+      '/review',
+      '/review/review.css',
+      '/review/review.js',
+      '/review/review-markdown.js',
+    ]) {
       const body = await (await fetch(`${baseUrl}${asset}`)).text();
       total += Buffer.byteLength(body);
       expect(body).not.toMatch(/https?:\/\/(?!ehr\.example)/);
@@ -58,6 +70,84 @@ describe('review page router', () => {
 
   it('defaults frame-ancestors to self', () => {
     expect(contentSecurityPolicy([])).toContain("frame-ancestors 'self'");
+  });
+});
+
+describe('draft text as the page reads it', () => {
+  const extractive = [
+    '## Progress summary (AI draft - not final until signed by a clinician)',
+    'Encounter: Follow-up encounter on 2026-11-20 [Encounter/e1]',
+    '',
+    'Active problems:',
+    '- Essential hypertension [Condition/htn]',
+    '- Type 2 diabetes, **poorly controlled** [Condition/dm/_history/2]',
+    '  - HbA1c 8.1% [Observation/a1c]',
+    '',
+    '### Plan',
+    '1. Recheck blood pressure [Observation/bp1]',
+    '2. A literal <img src=x onerror="alert(1)"> stays text [Observation/bp1]',
+  ].join('\n');
+
+  it('reads headings, section labels, lists and nested lists as blocks', () => {
+    const blocks = parseDraftText(extractive);
+    expect(blocks.map((block) => block.type)).toEqual([
+      'heading',
+      'paragraph',
+      'heading',
+      'list',
+      'heading',
+      'list',
+    ]);
+    // ## and ### rank as depths 1 and 2; a "Label:" line sits below the deepest Markdown heading.
+    expect(blocks[0]).toEqual({
+      type: 'heading',
+      depth: 1,
+      text: 'Progress summary (AI draft - not final until signed by a clinician)',
+    });
+    expect(blocks[2]).toEqual({ type: 'heading', depth: 3, text: 'Active problems' });
+    expect(blocks[4]).toEqual({ type: 'heading', depth: 2, text: 'Plan' });
+    const problems = blocks[3];
+    expect(problems).toMatchObject({ type: 'list', ordered: false });
+    if (problems.type !== 'list') throw new Error('not a list');
+    expect(problems.items.map((item) => item.text)).toEqual([
+      'Essential hypertension [Condition/htn]',
+      'Type 2 diabetes, **poorly controlled** [Condition/dm/_history/2]',
+    ]);
+    expect(problems.items[1].children[0].items[0].text).toBe('HbA1c 8.1% [Observation/a1c]');
+    expect(blocks[5]).toMatchObject({ type: 'list', ordered: true });
+  });
+
+  it('keeps the text of every line, markup-looking or not, as text parts and citations', () => {
+    const blocks = parseDraftText(extractive);
+    const plan = blocks[5];
+    if (plan.type !== 'list') throw new Error('not a list');
+    expect(inlineParts(plan.items[1].text)).toEqual([
+      { type: 'text', text: 'A literal <img src=x onerror="alert(1)"> stays text ' },
+      {
+        type: 'citation',
+        label: '[Observation/bp1]',
+        resourceType: 'Observation',
+        id: 'bp1',
+        version: undefined,
+      },
+    ]);
+    expect(inlineParts('Type 2 diabetes, **poorly controlled** [Condition/dm/_history/2]')).toEqual([
+      { type: 'text', text: 'Type 2 diabetes, ' },
+      { type: 'strong', text: 'poorly controlled' },
+      { type: 'text', text: ' ' },
+      {
+        type: 'citation',
+        label: '[Condition/dm/_history/2]',
+        resourceType: 'Condition',
+        id: 'dm',
+        version: '2',
+      },
+    ]);
+    // A sentence that ends in a colon after a citation is a statement, not a section label.
+    expect(parseDraftText('Plan [Condition/htn]:')[0].type).toBe('paragraph');
+    expect(parseDraftText('<h2>not a heading</h2>')).toEqual([
+      { type: 'paragraph', lines: ['<h2>not a heading</h2>'] },
+    ]);
   });
 });
 
