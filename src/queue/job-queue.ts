@@ -67,7 +67,12 @@ export interface JobQueue extends CompletedWorkLedger {
    * twice: the waiting job will re-read the encounter and see the latest state anyway.
    */
   enqueue(jobs: EncounterJobInput[]): Promise<{ added: number }>;
-  /** Takes the next due job and leases it to this worker; a job whose lease ran out is handed out again. */
+  /**
+   * Takes the next due job and leases it to this worker; a job whose lease ran out is handed out again.
+   * Never a job whose encounter already has a job running under a live lease (any source, any kind):
+   * the work key is only known once the Encounter is read, so the encounter is what keeps two jobs
+   * from doing the same work side by side. Such a job waits and is handed out after the running one.
+   */
   claim(workerId: string): Promise<EncounterJob | undefined>;
   complete(jobId: string, outcome: string): Promise<void>;
   /** Schedules another attempt with backoff, or moves the job to the dead-letter list. Returns the new status. */
