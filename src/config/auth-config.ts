@@ -44,6 +44,9 @@ export const defaultLaunchScopes = [
   'launch',
   'openid',
   'fhirUser',
+  // The names of the signed-in clinician and of signers: the signed note's heading and the review page say who
+  // signed in words, not as Practitioner/<id>. Practitioner is no patient data, hence user/, not patient/.
+  'user/Practitioner.r',
   // The banner, and every type a draft can cite (the types the history retrieval reads): citations open by
   // read or vread, never by search.
   'patient/Patient.r',
