@@ -129,6 +129,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     maxBodyBytes: config.notify.maxBodyBytes,
     trustProxy: config.http.trustProxy,
     isReady: () => ready,
+    // Still ready while the Subscription is unconfirmed: polling covers; the detail says which it is.
+    readinessDetails: () => intake.readiness(),
     onQueued: () => workers?.nudge(),
     metrics,
     notify: intake.notifyOptions(),

@@ -1,19 +1,18 @@
+import path from 'node:path';
 import { Command } from 'commander';
 import type { ServiceConfig } from '../config/config-schema.ts';
 import { loadConfig } from '../config/load-config.ts';
-import {
-  ensureSubscription,
-  findSubscriptions,
-  type SubscriptionSpec,
-} from '../intake/subscription-manager.ts';
+import { ensureSubscription, findSubscriptions } from '../intake/subscription-manager.ts';
+import { subscriptionSpecFor } from '../intake/subscription-server.ts';
 import { createServiceFhirClient } from '../service-fhir-client.ts';
 import type { CliIo } from './jobs.ts';
 import { runProgram } from './run-program.ts';
 
 /**
  * `subscription`: the service's Subscription on the FHIR server. `list` shows the ones pointing at
- * this service, `check` exits non-zero unless one is active (or requested), `recreate` switches the
- * old ones off and creates a fresh one; `ensure` does what start-up does.
+ * this service, `check` exits non-zero unless one is active (a `requested` one is not: the server has
+ * not confirmed it and may never deliver it), `recreate` switches the old ones off and creates a fresh
+ * one; `ensure` does what start-up does, in the shape the server takes (Medplum: active, signed).
  */
 const processIo: CliIo = {
   out: (text) => process.stdout.write(text),
@@ -42,15 +41,11 @@ export function createSubscriptionProgram(
       throw new Error('set publicUrl (PUBLIC_URL) or pass --endpoint: the server must know where to send');
     // The service's own client: the same authentication (SMART Backend Services, static token) as the service.
     const { fhir } = await createServiceFhirClient(config, { fhirBaseUrl: config.fhir.baseUrl });
-    const spec: SubscriptionSpec = {
+    const spec = await subscriptionSpecFor(fhir, config.intake.subscription, {
       endpoint: publicUrl,
-      mode: config.intake.subscription.mode,
-      topic: config.intake.subscription.topic,
-      criteria: config.intake.subscription.criteria,
-      payload: config.intake.subscription.payload,
-      heartbeatSeconds: config.intake.subscription.heartbeatSeconds,
       secret: config.notify.secret,
-    };
+      dataDir: path.resolve(config.dataDir),
+    });
     return { fhir, spec };
   };
   const describe = (subscription: {
@@ -71,22 +66,28 @@ export function createSubscriptionProgram(
 
   program
     .command('check')
-    .description('exit 0 when an active or requested subscription exists, 1 otherwise')
+    .description('exit 0 when an active subscription exists, 1 otherwise (requested is not usable)')
     .action(async () => {
       const { fhir, spec } = await context();
       const found = await findSubscriptions(fhir, spec);
-      const usable = found.find(
-        (subscription) => subscription.status === 'active' || subscription.status === 'requested',
-      );
-      if (usable) io.out(`ok\t${describe(usable)}`);
-      else {
-        io.err(
-          found.length
-            ? `not active: ${found.map((subscription) => subscription.status).join(', ')}\n`
-            : 'missing\n',
-        );
-        process.exitCode = 1;
+      const usable = found.find((subscription) => subscription.status === 'active');
+      if (usable) {
+        io.out(`ok\t${describe(usable)}`);
+        return;
       }
+      process.exitCode = 1;
+      if (found.length === 0) {
+        io.err(
+          `missing: no Subscription on ${fhir.baseUrl} sends to ${spec.endpoint}; run \`npm run subscription -- ensure\`\n`,
+        );
+        return;
+      }
+      for (const subscription of found) io.err(`not usable\t${describe(subscription)}`);
+      io.err(
+        found.some((subscription) => subscription.status === 'requested')
+          ? 'A requested Subscription is not usable: the server has not confirmed it (no handshake answered, or a server such as Medplum that delivers only active ones) and may never deliver it; the service polls instead. Check that the server can reach the endpoint, then `npm run subscription -- recreate`.\n'
+          : `No active Subscription (${found.map((subscription) => subscription.status).join(', ')}): the server is not delivering; the service polls instead. Run \`npm run subscription -- ensure\` to ask for it again.\n`,
+      );
     });
 
   for (const [name, recreate] of [

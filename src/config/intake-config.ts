@@ -49,7 +49,11 @@ export const intakeConfigSchema = z
       .prefault({}),
     /** Whether to ask the server's $events for missing numbers before falling back to polling. */
     useEventsOperation: booleanish.default(true),
-    /** Medplum subscription id -> HMAC secret (X-Signature). JSON in the environment variable. */
+    /**
+     * Medplum subscription id -> HMAC secret (X-Signature), for Medplum subscriptions made outside the
+     * service. JSON in the environment variable. The one the service makes needs no entry: its secret is
+     * generated into `<dataDir>/medplum-subscription-secret` and used without a restart.
+     */
     medplumSecrets: z.record(z.string(), z.string().min(16, 'at least 16 characters')).default({}),
     /**
      * Subscriptions made outside the service (it did not ensure them) whose event counters intake
@@ -76,6 +80,17 @@ export const intakeConfigSchema = z
         criteria: z.string().min(1).default('Encounter?'),
         payload: z.enum(['id-only', 'full-resource', 'empty']).default('id-only'),
         heartbeatSeconds: z.coerce.number().int().min(0).default(120),
+        /**
+         * Which server the Subscription is made for. `auto` recognises Medplum from the CapabilityStatement's
+         * software name; `medplum` makes a classic rest-hook, created `active` with a subscription secret the
+         * service generates into the data directory (Medplum delivers only active ones, signed with X-Signature).
+         */
+        server: z.enum(['auto', 'medplum', 'generic']).default('auto'),
+        /**
+         * How long after creating or finding its Subscription the service waits for a handshake, a heartbeat,
+         * an event or the status `active` before saying the Subscription is unconfirmed and polling by itself.
+         */
+        confirmWithinMs: z.coerce.number().int().min(1).default(60_000),
       })
       .prefault({}),
     /** Part of the idempotency key; by default derived from triggers, drafts and engine settings. */

@@ -19,6 +19,8 @@ export interface AppOptions {
   maxBodyBytes: number;
   /** Readiness: false until start-up finished and while shutting down. */
   isReady: () => boolean;
+  /** Details /readyz adds without changing readiness (the Subscription and whether it delivers). */
+  readinessDetails?: () => Record<string, unknown>;
   onQueued?: (added: number) => void;
   /** Bearer secret for the operator APIs (job listing, dead-letter retry); there is no open mode. */
   adminSecret: string;
@@ -48,9 +50,11 @@ export function createApp(options: AppOptions): ServiceApp {
   app.get('/readyz', async (_request, response) => {
     const ready = options.isReady();
     const counts = ready ? await options.queue.counts() : undefined;
-    response
-      .status(ready ? 200 : 503)
-      .json({ status: ready ? 'ready' : 'starting-or-stopping', queue: counts });
+    response.status(ready ? 200 : 503).json({
+      status: ready ? 'ready' : 'starting-or-stopping',
+      queue: counts,
+      ...options.readinessDetails?.(),
+    });
   });
 
   app.use(

@@ -26,7 +26,17 @@ export interface EventIntakeOptions {
   /** Asks the reconciler for a run; coalesced there. */
   requestReconcile?: (reason: string) => void;
   onQueued?: (added: number) => void;
+  /**
+   * A delivery pushed by a FHIR server (not polling, CDS Hooks or the watchdog's own queries): proof that
+   * a subscription delivers. `subscription` is the one named, absent for deliveries that name none.
+   */
+  onDelivery?: (subscription: string | undefined, kind: DeliveryKind) => void;
 }
+
+export type DeliveryKind = 'handshake' | 'heartbeat' | 'event';
+
+/** Sources whose events a server pushed to /notify. */
+const pushedSources = new Set(['backport', 'classic', 'medplum', 'hapi']);
 
 export interface EncounterEvent {
   encounterId: string;
@@ -54,12 +64,16 @@ export class EventIntake {
   }
 
   requestReconcile(reason: string, source: string): void {
+    // Backport empty payloads were counted as deliveries where the notification was accepted.
+    if (source !== 'backport' && pushedSources.has(source)) this.#options.onDelivery?.(undefined, 'event');
     this.#count(source, 'reconcile');
     this.#options.requestReconcile?.(reason);
   }
 
   /** Queues encounter events; duplicates of a job still waiting collapse in the queue. */
   async acceptEncounters(events: EncounterEvent[], source: string): Promise<number> {
+    if (source !== 'backport' && pushedSources.has(source) && events.length > 0)
+      this.#options.onDelivery?.(undefined, 'event');
     const jobs: EncounterJobInput[] = events
       .filter((event) => isResourceId(event.encounterId))
       .map((event) => ({
@@ -131,6 +145,13 @@ export class EventIntake {
     const { logger, metrics } = this.#options;
     const result: IntakeResult = { queued: 0, events: 0, duplicates: 0, reconcileRequested: false };
     const subscription = subscriptionForLog(notification.subscription);
+    const delivered =
+      notification.type === 'event-notification'
+        ? 'event'
+        : notification.type === 'handshake' || notification.type === 'heartbeat'
+          ? notification.type
+          : undefined;
+    if (source === 'backport' && delivered) this.#options.onDelivery?.(notification.subscription, delivered);
     result.duplicates = observation.duplicates;
     this.#count(source, 'duplicate', observation.duplicates);
     // Answered and worked, but counted here rather than stored: the service neither made it nor was told of it.

@@ -11,14 +11,17 @@ import { EventCounterTracker } from './event-counter-tracker.ts';
 import { EventIntake } from './event-intake.ts';
 import { IntakeStateStore } from './intake-state-store.ts';
 import { PollingReconciler } from './polling-reconciler.ts';
+import { SubscriptionConfirmation, type SubscriptionReadiness } from './subscription-confirmation.ts';
 import { ensureSubscription, type SubscriptionSpec } from './subscription-manager.ts';
+import { subscriptionSpecFor } from './subscription-server.ts';
 import { SubscriptionWatchdog } from './subscription-watchdog.ts';
 import { TrackedSubscriptions } from './tracked-subscriptions.ts';
 
 /**
  * All event sources assembled: the intake (usable as soon as it is built, so /notify can answer
  * before the FHIR client exists), then on start() the polling reconciler, the subscription watchdog
- * and the subscription ensured on the server. The composition root builds one and stops it on shutdown.
+ * and the subscription ensured on the server, watched until the server shows it delivers (polling
+ * takes over when it does not). The composition root builds one and stops it on shutdown.
  */
 export interface IntakeServiceOptions {
   config: IntakeConfig;
@@ -36,10 +39,21 @@ export class IntakeService {
   readonly tracked: TrackedSubscriptions;
   reconciler: PollingReconciler | undefined;
   watchdog: SubscriptionWatchdog | undefined;
+  confirmation: SubscriptionConfirmation | undefined;
   readonly #options: IntakeServiceOptions;
+  /**
+   * Handed to the notify route by reference: the secret of the Medplum Subscription the service makes
+   * is added once its id is known, so nobody configures it or restarts.
+   */
+  readonly #medplumSecrets: Record<string, string>;
+  /** Deliveries heard before start() built the confirmation (the notify route answers from the beginning). */
+  readonly #earlyDeliveries: [string | undefined, 'handshake' | 'heartbeat' | 'event'][] = [];
+  /** Polling started only because the Subscription is unconfirmed: stopped again once it is confirmed. */
+  #fallbackPolling = false;
 
   constructor(options: IntakeServiceOptions) {
     this.#options = options;
+    this.#medplumSecrets = { ...options.config.medplumSecrets };
     this.store = new IntakeStateStore(path.join(options.dataDir, 'intake.sqlite'));
     this.tracked = new TrackedSubscriptions(
       options.config.trackedSubscriptions,
@@ -55,7 +69,17 @@ export class IntakeService {
       tracker: this.tracker,
       onQueued: options.onQueued,
       requestReconcile: (reason) => this.reconciler?.trigger(reason),
+      onDelivery: (subscription, kind) => {
+        if (this.confirmation) this.confirmation.noteContact(subscription, kind);
+        else if (this.#earlyDeliveries.length < 32) this.#earlyDeliveries.push([subscription, kind]);
+      },
     });
+  }
+
+  /** For /readyz: the service's Subscription and whether the server was seen delivering it. */
+  readiness(): { subscription?: SubscriptionReadiness } {
+    const subscription = this.confirmation?.readiness();
+    return subscription ? { subscription } : {};
   }
 
   /**
@@ -77,7 +101,7 @@ export class IntakeService {
     return {
       intake: this.intake,
       sources: config.sources,
-      medplumSecrets: config.medplumSecrets,
+      medplumSecrets: this.#medplumSecrets,
       rateLimit: config.rateLimit,
     };
   }
@@ -124,6 +148,19 @@ export class IntakeService {
       callbackHosts: config.callbackHosts,
     });
     this.watchdog.start(config.heartbeat.checkIntervalMs);
+    this.confirmation = new SubscriptionConfirmation({
+      fhir,
+      logger,
+      confirmWithinMs: config.subscription.confirmWithinMs,
+      onUnconfirmed: () => this.#pollInstead('subscription-unconfirmed'),
+      onConfirmed: () => {
+        if (!this.#fallbackPolling) return;
+        this.#fallbackPolling = false;
+        void reconciler.unschedule();
+      },
+    });
+    for (const [delivered, kind] of this.#earlyDeliveries.splice(0))
+      this.confirmation.noteContact(delivered, kind);
     if (config.sources.polling && options.schedulePolling !== false) {
       this.reconciler.start(config.polling.cron);
       this.reconciler.trigger('start');
@@ -133,7 +170,7 @@ export class IntakeService {
     if (
       subscription &&
       config.subscription.ensureOnStart &&
-      (config.sources.backport || config.sources.classic)
+      (config.sources.backport || config.sources.classic || config.sources.medplum)
     ) {
       // In the background: a slow or Subscription-less server must not hold up start-up.
       void this.#ensure(fhir, subscription);
@@ -144,32 +181,45 @@ export class IntakeService {
     fhir: FhirClient,
     subscription: Pick<SubscriptionSpec, 'endpoint' | 'secret'>,
   ): Promise<void> {
-    const { config, logger } = this.#options;
+    const { config, logger, dataDir } = this.#options;
     try {
-      const { subscription: ensured, action } = await ensureSubscription(fhir, {
-        ...subscription,
-        mode: config.subscription.mode,
-        topic: config.subscription.topic,
-        criteria: config.subscription.criteria,
-        payload: config.subscription.payload,
-        heartbeatSeconds: config.subscription.heartbeatSeconds,
-      });
+      const spec = await subscriptionSpecFor(fhir, config.subscription, { ...subscription, dataDir });
+      const { subscription: ensured, action } = await ensureSubscription(fhir, spec);
       if (ensured.id) {
         const reference = `Subscription/${ensured.id}`;
         this.store.saveServiceSubscription(reference, Date.now());
         const replaced = this.tracked.setOwn(reference);
         if (replaced) this.store.forgetSubscription(replaced);
+        // Medplum names the subscription in X-Medplum-Subscription: its deliveries are checked against this key.
+        if (spec.medplumSecret) this.#medplumSecrets[ensured.id] = spec.medplumSecret;
       }
-      logger.info({ subscription: ensured.id, action }, 'subscription-ensured');
+      logger.info(
+        { subscription: ensured.id, action, status: ensured.status, server: spec.server, mode: spec.mode },
+        'subscription-ensured',
+      );
+      this.confirmation?.watch(ensured);
     } catch (error) {
       logger.warn(
         { error: normalizeOperationOutcome(error).message },
         'subscription-ensure-failed; polling covers',
       );
+      this.#pollInstead('subscription-ensure-failed');
     }
   }
 
+  /** Whatever the configuration said about polling: without deliveries it is the only source left. */
+  #pollInstead(reason: string): void {
+    const reconciler = this.reconciler;
+    if (!reconciler) return;
+    if (!reconciler.scheduled) {
+      reconciler.start(this.#options.config.polling.cron);
+      this.#fallbackPolling = true;
+    }
+    reconciler.trigger(reason);
+  }
+
   async stop(): Promise<void> {
+    this.confirmation?.stop();
     this.watchdog?.stop();
     await this.reconciler?.stop();
     this.store.close();

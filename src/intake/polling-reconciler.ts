@@ -57,6 +57,17 @@ export class PollingReconciler {
     });
   }
 
+  /** Whether polling runs on a schedule. */
+  get scheduled(): boolean {
+    return this.#task !== undefined;
+  }
+
+  /** Stops the schedule only; requests still run. */
+  async unschedule(): Promise<void> {
+    await this.#task?.stop();
+    this.#task = undefined;
+  }
+
   /** Fire-and-forget trigger from intake (gap, reset, empty payload); errors are logged. */
   trigger(reason: string): void {
     void this.request(reason).catch(() => undefined);

@@ -1,10 +1,12 @@
-import type { Subscription } from 'fhir/r4.js';
+import type { Extension, Subscription } from 'fhir/r4.js';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 
 /**
  * Makes sure the service's own Subscription exists on the FHIR server: found by its endpoint and its
  * criteria (classic) or topic (Backport), created when missing, reactivated when the server switched
  * it off. The bearer secret goes into channel.header so the server authenticates its notifications.
+ * Medplum gets the only shape it delivers: a classic rest-hook created `active` (it never moves a
+ * `requested` one on), signed with the subscription-secret extension instead of a bearer header.
  * Used at start and by `npm run subscription -- list|check|recreate`.
  */
 export interface SubscriptionSpec {
@@ -16,14 +18,54 @@ export interface SubscriptionSpec {
   payload: 'id-only' | 'full-resource' | 'empty';
   heartbeatSeconds: number;
   secret: string | undefined;
+  /** `medplum`: classic rest-hook, status active, signed with `medplumSecret`. Absent: generic. */
+  server?: 'medplum' | 'generic';
+  /** The HMAC secret Medplum signs deliveries with (X-Signature); required when `server` is medplum. */
+  medplumSecret?: string;
 }
 
 export type EnsureAction = 'found' | 'created' | 'reactivated' | 'recreated';
+
+export const medplumSecretExtensionUrl =
+  'https://www.medplum.com/fhir/StructureDefinition/subscription-secret';
+
+function isMedplum(spec: SubscriptionSpec): boolean {
+  return spec.server === 'medplum';
+}
+
+function medplumSecretOf(subscription: Subscription): string | undefined {
+  return subscription.extension?.find((extension) => extension.url === medplumSecretExtensionUrl)
+    ?.valueString;
+}
+
+function withMedplumSecret(extensions: Extension[] | undefined, secret: string): Extension[] {
+  return [
+    ...(extensions ?? []).filter((extension) => extension.url !== medplumSecretExtensionUrl),
+    { url: medplumSecretExtensionUrl, valueString: secret },
+  ];
+}
+
+/** The status that asks the server to deliver again: Medplum delivers only `active`, others handshake from `requested`. */
+export function reactivationStatus(spec: Pick<SubscriptionSpec, 'server'>): 'active' | 'requested' {
+  return spec.server === 'medplum' ? 'active' : 'requested';
+}
 
 const backport = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition';
 
 export function buildSubscription(spec: SubscriptionSpec): Subscription {
   const header = spec.secret ? [`Authorization: Bearer ${spec.secret}`] : undefined;
+  if (isMedplum(spec)) {
+    if (!spec.medplumSecret) throw new Error('a Medplum subscription needs its subscription secret');
+    return {
+      resourceType: 'Subscription',
+      status: 'active',
+      reason: 'EHR draft agent: encounter events for draft notes',
+      criteria: spec.criteria,
+      extension: withMedplumSecret(undefined, spec.medplumSecret),
+      // No bearer header: the HMAC authenticates, and Medplum would keep a second credential in the resource.
+      channel: { type: 'rest-hook', endpoint: spec.endpoint, payload: 'application/fhir+json' },
+    };
+  }
   if (spec.mode === 'classic') {
     return {
       resourceType: 'Subscription',
@@ -62,7 +104,7 @@ export function buildSubscription(spec: SubscriptionSpec): Subscription {
 
 function isOurs(subscription: Subscription, spec: SubscriptionSpec): boolean {
   if (subscription.channel?.endpoint !== spec.endpoint) return false;
-  return spec.mode === 'classic'
+  return spec.mode === 'classic' || isMedplum(spec)
     ? subscription.criteria === spec.criteria
     : subscription.criteria === spec.topic;
 }
@@ -79,14 +121,23 @@ export async function ensureSubscription(
   options: { recreate?: boolean } = {},
 ): Promise<{ subscription: Subscription; action: EnsureAction }> {
   const existing = await findSubscriptions(fhir, spec);
-  const usable = existing.find(
-    (subscription) => subscription.status === 'active' || subscription.status === 'requested',
+  const usable = existing.find((subscription) =>
+    isMedplum(spec)
+      ? subscription.status === 'active' && medplumSecretOf(subscription) === spec.medplumSecret
+      : subscription.status === 'active' || subscription.status === 'requested',
   );
   if (usable && !options.recreate) return { subscription: usable, action: 'found' };
   const stopped = existing[0];
   if (stopped && !options.recreate) {
-    // Switched off after failed deliveries: ask for it again rather than piling up copies.
-    const subscription = await fhir.update<Subscription>({ ...stopped, status: 'requested' });
+    // Switched off after failed deliveries (or, on Medplum, left `requested` or with another secret):
+    // ask for it again rather than piling up copies.
+    const subscription = await fhir.update<Subscription>({
+      ...stopped,
+      status: reactivationStatus(spec),
+      ...(isMedplum(spec) && spec.medplumSecret
+        ? { extension: withMedplumSecret(stopped.extension, spec.medplumSecret) }
+        : {}),
+    });
     return { subscription, action: 'reactivated' };
   }
   for (const old of existing) {

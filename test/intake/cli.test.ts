@@ -78,6 +78,10 @@ describe('subscription command', () => {
     };
     expect((await run('check')).exitCode).toBe(1);
     expect((await run('ensure')).out).toMatch(/^created\t/);
+    // Created `requested`: not usable until the server confirms it (see subscription-confirmation.test.ts).
+    expect((await run('check')).exitCode).toBe(1);
+    const [ensured] = standIn.all('Subscription');
+    standIn.write({ ...ensured, status: 'active' });
     const checked = await run('check');
     expect(checked.exitCode).toBe(0);
     expect(checked.out).toContain('http://agent.example/notify');

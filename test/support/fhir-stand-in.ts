@@ -47,6 +47,8 @@ export interface FhirStandInOptions {
   /** Delay added to every answer, so work stays in flight long enough to be interrupted. */
   latencyMs?: number;
   port?: number;
+  /** CapabilityStatement.software, e.g. `{ name: 'Medplum', version: '5.0.10' }` to be recognised as Medplum. */
+  software?: { name: string; version?: string };
 }
 
 function referenceMatches(value: unknown, wanted: string): boolean {
@@ -250,6 +252,7 @@ export async function startFhirStandIn(options: FhirStandInOptions = {}): Promis
         resourceType: 'CapabilityStatement',
         status: 'active',
         fhirVersion: '4.0.1',
+        ...(options.software ? { software: options.software } : {}),
       });
     if (!resourceType) return send(response, 404, outcome('not-found', 'no resource type'));
 
