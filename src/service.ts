@@ -17,6 +17,7 @@ import { createApp } from './http/app.ts';
 import { cdsClientAuthenticator } from './http/cds-client-auth.ts';
 import { createCdsHooksRouter } from './http/cds-hooks.ts';
 import { reviewAppRouters } from './http/review-app.ts';
+import { sandboxAuthorizationRouter } from './http/sandbox-authorization-routes.ts';
 import { sandboxRouter } from './http/sandbox-routes.ts';
 import { createSmartLaunch } from './http/smart-launch.ts';
 import { configurationVersion } from './intake/configuration-version.ts';
@@ -103,6 +104,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     sandbox = createSandboxEhr({
       logger,
       subscriptions: { allowedEndpoints: config.sandbox.subscriptionEndpoints },
+      auth: config.sandbox.auth,
     });
     const patients = generatePatients({ count: config.sandbox.patients, seed: config.sandbox.seed });
     await sandbox.seed(patients.flatMap((patient) => patient.resources));
@@ -129,8 +131,6 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     maxBodyBytes: config.notify.maxBodyBytes,
     trustProxy: config.http.trustProxy,
     isReady: () => ready,
-    // Still ready while the Subscription is unconfirmed: polling covers; the detail says which it is.
-    readinessDetails: () => intake.readiness(),
     onQueued: () => workers?.nudge(),
     metrics,
     notify: intake.notifyOptions(),
@@ -145,8 +145,37 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   // The sandbox notifies only endpoints allowed exactly (none by default): ours, wherever PUBLIC_URL points.
   sandbox?.allowSubscriptionEndpoint(`${url}/notify`);
 
-  // The service's own FHIR access: SMART Backend Services, a static token, or none (sandbox).
-  const accessToken = await createAccessTokenProvider(config.auth.backend, { fhirBaseUrl, dataDir });
+  // The sandbox is a strict hospital: its SMART authorization server, with the service registered as a Backend
+  // Services client and the review app as a launch client, so the demo takes the path a hospital does.
+  let auth = config.auth;
+  if (sandbox) {
+    const [{ attachSandboxAuthorization }, { registerServiceWithSandbox }] = await Promise.all([
+      import('./sandbox/authorization/sandbox-authorization.ts'),
+      import('./sandbox/authorization/service-clients.ts'),
+    ]);
+    const authorization = await attachSandboxAuthorization(sandbox, {
+      issuer: `${url}/sandbox/auth`,
+      fhirBaseUrl,
+      logger,
+    });
+    app.mount('/sandbox/auth', sandboxAuthorizationRouter(authorization));
+    auth = registerServiceWithSandbox(authorization, { auth: config.auth, serviceUrl: url, fhirBaseUrl });
+  }
+
+  // The service's own FHIR access: SMART Backend Services, a static token, or none.
+  const accessToken = await createAccessTokenProvider(auth.backend, { fhirBaseUrl, dataDir });
+  // Clinicians: SMART App Launch, then the review page and its API, acting with the clinician's own token.
+  // Mounted before the first token request: its router serves /.well-known/jwks.json, which servers such as
+  // Medplum fetch while answering that request.
+  const smartLaunch = createSmartLaunch({
+    launch: auth.launch,
+    publicUrl: url,
+    jwks: accessToken.jwks,
+    signingKey: accessToken.signingKey,
+    dataDir,
+    logger,
+  });
+  app.mount('/', smartLaunch.router);
   if (accessToken.mode === 'smart-backend') {
     try {
       await accessToken.getToken(); // a narrower grant than needed stops start-up, naming the missing scope
@@ -187,17 +216,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       workers?.nudge();
     },
   });
-  // Clinicians: SMART App Launch, then the review page and its API, acting with the clinician's own token.
-  const smartLaunch = createSmartLaunch({
-    launch: config.auth.launch,
-    publicUrl: url,
-    jwks: accessToken.jwks,
-    signingKey: accessToken.signingKey,
-    dataDir,
-    logger,
-  });
-  app.mount('/', smartLaunch.router);
-  if (config.auth.launch) {
+  if (auth.launch) {
     for (const { path: mountPath, router } of reviewAppRouters({
       smartLaunch,
       // Sign-off and rejection in the review app are outcomes of the nudges the draft carried.

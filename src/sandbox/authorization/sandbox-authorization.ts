@@ -1,4 +1,5 @@
-import type { Bundle, Encounter, Patient, Practitioner } from 'fhir/r4.js';
+import { parseSearchRequest } from '@medplum/core';
+import type { Encounter, Patient, Practitioner } from 'fhir/r4.js';
 import type { Logger } from '../../log.ts';
 import type { SandboxEhr } from '../sandbox-ehr.ts';
 import { createSandboxAuthorizationServer, type SandboxAuthorizationServer } from './authorization-server.ts';
@@ -19,10 +20,10 @@ export const sandboxClinician: Practitioner = {
   qualification: [{ code: { text: 'Physician (synthetic sandbox clinician)' } }],
 };
 
-async function search<T>(sandbox: SandboxEhr, url: string): Promise<T[]> {
-  const response = await sandbox.handle({ method: 'GET', url });
-  const bundle = response.status === 200 ? (response.body as Bundle) : undefined;
-  return (bundle?.entry ?? []).map((entry) => entry.resource as T);
+/** Reads the sandbox's store directly: these lookups are the EHR's own, not a client's request. */
+async function search<T>(sandbox: SandboxEhr, query: string): Promise<T[]> {
+  const found = await sandbox.repository.searchResources(parseSearchRequest(query));
+  return found as unknown as T[];
 }
 
 /** A Practitioner with a name (someone who can sign), seeded if the sandbox has none; returns its id. */
