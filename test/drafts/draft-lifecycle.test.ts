@@ -13,9 +13,11 @@ import { DraftNoteWriter } from '../../fhir/draft-note.ts';
 import type { DraftMode } from '../../fhir/draft-store.ts';
 import { FhirClient, staticAccessToken } from '../../fhir/fhir-client.ts';
 import { inlineNoteText } from '../../fhir/note-text.ts';
+import { defaultLaunchScopes } from '../../src/config/auth-config.ts';
 import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
-import { type FhirTestServer, startFhirTestServer } from '../fhir/fhir-test-server.ts';
+import type { FhirTestServer } from '../fhir/fhir-test-server.ts';
 import { create, draftContentFor, type SeededChart, seedChart } from '../fhir/seed.ts';
+import { startSandboxWithTokens } from './sandbox-with-tokens.ts';
 
 /**
  * Every lifecycle transition, in all three modes, asserted as the FHIR resources it produces: in the
@@ -32,8 +34,23 @@ let chart: SeededChart;
 let directory: string;
 
 beforeAll(async () => {
-  server = await startFhirTestServer({ batch: true });
+  // The service writes drafts with its backend grant; the clinician acts with exactly the review app's
+  // default launch scopes, in the launch patient's compartment, as the sandbox enforces them.
+  let launchPatient: string | undefined;
+  server = await startSandboxWithTokens({
+    'service-token': { clientId: 'service', scopes: ['system/*.cruds'], backend: true },
+    get 'clinician-token'() {
+      return {
+        clientId: 'review-app',
+        scopes: defaultLaunchScopes.split(' '),
+        patient: launchPatient,
+        fhirUser: practitioner,
+        backend: false,
+      };
+    },
+  });
   chart = await seedChart(server.repository);
+  launchPatient = chart.patient.id;
   directory = mkdtempSync(path.join(tmpdir(), 'draft-lifecycle-'));
 });
 afterAll(async () => {
@@ -62,6 +79,8 @@ function harness(mode: DraftMode, now?: () => Date): Harness {
     mode,
     identifierSystem,
     store,
+    // As the service wires it: the AI Device a held draft names is the service's write, not the clinician's.
+    serviceClient,
     requestRegeneration: (encounterId, kind) => void regenerations.push({ encounterId, kind }),
     ...(now ? { now } : {}),
   }).withClient(clinicianClient);
@@ -506,7 +525,12 @@ describe('hold mode: drafts stay in the service until sign-off, then go to the E
       provenances.find((provenance) => provenance.activity?.coding?.[0].code === 'AU') as Provenance,
       document,
     );
-    for (const write of fhirWrites()) expect(write.authorization).toBe('Bearer clinician-token');
+    // The note and both Provenances carry the clinician's own token; only the AI Device is the service's write.
+    const writes = fhirWrites().filter((write) => !write.url.startsWith('Device'));
+    expect(writes.length).toBeGreaterThanOrEqual(3);
+    for (const write of writes) expect(write.authorization).toBe('Bearer clinician-token');
+    for (const write of fhirWrites().filter((write) => write.url.startsWith('Device')))
+      expect(write.authorization).toBe('Bearer service-token');
   });
 
   it('writes the signed note with the heading rewritten and the signer named, in the EHR and the store', async () => {
