@@ -37,8 +37,9 @@ export function sandboxRouter(sandbox: SandboxEhr, options: SandboxRouterOptions
       headers: request.headers,
       body: request.body,
       baseUrl,
-      // Behind a reverse proxy on loopback, the forwarded client address (trust proxy: loopback).
-      remoteAddress: request.ip ?? request.socket.remoteAddress,
+      // The peer as express reports it (the forwarded client only behind a trusted proxy, http.trustProxy);
+      // an unknown peer is not loopback, so it gets no administrator's pass.
+      remoteAddress: request.ip ?? request.socket.remoteAddress ?? 'unknown',
     });
     response.status(result.status);
     for (const [name, value] of Object.entries(result.headers)) response.setHeader(name, value);
