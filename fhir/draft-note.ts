@@ -1,15 +1,25 @@
 import { randomUUID } from 'node:crypto';
-import type { Device, DocumentReference, Encounter, Extension, Patient, Provenance } from 'fhir/r4.js';
+import type {
+  Device,
+  DocumentReference,
+  Encounter,
+  Extension,
+  Patient,
+  Provenance,
+  Reference,
+} from 'fhir/r4.js';
 import { encounterTypeText } from './display-labels.ts';
 import type { DraftMode, DraftStore, RegenerationRequest } from './draft-store.ts';
-import type { FhirClient } from './fhir-client.ts';
+import type { FhirClient, TransactionEntry } from './fhir-client.ts';
 
 /**
  * Builds and writes the draft note: a US Core DocumentReference (LOINC 34133-9, clinical-note,
  * docStatus preliminary, AIAST security label) with a stable identifier, written by conditional
  * create so a repeated event never makes a second draft, and a Provenance naming the exact versions
- * of the resources the draft cites. This module knows FHIR only; what the text says comes from the
- * agents, handed in as plain data.
+ * of the resources the draft cites, in one transaction so that neither exists without the other.
+ * The draft also records those versions itself (`context.related`), so a Provenance written later
+ * (servers without transactions) states what the draft was made from, not what a later run read.
+ * This module knows FHIR only; what the text says comes from the agents, handed in as plain data.
  */
 export interface DraftContent {
   kind: string;
@@ -97,13 +107,29 @@ const aiDeviceTypeSystem = 'http://hl7.org/fhir/uv/aitransparency/CodeSystem/AId
  * model wrote the draft; the model-free extractive engine is a plain Device, since calling it an AI
  * would misinform the reader.
  */
-export function buildDevice(engine: DraftContent['engine'], identifierSystem: string): Device {
+/** Whether written resources declare their profiles (`fhir.declareProfiles`). */
+export interface ProfileOptions {
+  /**
+   * Default true. Medplum looks up the StructureDefinition of a resource declaring meta.profile and
+   * answers 403 unless the token may read StructureDefinition; false leaves meta.profile out.
+   */
+  declareProfiles?: boolean;
+}
+
+export function buildDevice(
+  engine: DraftContent['engine'],
+  identifierSystem: string,
+  options: ProfileOptions = {},
+): Device {
   const isModel = engine.id !== 'extractive';
+  const declareProfiles = options.declareProfiles ?? true;
   return {
     resourceType: 'Device',
     ...(isModel
       ? {
-          meta: { profile: ['http://hl7.org/fhir/uv/aitransparency/StructureDefinition/AI-Device'] },
+          ...(declareProfiles
+            ? { meta: { profile: ['http://hl7.org/fhir/uv/aitransparency/StructureDefinition/AI-Device'] } }
+            : {}),
           extension: [
             {
               url: 'http://hl7.org/fhir/uv/aitransparency/StructureDefinition/aitransparency.AIKind',
@@ -196,8 +222,76 @@ export function buildDraftDocumentReference(
         { reference: `Encounter/${encounter.id}`, ...(encounterType ? { display: encounterType } : {}) },
       ],
       ...(encounter.period ? { period: encounter.period } : {}),
+      related: provenanceBasisReferences(content),
     },
   };
+}
+
+/** What a draft's AI Provenance states besides its target and agent: the sources, rules and prompt templates. */
+export type ProvenanceBasis = Pick<DraftContent, 'sources' | 'rules' | 'prompt' | 'prompts'>;
+
+const ruleIdentifierSystem = 'urn:ehr-draft-agent:rule';
+const promptIdentifierSystem = 'urn:ehr-draft-agent:prompt-template';
+
+function versioned(reference: string, versionId: string | undefined): string {
+  return versionId ? `${reference}/_history/${versionId}` : reference;
+}
+
+function promptTemplates(basis: ProvenanceBasis): { id: string; version: string }[] {
+  const templates = [basis.prompt, ...(basis.prompts ?? [])].filter(
+    (prompt): prompt is { id: string; version: string } => Boolean(prompt),
+  );
+  const seen = new Set<string>();
+  return templates.filter((template) => {
+    const key = `${template.id}@${template.version}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+/**
+ * The draft's own record of what it was made from, as `context.related`: every cited resource at the
+ * exact version read, and the rules and prompt templates by logical identifier (the EHR holds no
+ * resource for them).
+ */
+function provenanceBasisReferences(basis: ProvenanceBasis): Reference[] {
+  return [
+    ...[...basis.sources].map(([reference, versionId]) => ({ reference: versioned(reference, versionId) })),
+    ...(basis.rules ?? []).map((rule) => ({
+      identifier: { system: ruleIdentifierSystem, value: `${rule.id}@${rule.version}` },
+      display: `rule ${rule.id} v${rule.version}`,
+    })),
+    ...promptTemplates(basis).map((template) => ({
+      identifier: { system: promptIdentifierSystem, value: `${template.id}@${template.version}` },
+      display: `prompt template ${template.id} v${template.version}`,
+    })),
+  ];
+}
+
+function splitVersion(value: string): { id: string; version: string } | undefined {
+  const at = value.lastIndexOf('@');
+  return at > 0 ? { id: value.slice(0, at), version: value.slice(at + 1) } : undefined;
+}
+
+/**
+ * The basis a draft recorded for itself (see provenanceBasisReferences). The rendered prompt is not
+ * on the draft (it holds the patient's record): a Provenance built from this names the templates only.
+ */
+export function draftProvenanceBasis(draft: DocumentReference): ProvenanceBasis {
+  const sources = new Map<string, string | undefined>();
+  const rules: { id: string; version: string }[] = [];
+  const prompts: { id: string; version: string }[] = [];
+  for (const related of draft.context?.related ?? []) {
+    const match = /^([A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64})(?:\/_history\/([A-Za-z0-9\-.]{1,64}))?$/.exec(
+      related.reference ?? '',
+    );
+    if (match) sources.set(match[1], match[2]);
+    const identified = related.identifier?.value ? splitVersion(related.identifier.value) : undefined;
+    if (identified && related.identifier?.system === ruleIdentifierSystem) rules.push(identified);
+    if (identified && related.identifier?.system === promptIdentifierSystem) prompts.push(identified);
+  }
+  return { sources, rules, ...(prompts.length > 0 ? { prompt: prompts[0], prompts } : {}) };
 }
 
 /**
@@ -208,16 +302,18 @@ export function buildDraftDocumentReference(
  * referential integrity (HAPI's default) refuse a reference to a resource they do not hold.
  */
 export function buildDraftProvenance(
-  content: DraftContent,
-  draft: DocumentReference,
+  content: ProvenanceBasis,
+  /** The draft: `DocumentReference/<id>/_history/<version>`, or its `urn:uuid:` fullUrl in a transaction. */
+  target: string,
   deviceReference: string,
   now: Date,
+  options: ProfileOptions = {},
 ): Provenance {
-  const versioned = (reference: string, versionId: string | undefined) =>
-    versionId ? `${reference}/_history/${versionId}` : reference;
   return {
     resourceType: 'Provenance',
-    meta: { profile: ['http://hl7.org/fhir/uv/aitransparency/StructureDefinition/AI-Provenance'] },
+    ...((options.declareProfiles ?? true)
+      ? { meta: { profile: ['http://hl7.org/fhir/uv/aitransparency/StructureDefinition/AI-Provenance'] } }
+      : {}),
     ...(content.prompt
       ? {
           contained: [
@@ -244,7 +340,7 @@ export function buildDraftProvenance(
           ],
         }
       : {}),
-    target: [{ reference: versioned(`DocumentReference/${draft.id}`, draft.meta?.versionId) }],
+    target: [{ reference: target }],
     occurredDateTime: now.toISOString(),
     recorded: now.toISOString(),
     reason: [
@@ -273,7 +369,7 @@ export function buildDraftProvenance(
       ...(content.rules ?? []).map((rule) => ({
         role: 'derivation' as const,
         what: {
-          identifier: { system: 'urn:ehr-draft-agent:rule', value: `${rule.id}@${rule.version}` },
+          identifier: { system: ruleIdentifierSystem, value: `${rule.id}@${rule.version}` },
           display: `rule ${rule.id} v${rule.version}`,
         },
       })),
@@ -283,11 +379,9 @@ export function buildDraftProvenance(
 }
 
 /** The prompt as the model saw it, headed by the template ids and versions so it can be traced to the files. */
-function promptText(content: DraftContent): string {
-  const templates = [content.prompt, ...(content.prompts ?? [])]
-    .filter((prompt): prompt is { id: string; version: string } => Boolean(prompt))
-    .map((prompt) => `${prompt.id}@${prompt.version}`);
-  const header = `<!-- prompt templates: ${[...new Set(templates)].join(', ')} -->`;
+function promptText(content: ProvenanceBasis): string {
+  const templates = promptTemplates(content).map((prompt) => `${prompt.id}@${prompt.version}`);
+  const header = `<!-- prompt templates: ${templates.join(', ')} -->`;
   return content.prompt?.rendered ? `${header}\n${content.prompt.rendered}` : header;
 }
 
@@ -305,24 +399,33 @@ export interface WrittenDraft {
   mode: DraftMode;
 }
 
-export interface DraftNoteWriterOptions {
+export interface DraftNoteWriterOptions extends ProfileOptions {
   /** write (default): to the EHR as preliminary; hold: kept in the store until sign-off; shadow: stored, never written. */
   mode?: DraftMode;
   /** Needed for hold and shadow, and for regeneration in any mode. */
   store?: DraftStore;
+  /**
+   * Default true: the Device, the draft and its Provenance go in one transaction Bundle. False, for
+   * servers without transactions: the draft first, then its Provenance built from the draft's own record.
+   */
+  transactions?: boolean;
 }
 
 /**
- * Writes a draft where the site's mode says: to the EHR (conditional create, then its AI Provenance if
- * it has none yet: safe to repeat after a crash), or into the service's own store. A pending
- * regeneration for the encounter and kind makes a new generation that `relatesTo` replaces the old
- * draft, and the old one becomes superseded. The writer only ever writes preliminary drafts.
+ * Writes a draft where the site's mode says: to the EHR, or into the service's own store. In the EHR
+ * the draft and its AI Provenance are one transaction of conditional creates, so neither exists
+ * without the other and a repeated transaction (a crash, a lost answer, a second worker) finds both
+ * and adds nothing. A pending regeneration for the encounter and kind makes a new generation that
+ * `relatesTo` replaces the old draft, and the old one becomes superseded. The writer only ever writes
+ * preliminary drafts.
  */
 export class DraftNoteWriter {
   readonly #client: FhirClient;
   readonly #identifierSystem: string;
   readonly #mode: DraftMode;
   readonly #store: DraftStore | undefined;
+  readonly #transactions: boolean;
+  readonly #profiles: ProfileOptions;
   readonly #deviceReferences = new Map<string, string>();
 
   constructor(client: FhirClient, identifierSystem: string, options: DraftNoteWriterOptions = {}) {
@@ -330,6 +433,8 @@ export class DraftNoteWriter {
     this.#identifierSystem = identifierSystem;
     this.#mode = options.mode ?? 'write';
     this.#store = options.store;
+    this.#transactions = options.transactions ?? true;
+    this.#profiles = { declareProfiles: options.declareProfiles ?? true };
     if (this.#mode !== 'write' && !this.#store)
       throw new Error(`drafts.mode ${this.#mode} needs a draft store`);
   }
@@ -342,7 +447,10 @@ export class DraftNoteWriter {
   async ensureDevice(engine: DraftContent['engine'], client: FhirClient = this.#client): Promise<string> {
     const cached = this.#deviceReferences.get(engine.id);
     if (cached) return cached;
-    const reference = await ensureDeviceIn(client, buildDevice(engine, this.#identifierSystem));
+    const reference = await ensureDeviceIn(
+      client,
+      buildDevice(engine, this.#identifierSystem, this.#profiles),
+    );
     this.#deviceReferences.set(engine.id, reference);
     return reference;
   }
@@ -376,37 +484,112 @@ export class DraftNoteWriter {
     generation: number,
     regeneration: RegenerationRequest | undefined,
   ): Promise<WrittenDraft> {
+    const build = (deviceReference: string) => {
+      const document = buildDraftDocumentReference(content, {
+        patient,
+        encounter,
+        identifierSystem: this.#identifierSystem,
+        deviceReference,
+        now,
+        generation,
+        replaces:
+          regeneration?.replaces.mode === 'write'
+            ? `DocumentReference/${regeneration.replaces.id}`
+            : undefined,
+      });
+      assertPreliminary(document);
+      return document;
+    };
+    return this.#transactions
+      ? this.#writeInTransaction(content, build, now)
+      : this.#writeInSteps(content, build, now);
+  }
+
+  /**
+   * Device (until its id is known), draft and Provenance in one transaction of conditional creates.
+   * The Provenance is conditional on its target: when the draft is already there, so is its Provenance
+   * (they were written together), and the transaction finds both and creates neither.
+   */
+  async #writeInTransaction(
+    content: DraftContent,
+    build: (deviceReference: string) => DocumentReference,
+    now: Date,
+  ): Promise<WrittenDraft> {
+    const knownDevice = this.#deviceReferences.get(content.engine.id);
+    const deviceReference = knownDevice ?? `urn:uuid:${randomUUID()}`;
+    const documentUrl = `urn:uuid:${randomUUID()}`;
+    const document = build(deviceReference);
+    const entries: TransactionEntry[] = [];
+    if (!knownDevice) {
+      const device = buildDevice(content.engine, this.#identifierSystem, this.#profiles);
+      entries.push({
+        fullUrl: deviceReference,
+        resource: device,
+        request: { method: 'POST', url: 'Device', ifNoneExist: identifierCondition(device) },
+      });
+    }
+    entries.push(
+      {
+        fullUrl: documentUrl,
+        resource: document,
+        request: { method: 'POST', url: 'DocumentReference', ifNoneExist: identifierCondition(document) },
+      },
+      {
+        fullUrl: `urn:uuid:${randomUUID()}`,
+        resource: buildDraftProvenance(content, documentUrl, deviceReference, now, this.#profiles),
+        request: { method: 'POST', url: 'Provenance', ifNoneExist: `target=${documentUrl}` },
+      },
+    );
+    const results = await this.#client.transaction(entries);
+    if (!knownDevice) this.#deviceReferences.set(content.engine.id, `Device/${results[0].resource.id}`);
+    const [documentResult, provenanceResult] = results.slice(-2);
+    return {
+      draft: documentResult.resource as DocumentReference,
+      provenance: provenanceResult.resource as Provenance,
+      created: documentResult.status === 201,
+      mode: 'write',
+    };
+  }
+
+  /**
+   * For servers without transactions: the draft (conditional create), then its Provenance (conditional
+   * on its target) if it has none yet. A run that finds the draft already there (a retry after the
+   * Provenance failed) writes the Provenance from the draft's own record of its sources, never from
+   * what this run read, which may be later versions than the draft was made from.
+   */
+  async #writeInSteps(
+    content: DraftContent,
+    build: (deviceReference: string) => DocumentReference,
+    now: Date,
+  ): Promise<WrittenDraft> {
     const deviceReference = await this.ensureDevice(content.engine);
-    const document = buildDraftDocumentReference(content, {
-      patient,
-      encounter,
-      identifierSystem: this.#identifierSystem,
-      deviceReference,
-      now,
-      generation,
-      replaces:
-        regeneration?.replaces.mode === 'write' ? `DocumentReference/${regeneration.replaces.id}` : undefined,
-    });
-    assertPreliminary(document);
-    const identifier = document.identifier?.[0];
+    const document = build(deviceReference);
     const { resource: draft, created } = await this.#client.create(document, {
-      ifNoneExist: `identifier=${encodeURIComponent(`${identifier?.system}|${identifier?.value}`)}`,
+      ifNoneExist: identifierCondition(document),
     });
     if (!created) {
-      // A repeated event (or a retry after a crash): the Provenance may already be there. Servers
-      // differ in whether a plain reference matches a versioned target, so ask for both.
+      // Servers differ in whether a plain reference matches a versioned target, so ask for both.
       const existing = await this.#client.search<Provenance>('Provenance', {
         target: [`DocumentReference/${draft.id}`, versionedReference(draft)].join(','),
       });
       if (existing.length > 0) return { draft, provenance: existing[0], created, mode: 'write' };
     }
+    const author = draft.author?.find((candidate) => candidate.reference?.startsWith('Device/'))?.reference;
+    const provenance = created
+      ? buildDraftProvenance(content, versionedReference(draft), deviceReference, now, this.#profiles)
+      : buildDraftProvenance(
+          draftProvenanceBasis(draft),
+          versionedReference(draft),
+          author ?? deviceReference,
+          now,
+          this.#profiles,
+        );
     // Conditional on its target too: a retried POST whose answer was lost, or a second worker holding the
     // same job after a lease ran out, finds the first Provenance instead of writing another.
-    const { resource: provenance } = await this.#client.create(
-      buildDraftProvenance(content, draft, deviceReference, now),
-      { ifNoneExist: `target=${encodeURIComponent(versionedReference(draft))}` },
-    );
-    return { draft, provenance, created, mode: 'write' };
+    const { resource: written } = await this.#client.create(provenance, {
+      ifNoneExist: `target=${encodeURIComponent(versionedReference(draft))}`,
+    });
+    return { draft, provenance: written, created, mode: 'write' };
   }
 
   async #keepInStore(
@@ -418,7 +601,7 @@ export class DraftNoteWriter {
     regeneration: RegenerationRequest | undefined,
   ): Promise<WrittenDraft> {
     const store = this.#store as DraftStore;
-    const device = buildDevice(content.engine, this.#identifierSystem);
+    const device = buildDevice(content.engine, this.#identifierSystem, this.#profiles);
     // Not in the EHR yet: the Device is named by its logical id until a sign-off writes it.
     const deviceReference = `Device/${deviceIdFor(content.engine)}`;
     const replaces =
@@ -444,7 +627,13 @@ export class DraftNoteWriter {
       };
     const id = randomUUID();
     const document: DocumentReference = { ...built, id };
-    const provenance = buildDraftProvenance(content, document, deviceReference, now);
+    const provenance = buildDraftProvenance(
+      content,
+      `DocumentReference/${id}`,
+      deviceReference,
+      now,
+      this.#profiles,
+    );
     await store.insert({
       id,
       mode: this.#mode,
@@ -498,11 +687,14 @@ export class DraftNoteWriter {
 
 /** The Device by its identifier (conditional create): repeated calls find the first one. */
 export async function ensureDeviceIn(client: FhirClient, device: Device): Promise<string> {
-  const identifier = device.identifier?.[0];
-  const { resource } = await client.create(device, {
-    ifNoneExist: `identifier=${encodeURIComponent(`${identifier?.system}|${identifier?.value}`)}`,
-  });
+  const { resource } = await client.create(device, { ifNoneExist: identifierCondition(device) });
   return `Device/${resource.id}`;
+}
+
+/** The If-None-Exist search on a resource's first identifier. */
+function identifierCondition(resource: Device | DocumentReference): string {
+  const identifier = resource.identifier?.[0];
+  return `identifier=${encodeURIComponent(`${identifier?.system}|${identifier?.value}`)}`;
 }
 
 function versionedReference(document: DocumentReference): string {

@@ -1,11 +1,14 @@
 import type { Bundle, BundleEntry, CapabilityStatement, DocumentReference, FhirResource } from 'fhir/r4.js';
 import {
+  FhirRequestError,
+  type FhirRequestName,
   isOperationOutcome,
   normalizeOperationOutcome,
   OperationOutcomeError,
   outcome,
   outcomeError,
 } from './operation-outcome.ts';
+import type { ScopeContext } from './smart-scopes.ts';
 
 /**
  * The one way the service talks to a FHIR server: fetch with timeouts, retries on 429/5xx honouring
@@ -54,6 +57,8 @@ export interface FhirClientOptions {
   /** Largest response body accepted (after content decoding); larger ones are refused, not retried. */
   maxResponseBytes?: number;
   accessToken?: AccessTokenSource;
+  /** Whose token this is (system for the service, user or patient for a clinician's launch): names scopes in 403s. */
+  scopeContext?: ScopeContext;
   /** Called before every request (each attempt): lets metrics and tests see all traffic. */
   onRequest?: (request: { method: string; url: string }) => void;
   sleep?: (milliseconds: number) => Promise<void>;
@@ -68,6 +73,22 @@ export interface CreateResult<T> {
 interface Attempt {
   signal: AbortSignal;
   headers: Record<string, string>;
+  /** What the request is, for its error messages. */
+  request: FhirRequestName;
+}
+
+/** One entry of a transaction: normally a conditional create, so that a retried transaction adds nothing. */
+export interface TransactionEntry {
+  /** `urn:uuid:...`: other entries reference this one by it; the server replaces it with the real id. */
+  fullUrl?: string;
+  resource: FhirResource;
+  request: { method: 'POST' | 'PUT'; url: string; ifNoneExist?: string; ifMatch?: string };
+}
+
+export interface TransactionEntryResult {
+  /** 201 when the entry created its resource, 200 when a conditional create found it already there. */
+  status: number;
+  resource: FhirResource;
 }
 
 interface Answer {
@@ -185,26 +206,58 @@ async function readBodyWithinCap(response: Response, limit: number, description:
 }
 
 /** Turns fetch failures (timeouts, refused connections) into OperationOutcomeErrors that say whether to retry. */
-function toOutcomeError(error: unknown, method: string, path: string): OperationOutcomeError {
+function toOutcomeError(
+  error: unknown,
+  method: string,
+  path: string,
+  request: FhirRequestName,
+): OperationOutcomeError {
   if (error instanceof OperationOutcomeError) return error;
   const name = (error as { name?: string }).name;
   if (name === 'TimeoutError' || name === 'AbortError') {
-    return new OperationOutcomeError(outcome('timeout', `${method} ${path}: timed out`), {
+    return new FhirRequestError(request, outcome('timeout', `${method} ${path}: timed out`), {
       status: 504,
       cause: error,
+      description: 'no answer from the FHIR server before the timeout (fhir.timeoutMs)',
     });
   }
   if (error instanceof TypeError) {
     // fetch() failing outright: connection refused or reset. Worth another try.
-    return new OperationOutcomeError(outcome('transient', `${method} ${path}: ${error.message}`), {
+    return new FhirRequestError(request, outcome('transient', `${method} ${path}: ${error.message}`), {
       status: 503,
       cause: error,
+      description: `the FHIR server could not be reached (${error.message})`,
     });
   }
   return normalizeOperationOutcome(error);
 }
 
-function batchEntryResult(entry: BundleEntry, url: string): FhirResource | OperationOutcomeError {
+/** What a relative FHIR path asks for: `Patient/1` is a read, `Condition?patient=...` a search. */
+function requestNameOfPath(method: string, relativePath: string): FhirRequestName {
+  const [path] = relativePath.replace(/^\/+/, '').split('?');
+  const [resourceType, id, operation] = path.split('/');
+  if (!resourceType || !resourceTypePattern.test(resourceType))
+    return { interaction: resourceType === 'metadata' ? 'capabilities' : method.toLowerCase() };
+  if (method === 'GET') {
+    const isInstance = id && !id.startsWith('$') && id !== '_history' && id !== '_search';
+    if (!isInstance) return { interaction: 'search', resourceType };
+    if (operation === '_history') return { interaction: 'vread', resourceType };
+    return { interaction: 'read', resourceType };
+  }
+  const interactions: Record<string, string> = {
+    POST: 'create',
+    PUT: 'update',
+    PATCH: 'patch',
+    DELETE: 'delete',
+  };
+  return { interaction: interactions[method] ?? method.toLowerCase(), resourceType };
+}
+
+function batchEntryResult(
+  entry: BundleEntry,
+  url: string,
+  scopeContext: ScopeContext,
+): FhirResource | OperationOutcomeError {
   const status = Number.parseInt(entry.response?.status ?? '', 10);
   if (entry.resource && (!Number.isFinite(status) || (status >= 200 && status < 300)))
     return entry.resource as FhirResource;
@@ -213,7 +266,14 @@ function batchEntryResult(entry: BundleEntry, url: string): FhirResource | Opera
     : isOperationOutcome(entry.resource)
       ? entry.resource
       : outcome('exception', `batch GET ${url}: HTTP ${Number.isFinite(status) ? status : 'unknown'}`);
-  return new OperationOutcomeError(serverOutcome, { status: Number.isFinite(status) ? status : 502 });
+  return new FhirRequestError(requestNameOfPath('GET', url), serverOutcome, {
+    status: Number.isFinite(status) ? status : 502,
+    scopeContext,
+  });
+}
+
+function declaresProfile(resource: FhirResource): boolean {
+  return (resource.meta?.profile?.length ?? 0) > 0;
 }
 
 /** A final (or amended) note may only be written by the sign-off made on behalf of a clinician. */
@@ -238,6 +298,7 @@ export class FhirClient {
   readonly #maxResponseBytes: number;
   readonly #accessToken: AccessTokenSource | undefined;
   readonly #onRequest: FhirClientOptions['onRequest'];
+  readonly #scopeContext: ScopeContext;
   readonly #sleep: (milliseconds: number) => Promise<void>;
   readonly #options: FhirClientOptions;
   #capabilities: Promise<CapabilityStatement | undefined> | undefined;
@@ -253,6 +314,7 @@ export class FhirClient {
     this.#maxResponseBytes = options.maxResponseBytes ?? defaultMaxResponseBytes;
     this.#accessToken = options.accessToken;
     this.#onRequest = options.onRequest;
+    this.#scopeContext = options.scopeContext ?? 'system';
     this.#sleep = options.sleep ?? defaultSleep;
     this.#options = options;
   }
@@ -317,13 +379,18 @@ export class FhirClient {
     }
     if (!response.ok) {
       const serverOutcome = parsed && isOperationOutcome(body) ? body : undefined;
-      throw new OperationOutcomeError(
+      throw new FhirRequestError(
+        attempt.request,
         serverOutcome ??
           outcome(
             response.status === 404 ? 'not-found' : 'exception',
             `${description}: HTTP ${response.status}`,
           ),
-        { status: response.status, retryAfterSeconds: retryAfterSeconds(response.headers) },
+        {
+          status: response.status,
+          retryAfterSeconds: retryAfterSeconds(response.headers),
+          scopeContext: this.#scopeContext,
+        },
       );
     }
     if (!parsed || typeof body !== 'object' || body === null)
@@ -331,7 +398,12 @@ export class FhirClient {
     return { status: response.status, body };
   }
 
-  async #withRetries<T>(method: string, path: string, call: (attempt: Attempt) => Promise<T>): Promise<T> {
+  async #withRetries<T>(
+    method: string,
+    path: string,
+    call: (attempt: Attempt) => Promise<T>,
+    request: FhirRequestName = requestNameOfPath(method, path),
+  ): Promise<T> {
     let refreshedToken = false;
     for (let attempt = 1; ; attempt++) {
       const token = await this.#accessToken?.getToken();
@@ -341,9 +413,10 @@ export class FhirClient {
         return await call({
           signal: AbortSignal.timeout(this.#timeoutMs),
           headers: token ? { Authorization: `Bearer ${token}` } : {},
+          request,
         });
       } catch (caught) {
-        const error = toOutcomeError(caught, method, path);
+        const error = toOutcomeError(caught, method, path, request);
         if (error.status === 401 && this.#accessToken && !refreshedToken) {
           // A token can be revoked or expire early: one fresh token, then the 401 stands. Naming the
           // refused token lets a provider shared by concurrent callers fetch only one new token.
@@ -362,8 +435,8 @@ export class FhirClient {
   }
 
   /** A GET of a URL already resolved against the base, with retries; the parsed body. */
-  async #getJson(path: string, url: string): Promise<Record<string, unknown>> {
-    return (await this.#withRetries('GET', path, (attempt) => this.#send('GET', url, attempt))).body;
+  async #getJson(path: string, url: string, request?: FhirRequestName): Promise<Record<string, unknown>> {
+    return (await this.#withRetries('GET', path, (attempt) => this.#send('GET', url, attempt), request)).body;
   }
 
   async read<T extends FhirResource>(resourceType: T['resourceType'], id: string): Promise<T> {
@@ -416,14 +489,19 @@ export class FhirClient {
       entry: reads.map((read) => ({ request: { method: 'GET', url: read.url.replace(/^\/+/, '') } })),
     };
     const response = (
-      await this.#withRetries('POST', 'batch', (attempt) =>
-        this.#send('POST', `${this.baseUrl}/`, attempt, { body }),
+      await this.#withRetries(
+        'POST',
+        'batch',
+        (attempt) => this.#send('POST', `${this.baseUrl}/`, attempt, { body }),
+        { interaction: 'batch', entries: reads.map((read) => requestNameOfPath('GET', read.url)) },
       )
     ).body as unknown as Bundle;
     if (response?.resourceType !== 'Bundle' || (response.entry?.length ?? 0) !== reads.length) {
       throw outcomeError('invalid', 'batch response does not answer every request', 502);
     }
-    return (response.entry ?? []).map((entry, index) => batchEntryResult(entry, reads[index].url));
+    return (response.entry ?? []).map((entry, index) =>
+      batchEntryResult(entry, reads[index].url, this.#scopeContext),
+    );
   }
 
   /** The matching resources of a search Bundle already in hand (from a batch), following its `next` links. */
@@ -467,7 +545,10 @@ export class FhirClient {
         throw outcomeError('too-costly', `${resourceType} search exceeded ${this.#maxPages} pages`, 502);
       }
       const nextUrl = this.resolveUrl(next);
-      page = (await this.#getJson(`${resourceType} (page ${pageNumber + 1})`, nextUrl)) as unknown as Bundle;
+      page = (await this.#getJson(`${resourceType} (page ${pageNumber + 1})`, nextUrl, {
+        interaction: 'search',
+        resourceType,
+      })) as unknown as Bundle;
     }
     return results;
   }
@@ -481,8 +562,12 @@ export class FhirClient {
     refuseUnsignedFinalNote(resource, options.signOff);
     const headers: Record<string, string> = {};
     if (options.ifNoneExist) headers['If-None-Exist'] = options.ifNoneExist;
-    const response = await this.#withRetries('POST', resourceType, (attempt) =>
-      this.#send('POST', `${this.baseUrl}/${resourceType}`, attempt, { body: resource, headers }),
+    const response = await this.#withRetries(
+      'POST',
+      resourceType,
+      (attempt) =>
+        this.#send('POST', `${this.baseUrl}/${resourceType}`, attempt, { body: resource, headers }),
+      { interaction: 'create', resourceType, declaresProfile: declaresProfile(resource) },
     );
     if (!response.body.resourceType && options.ifNoneExist) {
       // Some servers answer 200 with an empty body when the resource exists: read it back.
@@ -496,6 +581,87 @@ export class FhirClient {
     return { resource: response.body as unknown as T, created: response.status === 201 };
   }
 
+  /**
+   * A transaction Bundle: every entry is written, or none is. Entries reference each other by their
+   * `urn:uuid:` fullUrl. The answer is checked entry by entry: a server that answers 200 with a failed
+   * entry inside (Medplum's quota answers 429 entries) has not done the work, and the failure is raised
+   * as that entry's. Retried like any request on 429/5xx and timeouts, which is safe only because
+   * callers make every entry conditional (a repeated transaction finds what the first one wrote).
+   */
+  async transaction(
+    entries: TransactionEntry[],
+    options: { signOff?: SignOffAuthority } = {},
+  ): Promise<TransactionEntryResult[]> {
+    const names: FhirRequestName[] = entries.map((entry) => ({
+      interaction: entry.request.method === 'POST' ? 'create' : 'update',
+      resourceType: requireResourceType(entry.resource.resourceType),
+      declaresProfile: declaresProfile(entry.resource),
+    }));
+    for (const entry of entries) {
+      refuseDotSegments(entry.request.url);
+      refuseUnsignedFinalNote(entry.resource, options.signOff);
+    }
+    const request: FhirRequestName = { interaction: 'transaction', entries: names };
+    const body: Bundle = {
+      resourceType: 'Bundle',
+      type: 'transaction',
+      entry: entries.map((entry) => ({
+        ...(entry.fullUrl ? { fullUrl: entry.fullUrl } : {}),
+        resource: entry.resource,
+        request: { ...entry.request, url: entry.request.url.replace(/^\/+/, '') },
+      })),
+    };
+    const response = await this.#withRetries(
+      'POST',
+      'transaction',
+      async (attempt) => {
+        const answer = await this.#send('POST', `${this.baseUrl}/`, attempt, {
+          body,
+          headers: { Prefer: 'return=representation' },
+        });
+        const bundle = answer.body as unknown as Bundle;
+        if (bundle.resourceType !== 'Bundle' || (bundle.entry?.length ?? 0) !== entries.length)
+          throw new FhirRequestError(
+            request,
+            outcome('invalid', 'the transaction response does not answer every entry'),
+            { status: 502, scopeContext: this.#scopeContext },
+          );
+        (bundle.entry ?? []).forEach((entry, index) => {
+          const status = Number.parseInt(entry.response?.status ?? '', 10);
+          if (status >= 200 && status < 300) return;
+          const entryOutcome = isOperationOutcome(entry.response?.outcome)
+            ? entry.response.outcome
+            : outcome('exception', `entry answered ${entry.response?.status ?? 'without a status'}`);
+          throw new FhirRequestError({ interaction: 'transaction', entries: [names[index]] }, entryOutcome, {
+            status: Number.isFinite(status) ? status : 502,
+            scopeContext: this.#scopeContext,
+          });
+        });
+        return bundle;
+      },
+      request,
+    );
+    const results: TransactionEntryResult[] = [];
+    for (const [index, entry] of (response.entry ?? []).entries()) {
+      const status = Number.parseInt(entry.response?.status ?? '', 10);
+      let resource = entry.resource as FhirResource | undefined;
+      if (!resource?.id) {
+        // A server that ignored `Prefer: return=representation`: read what the entry wrote.
+        const location = entry.response?.location;
+        if (!location)
+          throw outcomeError(
+            'exception',
+            `transaction entry ${index + 1} returned neither resource nor location`,
+            502,
+          );
+        const [type, id] = location.replace(this.baseUrl, '').replace(/^\/+/, '').split('/');
+        resource = await this.read(type as FhirResource['resourceType'], id);
+      }
+      results.push({ status, resource });
+    }
+    return results;
+  }
+
   /** Update with optimistic locking when the version read is known (If-Match), so a concurrent edit is not lost. */
   async update<T extends FhirResource>(
     resource: T,
@@ -507,8 +673,15 @@ export class FhirClient {
     const headers: Record<string, string> = {};
     if (options.ifMatchVersion)
       headers['If-Match'] = `W/"${requireId(options.ifMatchVersion, 'version id')}"`;
-    const response = await this.#withRetries('PUT', path, (attempt) =>
-      this.#send('PUT', `${this.baseUrl}/${path}`, attempt, { body: resource, headers }),
+    const response = await this.#withRetries(
+      'PUT',
+      path,
+      (attempt) => this.#send('PUT', `${this.baseUrl}/${path}`, attempt, { body: resource, headers }),
+      {
+        interaction: 'update',
+        resourceType: resource.resourceType,
+        declaresProfile: declaresProfile(resource),
+      },
     );
     return response.body as unknown as T;
   }
@@ -516,6 +689,12 @@ export class FhirClient {
   /** Any GET relative to the base or on the base's own origin (Binary content, operations). */
   async get<T = unknown>(pathOrUrl: string): Promise<T> {
     const url = this.resolveUrl(pathOrUrl);
-    return (await this.#getJson(new URL(url).pathname, url)) as unknown as T;
+    const basePath = new URL(this.baseUrl).pathname.replace(/\/+$/, '');
+    const relative = new URL(url).pathname.slice(basePath.length);
+    return (await this.#getJson(
+      new URL(url).pathname,
+      url,
+      requestNameOfPath('GET', relative),
+    )) as unknown as T;
   }
 }

@@ -203,6 +203,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   const writer = new DraftNoteWriter(fhir, config.drafts.identifierSystem, {
     mode: config.drafts.mode,
     store: draftStore,
+    transactions: config.fhir.transactions,
+    declareProfiles: config.fhir.declareProfiles,
   });
   const draftLifecycle = createDraftLifecycle({
     mode: config.drafts.mode,

@@ -44,8 +44,23 @@ export const configSchema = z
         maxPages: z.coerce.number().int().positive().default(50),
         /** Largest response accepted from the FHIR server (bytes); larger ones are refused, never refetched. */
         maxResponseBytes: z.coerce.number().int().min(65_536).default(33_554_432),
+        /**
+         * The draft, its Device and its AI Provenance in one transaction Bundle, so neither exists without the
+         * other. false for servers without transactions: the Provenance then follows, built from the draft's own
+         * record of its sources.
+         */
+        transactions: z.stringbool().or(z.boolean()).default(true),
+        /** Written resources declare meta.profile (AI-Device, AI-Provenance); Medplum then needs StructureDefinition.rs. */
+        declareProfiles: z.stringbool().or(z.boolean()).default(true),
       })
-      .default({ timeoutMs: 15_000, maxAttempts: 4, maxPages: 50, maxResponseBytes: 33_554_432 }),
+      .default({
+        timeoutMs: 15_000,
+        maxAttempts: 4,
+        maxPages: 50,
+        maxResponseBytes: 33_554_432,
+        transactions: true,
+        declareProfiles: true,
+      }),
     /** The HTTP server: which proxies may name the client (src/config/http-config.ts). */
     http: httpConfigSchema.prefault({}),
     notify: z

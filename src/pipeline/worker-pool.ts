@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import { normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
+import { FhirRequestError, normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
 import type { Logger } from '../log.ts';
 import type { EncounterJob, JobQueue } from '../queue/job-queue.ts';
 
@@ -98,12 +98,18 @@ export class WorkerPool {
         retryAfterMs: error.retryAfterSeconds !== undefined ? error.retryAfterSeconds * 1000 : undefined,
       });
       const level = status === 'failed' ? 'error' : 'warn';
+      // The message names the request (interaction, type, status, capped diagnostics) and never a resource body.
+      const request =
+        error instanceof FhirRequestError
+          ? { interaction: error.request.interaction, resourceType: error.request.resourceType }
+          : {};
       logger[level](
         {
           jobId: job.id,
           encounterId: job.encounterId,
           attempt: job.attempts,
           status: error.status,
+          ...request,
           error: error.message,
           next: status,
         },

@@ -81,6 +81,23 @@ export interface GuardedWrite {
  */
 export type WriteGuard = (resource: Resource, previous: Resource | undefined) => GuardedWrite | undefined;
 
+/** One client write inside an open transaction, with what it replaced, so the transaction can be undone. */
+interface JournalEntry {
+  resourceType: string;
+  id: string;
+  /** The stored current version before the write; undefined when the write created the resource. */
+  previous: Resource | undefined;
+  wasDeleted: boolean;
+  /** The version the write added (none for a delete). */
+  versionId: string | undefined;
+}
+
+/** The base class's storage, which it keeps private; a rollback has to put it back as it was. */
+interface MemoryStorage {
+  resources: Map<string, Map<string, Resource>>;
+  history: Map<string, Map<string, Resource[]>>;
+}
+
 /**
  * Medplum's in-memory repository, observed: every create or update (through the REST API, a
  * transaction, a conditional create or direct calls) is reported with the version it replaced, which
@@ -89,6 +106,8 @@ export type WriteGuard = (resource: Resource, previous: Resource | undefined) =>
  * list in place on every read).
  */
 export class ObservedRepository extends MemoryRepository {
+  /** Client writes of the transaction now open, and what waits for its commit (listeners, after-write work). */
+  private journal: { entries: JournalEntry[]; onCommit: (() => void)[] } | undefined;
   private readonly listeners: ((write: ResourceWrite) => void)[] = [];
   private readonly guards: WriteGuard[] = [];
   private readonly versionOrder = new Map<string, string[]>();
@@ -154,12 +173,91 @@ export class ObservedRepository extends MemoryRepository {
         if (guarded.afterWrite) afterWrites.push(guarded.afterWrite);
       }
     }
+    const journal = byServer ? undefined : this.journal;
+    const before = journal && toStore.id ? this.storedCurrent(toStore.resourceType, toStore.id) : undefined;
+    const wasDeleted = Boolean(toStore.id && this.deletedKeys.has(`${toStore.resourceType}/${toStore.id}`));
     // No await between the version check above and this store: nothing can slip in between.
     const stored = (await super.createResource(toStore, options, update)) as T & { id: string };
     this.remember(stored);
-    for (const afterWrite of afterWrites) afterWrite(stored);
-    this.emit({ interaction: previous ? 'update' : 'create', previous, current: stored, byServer });
+    const announce = () => {
+      for (const afterWrite of afterWrites) afterWrite(stored);
+      this.emit({ interaction: previous ? 'update' : 'create', previous, current: stored, byServer });
+    };
+    if (!journal) {
+      announce();
+      return stored;
+    }
+    // Inside a transaction nobody hears of the write until it commits: a rolled-back write notifies nobody.
+    journal.entries.push({
+      resourceType: stored.resourceType,
+      id: stored.id,
+      previous: before,
+      wasDeleted,
+      versionId: stored.meta?.versionId,
+    });
+    journal.onCommit.push(announce);
     return stored;
+  }
+
+  /**
+   * Transaction Bundles (and conditional updates) are all or nothing, as on a server with a database:
+   * when any entry fails, every client write the transaction made is undone and nobody is told of any.
+   * The base class just runs the callback. Writes are not isolated from concurrent callers here; the
+   * sandbox runs its REST writes one at a time (see sandbox-ehr.ts), which makes that hold.
+   */
+  override async withTransaction<TResult>(
+    callback: (repository: this) => Promise<TResult>,
+  ): Promise<TResult> {
+    if (this.journal) return callback(this);
+    const journal: NonNullable<ObservedRepository['journal']> = { entries: [], onCommit: [] };
+    this.journal = journal;
+    let result: TResult;
+    try {
+      result = await callback(this);
+    } catch (error) {
+      this.journal = undefined;
+      this.rollBack(journal.entries);
+      throw error;
+    }
+    this.journal = undefined;
+    for (const announce of journal.onCommit) announce();
+    return result;
+  }
+
+  private get storage(): MemoryStorage {
+    return this as unknown as MemoryStorage;
+  }
+
+  private storedCurrent(resourceType: string, id: string): Resource | undefined {
+    return this.storage.resources.get(resourceType)?.get(id);
+  }
+
+  private rollBack(entries: JournalEntry[]): void {
+    const { resources, history } = this.storage;
+    for (const entry of [...entries].reverse()) {
+      const key = `${entry.resourceType}/${entry.id}`;
+      let current = resources.get(entry.resourceType);
+      if (!current) {
+        current = new Map();
+        resources.set(entry.resourceType, current);
+      }
+      if (entry.previous) current.set(entry.id, entry.previous);
+      else current.delete(entry.id);
+      if (entry.versionId) {
+        const versions = history.get(entry.resourceType)?.get(entry.id);
+        // In place: the base class hands out and reverses this very array.
+        const kept = (versions ?? []).filter((version) => version.meta?.versionId !== entry.versionId);
+        if (versions) versions.splice(0, versions.length, ...kept);
+        if (kept.length === 0) history.get(entry.resourceType)?.delete(entry.id);
+        const order = (this.versionOrder.get(key) ?? []).filter((versionId) => versionId !== entry.versionId);
+        if (order.length > 0) this.versionOrder.set(key, order);
+        else this.versionOrder.delete(key);
+      }
+      if (entry.wasDeleted) this.deletedKeys.add(key);
+      else this.deletedKeys.delete(key);
+      if (entry.previous && !entry.wasDeleted) this.patientIndex.add(entry.previous);
+      else this.patientIndex.remove(entry.resourceType, entry.id);
+    }
   }
 
   override async search<T extends Resource>(
@@ -267,9 +365,12 @@ export class ObservedRepository extends MemoryRepository {
     id: string,
     options?: { ifMatch?: string },
   ): Promise<void> {
+    const before = this.storedCurrent(resourceType, id);
+    const wasDeleted = this.deletedKeys.has(`${resourceType}/${id}`);
     await super.deleteResource(resourceType, id, options);
     this.deletedKeys.add(`${resourceType}/${id}`);
     this.patientIndex.remove(resourceType, id);
+    this.journal?.entries.push({ resourceType, id, previous: before, wasDeleted, versionId: undefined });
   }
 
   override async readHistory<T extends Resource>(resourceType: string, id: string): Promise<Bundle<T>> {

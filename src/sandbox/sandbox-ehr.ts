@@ -151,6 +151,28 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
     ...options.subscriptions,
   });
   const extraRoutes = new Map<string, SandboxRouteHandler>();
+  /**
+   * Writes run one at a time, as serializable database transactions would appear to. Medplum's router
+   * resolves a transaction's conditional creates before it writes them, and the in-memory repository
+   * isolates nothing: two interleaved transactions for the same draft could each reference a resource
+   * the other one ended up creating, and a rollback could undo another caller's write.
+   */
+  let lastWrite: Promise<unknown> = Promise.resolve();
+  function oneWriteAtATime<T>(work: () => Promise<T>): Promise<T> {
+    const next = lastWrite.then(work, work);
+    lastWrite = next.catch(() => undefined);
+    return next;
+  }
+  function isReadOnly(method: string, body: unknown): boolean {
+    if (method === 'GET' || method === 'HEAD') return true;
+    const bundle = body as Bundle | undefined;
+    return (
+      method === 'POST' &&
+      bundle?.resourceType === 'Bundle' &&
+      bundle.type === 'batch' &&
+      (bundle.entry ?? []).every((entry) => entry.request?.method === 'GET')
+    );
+  }
   let authorization: SandboxAuthorizationServer | undefined;
   const authOptions = { required: false, onlyFirstScopePerType: false, ...options.auth };
 
@@ -392,18 +414,22 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
 
     let result: Awaited<ReturnType<FhirRouter['handleRequest']>>;
     try {
-      result = await router.handleRequest(
-        {
-          method,
-          url,
-          pathname: '',
-          params: {},
-          query: queryRecord,
-          body: requestBody,
-          headers: routerHeaders(request.headers),
-        },
-        repository,
-      );
+      const routed = () =>
+        router.handleRequest(
+          {
+            method,
+            url,
+            pathname: '',
+            params: {},
+            query: queryRecord,
+            body: requestBody,
+            headers: routerHeaders(request.headers),
+            // Without this Medplum's router runs a transaction Bundle as a batch: entry by entry, no rollback.
+            config: { transactions: true },
+          },
+          repository,
+        );
+      result = await (isReadOnly(method, requestBody) ? routed() : oneWriteAtATime(routed));
     } catch (error) {
       const normalized = normalizeOperationOutcome(error);
       return errorResponse(normalized.status, normalized.outcome);

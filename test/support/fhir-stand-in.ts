@@ -5,9 +5,14 @@ import type { AddressInfo } from 'node:net';
 /**
  * A small in-memory FHIR R4 server for intake tests: read, vread-free versioning, search with the
  * parameters the service uses (patient/subject, identifier, target, _lastUpdated, _sort, _count with
- * paging), conditional create (If-None-Exist), update, delete (410 afterwards), and the Backport
- * operations $status and $events. Tests can write resources with a chosen lastUpdated (a late commit)
- * and read counters of what was created.
+ * paging), conditional create (If-None-Exist), update, delete (410 afterwards), transaction Bundles,
+ * and the Backport operations $status and $events. Tests can write resources with a chosen
+ * lastUpdated (a late commit), refuse chosen writes as an access policy would, and read counters of
+ * what was created.
+ *
+ * Transactions are as strict as real servers': `urn:uuid:` fullUrls are resolved in references and
+ * in If-None-Exist conditions, a conditional create that matches answers 200 with the existing
+ * resource, and any failing entry fails the whole Bundle with nothing written.
  */
 export type StandInResource = Resource;
 type Resource = {
@@ -43,10 +48,24 @@ export interface FhirStandIn {
   close(): Promise<void>;
 }
 
+/** A write refused as a server's access policy refuses it: the status and the server's diagnostics. */
+export interface WriteRefusal {
+  status: number;
+  diagnostics: string;
+  code?: string;
+}
+
 export interface FhirStandInOptions {
   /** Delay added to every answer, so work stays in flight long enough to be interrupted. */
   latencyMs?: number;
   port?: number;
+  /** Whether `POST [base]` takes transaction Bundles (default true; said in the CapabilityStatement). */
+  transactions?: boolean;
+  /**
+   * Called for every client write (a REST create or update, and each entry of a transaction, which
+   * then fails whole): a refusal answers with its status, undefined lets the write through.
+   */
+  refuseWrite?: (resource: Resource, interaction: 'create' | 'update') => WriteRefusal | undefined;
   /** CapabilityStatement.software, e.g. `{ name: 'Medplum', version: '5.0.10' }` to be recognised as Medplum. */
   software?: { name: string; version?: string };
 }
@@ -110,10 +129,39 @@ function send(response: ServerResponse, status: number, body: unknown, headers: 
   response.end(text);
 }
 
-const outcome = (code: string, diagnostics: string) => ({
+const outcome = (code: string, diagnostics: string, expression?: string[]) => ({
   resourceType: 'OperationOutcome',
-  issue: [{ severity: 'error', code, diagnostics }],
+  issue: [{ severity: 'error', code, diagnostics, ...(expression ? { expression } : {}) }],
 });
+
+const placeholderPattern = /urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi;
+
+/** A failed transaction entry: the whole Bundle answers with it. */
+class EntryFailure extends Error {
+  readonly status: number;
+  readonly body: unknown;
+  constructor(status: number, code: string, diagnostics: string, index: number) {
+    super(diagnostics);
+    this.status = status;
+    this.body = outcome(code, diagnostics, [`Bundle.entry[${index}]`]);
+  }
+}
+
+/** Every `urn:uuid:` in the value replaced by what it stands for; an unknown one fails the entry. */
+function resolvePlaceholders<T>(value: T, resolved: Map<string, string>, index: number): T {
+  const text = JSON.stringify(value).replace(placeholderPattern, (placeholder) => {
+    const reference = resolved.get(placeholder.toLowerCase());
+    if (!reference)
+      throw new EntryFailure(
+        400,
+        'invalid',
+        `${placeholder} is not the fullUrl of an entry in this Bundle`,
+        index,
+      );
+    return reference;
+  });
+  return JSON.parse(text) as T;
+}
 
 async function readBody(request: IncomingMessage): Promise<string> {
   const chunks: Buffer[] = [];
@@ -240,6 +288,103 @@ export async function startFhirStandIn(options: FhirStandInOptions = {}): Promis
     };
   };
 
+  interface PlannedWrite {
+    index: number;
+    /** `existing`: a conditional create matched; nothing is written for it. */
+    kind: 'create' | 'update' | 'existing';
+    resource: Resource;
+  }
+
+  /** A transaction Bundle, all or nothing: every entry is checked and resolved before anything is written. */
+  const transaction = (bundle: Resource): { status: number; body: unknown } => {
+    if (bundle.resourceType !== 'Bundle' || bundle.type !== 'transaction')
+      return { status: 400, body: outcome('invalid', 'POST [base] takes a transaction Bundle') };
+    const entries = (bundle.entry as Record<string, unknown>[] | undefined) ?? [];
+    if (entries.length === 0)
+      return { status: 400, body: outcome('invalid', 'the transaction has no entries') };
+    const resolved = new Map<string, string>();
+    const planned: PlannedWrite[] = [];
+    try {
+      entries.forEach((entry, index) => {
+        const entryRequest = entry.request as
+          | { method?: string; url?: string; ifNoneExist?: string }
+          | undefined;
+        const resource = entry.resource as Resource | undefined;
+        const [path, query] = (entryRequest?.url ?? '').replace(/^\/+/, '').split('?');
+        const [type, id] = path.split('/');
+        if (!resource || resource.resourceType !== type)
+          throw new EntryFailure(
+            400,
+            'invalid',
+            'the entry needs a resource of the type its url names',
+            index,
+          );
+        let planning: PlannedWrite;
+        if (entryRequest?.method === 'POST' && !id && !query) {
+          const condition = entryRequest.ifNoneExist
+            ? resolvePlaceholders(entryRequest.ifNoneExist, resolved, index)
+            : undefined;
+          const existing = condition ? search(type, new URLSearchParams(condition)) : [];
+          if (existing.length > 1)
+            throw new EntryFailure(412, 'duplicate', 'condition matched several', index);
+          planning = existing[0]
+            ? { index, kind: 'existing', resource: existing[0] }
+            : { index, kind: 'create', resource: { ...resource, id: randomUUID() } };
+        } else if (entryRequest?.method === 'PUT' && id && !query) {
+          planning = { index, kind: 'update', resource: { ...resource, id } };
+        } else {
+          throw new EntryFailure(
+            400,
+            'not-supported',
+            'only create and update by id in a transaction',
+            index,
+          );
+        }
+        if (typeof entry.fullUrl === 'string' && entry.fullUrl.startsWith('urn:uuid:'))
+          resolved.set(entry.fullUrl.toLowerCase(), `${type}/${planning.resource.id}`);
+        planned.push(planning);
+      });
+      for (const write of planned) {
+        if (write.kind === 'existing') continue;
+        write.resource = resolvePlaceholders(write.resource, resolved, write.index);
+        const refusal = options.refuseWrite?.(write.resource, write.kind);
+        if (refusal)
+          throw new EntryFailure(
+            refusal.status,
+            refusal.code ?? 'forbidden',
+            refusal.diagnostics,
+            write.index,
+          );
+      }
+    } catch (error) {
+      if (error instanceof EntryFailure) return { status: error.status, body: error.body };
+      throw error;
+    }
+    // Nothing above wrote anything, and nothing below can fail: the Bundle is applied whole.
+    const responseEntries = planned.map((write) => {
+      const stored = write.kind === 'existing' ? write.resource : commit(write.resource, write.kind);
+      return {
+        fullUrl: `${url}/${stored.resourceType}/${stored.id}`,
+        resource: stored,
+        response: {
+          status: write.kind === 'create' ? '201 Created' : '200 OK',
+          location: `${stored.resourceType}/${stored.id}/_history/${stored.meta?.versionId}`,
+          etag: `W/"${stored.meta?.versionId}"`,
+        },
+      };
+    });
+    return {
+      status: 200,
+      body: { resourceType: 'Bundle', type: 'transaction-response', entry: responseEntries },
+    };
+  };
+
+  const commit = (resource: Resource, kind: 'create' | 'update'): Resource => {
+    const stored = write(resource);
+    if (kind === 'create') created.set(resource.resourceType, (created.get(resource.resourceType) ?? 0) + 1);
+    return stored;
+  };
+
   const handle = async (request: IncomingMessage, response: ServerResponse) => {
     const requestUrl = new URL(request.url ?? '/', 'http://stand-in');
     const parts = requestUrl.pathname.split('/').filter(Boolean);
@@ -253,7 +398,22 @@ export async function startFhirStandIn(options: FhirStandInOptions = {}): Promis
         status: 'active',
         fhirVersion: '4.0.1',
         ...(options.software ? { software: options.software } : {}),
+        ...(options.transactions === false
+          ? {}
+          : { rest: [{ mode: 'server', interaction: [{ code: 'transaction' }] }] }),
       });
+    if (method === 'POST' && !resourceType) {
+      if (options.transactions === false)
+        return send(response, 405, outcome('not-supported', 'this server takes no transactions'));
+      let bundle: Resource;
+      try {
+        bundle = JSON.parse(await readBody(request)) as Resource;
+      } catch {
+        return send(response, 400, outcome('structure', 'body is not JSON'));
+      }
+      const answer = transaction(bundle);
+      return send(response, answer.status, answer.body);
+    }
     if (!resourceType) return send(response, 404, outcome('not-found', 'no resource type'));
 
     if (resourceType === 'Subscription' && id && operation === '$status' && method === 'GET')
@@ -293,11 +453,16 @@ export async function startFhirStandIn(options: FhirStandInOptions = {}): Promis
           return send(response, 412, outcome('duplicate', 'condition matched several'));
         if (existing.length === 1) return send(response, 200, existing[0]);
       }
-      const stored = write({ ...body, resourceType, id: undefined });
-      created.set(resourceType, (created.get(resourceType) ?? 0) + 1);
+      const refusal = options.refuseWrite?.({ ...body, resourceType }, 'create');
+      if (refusal)
+        return send(response, refusal.status, outcome(refusal.code ?? 'forbidden', refusal.diagnostics));
+      const stored = commit({ ...body, resourceType, id: randomUUID() }, 'create');
       return send(response, 201, stored, { location: `${url}/${resourceType}/${stored.id}/_history/1` });
     }
     if (method === 'PUT' && id) {
+      const refusal = options.refuseWrite?.({ ...body, resourceType, id }, 'update');
+      if (refusal)
+        return send(response, refusal.status, outcome(refusal.code ?? 'forbidden', refusal.diagnostics));
       const stored = write({ ...body, resourceType, id });
       return send(response, 200, stored);
     }
