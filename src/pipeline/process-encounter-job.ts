@@ -39,6 +39,8 @@ export interface PipelineDependencies {
   logger: Logger;
   /** Rules evaluation; absent when no rules are configured. */
   selectNudges?: (record: PatientRecord, kind: DraftKind) => Promise<NudgeInput[]>;
+  /** Resource types the rules read beyond the standard history (asked at each job: rule sets reload). */
+  additionalHistoryTypes?: () => readonly string[];
   /** Idempotency: work keyed on (encounter id, versionId, kind, configuration version) done once. */
   completedWork?: CompletedWorkLedger;
   configurationVersion?: string;
@@ -135,6 +137,7 @@ export async function processEncounterJob(
   const record = await retrievePatientRecord(fhir, encounter, {
     draftIdentifierSystem: dependencies.draftIdentifierSystem,
     logger,
+    additionalTypes: dependencies.additionalHistoryTypes?.(),
   });
   const retrievedAt = performance.now();
   const nudges = (await dependencies.selectNudges?.(record, kind)) ?? [];
@@ -164,6 +167,8 @@ export async function processEncounterJob(
         cited: verification.cited.length,
         removed: verification.removed.length,
         flagged: verification.flagged,
+        // The reviewer is shown what was taken out and why (another patient's lines are withheld by the writer).
+        removedLines: verification.removed,
       },
       rules: nudges.map((nudge) => ({ id: nudge.ruleId, version: nudge.ruleVersion })),
     },

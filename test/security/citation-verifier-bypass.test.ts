@@ -7,7 +7,11 @@ import { createExtractiveEngine, extractiveHeadings } from '../../agents/extract
 import { MedGemmaEngine } from '../../agents/medgemma-engine.ts';
 import { modelHeadingLines } from '../../agents/output-schemas.ts';
 import { PromptLibrary } from '../../agents/prompt-library.ts';
-import { DraftNoteWriter, flaggedDescriptionMarker } from '../../fhir/draft-note.ts';
+import {
+  DraftNoteWriter,
+  flaggedDescriptionMarker,
+  removedStatementExtensionUrl,
+} from '../../fhir/draft-note.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { createLogger } from '../../src/log.ts';
 import { agentBudgetSchema } from '../../src/model/model-config.ts';
@@ -236,6 +240,19 @@ describe('citation verifier bypass: a Condition text carrying a heading and anot
     expect(written.logs.find((entry) => entry.msg === 'draft-cited-another-patient')?.lines).toBe(2);
     // Counts only: the removed lines themselves are patient data.
     expect(JSON.stringify(written.logs)).not.toMatch(/HIV/i);
+    // The reviewer is told what was removed and why; another patient's lines are withheld even there.
+    const removed = (written.document.extension ?? []).filter(
+      (extension) => extension.url === removedStatementExtensionUrl,
+    );
+    const reasons = removed.map(
+      (extension) => extension.extension?.find((part) => part.url === 'reason')?.valueCode,
+    );
+    expect(reasons.sort()).toEqual(['no-citation', 'other-patient', 'other-patient']);
+    const otherPatientLines = removed.filter((extension) =>
+      extension.extension?.some((part) => part.valueCode === 'other-patient'),
+    );
+    expect(otherPatientLines).toHaveLength(2);
+    expect(JSON.stringify(otherPatientLines)).not.toMatch(/HIV|text/i);
   });
 });
 
