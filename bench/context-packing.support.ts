@@ -66,24 +66,16 @@ export class MeasuringProvider implements ModelProvider {
     const shown = [...new Set([...text.matchAll(citation)].map((match) => match[1]))];
     const schema = request.jsonSchema as { properties?: Record<string, { maxItems?: number }> } | undefined;
     switch (request.schemaName) {
-      case 'navigation_step': {
-        const stepsSoFar = this.calls.filter((call) => call.schemaName === 'navigation_step').length - 1;
+      case 'tool_step': {
+        const stepsSoFar = this.calls.filter((call) => call.schemaName === 'tool_step').length - 1;
         const notes = shown.filter((reference) => reference.startsWith('DocumentReference/'));
         if (stepsSoFar < this.noteReads && notes[stepsSoFar]) {
-          return JSON.stringify({
-            action: 'call',
-            tool: 'read_note',
-            args: { id: notes[stepsSoFar] },
-            read: [],
-            focus: '',
-          });
+          return JSON.stringify({ action: 'call', tool: 'read_note', args: { id: notes[stepsSoFar] } });
         }
         return JSON.stringify({
-          action: 'final',
-          tool: 'none',
-          args: {},
-          read: notes.slice(0, 2),
-          focus: '',
+          action: 'call',
+          tool: 'reading_list',
+          args: { read: notes.slice(0, 2), focus: '' },
         });
       }
       case 'facts': {

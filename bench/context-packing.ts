@@ -83,7 +83,7 @@ async function measure(
     sentTokens,
     naiveOverSent: Number((estimateTokens(naive) / sentTokens).toFixed(1)),
     modelCalls: provider.calls.length,
-    navigationSteps: provider.calls.filter((call) => call.schemaName === 'navigation_step').length,
+    navigationSteps: provider.calls.filter((call) => call.schemaName === 'tool_step').length,
     extractionChunks: chunks,
     callsWithinChunksPlusTwo: provider.calls.length <= chunks + 2,
     largestCallTokens: largest,

@@ -7,103 +7,41 @@ import {
 } from '@langchain/core/language_models/chat_models';
 import { AIMessage, type BaseMessage } from '@langchain/core/messages';
 import type { ChatResult } from '@langchain/core/outputs';
-import { z } from 'zod';
-import type { ChatMessage, ModelProvider } from '../../src/model/provider.ts';
-import { dropNulls, type JsonSchemaObject, toGrammarSafe, zodToGrammarSchema } from '../grammar-schema.ts';
+import {
+  type ChatCallSettings,
+  type ChatMessage,
+  countPromptTokens,
+  type GenerateResult,
+  type JsonSchema,
+  type ModelCallMeter,
+  type ModelProvider,
+  type TokenUsage,
+} from '../../src/model/provider.ts';
+import { InvalidModelOutputError } from '../model-errors.ts';
+import { type PromptTemplate, renderPrompt } from '../prompt-library.ts';
+import { createStepProtocol, type StepProtocol, type StepSchemaStyle, toolSpecs } from './step-protocol.ts';
 
 /**
- * LangChain's chat-model interface over a model without native tool calling (MedGemma): bindTools
- * is implemented with the constrained-JSON step protocol, so LangChain agents (createAgent and its
- * middleware) run unchanged, and a model with native tool calling could be swapped in without
- * touching them. The protocol itself - Gemma turns, constrained decoding, validation, one repair -
- * stays in the framework-free core; this is only the translation.
+ * LangChain's chat-model interface over a model without native tool calling (MedGemma, in process or on
+ * an inference server): `bindTools` is implemented with the constrained-JSON step protocol, and
+ * `responseFormat` constrains an answer to a JSON schema, so LangChain agents (createAgent and its
+ * middleware) and the structured stages run unchanged on it, as on a chat model with native tool calling.
+ * Every generation goes through the run's meter first (context and budget).
  */
-export interface MedGemmaChatModelCallOptions extends BaseChatModelCallOptions {
+export interface MedGemmaChatModelCallOptions extends BaseChatModelCallOptions, ChatCallSettings {
   tools?: BindToolsInput[];
 }
 
 export interface MedGemmaChatModelFields extends BaseChatModelParams {
   provider: ModelProvider;
+  /** The tool-call-protocol prompt (prompts/tool-call-protocol.md). */
+  protocolPrompt: PromptTemplate;
   maxTokens: number;
   temperature?: number;
+  /** Cap for generated strings in tool arguments (the final answer may be twenty times this). */
   maxStringLength?: number;
-}
-
-interface ToolSpec {
-  name: string;
-  description: string;
-  parameters: JsonSchemaObject;
-}
-
-function isZodSchema(value: unknown): value is z.ZodType {
-  return value instanceof z.ZodType;
-}
-
-/** LangChain tools (tool() with zod, or OpenAI-style function definitions) as name, description, grammar-safe parameters. */
-function toolSpecs(tools: BindToolsInput[], maxStringLength: number): ToolSpec[] {
-  return tools.map((candidate) => {
-    const tool = candidate as {
-      name?: string;
-      description?: string;
-      schema?: unknown;
-      function?: { name: string; description?: string; parameters?: unknown };
-    };
-    if (tool.function) {
-      return {
-        name: tool.function.name,
-        description: tool.function.description ?? '',
-        parameters: toGrammarSafe(tool.function.parameters ?? { type: 'object', properties: {} }, {
-          maxStringLength,
-        }) as JsonSchemaObject,
-      };
-    }
-    if (!tool.name) throw new Error('A bound tool has no name');
-    const parameters = isZodSchema(tool.schema)
-      ? zodToGrammarSchema(tool.schema, { maxStringLength })
-      : (toGrammarSafe(tool.schema ?? { type: 'object', properties: {} }, {
-          maxStringLength,
-        }) as JsonSchemaObject);
-    return { name: tool.name, description: tool.description ?? '', parameters };
-  });
-}
-
-function stepSchema(specs: ToolSpec[], maxStringLength: number): JsonSchemaObject {
-  return {
-    oneOf: [
-      ...specs.map((spec) => ({
-        type: 'object',
-        properties: { action: { const: 'call' }, tool: { const: spec.name }, args: spec.parameters },
-        required: ['action', 'tool', 'args'],
-        additionalProperties: false,
-      })),
-      {
-        type: 'object',
-        properties: {
-          action: { const: 'final' },
-          content: { type: 'string', maxLength: maxStringLength * 20 },
-        },
-        required: ['action', 'content'],
-        additionalProperties: false,
-      },
-    ],
-  };
-}
-
-const stepShape = z.discriminatedUnion('action', [
-  z.object({ action: z.literal('call'), tool: z.string(), args: z.record(z.string(), z.unknown()) }),
-  z.object({ action: z.literal('final'), content: z.string() }),
-]);
-
-function protocolInstructions(specs: ToolSpec[]): string {
-  const lines = specs.map(
-    (spec) => `- ${spec.name}: ${spec.description} Arguments: ${JSON.stringify(spec.parameters)}`,
-  );
-  return [
-    'Reply with one JSON object and nothing else.',
-    'To use a tool: {"action":"call","tool":"<name>","args":{...}}. When you are done: {"action":"final","content":"<answer>"}.',
-    'Tools:',
-    ...lines,
-  ].join('\n');
+  stepSchemaStyle?: StepSchemaStyle;
+  meter?: ModelCallMeter;
 }
 
 function textOf(message: BaseMessage): string {
@@ -116,43 +54,44 @@ function textOf(message: BaseMessage): string {
         .join('');
 }
 
-/** LangChain messages as protocol turns: tool calls become the JSON the model would have written. */
-function toChatMessages(messages: BaseMessage[]): ChatMessage[] {
-  return messages.map((message): ChatMessage => {
-    const type = message.getType();
-    if (type === 'system') return { role: 'system', content: textOf(message) };
-    if (type === 'ai') {
-      const calls = (message as AIMessage).tool_calls ?? [];
-      if (calls.length) {
-        return {
-          role: 'assistant',
-          content: JSON.stringify({ action: 'call', tool: calls[0].name, args: calls[0].args }),
-        };
-      }
-      return { role: 'assistant', content: JSON.stringify({ action: 'final', content: textOf(message) }) };
-    }
-    if (type === 'tool') {
-      const name = (message as BaseMessage & { name?: string }).name ?? 'the tool';
-      return { role: 'user', content: `Result of ${name}:\n${textOf(message)}` };
-    }
-    return { role: 'user', content: textOf(message) };
-  });
+/** Which tools a call may use, and whether it may answer without one, from LangChain's tool_choice. */
+function applyToolChoice(
+  tools: BindToolsInput[],
+  toolChoice: unknown,
+): { tools: BindToolsInput[]; allowFinal: boolean } {
+  const nameOf = (tool: BindToolsInput) =>
+    (tool as { name?: string; function?: { name?: string } }).name ??
+    (tool as { function?: { name?: string } }).function?.name;
+  if (toolChoice === 'none') return { tools: [], allowFinal: true };
+  if (toolChoice === 'any' || toolChoice === 'required') return { tools, allowFinal: false };
+  const named =
+    typeof toolChoice === 'string' && toolChoice !== 'auto'
+      ? toolChoice
+      : (toolChoice as { function?: { name?: string } } | undefined)?.function?.name;
+  if (named) return { tools: tools.filter((tool) => nameOf(tool) === named), allowFinal: false };
+  return { tools, allowFinal: true };
 }
 
 let toolCallCounter = 0;
 
 export class MedGemmaChatModel extends BaseChatModel<MedGemmaChatModelCallOptions> {
   readonly provider: ModelProvider;
+  readonly protocolPrompt: PromptTemplate;
   readonly maxTokens: number;
   readonly temperature: number;
   readonly maxStringLength: number;
+  readonly stepSchemaStyle: StepSchemaStyle;
+  readonly meter: ModelCallMeter | undefined;
 
   constructor(fields: MedGemmaChatModelFields) {
     super(fields);
     this.provider = fields.provider;
+    this.protocolPrompt = fields.protocolPrompt;
     this.maxTokens = fields.maxTokens;
     this.temperature = fields.temperature ?? 0;
     this.maxStringLength = fields.maxStringLength ?? 200;
+    this.stepSchemaStyle = fields.stepSchemaStyle ?? 'precise';
+    this.meter = fields.meter;
   }
 
   static lc_name(): string {
@@ -172,88 +111,105 @@ export class MedGemmaChatModel extends BaseChatModel<MedGemmaChatModelCallOption
     options: this['ParsedCallOptions'],
     _runManager?: CallbackManagerForLLMRun,
   ): Promise<ChatResult> {
-    const specs = toolSpecs(options.tools ?? [], this.maxStringLength);
-    const chat = toChatMessages(messages);
-    if (specs.length === 0) {
-      const result = await this.provider.generate({
-        messages: chat,
-        maxTokens: this.maxTokens,
-        temperature: this.temperature,
-        signal: options.signal,
-      });
-      return { generations: [{ text: result.content, message: new AIMessage(result.content) }] };
+    const maxTokens = options.maxTokens ?? this.maxTokens;
+    const usage: TokenUsage = { promptTokens: 0, completionTokens: 0 };
+    const { tools, allowFinal } = applyToolChoice(options.tools ?? [], options.tool_choice);
+    if (tools.length === 0) {
+      const result = await this.generateOnce(this.toChatMessages(messages), maxTokens, usage, options);
+      return this.answer(new AIMessage(result.content), usage);
     }
-    const prompt: ChatMessage[] = [{ role: 'system', content: protocolInstructions(specs) }, ...chat];
-    const jsonSchema = stepSchema(specs, this.maxStringLength);
-    let reply = await this.generateStep(prompt, jsonSchema, options.signal);
-    let parsed = this.parse(reply);
-    if (!parsed.success) {
-      // One repair, quoting the problem; a second failure is an error, not a guess.
-      reply = await this.generateStep(
+    const protocol = createStepProtocol(toolSpecs(tools, this.maxStringLength), {
+      style: this.stepSchemaStyle,
+      allowFinal,
+      maxStringLength: this.maxStringLength,
+    });
+    const prompt: ChatMessage[] = [
+      { role: 'system', content: renderPrompt(this.protocolPrompt, protocol.promptValues) },
+      ...this.toChatMessages(messages, protocol),
+    ];
+    const stepOptions = { ...options, responseFormat: { name: 'tool_step', schema: protocol.jsonSchema } };
+    const first = await this.generateOnce(prompt, maxTokens, usage, stepOptions);
+    let parsed = protocol.parse(first.content);
+    if (parsed.problem) {
+      // One repair, quoting the problem; a reply still without the step's shape is an error, not a guess.
+      const second = await this.generateOnce(
         [
           ...prompt,
-          { role: 'assistant', content: reply.slice(0, 1000) },
+          { role: 'assistant', content: first.content.slice(0, 1000) || '(empty reply)' },
           { role: 'user', content: `${parsed.problem} Reply again with only one JSON object.` },
         ],
-        jsonSchema,
-        options.signal,
+        maxTokens,
+        usage,
+        stepOptions,
       );
-      parsed = this.parse(reply);
-      if (!parsed.success) throw new Error(`The model's step was invalid twice: ${parsed.problem}`);
+      parsed = protocol.parse(second.content);
+      if (!parsed.step) {
+        throw new InvalidModelOutputError(`The model's tool step was invalid twice: ${parsed.problem}`);
+      }
     }
-    const step = parsed.step;
-    if (step.action === 'final') {
-      return { generations: [{ text: step.content, message: new AIMessage(step.content) }] };
-    }
-    // Arguments go through as a tool call even when they do not fit: createAgent ends the run silently
-    // on invalid_tool_calls, while the tool's own zod check returns an error the model can react to.
+    const step = parsed.step!;
+    if (step.action === 'final') return this.answer(new AIMessage(step.content), usage);
+    // Arguments that still do not fit go through as a tool call: createAgent ends the run silently on
+    // invalid_tool_calls, while the tool runner returns the problem as a result the model can react to.
     toolCallCounter += 1;
-    const message = new AIMessage({
-      content: '',
-      tool_calls: [
-        {
-          id: `call_${toolCallCounter}`,
-          name: step.tool,
-          args: dropNulls(step.args) as Record<string, unknown>,
-          type: 'tool_call',
-        },
-      ],
-    });
-    return { generations: [{ text: '', message }] };
+    return this.answer(
+      new AIMessage({
+        content: '',
+        tool_calls: [{ id: `call_${toolCallCounter}`, name: step.tool, args: step.args, type: 'tool_call' }],
+      }),
+      usage,
+    );
   }
 
-  private async generateStep(
+  private answer(message: AIMessage, usage: TokenUsage): ChatResult {
+    message.usage_metadata = {
+      input_tokens: usage.promptTokens,
+      output_tokens: usage.completionTokens,
+      total_tokens: usage.promptTokens + usage.completionTokens,
+    };
+    return { generations: [{ text: typeof message.content === 'string' ? message.content : '', message }] };
+  }
+
+  private async generateOnce(
     messages: ChatMessage[],
-    jsonSchema: JsonSchemaObject,
-    signal: AbortSignal | undefined,
-  ): Promise<string> {
+    maxTokens: number,
+    usage: TokenUsage,
+    options: { responseFormat?: { name: string; schema: JsonSchema }; signal?: AbortSignal },
+  ): Promise<GenerateResult> {
+    this.meter?.beforeCall({ promptTokens: countPromptTokens(this.provider, messages), maxTokens });
     const result = await this.provider.generate({
       messages,
-      jsonSchema,
-      schemaName: 'tool_step',
-      maxTokens: this.maxTokens,
+      ...(options.responseFormat
+        ? { jsonSchema: options.responseFormat.schema, schemaName: options.responseFormat.name }
+        : {}),
+      maxTokens,
       temperature: this.temperature,
-      signal,
+      signal: options.signal,
     });
-    return result.content;
+    this.meter?.afterCall(result.usage);
+    usage.promptTokens += result.usage.promptTokens;
+    usage.completionTokens += result.usage.completionTokens;
+    return result;
   }
 
-  private parse(
-    text: string,
-  ): { success: true; step: z.infer<typeof stepShape> } | { success: false; problem: string } {
-    let value: unknown;
-    try {
-      value = JSON.parse(text);
-    } catch {
-      return { success: false, problem: 'The reply is not valid JSON.' };
-    }
-    const result = stepShape.safeParse(value);
-    if (!result.success) {
-      return {
-        success: false,
-        problem: `The reply does not follow the schema: ${result.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`).join('; ')}`,
-      };
-    }
-    return { success: true, step: result.data };
+  /** LangChain messages as protocol turns: tool calls become the JSON the model would have written. */
+  private toChatMessages(messages: BaseMessage[], protocol?: StepProtocol): ChatMessage[] {
+    return messages.map((message): ChatMessage => {
+      const type = message.getType();
+      if (type === 'system') return { role: 'system', content: textOf(message) };
+      if (type === 'ai') {
+        const calls = (message as AIMessage).tool_calls ?? [];
+        if (!protocol) return { role: 'assistant', content: textOf(message) };
+        const steps = calls.length
+          ? calls.map((call) => protocol.render({ action: 'call', tool: call.name, args: call.args }))
+          : [protocol.render({ action: 'final', content: textOf(message) })];
+        return { role: 'assistant', content: steps.join('\n') };
+      }
+      if (type === 'tool') {
+        const name = (message as BaseMessage & { name?: string }).name ?? 'the tool';
+        return { role: 'user', content: `Result of ${name}:\n${textOf(message)}` };
+      }
+      return { role: 'user', content: textOf(message) };
+    });
   }
 }

@@ -50,6 +50,24 @@ export interface ModelProvider {
   close(): Promise<void>;
 }
 
+/**
+ * Counts one draft run's model calls. Every chat model (constrained JSON or native tool calling) calls it
+ * before each generation, with what the call will cost at most, and after, with what it cost: the run's
+ * context and budget limits hold whichever model is plugged in.
+ */
+export interface ModelCallMeter {
+  /** Throws when the call would not fit the context or the run's budget; nothing is sent then. */
+  beforeCall(call: { promptTokens: number; maxTokens: number }): void;
+  afterCall(usage: TokenUsage): void;
+}
+
+/** Per-call settings every chat model of the agents accepts, beyond LangChain's own call options. */
+export interface ChatCallSettings {
+  maxTokens?: number;
+  /** Constrains the answer to JSON that follows this schema (structured output). */
+  responseFormat?: { name: string; schema: JsonSchema };
+}
+
 /** Errors from a model backend; `isRetryable` tells the queue whether a later attempt may succeed. */
 export class ModelError extends Error {
   readonly isRetryable: boolean;

@@ -1,6 +1,7 @@
 import type { DocumentReference } from 'fhir/r4.js';
 import { describe, expect, it } from 'vitest';
-import { MedGemmaEngine, planDraft } from '../../agents/medgemma-engine.ts';
+import { planDraft } from '../../agents/draft-plan.ts';
+import { MedGemmaEngine } from '../../agents/medgemma-engine.ts';
 import { PromptLibrary } from '../../agents/prompt-library.ts';
 import { isActiveCondition, isActiveMedication } from '../../agents/record-lines.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';

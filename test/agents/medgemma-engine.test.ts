@@ -1,18 +1,26 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { NudgeInput } from '../../agents/draft-engine.ts';
+import { planDraft } from '../../agents/draft-plan.ts';
 import { withExtractiveFallback } from '../../agents/engine-with-fallback.ts';
 import { createExtractiveEngine } from '../../agents/extractive-engine.ts';
-import { MedGemmaEngine, planDraft, sentencesOf } from '../../agents/medgemma-engine.ts';
+import { MedGemmaEngine } from '../../agents/medgemma-engine.ts';
+import { InvalidModelOutputError } from '../../agents/model-errors.ts';
 import { PromptLibrary } from '../../agents/prompt-library.ts';
 import { AgentBudgetExceededError } from '../../agents/run-budget.ts';
-import { InvalidModelOutputError } from '../../agents/structured-call.ts';
+import { sentencesOf } from '../../agents/steps/write-up.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { silentLogger } from '../../src/log.ts';
 import { agentBudgetSchema } from '../../src/model/model-config.ts';
-import type { GenerateRequest } from '../../src/model/provider.ts';
+import { type GenerateRequest, ModelError } from '../../src/model/provider.ts';
 import { draftVerified, verifyDraft } from '../../src/pipeline/process-encounter-job.ts';
 import { buildPatientRecord } from '../support/patient-record-builder.ts';
-import { cooperativeReply, lastUserText, ScriptedProvider } from '../support/scripted-model.ts';
+import {
+  cooperativeReply,
+  lastUserText,
+  readingList,
+  ScriptedProvider,
+  toolCall,
+} from '../support/scripted-model.ts';
 
 const prompts = PromptLibrary.load();
 
@@ -31,10 +39,6 @@ function engineWith(provider: ScriptedProvider, budget: Record<string, number> =
     logger: silentLogger(),
   });
 }
-
-const step = (value: Record<string, unknown>) =>
-  JSON.stringify({ action: 'call', tool: 'none', args: {}, read: [], focus: '', ...value });
-const final = (read: string[] = [], focus = '') => step({ action: 'final', tool: 'none', read, focus });
 
 function stages(provider: ScriptedProvider): (string | undefined)[] {
   return provider.calls.map((call) => call.schemaName);
@@ -66,9 +70,9 @@ describe('MedGemma engine: tool use', () => {
     const record = buildPatientRecord({ noteCount: 6 });
     const provider = new ScriptedProvider({
       script: [
-        step({ tool: 'search_resources', args: { type: 'Observation', code: 'a1c', since: null } }),
-        step({ tool: 'read_note', args: { id: 'DocumentReference/note-2' } }),
-        final(
+        toolCall('search_resources', { type: 'Observation', code: 'a1c', since: null }),
+        toolCall('read_note', { id: 'DocumentReference/note-2' }),
+        readingList(
           ['DocumentReference/note-3', 'Condition/cond-1', 'DocumentReference/not-in-record'],
           'diabetes control',
         ),
@@ -77,7 +81,7 @@ describe('MedGemma engine: tool use', () => {
     });
     const result = await engineWith(provider).draft({ kind: 'progress-summary', record, nudges: [] });
 
-    expect(stages(provider).slice(0, 3)).toEqual(['navigation_step', 'navigation_step', 'navigation_step']);
+    expect(stages(provider).slice(0, 4)).toEqual(['tool_step', 'tool_step', 'tool_step', 'facts']);
     // The second step saw the search result; the third saw the note it asked for.
     const secondPrompt = provider.calls[1].messages.map((message) => message.content).join('\n');
     expect(secondPrompt).toContain('Result of search_resources');
@@ -97,7 +101,13 @@ describe('MedGemma engine: tool use', () => {
 
     expect(result.engine).toEqual({ id: 'medgemma-agent', version: '1.0.0', model: 'scripted-medgemma' });
     expect(result.prompt).toEqual({ id: 'progress-summary', version: '1.0.0' });
-    expect(result.prompts?.map((prompt) => prompt.id)).toContain('record-navigator');
+    expect(result.prompts?.map((prompt) => prompt.id)).toEqual([
+      'record-navigator',
+      'fact-extraction',
+      'fact-reduction',
+      'progress-summary',
+      'tool-call-protocol',
+    ]);
     expect(verifyDraft(result, record).flagged).toBe(false);
     expect(result.text).toMatch(/^## /);
     expect(result.usage?.modelCalls).toBe(provider.calls.length);
@@ -114,7 +124,7 @@ describe('MedGemma engine: tool use', () => {
       evidence: ['MedicationRequest/med-3'],
     };
     const provider = new ScriptedProvider({
-      script: [final()],
+      script: [readingList()],
       fallback: (request, call) => {
         if (request.schemaName !== 'draft') return cooperativeReply(request);
         return JSON.stringify({
@@ -153,10 +163,10 @@ describe('MedGemma engine: tool use', () => {
 });
 
 describe('MedGemma engine: invalid output', () => {
-  it('repairs once, quoting the validation error, after malformed JSON and after arguments that do not fit the tool', async () => {
+  it('repairs a malformed step once, quoting the problem, and lets the model react to arguments that still do not fit', async () => {
     const record = buildPatientRecord({ noteCount: 4 });
     const provider = new ScriptedProvider({
-      script: ['Sure! Here is the JSON: {"action": "call"', step({ tool: 'read_note', args: { code: 'x' } })],
+      script: ['Sure! Here is the JSON: {"action": "call"', toolCall('read_note', { code: 'x' })],
       fallback: cooperativeReply,
     });
     const result = await engineWith(provider).draft({ kind: 'previsit-briefing', record, nudges: [] });
@@ -166,10 +176,12 @@ describe('MedGemma engine: invalid output', () => {
       content: 'Sure! Here is the JSON: {"action": "call"',
     });
     expect(firstRepair.at(-1)!.content).toContain('The reply is not valid JSON.');
-    // The repaired reply was still wrong for read_note: the step failed cleanly, navigation ended...
-    expect(provider.calls[1].messages.at(-1)!.content).not.toContain('arguments');
-    expect(stages(provider).filter((stage) => stage === 'navigation_step')).toHaveLength(2);
-    // ...and the draft was still written from code's choice of material, newest note first.
+    // The repaired step still did not fit read_note: it reached the tool runner, which named the problem...
+    expect(provider.calls[2].messages.at(-1)!.content).toMatch(
+      /^Result of read_note:\nThe arguments do not fit read_note: .*id/,
+    );
+    // ...and the model's next step named its reading list.
+    expect(stages(provider).filter((stage) => stage === 'tool_step')).toHaveLength(3);
     const extraction = provider.calls.find((call) => call.schemaName === 'facts')!;
     expect(extraction.messages[0].content).toContain('[DocumentReference/note-4]');
     expect(verifyDraft(result, record).flagged).toBe(false);
@@ -179,16 +191,28 @@ describe('MedGemma engine: invalid output', () => {
   it('quotes the tool argument problem in the repair turn', async () => {
     const record = buildPatientRecord({ noteCount: 2 });
     const provider = new ScriptedProvider({
-      script: [step({ tool: 'read_note', args: { code: 'x' } }), final()],
+      script: [toolCall('read_note', { code: 'x' }), readingList()],
       fallback: cooperativeReply,
     });
     await engineWith(provider).draft({ kind: 'progress-summary', record, nudges: [] });
     expect(provider.calls[1].messages.at(-1)!.content).toMatch(/The arguments do not fit read_note: .*id/);
   });
 
+  it("ends navigation cleanly on a step invalid twice, and writes from code's choice of material", async () => {
+    const record = buildPatientRecord({ noteCount: 4 });
+    const provider = new ScriptedProvider({
+      script: ['not json', '{"action": "wander"}'],
+      fallback: cooperativeReply,
+    });
+    const result = await engineWith(provider).draft({ kind: 'previsit-briefing', record, nudges: [] });
+    expect(stages(provider).slice(0, 3)).toEqual(['tool_step', 'tool_step', 'facts']);
+    expect(provider.calls[2].messages[0].content).toContain('[DocumentReference/note-4]');
+    expect(verifyDraft(result, record).flagged).toBe(false);
+  });
+
   it('fails the run cleanly when the write-up is invalid twice', async () => {
     const provider = new ScriptedProvider({
-      script: [final()],
+      script: [readingList()],
       fallback: (request) =>
         request.schemaName === 'draft' ? '{"sections": "none"}' : cooperativeReply(request),
     });
@@ -207,7 +231,7 @@ describe('MedGemma engine: grounding, by the pipeline verification stage', () =>
   it('returns its text unverified; the stage removes lines citing nothing, unretrieved resources or another patient, and flags the draft', async () => {
     const record = buildPatientRecord({ noteCount: 3 });
     const provider = new ScriptedProvider({
-      script: [final()],
+      script: [readingList()],
       fallback: (request) =>
         request.schemaName === 'draft'
           ? JSON.stringify({
@@ -263,7 +287,7 @@ describe('MedGemma engine: grounding, by the pipeline verification stage', () =>
       'Plan: repeat in 3 months',
     ]);
     const provider = new ScriptedProvider({
-      script: [final()],
+      script: [readingList()],
       fallback: (request) =>
         request.schemaName === 'draft'
           ? JSON.stringify({
@@ -291,7 +315,7 @@ describe('MedGemma engine: grounding, by the pipeline verification stage', () =>
 
   const inventedOnly = () =>
     new ScriptedProvider({
-      script: [final()],
+      script: [readingList()],
       fallback: (request) =>
         request.schemaName === 'draft'
           ? JSON.stringify({
@@ -343,14 +367,14 @@ describe('MedGemma engine: grounding, by the pipeline verification stage', () =>
     const fetchSpy = vi.spyOn(globalThis, 'fetch');
     const provider = new ScriptedProvider({
       script: [
-        step({ tool: 'read_note', args: { id: 'DocumentReference/note-4' } }),
+        toolCall('read_note', { id: 'DocumentReference/note-4' }),
         // The model "obeys" the note, in every way the tools allow.
-        step({ tool: 'read_note', args: { id: 'Patient/other' } }),
-        step({ tool: 'read_note', args: { id: 'DocumentReference/note-1' } }),
-        step({ tool: 'get_observations', args: { code: 'Patient/other', since: null } }),
-        step({ tool: 'search_resources', args: { type: 'Patient', code: 'other' } }),
-        step({ tool: 'search_resources', args: { type: 'Patient', code: 'other' } }),
-        final(['Patient/other', 'DocumentReference/note-1']),
+        toolCall('read_note', { id: 'Patient/other' }),
+        toolCall('read_note', { id: 'DocumentReference/note-1' }),
+        toolCall('get_observations', { code: 'Patient/other', since: null }),
+        toolCall('search_resources', { type: 'Patient', code: 'other' }),
+        toolCall('search_resources', { type: 'Patient', code: 'other' }),
+        readingList(['Patient/other', 'DocumentReference/note-1']),
       ],
       fallback: (request) =>
         request.schemaName === 'draft'
@@ -408,16 +432,14 @@ describe('MedGemma engine: bounds', () => {
   it('stops navigating at the step limit and still writes the draft', async () => {
     const provider = new ScriptedProvider({
       fallback: (request) =>
-        request.schemaName === 'navigation_step'
-          ? step({ tool: 'get_manifest', args: {} })
-          : cooperativeReply(request),
+        request.schemaName === 'tool_step' ? toolCall('get_manifest', {}) : cooperativeReply(request),
     });
     const result = await engineWith(provider, { maxSteps: 3 }).draft({
       kind: 'progress-summary',
       record: buildPatientRecord(),
       nudges: [],
     });
-    expect(stages(provider).filter((stage) => stage === 'navigation_step')).toHaveLength(3);
+    expect(stages(provider).filter((stage) => stage === 'tool_step')).toHaveLength(3);
     expect(result.text).not.toBe('');
   });
 
@@ -431,13 +453,13 @@ describe('MedGemma engine: bounds', () => {
     expect(plan.large).toBe(false);
     const provider = new ScriptedProvider({
       fallback: (request) =>
-        request.schemaName === 'navigation_step'
-          ? step({ tool: 'read_note', args: { id: 'note-1' } })
+        request.schemaName === 'tool_step'
+          ? toolCall('read_note', { id: 'note-1' })
           : cooperativeReply(request),
     });
     const engine = new MedGemmaEngine({ provider, prompts, budget, logger: silentLogger() });
     await engine.draft({ kind: 'progress-summary', record, nudges: [] });
-    const navigation = provider.calls.filter((call) => call.schemaName === 'navigation_step');
+    const navigation = provider.calls.filter((call) => call.schemaName === 'tool_step');
     expect(navigation.length).toBeLessThan(budget.maxSteps);
     const navigationTokens = navigation.reduce((sum, call) => sum + call.promptTokens, 0);
     expect(navigationTokens).toBeLessThanOrEqual(navigation[0].promptTokens + plan.navigationAllowance);
@@ -447,7 +469,7 @@ describe('MedGemma engine: bounds', () => {
 
   it('tells the model when the tool budget is spent instead of running the tool', async () => {
     const provider = new ScriptedProvider({
-      script: [step({ tool: 'get_manifest', args: {} }), step({ tool: 'get_manifest', args: {} }), final()],
+      script: [toolCall('get_manifest', {}), toolCall('get_manifest', {}), readingList()],
       fallback: cooperativeReply,
     });
     await engineWith(provider, { maxToolCalls: 1 }).draft({
@@ -456,11 +478,13 @@ describe('MedGemma engine: bounds', () => {
       nudges: [],
     });
     expect(provider.calls[2].messages.at(-1)!.content).toBe(
-      'The tool budget is spent. Reply with the final action now.',
+      'Result of get_manifest:\nThe tool budget is spent. Call reading_list now.',
     );
-    expect(
-      provider.calls[2].messages.filter((message) => message.content.startsWith('Result of get_manifest')),
-    ).toHaveLength(1);
+    const results = provider.calls[2].messages.filter((message) =>
+      message.content.startsWith('Result of get_manifest'),
+    );
+    expect(results).toHaveLength(2);
+    expect(results.filter((message) => message.content.includes('Active problems:'))).toHaveLength(1);
   });
 
   it('ends the run with a budget error before a call would exceed the token budget', async () => {
@@ -474,6 +498,26 @@ describe('MedGemma engine: bounds', () => {
     await expect(draft).rejects.toMatchObject({ limit: 'tokens', isRetryable: false });
     const spent = provider.calls.reduce((sum, call) => sum + call.promptTokens + call.maxTokens, 0);
     expect(spent).toBeLessThanOrEqual(4000);
+  });
+
+  it('lets a model error during navigation reach the pipeline as it was: retryable, with its status', async () => {
+    const provider = new ScriptedProvider({
+      fallback: () => {
+        throw new ModelError('The inference server answered 503', {
+          code: 'http-error',
+          status: 503,
+          isRetryable: true,
+        });
+      },
+    });
+    const draft = engineWith(provider).draft({
+      kind: 'progress-summary',
+      record: buildPatientRecord(),
+      nudges: [],
+    });
+    await expect(draft).rejects.toBeInstanceOf(ModelError);
+    await expect(draft).rejects.toMatchObject({ status: 503, isRetryable: true, code: 'http-error' });
+    expect(stages(provider)).toEqual(['tool_step']);
   });
 
   it('ends the run with a budget error at the model-call limit', async () => {

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { dropNulls, hasOnlyFiniteNumbers, zodToGrammarSchema } from '../../agents/grammar-schema.ts';
+import { createStepProtocol, toolSpecs } from '../../agents/langchain/step-protocol.ts';
 import { PromptLibrary, parsePromptFile, renderPrompt } from '../../agents/prompt-library.ts';
 import { buildManifest } from '../../agents/record-manifest.ts';
 import { createRecordTools, sanitizeToolError } from '../../agents/record-tools.ts';
-import { createStepProtocol } from '../../agents/step-protocol.ts';
 import { estimateTokens } from '../../src/model/provider.ts';
 import { buildPatientRecord } from '../support/patient-record-builder.ts';
 
@@ -47,52 +47,52 @@ describe('grammar-safe schemas', () => {
   });
 });
 
-describe('step protocol', () => {
+describe('step protocol (inside the constrained-JSON adapter)', () => {
   const record = buildPatientRecord({ noteCount: 2 });
   const tools = createRecordTools(record, {
     manifestText: () => 'm',
     maxNoteTokens: 100,
     countTokens: estimateTokens,
-  });
+  }).map((recordTool) => ({
+    name: recordTool.name,
+    description: recordTool.description,
+    schema: recordTool.schema,
+  }));
+  const specs = toolSpecs(tools, 40);
 
   it('accepts a call and a final step, and names the problem when arguments do not fit the tool', () => {
-    const protocol = createStepProtocol(tools, { maxStringLength: 40 });
-    const call = protocol.schema.parse({
-      action: 'call',
-      tool: 'read_note',
-      args: { id: 'note-1' },
-      read: [],
-      focus: '',
+    const protocol = createStepProtocol(specs, { style: 'precise', allowFinal: true, maxStringLength: 40 });
+    expect(protocol.parse('{"action":"call","tool":"read_note","args":{"id":"note-1"}}')).toEqual({
+      step: { action: 'call', tool: 'read_note', args: { id: 'note-1' } },
     });
-    expect(call).toEqual({ action: 'call', tool: 'read_note', args: { id: 'note-1' } });
-    expect(protocol.checkArguments(call)).toBeUndefined();
-    const wrong = protocol.schema.parse({
-      action: 'call',
-      tool: 'get_observations',
-      args: { id: 'x' },
-      read: [],
-      focus: '',
+    const wrong = protocol.parse('{"action":"call","tool":"get_observations","args":{"id":"x"}}');
+    expect(wrong.step).toEqual({ action: 'call', tool: 'get_observations', args: { id: 'x' } });
+    expect(wrong.problem).toMatch(/do not fit get_observations/);
+    expect(protocol.parse('{"action":"call","tool":"fetch_url","args":{}}')).toEqual({
+      problem:
+        '"tool" must be one of get_manifest, search_resources, read_note, get_observations when "action" is "call".',
     });
-    expect(protocol.checkArguments(wrong)).toMatch(/do not fit get_observations/);
-    expect(
-      protocol.schema.safeParse({ action: 'call', tool: 'fetch_url', args: {}, read: [], focus: '' }).success,
-    ).toBe(false);
-    const final = protocol.schema.parse({
-      action: 'final',
-      tool: 'none',
-      args: {},
-      read: ['DocumentReference/note-1'],
-      focus: 'f',
+    expect(protocol.parse('{"action":"final","content":"f"}')).toEqual({
+      step: { action: 'final', content: 'f' },
     });
-    expect(final).toEqual({ action: 'final', read: ['DocumentReference/note-1'], focus: 'f' });
+    const mustCall = createStepProtocol(specs, { style: 'precise', allowFinal: false, maxStringLength: 40 });
+    expect(mustCall.parse('{"action":"final","content":"f"}').problem).toMatch(/^Call one of the tools/);
   });
 
   it('gives one grammar alternative per tool (precise) or a plain root object (flat)', () => {
-    const precise = createStepProtocol(tools, { maxStringLength: 40 }).jsonSchema;
-    expect((precise.oneOf as unknown[]).length).toBe(tools.length + 1);
-    const flat = createStepProtocol(tools, { maxStringLength: 40, style: 'flat' }).jsonSchema;
-    expect(flat.type).toBe('object');
-    expect(flat.required).toEqual(['action', 'tool', 'args', 'read', 'focus']);
+    const precise = createStepProtocol(specs, { style: 'precise', allowFinal: true, maxStringLength: 40 });
+    expect((precise.jsonSchema.oneOf as unknown[]).length).toBe(tools.length + 1);
+    const flat = createStepProtocol(specs, { style: 'flat', allowFinal: true, maxStringLength: 40 });
+    expect(flat.jsonSchema.type).toBe('object');
+    expect(flat.jsonSchema.required).toEqual(['action', 'tool', 'args', 'content']);
+    // A flat final step still parses, and a replayed step is written in the flat shape.
+    expect(flat.parse('{"action":"final","tool":"none","args":{},"content":"done"}').step).toEqual({
+      action: 'final',
+      content: 'done',
+    });
+    expect(flat.render({ action: 'call', tool: 'get_manifest', args: {} })).toBe(
+      '{"action":"call","tool":"get_manifest","args":{},"content":""}',
+    );
   });
 
   it('sanitises tool errors before they reach the prompt', () => {
@@ -144,6 +144,7 @@ describe('prompt library', () => {
       'fact-reduction',
       'progress-summary',
       'previsit-briefing',
+      'tool-call-protocol',
     ]) {
       expect(library.get(id).version).toMatch(/^\d+\.\d+\.\d+$/);
     }

@@ -1,12 +1,15 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { HumanMessage } from '@langchain/core/messages';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRecordNavigatorAgent } from '../../agents/langchain/record-navigator-agent.ts';
+import { constrainedJsonModel } from '../../agents/draft-model.ts';
+import { planDraft } from '../../agents/draft-plan.ts';
+import { createLangChainRecordTools } from '../../agents/langchain/record-tools.ts';
+import { createStepProtocol, toolSpecs } from '../../agents/langchain/step-protocol.ts';
 import { MedGemmaEngine } from '../../agents/medgemma-engine.ts';
 import { PromptLibrary } from '../../agents/prompt-library.ts';
-import { createRecordTools } from '../../agents/record-tools.ts';
-import { createStepProtocol } from '../../agents/step-protocol.ts';
+import { buildManifest } from '../../agents/record-manifest.ts';
+import { RunBudget } from '../../agents/run-budget.ts';
+import { navigate } from '../../agents/steps/navigate.ts';
 import { silentLogger } from '../../src/log.ts';
 import { validateGgufFile } from '../../src/model/gguf-header.ts';
 import { LlamaCppProvider } from '../../src/model/llama-cpp-provider.ts';
@@ -148,19 +151,23 @@ describe('llama-cpp provider', () => {
 
   it('decodes navigation steps the step protocol accepts', async () => {
     const record = buildPatientRecord({ noteCount: 2 });
-    const tools = createRecordTools(record, {
+    const tools = createLangChainRecordTools(record, {
       manifestText: () => 'manifest',
       maxNoteTokens: 500,
       countTokens: (text) => provider.countTokens(text),
     });
-    const protocol = createStepProtocol(tools, { maxStringLength: 24 });
+    const protocol = createStepProtocol(toolSpecs(tools, 24), {
+      style: 'precise',
+      allowFinal: false,
+      maxStringLength: 24,
+    });
     const result = await provider.generate({
       messages: [{ role: 'user', content: 'Choose a tool.' }],
       jsonSchema: protocol.jsonSchema,
       maxTokens: 400,
     });
-    const parsed = protocol.schema.safeParse(JSON.parse(result.content));
-    expect(parsed.success).toBe(true);
+    const parsed = protocol.parse(result.content);
+    expect(parsed.step?.action).toBe('call');
   });
 
   it('runs the whole agent (tool loop, extraction, write-up) and every line it keeps cites the record', async () => {
@@ -201,7 +208,7 @@ describe('llama-cpp provider', () => {
     expect(result.engine.model).toBe('tiny-random-gemma3');
     // The first step, decoded under the grammar, called a tool; the next step saw its result.
     const firstStep = JSON.parse(calls[0].content);
-    expect(calls[0].schemaName).toBe('navigation_step');
+    expect(calls[0].schemaName).toBe('tool_step');
     expect(firstStep.action).toBe('call');
     expect(calls[1].lastTurn).toMatch(new RegExp(`^Result of ${firstStep.tool}:`));
     expect(calls.map((call) => call.schemaName)).toContain('facts');
@@ -223,25 +230,44 @@ describe('llama-cpp provider', () => {
     for (const citation of verification.cited) expect(retrieved).toContain(citation);
   });
 
-  it('runs a LangChain createAgent loop over the real model through the adapter, bounded by the call limit', async () => {
-    let modelCalls = 0;
-    const counting = Object.create(provider) as LlamaCppProvider;
-    counting.generate = async (request) => {
-      modelCalls += 1;
-      return provider.generate(request);
+  it('runs the navigation agent (createAgent) over the real model through the adapter, ended by the step limit', async () => {
+    const stepTurns: string[] = [];
+    // Without the reading list among the alternatives the model cannot end navigation: only the limit can.
+    const neverDone = Object.create(provider) as LlamaCppProvider;
+    neverDone.generate = async (request) => {
+      if (request.schemaName !== 'tool_step') return provider.generate(request);
+      stepTurns.push(request.messages.at(-1)!.content);
+      const alternatives = (
+        request.jsonSchema!.oneOf as { properties: { tool: { const: string } } }[]
+      ).filter((alternative) => alternative.properties.tool.const !== 'reading_list');
+      return provider.generate({ ...request, jsonSchema: { oneOf: alternatives } });
     };
-    const agent = createRecordNavigatorAgent({
-      provider: counting,
-      record: buildPatientRecord({ noteCount: 2, noteLength: 200 }),
-      manifestText: 'manifest',
-      maxModelCalls: 3,
-      maxTokens: 400,
-      systemPrompt: 'Navigate the record.',
-      maxStringLength: 10,
+    const record = buildPatientRecord({ noteCount: 2, noteLength: 200 });
+    const prompts = PromptLibrary.load();
+    const limits = agentBudgetSchema.parse({
+      maxSteps: 3,
+      maxToolCalls: 10,
+      maxOutputTokens: 400,
+      minPromptTokensPerDraft: 60_000,
+      maxPromptTokensPerDraft: 60_000,
     });
-    const state = await agent.invoke({ messages: [new HumanMessage('What matters?')] });
-    expect(modelCalls).toBeGreaterThanOrEqual(1);
-    expect(modelCalls).toBeLessThanOrEqual(6);
-    expect(state.messages.length).toBeGreaterThan(1);
+    const budget = new RunBudget(limits, provider.contextSize);
+    const navigation = await navigate({
+      model: constrainedJsonModel(neverDone, { prompts, maxStringLength: 10 }),
+      budget,
+      prompts,
+      record,
+      manifest: buildManifest(record, 'progress-summary', {
+        maxTokens: 600,
+        countTokens: (text) => provider.countTokens(text),
+      }),
+      plan: planDraft(record, limits),
+      goal: 'Summarise the visit.',
+    });
+    const repairs = stepTurns.filter((turn) => turn.endsWith('Reply again with only one JSON object.'));
+    expect(navigation.ended).toBe('step-limit');
+    expect(navigation.steps).toBe(3);
+    expect(stepTurns.length - repairs.length).toBe(3);
+    expect(budget.toolCalls).toBe(3);
   });
 });

@@ -190,7 +190,7 @@ describe('remote provider', () => {
     const record = buildPatientRecord({ noteCount: 5 });
     const result = await engine.draft({ kind: 'previsit-briefing', record, nudges: [] });
     const names = server.requests.map((request) => request.body.response_format?.json_schema?.name);
-    expect(names[0]).toBe('navigation_step');
+    expect(names[0]).toBe('tool_step');
     expect(names.at(-1)).toBe('draft');
     // The flat step schema has a plain object at the root, as strict json_schema servers expect.
     expect(server.requests[0].body.response_format?.json_schema?.schema.type).toBe('object');

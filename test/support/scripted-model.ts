@@ -96,16 +96,26 @@ export function lastUserText(request: GenerateRequest): string {
   return request.messages.filter((message) => message.role === 'user').at(-1)?.content ?? '';
 }
 
+/** A tool step of the constrained-JSON protocol. */
+export function toolCall(tool: string, args: Record<string, unknown>): string {
+  return JSON.stringify({ action: 'call', tool, args });
+}
+
+/** The navigator's last step: its reading list (the agent's structured response). */
+export function readingList(read: string[] = [], focus = ''): string {
+  return toolCall('reading_list', { read, focus });
+}
+
 /**
  * A well-behaved model, for tests that are about something else and for the context-packing
- * benchmark: navigation says final at once, extraction cites the first sources of its chunk, the
+ * benchmark: navigation names an empty reading list at once, extraction cites the first sources of its chunk, the
  * write-up cites what its prompt listed.
  */
 export function cooperativeReply(request: GenerateRequest): string {
   const shown = citationsShown(request);
   switch (request.schemaName) {
-    case 'navigation_step':
-      return JSON.stringify({ action: 'final', tool: 'none', args: {}, read: [], focus: 'recent changes' });
+    case 'tool_step':
+      return readingList([], 'recent changes');
     case 'facts': {
       const material = lastUserText(request);
       const sources = [...material.matchAll(/^\[([A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64})\]/gm)].map(
