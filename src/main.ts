@@ -26,7 +26,7 @@ if (service.sandbox) {
       `  sandbox FHIR     ${service.fhirBaseUrl}`,
       `  health           ${service.url}/readyz`,
       `  operator APIs    ${service.url}/api/jobs (bearer: the admin secret in ${service.adminSecretFile ?? 'ADMIN_SECRET'})`,
-      `  review page      ${service.url}/review (needs a SMART launch)`,
+      `  clinician view   ${service.url}/sandbox/launch   (patients; "Open the review app" launches it with SMART)`,
       '  try it           npm run demo   (finishes an encounter and prints the draft)',
       '',
     ].join('\n'),

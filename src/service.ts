@@ -160,6 +160,19 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     });
     app.mount('/sandbox/auth', sandboxAuthorizationRouter(authorization));
     auth = registerServiceWithSandbox(authorization, { auth: config.auth, serviceUrl: url, fhirBaseUrl });
+    // The sandbox EHR's patient list, where a clinician opens the review app from an encounter (a real EHR launch).
+    const { sandboxLaunchRouter } = await import('./http/sandbox-launch-page.ts');
+    app.mount(
+      '/sandbox/launch',
+      sandboxLaunchRouter({
+        sandbox,
+        fhirBaseUrl,
+        appLaunchUrl: `${url}/smart/launch`,
+        createLaunch: async (context) =>
+          authorization.createLaunch({ patient: context.patientId, encounter: context.encounterId }),
+        draftIdentifierSystem: config.drafts.identifierSystem,
+      }),
+    );
   }
 
   // The service's own FHIR access: SMART Backend Services, a static token, or none.
@@ -226,6 +239,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       review: config.review,
       logger,
       fhirTimeoutMs: config.fhir.timeoutMs,
+      ...(sandbox ? { launchPageUrl: `${url}/sandbox/launch` } : {}),
     })) {
       app.mount(mountPath, router);
     }

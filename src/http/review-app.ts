@@ -19,13 +19,21 @@ export interface ReviewAppOptions {
   logger: Logger;
   /** `fhir.timeoutMs`. */
   fhirTimeoutMs?: number;
+  /** In the sandbox, its EHR's patient list: where /review opened without a launch points. */
+  launchPageUrl?: string;
 }
 
 export function reviewAppRouters(options: ReviewAppOptions): { path: string; router: Router }[] {
   const clientFor = (context: Parameters<typeof userFhirClient>[0]) =>
     userFhirClient(context, { timeoutMs: options.fhirTimeoutMs });
   return [
-    { path: '/review', router: reviewRouter({ frameAncestors: options.review.frameAncestors }) },
+    {
+      path: '/review',
+      router: reviewRouter({
+        frameAncestors: options.review.frameAncestors,
+        launchPageUrl: options.launchPageUrl,
+      }),
+    },
     {
       path: '/api/drafts',
       router: draftsApiRouter({

@@ -12,6 +12,34 @@ import express, { type Router } from 'express';
 export interface ReviewRouterOptions {
   /** CSP frame-ancestors sources (`review.frameAncestors`), e.g. `https://ehr.example.org`; default `'self'` only. */
   frameAncestors?: string[];
+  /** Where a person who opened /review directly can launch it instead (the sandbox EHR's patient list). */
+  launchPageUrl?: string;
+}
+
+/**
+ * /review opened without a launch (a bookmark, a link in a banner): the app cannot show anything without the
+ * EHR's launch, so say how to get one, in words, instead of a page that fails to load.
+ */
+function howToLaunchPage(launchPageUrl: string | undefined): string {
+  const sandboxLine = launchPageUrl
+    ? `<p>In this sandbox, the EHR is the service itself: open <a href="${launchPageUrl.replace(/[&<>"']/g, (character) => `&#${character.charCodeAt(0)};`)}">the sandbox EHR's patient list</a> and choose "Open the review app" on a visit.</p>`
+    : '';
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Draft notes for review: open from the EHR</title>
+<link rel="stylesheet" href="/review/review.css">
+</head>
+<body>
+<main class="how-to-launch">
+<h1>Draft notes for review</h1>
+<p>This app shows AI-drafted notes for one patient and visit, and it needs your EHR to open it: open the patient's chart in your EHR and start "Draft notes for review" from there (a SMART launch). It cannot be opened on its own.</p>
+${sandboxLine}
+</main>
+</body>
+</html>`;
 }
 
 const pageDirectory = path.join(path.dirname(fileURLToPath(import.meta.url)), 'review-page');
@@ -49,8 +77,12 @@ export function reviewRouter(options: ReviewRouterOptions = {}): Router {
     ]),
   );
 
+  const howToLaunch = Buffer.from(howToLaunchPage(options.launchPageUrl));
   router.get(Object.keys(loaded), (request, response) => {
-    const asset = loaded[request.path];
+    const withoutLaunch = request.path === '/' && typeof request.query.context !== 'string';
+    const asset = withoutLaunch
+      ? { type: 'text/html; charset=utf-8', body: howToLaunch }
+      : loaded[request.path];
     response
       .set({
         'content-security-policy': policy,
