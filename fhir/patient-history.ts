@@ -40,7 +40,57 @@ export interface HistoryOptions {
   /** Longest text kept per note; the rest is cut with a visible marker. */
   maxNoteCharacters?: number;
   logger?: HistoryLogger;
+  /**
+   * Further resource types to load (the site's CQL rules read them), into `record.additional`. Only
+   * types in `additionalHistoryTypes`; a server that refuses one (4xx) is noted in `record.unreadTypes`
+   * rather than failing the whole record, so the rules that read it can say they could not run.
+   */
+  additionalTypes?: readonly string[];
 }
+
+/**
+ * Patient-compartment types that can be loaded for a patient besides the history resource types: each
+ * is searched by `patient` and names its patient in `subject`, `patient` or (Coverage) `beneficiary`,
+ * which the compartment guard checks. A rule reading any other type is refused when it loads.
+ */
+export const additionalHistoryTypes = [
+  'MedicationStatement',
+  'MedicationAdministration',
+  'MedicationDispense',
+  'ServiceRequest',
+  'DiagnosticReport',
+  'CarePlan',
+  'CareTeam',
+  'Goal',
+  'DeviceRequest',
+  'DeviceUseStatement',
+  'FamilyMemberHistory',
+  'Flag',
+  'ImmunizationRecommendation',
+  'RiskAssessment',
+  'ClinicalImpression',
+  'EpisodeOfCare',
+  'NutritionOrder',
+  'Specimen',
+  'Communication',
+  'CommunicationRequest',
+  'ImagingStudy',
+  'QuestionnaireResponse',
+  'DetectedIssue',
+  'Coverage',
+  'Claim',
+  'ExplanationOfBenefit',
+  // Not in any compartment: the ones the patient's medication resources reference are read by id.
+  'Medication',
+] as const;
+
+/** Types whose `medicationReference` points at a Medication a CQL code filter may look through. */
+const medicationReferrers = new Set([
+  'MedicationRequest',
+  'MedicationStatement',
+  'MedicationAdministration',
+  'MedicationDispense',
+]);
 
 const searchesByList: Record<keyof PatientResourceLists, FhirResource['resourceType']> = {
   conditions: 'Condition',
@@ -131,52 +181,140 @@ function searchParams(resourceType: string, options: HistoryOptions): Record<str
 
 type Lists = Record<keyof PatientResourceLists, FhirResource[]>;
 
+/** One search per type: the history lists' types, then the further types rules asked for. */
+interface SearchPlan {
+  listNames: (keyof PatientResourceLists)[];
+  additionalTypes: string[];
+}
+
+interface SearchAnswers {
+  patient: Patient;
+  lists: Lists;
+  additional: FhirResource[];
+  unreadTypes: { resourceType: string; status: number }[];
+}
+
+/**
+ * The Medications the record's medication resources reference (CQL translators turn a code filter on
+ * `medication` into a look-up through them). A dangling reference is skipped; a refusal is noted.
+ */
+async function referencedMedications(
+  reader: PatientScopedReader,
+  resources: FhirResource[],
+  options: HistoryOptions,
+): Promise<{ medications: FhirResource[]; refused: number | undefined }> {
+  const ids = new Set<string>();
+  for (const resource of resources) {
+    if (!medicationReferrers.has(resource.resourceType)) continue;
+    const reference = (resource as { medicationReference?: { reference?: string } }).medicationReference
+      ?.reference;
+    const id = /^(?:.*\/)?Medication\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(
+      reference ?? '',
+    )?.[1];
+    if (id) ids.add(id);
+  }
+  let refused: number | undefined;
+  const read = await mapWithConcurrency([...ids], options.concurrency ?? 4, async (id) => {
+    try {
+      return await reader.read<FhirResource>('Medication', id);
+    } catch (error) {
+      if (!(error instanceof OperationOutcomeError) || error.isRetryable || error.status >= 500) throw error;
+      if (error.status !== 404 && error.status !== 410) refused = error.status;
+      return undefined;
+    }
+  });
+  return {
+    medications: read.filter((resource): resource is FhirResource => resource !== undefined),
+    refused,
+  };
+}
+
+function planTypes(plan: SearchPlan): string[] {
+  return [...plan.listNames.map((name) => searchesByList[name]), ...plan.additionalTypes];
+}
+
+/** A further type the server refuses (4xx) is noted, not fatal; the history lists' types stay required. */
+async function tolerated(
+  resourceType: string,
+  plan: SearchPlan,
+  search: () => Promise<FhirResource[]>,
+): Promise<FhirResource[] | OperationOutcomeError> {
+  try {
+    return await search();
+  } catch (error) {
+    if (
+      plan.additionalTypes.includes(resourceType) &&
+      error instanceof OperationOutcomeError &&
+      !error.isRetryable &&
+      error.status >= 400 &&
+      error.status < 500
+    )
+      return error;
+    throw error;
+  }
+}
+
+function answers(
+  patient: Patient,
+  plan: SearchPlan,
+  results: (FhirResource[] | OperationOutcomeError)[],
+): SearchAnswers {
+  const lists = Object.fromEntries(plan.listNames.map((name, index) => [name, results[index]])) as Lists;
+  const additional: FhirResource[] = [];
+  const unreadTypes: SearchAnswers['unreadTypes'] = [];
+  plan.additionalTypes.forEach((resourceType, offset) => {
+    const result = results[plan.listNames.length + offset];
+    if (result instanceof OperationOutcomeError) unreadTypes.push({ resourceType, status: result.status });
+    else additional.push(...result);
+  });
+  return { patient, lists, additional, unreadTypes };
+}
+
 async function searchSeparately(
   reader: PatientScopedReader,
-  listNames: (keyof PatientResourceLists)[],
+  plan: SearchPlan,
   options: HistoryOptions,
-): Promise<{ patient: Patient; lists: Lists }> {
-  const [patient, ...lists] = await mapWithConcurrency<string, FhirResource | FhirResource[]>(
-    ['Patient', ...listNames],
-    options.concurrency ?? 4,
-    (name) => {
-      if (name === 'Patient') return reader.read<Patient>('Patient', reader.patientId);
-      const resourceType = searchesByList[name as keyof PatientResourceLists];
-      return reader.search(resourceType, searchParams(resourceType, options));
-    },
-  );
-  const byName = Object.fromEntries(listNames.map((name, index) => [name, lists[index]])) as Lists;
-  return { patient: patient as Patient, lists: byName };
+): Promise<SearchAnswers> {
+  const [patient, ...results] = await mapWithConcurrency<
+    string,
+    Patient | FhirResource[] | OperationOutcomeError
+  >(['Patient', ...planTypes(plan)], options.concurrency ?? 4, (resourceType) => {
+    if (resourceType === 'Patient') return reader.read<Patient>('Patient', reader.patientId);
+    return tolerated(resourceType, plan, () =>
+      reader.search(resourceType as FhirResource['resourceType'], searchParams(resourceType, options)),
+    );
+  });
+  return answers(patient as Patient, plan, results as (FhirResource[] | OperationOutcomeError)[]);
 }
 
 /** One round trip for the Patient and every search; an entry the server refused is retried on its own. */
 async function searchInOneBatch(
   reader: PatientScopedReader,
-  listNames: (keyof PatientResourceLists)[],
+  plan: SearchPlan,
   options: HistoryOptions,
-): Promise<{ patient: Patient; lists: Lists }> {
+): Promise<SearchAnswers> {
+  const types = planTypes(plan);
   const answer = await reader.batch(
-    listNames.map((name) => ({
-      resourceType: searchesByList[name],
-      params: searchParams(searchesByList[name], options),
-    })),
+    types.map((resourceType) => ({ resourceType, params: searchParams(resourceType, options) })),
   );
   const patient =
     answer.patient instanceof OperationOutcomeError
       ? await retryAlone(answer.patient, () => reader.read<Patient>('Patient', reader.patientId))
       : answer.patient;
-  const lists = await mapWithConcurrency(
-    listNames.map((name, index) => ({ name, result: answer.searches[index] })),
+  const results = await mapWithConcurrency(
+    types.map((resourceType, index) => ({
+      resourceType: resourceType as FhirResource['resourceType'],
+      result: answer.searches[index],
+    })),
     options.concurrency ?? 4,
-    ({ name, result }) => {
-      const resourceType = searchesByList[name];
-      if (result instanceof OperationOutcomeError)
-        return retryAlone(result, () => reader.search(resourceType, searchParams(resourceType, options)));
-      return collectOrSearchAgain(reader, resourceType, result, options);
-    },
+    ({ resourceType, result }) =>
+      tolerated(resourceType, plan, () => {
+        if (result instanceof OperationOutcomeError)
+          return retryAlone(result, () => reader.search(resourceType, searchParams(resourceType, options)));
+        return collectOrSearchAgain(reader, resourceType, result, options);
+      }),
   );
-  const byName = Object.fromEntries(listNames.map((name, index) => [name, lists[index]])) as Lists;
-  return { patient, lists: byName };
+  return answers(patient, plan, results);
 }
 
 /** A note's text, or its omission when its attachment is over the response cap (asking again cannot help). */
@@ -263,6 +401,22 @@ async function retryAlone<T>(error: OperationOutcomeError, again: () => Promise<
   return again();
 }
 
+/** The further types asked for, without the history lists' own types; an unknown type is a wiring mistake. */
+function additionalTypesOf(options: HistoryOptions): string[] {
+  const standard = new Set<string>(Object.values(searchesByList));
+  const wanted = [...new Set(options.additionalTypes ?? [])].filter(
+    (type) => !standard.has(type) && type !== 'Medication',
+  );
+  const unknown = wanted.filter((type) => !(additionalHistoryTypes as readonly string[]).includes(type));
+  if (unknown.length > 0)
+    throw outcomeError('not-supported', `history cannot load ${unknown.join(', ')} for a patient`, 500);
+  return wanted;
+}
+
+function wantsMedications(options: HistoryOptions): boolean {
+  return options.additionalTypes?.includes('Medication') ?? false;
+}
+
 /** The history of the reader's patient. Only the reader is used: nothing here can reach another patient. */
 export async function retrievePatientHistory(
   reader: PatientScopedReader,
@@ -271,16 +425,31 @@ export async function retrievePatientHistory(
 ): Promise<PatientRecord> {
   const admittedEncounter = reader.admit(encounter);
   const listNames = Object.keys(searchesByList) as (keyof PatientResourceLists)[];
+  const plan: SearchPlan = { listNames, additionalTypes: additionalTypesOf(options) };
   const useBatch = options.batch !== 'never' && (await reader.supportsBatch());
-  const { patient, lists } = useBatch
-    ? await searchInOneBatch(reader, listNames, options).catch((error: unknown) => {
+  const { patient, lists, additional, unreadTypes } = useBatch
+    ? await searchInOneBatch(reader, plan, options).catch((error: unknown) => {
         // The whole batch answer over the response cap: each search on its own may fit.
-        if (error instanceof ResponseTooLargeError) return searchSeparately(reader, listNames, options);
+        if (error instanceof ResponseTooLargeError) return searchSeparately(reader, plan, options);
         throw error;
       })
-    : await searchSeparately(reader, listNames, options);
+    : await searchSeparately(reader, plan, options);
 
   const record = { patient, encounter: admittedEncounter, ...lists } as PatientRecord;
+  if (wantsMedications(options)) {
+    const { medications, refused } = await referencedMedications(
+      reader,
+      [...lists.medications, ...additional],
+      options,
+    );
+    additional.push(...medications);
+    if (refused !== undefined) unreadTypes.push({ resourceType: 'Medication', status: refused });
+  }
+  if (plan.additionalTypes.length > 0 || wantsMedications(options)) record.additional = additional;
+  if (unreadTypes.length > 0) {
+    record.unreadTypes = unreadTypes;
+    options.logger?.warn({ encounterId: encounter.id, unreadTypes }, 'history-types-unread');
+  }
   record.noteResources = record.noteResources.filter(
     (document) =>
       document.status !== 'entered-in-error' && !isOwnDraft(document, options.draftIdentifierSystem),

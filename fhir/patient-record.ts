@@ -54,6 +54,13 @@ export interface PatientRecord {
   notes: ClinicalNote[];
   /** What was left out of this record and why (absent or empty: nothing was). */
   omitted?: RecordOmission[];
+  /**
+   * Resources of the further types asked for (what the site's CQL rules read beyond the lists above,
+   * such as MedicationStatement or ServiceRequest), all in one list.
+   */
+  additional?: FhirResource[];
+  /** Further types the server refused to search (with its status): rules reading them cannot be trusted. */
+  unreadTypes?: { resourceType: string; status: number }[];
 }
 
 /** The resource types retrieved for a patient's history, besides the Patient itself. */
@@ -68,7 +75,10 @@ export const historyResourceTypes = [
   'DocumentReference',
 ] as const;
 
-export type PatientResourceLists = Omit<PatientRecord, 'patient' | 'encounter' | 'notes' | 'omitted'>;
+export type PatientResourceLists = Omit<
+  PatientRecord,
+  'patient' | 'encounter' | 'notes' | 'omitted' | 'additional' | 'unreadTypes'
+>;
 
 /** Every resource in the record, each once. */
 export function recordResources(record: PatientRecord): FhirResource[] {
@@ -83,6 +93,7 @@ export function recordResources(record: PatientRecord): FhirResource[] {
     ...record.procedures,
     ...record.immunizations,
     ...record.noteResources,
+    ...(record.additional ?? []),
   ];
   const seen = new Set<string>();
   return all.filter((resource) => {

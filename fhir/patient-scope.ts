@@ -31,8 +31,16 @@ const patientParameters = new Set([
 /** The patient a resource belongs to, as `Patient/<id>`, from its subject or patient reference. */
 export function patientReferenceOf(resource: FhirResource): string | undefined {
   if (resource.resourceType === 'Patient') return `Patient/${resource.id}`;
-  const holder = resource as { subject?: { reference?: string }; patient?: { reference?: string } };
-  const reference = holder.subject?.reference ?? holder.patient?.reference;
+  const holder = resource as {
+    subject?: { reference?: string };
+    patient?: { reference?: string };
+    beneficiary?: { reference?: string };
+  };
+  // Coverage names its patient as the beneficiary (what its `patient` search parameter matches).
+  const reference =
+    holder.subject?.reference ??
+    holder.patient?.reference ??
+    (resource.resourceType === 'Coverage' ? holder.beneficiary?.reference : undefined);
   if (!reference) return undefined;
   // Absolute references name the same patient when their last two segments do.
   const match = /(?:^|\/)(Patient\/[A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(reference);

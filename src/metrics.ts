@@ -15,6 +15,38 @@ export interface ServiceMetrics {
   resetsDetected: Counter;
   reconciliations: Counter<'reason' | 'outcome'>;
   notificationsRejected: Counter<'reason'>;
+  /** The serving rule set (1 on its fingerprint), its load time, and every rule's version: which logic runs now. */
+  ruleSetInfo: Gauge<'fingerprint'>;
+  ruleSetLoadedAt: Gauge;
+  ruleInfo: Gauge<'rule_id' | 'version' | 'enabled' | 'mode'>;
+  ruleSetReloads: Counter<'outcome'>;
+}
+
+/** What the rule-set metrics read of a serving set (kept structural so metrics do not import the rules engine). */
+export interface ServingRuleSet {
+  fingerprint: string;
+  loadedAt: Date;
+  rules: { id: string; version: string; enabled: boolean; mode: string }[];
+}
+
+/** A set started serving (loaded) or a reload was refused (the last set keeps serving). */
+export function observeRuleSet(
+  metrics: ServiceMetrics,
+  change: { outcome: 'loaded'; ruleSet: ServingRuleSet } | { outcome: 'refused' },
+): void {
+  metrics.ruleSetReloads.inc({ outcome: change.outcome });
+  if (change.outcome !== 'loaded') return;
+  const { ruleSet } = change;
+  metrics.ruleSetInfo.reset();
+  metrics.ruleSetInfo.set({ fingerprint: ruleSet.fingerprint }, 1);
+  metrics.ruleSetLoadedAt.set(ruleSet.loadedAt.getTime() / 1000);
+  metrics.ruleInfo.reset();
+  for (const rule of ruleSet.rules) {
+    metrics.ruleInfo.set(
+      { rule_id: rule.id, version: rule.version, enabled: String(rule.enabled), mode: rule.mode },
+      1,
+    );
+  }
 }
 
 export function createMetrics(queue?: JobQueue): ServiceMetrics {
@@ -61,6 +93,29 @@ export function createMetrics(queue?: JobQueue): ServiceMetrics {
     labelNames: ['reason'] as const,
     registers: [registry],
   });
+  const ruleSetInfo = new Gauge({
+    name: 'ehr_agent_rule_set_info',
+    help: 'The rule set serving now: 1 on its fingerprint.',
+    labelNames: ['fingerprint'] as const,
+    registers: [registry],
+  });
+  const ruleSetLoadedAt = new Gauge({
+    name: 'ehr_agent_rule_set_loaded_timestamp_seconds',
+    help: 'When the serving rule set was loaded (Unix time).',
+    registers: [registry],
+  });
+  const ruleInfo = new Gauge({
+    name: 'ehr_agent_rule_info',
+    help: 'Each rule of the serving set: 1 on its id, version, enabled flag and mode.',
+    labelNames: ['rule_id', 'version', 'enabled', 'mode'] as const,
+    registers: [registry],
+  });
+  const ruleSetReloads = new Counter({
+    name: 'ehr_agent_rule_set_reloads_total',
+    help: 'Rule sets that started serving (loaded) and reloads refused for errors (refused).',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
   if (queue) {
     new Gauge({
       name: 'ehr_agent_queue_jobs',
@@ -82,5 +137,9 @@ export function createMetrics(queue?: JobQueue): ServiceMetrics {
     resetsDetected,
     reconciliations,
     notificationsRejected,
+    ruleSetInfo,
+    ruleSetLoadedAt,
+    ruleInfo,
+    ruleSetReloads,
   };
 }

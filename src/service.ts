@@ -17,13 +17,14 @@ import { createApp } from './http/app.ts';
 import { cdsClientAuthenticator } from './http/cds-client-auth.ts';
 import { createCdsHooksRouter } from './http/cds-hooks.ts';
 import { reviewAppRouters } from './http/review-app.ts';
+import { rulesApiRouter } from './http/rules-api-routes.ts';
 import { sandboxAuthorizationRouter } from './http/sandbox-authorization-routes.ts';
 import { sandboxRouter } from './http/sandbox-routes.ts';
 import { createSmartLaunch } from './http/smart-launch.ts';
 import { configurationVersion } from './intake/configuration-version.ts';
 import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
-import { createMetrics } from './metrics.ts';
+import { createMetrics, observeRuleSet } from './metrics.ts';
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
 import type { EncounterJobInput, JobQueue } from './queue/job-queue.ts';
@@ -31,6 +32,7 @@ import { openJobQueue } from './queue/open-job-queue.ts';
 import { DraftedNudgeCache } from './rules/drafted-nudges.ts';
 import { toNudgeInput, triggerForEncounter } from './rules/evaluate.ts';
 import { withNudgeOutcomes } from './rules/review-outcomes.ts';
+import { summarizeRuleSet } from './rules/rule-set.ts';
 import { createRulesRuntime } from './rules/rules-runtime.ts';
 import type { SandboxEhr } from './sandbox/sandbox-ehr.ts';
 
@@ -207,7 +209,19 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   });
   const historyOptions = { draftIdentifierSystem: config.drafts.identifierSystem };
   // Rules decide which nudges apply (start-up refuses an invalid rule set); the engine only words them.
-  const rules = await createRulesRuntime(config.rules, { logger, dataDirectory: dataDir });
+  const rules = await createRulesRuntime(config.rules, {
+    logger,
+    dataDirectory: dataDir,
+    onRuleSet: (change) =>
+      observeRuleSet(
+        metrics,
+        change.outcome === 'loaded'
+          ? { outcome: 'loaded', ruleSet: summarizeRuleSet(change.ruleSet) }
+          : change,
+      ),
+  });
+  // Operators confirm which rule set serves (fingerprint, versions) with the admin secret.
+  app.mount('/api/rules', rulesApiRouter({ adminSecret, ruleSet: () => rules.current() }));
   const draftedNudges = new DraftedNudgeCache();
   // The model (in-process GGUF or the site's inference server), or the model-free extractive engine.
   const engine = await createDraftEngine(config.model, logger);
@@ -259,7 +273,11 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         if (fhirServer && fhirServer.replace(/\/+$/, '') !== fhirBaseUrl) {
           throw outcomeError('forbidden', 'this service reads only its configured FHIR server', 403);
         }
-        return retrievePatientRecordInContext(fhir, { patientId, encounterId }, historyOptions);
+        return retrievePatientRecordInContext(
+          fhir,
+          { patientId, encounterId },
+          { ...historyOptions, additionalTypes: rules.current().additionalResourceTypes },
+        );
       },
       authenticate: cdsHookAuthentication(config, url, logger),
       onHook: async (hook, context) => {
@@ -294,6 +312,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         draftIdentifierSystem: config.drafts.identifierSystem,
         logger,
         completedWork: queue,
+        additionalHistoryTypes: () => rules.current().additionalResourceTypes,
         selectNudges: async (record) => {
           const trigger = triggerForEncounter(record.encounter);
           if (!trigger) return [];

@@ -133,7 +133,7 @@ export function createRulesProgram(io: Io = processIo): Command {
         const check = await load();
         if (!check) return;
         const now = options.now ?? new Date();
-        const population = populationFor(options, now);
+        const population = populationFor(options, now, check.additionalResourceTypes);
         const progress = progressBar(io);
         const report = await runBacktest({
           source: source(),
@@ -144,11 +144,11 @@ export function createRulesProgram(io: Io = processIo): Command {
         });
         io.err('\n');
         const width = Math.max(...report.rules.map((rule) => rule.ruleId.length), 'rule'.length);
-        io.out(`${'rule'.padEnd(width)}  version  fired  percent  errors\n`);
+        io.out(`${'rule'.padEnd(width)}  version  fired  percent  errors  first error\n`);
         for (const rule of report.rules) {
           const percent = report.patients === 0 ? 0 : (100 * rule.firedPatients) / report.patients;
           io.out(
-            `${rule.ruleId.padEnd(width)}  ${rule.ruleVersion.padEnd(7)}  ${String(rule.firedPatients).padStart(5)}  ${percent.toFixed(1).padStart(6)}%  ${String(rule.errors).padStart(6)}\n`,
+            `${rule.ruleId.padEnd(width)}  ${rule.ruleVersion.padEnd(7)}  ${String(rule.firedPatients).padStart(5)}  ${percent.toFixed(1).padStart(6)}%  ${String(rule.errors).padStart(6)}${rule.firstError ? `  ${rule.firstError}` : ''}\n`,
           );
         }
         io.out(
@@ -201,6 +201,8 @@ export function createRulesProgram(io: Io = processIo): Command {
           perEncounterCap: Number.MAX_SAFE_INTEGER,
         });
         io.out(explanation(evaluation.results[0], rule.document, record, now));
+        // A rule that could not be evaluated explains nothing: scripts and CI must see the failure.
+        if (evaluation.results[0]?.status === 'error') process.exitCode = 1;
       },
     );
 
@@ -233,6 +235,7 @@ export function createRulesProgram(io: Io = processIo): Command {
 function populationFor(
   options: { source: string; patients: number; seed: number; token?: string },
   now: Date,
+  additionalTypes: readonly string[],
 ): BacktestPopulation {
   if (options.source === 'sandbox') {
     return {
@@ -249,7 +252,7 @@ function populationFor(
   return {
     kind: 'records',
     count: options.patients,
-    batches: fhirPopulation(options.source, options.patients, options.token, now),
+    batches: fhirPopulation(options.source, options.patients, options.token, now, additionalTypes),
   };
 }
 
@@ -259,6 +262,7 @@ async function* fhirPopulation(
   count: number,
   token: string | undefined,
   now: Date,
+  additionalTypes: readonly string[],
 ): AsyncIterable<PatientRecord[]> {
   const client = await fhirClient(baseUrl, token);
   const patients = (
@@ -266,7 +270,7 @@ async function* fhirPopulation(
   ).slice(0, count);
   for (let start = 0; start < patients.length; start += 10) {
     const batch = patients.slice(start, start + 10);
-    yield Promise.all(batch.map((patient) => fhirRecord(client, patient.id ?? '', now)));
+    yield Promise.all(batch.map((patient) => fhirRecord(client, patient.id ?? '', now, additionalTypes)));
   }
 }
 
@@ -284,7 +288,13 @@ async function fhirClient(baseUrl: string, token: string | undefined): Promise<F
   return new FhirClient({ baseUrl });
 }
 
-async function fhirRecord(client: FhirClient, patientId: string, now: Date): Promise<PatientRecord> {
+/** The patient's history as the service reads it, with every further type the rules' CQL reads. */
+async function fhirRecord(
+  client: FhirClient,
+  patientId: string,
+  now: Date,
+  additionalTypes: readonly string[],
+): Promise<PatientRecord> {
   // The history reader is keyed on an encounter; a backtest has none, so it stands on a planned one.
   const encounter: Encounter = {
     resourceType: 'Encounter',
@@ -294,7 +304,10 @@ async function fhirRecord(client: FhirClient, patientId: string, now: Date): Pro
     subject: { reference: `Patient/${patientId}` },
     period: { start: now.toISOString() },
   };
-  return retrievePatientRecord(client, encounter, { draftIdentifierSystem: 'urn:ehr-draft-agent:draft' });
+  return retrievePatientRecord(client, encounter, {
+    draftIdentifierSystem: 'urn:ehr-draft-agent:draft',
+    additionalTypes,
+  });
 }
 
 async function explainRecord(
@@ -303,7 +316,13 @@ async function explainRecord(
   options: { fhir?: string; token?: string; seed: number },
   now: Date,
 ): Promise<PatientRecord> {
-  if (options.fhir) return fhirRecord(await fhirClient(options.fhir, options.token), patient, now);
+  if (options.fhir)
+    return fhirRecord(
+      await fhirClient(options.fhir, options.token),
+      patient,
+      now,
+      ruleSet.additionalResourceTypes,
+    );
   const sandboxIndex = /^sbx-(\d+)$/.exec(patient);
   if (sandboxIndex) return populationRecord(Number(sandboxIndex[1]), now, options.seed);
   const candidates = [

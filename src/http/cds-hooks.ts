@@ -6,7 +6,7 @@ import type { Logger } from '../log.ts';
 import { type CdsCard, nudgeCard, urgencyCard } from '../rules/cds-cards.ts';
 import {
   type CdsServiceDefinition,
-  cdsServices,
+  cdsServicesFor,
   recordFromPrefetch,
   triggerForHook,
 } from '../rules/cds-services.ts';
@@ -102,7 +102,8 @@ const feedbackSchema = z.object({
 export function createCdsHooksRouter(options: CdsHooksOptions): Router {
   const router = Router();
   const now = options.now ?? (() => new Date());
-  const servicesById = new Map(cdsServices.map((service) => [service.id, service]));
+  // Prefetch templates follow the serving rule set (what its CQL reads), so they are looked up per request.
+  const serviceById = (id: string) => cdsServicesFor(options.ruleSet()).find((service) => service.id === id);
 
   router.use('/cds-services', (request, response, next) => {
     // CDS clients are often browser apps on the EHR's origin: CORS is part of the CDS Hooks spec.
@@ -133,12 +134,12 @@ export function createCdsHooksRouter(options: CdsHooksOptions): Router {
   });
 
   router.get('/cds-services', (_request, response) => {
-    response.json({ services: cdsServices });
+    response.json({ services: cdsServicesFor(options.ruleSet()) });
   });
 
   router.post('/cds-services/:id', async (request, response, next) => {
     try {
-      const service = servicesById.get(String(request.params.id));
+      const service = serviceById(String(request.params.id));
       if (!service) {
         response.status(404).json(outcome('not-found', `unknown CDS service ${request.params.id}`));
         return;
@@ -166,7 +167,7 @@ export function createCdsHooksRouter(options: CdsHooksOptions): Router {
 
   router.post('/cds-services/:id/feedback', async (request, response, next) => {
     try {
-      if (!servicesById.has(String(request.params.id))) {
+      if (!serviceById(String(request.params.id))) {
         response.status(404).json(outcome('not-found', `unknown CDS service ${request.params.id}`));
         return;
       }

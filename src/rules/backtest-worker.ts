@@ -26,6 +26,7 @@ if (!loaded.ok) {
         : batch.records;
     const fired: Record<string, number> = {};
     const errors: Record<string, number> = {};
+    const errorMessages: Record<string, string> = {};
     for (const record of records) {
       const evaluation = await evaluateRules(ruleSet, record, {
         trigger: 'encounter-planned',
@@ -35,10 +36,13 @@ if (!loaded.ok) {
       });
       for (const result of evaluation.results) {
         if (result.status === 'fired') fired[result.ruleId] = (fired[result.ruleId] ?? 0) + 1;
-        if (result.status === 'error') errors[result.ruleId] = (errors[result.ruleId] ?? 0) + 1;
+        if (result.status === 'error') {
+          errors[result.ruleId] = (errors[result.ruleId] ?? 0) + 1;
+          errorMessages[result.ruleId] ??= result.error ?? 'error';
+        }
       }
     }
-    post({ type: 'batch-done', patients: records.length, fired, errors });
+    post({ type: 'batch-done', patients: records.length, fired, errors, errorMessages });
   });
   post({
     type: 'ready',

@@ -32,6 +32,8 @@ export interface RuleBacktestRow {
   title: string;
   firedPatients: number;
   errors: number;
+  /** What went wrong the first time the rule failed (errors are never counted as "did not fire"). */
+  firstError?: string;
 }
 
 export interface BacktestReport {
@@ -51,7 +53,13 @@ export type WorkerBatch = { indices: number[] } | { records: PatientRecord[] };
 export type WorkerMessage =
   | { type: 'ready'; rules: { ruleId: string; ruleVersion: string; title: string }[] }
   | { type: 'failed'; message: string }
-  | { type: 'batch-done'; patients: number; fired: Record<string, number>; errors: Record<string, number> };
+  | {
+      type: 'batch-done';
+      patients: number;
+      fired: Record<string, number>;
+      errors: Record<string, number>;
+      errorMessages: Record<string, string>;
+    };
 
 export async function runBacktest(options: BacktestOptions): Promise<BacktestReport> {
   const started = performance.now();
@@ -64,6 +72,7 @@ export async function runBacktest(options: BacktestOptions): Promise<BacktestRep
   const nextBatch = batchSource(options.population, batchSize);
   const fired = new Map<string, number>();
   const errors = new Map<string, number>();
+  const firstErrors = new Map<string, string>();
   let rules: { ruleId: string; ruleVersion: string; title: string }[] = [];
   let done = 0;
   const workerUtilization: number[] = [];
@@ -108,6 +117,8 @@ export async function runBacktest(options: BacktestOptions): Promise<BacktestRep
           fired.set(ruleId, (fired.get(ruleId) ?? 0) + count);
         for (const [ruleId, count] of Object.entries(message.errors))
           errors.set(ruleId, (errors.get(ruleId) ?? 0) + count);
+        for (const [ruleId, text] of Object.entries(message.errorMessages))
+          if (!firstErrors.has(ruleId)) firstErrors.set(ruleId, text);
         options.onProgress?.(done, total);
         void send();
       });
@@ -129,6 +140,7 @@ export async function runBacktest(options: BacktestOptions): Promise<BacktestRep
       ...rule,
       firedPatients: fired.get(rule.ruleId) ?? 0,
       errors: errors.get(rule.ruleId) ?? 0,
+      ...(firstErrors.has(rule.ruleId) ? { firstError: firstErrors.get(rule.ruleId) } : {}),
     })),
   };
 }
@@ -163,7 +175,7 @@ function batchSource(
 }
 
 export function backtestCsv(report: BacktestReport): string {
-  const header = 'rule_id,rule_version,title,patients,fired_patients,fired_percent,errors';
+  const header = 'rule_id,rule_version,title,patients,fired_patients,fired_percent,errors,first_error';
   const rows = report.rules.map((rule) =>
     [
       rule.ruleId,
@@ -173,6 +185,7 @@ export function backtestCsv(report: BacktestReport): string {
       rule.firedPatients,
       report.patients === 0 ? '0' : ((100 * rule.firedPatients) / report.patients).toFixed(1),
       rule.errors,
+      csvField(rule.firstError ?? ''),
     ].join(','),
   );
   return `${[header, ...rows].join('\n')}\n`;

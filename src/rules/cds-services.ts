@@ -2,6 +2,7 @@ import type { Bundle, FhirResource } from 'fhir/r4.js';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { recordFromResources } from './record-from-bundle.ts';
 import type { RuleTrigger } from './rule-schema.ts';
+import type { RuleSet } from './rule-set.ts';
 
 /**
  * The CDS Hooks services this engine offers, with prefetch templates for everything the rules read,
@@ -46,6 +47,42 @@ export const cdsServices: CdsServiceDefinition[] = [
   },
 ];
 
+/**
+ * The services as discovery shows them for a rule set: the standard templates plus one per further
+ * type its CQL reads (`medicationStatement: MedicationStatement?patient=...`), so an EHR that honours
+ * prefetch sends everything the rules look at.
+ */
+export function cdsServicesFor(ruleSet: Pick<RuleSet, 'additionalResourceTypes'>): CdsServiceDefinition[] {
+  // Medications are in no patient's compartment: they come along with the resources that reference them.
+  const withMedications = ruleSet.additionalResourceTypes.includes('Medication');
+  const template = (resourceType: string) =>
+    `${resourceType}?patient={{context.patientId}}${withMedications && medicationReferrers.has(resourceType) ? `&_include=${resourceType}:medication` : ''}`;
+  const additional = Object.fromEntries(
+    ruleSet.additionalResourceTypes
+      .filter((resourceType) => resourceType !== 'Medication')
+      .map((resourceType) => [prefetchKey(resourceType), template(resourceType)]),
+  );
+  return cdsServices.map((service) => ({
+    ...service,
+    prefetch: {
+      ...service.prefetch,
+      ...(withMedications ? { medications: template('MedicationRequest') } : {}),
+      ...additional,
+    },
+  }));
+}
+
+const medicationReferrers = new Set([
+  'MedicationRequest',
+  'MedicationStatement',
+  'MedicationAdministration',
+  'MedicationDispense',
+]);
+
+function prefetchKey(resourceType: string): string {
+  return `${resourceType[0].toLowerCase()}${resourceType.slice(1)}`;
+}
+
 export function triggerForHook(hook: CdsServiceDefinition['hook']): RuleTrigger {
   return hook;
 }
@@ -88,8 +125,15 @@ export function recordFromPrefetch(
 /** Compartment guard: a prefetched resource that names another patient is not this patient's data. */
 function belongsTo(resource: FhirResource, patientId: string): boolean {
   if (resource.resourceType === 'Patient') return resource.id === patientId;
-  const owner = resource as { subject?: { reference?: string }; patient?: { reference?: string } };
-  const reference = owner.subject?.reference ?? owner.patient?.reference;
+  const owner = resource as {
+    subject?: { reference?: string };
+    patient?: { reference?: string };
+    beneficiary?: { reference?: string };
+  };
+  const reference =
+    owner.subject?.reference ??
+    owner.patient?.reference ??
+    (resource.resourceType === 'Coverage' ? owner.beneficiary?.reference : undefined);
   return (
     reference === undefined ||
     reference === `Patient/${patientId}` ||

@@ -35,7 +35,8 @@ export type ElmLibrary = {
     identifier: { id: string; version?: string };
     valueSets?: { def?: { name: string; id: string; version?: string }[] };
     statements?: { def?: { name: string; context?: string }[] };
-    includes?: { def?: { path: string; version?: string }[] };
+    includes?: { def?: { path: string; version?: string; localIdentifier?: string }[] };
+    parameters?: { def?: { name: string; default?: unknown; parameterTypeSpecifier?: unknown }[] };
     annotation?: unknown[];
   };
 };

@@ -12,17 +12,45 @@ import type { ValueSetIndex } from './value-sets.ts';
  */
 export class CqlRuntime {
   readonly #libraries = new Map<string, InstanceType<typeof cql.Library>>();
+  readonly #elm: Map<string, ElmLibrary>;
   readonly #codeService: InstanceType<typeof cql.CodeService>;
   /** Building a patient source parses the FHIR model info (~150 ms): one is reused, one patient at a time. */
   readonly #patientSource = PatientSource.FHIRv401();
   #queue: Promise<unknown> = Promise.resolve();
 
   constructor(elmLibraries: Map<string, ElmLibrary>, valueSets: ValueSetIndex) {
+    this.#elm = elmLibraries;
     const repository = new cql.Repository(Object.fromEntries(elmLibraries));
     for (const [name, elm] of elmLibraries) {
       this.#libraries.set(name, new cql.Library(elm as never, repository));
     }
     this.#codeService = new cql.CodeService(valueSets.toCqlDictionary() as never);
+  }
+
+  #located(error: unknown): Error {
+    const annotated = error as {
+      libraryName?: unknown;
+      locator?: unknown;
+      cause?: unknown;
+      message?: unknown;
+    };
+    if (typeof annotated?.libraryName !== 'string')
+      return error instanceof Error ? error : new Error(String(error));
+    // The engine names libraries `Name|version`.
+    const library = annotated.libraryName.split('|')[0];
+    const range = parseLocator(annotated.locator);
+    const statements = (this.#elm.get(library)?.library.statements?.def ?? []) as {
+      name: string;
+      locator?: string;
+    }[];
+    const define = range
+      ? statements.find((statement) => {
+          const span = parseLocator(statement.locator);
+          return span !== undefined && before(span.start, range.start) && before(range.end, span.end);
+        })?.name
+      : undefined;
+    const cause = annotated.cause instanceof Error ? annotated.cause.message : String(annotated.cause ?? '');
+    return new CqlEvaluationError(library, define, range?.start, cause.trim() || 'error', { cause: error });
   }
 
   has(libraryName: string): boolean {
@@ -37,8 +65,12 @@ export class CqlRuntime {
       this.#patientSource.reset();
       this.#patientSource.loadBundles([recordBundle(record)]);
       const executor = new cql.Executor(library, this.#codeService);
-      const results = await executor.exec(this.#patientSource as never, cql.DateTime.fromJSDate(now, 0));
-      this.#patientSource.reset();
+      const results = await executor
+        .exec(this.#patientSource as never, cql.DateTime.fromJSDate(now, 0))
+        .catch((error: unknown) => {
+          throw this.#located(error);
+        })
+        .finally(() => this.#patientSource.reset());
       const patientId = record.patient.id ?? '';
       return (results.patientResults[patientId] ?? {}) as Record<string, unknown>;
     };
@@ -46,6 +78,49 @@ export class CqlRuntime {
     this.#queue = result.catch(() => undefined);
     return result;
   }
+}
+
+/**
+ * The engine's own error with where it happened: cql-execution reports the failing ELM node (its class,
+ * library and source locator) behind a generic first line; the define is the statement whose source
+ * range holds that locator.
+ */
+export class CqlEvaluationError extends Error {
+  readonly library: string;
+  readonly define: string | undefined;
+  readonly line: number | undefined;
+  readonly column: number | undefined;
+
+  constructor(
+    library: string,
+    define: string | undefined,
+    position: Position | undefined,
+    engineMessage: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `CQL ${library}${define ? ` "${define}"` : ''}${position ? ` at line ${position.line}:${position.column}` : ''}: ${engineMessage}`,
+      options,
+    );
+    this.name = 'CqlEvaluationError';
+    this.library = library;
+    this.define = define;
+    this.line = position?.line;
+    this.column = position?.column;
+  }
+}
+
+type Position = { line: number; column: number };
+
+function parseLocator(locator: unknown): { start: Position; end: Position } | undefined {
+  const match = /^(\d+):(\d+)-(\d+):(\d+)$/.exec(typeof locator === 'string' ? locator : '');
+  if (!match) return undefined;
+  const [line, column, endLine, endColumn] = match.slice(1).map(Number);
+  return { start: { line, column }, end: { line: endLine, column: endColumn } };
+}
+
+function before(left: Position, right: Position): boolean {
+  return left.line < right.line || (left.line === right.line && left.column <= right.column);
 }
 
 function recordBundle(record: PatientRecord): Bundle {

@@ -116,6 +116,14 @@ export async function evaluateRules(
       continue;
     }
     try {
+      // A rule reading data the server would not give cannot say "does not apply": that is an error.
+      const unread = (record.unreadTypes ?? []).filter((unreadType) =>
+        rule.dataRequirements.includes(unreadType.resourceType),
+      );
+      if (unread.length > 0)
+        throw new Error(
+          `the FHIR server refused to search ${unread.map((type) => `${type.resourceType} (HTTP ${type.status})`).join(', ')}, which this rule reads`,
+        );
       const criteria = await evaluateCriteria(
         rule,
         ruleSet,
@@ -136,11 +144,7 @@ export async function evaluateRules(
       if (nudge.urgency) urgencyReasons.push({ ruleId: document.id, ...nudge.urgency });
       candidates.push({ rule, result, nudge });
     } catch (error) {
-      results.push({
-        ...base,
-        status: 'error',
-        error: (error instanceof Error ? error.message : String(error)).split('\n')[0],
-      });
+      results.push({ ...base, status: 'error', error: evaluationErrorText(error) });
     }
   }
 
@@ -191,6 +195,15 @@ export async function evaluateRules(
     urgency: visitUrgency(urgencyReasons),
     ruleSetFingerprint: ruleSet.fingerprint,
   };
+}
+
+/**
+ * An evaluation error in words a rule author can act on, on one line (CQL errors already name the
+ * library, define, line and the engine's own message: see CqlEvaluationError).
+ */
+export function evaluationErrorText(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  return text.trim().replace(/\s*\n\s*/g, ' ');
 }
 
 /** The trigger an encounter event stands for (`encounter-<status>`), or undefined for statuses no rule runs on. */

@@ -1,5 +1,7 @@
 import type { Bundle, Encounter, FhirResource, Patient } from 'fhir/r4.js';
-import type { PatientRecord } from '../../fhir/patient-record.ts';
+import { historyResourceTypes, type PatientRecord } from '../../fhir/patient-record.ts';
+
+const standardTypes = new Set<string>(historyResourceTypes);
 
 /**
  * A PatientRecord from a FHIR Bundle of one patient's resources: how rule fixtures, CDS Hooks
@@ -36,6 +38,10 @@ export function recordFromResources(resources: FhirResource[], encounterId?: str
     immunizations: ofType('Immunization'),
     noteResources: ofType('DocumentReference'),
     notes: [],
+    // Every other type (MedicationStatement, ServiceRequest...) stays: CQL rules may read it.
+    additional: resources.filter(
+      (resource) => resource.resourceType !== 'Patient' && !standardTypes.has(resource.resourceType),
+    ),
   };
 }
 

@@ -4,7 +4,10 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { ZodError } from 'zod';
+import { additionalHistoryTypes } from '../../fhir/patient-history.ts';
+import { historyResourceTypes } from '../../fhir/patient-record.ts';
 import type { CqlCompiler, ElmLibrary } from './cql-compiler.ts';
+import { elmRetrieves, libraryDataRequirements } from './cql-data-requirements.ts';
 import type { CqlRuntime } from './cql-runtime.ts';
 import {
   type CompiledFhirPath,
@@ -97,6 +100,7 @@ export async function loadRuleSet(source: RuleSetSource): Promise<RuleSetLoadRes
     ruleSet: {
       directory: source.directory,
       rules,
+      additionalResourceTypes: additionalResourceTypes(rules),
       valueSets,
       cql,
       fingerprint: fingerprint.digest('hex').slice(0, 16),
@@ -104,6 +108,43 @@ export async function loadRuleSet(source: RuleSetSource): Promise<RuleSetLoadRes
       perEncounterCap: source.perEncounterCap,
     },
   };
+}
+
+/**
+ * Hash of the content of every file a rule set is built from (rule files, CQL libraries, value sets),
+ * read by path: the watcher compares it to decide whether anything changed, whatever the editor did
+ * to the file (in-place write, replace by rename, symlink swap).
+ */
+export async function ruleSourceDigest(source: RuleSetSource): Promise<string> {
+  const digest = createHash('sha256');
+  const readInto = async (file: string, name: string) => {
+    try {
+      digest
+        .update(name)
+        .update('\0')
+        .update(await readFile(file))
+        .update('\0');
+    } catch {
+      // Gone between listing and reading, or unreadable: the listing change alone is a change.
+      digest.update(name).update('\0missing\0');
+    }
+  };
+  const list = async (directory: string) => {
+    try {
+      return (await readdir(directory)).sort();
+    } catch {
+      return undefined;
+    }
+  };
+  const top = await list(source.directory);
+  digest.update(top === undefined ? 'no-folder\0' : 'folder\0');
+  for (const name of (top ?? []).filter((entry) => /\.ya?ml$/.test(entry)))
+    await readInto(path.join(source.directory, name), name);
+  const cqlDirectory = path.join(source.directory, cqlSubdirectory);
+  for (const name of (await list(cqlDirectory)) ?? [])
+    await readInto(path.join(cqlDirectory, name), `${cqlSubdirectory}/${name}`);
+  if (source.valueSetFile) await readInto(source.valueSetFile, 'value-sets');
+  return digest.digest('hex');
 }
 
 async function loadValueSets(
@@ -146,6 +187,42 @@ async function loadValueSets(
   return new ValueSetIndex(parsed.data);
 }
 
+/** Types the history loads for every patient anyway; the rest of what rules read is loaded on request. */
+const standardResourceTypes = new Set<string>(['Patient', ...historyResourceTypes]);
+const loadableResourceTypes = new Set<string>([...standardResourceTypes, ...additionalHistoryTypes]);
+
+/** What the enabled rules read beyond the standard history: the retrieval, prefetch and backtests load these too. */
+function additionalResourceTypes(rules: CompiledRule[]): string[] {
+  const types = new Set<string>();
+  for (const rule of rules) {
+    if (!rule.document.enabled) continue;
+    for (const type of rule.dataRequirements) if (!standardResourceTypes.has(type)) types.add(type);
+  }
+  return [...types].sort();
+}
+
+/** A library that reads a type the service cannot load for a patient would see none: refused, at the retrieve. */
+function checkRetrievableTypes(
+  libraries: Map<string, ElmLibrary>,
+  files: Map<string, string>,
+  directory: string,
+  errors: RuleLoadError[],
+): void {
+  for (const [name, elm] of libraries) {
+    const reported = new Set<string>();
+    for (const retrieve of elmRetrieves(elm)) {
+      if (loadableResourceTypes.has(retrieve.resourceType) || reported.has(retrieve.resourceType)) continue;
+      reported.add(retrieve.resourceType);
+      errors.push({
+        file: display(files.get(name) ?? directory),
+        line: retrieve.line,
+        column: retrieve.column,
+        message: `CQL library ${name} reads ${retrieve.resourceType}, which the service cannot load for a patient (it loads ${[...loadableResourceTypes].sort().join(', ')})`,
+      });
+    }
+  }
+}
+
 async function loadCqlLibraries(
   source: RuleSetSource,
   valueSets: ValueSetIndex,
@@ -153,6 +230,8 @@ async function loadCqlLibraries(
   fingerprint: ReturnType<typeof createHash>,
 ): Promise<Map<string, ElmLibrary>> {
   const libraries = new Map<string, ElmLibrary>();
+  /** Library name -> the file it came from, for errors found after compiling. */
+  const files = new Map<string, string>();
   const directory = path.join(source.directory, cqlSubdirectory);
   if (!existsSync(directory)) return libraries;
   const names = (await readdir(directory)).sort();
@@ -165,6 +244,7 @@ async function loadCqlLibraries(
       const elm = elmFromJson(text, file, errors);
       if (elm) {
         libraries.set(elm.library.identifier.id, elm);
+        files.set(elm.library.identifier.id, file);
         checkElmValueSets(elm, file, undefined, valueSets, errors);
       }
     } else if (name.endsWith('.cql')) {
@@ -203,7 +283,10 @@ async function loadCqlLibraries(
         if (!libraries.has(libraryName)) libraries.set(libraryName, elm);
       }
       const own = result.name ? result.libraries.get(result.name) : undefined;
-      if (own) checkElmValueSets(own, file, text, valueSets, errors);
+      if (own && result.name) {
+        files.set(result.name, file);
+        checkElmValueSets(own, file, text, valueSets, errors);
+      }
     }
   }
   for (const [name, elm] of libraries) {
@@ -217,6 +300,7 @@ async function loadCqlLibraries(
       }
     }
   }
+  checkRetrievableTypes(libraries, files, directory, errors);
   return libraries;
 }
 
@@ -402,6 +486,13 @@ function compileRuleFile(
     .find((id, index, ids) => ids.indexOf(id) !== index);
   if (duplicateCriterion) at(['condition', 'criteria'], `criterion id ${duplicateCriterion} is used twice`);
 
+  const dataRequirements = new Set<string>();
+  for (const criterion of criteria) {
+    if (criterion.kind !== 'cql') continue;
+    for (const type of libraryDataRequirements(criterion.library, context.elmLibraries))
+      dataRequirements.add(type);
+  }
+
   const values = new Map<string, CompiledFhirPath>();
   for (const [valueName, expression] of Object.entries(rule.values)) {
     const compiled = compileOrReport(expression, context, defineNames, (message, inner) =>
@@ -435,6 +526,7 @@ function compileRuleFile(
     criteria,
     values,
     defines,
+    dataRequirements: [...dataRequirements].sort(),
     suppressionDays: rule.suppression?.days ?? context.source.defaultSuppressionDays,
   };
 }

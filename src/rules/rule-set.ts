@@ -16,12 +16,19 @@ export interface CompiledRule {
   values: Map<string, CompiledFhirPath>;
   /** In file order: a define may use the ones before it. */
   defines: Map<string, CompiledFhirPath>;
+  /** Resource types its CQL reads (every Retrieve, through included libraries). */
+  dataRequirements: string[];
   suppressionDays: number;
 }
 
 export interface RuleSet {
   directory: string;
   rules: CompiledRule[];
+  /**
+   * Types the enabled rules read that the standard history does not load (MedicationStatement...):
+   * retrieval, CDS Hooks prefetch, backtests and explain load them for every patient.
+   */
+  additionalResourceTypes: string[];
   valueSets: ValueSetIndex;
   cql: CqlRuntime | undefined;
   /** Hash of every file the set was built from: the "config version" that keys drafted work. */
@@ -46,4 +53,25 @@ export function formatLoadError(error: RuleLoadError): string {
       ? error.file
       : `${error.file}:${error.line}${error.column ? `:${error.column}` : ''}`;
   return `${where}: ${error.message}`;
+}
+
+/** The serving set as operators see it (`GET /api/rules`, metrics): which logic runs, not the logic itself. */
+export interface RuleSetSummary {
+  fingerprint: string;
+  loadedAt: Date;
+  rules: { id: string; version: string; title: string; enabled: boolean; mode: 'active' | 'silent' }[];
+}
+
+export function summarizeRuleSet(ruleSet: RuleSet): RuleSetSummary {
+  return {
+    fingerprint: ruleSet.fingerprint,
+    loadedAt: ruleSet.loadedAt,
+    rules: ruleSet.rules.map((rule) => ({
+      id: rule.document.id,
+      version: rule.document.version,
+      title: rule.document.title,
+      enabled: rule.document.enabled,
+      mode: 'active',
+    })),
+  };
 }

@@ -36,15 +36,19 @@ export async function runRuleTests(ruleSet: RuleSet, ruleIds?: string[]): Promis
       });
       const result = evaluation.results[0];
       const fired = result?.status === 'fired';
-      let passed = fired === (test.expect === 'fires');
+      // An evaluation error is never a pass: "does-not-fire" means the rule ran and did not fire.
+      const failed = result?.status === 'error';
+      let passed = !failed && fired === (test.expect === 'fires');
       let message = passed
         ? 'ok'
-        : `expected ${test.expect}, but it ${result?.status === 'error' ? `failed: ${result.error}` : fired ? 'fired' : 'did not fire'}`;
+        : failed
+          ? `evaluation failed: ${result.error}`
+          : `expected ${test.expect}, but it ${fired ? 'fired' : 'did not fire'}`;
       if (passed && test.expectUrgency && result?.nudge?.urgency?.level !== test.expectUrgency) {
         passed = false;
         message = `expected urgency ${test.expectUrgency}, got ${result?.nudge?.urgency?.level ?? 'none'}`;
       }
-      if (!passed && result) {
+      if (!passed && result && !failed) {
         const failing = result.criteria.map((criterion) => `${criterion.id}=${criterion.holds}`).join(', ');
         message += ` (criteria: ${failing})`;
       }

@@ -17,6 +17,11 @@ export const rulesConfigSchema = z
     cqlModelDirectory: z.string().min(1).optional(),
     /** Watch the rules folder and reload on change (an invalid set is refused, the last valid one serves). */
     watch: z.boolean().default(true),
+    /**
+     * Also compare the files' content this often (seconds; 0: never), for changes a file system does
+     * not report (network mounts, replaced folders). Only while watching.
+     */
+    rescanSeconds: z.number().int().min(0).max(3600).default(30),
     suppression: z
       .object({
         /** A rule that sets no suppression fires at most once per this many days per patient. */

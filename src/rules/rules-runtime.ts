@@ -44,12 +44,22 @@ export function ruleSetSource(config: RulesConfig): RuleSetSource {
 
 export async function createRulesRuntime(
   config: RulesConfig,
-  options: { logger: Logger; dataDirectory?: string; store?: NudgeStore },
+  options: {
+    logger: Logger;
+    dataDirectory?: string;
+    store?: NudgeStore;
+    /** Every set that starts serving (the first one included), and every refused reload: for metrics. */
+    onRuleSet?: (change: { outcome: 'loaded'; ruleSet: RuleSet } | { outcome: 'refused' }) => void;
+  },
 ): Promise<RulesRuntime> {
   const holder = await createRuleSetHolder(ruleSetSource(config), {
     logger: options.logger,
     watch: config.watch,
+    rescanIntervalMs: config.watch ? config.rescanSeconds * 1000 : 0,
+    onReload: (ruleSet) => options.onRuleSet?.({ outcome: 'loaded', ruleSet }),
+    onRefused: () => options.onRuleSet?.({ outcome: 'refused' }),
   });
+  options.onRuleSet?.({ outcome: 'loaded', ruleSet: holder.current() });
   const storeFile =
     config.storeFile ??
     (options.dataDirectory ? path.join(options.dataDirectory, 'rules.sqlite') : undefined);

@@ -101,7 +101,9 @@ describe('rules CLI', () => {
     expect(result.out).toMatch(/40 patients in [\d.]+ s \(\d+ patients\/s, 2 workers\)/);
     expect(result.err).toContain('40/40');
     const rows = readFileSync(csv, 'utf8').trim().split('\n');
-    expect(rows[0]).toBe('rule_id,rule_version,title,patients,fired_patients,fired_percent,errors');
+    expect(rows[0]).toBe(
+      'rule_id,rule_version,title,patients,fired_patients,fired_percent,errors,first_error',
+    );
     expect(rows).toHaveLength(11);
 
     // The worker counts must equal an in-process evaluation of the same patients.

@@ -1,0 +1,58 @@
+import type { ElmLibrary } from './cql-compiler.ts';
+
+/**
+ * What a CQL library reads: the data type of every Retrieve in its ELM, through the libraries it
+ * includes. The service loads exactly these types for every patient a rule runs on; a type read by
+ * CQL but never loaded would come back empty and make the rule silently wrong.
+ */
+export interface ElmRetrieve {
+  /** FHIR resource type (`MedicationStatement`), from the ELM data type `{http://hl7.org/fhir}MedicationStatement`. */
+  resourceType: string;
+  /** `line:column` of the retrieve in the CQL source, when the translator kept locators. */
+  line: number | undefined;
+  column: number | undefined;
+}
+
+export function elmRetrieves(elm: ElmLibrary): ElmRetrieve[] {
+  const found: ElmRetrieve[] = [];
+  const visit = (node: unknown) => {
+    if (Array.isArray(node)) {
+      for (const item of node) visit(item);
+      return;
+    }
+    if (!node || typeof node !== 'object') return;
+    const object = node as Record<string, unknown>;
+    if (object.type === 'Retrieve' && typeof object.dataType === 'string') {
+      const resourceType = object.dataType.replace(/^\{[^}]*\}/, '');
+      const position = /^(\d+):(\d+)/.exec(typeof object.locator === 'string' ? object.locator : '');
+      found.push({
+        resourceType,
+        line: position ? Number(position[1]) : undefined,
+        column: position ? Number(position[2]) : undefined,
+      });
+    }
+    for (const [key, value] of Object.entries(object)) {
+      // Annotations hold the source text as a tree: no retrieves there, and they are most of the bytes.
+      if (key !== 'annotation') visit(value);
+    }
+  };
+  visit(elm.library.statements);
+  visit(elm.library.parameters);
+  return found;
+}
+
+/** Resource types a library reads, its own and its includes' (by library name as loaded). */
+export function libraryDataRequirements(name: string, libraries: Map<string, ElmLibrary>): Set<string> {
+  const types = new Set<string>();
+  const seen = new Set<string>();
+  const walk = (libraryName: string) => {
+    if (seen.has(libraryName)) return;
+    seen.add(libraryName);
+    const elm = libraries.get(libraryName);
+    if (!elm) return;
+    for (const retrieve of elmRetrieves(elm)) types.add(retrieve.resourceType);
+    for (const include of elm.library.includes?.def ?? []) walk(include.path);
+  };
+  walk(name);
+  return types;
+}
