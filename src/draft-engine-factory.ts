@@ -1,9 +1,10 @@
 import type { DraftEngine } from '../agents/draft-engine.ts';
+import type { DraftModel } from '../agents/draft-model.ts';
 import { createExtractiveEngine } from '../agents/extractive-engine.ts';
 import type { PromptLibrary } from '../agents/prompt-library.ts';
 import type { Logger } from './log.ts';
 import { type ModelConfig, modelProfiles } from './model/model-config.ts';
-import type { ModelProvider } from './model/provider.ts';
+import { estimateTokens, type ModelProvider } from './model/provider.ts';
 
 // The model stack (node-llama-cpp, the inference client, the agents) is loaded only when a model is
 // configured: the extractive default, and intake-only replicas, do not carry its memory.
@@ -11,7 +12,8 @@ import type { ModelProvider } from './model/provider.ts';
 /**
  * Wiring for the composition root: the `model` config section in, a DraftEngine out. 'extractive'
  * gives the model-free engine; 'llama-cpp' loads the GGUF once (start-up fails with the command to
- * obtain it when the file is missing); 'remote' talks to the site's inference server.
+ * obtain it when the file is missing); 'remote' talks to the site's inference server, through the
+ * constrained-JSON adapter (MedGemma) or, with `remote.toolCalling: native`, the server's own tool calls.
  */
 export type ClosableDraftEngine = DraftEngine & { close(): Promise<void> };
 
@@ -56,27 +58,36 @@ export async function createDraftEngine(
   options: { prompts?: PromptLibrary; fallback?: DraftEngine } = {},
 ): Promise<ClosableDraftEngine> {
   const fallback = options.fallback ?? createExtractiveEngine();
-  const provider = await createModelProvider(config, logger);
-  if (!provider)
+  if (config.provider === 'extractive')
     return {
       id: fallback.id,
       version: fallback.version,
       draft: (request) => fallback.draft(request),
       close: async () => {},
     };
-  const [{ MedGemmaEngine }, { PromptLibrary }, { withExtractiveFallback }] = await Promise.all([
-    import('../agents/medgemma-engine.ts'),
-    import('../agents/prompt-library.ts'),
-    import('../agents/engine-with-fallback.ts'),
-  ]);
-  const engine = new MedGemmaEngine({
-    provider,
-    prompts: options.prompts ?? PromptLibrary.load(),
-    budget: config.agent,
-    logger,
-    // Whether vLLM and TGI accept a root oneOf in json_schema is unverified: remote gets the flat form.
-    stepSchemaStyle: config.provider === 'remote' ? 'flat' : 'precise',
-  });
+  const [{ MedGemmaEngine }, { PromptLibrary }, { withExtractiveFallback }, { constrainedJsonModel }] =
+    await Promise.all([
+      import('../agents/medgemma-engine.ts'),
+      import('../agents/prompt-library.ts'),
+      import('../agents/engine-with-fallback.ts'),
+      import('../agents/draft-model.ts'),
+    ]);
+  const prompts = options.prompts ?? PromptLibrary.load();
+  let model: DraftModel;
+  let close: () => Promise<void>;
+  if (config.provider === 'remote' && config.remote.toolCalling === 'native') {
+    model = await nativeToolCallingModel(config);
+    close = async () => {};
+  } else {
+    const provider = (await createModelProvider(config, logger))!;
+    model = constrainedJsonModel(provider, {
+      prompts,
+      // Whether vLLM and TGI accept a root oneOf in json_schema is unverified: remote gets the flat form.
+      stepSchemaStyle: config.provider === 'remote' ? 'flat' : 'precise',
+    });
+    close = () => provider.close();
+  }
+  const engine = new MedGemmaEngine({ model, prompts, budget: config.agent, logger });
   const guarded = withExtractiveFallback(engine, fallback, logger);
   return {
     id: guarded.id,
@@ -84,6 +95,26 @@ export async function createDraftEngine(
     draft: (request) => guarded.draft(request),
     // The pipeline drafts with it when the verifier leaves the model's draft with no supported line.
     fallback,
-    close: () => provider.close(),
+    close,
+  };
+}
+
+/** A served model with native tool calling: the server's `tools` and `tool_calls`, the same agents. */
+async function nativeToolCallingModel(config: ModelConfig): Promise<DraftModel> {
+  const { OpenAICompatibleChatModel } = await import('./model/openai-compatible-chat-model.ts');
+  const connection = {
+    endpointUrl: config.remote.endpointUrl!,
+    model: config.remote.model!,
+    accessToken: config.remote.accessToken,
+    timeoutMs: config.remote.timeoutMs,
+    retries: config.remote.retries,
+  };
+  return {
+    modelId: connection.model,
+    contextSize: config.remote.contextSize ?? modelProfiles[config.profile].contextSize,
+    countTokens: estimateTokens,
+    protocolPrompts: [],
+    createChatModel: ({ meter, maxTokens, temperature }) =>
+      new OpenAICompatibleChatModel({ connection, maxTokens, temperature, meter }),
   };
 }

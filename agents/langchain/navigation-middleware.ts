@@ -2,6 +2,7 @@ import { AIMessage, type BaseMessage, ToolMessage } from '@langchain/core/messag
 import { createMiddleware } from 'langchain';
 import { z } from 'zod';
 import type { ModelCallMeter, TokenUsage } from '../../src/model/provider.ts';
+import { dropNulls } from '../grammar-schema.ts';
 import { ContextBudgetError, InvalidModelOutputError } from '../model-errors.ts';
 import { sanitizeToolError } from '../record-tools.ts';
 import type { RunBudget } from '../run-budget.ts';
@@ -124,7 +125,11 @@ export function navigationGuardMiddleware(options: {
       }
     },
     wrapToolCall: async (request, handler) => {
-      const { toolCall } = request;
+      // Models send null for an optional argument they leave out (strict tool schemas make them nullable).
+      const toolCall = {
+        ...request.toolCall,
+        args: dropNulls(request.toolCall.args) as Record<string, unknown>,
+      };
       const refuse = (content: string) =>
         new ToolMessage({ content, tool_call_id: toolCall.id ?? '', name: toolCall.name, status: 'error' });
       if (!request.tool) return refuse(`There is no tool ${toolCall.name.slice(0, 60)}.`);
@@ -144,7 +149,7 @@ export function navigationGuardMiddleware(options: {
         }
       }
       try {
-        return await handler(request);
+        return await handler({ ...request, toolCall });
       } catch (error) {
         return refuse(`The tool failed: ${sanitizeToolError(error)}`);
       }

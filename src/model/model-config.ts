@@ -82,6 +82,12 @@ export const modelConfigSchema = z
         contextSize: z.number().int().min(512).optional(),
         timeoutMs: z.number().int().min(1000).default(120_000),
         retries: z.number().int().min(0).max(5).default(1),
+        /**
+         * 'constrained-json' (MedGemma: no tool tokens; tool calls are JSON constrained by
+         * `response_format`), or 'native' for a served model whose chat template has tool calling
+         * (the server's `tools` and `tool_calls`); then `model` names it.
+         */
+        toolCalling: z.enum(['constrained-json', 'native']).default('constrained-json'),
       })
       .prefault({}),
     agent: agentBudgetSchema.prefault({}),
@@ -92,6 +98,14 @@ export const modelConfigSchema = z
         code: 'custom',
         path: ['remote', 'endpointUrl'],
         message: 'model.remote.endpointUrl is required when model.provider is "remote"',
+      });
+    }
+    if (config.provider === 'remote' && config.remote.toolCalling === 'native' && !config.remote.model) {
+      context.addIssue({
+        code: 'custom',
+        path: ['remote', 'model'],
+        message:
+          'model.remote.model must name the served model when model.remote.toolCalling is "native" (MedGemma has no native tool calling)',
       });
     }
   });

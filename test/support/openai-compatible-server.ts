@@ -3,11 +3,22 @@ import type { AddressInfo } from 'node:net';
 
 /**
  * An OpenAI-compatible inference server in test code (what TGI, vLLM, llama.cpp server and Ollama's
- * /v1 expose): it records every request to /v1/chat/completions and replays scripted responses.
+ * /v1 expose): it records every request to /v1/chat/completions and replays scripted responses, text
+ * or native `tool_calls`.
  */
 export interface ChatCompletionRequestBody {
   model: string;
-  messages: { role: string; content: string }[];
+  messages: {
+    role: string;
+    content: string;
+    tool_call_id?: string;
+    tool_calls?: { id: string; type: string; function: { name: string; arguments: string } }[];
+  }[];
+  tools?: {
+    type: string;
+    function: { name: string; description?: string; parameters?: Record<string, unknown> };
+  }[];
+  tool_choice?: unknown;
   max_tokens?: number;
   temperature?: number;
   response_format?: {
@@ -19,7 +30,10 @@ export interface ChatCompletionRequestBody {
 export type ScriptedResponse =
   | {
       status?: number;
-      content: string;
+      /** Null with tool calls, as OpenAI-compatible servers answer them. */
+      content: string | null;
+      /** Native tool calls; arguments as a JSON string (OpenAI, vLLM) or an object (TGI). */
+      toolCalls?: { id?: string; name: string; arguments: string | Record<string, unknown> }[];
       finishReason?: string;
       delayMs?: number;
       usage?: { prompt_tokens: number; completion_tokens: number };
@@ -81,7 +95,19 @@ export async function startScriptedInferenceServer(
           choices: [
             {
               index: 0,
-              message: { role: 'assistant', content: reply.content },
+              message: {
+                role: 'assistant',
+                content: reply.content,
+                ...(reply.toolCalls
+                  ? {
+                      tool_calls: reply.toolCalls.map((call, index) => ({
+                        id: call.id ?? `call_${requests.length}_${index}`,
+                        type: 'function',
+                        function: { name: call.name, arguments: call.arguments },
+                      })),
+                    }
+                  : {}),
+              },
               finish_reason: reply.finishReason ?? 'stop',
             },
           ],
