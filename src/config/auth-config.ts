@@ -34,6 +34,11 @@ export const defaultBackendScopes = [
   'system/Device.cs',
   // The service's own Subscription: searched by endpoint, created, read back and updated (re-activation), never deleted.
   'system/Subscription.crus',
+  // Never read by the service itself: the AI-Device and AI-Provenance declare meta.profile (fhir.declareProfiles,
+  // default true), and Medplum looks that profile up with the writer's own access, refusing the write (403)
+  // without this scope. Kept in the defaults so the default settings work there; a site that sets
+  // fhir.declareProfiles false may drop it.
+  'system/StructureDefinition.rs',
 ].join(' ');
 
 /**
@@ -64,6 +69,10 @@ export const defaultLaunchScopes = [
   'patient/Binary.r',
   // Each edit, sign-off or rejection is recorded as a Provenance.
   'patient/Provenance.c',
+  // Hold mode: the held draft's AI Provenance reaches the EHR at sign-off, written with the clinician's token,
+  // and declares meta.profile, which Medplum looks up with that token (see the backend scopes). Conformance
+  // resources are no patient's data, hence user/.
+  'user/StructureDefinition.rs',
 ].join(' ');
 
 /** Scopes are written the OAuth way (one space-separated string); a YAML or JSON list is accepted too. */

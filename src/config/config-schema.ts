@@ -139,15 +139,20 @@ export const configSchema = z
             required: z.stringbool().or(z.boolean()).default(false),
             /** Honour only the first scope per resource type, as Medplum does under an explicit access policy. */
             onlyFirstScopePerType: z.stringbool().or(z.boolean()).default(false),
+            /**
+             * Refuse a write declaring meta.profile without StructureDefinition.rs, as Medplum does. On by
+             * default, so the default run proves fhir.declareProfiles and the default scopes work together.
+             */
+            medplumProfileCheck: z.stringbool().or(z.boolean()).default(true),
           })
           .strict()
-          .default({ required: false, onlyFirstScopePerType: false }),
+          .default({ required: false, onlyFirstScopePerType: false, medplumProfileCheck: true }),
       })
       .default({
         patients: 12,
         seed: 20261127,
         subscriptionEndpoints: [],
-        auth: { required: false, onlyFirstScopePerType: false },
+        auth: { required: false, onlyFirstScopePerType: false, medplumProfileCheck: true },
       }),
   })
   .strict()

@@ -70,6 +70,8 @@ export interface SandboxAuthOptions {
   required?: boolean;
   /** Honour only the first scope per resource type, as Medplum does under an access policy. */
   onlyFirstScopePerType?: boolean;
+  /** Refuse writes declaring meta.profile without StructureDefinition.rs, as Medplum does (default true). */
+  medplumProfileCheck?: boolean;
 }
 
 export interface SandboxEhr {
@@ -174,7 +176,12 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
     );
   }
   let authorization: SandboxAuthorizationServer | undefined;
-  const authOptions = { required: false, onlyFirstScopePerType: false, ...options.auth };
+  const authOptions = {
+    required: false,
+    onlyFirstScopePerType: false,
+    medplumProfileCheck: true,
+    ...options.auth,
+  };
 
   /**
    * Who is calling: a token's grant, the administrator (no token, from loopback or in process, unless tokens
@@ -336,7 +343,10 @@ export function createSandboxEhr(options: SandboxEhrOptions = {}): SandboxEhr {
           caller.access,
           { method, segments, query, body: requestBody, baseUrl: base },
           readStored,
-          { onlyFirstScopePerType: authOptions.onlyFirstScopePerType },
+          {
+            onlyFirstScopePerType: authOptions.onlyFirstScopePerType,
+            medplumProfileCheck: authOptions.medplumProfileCheck,
+          },
         );
         if (!enforced.allowed) return errorResponse(enforced.status, enforced.outcome, enforced.headers);
         requestBody = enforced.body;

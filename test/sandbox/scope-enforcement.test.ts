@@ -324,6 +324,100 @@ describe('servers that honour only the first scope per resource type', () => {
   });
 });
 
+describe('servers that look up declared profiles (Medplum)', () => {
+  const profiled = (target: string): Provenance => ({
+    resourceType: 'Provenance',
+    meta: { profile: ['http://hl7.org/fhir/uv/aitransparency/StructureDefinition/AI-Provenance'] },
+    target: [{ reference: target }],
+    recorded: '2026-01-01T00:00:00Z',
+    agent: [{ who: { reference: 'Practitioner/dr' } }],
+  });
+  const unprofiled = (target: string): Provenance => {
+    const { meta: _meta, ...rest } = profiled(target);
+    return rest;
+  };
+
+  it('refuse a write declaring meta.profile without StructureDefinition.rs, by default, naming the scope', async () => {
+    sandbox = await sandboxWith();
+    const bearer = token('no-profiles', { scopes: ['system/Provenance.cs'] });
+    const refused = await call('POST', 'Provenance', bearer, profiled('DocumentReference/doc-a'));
+    expect(refused.status).toBe(403);
+    expect(diagnostics(refused)).toContain('needs system/StructureDefinition.rs');
+    expect(diagnostics(refused)).toContain('meta.profile');
+    expect(refused.headers['www-authenticate']).toContain('scope="system/StructureDefinition.rs"');
+    // The same resource without the declaration goes through.
+    expect((await call('POST', 'Provenance', bearer, unprofiled('DocumentReference/doc-a'))).status).toBe(
+      201,
+    );
+    // Inside a transaction the entry is named and nothing is written.
+    const before = (await call('GET', 'Provenance')).body as Bundle;
+    const transaction = await call('POST', '', bearer, {
+      resourceType: 'Bundle',
+      type: 'transaction',
+      entry: [
+        { resource: unprofiled('DocumentReference/doc-a'), request: { method: 'POST', url: 'Provenance' } },
+        { resource: profiled('DocumentReference/doc-a'), request: { method: 'POST', url: 'Provenance' } },
+      ],
+    });
+    expect(transaction.status).toBe(403);
+    expect(diagnostics(transaction)).toMatch(
+      /^entry 1 \(POST Provenance\): .*system\/StructureDefinition\.rs/,
+    );
+    const after = (await call('GET', 'Provenance')).body as Bundle;
+    expect(after.entry?.length).toBe(before.entry?.length);
+
+    const allowed = token('with-profiles', {
+      scopes: ['system/Provenance.cs', 'system/StructureDefinition.rs'],
+    });
+    expect((await call('POST', 'Provenance', allowed, profiled('DocumentReference/doc-a'))).status).toBe(201);
+    // Read alone is not the lookup: Medplum searches StructureDefinition by url.
+    const readOnly = token('read-only-profiles', {
+      scopes: ['system/Provenance.cs', 'system/StructureDefinition.r'],
+    });
+    expect((await call('POST', 'Provenance', readOnly, profiled('DocumentReference/doc-a'))).status).toBe(
+      403,
+    );
+  });
+
+  it('name user/StructureDefinition.rs for a clinician’s token, and take it', async () => {
+    sandbox = await sandboxWith();
+    const clinician = token('clinician', { patient: 'pa', scopes: ['patient/Provenance.c'] });
+    const refused = await call('POST', 'Provenance', clinician, profiled('DocumentReference/doc-a'));
+    expect(refused.status).toBe(403);
+    expect(diagnostics(refused)).toContain('needs user/StructureDefinition.rs');
+    const granted = token('clinician-profiles', {
+      patient: 'pa',
+      scopes: ['patient/Provenance.c', 'user/StructureDefinition.rs'],
+    });
+    expect((await call('POST', 'Provenance', granted, profiled('DocumentReference/doc-a'))).status).toBe(201);
+    // The profile lookup does not widen the patient's compartment.
+    expect((await call('POST', 'Provenance', granted, profiled('DocumentReference/doc-b'))).status).toBe(403);
+  });
+
+  it('the default scopes write profiled resources, even where only the first scope per type counts', async () => {
+    const { defaultBackendScopes, defaultLaunchScopes } = await import('../../src/config/auth-config.ts');
+    sandbox = await sandboxWith({ onlyFirstScopePerType: true });
+    const service = token('service-defaults', { scopes: defaultBackendScopes.split(' ') });
+    expect((await call('POST', 'Provenance', service, profiled('DocumentReference/doc-a'))).status).toBe(201);
+    const clinician = token('launch-defaults', { patient: 'pa', scopes: defaultLaunchScopes.split(' ') });
+    expect((await call('POST', 'Provenance', clinician, profiled('DocumentReference/doc-a'))).status).toBe(
+      201,
+    );
+  });
+
+  it('is off with sandbox.auth.medplumProfileCheck false', async () => {
+    const { loadConfig } = await import('../../src/config/load-config.ts');
+    expect(loadConfig({ env: {} }).sandbox.auth.medplumProfileCheck).toBe(true);
+    expect(
+      loadConfig({ env: { EHR_AGENT_SANDBOX__AUTH__MEDPLUM_PROFILE_CHECK: 'false' } }).sandbox.auth
+        .medplumProfileCheck,
+    ).toBe(false);
+    sandbox = await sandboxWith({ medplumProfileCheck: false });
+    const bearer = token('unchecked', { scopes: ['system/Provenance.cs'] });
+    expect((await call('POST', 'Provenance', bearer, profiled('DocumentReference/doc-a'))).status).toBe(201);
+  });
+});
+
 describe('the patient compartment', () => {
   it('is FHIR’s: a Patient is in its own, an Encounter by subject, a shared type in none', async () => {
     const { belongsToPatient, compartmentSearchParameter } = await import(

@@ -30,6 +30,11 @@ export interface ScopeEnforcementOptions {
    * types (`system/DocumentReference.rs system/DocumentReference.cu` then only reads).
    */
   onlyFirstScopePerType: boolean;
+  /**
+   * Refuse a write of a resource declaring `meta.profile` unless the token may also read and search
+   * StructureDefinition, as Medplum does: it looks the profile up with the caller's own access.
+   */
+  medplumProfileCheck?: boolean;
 }
 
 export interface EnforcedRequest {
@@ -182,8 +187,32 @@ export async function enforceScopes(
   const outsideCompartment = (what: string) =>
     refusal(`${what} is outside the compartment of Patient/${patient}, the only one patient/ scopes reach`);
 
+  /**
+   * The profile lookup a write of a profiled resource sets off on Medplum. It is the server's own lookup of
+   * conformance resources, no patient's data, so a scope of any context covers it; the advice names `user/`
+   * for clinicians' tokens because StructureDefinition is not patient data.
+   */
+  function checkProfileLookup(need: Need): EnforcementResult | undefined {
+    if (!options.medplumProfileCheck || need.kind !== 'write') return undefined;
+    const profiles = (need.body as Resource | undefined)?.meta?.profile ?? [];
+    if (profiles.length === 0) return undefined;
+    if (coverage(scopes, 'StructureDefinition', 'r') && coverage(scopes, 'StructureDefinition', 's'))
+      return undefined;
+    const missing = `${access.backend ? 'system' : 'user'}/StructureDefinition.rs`;
+    return refusal(
+      `insufficient scope: ${verbs[need.permission]} ${need.resourceType} declares meta.profile, which this server ` +
+        `looks up as StructureDefinition with the caller's access: needs ${missing}${firstOnlyNote} ` +
+        '(or write without meta.profile: fhir.declareProfiles false)',
+      missing,
+    );
+  }
+
   /** Checks one need; undefined when allowed. A patient-confined search gets its query narrowed in place. */
   async function check(need: Need): Promise<EnforcementResult | undefined> {
+    return (await checkScope(need)) ?? checkProfileLookup(need);
+  }
+
+  async function checkScope(need: Need): Promise<EnforcementResult | undefined> {
     const reach = coverage(scopes, need.resourceType, need.permission);
     if (!reach) {
       const missing = `${contextName}/${need.resourceType === '*' ? '*' : need.resourceType}.${need.permission}`;
