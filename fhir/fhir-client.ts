@@ -24,11 +24,24 @@ export interface AccessTokenSource {
   getToken(): Promise<string | undefined>;
   /** Forget a token the server refused (named, when known), so the next call asks for a fresh one. */
   invalidate(rejectedToken?: string): void;
+  /** False when asking again brings the same token (a static one): a 401 then stands without another try. */
+  readonly canRefresh?: boolean;
 }
 
 /** A fixed bearer token (a user's token from a SMART launch, or a site's static token). */
 export function staticAccessToken(token: string): AccessTokenSource {
-  return { getToken: async () => token, invalidate: () => {} };
+  return { getToken: async () => token, invalidate: () => {}, canRefresh: false };
+}
+
+/**
+ * Whether the server took the token, once per answer: `accepted` for any answer but a 401 and a 5xx (a 403 or a
+ * 404 means the token was read and believed), refused for a 401. `afterRefresh` marks a 401 to a token fetched
+ * just after the previous one was refused: the new token does not help either.
+ */
+export interface AuthenticationObservation {
+  accepted: boolean;
+  status: number;
+  afterRefresh: boolean;
 }
 
 /**
@@ -59,6 +72,11 @@ export interface FhirClientOptions {
   accessToken?: AccessTokenSource;
   /** Whose token this is (system for the service, user or patient for a clinician's launch): names scopes in 403s. */
   scopeContext?: ScopeContext;
+  /**
+   * Called with each answer's verdict on the token, so the service's readiness can follow whether its own token
+   * still works. Not carried over by withAccessToken: another identity's 401 says nothing about the service's.
+   */
+  onAuthentication?: (observation: AuthenticationObservation) => void;
   /** Called before every request (each attempt): lets metrics and tests see all traffic. */
   onRequest?: (request: { method: string; url: string }) => void;
   sleep?: (milliseconds: number) => Promise<void>;
@@ -321,7 +339,7 @@ export class FhirClient {
 
   /** The same server and settings with another token: the review app acts with the clinician's own token. */
   withAccessToken(accessToken: AccessTokenSource | undefined): FhirClient {
-    return new FhirClient({ ...this.#options, accessToken });
+    return new FhirClient({ ...this.#options, accessToken, onAuthentication: undefined });
   }
 
   /**
@@ -410,14 +428,28 @@ export class FhirClient {
       this.requestCount++;
       this.#onRequest?.({ method, url: path });
       try {
-        return await call({
+        const answer = await call({
           signal: AbortSignal.timeout(this.#timeoutMs),
           headers: token ? { Authorization: `Bearer ${token}` } : {},
           request,
         });
+        this.#options.onAuthentication?.({ accepted: true, status: 200, afterRefresh: refreshedToken });
+        return answer;
       } catch (caught) {
         const error = toOutcomeError(caught, method, path, request);
-        if (error.status === 401 && this.#accessToken && !refreshedToken) {
+        // Only the server's own answers count: no answer (timeouts, refused connections) says nothing about the token.
+        if (error instanceof FhirRequestError && error.status < 500)
+          this.#options.onAuthentication?.({
+            accepted: error.status !== 401,
+            status: error.status,
+            afterRefresh: refreshedToken,
+          });
+        if (
+          error.status === 401 &&
+          this.#accessToken &&
+          this.#accessToken.canRefresh !== false &&
+          !refreshedToken
+        ) {
           // A token can be revoked or expire early: one fresh token, then the 401 stands. Naming the
           // refused token lets a provider shared by concurrent callers fetch only one new token.
           refreshedToken = true;

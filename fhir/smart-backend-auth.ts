@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { SignJWT } from 'jose';
 import { z } from 'zod';
 import type { BackendAuthConfig, SmartBackendAuthConfig } from '../src/config/auth-config.ts';
-import { OperationOutcomeError, outcome, outcomeError } from './operation-outcome.ts';
+import { normalizeOperationOutcome, OperationOutcomeError, outcome } from './operation-outcome.ts';
 import {
   type JsonWebKeySet,
   loadPublishedKeys,
@@ -29,6 +29,8 @@ export interface AccessTokenProvider {
    * fresh one. Pass the refused token so that several callers refused at once cause one new request only.
    */
   invalidate(rejectedToken?: string): void;
+  /** False for a static token: asking again brings the same token, so a 401 stands at once. */
+  readonly canRefresh: boolean;
   /** Public keys for `/.well-known/jwks.json`; undefined when the service signs nothing. */
   readonly jwks: JsonWebKeySet | undefined;
   /** The signing key (smart-backend mode), reused by the App Launch as a confidential client. */
@@ -78,17 +80,87 @@ function refreshMarginSeconds(lifetimeSeconds: number): number {
   return Math.min(60, Math.max(2, lifetimeSeconds * 0.1));
 }
 
-async function describeTokenError(response: Response): Promise<string> {
-  const text = (await response.text().catch(() => '')).slice(0, 2000);
+/**
+ * Why the service could not get a token, for start-up and for readiness:
+ * - `refused`: the token endpoint answered 4xx (invalid_client, invalid_scope, unauthorized_client, invalid_grant...);
+ *   asking again with the same registration brings the same answer, so start-up stops;
+ * - `unavailable`: no answer, a 5xx or a 429 (also from discovery); worth asking again later;
+ * - `narrower-grant`: a token, but with fewer scopes than the service needs;
+ * - `unusable`: discovery or the token response is not something the service can use (no private_key_jwt, not JSON).
+ */
+export type TokenFailureKind = 'refused' | 'unavailable' | 'narrower-grant' | 'unusable';
+
+export class TokenEndpointError extends OperationOutcomeError {
+  readonly kind: TokenFailureKind;
+  /** The token endpoint (or, while it is not yet known, the discovery URL). */
+  readonly endpoint: string;
+  /** The token endpoint's HTTP status, when it answered. */
+  readonly httpStatus: number | undefined;
+  /** The OAuth `error` code, when the refusal carried one. */
+  readonly oauthError: string | undefined;
+  /** Requested scopes the grant leaves out (`narrower-grant`). */
+  readonly missingScopes: string[];
+  override readonly isRetryable: boolean;
+
+  constructor(
+    kind: TokenFailureKind,
+    message: string,
+    details: {
+      endpoint: string;
+      httpStatus?: number;
+      oauthError?: string;
+      missingScopes?: string[];
+      cause?: unknown;
+    },
+  ) {
+    const code = kind === 'unavailable' ? 'transient' : kind === 'narrower-grant' ? 'forbidden' : 'security';
+    super(outcome(code, message), {
+      status: kind === 'unavailable' ? 503 : kind === 'narrower-grant' ? 403 : 502,
+      cause: details.cause,
+    });
+    this.name = 'TokenEndpointError';
+    this.kind = kind;
+    this.endpoint = details.endpoint;
+    this.httpStatus = details.httpStatus;
+    this.oauthError = details.oauthError;
+    this.missingScopes = details.missingScopes ?? [];
+    // A refused client or a narrower grant stays so until someone changes the registration or the configuration.
+    this.isRetryable = kind === 'unavailable';
+  }
+}
+
+/** Text from the token endpoint on one line and capped: it reaches logs and the operator's terminal. */
+function oneLine(text: string, limit: number): string {
+  const flat = text.replace(/\p{Cc}+/gu, ' ').trim();
+  return flat.length > limit ? `${flat.slice(0, limit)}...` : flat;
+}
+
+const maxErrorDescriptionCharacters = 200;
+
+async function readTokenError(response: Response): Promise<{ error?: string; description?: string }> {
+  const text = (await response.text().catch(() => '')).slice(0, 4000);
   try {
     const body = JSON.parse(text) as { error?: unknown; error_description?: unknown };
-    const parts = [body.error, body.error_description].filter((part) => typeof part === 'string');
-    if (parts.length > 0) return parts.join(': ').slice(0, 300);
+    return {
+      ...(typeof body.error === 'string' && body.error ? { error: oneLine(body.error, 60) } : {}),
+      ...(typeof body.error_description === 'string' && body.error_description
+        ? { description: oneLine(body.error_description, maxErrorDescriptionCharacters) }
+        : {}),
+    };
   } catch {
-    // Not JSON: fall through to the status alone; the body may echo secrets, so it is not quoted.
+    // Not JSON: the status alone; the body may echo secrets, so it is not quoted.
+    return {};
   }
-  return 'no OAuth error in the response';
 }
+
+/** What an operator should check for each OAuth error a token endpoint gives a Backend Services client. */
+const oauthErrorHints: Record<string, string> = {
+  invalid_client:
+    "check auth.backend.clientId and that the server holds the service's public key (its JWKS URL /.well-known/jwks.json)",
+  unauthorized_client: 'the client is not allowed the client_credentials grant on this server',
+  invalid_scope: 'the client is not allowed some of auth.backend.scopes',
+  invalid_grant: 'the server refused the signed assertion (check the clocks and the key the server holds)',
+};
 
 function createSmartBackendProvider(
   config: SmartBackendAuthConfig,
@@ -105,27 +177,45 @@ function createSmartBackendProvider(
   async function resolveTokenUrl(): Promise<string> {
     if (tokenUrl) {
       // Checked, but used as written: it is also the assertion's aud, which servers compare as a string.
-      assertSafeEndpoint(tokenUrl, 'the token endpoint');
+      try {
+        assertSafeEndpoint(tokenUrl, 'the token endpoint');
+      } catch (error) {
+        throw new TokenEndpointError('unusable', normalizeOperationOutcome(error).message, {
+          endpoint: tokenUrl,
+          cause: error,
+        });
+      }
       return tokenUrl;
     }
-    const discovered = await discoverSmartConfiguration(options.fhirBaseUrl, {
-      fetch: fetchFunction,
-      timeoutMs: config.requestTimeoutMs,
-    });
+    const discoveryUrl = `${options.fhirBaseUrl.replace(/\/+$/, '')}/.well-known/smart-configuration`;
+    let discovered: Awaited<ReturnType<typeof discoverSmartConfiguration>>;
+    try {
+      discovered = await discoverSmartConfiguration(options.fhirBaseUrl, {
+        fetch: fetchFunction,
+        timeoutMs: config.requestTimeoutMs,
+      });
+    } catch (error) {
+      const failure = normalizeOperationOutcome(error);
+      // Discovery answers 503 for no answer or a 5xx; anything else (404, not JSON) will not change by itself.
+      throw new TokenEndpointError(failure.status === 503 ? 'unavailable' : 'unusable', failure.message, {
+        endpoint: discoveryUrl,
+        cause: error,
+      });
+    }
     const methods = discovered.token_endpoint_auth_methods_supported;
     if (methods && !methods.includes('private_key_jwt')) {
-      throw outcomeError(
-        'not-supported',
-        `the token endpoint does not accept private_key_jwt (offers ${methods.join(', ')})`,
-        502,
+      throw new TokenEndpointError(
+        'unusable',
+        `the token endpoint ${discovered.token_endpoint} does not accept private_key_jwt (offers ${methods.join(', ')})`,
+        { endpoint: discovered.token_endpoint },
       );
     }
     const algorithms = discovered.token_endpoint_auth_signing_alg_values_supported;
     if (algorithms && !algorithms.includes(config.alg)) {
-      throw outcomeError(
-        'not-supported',
-        `the token endpoint does not accept ${config.alg} assertions (offers ${algorithms.join(', ')}); set auth.backend.alg`,
-        502,
+      throw new TokenEndpointError(
+        'unusable',
+        `the token endpoint ${discovered.token_endpoint} does not accept ${config.alg} assertions (offers ${algorithms.join(', ')}); set auth.backend.alg`,
+        { endpoint: discovered.token_endpoint },
       );
     }
     tokenUrl = discovered.token_endpoint;
@@ -158,38 +248,39 @@ function createSmartBackendProvider(
       });
     } catch (error) {
       if (!config.tokenUrl) tokenUrl = undefined;
-      throw outcomeError(
-        'transient',
-        `token request to ${new URL(endpoint).origin} failed: ${(error as Error).message}`,
-        503,
+      throw new TokenEndpointError(
+        'unavailable',
+        `token request to ${endpoint} failed: ${oneLine((error as Error).message, 200)}`,
+        { endpoint, cause: error },
       );
     }
     if (!response.ok) {
-      const reason = await describeTokenError(response);
-      const retryable = response.status >= 500 || response.status === 429;
-      throw new OperationOutcomeError(
-        outcome(
-          retryable ? 'transient' : 'security',
-          `token endpoint refused the service (HTTP ${response.status}): ${reason}`,
-        ),
-        { status: retryable ? 503 : 502 },
+      const { error, description } = await readTokenError(response);
+      const temporary = response.status >= 500 || response.status === 429 || response.status === 408;
+      const said = [error, description].filter(Boolean).join(': ') || 'no OAuth error in the response';
+      const hint = !temporary && error ? oauthErrorHints[error] : undefined;
+      const requested = error === 'invalid_scope' ? ` (requested: ${config.scopes.join(' ')})` : '';
+      throw new TokenEndpointError(
+        temporary ? 'unavailable' : 'refused',
+        `token endpoint ${endpoint} ${temporary ? 'is unavailable' : `refused client ${config.clientId}`} (HTTP ${response.status}): ${said}${requested}${hint ? `; ${hint}` : ''}`,
+        { endpoint, httpStatus: response.status, oauthError: error },
       );
     }
     const parsed = tokenResponseSchema.safeParse(await response.json().catch(() => undefined));
     if (!parsed.success) {
-      throw outcomeError(
-        'invalid',
-        `token endpoint answered with an invalid token response: ${parsed.error.issues[0]?.message}`,
-        502,
+      throw new TokenEndpointError(
+        'unusable',
+        `token endpoint ${endpoint} answered with an invalid token response: ${parsed.error.issues[0]?.message}`,
+        { endpoint, httpStatus: response.status },
       );
     }
     const granted = parsed.data.scope?.split(/\s+/).filter(Boolean) ?? config.scopes;
     const missing = missingScopes(config.scopes, granted);
     if (missing.length > 0) {
-      throw outcomeError(
-        'forbidden',
-        `the FHIR server granted client ${config.clientId} less than the service needs: missing ${missing.join(', ')} (granted: ${granted.join(' ') || 'nothing'})`,
-        403,
+      throw new TokenEndpointError(
+        'narrower-grant',
+        `token endpoint ${endpoint} granted client ${config.clientId} less than the service needs: missing ${missing.join(', ')} (granted: ${oneLine(granted.join(' '), 1000) || 'nothing'})`,
+        { endpoint, httpStatus: response.status, missingScopes: missing },
       );
     }
     const lifetime = parsed.data.expires_in ?? assumedLifetimeSeconds;
@@ -202,6 +293,7 @@ function createSmartBackendProvider(
 
   return {
     mode: 'smart-backend',
+    canRefresh: true,
     jwks,
     signingKey,
     async getToken() {
@@ -229,6 +321,7 @@ export async function createAccessTokenProvider(
   if (authConfig.mode === 'none') {
     return {
       mode: 'none',
+      canRefresh: false,
       jwks: undefined,
       signingKey: undefined,
       getToken: async () => undefined,
@@ -240,6 +333,7 @@ export async function createAccessTokenProvider(
     if (!token) throw new Error(`auth.backend.tokenFile ${authConfig.tokenFile} is empty`);
     return {
       mode: 'static',
+      canRefresh: false,
       jwks: undefined,
       signingKey: undefined,
       getToken: async () => token,

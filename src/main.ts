@@ -1,21 +1,42 @@
 import { ConfigError, loadConfig } from './config/load-config.ts';
 import { createLogger } from './log.ts';
-import { startService } from './service.ts';
+import { type RunningService, startService } from './service.ts';
+import { StartupError } from './startup-error.ts';
+
+/**
+ * Every way start-up can fail ends in one line on stderr: the operator reads what to fix, not a stack trace or an
+ * object dump. A StartupError or ConfigError already says what to change; anything else is unexpected, so its
+ * message comes with the way to see its stack.
+ */
+function failStartup(error: unknown, exitCode: number, debug: boolean): never {
+  if (error instanceof StartupError || error instanceof ConfigError) {
+    process.stderr.write(`${error.message}\n`);
+  } else {
+    const message = (error instanceof Error ? error.message : String(error)).replace(/\p{Cc}+/gu, ' ').trim();
+    process.stderr.write(
+      debug && error instanceof Error && error.stack
+        ? `${error.stack}\n`
+        : `start-up failed: ${message} (run with LOG_LEVEL=debug for the stack trace)\n`,
+    );
+  }
+  process.exit(exitCode);
+}
 
 /** `npm start`: read the configuration once, start, and shut down gracefully on SIGTERM/SIGINT. */
 let config: ReturnType<typeof loadConfig>;
 try {
   config = loadConfig();
 } catch (error) {
-  if (error instanceof ConfigError) {
-    console.error(error.message);
-    process.exit(2);
-  }
-  throw error;
+  failStartup(error, error instanceof ConfigError ? 2 : 1, process.env.LOG_LEVEL === 'debug');
 }
 
 const logger = createLogger({ level: config.logLevel });
-const service = await startService(config, logger);
+let service: RunningService;
+try {
+  service = await startService(config, logger);
+} catch (error) {
+  failStartup(error, 1, ['debug', 'trace'].includes(config.logLevel));
+}
 if (service.sandbox) {
   // Said plainly, outside the JSON log: nobody should mistake the sandbox for a real EHR.
   process.stderr.write(

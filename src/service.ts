@@ -2,10 +2,11 @@ import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
 import type { Encounter } from 'fhir/r4.js';
+import { FhirAuthenticationHealth } from '../fhir/authentication-health.ts';
 import { createDraftLifecycle, type DraftLifecycle } from '../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../fhir/draft-note.ts';
 import { FhirClient } from '../fhir/fhir-client.ts';
-import { normalizeOperationOutcome, outcomeError } from '../fhir/operation-outcome.ts';
+import { outcomeError } from '../fhir/operation-outcome.ts';
 import { retrievePatientRecordInContext } from '../fhir/patient-history.ts';
 import { createAccessTokenProvider } from '../fhir/smart-backend-auth.ts';
 import type { ServiceConfig } from './config/config-schema.ts';
@@ -35,6 +36,7 @@ import { withNudgeOutcomes } from './rules/review-outcomes.ts';
 import { summarizeRuleSet } from './rules/rule-set.ts';
 import { createRulesRuntime } from './rules/rules-runtime.ts';
 import type { SandboxEhr } from './sandbox/sandbox-ehr.ts';
+import { obtainFirstToken } from './startup-token.ts';
 
 /**
  * The composition root: the one place that wires config, queue, FHIR client, engines, rules and HTTP
@@ -94,6 +96,9 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   const metrics = createMetrics(queue);
   let ready = false;
   let workers: WorkerPool | undefined;
+  // Why the service is not ready although started: waiting for the token endpoint, or its token refused.
+  let waitingForToken: string | undefined;
+  let authenticationHealth: FhirAuthenticationHealth | undefined;
 
   // No FHIR server configured: an embedded sandbox EHR with synthetic patients stands in for one.
   let sandbox: SandboxEhr | undefined;
@@ -133,6 +138,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     maxBodyBytes: config.notify.maxBodyBytes,
     trustProxy: config.http.trustProxy,
     isReady: () => ready,
+    notReadyReason: () => waitingForToken ?? authenticationHealth?.problem,
     onQueued: () => workers?.nudge(),
     metrics,
     notify: intake.notifyOptions(),
@@ -193,19 +199,40 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   app.mount('/', smartLaunch.router);
   if (accessToken.mode === 'smart-backend') {
     try {
-      await accessToken.getToken(); // a narrower grant than needed stops start-up, naming the missing scope
+      // A refused client or a narrower grant stops start-up with one line; an unavailable endpoint is waited for.
+      await obtainFirstToken(accessToken, {
+        logger,
+        onWaiting: (reason) => {
+          waitingForToken = reason;
+        },
+      });
     } catch (error) {
-      if (!normalizeOperationOutcome(error).isRetryable) throw error;
-      logger.warn({ error: normalizeOperationOutcome(error).message }, 'token-endpoint-unavailable-at-start');
+      // Close what is open so the process (or a test) is not held by a listening socket and an open queue.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      await closed;
+      await smartLaunch.close();
+      await queue.close();
+      await sandbox?.close();
+      throw error;
     }
   }
+  authenticationHealth = new FhirAuthenticationHealth({
+    endpoint: fhirBaseUrl,
+    onChange: (problem) => {
+      if (problem) logger.error({ reason: problem }, 'fhir-authentication-failing');
+      else logger.info('fhir-authentication-restored');
+    },
+  });
   const fhir = new FhirClient({
     baseUrl: fhirBaseUrl,
     timeoutMs: config.fhir.timeoutMs,
     maxAttempts: config.fhir.maxAttempts,
     maxPages: config.fhir.maxPages,
     maxResponseBytes: config.fhir.maxResponseBytes,
-    accessToken,
+    // Readiness follows whether the server still takes the service's token (an expired static token, a revoked client).
+    accessToken: authenticationHealth.watch(accessToken),
+    onAuthentication: authenticationHealth.observe,
   });
   const historyOptions = { draftIdentifierSystem: config.drafts.identifierSystem };
   // Rules decide which nudges apply (start-up refuses an invalid rule set); the engine only words them.

@@ -19,6 +19,8 @@ export interface AppOptions {
   maxBodyBytes: number;
   /** Readiness: false until start-up finished and while shutting down. */
   isReady: () => boolean;
+  /** A reason the started service is not ready (its token refused, the token endpoint awaited): 503 naming it. */
+  notReadyReason?: () => string | undefined;
   /** Details /readyz adds without changing readiness (the Subscription and whether it delivers). */
   readinessDetails?: () => Record<string, unknown>;
   onQueued?: (added: number) => void;
@@ -48,10 +50,12 @@ export function createApp(options: AppOptions): ServiceApp {
     response.json({ status: 'ok' });
   });
   app.get('/readyz', async (_request, response) => {
-    const ready = options.isReady();
+    const reason = options.notReadyReason?.();
+    const ready = options.isReady() && !reason;
     const counts = ready ? await options.queue.counts() : undefined;
     response.status(ready ? 200 : 503).json({
-      status: ready ? 'ready' : 'starting-or-stopping',
+      status: ready ? 'ready' : reason ? 'not-ready' : 'starting-or-stopping',
+      ...(reason ? { reason } : {}),
       queue: counts,
       ...options.readinessDetails?.(),
     });

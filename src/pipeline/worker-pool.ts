@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { isAuthenticationFailure } from '../../fhir/authentication-health.ts';
 import { FhirRequestError, normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
 import type { Logger } from '../log.ts';
 import type { EncounterJob, JobQueue } from '../queue/job-queue.ts';
@@ -94,7 +95,9 @@ export class WorkerPool {
       if (this.#released.has(job.id)) return; // handed back on stop: the next worker retries it
       const error = normalizeOperationOutcome(caught);
       const status = await queue.fail(job.id, error.message, {
-        retryable: error.isRetryable,
+        // An expired or revoked credential is fixed outside the job (a new token, a registration), so the job waits
+        // with backoff for that instead of being dead-lettered at its first attempt.
+        retryable: error.isRetryable || isAuthenticationFailure(error),
         retryAfterMs: error.retryAfterSeconds !== undefined ? error.retryAfterSeconds * 1000 : undefined,
       });
       const level = status === 'failed' ? 'error' : 'warn';

@@ -55,6 +55,8 @@ export interface Misbehaviour {
   accessTokenLifetimeSeconds: number;
   /** Issue access tokens that the FHIR side already treats as expired (expires_in still looks normal). */
   accessTokenExpired: boolean;
+  /** Answer this many of the next token requests 503 temporarily_unavailable, as during an outage. */
+  tokenEndpointUnavailable: number;
 }
 
 export interface IssuedAccessToken {
@@ -181,6 +183,7 @@ export async function startSmartAuthorizationServer(
     grantedScopeOverride: undefined,
     accessTokenLifetimeSeconds: options.accessTokenLifetimeSeconds ?? 300,
     accessTokenExpired: false,
+    tokenEndpointUnavailable: 0,
   };
   const tokenRequests: TokenRequestRecord[] = [];
   const bufferedBodies = new WeakMap<IncomingMessage, Buffer>();
@@ -407,6 +410,14 @@ export async function startSmartAuthorizationServer(
     const record: TokenRequestRecord = { grantType: undefined, clientId: undefined, outcome: 'refused' };
     tokenRequests.push(record);
     try {
+      if (misbehave.tokenEndpointUnavailable > 0) {
+        misbehave.tokenEndpointUnavailable--;
+        throw new OAuthError(
+          'temporarily_unavailable',
+          'the authorization server is down for maintenance',
+          503,
+        );
+      }
       if (request.method !== 'POST') throw new OAuthError('invalid_request', 'POST only', 405);
       if (!request.headers['content-type']?.startsWith('application/x-www-form-urlencoded')) {
         throw new OAuthError('invalid_request', 'form encoding required');
