@@ -1,8 +1,9 @@
+import { randomUUID } from 'node:crypto';
 import type { DocumentReference, Provenance } from 'fhir/r4.js';
 import { ensureDeviceIn, removedStatementExtensionUrl } from './draft-note.ts';
 import type { DraftMode, DraftStore, StoredDraft } from './draft-store.ts';
 import { citationsOf, type DraftView, viewOfDocument, viewOfStored } from './draft-view.ts';
-import type { FhirClient } from './fhir-client.ts';
+import type { FhirClient, SignOffAuthority } from './fhir-client.ts';
 import {
   buildEditProvenance,
   buildRejectProvenance,
@@ -33,6 +34,12 @@ export interface DraftLifecycleDependencies {
    * AI Device a held draft names, created at its first sign-off (a user token rarely may create Devices).
    */
   serviceClient?: FhirClient;
+  /**
+   * `fhir.transactions` (default true): a hold-mode sign-off writes the final note and its two Provenances
+   * in one transaction. False, for servers without transactions: one by one, each a conditional create, so
+   * a sign-off retried after a failure completes what the first attempt left and duplicates nothing.
+   */
+  transactions?: boolean;
   /** Queues a pipeline job for the encounter and kind; the writer then supersedes the old draft. */
   requestRegeneration: (encounterId: string, kind: string) => Promise<unknown> | unknown;
   now?: () => Date;
@@ -192,6 +199,12 @@ function rejected(document: DocumentReference, reason: string): DocumentReferenc
   };
 }
 
+/** The If-None-Exist search on the note's identifier: a repeated sign-off finds the note it wrote. */
+function identifierCondition(document: DocumentReference): string {
+  const identifier = document.identifier?.[0];
+  return `identifier=${encodeURIComponent(`${identifier?.system}|${identifier?.value}`)}`;
+}
+
 const versioned = (document: DocumentReference) =>
   document.meta?.versionId
     ? `DocumentReference/${document.id}/_history/${document.meta.versionId}`
@@ -300,10 +313,87 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
     return viewOfDocument(updated, identifierSystem);
   }
 
+  interface SignedNoteWrite {
+    fhir: FhirClient;
+    document: DocumentReference;
+    /** The AI Provenance and the sign-off Provenance for a target (the note's fullUrl or reference). */
+    provenancesFor: (target: string) => { ai: Provenance; signOff: Provenance };
+    deviceReference: string;
+    signOff: SignOffAuthority;
+  }
+
   /**
-   * Hold mode: the EHR sees the note for the first time, as final. The Device, the note (conditional
-   * create on its identifier, so a retried sign-off finds it), the AI Provenance and the sign-off
-   * Provenance are written with the caller's client.
+   * The final note and its two Provenances in one transaction: neither Provenance is ever missing from a
+   * final note in the EHR. Every entry is a conditional create (the note on its identifier, each Provenance
+   * on its target and its agent), so a transaction repeated after a lost answer finds all three and adds
+   * nothing.
+   */
+  async function writeSignedInTransaction(write: SignedNoteWrite) {
+    const documentUrl = `urn:uuid:${randomUUID()}`;
+    const { ai, signOff } = write.provenancesFor(documentUrl);
+    const [note, , signOffResult] = await write.fhir.transaction(
+      [
+        {
+          fullUrl: documentUrl,
+          resource: write.document,
+          request: {
+            method: 'POST',
+            url: 'DocumentReference',
+            ifNoneExist: identifierCondition(write.document),
+          },
+        },
+        {
+          fullUrl: `urn:uuid:${randomUUID()}`,
+          resource: ai,
+          request: {
+            method: 'POST',
+            url: 'Provenance',
+            ifNoneExist: `target=${documentUrl}&agent=${write.deviceReference}`,
+          },
+        },
+        {
+          fullUrl: `urn:uuid:${randomUUID()}`,
+          resource: signOff,
+          request: {
+            method: 'POST',
+            url: 'Provenance',
+            ifNoneExist: `target=${documentUrl}&agent=${write.signOff.practitioner}`,
+          },
+        },
+      ],
+      { signOff: write.signOff },
+    );
+    return {
+      written: note.resource as DocumentReference,
+      signOffEvent: signOffResult.resource as Provenance,
+    };
+  }
+
+  /**
+   * Without transactions: the note, then each Provenance, every one a conditional create. A failure leaves
+   * the store's draft preliminary (it is marked signed only after both Provenances exist), and signing again
+   * finds the note and any Provenance already written and writes only what is missing.
+   */
+  async function writeSignedInSteps(write: SignedNoteWrite) {
+    const { resource: written } = await write.fhir.create(write.document, {
+      ifNoneExist: identifierCondition(write.document),
+      signOff: write.signOff,
+    });
+    const target = versioned(written);
+    const { ai, signOff } = write.provenancesFor(target);
+    const condition = (agent: string) =>
+      `target=${encodeURIComponent(target)}&agent=${encodeURIComponent(agent)}`;
+    await write.fhir.create(ai, { ifNoneExist: condition(write.deviceReference) });
+    const { resource: signOffEvent } = await write.fhir.create(signOff, {
+      ifNoneExist: condition(write.signOff.practitioner),
+    });
+    return { written, signOffEvent };
+  }
+
+  /**
+   * Hold mode: the EHR sees the note for the first time, as final. The Device is the service's (written
+   * with its own client); the note, its AI Provenance and the sign-off Provenance are written together with
+   * the caller's client, and only then is the draft recorded as signed in the store.
    */
   async function signHeld(draft: StoredDraft, options: SignOptions): Promise<DraftView> {
     const fhir = client();
@@ -324,19 +414,25 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
       },
       { practitioner, name: options.practitionerName },
     );
-    const identifier = document.identifier?.[0];
-    const { resource: written } = await fhir.create(document, {
-      ifNoneExist: `identifier=${encodeURIComponent(`${identifier?.system}|${identifier?.value}`)}`,
+    const signedAt = now();
+    const write: SignedNoteWrite = {
+      fhir,
+      document,
+      deviceReference,
       signOff: { practitioner },
-    });
-    const aiProvenance: Provenance = {
-      ...draft.provenance,
-      target: [{ reference: versioned(written) }],
-      agent: draft.provenance.agent.map((agent) => ({ ...agent, who: { reference: deviceReference } })),
+      provenancesFor: (target) => ({
+        ai: {
+          ...draft.provenance,
+          target: [{ reference: target }],
+          agent: draft.provenance.agent.map((agent) => ({ ...agent, who: { reference: deviceReference } })),
+        },
+        signOff: buildSignOffProvenance({ target, practitioner, now: signedAt }),
+      }),
     };
-    await fhir.create(aiProvenance);
-    const signOff = buildSignOffProvenance({ target: versioned(written), practitioner, now: now() });
-    await fhir.create(signOff);
+    const { written, signOffEvent } =
+      dependencies.transactions === false
+        ? await writeSignedInSteps(write)
+        : await writeSignedInTransaction(write);
     return saveStored(
       draft,
       storedChange(
@@ -349,7 +445,7 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
           document: { ...written },
           fhirId: written.id,
         },
-        signOff,
+        signOffEvent,
       ),
     );
   }

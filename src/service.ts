@@ -264,6 +264,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     mode: config.drafts.mode,
     identifierSystem: config.drafts.identifierSystem,
     store: draftStore,
+    transactions: config.fhir.transactions,
     client: fhir,
     serviceClient: fhir,
     // A regeneration is a job of its own: `source: 'regenerate'` lets it past the completed-work ledger.

@@ -289,6 +289,38 @@ describe('patient/ scopes', () => {
     );
   });
 
+  it('see a transaction’s urn:uuid references as the entries they name, as the server resolves them', async () => {
+    sandbox = await sandboxWith();
+    const bearer = token('patient-a-transaction', {
+      patient: 'pa',
+      scopes: ['patient/DocumentReference.c', 'patient/Provenance.c'],
+    });
+    const noteAndProvenance = (patientId: string): Bundle => ({
+      resourceType: 'Bundle',
+      type: 'transaction',
+      entry: [
+        {
+          fullUrl: 'urn:uuid:6b7c2a8e-1d4f-4c3b-9a1e-2f5d8c7b6a01',
+          resource: { ...documentReference('ignored', patientId), id: undefined },
+          request: { method: 'POST', url: 'DocumentReference' },
+        },
+        {
+          resource: {
+            resourceType: 'Provenance',
+            target: [{ reference: 'urn:uuid:6b7c2a8e-1d4f-4c3b-9a1e-2f5d8c7b6a01' }],
+            recorded: '2026-01-01T00:00:00Z',
+            agent: [{ who: { reference: 'Practitioner/dr' } }],
+          } as Provenance,
+          request: { method: 'POST', url: 'Provenance' },
+        },
+      ],
+    });
+    expect((await call('POST', '', bearer, noteAndProvenance('pa'))).status).toBe(200);
+    const other = await call('POST', '', bearer, noteAndProvenance('pb'));
+    expect(other.status).toBe(403);
+    expect(diagnostics(other)).toMatch(/^entry 0 .*compartment of Patient\/pa/);
+  });
+
   it('without a patient in context reach nothing; user/ scopes reach every patient', async () => {
     sandbox = await sandboxWith();
     const noPatient = token('no-patient', { backend: false, scopes: ['patient/Patient.r'] });

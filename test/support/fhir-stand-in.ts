@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 
 /**
  * A small in-memory FHIR R4 server for intake tests: read, vread-free versioning, search with the
- * parameters the service uses (patient/subject, identifier, target, _lastUpdated, _sort, _count with
+ * parameters the service uses (patient/subject, identifier, target, agent, _lastUpdated, _sort, _count with
  * paging), conditional create (If-None-Exist), update, delete (410 afterwards), transaction Bundles,
  * and the Backport operations $status and $events. Tests can write resources with a chosen
  * lastUpdated (a late commit), refuse chosen writes as an access policy would, and read counters of
@@ -110,6 +110,9 @@ function matches(resource: Resource, params: URLSearchParams): boolean {
     } else if (name === 'target') {
       const targets = (resource.target as { reference?: string }[] | undefined) ?? [];
       if (!targets.some((target) => referenceMatches(target, value))) return false;
+    } else if (name === 'agent') {
+      const agents = (resource.agent as { who?: { reference?: string } }[] | undefined) ?? [];
+      if (!agents.some((agent) => referenceMatches(agent.who, value))) return false;
     } else if (name === '_lastUpdated') {
       if (!compareInstant(value, resource.meta?.lastUpdated)) return false;
     } else if (name === '_id') {

@@ -126,6 +126,44 @@ function isBatch(body: unknown): body is Bundle {
   return bundle?.resourceType === 'Bundle' && (bundle.type === 'batch' || bundle.type === 'transaction');
 }
 
+const placeholderPattern = /urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi;
+
+/**
+ * A transaction's entries reference each other by `urn:uuid:` fullUrl, and a server resolves those before it
+ * checks access: a Provenance targeting the note created in the same transaction is about that note's
+ * patient. Each placeholder is given a stand-in reference (`DocumentReference/transaction-entry-1`) that
+ * reads as the entry's own resource.
+ */
+function transactionPlaceholders(bundle: Bundle): {
+  resources: Map<string, Resource>;
+  resolve: <T>(value: T) => T;
+} {
+  const aliases = new Map<string, string>();
+  for (const [index, entry] of (bundle.entry ?? []).entries()) {
+    const type = entry.resource?.resourceType;
+    if (type && entry.fullUrl && /^urn:uuid:/i.test(entry.fullUrl))
+      aliases.set(entry.fullUrl.toLowerCase(), `${type}/transaction-entry-${index}`);
+  }
+  const resolve = <T>(value: T): T =>
+    value === undefined
+      ? value
+      : (JSON.parse(
+          JSON.stringify(value).replace(
+            placeholderPattern,
+            (placeholder) => aliases.get(placeholder.toLowerCase()) ?? placeholder,
+          ),
+        ) as T);
+  const resources = new Map<string, Resource>();
+  for (const [index, entry] of (bundle.entry ?? []).entries()) {
+    if (entry.resource && entry.fullUrl && aliases.has(entry.fullUrl.toLowerCase()))
+      resources.set(`${entry.resource.resourceType}/transaction-entry-${index}`, {
+        ...resolve(entry.resource),
+        id: `transaction-entry-${index}`,
+      });
+  }
+  return { resources, resolve };
+}
+
 /** The scopes that count: all of them, or (Medplum under an access policy) the first per resource type. */
 export function effectiveScopes(
   scopes: readonly string[],
@@ -207,12 +245,15 @@ export async function enforceScopes(
     );
   }
 
-  /** Checks one need; undefined when allowed. A patient-confined search gets its query narrowed in place. */
-  async function check(need: Need): Promise<EnforcementResult | undefined> {
-    return (await checkScope(need)) ?? checkProfileLookup(need);
+  /**
+   * Checks one need; undefined when allowed. A patient-confined search gets its query narrowed in place.
+   * `read` finds what the need refers to (a transaction's own entries first).
+   */
+  async function check(need: Need, read: ReadStored = readStored): Promise<EnforcementResult | undefined> {
+    return (await checkScope(need, read)) ?? checkProfileLookup(need);
   }
 
-  async function checkScope(need: Need): Promise<EnforcementResult | undefined> {
+  async function checkScope(need: Need, read: ReadStored): Promise<EnforcementResult | undefined> {
     const reach = coverage(scopes, need.resourceType, need.permission);
     if (!reach) {
       const missing = `${contextName}/${need.resourceType === '*' ? '*' : need.resourceType}.${need.permission}`;
@@ -235,22 +276,22 @@ export async function enforceScopes(
         return undefined;
       }
       case 'instance': {
-        const stored = await readStored(need.resourceType, need.id);
-        if (stored && !(await belongsToPatient(stored, patient, readStored)))
+        const stored = await read(need.resourceType, need.id);
+        if (stored && !(await belongsToPatient(stored, patient, read)))
           return outsideCompartment(`${need.resourceType}/${need.id}`);
         return undefined;
       }
       case 'write': {
         if (need.id) {
-          const stored = await readStored(need.resourceType, need.id);
-          if (stored && !(await belongsToPatient(stored, patient, readStored)))
+          const stored = await read(need.resourceType, need.id);
+          if (stored && !(await belongsToPatient(stored, patient, read)))
             return outsideCompartment(`${need.resourceType}/${need.id}`);
         }
         const body = need.body as Resource | undefined;
         if (
           body?.resourceType &&
           isPatientCompartmentType(body.resourceType) &&
-          !(await belongsToPatient(body, patient, readStored))
+          !(await belongsToPatient(body, patient, read))
         )
           return outsideCompartment(`the ${body.resourceType} written`);
         return undefined;
@@ -260,6 +301,10 @@ export async function enforceScopes(
 
   if (request.method === 'POST' && request.segments.length === 0 && isBatch(request.body)) {
     const bundle = structuredClone(request.body);
+    const placeholders = bundle.type === 'transaction' ? transactionPlaceholders(bundle) : undefined;
+    const read: ReadStored = placeholders
+      ? async (type, id) => placeholders.resources.get(`${type}/${id}`) ?? readStored(type, id)
+      : readStored;
     for (const [index, entry] of (bundle.entry ?? []).entries()) {
       const entryRequest = (entry as BundleEntry).request;
       if (!entryRequest?.url) continue;
@@ -272,9 +317,11 @@ export async function enforceScopes(
       }
       const { segments, query } = splitUrl(url);
       const queryBefore = query.toString();
-      const needs = await needsFor(entryRequest.method, segments, query, entry.resource, readStored);
+      // Checked as the server will store it, placeholders resolved; the Bundle sent on keeps them.
+      const checkedResource = placeholders ? placeholders.resolve(entry.resource) : entry.resource;
+      const needs = await needsFor(entryRequest.method, segments, query, checkedResource, read);
       for (const need of needs) {
-        const refused = await check(need);
+        const refused = await check(need, read);
         if (refused && !refused.allowed) {
           const diagnostics = refused.outcome.issue[0]?.diagnostics ?? 'refused';
           refused.outcome.issue[0].diagnostics = `entry ${index} (${entryRequest.method} ${segments.join('/')}): ${diagnostics}`;
