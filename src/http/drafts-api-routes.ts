@@ -5,10 +5,13 @@ import { type EncounterLabel, encounterLabel, personName } from '../../fhir/disp
 import type { RemovedStatement } from '../../fhir/draft-note.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import {
+  FhirRequestError,
+  likelyMissingScopes,
   normalizeOperationOutcome,
   type OperationOutcomeError,
   outcomeError,
 } from '../../fhir/operation-outcome.ts';
+import type { ScopeContext } from '../../fhir/smart-scopes.ts';
 import type { Logger } from '../log.ts';
 import {
   barePatientId,
@@ -89,6 +92,15 @@ const rejectBodySchema = z.object({ reason: z.string().trim().min(3).max(2_000) 
 const emptyBodySchema = z.object({}).strict();
 const draftIdSchema = z.string().regex(fhirIdPattern);
 
+/**
+ * Which scopes a refusal of the user's token names: `patient/` when the launch holds patient-context scopes
+ * (the review app's reads and writes of the chart), `user/` otherwise. Never `system/`: that is the
+ * service's own grant, and asking an EHR administrator to widen it would not help the clinician.
+ */
+export function launchScopeContext(context: Pick<LaunchContext, 'scopes'>): ScopeContext {
+  return (context.scopes ?? []).some((scope) => scope.startsWith('patient/')) ? 'patient' : 'user';
+}
+
 /** A FhirClient that sends the signed-in user's token (never the service's own) to the launch's FHIR server. */
 export function userFhirClient(context: LaunchContext, options: { timeoutMs?: number } = {}): FhirClient {
   return new FhirClient({
@@ -96,6 +108,7 @@ export function userFhirClient(context: LaunchContext, options: { timeoutMs?: nu
     timeoutMs: options.timeoutMs ?? 15_000,
     maxAttempts: 2,
     accessToken: { getToken: async () => context.accessToken, invalidate: () => {} },
+    scopeContext: launchScopeContext(context),
   });
 }
 
@@ -138,7 +151,11 @@ const refusedByEhr = (error: unknown) => {
  * The lifecycle with the EHR's refusals of the user's token turned into {@link ehrSessionEnded}. Every
  * 401 or 403 the lifecycle raises comes from the FHIR server: its own refusals are 400, 404 and 409.
  */
-function endingSessionOnRefusal(lifecycle: DraftLifecyclePort, logger: Logger): DraftLifecyclePort {
+function endingSessionOnRefusal(
+  lifecycle: DraftLifecyclePort,
+  logger: Logger,
+  scopeContext: ScopeContext,
+): DraftLifecyclePort {
   const guard =
     <A extends unknown[], R>(call: (...args: A) => Promise<R>) =>
     async (...args: A): Promise<R> => {
@@ -146,7 +163,30 @@ function endingSessionOnRefusal(lifecycle: DraftLifecyclePort, logger: Logger): 
         return await call(...args);
       } catch (error) {
         if (!refusedByEhr(error)) throw error;
-        logger.warn({ status: normalizeOperationOutcome(error).status }, 'ehr-refused-user-token');
+        const status = normalizeOperationOutcome(error).status;
+        // The clinician sees one sentence; the operator learns which request and which scope (never the
+        // server's diagnostics, which can echo the note).
+        const refused =
+          error instanceof FhirRequestError
+            ? error.request.entries?.length
+              ? error.request.entries
+              : [error.request]
+            : [];
+        const missingScopes = status === 403 ? likelyMissingScopes(refused, scopeContext) : '';
+        logger.warn(
+          {
+            status,
+            ...(refused.length > 0
+              ? {
+                  requests: refused.map((request) =>
+                    [request.interaction, request.resourceType].filter(Boolean).join(' '),
+                  ),
+                }
+              : {}),
+            ...(missingScopes ? { missingScopes } : {}),
+          },
+          'ehr-refused-user-token',
+        );
         throw ehrSessionEnded();
       }
     };
@@ -222,7 +262,11 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
   const router = express.Router();
   const fhirClientFor = dependencies.fhirClientFor ?? ((context: LaunchContext) => userFhirClient(context));
   const lifecycleOf = (response: Response) =>
-    endingSessionOnRefusal(dependencies.lifecycleFor(contextOf(response)), dependencies.logger);
+    endingSessionOnRefusal(
+      dependencies.lifecycleFor(contextOf(response)),
+      dependencies.logger,
+      launchScopeContext(contextOf(response)),
+    );
 
   /** The encounter in words, read with the user's token; only an encounter of the launch patient counts. */
   async function encounterLabelFor(context: LaunchContext, encounterId: string | undefined) {
