@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { DocumentReference, Provenance } from 'fhir/r4.js';
 import { ensureDeviceIn, removedStatementExtensionUrl } from './draft-note.ts';
+import { taggedAsEdited } from './draft-refresh.ts';
 import type { DraftMode, DraftStore, StoredDraft } from './draft-store.ts';
-import { citationsOf, type DraftView, viewOfDocument, viewOfStored } from './draft-view.ts';
+import { citationsOf, type DraftView, viewOfDocument, viewOfStored, withRecordChange } from './draft-view.ts';
 import type { FhirClient, SignOffAuthority } from './fhir-client.ts';
 import {
   buildEditProvenance,
@@ -268,7 +269,8 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
     practitioner: string,
   ): Promise<DraftView> {
     const fhir = client();
-    const updated = await fhir.update(withText(document, text, now()), {
+    // Tagged so the service never rewrites it for a later version of the encounter, even when the text is unchanged.
+    const updated = await fhir.update(withText(taggedAsEdited(document), text, now()), {
       ifMatchVersion: document.meta?.versionId,
     });
     await fhir.create(
@@ -497,15 +499,21 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
           .map((document) => viewOfDocument(document, identifierSystem))
           .filter((view) => view.patientId === patientId);
       }
-      return [...inEhr, ...stored].sort((left, right) => right.createdAt.localeCompare(left.createdAt));
+      const views = [...inEhr, ...stored];
+      const changes = await store.recordChanges(views.map((view) => view.id));
+      return views
+        .map((view) => withRecordChange(view, changes.get(view.id)))
+        .sort((left, right) => right.createdAt.localeCompare(left.createdAt));
     },
 
     async getDraft(draftId) {
       try {
         const located = await locate(draftId);
-        return 'stored' in located
-          ? viewOfStored(located.stored)
-          : viewOfDocument(located.document, identifierSystem);
+        const view =
+          'stored' in located
+            ? viewOfStored(located.stored)
+            : viewOfDocument(located.document, identifierSystem);
+        return withRecordChange(view, (await store.recordChanges([view.id])).get(view.id));
       } catch (error) {
         if (error instanceof OperationOutcomeError && (error.status === 404 || error.status === 400))
           return undefined;

@@ -9,8 +9,23 @@ import type {
   Reference,
 } from 'fhir/r4.js';
 import { encounterTypeText } from './display-labels.ts';
-import type { DraftMode, DraftStore, RegenerationRequest } from './draft-store.ts';
+import {
+  type DraftBasis,
+  draftBasisExtension,
+  draftBasisOf,
+  type RecordChange,
+  textDigest,
+  touchedSinceDrafted,
+} from './draft-refresh.ts';
+import type {
+  DraftLocation,
+  DraftMode,
+  DraftStore,
+  RegenerationRequest,
+  StoredDraft,
+} from './draft-store.ts';
 import type { FhirClient, TransactionEntry } from './fhir-client.ts';
+import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
 
 /**
  * Builds and writes the draft note: a US Core DocumentReference (LOINC 34133-9, clinical-note,
@@ -40,6 +55,8 @@ export interface DraftContent {
   };
   /** Rules whose nudges the draft carries (Provenance derivations). */
   rules?: { id: string; version: string }[];
+  /** What the text was written from beyond its citations: the encounter version and how far the record reached. */
+  basis?: Pick<DraftBasis, 'encounterVersion' | 'retrievedThrough'>;
 }
 
 export const aiAssertedLabel = {
@@ -165,6 +182,8 @@ export function buildDraftDocumentReference(
     generation?: number;
     /** The draft this one replaces (regeneration), as `DocumentReference/<id>`. */
     replaces?: string;
+    /** Set when the text is rewritten for a later version of the encounter (see fhir/draft-refresh.ts). */
+    refreshedAt?: Date;
   },
 ): DocumentReference {
   const { encounter } = context;
@@ -223,6 +242,14 @@ export function buildDraftDocumentReference(
       ],
       ...(encounter.period ? { period: encounter.period } : {}),
       related: provenanceBasisReferences(content),
+      // What lets a later version of the encounter refresh the draft, or tell that a clinician has taken it over.
+      extension: [
+        draftBasisExtension({
+          ...content.basis,
+          textDigest: textDigest(content.text),
+          ...(context.refreshedAt ? { refreshedAt: context.refreshedAt.toISOString() } : {}),
+        }),
+      ],
     },
   };
 }
@@ -307,7 +334,8 @@ export function buildDraftProvenance(
   target: string,
   deviceReference: string,
   now: Date,
-  options: ProfileOptions = {},
+  /** `revisionOf`: the draft's version this one rewrote (a refresh), `DocumentReference/<id>/_history/<version>`. */
+  options: ProfileOptions & { revisionOf?: string } = {},
 ): Provenance {
   return {
     resourceType: 'Provenance',
@@ -374,6 +402,7 @@ export function buildDraftProvenance(
         },
       })),
       ...(content.prompt ? [{ role: 'derivation' as const, what: { reference: '#prompt' } }] : []),
+      ...(options.revisionOf ? [{ role: 'revision' as const, what: { reference: options.revisionOf } }] : []),
     ],
   };
 }
@@ -398,6 +427,26 @@ export interface WrittenDraft {
   /** Where the draft went. */
   mode: DraftMode;
 }
+
+/** The draft an encounter already has (of the kind and generation at hand), where it lives and its state. */
+export interface ExistingDraft {
+  location: DraftLocation;
+  /** The DocumentReference as read from the EHR, or as kept in the store. */
+  document: DocumentReference;
+  stored?: StoredDraft;
+  /** What the draft recorded it was written from; undefined for drafts from before drafts recorded it. */
+  basis: DraftBasis | undefined;
+  /** A clinician has edited, signed or rejected it (or the service cannot vouch that nobody did). */
+  touched: boolean;
+}
+
+/** A refresh either rewrote the draft, or found that a clinician had taken it over meanwhile. */
+export type RefreshResult =
+  | { refreshed: true; written: WrittenDraft }
+  | { refreshed: false; existing: ExistingDraft };
+
+/** How often a refresh re-reads a draft that changed under it before it gives up (the job is then retried). */
+const refreshAttempts = 3;
 
 export interface DraftNoteWriterOptions extends ProfileOptions {
   /** write (default): to the EHR as preliminary; hold: kept in the store until sign-off; shadow: stored, never written. */
@@ -657,6 +706,292 @@ export class DraftNoteWriter {
     return { draft: document, provenance, created: true, mode: this.#mode };
   }
 
+  /**
+   * The draft this encounter already has of this kind, at its current generation: the one a later version of
+   * the encounter refreshes or notes a change on. Undefined when there is none, or when a regeneration is
+   * pending (that makes a new draft instead). When several match (drafts of different engines), the newest.
+   */
+  async currentDraft(
+    patient: Patient,
+    encounter: Encounter,
+    kind: string,
+  ): Promise<ExistingDraft | undefined> {
+    const encounterId = encounter.id as string;
+    if (await this.#store?.pendingRegeneration(encounterId, kind)) return undefined;
+    if (this.#mode === 'write') {
+      const generation = (await this.#store?.generation(encounterId, kind)) ?? 0;
+      const documents = await this.#client.search<DocumentReference>('DocumentReference', {
+        patient: `Patient/${patient.id}`,
+        encounter: `Encounter/${encounterId}`,
+      });
+      const [document] = documents
+        .filter(
+          (candidate) =>
+            candidate.status !== 'superseded' &&
+            isDraftOf(candidate, this.#identifierSystem, encounterId, kind, generation),
+        )
+        .sort((left, right) => (right.date ?? '').localeCompare(left.date ?? ''));
+      return document ? ehrDraft(document) : undefined;
+    }
+    const [stored] = (await (this.#store as DraftStore).listByPatient(patient.id as string))
+      .filter(
+        (draft) => draft.encounterId === encounterId && draft.kind === kind && draft.status !== 'superseded',
+      )
+      .sort((left, right) => right.createdAt.localeCompare(left.createdAt));
+    return stored ? storedDraft(stored) : undefined;
+  }
+
+  /**
+   * Rewrites a draft nobody has touched with the text of a later version of its encounter: a new version of
+   * the same DocumentReference (PUT with If-Match on the version read) and an AI Provenance for it, in one
+   * transaction where the server takes them; in the store, a replace conditional on its last change. When the
+   * draft changed in between (412, or the store's check), it is read again: if a clinician has had a hand in
+   * it now, nothing is written and the caller is told so; the clinician's change always wins.
+   */
+  async refresh(
+    existing: ExistingDraft,
+    content: DraftContent,
+    patient: Patient,
+    encounter: Encounter,
+    now = new Date(),
+  ): Promise<RefreshResult> {
+    let current = existing;
+    for (let attempt = 1; attempt <= refreshAttempts; attempt++) {
+      if (current.touched) return { refreshed: false, existing: current };
+      const written =
+        current.location.mode === 'write'
+          ? await this.#refreshInEhr(current, content, patient, encounter, now)
+          : await this.#refreshInStore(current, content, patient, encounter, now);
+      if (written) return { refreshed: true, written };
+      const reread = await this.#reread(current);
+      if (!reread) throw outcomeError('not-found', 'the draft being refreshed is gone', 404);
+      current = reread;
+    }
+    throw outcomeError(
+      'conflict',
+      `the draft kept changing while it was being refreshed (${refreshAttempts} attempts); the job will retry`,
+      409,
+    );
+  }
+
+  /**
+   * Keeps, in the service's store, what changed in the record since a draft a clinician has had a hand in
+   * was written. Not on the DocumentReference: a new version there would make the clinician's open edit
+   * fail its own version check, and a signed note's versions are the clinician's. False without a store.
+   */
+  async noteRecordChange(existing: ExistingDraft, change: RecordChange): Promise<boolean> {
+    if (!this.#store) return false;
+    await this.#store.noteRecordChange(existing.location.id, change);
+    return true;
+  }
+
+  /**
+   * For servers without transactions: the draft's current version gets its AI Provenance if an earlier run
+   * wrote the draft and failed before the Provenance (built from the draft's own record, never this run's).
+   */
+  async completeProvenance(existing: ExistingDraft, now = new Date()): Promise<void> {
+    if (existing.location.mode !== 'write' || this.#transactions || existing.touched) return;
+    await this.#ensureProvenanceFromOwnRecord(existing.document, now);
+  }
+
+  async #reread(existing: ExistingDraft): Promise<ExistingDraft | undefined> {
+    if (existing.location.mode === 'write') {
+      try {
+        return ehrDraft(
+          await this.#client.read<DocumentReference>('DocumentReference', existing.location.id),
+        );
+      } catch (error) {
+        if (error instanceof OperationOutcomeError && (error.status === 404 || error.status === 410))
+          return undefined;
+        throw error;
+      }
+    }
+    const stored = await (this.#store as DraftStore).get(existing.location.id);
+    return stored ? storedDraft(stored) : undefined;
+  }
+
+  /** The refreshed draft as the EHR should hold it; its identity (id, identifier, creation date, relations) stays. */
+  #refreshedDocument(
+    current: DocumentReference,
+    content: DraftContent,
+    patient: Patient,
+    encounter: Encounter,
+    deviceReference: string,
+    now: Date,
+  ): DocumentReference {
+    const built = buildDraftDocumentReference(content, {
+      patient,
+      encounter,
+      identifierSystem: this.#identifierSystem,
+      deviceReference,
+      now,
+      refreshedAt: now,
+    });
+    const { relatesTo: _built, ...rest } = built;
+    const document: DocumentReference = {
+      ...rest,
+      id: current.id,
+      identifier: current.identifier,
+      date: current.date ?? built.date,
+      ...(current.relatesTo ? { relatesTo: current.relatesTo } : {}),
+    };
+    assertPreliminary(document);
+    return document;
+  }
+
+  /** Undefined when the draft changed since it was read (412 or 409): the caller reads it again. */
+  async #refreshInEhr(
+    existing: ExistingDraft,
+    content: DraftContent,
+    patient: Patient,
+    encounter: Encounter,
+    now: Date,
+  ): Promise<WrittenDraft | undefined> {
+    const current = existing.document;
+    const versionId = current.meta?.versionId;
+    // Without a version there is no If-Match, and a clinician's concurrent edit could be overwritten.
+    if (!versionId)
+      throw outcomeError(
+        'not-supported',
+        'the FHIR server gives drafts no versionId: cannot refresh safely',
+        422,
+      );
+    const revisionOf = versionedReference(current);
+    try {
+      if (this.#transactions) {
+        const knownDevice = this.#deviceReferences.get(content.engine.id);
+        const deviceReference = knownDevice ?? `urn:uuid:${randomUUID()}`;
+        const document = this.#refreshedDocument(current, content, patient, encounter, deviceReference, now);
+        const entries: TransactionEntry[] = [];
+        if (!knownDevice) {
+          const device = buildDevice(content.engine, this.#identifierSystem, this.#profiles);
+          entries.push({
+            fullUrl: deviceReference,
+            resource: device,
+            request: { method: 'POST', url: 'Device', ifNoneExist: identifierCondition(device) },
+          });
+        }
+        entries.push(
+          {
+            resource: document,
+            request: {
+              method: 'PUT',
+              url: `DocumentReference/${current.id}`,
+              ifMatch: `W/"${versionId}"`,
+            },
+          },
+          {
+            fullUrl: `urn:uuid:${randomUUID()}`,
+            // The new version's id is the server's to assign: the target is the draft, and `revision` names
+            // the version this one rewrote, which pins the Provenance to the version that follows it.
+            resource: buildDraftProvenance(content, `DocumentReference/${current.id}`, deviceReference, now, {
+              ...this.#profiles,
+              revisionOf,
+            }),
+            request: { method: 'POST', url: 'Provenance' },
+          },
+        );
+        const results = await this.#client.transaction(entries);
+        if (!knownDevice) this.#deviceReferences.set(content.engine.id, `Device/${results[0].resource.id}`);
+        const [documentResult, provenanceResult] = results.slice(-2);
+        return {
+          draft: documentResult.resource as DocumentReference,
+          provenance: provenanceResult.resource as Provenance,
+          created: false,
+          mode: 'write',
+        };
+      }
+      // The version being rewritten gets its own Provenance first, if an earlier run left it without one.
+      await this.#ensureProvenanceFromOwnRecord(current, now);
+      const deviceReference = await this.ensureDevice(content.engine);
+      const document = this.#refreshedDocument(current, content, patient, encounter, deviceReference, now);
+      const updated = await this.#client.update(document, { ifMatchVersion: versionId });
+      const { resource: provenance } = await this.#client.create(
+        buildDraftProvenance(content, versionedReference(updated), deviceReference, now, {
+          ...this.#profiles,
+          revisionOf,
+        }),
+        { ifNoneExist: `target=${encodeURIComponent(versionedReference(updated))}` },
+      );
+      return { draft: updated, provenance, created: false, mode: 'write' };
+    } catch (error) {
+      if (error instanceof OperationOutcomeError && (error.status === 412 || error.status === 409))
+        return undefined;
+      throw error;
+    }
+  }
+
+  /** Undefined when the stored draft changed since it was read: the caller reads it again. */
+  async #refreshInStore(
+    existing: ExistingDraft,
+    content: DraftContent,
+    patient: Patient,
+    encounter: Encounter,
+    now: Date,
+  ): Promise<WrittenDraft | undefined> {
+    const store = this.#store as DraftStore;
+    const stored = existing.stored as StoredDraft;
+    const deviceReference = `Device/${deviceIdFor(content.engine)}`;
+    const document = this.#refreshedDocument(
+      stored.document,
+      content,
+      patient,
+      encounter,
+      deviceReference,
+      now,
+    );
+    const provenance = buildDraftProvenance(
+      content,
+      `DocumentReference/${stored.id}`,
+      deviceReference,
+      now,
+      this.#profiles,
+    );
+    let updatedAt = now.toISOString();
+    // The store's optimistic check compares this stamp: it must move even within one millisecond.
+    if (updatedAt <= stored.updatedAt) updatedAt = new Date(Date.parse(stored.updatedAt) + 1).toISOString();
+    const next: StoredDraft = {
+      ...stored,
+      title: content.title,
+      text: content.text,
+      citations: [...content.sources.keys()],
+      flagged: content.verification.flagged,
+      document,
+      provenance,
+      // Kept for the record: what each earlier text was made from.
+      earlierProvenances: [...(stored.earlierProvenances ?? []), stored.provenance],
+      device: buildDevice(content.engine, this.#identifierSystem, this.#profiles),
+      updatedAt,
+    };
+    if (!(await store.replace(next, stored.updatedAt))) return undefined;
+    return { draft: document, provenance, created: false, mode: stored.mode };
+  }
+
+  /** The AI Provenance of the draft's current version, written from the draft's own record if it has none. */
+  async #ensureProvenanceFromOwnRecord(draft: DocumentReference, now: Date): Promise<Provenance> {
+    // A first version's Provenance may name the draft without a version; servers differ in whether a plain
+    // reference matches a versioned target, so ask for both. A refreshed version's is always versioned.
+    const targets = [
+      ...(draftBasisOf(draft)?.refreshedAt ? [] : [`DocumentReference/${draft.id}`]),
+      versionedReference(draft),
+    ];
+    const existing = await this.#client.search<Provenance>('Provenance', { target: targets.join(',') });
+    if (existing.length > 0) return existing[0];
+    const author = draft.author?.find((candidate) => candidate.reference?.startsWith('Device/'))?.reference;
+    if (!author) throw outcomeError('invalid', `DocumentReference/${draft.id} names no author Device`, 422);
+    const { resource } = await this.#client.create(
+      buildDraftProvenance(
+        draftProvenanceBasis(draft),
+        versionedReference(draft),
+        author,
+        now,
+        this.#profiles,
+      ),
+      { ifNoneExist: `target=${encodeURIComponent(versionedReference(draft))}` },
+    );
+    return resource;
+  }
+
   /** The replaced draft becomes superseded, unless a clinician signed or rejected it meanwhile. */
   async #supersede(regeneration: RegenerationRequest, written: WrittenDraft): Promise<void> {
     const { replaces } = regeneration;
@@ -689,6 +1024,41 @@ export class DraftNoteWriter {
 export async function ensureDeviceIn(client: FhirClient, device: Device): Promise<string> {
   const { resource } = await client.create(device, { ifNoneExist: identifierCondition(device) });
   return `Device/${resource.id}`;
+}
+
+/** One of this service's drafts for the encounter and kind, at the given generation (any engine). */
+function isDraftOf(
+  document: DocumentReference,
+  identifierSystem: string,
+  encounterId: string,
+  kind: string,
+  generation: number,
+): boolean {
+  const value = document.identifier?.find((identifier) => identifier.system === identifierSystem)?.value;
+  if (!value?.startsWith(`${encounterId}:${kind}:`)) return false;
+  const suffix = /:g(\d+)$/.exec(value);
+  return (suffix ? Number(suffix[1]) : 0) === generation;
+}
+
+function ehrDraft(document: DocumentReference): ExistingDraft {
+  return {
+    location: { mode: 'write', id: document.id as string },
+    document,
+    basis: draftBasisOf(document),
+    touched: touchedSinceDrafted(document),
+  };
+}
+
+function storedDraft(stored: StoredDraft): ExistingDraft {
+  return {
+    location: { mode: stored.mode, id: stored.id },
+    document: stored.document,
+    stored,
+    basis: draftBasisOf(stored.document),
+    // The store records every clinician action as an event, in the same write as the change itself.
+    touched:
+      stored.status !== 'preliminary' || stored.events.length > 0 || touchedSinceDrafted(stored.document),
+  };
 }
 
 /** The If-None-Exist search on a resource's first identifier. */

@@ -1,4 +1,5 @@
 import type { Device, DocumentReference, Provenance } from 'fhir/r4.js';
+import type { RecordChange } from './draft-refresh.ts';
 
 /**
  * The port between the draft lifecycle and the service's own store (src/drafts/ implements it with
@@ -27,6 +28,8 @@ export interface StoredDraft {
   document: DocumentReference;
   /** The AI Provenance as built; its target names the stored DocumentReference. */
   provenance: Provenance;
+  /** The AI Provenance of each earlier text, when the draft was refreshed for a later version of its encounter. */
+  earlierProvenances?: Provenance[];
   device: Device;
   /** Provenance of every edit, sign-off and rejection, in order. */
   events: Provenance[];
@@ -65,6 +68,13 @@ export interface DraftStore {
   completeRegeneration(encounterId: string, kind: string, generation: number): Promise<void>;
   /** How many times drafts of this kind were regenerated for the encounter (0 for the first draft). */
   generation(encounterId: string, kind: string): Promise<number>;
+  /**
+   * Notes what changed in the record since a draft (by its id: the EHR's DocumentReference id, or the store's)
+   * was written, once a clinician has had a hand in it; replaces an earlier note for the same draft.
+   */
+  noteRecordChange(draftId: string, change: RecordChange): Promise<void>;
+  /** The notes kept for these drafts, by draft id. */
+  recordChanges(draftIds: readonly string[]): Promise<Map<string, RecordChange>>;
   /** Removes drafts (and regeneration records) last changed before the cutoff; returns how many drafts. */
   purge(before: Date): Promise<number>;
   close(): Promise<void>;

@@ -5,6 +5,7 @@ import {
   type RemovedStatement,
   removedStatementExtensionUrl,
 } from './draft-note.ts';
+import { describeRecordChange, draftBasisOf, type RecordChange } from './draft-refresh.ts';
 import type { DraftMode, DraftStatus, StoredDraft } from './draft-store.ts';
 import { inlineNoteText } from './note-text.ts';
 
@@ -41,6 +42,18 @@ export interface DraftView {
   fhirId?: string;
   /** Set by regenerateDraft: a new draft is on its way and will replace this one. */
   regenerationRequested?: boolean;
+  /** When the service last rewrote the draft for a later version of its encounter (absent: never). */
+  updatedAt?: string;
+  /** What changed in the record since the draft was written, once a clinician had a hand in it. */
+  recordChanged?: RecordChangeView;
+}
+
+/** A record change as the review app shows it: the counts and references, and one sentence saying so. */
+export type RecordChangeView = RecordChange & { summary: string };
+
+/** The view with the record change noted for it (fhir/draft-refresh.ts), if any. */
+export function withRecordChange(view: DraftView, change: RecordChange | undefined): DraftView {
+  return change ? { ...view, recordChanged: { ...change, summary: describeRecordChange(change) } } : view;
 }
 
 const citationPattern = /\[([A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?\]/g;
@@ -78,13 +91,15 @@ export function removedStatementsOf(document: DocumentReference): RemovedStateme
 /** Names, labels and removed lines, read from the document the same way for EHR and stored drafts. */
 function descriptiveFields(
   document: DocumentReference,
-): Pick<DraftView, 'signedBy' | 'signedByName' | 'encounterLabel' | 'removedStatements'> {
+): Pick<DraftView, 'signedBy' | 'signedByName' | 'encounterLabel' | 'removedStatements' | 'updatedAt'> {
   const type = document.context?.encounter?.[0]?.display;
   const { start, end } = document.context?.period ?? {};
   const encounterLabel = { ...(type ? { type } : {}), ...(start ? { start } : {}), ...(end ? { end } : {}) };
   const removedStatements = removedStatementsOf(document);
   const authenticator = document.authenticator;
+  const refreshedAt = draftBasisOf(document)?.refreshedAt;
   return {
+    ...(refreshedAt ? { updatedAt: refreshedAt } : {}),
     ...(authenticator?.reference ? { signedBy: authenticator.reference } : {}),
     ...(authenticator?.display ? { signedByName: authenticator.display } : {}),
     ...(Object.keys(encounterLabel).length > 0 ? { encounterLabel } : {}),

@@ -1,4 +1,5 @@
 import { DatabaseSync } from 'node:sqlite';
+import type { RecordChange } from '../../fhir/draft-refresh.ts';
 import type { DraftStore, RegenerationRequest, StoredDraft } from '../../fhir/draft-store.ts';
 import { ensurePrivateFile } from './private-files.ts';
 
@@ -32,6 +33,11 @@ create table if not exists generations (
   generation integer not null,
   updated_at text not null,
   primary key (encounter_id, kind)
+);
+create table if not exists record_changes (
+  draft_id text primary key,
+  body text not null,
+  updated_at text not null
 );
 `;
 
@@ -134,11 +140,31 @@ export class SqliteDraftStore implements DraftStore {
     return row?.generation ?? 0;
   }
 
+  async noteRecordChange(draftId: string, change: RecordChange): Promise<void> {
+    this.#database
+      .prepare(
+        `insert into record_changes (draft_id, body, updated_at) values (?, ?, ?)
+         on conflict (draft_id) do update set body = excluded.body, updated_at = excluded.updated_at`,
+      )
+      .run(draftId, JSON.stringify(change), new Date().toISOString());
+  }
+
+  async recordChanges(draftIds: readonly string[]): Promise<Map<string, RecordChange>> {
+    const changes = new Map<string, RecordChange>();
+    const lookup = this.#database.prepare('select body from record_changes where draft_id = ?');
+    for (const draftId of new Set(draftIds)) {
+      const row = lookup.get(draftId) as BodyRow | undefined;
+      if (row) changes.set(draftId, JSON.parse(row.body) as RecordChange);
+    }
+    return changes;
+  }
+
   async purge(before: Date): Promise<number> {
     const cutoff = before.toISOString();
     const removed = this.#database.prepare('delete from drafts where updated_at < ?').run(cutoff);
     this.#database.prepare('delete from regenerations where requested_at < ?').run(cutoff);
     this.#database.prepare('delete from generations where updated_at < ?').run(cutoff);
+    this.#database.prepare('delete from record_changes where updated_at < ?').run(cutoff);
     return Number(removed.changes);
   }
 

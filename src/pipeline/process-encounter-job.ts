@@ -13,11 +13,17 @@ import type {
   DraftResult,
   NudgeInput,
 } from '../../agents/draft-engine.ts';
-import type { DraftNoteWriter } from '../../fhir/draft-note.ts';
+import {
+  type DraftContent,
+  type DraftNoteWriter,
+  draftProvenanceBasis,
+  type ExistingDraft,
+} from '../../fhir/draft-note.ts';
+import { encounterVersionOf, latestUpdate, recordChangeSince } from '../../fhir/draft-refresh.ts';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { OperationOutcomeError } from '../../fhir/operation-outcome.ts';
 import { retrievePatientRecord } from '../../fhir/patient-history.ts';
-import { type PatientRecord, retrievedVersions } from '../../fhir/patient-record.ts';
+import { type PatientRecord, recordResources, retrievedVersions } from '../../fhir/patient-record.ts';
 import type { Logger } from '../log.ts';
 import { type CompletedWorkLedger, type EncounterJob, workKey } from '../queue/job-queue.ts';
 
@@ -49,6 +55,10 @@ export interface PipelineDependencies {
 export type JobOutcome =
   | 'draft-created'
   | 'draft-exists'
+  /** The untouched draft was rewritten in place for this version of its encounter. */
+  | 'draft-refreshed'
+  /** A clinician had the draft: it was kept as it is, and what changed in the record was noted beside it. */
+  | 'record-change-noted'
   | 'no-trigger'
   | 'encounter-gone'
   | `skipped:${string}`;
@@ -140,6 +150,20 @@ export async function processEncounterJob(
     additionalTypes: dependencies.additionalHistoryTypes?.(),
   });
   const retrievedAt = performance.now();
+  const encounterVersion = encounterVersionOf(encounter);
+
+  // A later version of an encounter that has a draft: refresh it while nobody has touched it, else note
+  // what changed beside it. A regeneration always makes a new draft; drafts that recorded no basis (written
+  // before drafts did) are left to the conditional create, as before.
+  const found =
+    job.source === 'regenerate' ? undefined : await writer.currentDraft(record.patient, encounter, kind);
+  const existing = found?.basis?.encounterVersion !== undefined ? found : undefined;
+  if (existing && existing.basis?.encounterVersion === encounterVersion) {
+    await writer.completeProvenance(existing);
+    return complete('draft-exists');
+  }
+  if (existing?.touched) return complete(await noteRecordChange(existing));
+
   const nudges = (await dependencies.selectNudges?.(record, kind)) ?? [];
   const { result, verification } = await draftVerified(engine, { kind, record, nudges }, logger);
   const draftedAt = performance.now();
@@ -154,27 +178,37 @@ export async function processEncounterJob(
 
   const versions = retrievedVersions(record);
   const sources = new Map(verification.cited.map((reference) => [reference, versions.get(reference)]));
-  const written = await writer.write(
-    {
-      kind,
-      title: result.title,
-      text: withOmissionNotice(verification.text, record),
-      engine: result.engine,
-      prompt: result.prompt,
-      ...(result.prompts ? { prompts: result.prompts } : {}),
-      sources,
-      verification: {
-        cited: verification.cited.length,
-        removed: verification.removed.length,
-        flagged: verification.flagged,
-        // The reviewer is shown what was taken out and why (another patient's lines are withheld by the writer).
-        removedLines: verification.removed,
-      },
-      rules: nudges.map((nudge) => ({ id: nudge.ruleId, version: nudge.ruleVersion })),
+  const content: DraftContent = {
+    kind,
+    title: result.title,
+    text: withOmissionNotice(verification.text, record),
+    engine: result.engine,
+    prompt: result.prompt,
+    ...(result.prompts ? { prompts: result.prompts } : {}),
+    sources,
+    verification: {
+      cited: verification.cited.length,
+      removed: verification.removed.length,
+      flagged: verification.flagged,
+      // The reviewer is shown what was taken out and why (another patient's lines are withheld by the writer).
+      removedLines: verification.removed,
     },
-    record.patient,
-    encounter,
-  );
+    rules: nudges.map((nudge) => ({ id: nudge.ruleId, version: nudge.ruleVersion })),
+    basis: {
+      ...(encounterVersion ? { encounterVersion } : {}),
+      ...(retrievedThrough(record) ? { retrievedThrough: retrievedThrough(record) } : {}),
+    },
+  };
+
+  let written: Awaited<ReturnType<DraftNoteWriter['write']>>;
+  if (existing) {
+    const refresh = await writer.refresh(existing, content, record.patient, encounter);
+    // A clinician edited, signed or rejected it while this job drafted: theirs stays, the change is noted.
+    if (!refresh.refreshed) return complete(await noteRecordChange(refresh.existing));
+    written = refresh.written;
+  } else {
+    written = await writer.write(content, record.patient, encounter);
+  }
   logger.info(
     {
       jobId: job.id,
@@ -182,6 +216,7 @@ export async function processEncounterJob(
       kind,
       draftId: written.draft.id,
       created: written.created,
+      refreshed: existing !== undefined,
       resources: versions.size,
       notes: record.notes.length,
       nudges: nudges.length,
@@ -192,9 +227,43 @@ export async function processEncounterJob(
       retrievalMs: Math.round(retrievedAt - startedAt),
       draftingMs: Math.round(draftedAt - retrievedAt),
     },
-    'draft-written',
+    existing ? 'draft-refreshed' : 'draft-written',
   );
-  const outcome = written.created ? 'draft-created' : 'draft-exists';
-  await dependencies.completedWork?.recordCompleted(key, outcome);
-  return outcome;
+  return complete(written.created ? 'draft-created' : existing ? 'draft-refreshed' : 'draft-exists');
+
+  async function complete(outcome: JobOutcome): Promise<JobOutcome> {
+    await dependencies.completedWork?.recordCompleted(key, outcome);
+    return outcome;
+  }
+
+  /** Counts and references only: what the record gained or lost since the draft was written. */
+  async function noteRecordChange(draft: ExistingDraft): Promise<JobOutcome> {
+    const change = recordChangeSince({
+      encounter,
+      basis: draft.basis,
+      sources: draftProvenanceBasis(draft.document).sources,
+      current: recordResources(record),
+      now: new Date(),
+    });
+    const kept = await writer.noteRecordChange(draft, change);
+    logger.info(
+      {
+        jobId: job.id,
+        encounterId: encounter.id,
+        kind,
+        draftId: draft.location.id,
+        kept,
+        added: change.added.length,
+        changed: change.changed.length,
+        removed: change.removed.length,
+      },
+      'draft-kept-record-changed',
+    );
+    return 'record-change-noted';
+  }
+}
+
+/** How far the record read reached, by the FHIR server's own clock. */
+function retrievedThrough(record: PatientRecord): string | undefined {
+  return latestUpdate(recordResources(record));
 }
