@@ -10,7 +10,7 @@ import { patientReferenceOf } from '../fhir/patient-scope.ts';
  * need no citation: text that merely looks like a heading (`# ...`, `Label:`) is verified like any
  * other line, since record text and model output can take that shape.
  */
-export type RemovalReason = 'no-citation' | 'unknown-citation' | 'other-patient';
+type RemovalReason = 'no-citation' | 'unknown-citation' | 'other-patient';
 
 export interface CitationVerification {
   /** The text with unsupported lines removed. */

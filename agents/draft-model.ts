@@ -11,7 +11,7 @@ import type { PromptLibrary } from './prompt-library.ts';
  * a model with native tool calling plugs in through the same interface, with the same tools, patient
  * guard, prompts and verification.
  */
-export type DraftCallOptions = BaseChatModelCallOptions & ChatCallSettings;
+type DraftCallOptions = BaseChatModelCallOptions & ChatCallSettings;
 export type DraftChatModel = BaseChatModel<DraftCallOptions>;
 
 export interface DraftModel {

@@ -8,7 +8,7 @@ import { estimateTokens } from '../src/model/provider.ts';
  * the material facts are extracted from. A summary should send a small fraction of the record.
  */
 /** How a draft's prompt budget is shared: manifest, navigation steps after the first, material. */
-export const draftShares = { manifest: 0.22, navigation: 0.3, material: 0.3 };
+const draftShares = { manifest: 0.22, navigation: 0.3, material: 0.3 };
 
 /** The draft's plan: how many prompt tokens each stage may use, from the record's size. */
 export interface DraftPlan {

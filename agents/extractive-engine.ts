@@ -20,7 +20,7 @@ import {
  * its source. It is the embedded default, and the scaffold the model's output is checked against.
  * Its text is verified by the pipeline like any engine's; every record text in it is one inert line.
  */
-export const extractiveEngineVersion = '1.0.0';
+const extractiveEngineVersion = '1.0.0';
 
 const titleLines: Record<DraftKind, string> = {
   'progress-summary': '## Progress summary (AI draft - not final until signed by a clinician)',

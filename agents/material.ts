@@ -15,7 +15,7 @@ export interface MaterialItem {
   tokens: number;
 }
 
-export interface MaterialChunk {
+interface MaterialChunk {
   items: MaterialItem[];
   references: string[];
   tokens: number;

@@ -26,7 +26,7 @@ import { kindHeadings, writeDraftText, writeUpOverhead } from './steps/write-up.
  * overflow (reduce); a last call writes the draft. The engine reports what it showed the model; the
  * pipeline's verifier then removes every line that cites nothing, or anything the model was not shown.
  */
-export type MedGemmaEngineOptions = {
+type MedGemmaEngineOptions = {
   prompts: PromptLibrary;
   budget: AgentBudget;
   logger: Logger;

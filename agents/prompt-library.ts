@@ -20,7 +20,7 @@ const frontMatterSchema = z
 
 export type PromptTemplate = z.infer<typeof frontMatterSchema> & { body: string; file: string };
 
-export const defaultPromptDirectory = join(dirname(fileURLToPath(import.meta.url)), '..', 'prompts');
+const defaultPromptDirectory = join(dirname(fileURLToPath(import.meta.url)), '..', 'prompts');
 
 export function parsePromptFile(text: string, file: string): PromptTemplate {
   const match = /^---\n([\s\S]*?)\n---\n([\s\S]*)$/.exec(text.replace(/\r\n/g, '\n'));

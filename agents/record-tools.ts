@@ -29,21 +29,21 @@ export interface ToolResult {
   notesRead: ClinicalNote[];
 }
 
-export interface RecordTool<Args = unknown> {
+interface RecordTool<Args = unknown> {
   name: string;
   description: string;
   schema: z.ZodType<Args>;
   execute(args: Args): ToolResult;
 }
 
-export const searchableTypes = historyResourceTypes;
+const searchableTypes = historyResourceTypes;
 
 const dateText = z
   .string()
   .regex(/^\d{4}(-\d{2}(-\d{2})?)?$/, 'a date like 2024-05-01')
   .max(10);
 
-export const toolArgumentSchemas = {
+const toolArgumentSchemas = {
   get_manifest: z.object({}).strict(),
   search_resources: z
     .object({
@@ -56,7 +56,7 @@ export const toolArgumentSchemas = {
   get_observations: z.object({ code: z.string().min(1).max(60), since: dateText.optional() }).strict(),
 };
 
-export type ToolName = keyof typeof toolArgumentSchemas;
+type ToolName = keyof typeof toolArgumentSchemas;
 
 const maximumSearchLines = 40;
 

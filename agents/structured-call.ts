@@ -1,5 +1,6 @@
 import { AIMessage, HumanMessage } from '@langchain/core/messages';
 import type { z } from 'zod';
+import { messageText } from '../src/model/message-text.ts';
 import type { DraftChatModel } from './draft-model.ts';
 import { hasOnlyFiniteNumbers, type JsonSchemaObject } from './grammar-schema.ts';
 import { ContextBudgetError, InvalidModelOutputError } from './model-errors.ts';
@@ -10,7 +11,7 @@ import { ContextBudgetError, InvalidModelOutputError } from './model-errors.ts';
  * model honours), validated with zod, and repaired once by quoting the validation error back to the
  * model. A second failure ends the stage with an error instead of guessing.
  */
-export interface StructuredCallOptions<Output> {
+interface StructuredCallOptions<Output> {
   model: DraftChatModel;
   /** The stage's prompt, one user turn. */
   prompt: string;
@@ -20,14 +21,6 @@ export interface StructuredCallOptions<Output> {
   schemaName: string;
   maxTokens: number;
   signal?: AbortSignal;
-}
-
-function textOf(message: AIMessage): string {
-  return typeof message.content === 'string'
-    ? message.content
-    : message.content
-        .map((part) => ('text' in part && typeof part.text === 'string' ? part.text : ''))
-        .join('');
 }
 
 function check<Output>(text: string, schema: z.ZodType<Output>): { value?: Output; problem?: string } {
@@ -54,7 +47,7 @@ export async function structuredCall<Output>(options: StructuredCallOptions<Outp
     signal: options.signal,
   };
   const messages = [new HumanMessage(options.prompt)];
-  const first = textOf(await options.model.invoke(messages, callOptions));
+  const first = messageText(await options.model.invoke(messages, callOptions));
   const firstCheck = check(first, options.schema);
   if (firstCheck.value !== undefined) return firstCheck.value;
   const request = new HumanMessage(
@@ -64,7 +57,7 @@ export async function structuredCall<Output>(options: StructuredCallOptions<Outp
   // The stage's prompt may fill most of the context: the echo of the invalid reply shrinks first, then goes.
   for (const echo of [first.slice(0, 2000), first.slice(0, 200), '(invalid reply omitted)']) {
     try {
-      second = textOf(
+      second = messageText(
         await options.model.invoke(
           [...messages, new AIMessage(echo || '(empty reply)'), request],
           callOptions,

@@ -15,12 +15,9 @@ import { estimateTokens, type ModelProvider } from './model/provider.ts';
  * obtain it when the file is missing); 'remote' talks to the site's inference server, through the
  * constrained-JSON adapter (MedGemma) or, with `remote.toolCalling: native`, the server's own tool calls.
  */
-export type ClosableDraftEngine = DraftEngine & { close(): Promise<void> };
+type ClosableDraftEngine = DraftEngine & { close(): Promise<void> };
 
-export async function createModelProvider(
-  config: ModelConfig,
-  logger: Logger,
-): Promise<ModelProvider | undefined> {
+async function createModelProvider(config: ModelConfig, logger: Logger): Promise<ModelProvider | undefined> {
   const profile = modelProfiles[config.profile];
   switch (config.provider) {
     case 'extractive':

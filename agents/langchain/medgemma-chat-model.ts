@@ -7,6 +7,7 @@ import {
 } from '@langchain/core/language_models/chat_models';
 import { AIMessage, type BaseMessage } from '@langchain/core/messages';
 import type { ChatResult } from '@langchain/core/outputs';
+import { messageText } from '../../src/model/message-text.ts';
 import {
   type ChatCallSettings,
   type ChatMessage,
@@ -28,11 +29,11 @@ import { createStepProtocol, type StepProtocol, type StepSchemaStyle, toolSpecs 
  * middleware) and the structured stages run unchanged on it, as on a chat model with native tool calling.
  * Every generation goes through the run's meter first (context and budget).
  */
-export interface MedGemmaChatModelCallOptions extends BaseChatModelCallOptions, ChatCallSettings {
+interface MedGemmaChatModelCallOptions extends BaseChatModelCallOptions, ChatCallSettings {
   tools?: BindToolsInput[];
 }
 
-export interface MedGemmaChatModelFields extends BaseChatModelParams {
+interface MedGemmaChatModelFields extends BaseChatModelParams {
   provider: ModelProvider;
   /** The tool-call-protocol prompt (prompts/tool-call-protocol.md). */
   protocolPrompt: PromptTemplate;
@@ -42,16 +43,6 @@ export interface MedGemmaChatModelFields extends BaseChatModelParams {
   maxStringLength?: number;
   stepSchemaStyle?: StepSchemaStyle;
   meter?: ModelCallMeter;
-}
-
-function textOf(message: BaseMessage): string {
-  return typeof message.content === 'string'
-    ? message.content
-    : message.content
-        .map((part) =>
-          typeof part === 'string' ? part : 'text' in part && typeof part.text === 'string' ? part.text : '',
-        )
-        .join('');
 }
 
 /** Which tools a call may use, and whether it may answer without one, from LangChain's tool_choice. */
@@ -196,20 +187,20 @@ export class MedGemmaChatModel extends BaseChatModel<MedGemmaChatModelCallOption
   private toChatMessages(messages: BaseMessage[], protocol?: StepProtocol): ChatMessage[] {
     return messages.map((message): ChatMessage => {
       const type = message.getType();
-      if (type === 'system') return { role: 'system', content: textOf(message) };
+      if (type === 'system') return { role: 'system', content: messageText(message) };
       if (type === 'ai') {
         const calls = (message as AIMessage).tool_calls ?? [];
-        if (!protocol) return { role: 'assistant', content: textOf(message) };
+        if (!protocol) return { role: 'assistant', content: messageText(message) };
         const steps = calls.length
           ? calls.map((call) => protocol.render({ action: 'call', tool: call.name, args: call.args }))
-          : [protocol.render({ action: 'final', content: textOf(message) })];
+          : [protocol.render({ action: 'final', content: messageText(message) })];
         return { role: 'assistant', content: steps.join('\n') };
       }
       if (type === 'tool') {
         const name = (message as BaseMessage & { name?: string }).name ?? 'the tool';
-        return { role: 'user', content: `Result of ${name}:\n${textOf(message)}` };
+        return { role: 'user', content: `Result of ${name}:\n${messageText(message)}` };
       }
-      return { role: 'user', content: textOf(message) };
+      return { role: 'user', content: messageText(message) };
     });
   }
 }

@@ -21,7 +21,7 @@ export type NavigationEnd =
   | 'invalid-step'
   | 'no-reading-list';
 
-export class NavigationAllowanceSpentError extends Error {
+class NavigationAllowanceSpentError extends Error {
   constructor() {
     super("The navigation's prompt-token allowance is spent");
     this.name = 'NavigationAllowanceSpentError';

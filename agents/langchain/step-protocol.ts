@@ -16,7 +16,7 @@ import {
  */
 export type StepSchemaStyle = 'precise' | 'flat';
 
-export interface ToolSpec {
+interface ToolSpec {
   name: string;
   description: string;
   /** Grammar-safe JSON schema of the arguments. */
@@ -29,7 +29,7 @@ export type Step =
   | { action: 'call'; tool: string; args: Record<string, unknown> }
   | { action: 'final'; content: string };
 
-export interface ParsedStep {
+interface ParsedStep {
   /** Present when the reply has the step's shape (its arguments may still not fit the tool). */
   step?: Step;
   problem?: string;

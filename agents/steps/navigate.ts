@@ -64,7 +64,7 @@ export interface Navigation {
   steps: number;
 }
 
-export interface NavigateInput {
+interface NavigateInput {
   model: DraftModel;
   budget: RunBudget;
   prompts: PromptLibrary;

@@ -18,14 +18,14 @@ export interface ChatCompletionsConnection {
 }
 
 type ChatCompletionInput = Parameters<typeof chatCompletion>[0];
-export type ChatCompletionOutput = Awaited<ReturnType<typeof chatCompletion>>;
+type ChatCompletionOutput = Awaited<ReturnType<typeof chatCompletion>>;
 export type ChatCompletionBody = Pick<ChatCompletionInput, 'messages'> &
   Partial<
     Pick<ChatCompletionInput, 'max_tokens' | 'temperature' | 'response_format' | 'tools' | 'tool_choice'>
   >;
 
 /** 408, 425, 429 and 5xx may succeed later; other 4xx mean the request itself is wrong. */
-export function isRetryableStatus(status: number): boolean {
+function isRetryableStatus(status: number): boolean {
   return status === 408 || status === 425 || status === 429 || status >= 500;
 }
 

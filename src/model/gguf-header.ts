@@ -26,7 +26,7 @@ const ggmlTypeSizes: Record<number, { bytes: number; elements: number }> = {
   30: { bytes: 2, elements: 1 }, // BF16
 };
 
-export interface GgufSummary {
+interface GgufSummary {
   architecture: string;
   tensorCount: number;
   contextLength: number | undefined;

@@ -29,7 +29,7 @@ import {
  * one context holds several sequences so that several jobs can generate at once (one sequence
  * serves one call at a time).
  */
-export interface LlamaCppProviderOptions {
+interface LlamaCppProviderOptions {
   modelPath: string;
   /** Shown when the file is missing: how to obtain it. */
   pullCommand: string;

@@ -22,8 +22,6 @@ export const modelProfiles = {
   },
 } as const;
 
-export type ModelProfileName = keyof typeof modelProfiles;
-
 export const agentBudgetSchema = z.object({
   /** Navigation steps (model turns choosing tools) before extraction starts regardless. */
   maxSteps: z.number().int().min(0).max(50).default(6),

@@ -14,6 +14,7 @@ import {
   postChatCompletion,
   toServerSchema,
 } from './chat-completions.ts';
+import { messageText } from './message-text.ts';
 import { type ChatCallSettings, estimateTokens, type ModelCallMeter, tokensPerTurn } from './provider.ts';
 
 /**
@@ -23,11 +24,11 @@ import { type ChatCallSettings, estimateTokens, type ModelCallMeter, tokensPerTu
  * It plugs into the same agents as the MedGemma adapter, with the same tools, middleware, prompts and
  * verification; only the tool-call mechanics are the server's. Not for MedGemma (no tool tokens).
  */
-export interface OpenAICompatibleChatModelCallOptions extends BaseChatModelCallOptions, ChatCallSettings {
+interface OpenAICompatibleChatModelCallOptions extends BaseChatModelCallOptions, ChatCallSettings {
   tools?: BindToolsInput[];
 }
 
-export interface OpenAICompatibleChatModelFields extends BaseChatModelParams {
+interface OpenAICompatibleChatModelFields extends BaseChatModelParams {
   connection: ChatCompletionsConnection;
   maxTokens: number;
   temperature?: number;
@@ -36,29 +37,19 @@ export interface OpenAICompatibleChatModelFields extends BaseChatModelParams {
 
 type OutgoingMessage = ChatCompletionBody['messages'][number];
 
-function textOf(message: BaseMessage): string {
-  return typeof message.content === 'string'
-    ? message.content
-    : message.content
-        .map((part) =>
-          typeof part === 'string' ? part : 'text' in part && typeof part.text === 'string' ? part.text : '',
-        )
-        .join('');
-}
-
 function toOutgoing(message: BaseMessage): OutgoingMessage {
   const type = message.getType();
-  if (type === 'system') return { role: 'system', content: textOf(message) };
+  if (type === 'system') return { role: 'system', content: messageText(message) };
   if (type === 'tool') {
     const tool = message as BaseMessage & { tool_call_id: string };
-    return { role: 'tool', tool_call_id: tool.tool_call_id, content: textOf(message) };
+    return { role: 'tool', tool_call_id: tool.tool_call_id, content: messageText(message) };
   }
   if (type === 'ai') {
     const calls = (message as AIMessage).tool_calls ?? [];
-    if (calls.length === 0) return { role: 'assistant', content: textOf(message) };
+    if (calls.length === 0) return { role: 'assistant', content: messageText(message) };
     return {
       role: 'assistant',
-      content: textOf(message),
+      content: messageText(message),
       tool_calls: calls.map((call) => ({
         id: call.id ?? '',
         type: 'function',
@@ -66,7 +57,7 @@ function toOutgoing(message: BaseMessage): OutgoingMessage {
       })),
     };
   }
-  return { role: 'user', content: textOf(message) };
+  return { role: 'user', content: messageText(message) };
 }
 
 function toolChoiceOf(choice: unknown): ChatCompletionBody['tool_choice'] {

@@ -3,7 +3,7 @@
  * test doubles). Providers know models, not FHIR: they take chat messages and, optionally, a JSON
  * schema the output must follow, and return text.
  */
-export type ChatRole = 'system' | 'user' | 'assistant';
+type ChatRole = 'system' | 'user' | 'assistant';
 
 export interface ChatMessage {
   role: ChatRole;
@@ -90,7 +90,7 @@ export class ModelError extends Error {
  * Characters per token for budgeting when no tokenizer is at hand. Gemma's tokenizer averages about
  * four characters per token on English clinical prose and fewer on JSON; three errs on the safe side.
  */
-export const estimatedCharactersPerToken = 3;
+const estimatedCharactersPerToken = 3;
 
 export function estimateTokens(text: string): number {
   return Math.ceil(text.length / estimatedCharactersPerToken);

@@ -15,7 +15,7 @@ import {
  * Face Inference Endpoint) through its OpenAI-compatible chat endpoint. Output is constrained with
  * `response_format: json_schema`; the servers' own Gemma tool parsers are not relied on.
  */
-export interface RemoteProviderOptions extends ChatCompletionsConnection {
+interface RemoteProviderOptions extends ChatCompletionsConnection {
   contextSize: number;
 }
 
