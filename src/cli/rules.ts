@@ -11,7 +11,7 @@ import { type BacktestPopulation, backtestCsv, runBacktest } from '../rules/back
 import { evaluateRules, type RuleResult } from '../rules/evaluate.ts';
 import type { NudgeStore, RuleStatistics } from '../rules/nudge-store.ts';
 import { recordFromBundle } from '../rules/record-from-bundle.ts';
-import { loadRuleSet, type RuleSetSource } from '../rules/rule-loader.ts';
+import { loadRuleSet, overrideProblems, type RuleSetSource } from '../rules/rule-loader.ts';
 import { formatLoadError, type RuleSet } from '../rules/rule-set.ts';
 import { runRuleTests } from '../rules/rule-tests.ts';
 import { defaultRulesConfig } from '../rules/rules-config.ts';
@@ -120,6 +120,7 @@ export function createRulesProgram(io: Io = processIo): Command {
       new Option('--seed <n>', 'population seed (sandbox, generated)').argParser(positiveInteger).default(1),
     )
     .option('--token <token>', 'bearer token for a FHIR source')
+    .addOption(parameterOption())
     .action(
       async (options: {
         source: string;
@@ -129,9 +130,10 @@ export function createRulesProgram(io: Io = processIo): Command {
         workers?: number;
         seed: number;
         token?: string;
+        parameter: Record<string, unknown>;
       }) => {
         const check = await load();
-        if (!check) return;
+        if (!check || !parametersFit(check, options.parameter)) return;
         const now = options.now ?? new Date();
         const population = populationFor(options, now, check.additionalResourceTypes);
         const progress = progressBar(io);
@@ -141,6 +143,7 @@ export function createRulesProgram(io: Io = processIo): Command {
           now,
           workers: options.workers,
           onProgress: progress,
+          cqlParameters: options.parameter,
         });
         io.err('\n');
         const width = Math.max(...report.rules.map((rule) => rule.ruleId.length), 'rule'.length);
@@ -174,14 +177,21 @@ export function createRulesProgram(io: Io = processIo): Command {
     .option('--token <token>', 'bearer token for --fhir')
     .addOption(new Option('--now <date>', 'evaluation date (default: now)').argParser(isoDate))
     .addOption(new Option('--seed <n>', 'sandbox seed').argParser(positiveInteger).default(1))
+    .addOption(parameterOption())
     .action(
       async (
         ruleId: string,
         patient: string,
-        options: { fhir?: string; token?: string; now?: Date; seed: number },
+        options: {
+          fhir?: string;
+          token?: string;
+          now?: Date;
+          seed: number;
+          parameter: Record<string, unknown>;
+        },
       ) => {
         const ruleSet = await load();
-        if (!ruleSet) return;
+        if (!ruleSet || !parametersFit(ruleSet, options.parameter)) return;
         const rule = ruleSet.rules.find((candidate) => candidate.document.id === ruleId);
         if (!rule) {
           io.err(
@@ -198,6 +208,7 @@ export function createRulesProgram(io: Io = processIo): Command {
           now,
           ruleIds: [ruleId],
           explain: true,
+          cqlParameters: options.parameter,
           perEncounterCap: Number.MAX_SAFE_INTEGER,
         });
         io.out(explanation(evaluation.results[0], rule.document, record, now));
@@ -229,7 +240,36 @@ export function createRulesProgram(io: Io = processIo): Command {
       }
     });
 
+  /** Parameter values given on the command line must belong to some CQL library of the set and fit its type. */
+  const parametersFit = (ruleSet: RuleSet, values: Record<string, unknown>): boolean => {
+    const problems = overrideProblems(
+      values,
+      ruleSet.rules.flatMap((rule) => rule.criteria),
+      ruleSet.cql,
+    );
+    for (const problem of problems) io.err(`--parameter: ${problem}\n`);
+    if (problems.length > 0) process.exitCode = 1;
+    return problems.length === 0;
+  };
+
   return program;
+}
+
+/** `--parameter "Measurement Period=2021"`, repeatable; a JSON value (number, true) is read as JSON. */
+function parameterOption(): Option {
+  return new Option(
+    '--parameter <name=value>',
+    'CQL parameter value over the rules\' own, e.g. "Measurement Period=2021" (repeatable)',
+  )
+    .argParser((text: string, previous: Record<string, unknown>) => {
+      const separator = text.indexOf('=');
+      if (separator < 1) throw new InvalidArgumentError('name=value, like "Measurement Period=2021"');
+      const raw = text.slice(separator + 1);
+      let value: unknown = raw;
+      if (/^(true|false|-?\d+(\.\d+)?)$/.test(raw) && !/^\d{4}$/.test(raw)) value = JSON.parse(raw);
+      return { ...previous, [text.slice(0, separator).trim()]: value };
+    })
+    .default({});
 }
 
 function populationFor(

@@ -6,7 +6,13 @@ import { loadRuleSet, type RuleSetSource } from './rule-loader.ts';
 import { formatLoadError } from './rule-set.ts';
 
 /** One backtest thread: compiles the rule set once, then evaluates the batches it is handed. */
-const data = workerData as { source: RuleSetSource; now: string; seed: number; populationModule: string };
+const data = workerData as {
+  source: RuleSetSource;
+  now: string;
+  seed: number;
+  populationModule: string;
+  cqlParameters: Record<string, unknown>;
+};
 const population = (await import(data.populationModule)) as {
   populationRecord(index: number, now: Date, seed: number): PatientRecord;
 };
@@ -33,6 +39,7 @@ if (!loaded.ok) {
         anyTrigger: true,
         now,
         perEncounterCap: Number.MAX_SAFE_INTEGER,
+        cqlParameters: data.cqlParameters,
       });
       for (const result of evaluation.results) {
         if (result.status === 'fired') fired[result.ruleId] = (fired[result.ruleId] ?? 0) + 1;

@@ -24,6 +24,8 @@ export interface BacktestOptions {
   workers?: number;
   batchSize?: number;
   onProgress?: (done: number, total: number) => void;
+  /** CQL parameter values over the rules' own (`--parameter "Measurement Period=2021"`). */
+  cqlParameters?: Record<string, unknown>;
 }
 
 export interface RuleBacktestRow {
@@ -83,6 +85,7 @@ export async function runBacktest(options: BacktestOptions): Promise<BacktestRep
         workerData: {
           source: options.source,
           now: options.now.toISOString(),
+          cqlParameters: options.cqlParameters ?? {},
           seed: options.population.kind === 'generated' ? (options.population.seed ?? 1) : 1,
           populationModule:
             options.population.kind === 'generated' && options.population.module

@@ -32,7 +32,8 @@ export interface CqlCompileResult {
 
 export type ElmLibrary = {
   library: {
-    identifier: { id: string; version?: string };
+    identifier: { id: string; version?: string; system?: string };
+    usings?: { def?: { localIdentifier: string; uri?: string; version?: string; locator?: string }[] };
     valueSets?: { def?: { name: string; id: string; version?: string }[] };
     statements?: { def?: { name: string; context?: string }[] };
     includes?: { def?: { path: string; version?: string; localIdentifier?: string }[] };

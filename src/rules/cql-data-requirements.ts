@@ -41,6 +41,23 @@ export function elmRetrieves(elm: ElmLibrary): ElmRetrieve[] {
   return found;
 }
 
+/**
+ * The loaded library an include names: by name, or by namespace and name as published eCQMs write it
+ * (`"path": "http://ecqi.healthit.gov/ecqms/FHIRHelpers"` for a library whose identifier has
+ * `system: "http://ecqi.healthit.gov/ecqms"`), which is also how the CQL engine resolves it.
+ */
+export function includedLibraryName(
+  include: { path: string },
+  libraries: Map<string, ElmLibrary>,
+): string | undefined {
+  if (libraries.has(include.path)) return include.path;
+  for (const [name, elm] of libraries) {
+    const { id, system } = elm.library.identifier;
+    if (system && `${system}/${id}` === include.path) return name;
+  }
+  return undefined;
+}
+
 /** Resource types a library reads, its own and its includes' (by library name as loaded). */
 export function libraryDataRequirements(name: string, libraries: Map<string, ElmLibrary>): Set<string> {
   const types = new Set<string>();
@@ -51,7 +68,10 @@ export function libraryDataRequirements(name: string, libraries: Map<string, Elm
     const elm = libraries.get(libraryName);
     if (!elm) return;
     for (const retrieve of elmRetrieves(elm)) types.add(retrieve.resourceType);
-    for (const include of elm.library.includes?.def ?? []) walk(include.path);
+    for (const include of elm.library.includes?.def ?? []) {
+      const included = includedLibraryName(include, libraries);
+      if (included) walk(included);
+    }
   };
   walk(name);
   return types;

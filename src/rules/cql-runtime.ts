@@ -3,7 +3,8 @@ import cql from 'cql-execution';
 import type { Bundle, FhirResource } from 'fhir/r4.js';
 import { type PatientRecord, recordResources } from '../../fhir/patient-record.ts';
 import type { ElmLibrary } from './cql-compiler.ts';
-import type { ValueSetIndex } from './value-sets.ts';
+import { type CqlParameterValues, executionParameters, parameterProblems } from './cql-parameters.ts';
+import { canonicalValueSetId, type ValueSetIndex } from './value-sets.ts';
 
 /**
  * Runs ELM libraries with cql-execution over one patient's record (through cql-exec-fhir's R4
@@ -24,7 +25,19 @@ export class CqlRuntime {
     for (const [name, elm] of elmLibraries) {
       this.#libraries.set(name, new cql.Library(elm as never, repository));
     }
-    this.#codeService = new cql.CodeService(valueSets.toCqlDictionary() as never);
+    this.#codeService = new CanonicalCodeService(valueSets.toCqlDictionary() as never);
+  }
+
+  declaresParameter(libraryName: string, name: string): boolean {
+    return (this.#elm.get(libraryName)?.library.parameters?.def ?? []).some(
+      (definition) => definition.name === name,
+    );
+  }
+
+  /** What is wrong with the parameter values a rule gives a library (empty: nothing). */
+  parameterProblems(libraryName: string, values: CqlParameterValues): string[] {
+    const elm = this.#elm.get(libraryName);
+    return elm ? parameterProblems(elm, values) : [`CQL library ${libraryName} is not loaded`];
   }
 
   #located(error: unknown): Error {
@@ -57,14 +70,27 @@ export class CqlRuntime {
     return this.#libraries.has(libraryName);
   }
 
-  /** Define name -> value for the patient, per library. */
-  async evaluate(libraryName: string, record: PatientRecord, now: Date): Promise<Record<string, unknown>> {
+  /**
+   * Define name -> value for the patient, per library: its Patient-context defines, and its Unfiltered
+   * ones (over this one patient's data, as the engine runs them).
+   */
+  async evaluate(
+    libraryName: string,
+    record: PatientRecord,
+    now: Date,
+    parameters: CqlParameterValues = {},
+  ): Promise<Record<string, unknown>> {
     const library = this.#libraries.get(libraryName);
-    if (!library) throw new Error(`CQL library ${libraryName} is not loaded`);
+    const elm = this.#elm.get(libraryName);
+    if (!library || !elm) throw new Error(`CQL library ${libraryName} is not loaded`);
     const run = async () => {
       this.#patientSource.reset();
       this.#patientSource.loadBundles([recordBundle(record)]);
-      const executor = new cql.Executor(library, this.#codeService);
+      const executor = new cql.Executor(
+        library,
+        this.#codeService,
+        executionParameters(elm, parameters, now) as never,
+      );
       const results = await executor
         .exec(this.#patientSource as never, cql.DateTime.fromJSDate(now, 0))
         .catch((error: unknown) => {
@@ -72,7 +98,10 @@ export class CqlRuntime {
         })
         .finally(() => this.#patientSource.reset());
       const patientId = record.patient.id ?? '';
-      return (results.patientResults[patientId] ?? {}) as Record<string, unknown>;
+      return {
+        ...((results.unfilteredResults ?? {}) as Record<string, unknown>),
+        ...((results.patientResults[patientId] ?? {}) as Record<string, unknown>),
+      };
     };
     const result = this.#queue.then(run, run);
     this.#queue = result.catch(() => undefined);
@@ -121,6 +150,22 @@ function parseLocator(locator: unknown): { start: Position; end: Position } | un
 
 function before(left: Position, right: Position): boolean {
   return left.line < right.line || (left.line === right.line && left.column <= right.column);
+}
+
+/**
+ * Value sets looked up whatever form a library names them in: `urn:oid:2.16...`, the bare OID and
+ * VSAC's `http(s)://cts.nlm.nih.gov/fhir/ValueSet/2.16...` are one value set. A version the file does
+ * not have falls back to the one it has (the site ships one expansion per value set).
+ */
+class CanonicalCodeService extends cql.CodeService {
+  override findValueSetsByOid(oid: string) {
+    return super.findValueSetsByOid(canonicalValueSetId(oid));
+  }
+
+  override findValueSet(oid: string, version?: string) {
+    const id = canonicalValueSetId(oid);
+    return (version ? super.findValueSet(id, version) : undefined) ?? super.findValueSet(id);
+  }
 }
 
 function recordBundle(record: PatientRecord): Bundle {

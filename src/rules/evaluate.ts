@@ -84,6 +84,8 @@ export interface EvaluateOptions {
   anyTrigger?: boolean;
   /** Evaluate every criterion even after the rule's outcome is decided (for `rules explain`). */
   explain?: boolean;
+  /** CQL parameter values over every criterion's own (a backtest's or a test's measurement period). */
+  cqlParameters?: Record<string, unknown>;
 }
 
 const severityRank: Record<Severity, number> = { critical: 0, warning: 1, info: 2 };
@@ -132,6 +134,7 @@ export async function evaluateRules(
         now,
         cqlResults,
         options.explain ?? false,
+        options.cqlParameters,
       );
       const fires =
         document.condition.match === 'all'
@@ -279,6 +282,7 @@ async function evaluateCriteria(
   now: Date,
   cqlResults: Map<string, Promise<Record<string, unknown>>>,
   explain: boolean,
+  parameterOverrides: Record<string, unknown> | undefined,
 ): Promise<CriterionResult[]> {
   const results: CriterionResult[] = [];
   // `all` is decided by the first criterion that fails, `any` by the first that holds: the rest are
@@ -302,10 +306,13 @@ async function evaluateCriteria(
       values = evaluateWithDefines(rule, criterion.fhirpath, environment);
     } else {
       if (!ruleSet.cql) throw new Error('rule set has no CQL runtime');
-      let libraryResults = cqlResults.get(criterion.library);
+      const parameters = { ...criterion.parameters, ...parameterOverrides };
+      // A library runs once per patient per set of parameter values, whatever number of criteria read it.
+      const key = `${criterion.library}\0${JSON.stringify(parameters)}`;
+      let libraryResults = cqlResults.get(key);
       if (!libraryResults) {
-        libraryResults = ruleSet.cql.evaluate(criterion.library, record, now);
-        cqlResults.set(criterion.library, libraryResults);
+        libraryResults = ruleSet.cql.evaluate(criterion.library, record, now, parameters);
+        cqlResults.set(key, libraryResults);
       }
       values = cqlResultValues((await libraryResults)[criterion.expression]);
     }

@@ -7,7 +7,7 @@ import type { ZodError } from 'zod';
 import { additionalHistoryTypes } from '../../fhir/patient-history.ts';
 import { historyResourceTypes } from '../../fhir/patient-record.ts';
 import type { CqlCompiler, ElmLibrary } from './cql-compiler.ts';
-import { elmRetrieves, libraryDataRequirements } from './cql-data-requirements.ts';
+import { elmRetrieves, includedLibraryName, libraryDataRequirements } from './cql-data-requirements.ts';
 import type { CqlRuntime } from './cql-runtime.ts';
 import {
   type CompiledFhirPath,
@@ -18,7 +18,13 @@ import {
 import { type RuleDocument, ruleDocumentSchema } from './rule-schema.ts';
 import type { CompiledCriterion, CompiledRule, RuleLoadError, RuleSetLoadResult } from './rule-set.ts';
 import { builtInTemplateValues, templateNames } from './template.ts';
-import { emptyValueSetIndex, ValueSetIndex, valueSetFileFromFhir, valueSetFileSchema } from './value-sets.ts';
+import {
+  emptyValueSetIndex,
+  ValueSetIndex,
+  valueSetFileFromCodeServiceJson,
+  valueSetFileFromFhir,
+  valueSetFileSchema,
+} from './value-sets.ts';
 import { contentLine, positionOf } from './yaml-location.ts';
 
 /**
@@ -72,7 +78,7 @@ export async function loadRuleSet(source: RuleSetSource): Promise<RuleSetLoadRes
     const file = path.join(source.directory, name);
     const text = await readFile(file, 'utf8');
     fingerprint.update(name).update('\0').update(text).update('\0');
-    const rule = compileRuleFile(file, name, text, { valueSets, elmLibraries, source }, errors);
+    const rule = compileRuleFile(file, name, text, { valueSets, elmLibraries, source, cql }, errors);
     if (!rule) continue;
     const earlier = firstFileById.get(rule.document.id);
     if (earlier) {
@@ -167,8 +173,13 @@ async function loadValueSets(
     return emptyValueSetIndex;
   }
   const resourceType = (json as { resourceType?: unknown })?.resourceType;
-  if (resourceType === 'Bundle' || resourceType === 'ValueSet') {
-    const converted = valueSetFileFromFhir(json);
+  const converted =
+    resourceType === 'Bundle' || resourceType === 'ValueSet'
+      ? valueSetFileFromFhir(json)
+      : (json as { valueSets?: unknown })?.valueSets === undefined
+        ? valueSetFileFromCodeServiceJson(json)
+        : undefined;
+  if (converted) {
     for (const message of converted.errors) errors.push({ file: display(file), line: undefined, message });
     if (!converted.file) return emptyValueSetIndex;
     json = converted.file;
@@ -223,6 +234,48 @@ function checkRetrievableTypes(
   }
 }
 
+function locatorPosition(locator: string | undefined): { line: number | undefined; column?: number } {
+  const match = /^(\d+):(\d+)/.exec(locator ?? '');
+  return match ? { line: Number(match[1]), column: Number(match[2]) } : { line: undefined };
+}
+
+const wrongModelAdvice = ', but patient data here is FHIR R4 (4.0.1): use the R4 edition of the library';
+
+/** FHIR versions whose data the engine's R4 model reads correctly. */
+const runnableFhirVersions = new Set(['4.0.0', '4.0.1']);
+
+/**
+ * Libraries written for another data model than the patient data (FHIR DSTU2 1.0.2, STU3 3.0.0, QDM)
+ * would run against R4 resources and quietly find nothing: refused at the `using` line. Returns the
+ * libraries that may run, for the checks that follow.
+ */
+function checkFhirVersions(
+  libraries: Map<string, ElmLibrary>,
+  files: Map<string, string>,
+  directory: string,
+  errors: RuleLoadError[],
+): Map<string, ElmLibrary> {
+  const runnable = new Map<string, ElmLibrary>();
+  for (const [name, elm] of libraries) {
+    const models = (elm.library.usings?.def ?? []).filter((using) => using.localIdentifier !== 'System');
+    const wrong = models.find(
+      (using) => using.localIdentifier !== 'FHIR' || !runnableFhirVersions.has(using.version ?? ''),
+    );
+    if (!wrong) {
+      runnable.set(name, elm);
+      continue;
+    }
+    errors.push({
+      file: display(files.get(name) ?? directory),
+      ...locatorPosition(wrong.locator),
+      message:
+        `CQL library ${name} uses ${wrong.localIdentifier} ${wrong.version ?? ''}`.trimEnd() +
+        wrongModelAdvice,
+    });
+  }
+  return runnable;
+}
+
 async function loadCqlLibraries(
   source: RuleSetSource,
   valueSets: ValueSetIndex,
@@ -250,6 +303,16 @@ async function loadCqlLibraries(
     } else if (name.endsWith('.cql')) {
       const text = await readFile(file, 'utf8');
       fingerprint.update(name).update(text);
+      // Said before compiling: the translator's own complaint about a second FHIR version is obscure.
+      const model = /^\s*using\s+"?(\w+)"?(?:\s+version\s+'([^']*)')?/m.exec(text);
+      if (model && (model[1] !== 'FHIR' || !runnableFhirVersions.has(model[2] ?? ''))) {
+        errors.push({
+          file: display(file),
+          line: lineContaining(text, model[0].trim()),
+          message: `CQL library uses ${model[1]} ${model[2] ?? ''}`.trimEnd() + wrongModelAdvice,
+        });
+        continue;
+      }
       if (!source.cqlModelDirectory) {
         errors.push({
           file: display(file),
@@ -291,16 +354,30 @@ async function loadCqlLibraries(
   }
   for (const [name, elm] of libraries) {
     for (const include of elm.library.includes?.def ?? []) {
-      if (!libraries.has(include.path)) {
+      const where = {
+        file: display(files.get(name) ?? directory),
+        ...locatorPosition((include as { locator?: string }).locator),
+      };
+      const included = includedLibraryName(include, libraries);
+      if (!included) {
         errors.push({
-          file: display(directory),
-          line: undefined,
+          ...where,
           message: `CQL library ${name} includes ${include.path}, which is not in the folder (as ELM JSON or CQL source)`,
+        });
+        continue;
+      }
+      const version = libraries.get(included)?.library.identifier.version;
+      // The engine resolves an include only at its exact version: a mismatch would fail at run time.
+      if (include.version && version !== include.version) {
+        errors.push({
+          ...where,
+          message: `CQL library ${name} includes ${include.path} version ${include.version}, but the folder has version ${version ?? '(none)'}`,
         });
       }
     }
   }
-  checkRetrievableTypes(libraries, files, directory, errors);
+  const runnable = checkFhirVersions(libraries, files, directory, errors);
+  checkRetrievableTypes(runnable, files, directory, errors);
   return libraries;
 }
 
@@ -377,6 +454,7 @@ interface CompileContext {
   valueSets: ValueSetIndex;
   elmLibraries: Map<string, ElmLibrary>;
   source: RuleSetSource;
+  cql: CqlRuntime | undefined;
 }
 
 function compileRuleFile(
@@ -472,12 +550,18 @@ function compileRuleFile(
         );
         return;
       }
+      const parameters = criterion.cql.parameters ?? {};
+      const problems = context.cql?.parameterProblems(criterion.cql.library, parameters) ?? [];
+      for (const problem of problems)
+        at(['condition', 'criteria', index, 'cql', 'parameters'], `criterion ${criterion.id}: ${problem}`);
+      if (problems.length > 0) return;
       criteria.push({
         id: criterion.id,
         description: criterion.description,
         kind: 'cql',
         library: criterion.cql.library,
         expression: criterion.cql.expression,
+        parameters,
       });
     }
   });
@@ -518,6 +602,8 @@ function compileRuleFile(
   rule.tests.forEach((test, index) => {
     if (!existsSync(path.resolve(path.dirname(file), test.fixture)))
       at(['tests', index, 'fixture'], `fixture ${test.fixture} not found`);
+    for (const problem of overrideProblems(test.parameters ?? {}, criteria, context.cql))
+      at(['tests', index, 'parameters'], problem);
   });
   if (errors.length > before) return undefined;
   return {
@@ -529,6 +615,33 @@ function compileRuleFile(
     dataRequirements: [...dataRequirements].sort(),
     suppressionDays: rule.suppression?.days ?? context.source.defaultSuppressionDays,
   };
+}
+
+/**
+ * Parameter values given over a whole rule (a test's, a backtest's): each must be a parameter of at
+ * least one library the rule's criteria use, and fit its type there.
+ */
+export function overrideProblems(
+  values: Record<string, unknown>,
+  criteria: CompiledCriterion[],
+  cql: CqlRuntime | undefined,
+): string[] {
+  const libraries = [
+    ...new Set(criteria.flatMap((criterion) => (criterion.kind === 'cql' ? [criterion.library] : []))),
+  ];
+  const problems: string[] = [];
+  for (const [name, value] of Object.entries(values)) {
+    const declaring = libraries.filter((library) => cql?.declaresParameter(library, name));
+    if (declaring.length === 0) {
+      problems.push(
+        `parameter "${name}" is not a parameter of ${libraries.length > 0 ? `CQL library ${libraries.join(' or ')}` : 'any CQL library (the rule has no CQL criteria)'}`,
+      );
+      continue;
+    }
+    for (const library of declaring)
+      problems.push(...(cql?.parameterProblems(library, { [name]: value }) ?? []));
+  }
+  return [...new Set(problems)];
 }
 
 function compileOrReport(

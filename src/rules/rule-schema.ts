@@ -41,6 +41,11 @@ export const cqlCriterionSchema = z
         library: z.string().min(1),
         /** The define whose truth (true, or a non-empty result) makes the criterion hold. */
         expression: z.string().min(1),
+        /**
+         * Values of the library's parameters, by name (`Measurement Period: 2021`, `"2021-01-01/2021-06-30"`
+         * or `{ start, end }`). An unset Measurement Period is the evaluation date's calendar year.
+         */
+        parameters: z.record(z.string().min(1), z.unknown()).optional(),
       })
       .strict(),
   })
@@ -58,6 +63,8 @@ export const ruleTestSchema = z
     trigger: z.enum(ruleTriggers).optional(),
     /** Urgency the fired nudge must carry, when the rule sets one. */
     expectUrgency: z.enum(urgencyLevels).optional(),
+    /** CQL parameter values for this test, over the criteria's own (a test patient's measurement period). */
+    parameters: z.record(z.string().min(1), z.unknown()).optional(),
   })
   .strict();
 

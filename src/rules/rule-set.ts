@@ -6,7 +6,14 @@ import type { ValueSetIndex } from './value-sets.ts';
 /** A rule set that loaded completely; the service never runs a half-loaded one. */
 export type CompiledCriterion =
   | { id: string; description: string; kind: 'fhirpath'; fhirpath: CompiledFhirPath }
-  | { id: string; description: string; kind: 'cql'; library: string; expression: string };
+  | {
+      id: string;
+      description: string;
+      kind: 'cql';
+      library: string;
+      expression: string;
+      parameters: Record<string, unknown>;
+    };
 
 export interface CompiledRule {
   document: RuleDocument;

@@ -33,6 +33,7 @@ export async function runRuleTests(ruleSet: RuleSet, ruleIds?: string[]): Promis
         ruleIds: [rule.document.id],
         perEncounterCap: Number.MAX_SAFE_INTEGER,
         explain: true,
+        ...(test.parameters ? { cqlParameters: test.parameters } : {}),
       });
       const result = evaluation.results[0];
       const fired = result?.status === 'fired';

@@ -5,7 +5,12 @@ import { z } from 'zod';
  * against, so rules never need a terminology server at run time.
  */
 const codeSchema = z
-  .object({ system: z.string().min(1), code: z.string().min(1), display: z.string().optional() })
+  .object({
+    system: z.string().min(1),
+    code: z.string().min(1),
+    display: z.string().optional(),
+    version: z.string().optional(),
+  })
   .strict();
 
 export const valueSetFileSchema = z
@@ -31,6 +36,20 @@ export type CqlValueSetDictionary = Record<
   Record<string, { code: string; system: string; version?: string }[]>
 >;
 
+const oid = /^[0-2](\.(0|[1-9]\d*))+$/;
+const vsacValueSet = /^https?:\/\/cts\.nlm\.nih\.gov\/fhir\/ValueSet\/([0-9.]+)$/;
+
+/**
+ * One key for one value set, whatever form names it: VSAC value sets are published as
+ * `http://cts.nlm.nih.gov/fhir/ValueSet/<oid>` (or https), `urn:oid:<oid>` and the bare OID.
+ */
+export function canonicalValueSetId(id: string): string {
+  const vsac = vsacValueSet.exec(id)?.[1];
+  if (vsac && oid.test(vsac)) return vsac;
+  if (id.startsWith('urn:oid:') && oid.test(id.slice(8))) return id.slice(8);
+  return id;
+}
+
 export class ValueSetIndex {
   readonly #membersByUrl = new Map<string, Set<string>>();
   readonly #file: ValueSetFile;
@@ -38,34 +57,38 @@ export class ValueSetIndex {
   constructor(file: ValueSetFile) {
     this.#file = file;
     for (const valueSet of file.valueSets) {
-      const members = this.#membersByUrl.get(valueSet.url) ?? new Set<string>();
+      const key = canonicalValueSetId(valueSet.url);
+      const members = this.#membersByUrl.get(key) ?? new Set<string>();
       for (const code of valueSet.codes) members.add(memberKey(code.system, code.code));
-      this.#membersByUrl.set(valueSet.url, members);
+      this.#membersByUrl.set(key, members);
     }
   }
 
   has(url: string): boolean {
-    return this.#membersByUrl.has(url);
+    return this.#membersByUrl.has(canonicalValueSetId(url));
   }
 
   get urls(): string[] {
-    return [...this.#membersByUrl.keys()];
+    return [...new Set(this.#file.valueSets.map((valueSet) => valueSet.url))];
   }
 
   contains(url: string, system: string | undefined, code: string | undefined): boolean {
     if (!system || !code) return false;
-    return this.#membersByUrl.get(url)?.has(memberKey(system, code)) ?? false;
+    return this.#membersByUrl.get(canonicalValueSetId(url))?.has(memberKey(system, code)) ?? false;
   }
 
+  /** Keyed by canonical id (see canonicalValueSetId): look-ups must canonicalise too. */
   toCqlDictionary(): CqlValueSetDictionary {
     const dictionary: CqlValueSetDictionary = {};
     for (const valueSet of this.#file.valueSets) {
-      const versions = dictionary[valueSet.url] ?? {};
+      const key = canonicalValueSetId(valueSet.url);
+      const versions = dictionary[key] ?? {};
       versions[valueSet.version ?? ''] = valueSet.codes.map((code) => ({
         code: code.code,
         system: code.system,
+        ...(code.version ? { version: code.version } : {}),
       }));
-      dictionary[valueSet.url] = versions;
+      dictionary[key] = versions;
     }
     return dictionary;
   }
@@ -73,6 +96,52 @@ export class ValueSetIndex {
 
 function memberKey(system: string, code: string): string {
   return `${system}|${code}`;
+}
+
+/**
+ * CDS Connect's `valueset-db.json` (cql-execution's code-service format, as cql-exec-vsac caches it):
+ * `{ "<oid>": { "<version>": [{ code, system, version? }] } }`. Undefined when the JSON is not that shape.
+ */
+export function valueSetFileFromCodeServiceJson(
+  json: unknown,
+): { file?: ValueSetFile; errors: string[] } | undefined {
+  if (!json || typeof json !== 'object' || Array.isArray(json)) return undefined;
+  const entries = Object.entries(json as Record<string, unknown>);
+  const isShape = entries.every(
+    ([, versions]) =>
+      versions !== null &&
+      typeof versions === 'object' &&
+      !Array.isArray(versions) &&
+      Object.values(versions).every((codes) => Array.isArray(codes)),
+  );
+  if (entries.length === 0 || !isShape) return undefined;
+  const errors: string[] = [];
+  const file: ValueSetFile = { valueSets: [] };
+  for (const [id, versions] of entries) {
+    for (const [version, codes] of Object.entries(versions as Record<string, unknown[]>)) {
+      const valid = codes.filter(
+        (code): code is { code: string; system: string; version?: string } =>
+          typeof (code as { code?: unknown })?.code === 'string' &&
+          typeof (code as { system?: unknown })?.system === 'string',
+      );
+      if (valid.length !== codes.length) {
+        errors.push(`${id} version ${version}: every code needs a code and a system`);
+        continue;
+      }
+      if (valid.length === 0) continue;
+      file.valueSets.push({
+        url: id,
+        name: id,
+        ...(version ? { version } : {}),
+        codes: valid.map((code) => ({
+          system: code.system,
+          code: code.code,
+          ...(typeof code.version === 'string' ? { version: code.version } : {}),
+        })),
+      });
+    }
+  }
+  return errors.length > 0 ? { errors } : { file, errors };
 }
 
 export const emptyValueSetIndex = new ValueSetIndex({ valueSets: [] });
