@@ -358,7 +358,11 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   workers.start();
   // Our Subscription is ensured on the server (the sandbox honours Subscriptions like a real server).
   await intake.start(fhir, {
-    subscription: { endpoint: `${url}/notify`, secret: notifySecret },
+    subscription: {
+      endpoint: `${url}/notify`,
+      secret: notifySecret,
+      declareProfiles: config.fhir.declareProfiles,
+    },
     schedulePolling: Boolean(config.fhir.baseUrl),
   });
   ready = true;

@@ -45,6 +45,7 @@ export function createSubscriptionProgram(
       endpoint: publicUrl,
       secret: config.notify.secret,
       dataDir: path.resolve(config.dataDir),
+      declareProfiles: config.fhir.declareProfiles,
     });
     return { fhir, spec };
   };

@@ -114,7 +114,7 @@ export class IntakeService {
     fhir: FhirClient,
     options: {
       /** Where the server should send notifications, and the bearer secret; absent: no Subscription ensured. */
-      subscription?: Pick<SubscriptionSpec, 'endpoint' | 'secret'>;
+      subscription?: Pick<SubscriptionSpec, 'endpoint' | 'secret' | 'declareProfiles'>;
       /**
        * False on the embedded sandbox, which pushes every change itself: polling then only runs when
        * asked (empty payloads, gaps) and starts from now, not from the seeded history.
@@ -179,7 +179,7 @@ export class IntakeService {
 
   async #ensure(
     fhir: FhirClient,
-    subscription: Pick<SubscriptionSpec, 'endpoint' | 'secret'>,
+    subscription: Pick<SubscriptionSpec, 'endpoint' | 'secret' | 'declareProfiles'>,
   ): Promise<void> {
     const { config, logger, dataDir } = this.#options;
     try {

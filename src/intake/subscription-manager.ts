@@ -4,7 +4,9 @@ import type { FhirClient } from '../../fhir/fhir-client.ts';
 /**
  * Makes sure the service's own Subscription exists on the FHIR server: found by its endpoint and its
  * criteria (classic) or topic (Backport), created when missing, reactivated when the server switched
- * it off. The bearer secret goes into channel.header so the server authenticates its notifications.
+ * it off. The bearer secret goes into channel.header so the server authenticates its notifications, on
+ * creation and on every update (a server may treat an update without the header as its removal, and
+ * many never show the header in a read).
  * Medplum gets the only shape it delivers: a classic rest-hook created `active` (it never moves a
  * `requested` one on), signed with the subscription-secret extension instead of a bearer header.
  * Used at start and by `npm run subscription -- list|check|recreate`.
@@ -22,6 +24,8 @@ export interface SubscriptionSpec {
   server?: 'medplum' | 'generic';
   /** The HMAC secret Medplum signs deliveries with (X-Signature); required when `server` is medplum. */
   medplumSecret?: string;
+  /** `fhir.declareProfiles` (default true): whether the Backport Subscription declares its profile. */
+  declareProfiles?: boolean;
 }
 
 export type EnsureAction = 'found' | 'created' | 'reactivated' | 'recreated';
@@ -52,8 +56,28 @@ export function reactivationStatus(spec: Pick<SubscriptionSpec, 'server'>): 'act
 
 const backport = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition';
 
+function bearerHeader(spec: SubscriptionSpec): string[] | undefined {
+  return spec.secret ? [`Authorization: Bearer ${spec.secret}`] : undefined;
+}
+
+/**
+ * The Subscription as it goes back to the server in an update: the bearer header sent again (a read rarely
+ * shows it, and an update without it can remove it), and meta.profile dropped when profiles are not declared
+ * (Medplum would look the profile up). Medplum's own Subscription keeps its channel: the HMAC secret
+ * authenticates it, not a header.
+ */
+function forUpdate(subscription: Subscription, spec: SubscriptionSpec): Subscription {
+  const header = isMedplum(spec) ? undefined : bearerHeader(spec);
+  const { profile: _profile, ...metaWithoutProfile } = subscription.meta ?? {};
+  return {
+    ...subscription,
+    ...(spec.declareProfiles === false && subscription.meta ? { meta: metaWithoutProfile } : {}),
+    channel: { ...subscription.channel, ...(header ? { header } : {}) },
+  };
+}
+
 export function buildSubscription(spec: SubscriptionSpec): Subscription {
-  const header = spec.secret ? [`Authorization: Bearer ${spec.secret}`] : undefined;
+  const header = bearerHeader(spec);
   if (isMedplum(spec)) {
     if (!spec.medplumSecret) throw new Error('a Medplum subscription needs its subscription secret');
     return {
@@ -82,7 +106,7 @@ export function buildSubscription(spec: SubscriptionSpec): Subscription {
   }
   return {
     resourceType: 'Subscription',
-    meta: { profile: [`${backport}/backport-subscription`] },
+    ...(spec.declareProfiles === false ? {} : { meta: { profile: [`${backport}/backport-subscription`] } }),
     status: 'requested',
     reason: 'EHR draft agent: encounter events for draft notes',
     criteria: spec.topic,
@@ -132,7 +156,7 @@ export async function ensureSubscription(
     // Switched off after failed deliveries (or, on Medplum, left `requested` or with another secret):
     // ask for it again rather than piling up copies.
     const subscription = await fhir.update<Subscription>({
-      ...stopped,
+      ...forUpdate(stopped, spec),
       status: reactivationStatus(spec),
       ...(isMedplum(spec) && spec.medplumSecret
         ? { extension: withMedplumSecret(stopped.extension, spec.medplumSecret) }
@@ -142,7 +166,7 @@ export async function ensureSubscription(
   }
   for (const old of existing) {
     // Replaced, not deleted: the server keeps its history, and it stops sending to this one.
-    if (old.id) await fhir.update<Subscription>({ ...old, status: 'off' });
+    if (old.id) await fhir.update<Subscription>({ ...forUpdate(old, spec), status: 'off' });
   }
   const { resource } = await fhir.create(buildSubscription(spec));
   return { subscription: resource, action: existing.length > 0 ? 'recreated' : 'created' };

@@ -33,7 +33,7 @@ export function medplumSubscriptionSecret(dataDir: string): string {
 export async function subscriptionSpecFor(
   fhir: Pick<FhirClient, 'capabilities'>,
   config: IntakeConfig['subscription'],
-  options: { endpoint: string; secret: string | undefined; dataDir: string },
+  options: { endpoint: string; secret: string | undefined; dataDir: string; declareProfiles?: boolean },
 ): Promise<SubscriptionSpec> {
   const server = await recogniseSubscriptionServer(fhir, config.server);
   return {
@@ -45,6 +45,7 @@ export async function subscriptionSpecFor(
     heartbeatSeconds: config.heartbeatSeconds,
     secret: options.secret,
     server,
+    ...(options.declareProfiles === false ? { declareProfiles: false } : {}),
     ...(server === 'medplum' ? { medplumSecret: medplumSubscriptionSecret(options.dataDir) } : {}),
   };
 }

@@ -61,6 +61,86 @@ describe('subscription ensure', () => {
   });
 });
 
+describe('subscription updates and profiles', () => {
+  const spec: SubscriptionSpec = {
+    endpoint: 'http://service.example/notify',
+    mode: 'backport',
+    topic: 'http://hl7.org/SubscriptionTopic/encounter-change',
+    criteria: 'Encounter?',
+    payload: 'id-only',
+    heartbeatSeconds: 60,
+    secret: notifySecret,
+  };
+  const backportProfile =
+    'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription';
+
+  it('re-sends the bearer header on every update, though the server never shows it in a read', async () => {
+    const updates: Subscription[] = [];
+    const standIn = await startFhirStandIn({
+      refuseWrite: (resource, interaction) => {
+        if (resource.resourceType === 'Subscription' && interaction === 'update')
+          updates.push(structuredClone(resource) as unknown as Subscription);
+        return undefined;
+      },
+    });
+    cleanups.push(() => standIn.close());
+    const fhir = new FhirClient({ baseUrl: standIn.url });
+    for (const mode of ['backport', 'classic'] as const) {
+      updates.length = 0;
+      const created = await ensureSubscription(fhir, { ...spec, mode });
+      // Switched off after failed deliveries, and shown without its header, as many servers show it: an
+      // update that leaves the header out would remove it on a server that treats omission as removal.
+      const { header: _header, ...channelAsShown } = created.subscription.channel;
+      standIn.write({ ...created.subscription, status: 'error', channel: channelAsShown } as never);
+
+      const reactivated = await ensureSubscription(fhir, { ...spec, mode });
+      expect(reactivated.action, mode).toBe('reactivated');
+      expect(updates.at(-1)?.channel.header, mode).toEqual([`Authorization: Bearer ${notifySecret}`]);
+      const stored = standIn.get(
+        'Subscription',
+        created.subscription.id as string,
+      ) as unknown as Subscription;
+      expect(stored.channel.header, mode).toEqual([`Authorization: Bearer ${notifySecret}`]);
+
+      // A recreation switches the old one off: that update carries the header too.
+      await ensureSubscription(fhir, { ...spec, mode }, { recreate: true });
+      expect(updates.at(-1)?.status, mode).toBe('off');
+      expect(updates.at(-1)?.channel.header, mode).toEqual([`Authorization: Bearer ${notifySecret}`]);
+    }
+  });
+
+  it('declares the Backport profile only while fhir.declareProfiles is true, on creation and on updates', async () => {
+    const standIn = await startFhirStandIn();
+    cleanups.push(() => standIn.close());
+    const fhir = new FhirClient({ baseUrl: standIn.url });
+    const declared = await ensureSubscription(fhir, spec);
+    expect(declared.subscription.meta?.profile).toEqual([backportProfile]);
+
+    // The same Subscription, switched off, reactivated by a service that no longer declares profiles.
+    standIn.write({ ...standIn.all('Subscription')[0], status: 'error' });
+    const reactivated = await ensureSubscription(fhir, { ...spec, declareProfiles: false });
+    expect(reactivated.action).toBe('reactivated');
+    expect(reactivated.subscription.meta?.profile).toBeUndefined();
+    const recreated = await ensureSubscription(fhir, { ...spec, declareProfiles: false }, { recreate: true });
+    expect(recreated.subscription.meta?.profile).toBeUndefined();
+    expect(recreated.subscription.criteria).toBe(spec.topic);
+  });
+
+  it('the service passes fhir.declareProfiles to the Subscription it ensures at start', async () => {
+    const harness = await startIntakeHarness({
+      fhir: { declareProfiles: false },
+      intake: { sources: { backport: true }, subscription: { ensureOnStart: true, mode: 'backport' } },
+    });
+    cleanups.push(() => harness.close());
+    const [ensured] = await waitFor(async () => {
+      const all = harness.standIn.all('Subscription') as unknown as Subscription[];
+      return all.length > 0 ? all : undefined;
+    }, 'the service to create its Subscription');
+    expect(ensured.channel.endpoint).toBe(`${harness.service.url}/notify`);
+    expect(ensured.meta?.profile).toBeUndefined();
+  });
+});
+
 describe('heartbeat watchdog', () => {
   it('a silent subscription: $status, missed events via $events, reconcile, reactivation', async () => {
     const harness: IntakeHarness = await startIntakeHarness({
