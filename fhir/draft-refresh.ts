@@ -239,7 +239,7 @@ function countText(number: number, adjective: string, resourceType: string): str
   return `${number} ${adjective} ${number === 1 ? one : several}`;
 }
 
-/** "The record changed since this draft was written: 2 new results, 1 changed diagnosis, encounter updated." */
+/** "The record changed since this draft was written: 2 new results, 1 updated diagnosis, encounter updated." */
 export function describeRecordChange(change: RecordChange): string {
   const ordered = [...change.counts].sort(
     (left, right) =>
@@ -250,7 +250,7 @@ export function describeRecordChange(change: RecordChange): string {
   const parts: string[] = [];
   for (const [kind, adjective] of [
     ['added', 'new'],
-    ['changed', 'changed'],
+    ['changed', 'updated'],
     ['removed', 'removed'],
   ] as const) {
     for (const entry of ordered)

@@ -3,6 +3,7 @@ import type { Encounter, FhirResource, Patient, Practitioner } from 'fhir/r4.js'
 import { z } from 'zod';
 import { type EncounterLabel, encounterLabel, personName } from '../../fhir/display-labels.ts';
 import type { RemovedStatement } from '../../fhir/draft-note.ts';
+import type { RecordChangeView } from '../../fhir/draft-view.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import {
   FhirRequestError,
@@ -53,6 +54,10 @@ export interface DraftView {
   removedStatements?: RemovedStatement[];
   /** Set by regenerateDraft: a new draft is queued and will replace this one. */
   regenerationRequested?: boolean;
+  /** When the service last rewrote the draft for a later version of its encounter (absent: never). */
+  updatedAt?: string;
+  /** What changed in the record since the draft was written, once a clinician had a hand in it. */
+  recordChanged?: RecordChangeView;
 }
 
 /** The part of the draft lifecycle the API drives (created per request with the user's FHIR token). */

@@ -215,6 +215,8 @@ function renderMeta(element, draft) {
   const parts = [kindLabels[draft.kind] ?? draft.kind, `drafted ${formatDateTime(draft.createdAt)}`].map(
     (text) => namedSpan(text),
   );
+  // Rewritten by the service for a later version of the visit's record, before anyone touched it.
+  if (draft.updatedAt) parts.push(namedSpan(`updated ${formatDateTime(draft.updatedAt)}`));
   if (draft.encounterId)
     parts.push(
       namedSpan(
@@ -239,6 +241,22 @@ function renderMeta(element, draft) {
   });
 }
 
+/**
+ * A draft a clinician has already edited, signed or rejected is never rewritten by the service: when the record
+ * changes afterwards, the page says so, and what changed, next to the draft.
+ */
+function renderRecordChanged(article, draft) {
+  const change = draft.recordChanged;
+  if (!change?.summary) return;
+  const note = document.createElement('p');
+  note.className = 'record-changed';
+  note.setAttribute('role', 'note');
+  note.textContent = change.summary;
+  const references = [...(change.added ?? []), ...(change.changed ?? []), ...(change.removed ?? [])];
+  if (references.length > 0) note.title = references.join(', ');
+  article.querySelector('.draft-meta').after(note);
+}
+
 function renderDraft(draft) {
   const article = byId('draft-template').content.firstElementChild.cloneNode(true);
   const titleId = `draft-title-${draft.id}`;
@@ -259,6 +277,7 @@ function renderDraft(draft) {
   badge.classList.add(draft.status);
   article.querySelector('.launched-badge').hidden = !launched;
   renderMeta(article.querySelector('.draft-meta'), draft);
+  renderRecordChanged(article, draft);
   const flagged = article.querySelector('.flagged');
   flagged.hidden = !(draft.flagged && open);
   if (draft.flagged && open) renderRemoved(article, draft);
