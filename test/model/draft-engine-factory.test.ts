@@ -1,7 +1,8 @@
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createDraftEngine } from '../../src/draft-engine-factory.ts';
 import { silentLogger } from '../../src/log.ts';
+import { LlamaCppProvider } from '../../src/model/llama-cpp-provider.ts';
 import { modelConfigSchema } from '../../src/model/model-config.ts';
 import {
   type ScriptedInferenceServer,
@@ -13,6 +14,7 @@ import { writeTinyGguf } from '../support/tiny-gguf.ts';
 
 let server: ScriptedInferenceServer | undefined;
 afterEach(async () => {
+  vi.restoreAllMocks();
   await server?.close();
   server = undefined;
 });
@@ -41,7 +43,10 @@ describe('draft engine from the model config section', () => {
     );
   });
 
-  it('loads a GGUF once for the llama-cpp provider and closes it', async () => {
+  it('loads a GGUF once for the llama-cpp provider, drafts with that one model, and closes it', async () => {
+    const create = vi.spyOn(LlamaCppProvider, 'create');
+    const generate = vi.spyOn(LlamaCppProvider.prototype, 'generate');
+    const close = vi.spyOn(LlamaCppProvider.prototype, 'close');
     const config = modelConfigSchema.parse({
       provider: 'llama-cpp',
       llamaCpp: {
@@ -52,10 +57,27 @@ describe('draft engine from the model config section', () => {
         gpu: false,
         sequences: 1,
       },
+      // One structured call per draft at most: navigation and extraction are not what is under test.
+      agent: { maxSteps: 0, maxModelCalls: 1, maxOutputTokens: 64 },
     });
     const engine = await createDraftEngine(config, silentLogger());
     expect(engine.id).toBe('medgemma-agent');
+    expect(create).toHaveBeenCalledTimes(1);
+    const loaded = await create.mock.results[0].value;
+    for (const kind of ['progress-summary', 'previsit-briefing'] as const)
+      await engine.draft({ kind, record: buildPatientRecord(), nudges: [] });
+    expect(create).toHaveBeenCalledTimes(1);
+    expect(generate.mock.contexts.length).toBeGreaterThanOrEqual(2);
+    for (const provider of generate.mock.contexts) expect(provider).toBe(loaded);
+
+    expect(close).not.toHaveBeenCalled();
     await engine.close();
+    expect(close).toHaveBeenCalledTimes(1);
+    expect(close.mock.contexts[0]).toBe(loaded);
+    // Closed for real: the model's context is gone, so nothing can generate with it any more.
+    await expect(
+      loaded.generate({ messages: [{ role: 'user', content: 'x' }], maxTokens: 4 }),
+    ).rejects.toThrow();
   });
 
   it('falls back to the extractive draft when the model output stays invalid, and rethrows what a retry may fix', async () => {
