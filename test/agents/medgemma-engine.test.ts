@@ -280,6 +280,67 @@ describe('MedGemma engine: grounding, by the pipeline verification stage', () =>
     expect(verification.cited).toEqual(['Condition/cond-1']);
   });
 
+  it('keeps only citations of what the model was shown or read in this run, not the whole record', async () => {
+    const record = buildPatientRecord({ noteCount: 6, observationCount: 24 });
+    const draftCiting = (reference: string) => (request: GenerateRequest) =>
+      request.schemaName === 'draft'
+        ? JSON.stringify({
+            sections: [
+              {
+                heading: 'Results',
+                lines: [
+                  { text: 'An older result.', citations: [reference] },
+                  { text: 'Type 2 diabetes.', citations: ['Condition/cond-1'] },
+                ],
+              },
+            ],
+            suggestions: [],
+          })
+        : cooperativeReply(request);
+    const shownBefore = new Set(
+      (
+        await engineWith(new ScriptedProvider({ fallback: cooperativeReply })).draft({
+          kind: 'progress-summary',
+          record,
+          nudges: [],
+        })
+      ).shown,
+    );
+    // A result of this patient, retrieved in this run, that the model was not shown.
+    const unshown = record.observations.find(
+      (observation) => !shownBefore.has(`Observation/${observation.id}`),
+    )!;
+    const reference = `Observation/${unshown.id}`;
+    expect(unshown.subject?.reference).toBe(`Patient/${record.patient.id}`);
+
+    const notShown = await draftVerified(
+      engineWith(new ScriptedProvider({ script: [readingList()], fallback: draftCiting(reference) })),
+      { kind: 'progress-summary', record, nudges: [] },
+      silentLogger(),
+    );
+    expect(notShown.result.shown).not.toContain(reference);
+    expect(notShown.verification.text).not.toContain(reference);
+    expect(notShown.verification.removed.map((removed) => [removed.citations, removed.reason])).toEqual([
+      [[reference], 'unknown-citation'],
+    ]);
+    expect(notShown.verification.cited).toEqual(['Condition/cond-1']);
+
+    // Once a tool has shown it to the model, the same line stays.
+    const code = unshown.code?.coding?.[0]?.code ?? unshown.code?.text ?? '';
+    const read = await draftVerified(
+      engineWith(
+        new ScriptedProvider({
+          script: [toolCall('get_observations', { code, since: null }), readingList()],
+          fallback: draftCiting(reference),
+        }),
+      ),
+      { kind: 'progress-summary', record, nudges: [] },
+      silentLogger(),
+    );
+    expect(read.verification.removed).toEqual([]);
+    expect(read.verification.cited).toEqual([reference, 'Condition/cond-1']);
+  });
+
   it('gives every sentence of a line the citations of its line', async () => {
     expect(sentencesOf('HbA1c 7.2% in May. Seen by Dr. Lee today. Plan: repeat in 3 months')).toEqual([
       'HbA1c 7.2% in May.',
