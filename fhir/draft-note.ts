@@ -16,6 +16,7 @@ import {
   type RecordChange,
   textDigest,
   touchedSinceDrafted,
+  writtenFromLaterEncounter,
 } from './draft-refresh.ts';
 import type {
   DraftLocation,
@@ -56,7 +57,7 @@ export interface DraftContent {
   /** Rules whose nudges the draft carries (Provenance derivations). */
   rules?: { id: string; version: string }[];
   /** What the text was written from beyond its citations: the encounter version and how far the record reached. */
-  basis?: Pick<DraftBasis, 'encounterVersion' | 'retrievedThrough'>;
+  basis?: Pick<DraftBasis, 'encounterVersion' | 'encounterUpdated' | 'retrievedThrough'>;
 }
 
 export const aiAssertedLabel = {
@@ -440,10 +441,14 @@ export interface ExistingDraft {
   touched: boolean;
 }
 
-/** A refresh either rewrote the draft, or found that a clinician had taken it over meanwhile. */
+/**
+ * What a refresh did: rewrote the draft; found that a clinician had taken it over meanwhile; or found the
+ * encounter had moved on to a later version while this job drafted (that version's job refreshes it).
+ */
 export type RefreshResult =
-  | { refreshed: true; written: WrittenDraft }
-  | { refreshed: false; existing: ExistingDraft };
+  | { outcome: 'refreshed'; written: WrittenDraft }
+  | { outcome: 'touched'; existing: ExistingDraft }
+  | { outcome: 'superseded' };
 
 /** How often a refresh re-reads a draft that changed under it before it gives up (the job is then retried). */
 const refreshAttempts = 3;
@@ -757,14 +762,31 @@ export class DraftNoteWriter {
   ): Promise<RefreshResult> {
     let current = existing;
     for (let attempt = 1; attempt <= refreshAttempts; attempt++) {
-      if (current.touched) return { refreshed: false, existing: current };
+      if (current.touched) return { outcome: 'touched', existing: current };
+      if (writtenFromLaterEncounter(current.basis, content.basis)) return { outcome: 'superseded' };
       const written =
         current.location.mode === 'write'
           ? await this.#refreshInEhr(current, content, patient, encounter, now)
           : await this.#refreshInStore(current, content, patient, encounter, now);
-      if (written) return { refreshed: true, written };
+      if (written) return { outcome: 'refreshed', written };
       const reread = await this.#reread(current);
       if (!reread) throw outcomeError('not-found', 'the draft being refreshed is gone', 404);
+      if (!reread.touched && reread.basis?.encounterVersion !== current.basis?.encounterVersion) {
+        // Another refresh landed in between: for this same version (a retried request whose first answer was
+        // lost, or a duplicate job), the draft already says what this one would.
+        if (reread.basis?.encounterVersion === content.basis?.encounterVersion)
+          return {
+            outcome: 'refreshed',
+            written: {
+              draft: reread.document,
+              provenance: undefined,
+              created: false,
+              mode: reread.location.mode,
+            },
+          };
+        // Another job's, for a later version of the encounter: that text stands.
+        if (writtenFromLaterEncounter(reread.basis, content.basis)) return { outcome: 'superseded' };
+      }
       current = reread;
     }
     throw outcomeError(
@@ -781,6 +803,9 @@ export class DraftNoteWriter {
    */
   async noteRecordChange(existing: ExistingDraft, change: RecordChange): Promise<boolean> {
     if (!this.#store) return false;
+    const noted = (await this.#store.recordChanges([existing.location.id])).get(existing.location.id);
+    // A job holding an older version of the encounter does not replace what a later version's job noted.
+    if (isLater(noted?.encounterUpdated, change.encounterUpdated)) return false;
     await this.#store.noteRecordChange(existing.location.id, change);
     return true;
   }
@@ -1024,6 +1049,12 @@ export class DraftNoteWriter {
 export async function ensureDeviceIn(client: FhirClient, device: Device): Promise<string> {
   const { resource } = await client.create(device, { ifNoneExist: identifierCondition(device) });
   return `Device/${resource.id}`;
+}
+
+function isLater(candidate: string | undefined, reference: string | undefined): boolean {
+  const left = Date.parse(candidate ?? '');
+  const right = Date.parse(reference ?? '');
+  return Number.isFinite(left) && Number.isFinite(right) && left > right;
 }
 
 /** One of this service's drafts for the encounter and kind, at the given generation (any engine). */

@@ -32,6 +32,8 @@ export const clinicianEditedTag = {
 export interface DraftBasis {
   /** The encounter's versionId (its lastUpdated on servers without versions) the text was written from. */
   encounterVersion?: string;
+  /** That version's `meta.lastUpdated` (the server's clock): orders two versions whose ids say nothing of order. */
+  encounterUpdated?: string;
   /** The latest `meta.lastUpdated` among the resources read for the text: the FHIR server's clock, not ours. */
   retrievedThrough?: string;
   /** `sha256:<hex>` of the text as the service wrote it. */
@@ -47,6 +49,19 @@ export function encounterVersionOf(encounter: Encounter): string | undefined {
 
 export function textDigest(text: string): string {
   return `sha256:${createHash('sha256').update(text, 'utf8').digest('hex')}`;
+}
+
+/**
+ * Whether the draft was written from a later version of the encounter than `basis` names (by the server's
+ * lastUpdated): a job holding an older version must not write over it. False when either time is unknown.
+ */
+export function writtenFromLaterEncounter(
+  draft: DraftBasis | undefined,
+  basis: DraftBasis | undefined,
+): boolean {
+  const drafted = Date.parse(draft?.encounterUpdated ?? '');
+  const ours = Date.parse(basis?.encounterUpdated ?? '');
+  return Number.isFinite(drafted) && Number.isFinite(ours) && drafted > ours;
 }
 
 /** The latest lastUpdated among the resources read, or undefined when the server gave none. */
@@ -65,6 +80,7 @@ export function draftBasisExtension(basis: DraftBasis): Extension {
     url: draftBasisExtensionUrl,
     extension: [
       ...(basis.encounterVersion ? [{ url: 'encounterVersion', valueString: basis.encounterVersion }] : []),
+      ...(basis.encounterUpdated ? [{ url: 'encounterUpdated', valueInstant: basis.encounterUpdated }] : []),
       ...(basis.retrievedThrough ? [{ url: 'retrievedThrough', valueInstant: basis.retrievedThrough }] : []),
       ...(basis.textDigest ? [{ url: 'textDigest', valueString: basis.textDigest }] : []),
       ...(basis.refreshedAt ? [{ url: 'refreshedAt', valueInstant: basis.refreshedAt }] : []),
@@ -79,10 +95,12 @@ export function draftBasisOf(document: DocumentReference): DraftBasis | undefine
   const part = (name: string) => extension.extension?.find((entry) => entry.url === name);
   const basis: DraftBasis = {};
   const encounterVersion = part('encounterVersion')?.valueString;
+  const encounterUpdated = part('encounterUpdated')?.valueInstant;
   const retrievedThrough = part('retrievedThrough')?.valueInstant;
   const digest = part('textDigest')?.valueString;
   const refreshedAt = part('refreshedAt')?.valueInstant;
   if (encounterVersion) basis.encounterVersion = encounterVersion;
+  if (encounterUpdated) basis.encounterUpdated = encounterUpdated;
   if (retrievedThrough) basis.retrievedThrough = retrievedThrough;
   if (digest) basis.textDigest = digest;
   if (refreshedAt) basis.refreshedAt = refreshedAt;
@@ -136,6 +154,8 @@ export interface RecordChange {
   /** The encounter version the draft was written from, and the one the record is at now. */
   encounterFrom?: string;
   encounterTo?: string;
+  /** `meta.lastUpdated` of the encounter's version now (orders notes from jobs that raced). */
+  encounterUpdated?: string;
   counts: RecordChangeCount[];
   added: string[];
   changed: string[];
@@ -210,6 +230,7 @@ export function recordChangeSince(input: {
     encounterId: encounter.id as string,
     ...(basis?.encounterVersion ? { encounterFrom: basis.encounterVersion } : {}),
     ...(encounterTo ? { encounterTo } : {}),
+    ...(encounter.meta?.lastUpdated ? { encounterUpdated: encounter.meta.lastUpdated } : {}),
     counts: [...counts.values()].sort((left, right) => left.resourceType.localeCompare(right.resourceType)),
     added: added.slice(0, maxListedReferences),
     changed: changed.slice(0, maxListedReferences),

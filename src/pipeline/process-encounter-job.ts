@@ -19,7 +19,12 @@ import {
   draftProvenanceBasis,
   type ExistingDraft,
 } from '../../fhir/draft-note.ts';
-import { encounterVersionOf, latestUpdate, recordChangeSince } from '../../fhir/draft-refresh.ts';
+import {
+  encounterVersionOf,
+  latestUpdate,
+  recordChangeSince,
+  writtenFromLaterEncounter,
+} from '../../fhir/draft-refresh.ts';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { OperationOutcomeError } from '../../fhir/operation-outcome.ts';
 import { retrievePatientRecord } from '../../fhir/patient-history.ts';
@@ -162,6 +167,12 @@ export async function processEncounterJob(
     await writer.completeProvenance(existing);
     return complete('draft-exists');
   }
+  // The draft was written from a later version than this job read: the encounter changed while it waited.
+  if (
+    existing &&
+    writtenFromLaterEncounter(existing.basis, { encounterUpdated: encounter.meta?.lastUpdated })
+  )
+    return complete('skipped:encounter-changed-meanwhile');
   if (existing?.touched) return complete(await noteRecordChange(existing));
 
   const nudges = (await dependencies.selectNudges?.(record, kind)) ?? [];
@@ -196,6 +207,7 @@ export async function processEncounterJob(
     rules: nudges.map((nudge) => ({ id: nudge.ruleId, version: nudge.ruleVersion })),
     basis: {
       ...(encounterVersion ? { encounterVersion } : {}),
+      ...(encounter.meta?.lastUpdated ? { encounterUpdated: encounter.meta.lastUpdated } : {}),
       ...(retrievedThrough(record) ? { retrievedThrough: retrievedThrough(record) } : {}),
     },
   };
@@ -204,7 +216,9 @@ export async function processEncounterJob(
   if (existing) {
     const refresh = await writer.refresh(existing, content, record.patient, encounter);
     // A clinician edited, signed or rejected it while this job drafted: theirs stays, the change is noted.
-    if (!refresh.refreshed) return complete(await noteRecordChange(refresh.existing));
+    if (refresh.outcome === 'touched') return complete(await noteRecordChange(refresh.existing));
+    // The encounter moved on while this job worked, and that version's job has refreshed the draft.
+    if (refresh.outcome === 'superseded') return complete('skipped:encounter-changed-meanwhile');
     written = refresh.written;
   } else {
     written = await writer.write(content, record.patient, encounter);

@@ -246,6 +246,8 @@ describe('a clinician’s edit between the refresh’s read and its write wins',
   class RacingClient extends FhirClient {
     beforeRefreshWrite: (() => Promise<void>) | undefined;
     refreshWrites = 0;
+    /** Sends the next refresh transaction twice, as a client does whose first answer was lost on the way. */
+    loseNextRefreshAnswer = false;
 
     async #race(isRefresh: boolean): Promise<void> {
       if (!isRefresh) return;
@@ -259,7 +261,12 @@ describe('a clinician’s edit between the refresh’s read and its write wins',
       entries: TransactionEntry[],
       options?: Parameters<FhirClient['transaction']>[1],
     ): Promise<TransactionEntryResult[]> {
-      await this.#race(entries.some((entry) => entry.request.method === 'PUT'));
+      const isRefresh = entries.some((entry) => entry.request.method === 'PUT');
+      await this.#race(isRefresh);
+      if (isRefresh && this.loseNextRefreshAnswer) {
+        this.loseNextRefreshAnswer = false;
+        await super.transaction(entries, options);
+      }
       return super.transaction(entries, options);
     }
 
@@ -368,6 +375,46 @@ describe('a clinician’s edit between the refresh’s read and its write wins',
       );
     });
   }
+
+  it('two jobs for two later versions race: the later version’s text stands', async () => {
+    const h = harness('write', true);
+    const encounter = await newEncounter();
+    expect(await h.run(encounter.id as string)).toBe('draft-created');
+    const second = await updateEncounter(encounter, 'Palpitations');
+    // While the job for the second version drafts, a third version arrives and its job finishes first.
+    h.client.beforeRefreshWrite = async () => {
+      await updateEncounter(second, 'Atrial fibrillation');
+      expect(await h.run(encounter.id as string)).toBe('draft-refreshed');
+    };
+    expect(await h.run(encounter.id as string)).toBe('skipped:encounter-changed-meanwhile');
+    expect(h.client.refreshWrites).toBe(2);
+    const [draft] = (
+      await h.client.search<DocumentReference>('DocumentReference', {
+        encounter: `Encounter/${encounter.id}`,
+      })
+    ).filter((document) => document.identifier?.some((identifier) => identifier.system === identifierSystem));
+    expect(textOf(draft)).toContain('Atrial fibrillation');
+    expect(textOf(draft)).not.toContain('Palpitations');
+    expect(await provenancesOf(draft.id)).toHaveLength(2);
+  });
+
+  it('a refresh sent again after its answer was lost finds its own new version and writes nothing more', async () => {
+    const h = harness('write', true);
+    const encounter = await newEncounter();
+    expect(await h.run(encounter.id as string)).toBe('draft-created');
+    await updateEncounter(encounter, 'Dizziness');
+    h.client.loseNextRefreshAnswer = true;
+    expect(await h.run(encounter.id as string)).toBe('draft-refreshed');
+    const [draft] = (
+      await h.client.search<DocumentReference>('DocumentReference', {
+        encounter: `Encounter/${encounter.id}`,
+      })
+    ).filter((document) => document.identifier?.some((identifier) => identifier.system === identifierSystem));
+    expect(textOf(draft)).toContain('Dizziness');
+    const history = await h.client.get<{ entry?: unknown[] }>(`DocumentReference/${draft.id}/_history`);
+    expect(history.entry).toHaveLength(2);
+    expect(await provenancesOf(draft.id)).toHaveLength(2);
+  });
 
   it('held draft (the service’s store): refreshed in place, then kept once the clinician edits it', async () => {
     const h = harness('hold', true);
