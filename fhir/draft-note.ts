@@ -1076,7 +1076,8 @@ function ehrDraft(document: DocumentReference): ExistingDraft {
     location: { mode: 'write', id: document.id as string },
     document,
     basis: draftBasisOf(document),
-    touched: touchedSinceDrafted(document),
+    // Without a versionId there is no If-Match to protect a clinician's concurrent edit: never rewritten.
+    touched: touchedSinceDrafted(document) || !document.meta?.versionId,
   };
 }
 

@@ -3,6 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createExtractiveEngine } from '../../agents/extractive-engine.ts';
 import { createDraftLifecycle } from '../../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../../fhir/draft-note.ts';
+import { describeRecordChange, recordChangeSince } from '../../fhir/draft-refresh.ts';
 import type { DraftMode } from '../../fhir/draft-store.ts';
 import { FhirClient, type TransactionEntry, type TransactionEntryResult } from '../../fhir/fhir-client.ts';
 import { inlineNoteText } from '../../fhir/note-text.ts';
@@ -461,5 +462,60 @@ describe('a clinician’s edit between the refresh’s read and its write wins',
     expect(kept?.recordChanged?.summary).toBe(
       'The record changed since this draft was written: encounter updated.',
     );
+  });
+});
+
+describe('what the record change says', () => {
+  const at = (minutes: number) => new Date(Date.UTC(2026, 10, 20, 10, minutes)).toISOString();
+  const resource = (reference: string, versionId: string, lastUpdated: string) => {
+    const [resourceType, id] = reference.split('/');
+    return { resourceType, id, meta: { versionId, lastUpdated } } as never;
+  };
+
+  it('counts new, updated and removed entries by type, from the draft’s sources and how far its record reached', () => {
+    const change = recordChangeSince({
+      encounter: resource('Encounter/visit', '3', at(40)),
+      basis: { encounterVersion: '2', retrievedThrough: at(10) },
+      sources: new Map([
+        ['Condition/dm', '1'],
+        ['Observation/old-a1c', '1'],
+        ['Observation/bp', '4'],
+        ['Encounter/visit', '2'],
+        ['Patient/p1', '1'],
+      ]),
+      current: [
+        resource('Patient/p1', '2', at(30)),
+        resource('Encounter/visit', '3', at(40)),
+        resource('Condition/dm', '2', at(20)),
+        resource('Observation/bp', '4', at(5)),
+        resource('Observation/a1c', '1', at(25)),
+        resource('Observation/crp', '1', at(26)),
+        // Read for the draft, not cited, unchanged since: not a change.
+        resource('Observation/lipids', '1', at(9)),
+      ],
+      now: new Date(at(41)),
+    });
+    expect(change).toMatchObject({
+      encounterFrom: '2',
+      encounterTo: '3',
+      added: ['Observation/a1c/_history/1', 'Observation/crp/_history/1'],
+      changed: ['Condition/dm/_history/2'],
+      removed: ['Observation/old-a1c/_history/1'],
+    });
+    expect(describeRecordChange(change)).toBe(
+      'The record changed since this draft was written: 2 new results, 1 updated diagnosis, 1 removed result, encounter updated.',
+    );
+  });
+
+  it('without a recorded read-through time, reports only what the draft cites', () => {
+    const change = recordChangeSince({
+      encounter: resource('Encounter/visit', '2', at(40)),
+      basis: { encounterVersion: '2' },
+      sources: new Map([['Condition/dm', '1']]),
+      current: [resource('Condition/dm', '1', at(1)), resource('Observation/new', '1', at(39))],
+      now: new Date(at(41)),
+    });
+    expect(change.counts).toEqual([]);
+    expect(describeRecordChange(change)).toBe('The record changed since this draft was written.');
   });
 });
