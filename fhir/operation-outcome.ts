@@ -168,7 +168,8 @@ export function likelyMissingScopes(requests: FhirRequestName[], context: ScopeC
     parts.push(`the token probably lacks one of ${scopes.join(', ')} (ask for .crus per type)`);
   if (profiled)
     parts.push(
-      `a resource declaring meta.profile also needs ${context}/StructureDefinition.rs on Medplum (or set fhir.declareProfiles: false)`,
+      // StructureDefinition is in no patient's compartment: a clinician's launch needs it as a user/ scope.
+      `a resource declaring meta.profile also needs ${context === 'patient' ? 'user' : context}/StructureDefinition.rs on Medplum (or set fhir.declareProfiles: false)`,
     );
   return parts.join('; ');
 }

@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createDraftLifecycle } from '../../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../../fhir/draft-note.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
+import { likelyMissingScopes } from '../../fhir/operation-outcome.ts';
 import { defaultLaunchScopes } from '../../src/config/auth-config.ts';
 import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
 import { draftsApiRouter, launchScopeContext, userFhirClient } from '../../src/http/drafts-api-routes.ts';
@@ -170,5 +171,17 @@ describe('the review app’s FHIR client names the clinician’s scopes in a 403
     });
     expect(lines.join('\n')).not.toContain('system/');
     expect(lines.join('\n')).not.toContain('Edited');
+  });
+});
+
+describe('the hint for a profiled write under a patient launch', () => {
+  it('names StructureDefinition as a user/ scope, since it belongs to no patient', () => {
+    const hint = likelyMissingScopes(
+      [{ interaction: 'create', resourceType: 'Provenance', declaresProfile: true }],
+      'patient',
+    );
+    expect(hint).toContain('patient/Provenance.c');
+    expect(hint).toContain('user/StructureDefinition.rs');
+    expect(hint).not.toContain('patient/StructureDefinition');
   });
 });
