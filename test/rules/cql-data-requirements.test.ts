@@ -1,4 +1,3 @@
-import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -21,6 +20,7 @@ import { recordFromResources } from '../../src/rules/record-from-bundle.ts';
 import { loadRuleSet } from '../../src/rules/rule-loader.ts';
 import type { RuleSet } from '../../src/rules/rule-set.ts';
 import { createSandboxEhr, type SandboxEhr } from '../../src/sandbox/sandbox-ehr.ts';
+import { cqlModelDirectory, haveCqlModels } from '../support/cql-models.ts';
 import { ruleFolder, valueSetBase } from './helpers.ts';
 
 /**
@@ -29,8 +29,7 @@ import { ruleFolder, valueSetBase } from './helpers.ts';
  * whose only evidence is a MedicationStatement must meet the inclusion criteria in fixture tests,
  * explain, backtests, the pipeline and CDS Hooks alike.
  */
-const cqlModelDirectory = path.resolve('../shared/reference/cql');
-const haveModels = existsSync(path.join(cqlModelDirectory, 'FHIRHelpers-4.0.1.cql'));
+const haveModels = haveCqlModels;
 
 const commons = `library PainCommons version '1.0.0'
 using FHIR version '4.0.1'

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createCqlCompiler } from '../../src/rules/cql-compiler.ts';
@@ -6,12 +6,10 @@ import { evaluateRules } from '../../src/rules/evaluate.ts';
 import { recordFromBundle } from '../../src/rules/record-from-bundle.ts';
 import { loadRuleSet } from '../../src/rules/rule-loader.ts';
 import type { RuleSet } from '../../src/rules/rule-set.ts';
+import { cqlModelDirectory, haveCqlModels } from '../support/cql-models.ts';
 import { ruleFolder, starterRulesDirectory, valueSetBase } from './helpers.ts';
 
-const cqlModelDirectory = path.resolve('../shared/reference/cql');
-const haveModels = existsSync(path.join(cqlModelDirectory, 'FHIRHelpers-4.0.1.cql'));
-if (!haveModels)
-  console.warn(`skipping CQL tests: ${cqlModelDirectory} (model info and FHIRHelpers) is absent`);
+const haveModels = haveCqlModels;
 
 const library = `library DiabetesStatin version '1.0.0'
 using FHIR version '4.0.1'

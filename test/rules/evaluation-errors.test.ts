@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -6,6 +6,7 @@ import { createRulesProgram } from '../../src/cli/rules.ts';
 import { evaluateRules } from '../../src/rules/evaluate.ts';
 import { recordFromBundle } from '../../src/rules/record-from-bundle.ts';
 import { loadRuleSet } from '../../src/rules/rule-loader.ts';
+import { cqlModelDirectory, haveCqlModels } from '../support/cql-models.ts';
 import { ruleFolder, starterRulesDirectory } from './helpers.ts';
 
 /**
@@ -13,8 +14,7 @@ import { ruleFolder, starterRulesDirectory } from './helpers.ts';
  * never a quiet "does not fire", and it names the CQL library, the define, the line and the engine's
  * own message instead of "Encountered unexpected error during execution.".
  */
-const cqlModelDirectory = path.resolve('../shared/reference/cql');
-const haveModels = existsSync(path.join(cqlModelDirectory, 'FHIRHelpers-4.0.1.cql'));
+const haveModels = haveCqlModels;
 
 const library = `library Denominator version '1.0.0'
 using FHIR version '4.0.1'

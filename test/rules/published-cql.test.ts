@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Bundle, FhirResource } from 'fhir/r4.js';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -8,6 +8,7 @@ import { evaluateRules } from '../../src/rules/evaluate.ts';
 import { recordFromResources } from '../../src/rules/record-from-bundle.ts';
 import { loadRuleSet } from '../../src/rules/rule-loader.ts';
 import { runRuleTests } from '../../src/rules/rule-tests.ts';
+import { cqlModelDirectory, haveCqlModels } from '../support/cql-models.ts';
 import { ruleFolder } from './helpers.ts';
 
 /**
@@ -16,8 +17,7 @@ import { ruleFolder } from './helpers.ts';
  * `http://ecqi.healthit.gov/ecqms/FHIRHelpers` at version 4.1.000), a Measurement Period parameter,
  * Unfiltered-context defines, CDS Connect's valueset-db.json keyed by OID, and DSTU2/STU3 libraries.
  */
-const cqlModelDirectory = path.resolve('../shared/reference/cql');
-const haveModels = existsSync(path.join(cqlModelDirectory, 'FHIRHelpers-4.0.1.cql'));
+const haveModels = haveCqlModels;
 const namespace = 'http://ecqi.healthit.gov/ecqms';
 const colonoscopyOid = '2.16.840.1.113883.3.464.1003.108.12.1020';
 
