@@ -8,6 +8,7 @@ import {
 import { describeRecordChange, draftBasisOf, type RecordChange } from './draft-refresh.ts';
 import type { DraftMode, DraftStatus, StoredDraft } from './draft-store.ts';
 import { inlineNoteText } from './note-text.ts';
+import { patientIdInReference } from './patient-scope.ts';
 
 /**
  * The plain view of a draft that the review app shows, the same whether the draft lives in the EHR
@@ -117,7 +118,7 @@ export function viewOfDocument(document: DocumentReference, identifierSystem: st
   const subject = document.subject?.reference ?? '';
   return {
     id: document.id as string,
-    patientId: /Patient\/([^/]+)/.exec(subject)?.[1] ?? bareId(subject),
+    patientId: patientIdInReference(subject) ?? bareId(subject),
     encounterId: bareId(document.context?.encounter?.[0]?.reference) || encounterFromIdentifier,
     kind,
     status: statusOf(document),

@@ -9,7 +9,7 @@ import {
 } from './note-text.ts';
 import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
 import type { ClinicalNote, PatientRecord, PatientResourceLists, RecordOmission } from './patient-record.ts';
-import { PatientScopedReader, patientReferenceOf } from './patient-scope.ts';
+import { PatientScopedReader, patientIdInReference, patientReferenceOf } from './patient-scope.ts';
 
 export { assertInCompartment, patientReferenceOf } from './patient-scope.ts';
 
@@ -136,7 +136,7 @@ export function isOwnDraft(document: DocumentReference, draftIdentifierSystem: s
 
 /** The compartment guard for one event: a reader bound to the Encounter's patient. */
 export function openPatientScope(client: FhirClient, encounter: Encounter): PatientScopedReader {
-  const patientId = /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(patientReferenceOf(encounter) ?? '')?.[1];
+  const patientId = patientIdInReference(patientReferenceOf(encounter));
   if (!patientId) throw outcomeError('invalid', `Encounter/${encounter.id} has no patient subject`, 422);
   return new PatientScopedReader(client, patientId);
 }

@@ -28,7 +28,27 @@ const patientParameters = new Set([
   '_revinclude',
 ]);
 
-/** The patient a resource belongs to, as `Patient/<id>`, from its subject or patient reference. */
+/**
+ * The one rule for a patient reference: relative or absolute (`[base]/Patient/<id>`), optionally
+ * versioned (`/_history/<v>`), with an id as FHIR allows it.
+ */
+const patientReferencePattern = /(?:^|\/)Patient\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/;
+
+/** The patient id a reference names, or undefined when it names no patient. */
+export function patientIdInReference(reference: string | undefined): string | undefined {
+  return reference ? patientReferencePattern.exec(reference)?.[1] : undefined;
+}
+
+/** The patient id behind `123`, `Patient/123` or `https://ehr/fhir/Patient/123` (a launch context's patient). */
+export function barePatientId(value: string): string {
+  return patientIdInReference(value) ?? value;
+}
+
+/**
+ * The patient a resource belongs to, as `Patient/<id>`: the Patient itself, else its subject, else its
+ * patient reference (Coverage: its beneficiary). A subject that names something else (a Group) is not
+ * overruled by a `patient` element.
+ */
 export function patientReferenceOf(resource: FhirResource): string | undefined {
   if (resource.resourceType === 'Patient') return `Patient/${resource.id}`;
   const holder = resource as {
@@ -41,14 +61,21 @@ export function patientReferenceOf(resource: FhirResource): string | undefined {
     holder.subject?.reference ??
     holder.patient?.reference ??
     (resource.resourceType === 'Coverage' ? holder.beneficiary?.reference : undefined);
-  if (!reference) return undefined;
-  // Absolute references name the same patient when their last two segments do.
-  const match = /(?:^|\/)(Patient\/[A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(reference);
-  return match?.[1];
+  const patientId = patientIdInReference(reference);
+  return patientId ? `Patient/${patientId}` : undefined;
+}
+
+/**
+ * Whether a resource belongs to a patient (given as an id or a reference): the one answer for the
+ * event's compartment guard, the verifier and the review app's citations. A resource naming no
+ * patient (Practitioner, Organization) belongs to none.
+ */
+export function belongsToPatient(resource: FhirResource, patient: string): boolean {
+  return patientReferenceOf(resource) === `Patient/${barePatientId(patient)}`;
 }
 
 export function assertInCompartment(resource: FhirResource, patientId: string): void {
-  if (patientReferenceOf(resource) !== `Patient/${patientId}`) {
+  if (!belongsToPatient(resource, patientId)) {
     throw outcomeError(
       'forbidden',
       `${resource.resourceType}/${resource.id} does not belong to the event's patient; refused`,

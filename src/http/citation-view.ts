@@ -1,5 +1,6 @@
 import type { FhirResource } from 'fhir/r4.js';
 import { personName } from '../../fhir/display-labels.ts';
+import { barePatientId, belongsToPatient } from '../../fhir/patient-scope.ts';
 
 /**
  * What the review page shows when a clinician opens a `[Type/id]` citation: a few labelled fields a human can
@@ -32,29 +33,15 @@ const asArray = (value: unknown): unknown[] => (Array.isArray(value) ? value : [
 const asString = (value: unknown): string | undefined =>
   typeof value === 'string' && value.length > 0 ? value : undefined;
 
-/** The bare patient id behind `123`, `Patient/123` or `https://ehr/fhir/Patient/123`. */
-export function barePatientId(value: string): string {
-  const match = /(?:^|\/)Patient\/([^/]+)$/.exec(value);
-  return match ? match[1] : value;
-}
-
-function referencesPatient(reference: unknown, patientId: string): boolean {
-  const value = asString(asRecord(reference)?.reference);
-  if (!value) return false;
-  return value === `Patient/${patientId}` || value.endsWith(`/Patient/${patientId}`);
-}
+export { barePatientId };
 
 /**
- * True when the resource is the patient, or points at the patient through `subject` or `patient` (the
- * compartment links of the clinical resources drafts cite). Anything else is refused, including resources with
- * no patient link at all (Practitioner, Organization): a draft's citations are about the patient.
+ * True when the resource is the patient or belongs to it (fhir/patient-scope.ts: the same rule as the
+ * event's compartment guard). Anything else is refused, including resources with no patient link at all
+ * (Practitioner, Organization): a draft's citations are about the patient.
  */
-export function isInPatientCompartment(resource: FhirResource, patientId: string): boolean {
-  const id = barePatientId(patientId);
-  if (resource.resourceType === 'Patient') return resource.id === id;
-  const loose = resource as unknown as Loose;
-  return referencesPatient(loose.subject, id) || referencesPatient(loose.patient, id);
-}
+export const isInPatientCompartment: (resource: FhirResource, patientId: string) => boolean =
+  belongsToPatient;
 
 function codeableText(value: unknown): string | undefined {
   const concept = asRecord(value);

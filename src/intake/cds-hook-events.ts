@@ -1,6 +1,7 @@
 import type { Encounter } from 'fhir/r4.js';
 import { z } from 'zod';
 import { outcomeError } from '../../fhir/operation-outcome.ts';
+import { patientIdInReference } from '../../fhir/patient-scope.ts';
 import type { EventIntake } from './event-intake.ts';
 
 /**
@@ -25,8 +26,7 @@ const contextSchema = z.looseObject({
 
 /** The patient id an Encounter's subject names, relative or absolute (`[base]/Patient/<id>`). */
 function subjectPatientId(encounter: Encounter): string | undefined {
-  const reference = encounter.subject?.reference ?? '';
-  return /(?:^|\/)Patient\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(reference)?.[1];
+  return patientIdInReference(encounter.subject?.reference);
 }
 
 export async function enqueueFromCdsHook(
