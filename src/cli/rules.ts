@@ -6,19 +6,20 @@ import type { Bundle, Encounter, Patient } from 'fhir/r4.js';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
+import type { ServiceConfig } from '../config/config-schema.ts';
 import { loadConfig } from '../config/load-config.ts';
 import { type BacktestPopulation, backtestCsv, runBacktest } from '../rules/backtest.ts';
 import { evaluateRules, type RuleResult } from '../rules/evaluate.ts';
 import type { NudgeStore, RuleStatistics } from '../rules/nudge-store.ts';
 import { recordFromBundle } from '../rules/record-from-bundle.ts';
 import { loadRuleSet, overrideProblems, type RuleSetSource } from '../rules/rule-loader.ts';
+import { ruleLogicProblems } from '../rules/rule-logic.ts';
 import { formatLoadError, type RuleSet } from '../rules/rule-set.ts';
 import { runRuleTests } from '../rules/rule-tests.ts';
-import { defaultRulesConfig } from '../rules/rules-config.ts';
 import { SqliteNudgeStore } from '../rules/sqlite-nudge-store.ts';
 import { createServiceFhirClient } from '../service-fhir-client.ts';
 import { runProgram } from './run-program.ts';
-import { populationRecord, sandboxPopulationModule } from './sandbox-population.ts';
+import { patientIdFor, sandboxPatientRecord, sandboxPopulationModule } from './sandbox-population.ts';
 
 /**
  * `rules`: the informatics team's tool. validate, test, backtest, explain and stats over the same
@@ -31,8 +32,8 @@ interface Io {
 }
 
 interface CommonOptions {
-  rules: string;
-  valueSets: string;
+  rules?: string;
+  valueSets?: string;
   cqlModels?: string;
 }
 
@@ -42,24 +43,50 @@ const processIo: Io = {
   isTty: Boolean(process.stderr.isTTY),
 };
 
-export function createRulesProgram(io: Io = processIo): Command {
+/**
+ * Defaults come from the service's own configuration (the YAML file and `EHR_AGENT_*` variables, read
+ * as the service reads them), so the CLI checks, tests and explains the rules the service runs; flags
+ * override them.
+ */
+export function createRulesProgram(
+  io: Io = processIo,
+  options: { config?: () => ServiceConfig } = {},
+): Command {
+  const readConfig = options.config ?? (() => loadConfig());
+  let config: ServiceConfig | undefined;
+  const serviceConfig = (): ServiceConfig => {
+    config ??= readConfig();
+    return config;
+  };
   const program = new Command('rules')
     .description('Validate, test, backtest and explain guideline rules (FHIRPath and CQL)')
-    .option('--rules <dir>', 'rules folder', defaultRulesConfig.directory)
-    .option('--value-sets <file>', 'value-set JSON file', defaultRulesConfig.valueSetFile)
-    .option('--cql-models <dir>', 'folder with CQL model info and FHIRHelpers (to compile CQL source)')
+    .option('--rules <dir>', 'rules folder (default: rules.directory of the service configuration)')
+    .option(
+      '--value-sets <file>',
+      'value-set file (default: rules.valueSetFile of the service configuration)',
+    )
+    .option(
+      '--cql-models <dir>',
+      'folder with CQL model info and FHIRHelpers, to compile CQL source (default: rules.cqlModelDirectory)',
+    )
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .exitOverride();
 
   const source = (): RuleSetSource => {
-    const options = program.opts<CommonOptions>();
+    const flags = program.opts<CommonOptions>();
+    const rules = serviceConfig().rules;
     return {
-      directory: options.rules,
-      valueSetFile: options.valueSets,
-      cqlModelDirectory: options.cqlModels,
-      defaultSuppressionDays: defaultRulesConfig.suppression.defaultDays,
-      perEncounterCap: defaultRulesConfig.perEncounterCap,
+      directory: flags.rules ?? rules.directory,
+      valueSetFile: flags.valueSets ?? rules.valueSetFile,
+      cqlModelDirectory: flags.cqlModels ?? rules.cqlModelDirectory,
+      defaultSuppressionDays: rules.suppression.defaultDays,
+      perEncounterCap: rules.perEncounterCap,
     };
+  };
+  /** The service's store of deliveries, outcomes and served rule logic. */
+  const storeFile = () => {
+    const current = serviceConfig();
+    return current.rules.storeFile ?? path.join(current.dataDir, 'rules.sqlite');
   };
   const load = async (): Promise<RuleSet | undefined> => {
     const result = await loadRuleSet(source());
@@ -76,6 +103,21 @@ export function createRulesProgram(io: Io = processIo): Command {
     .action(async () => {
       const ruleSet = await load();
       if (!ruleSet) return;
+      // The service would refuse a set that changes a served version's logic: say so before it does.
+      if (existsSync(storeFile())) {
+        const store = new SqliteNudgeStore(storeFile());
+        try {
+          const problems = await ruleLogicProblems(store, ruleSet);
+          for (const problem of problems) io.err(`${formatLoadError(problem)}\n`);
+          if (problems.length > 0) {
+            io.err(`rule set would be refused by the service: ${problems.length} error(s)\n`);
+            process.exitCode = 1;
+            return;
+          }
+        } finally {
+          await store.close();
+        }
+      }
       const cqlCriteria = ruleSet.rules
         .flatMap((rule) => rule.criteria)
         .filter((criterion) => criterion.kind === 'cql');
@@ -117,7 +159,10 @@ export function createRulesProgram(io: Io = processIo): Command {
       new Option('--workers <n>', 'worker threads (default: one per core)').argParser(positiveInteger),
     )
     .addOption(
-      new Option('--seed <n>', 'population seed (sandbox, generated)').argParser(positiveInteger).default(1),
+      new Option(
+        '--seed <n>',
+        'population seed (sandbox, generated; default: sandbox.seed of the service configuration)',
+      ).argParser(positiveInteger),
     )
     .option('--token <token>', 'bearer token for a FHIR source')
     .addOption(parameterOption())
@@ -128,14 +173,19 @@ export function createRulesProgram(io: Io = processIo): Command {
         csv?: string;
         now?: Date;
         workers?: number;
-        seed: number;
+        seed?: number;
         token?: string;
         parameter: Record<string, unknown>;
       }) => {
         const check = await load();
         if (!check || !parametersFit(check, options.parameter)) return;
         const now = options.now ?? new Date();
-        const population = populationFor(options, now, check.additionalResourceTypes);
+        const population = populationFor(
+          { ...options, seed: options.seed ?? serviceConfig().sandbox.seed },
+          now,
+          check.additionalResourceTypes,
+          fhirClient,
+        );
         const progress = progressBar(io);
         const report = await runBacktest({
           source: source(),
@@ -176,7 +226,11 @@ export function createRulesProgram(io: Io = processIo): Command {
     .option('--fhir <base>', 'read the patient from this FHIR server')
     .option('--token <token>', 'bearer token for --fhir')
     .addOption(new Option('--now <date>', 'evaluation date (default: now)').argParser(isoDate))
-    .addOption(new Option('--seed <n>', 'sandbox seed').argParser(positiveInteger).default(1))
+    .addOption(
+      new Option('--seed <n>', 'sandbox seed (default: sandbox.seed of the service configuration)').argParser(
+        positiveInteger,
+      ),
+    )
     .addOption(parameterOption())
     .action(
       async (
@@ -186,7 +240,7 @@ export function createRulesProgram(io: Io = processIo): Command {
           fhir?: string;
           token?: string;
           now?: Date;
-          seed: number;
+          seed?: number;
           parameter: Record<string, unknown>;
         },
       ) => {
@@ -201,7 +255,23 @@ export function createRulesProgram(io: Io = processIo): Command {
           return;
         }
         const now = options.now ?? new Date();
-        const record = await explainRecord(patient, ruleSet, options, now);
+        let record: PatientRecord;
+        try {
+          record = await explainRecord(
+            patient,
+            ruleSet,
+            {
+              ...options,
+              sandbox: { ...serviceConfig().sandbox, ...(options.seed ? { seed: options.seed } : {}) },
+            },
+            now,
+            fhirClient,
+          );
+        } catch (error) {
+          io.err(`${error instanceof Error ? error.message : String(error)}\n`);
+          process.exitCode = 1;
+          return;
+        }
         const evaluation = await evaluateRules(ruleSet, record, {
           trigger: rule.document.trigger[0],
           anyTrigger: true,
@@ -222,23 +292,37 @@ export function createRulesProgram(io: Io = processIo): Command {
     .description('per rule and version: fired, accepted, overridden (with reasons), ignored')
     .option(
       '--store <file>',
-      'the service SQLite store of nudge outcomes',
-      defaultRulesConfig.storeFile ?? 'data/rules.sqlite',
+      'the service SQLite store of nudge outcomes (default: rules.storeFile, or rules.sqlite in dataDir)',
     )
     .option('--csv', 'print CSV instead of a table')
-    .action(async (options: { store: string; csv?: boolean }) => {
-      if (!existsSync(options.store)) {
-        io.err(`no store at ${options.store}\n`);
+    .action(async (options: { store?: string; csv?: boolean }) => {
+      const file = options.store ?? storeFile();
+      if (!existsSync(file)) {
+        io.err(`no store at ${file}\n`);
         process.exitCode = 1;
         return;
       }
-      const store: NudgeStore = new SqliteNudgeStore(options.store);
+      const store: NudgeStore = new SqliteNudgeStore(file);
       try {
         io.out(formatStatistics(await store.statistics(), options.csv ?? false));
       } finally {
         await store.close();
       }
     });
+
+  /**
+   * A client for a FHIR source: with --token, that bearer; on the service's own FHIR server, the
+   * service's authenticated client (SMART Backend Services or its static token); elsewhere, no token.
+   */
+  const fhirClient = async (baseUrl: string, token: string | undefined): Promise<FhirClient> => {
+    if (token)
+      return new FhirClient({ baseUrl, accessToken: { getToken: async () => token, invalidate: () => {} } });
+    const current = serviceConfig();
+    const sameServer = (url: string | undefined) => url?.replace(/\/+$/, '') === baseUrl.replace(/\/+$/, '');
+    if (sameServer(current.fhir.baseUrl))
+      return (await createServiceFhirClient(current, { fhirBaseUrl: baseUrl.replace(/\/+$/, '') })).fhir;
+    return new FhirClient({ baseUrl });
+  };
 
   /** Parameter values given on the command line must belong to some CQL library of the set and fit its type. */
   const parametersFit = (ruleSet: RuleSet, values: Record<string, unknown>): boolean => {
@@ -272,10 +356,13 @@ function parameterOption(): Option {
     .default({});
 }
 
+type FhirClientFor = (baseUrl: string, token: string | undefined) => Promise<FhirClient>;
+
 function populationFor(
   options: { source: string; patients: number; seed: number; token?: string },
   now: Date,
   additionalTypes: readonly string[],
+  fhirClient: FhirClientFor,
 ): BacktestPopulation {
   if (options.source === 'sandbox') {
     return {
@@ -292,7 +379,14 @@ function populationFor(
   return {
     kind: 'records',
     count: options.patients,
-    batches: fhirPopulation(options.source, options.patients, options.token, now, additionalTypes),
+    batches: fhirPopulation(
+      options.source,
+      options.patients,
+      options.token,
+      now,
+      additionalTypes,
+      fhirClient,
+    ),
   };
 }
 
@@ -303,6 +397,7 @@ async function* fhirPopulation(
   token: string | undefined,
   now: Date,
   additionalTypes: readonly string[],
+  fhirClient: FhirClientFor,
 ): AsyncIterable<PatientRecord[]> {
   const client = await fhirClient(baseUrl, token);
   const patients = (
@@ -312,20 +407,6 @@ async function* fhirPopulation(
     const batch = patients.slice(start, start + 10);
     yield Promise.all(batch.map((patient) => fhirRecord(client, patient.id ?? '', now, additionalTypes)));
   }
-}
-
-/**
- * A client for a FHIR source: with --token, that bearer; on the service's own FHIR server, the service's
- * authenticated client (SMART Backend Services or its static token); elsewhere, no token.
- */
-async function fhirClient(baseUrl: string, token: string | undefined): Promise<FhirClient> {
-  if (token)
-    return new FhirClient({ baseUrl, accessToken: { getToken: async () => token, invalidate: () => {} } });
-  const config = loadConfig();
-  const sameServer = (url: string | undefined) => url?.replace(/\/+$/, '') === baseUrl.replace(/\/+$/, '');
-  if (sameServer(config.fhir.baseUrl))
-    return (await createServiceFhirClient(config, { fhirBaseUrl: baseUrl.replace(/\/+$/, '') })).fhir;
-  return new FhirClient({ baseUrl });
 }
 
 /** The patient's history as the service reads it, with every further type the rules' CQL reads. */
@@ -353,8 +434,9 @@ async function fhirRecord(
 async function explainRecord(
   patient: string,
   ruleSet: RuleSet,
-  options: { fhir?: string; token?: string; seed: number },
+  options: { fhir?: string; token?: string; sandbox: { patients: number; seed: number } },
   now: Date,
+  fhirClient: FhirClientFor,
 ): Promise<PatientRecord> {
   if (options.fhir)
     return fhirRecord(
@@ -363,8 +445,17 @@ async function explainRecord(
       now,
       ruleSet.additionalResourceTypes,
     );
-  const sandboxIndex = /^sbx-(\d+)$/.exec(patient);
-  if (sandboxIndex) return populationRecord(Number(sandboxIndex[1]), now, options.seed);
+  if (/^sbx-\d+$/.test(patient)) {
+    // The running sandbox's patient, as it generated it (its seed, the start of today's UTC day).
+    const record = sandboxPatientRecord(patient, options.sandbox, now);
+    if (!record) {
+      const last = patientIdFor(options.sandbox.patients - 1);
+      throw new InvalidArgumentError(
+        `${patient} is not a sandbox patient: the sandbox has ${options.sandbox.patients} (sbx-0000 to ${last})`,
+      );
+    }
+    return record;
+  }
   const candidates = [
     patient,
     path.join(ruleSet.directory, 'fixtures', patient),
@@ -389,8 +480,15 @@ export function explanation(
     `${rule.id} ${rule.version}: ${rule.title}`,
     `patient ${record.patient.id}, evaluated at ${now.toISOString()}, match ${rule.condition.match}`,
     `=> ${result.status.toUpperCase()}${result.error ? ` (${result.error})` : ''}`,
-    '',
   ];
+  const failing = result.criteria.filter((criterion) => !criterion.holds && !criterion.skipped);
+  if (result.status === 'not-fired' && failing.length > 0)
+    lines.push(
+      rule.condition.match === 'all'
+        ? `   because ${failing.map((criterion) => criterion.id).join(', ')} did not hold`
+        : '   because no criterion held',
+    );
+  lines.push('');
   for (const criterion of result.criteria) {
     lines.push(`  [${criterion.holds ? 'x' : ' '}] ${criterion.id}: ${criterion.description}`);
     const shown =
@@ -399,6 +497,7 @@ export function explanation(
         : criterion.result.map((value) => JSON.stringify(value)).join(', ');
     lines.push(`      result: ${shown}`);
     if (criterion.evidence.length > 0) lines.push(`      evidence: ${criterion.evidence.join(', ')}`);
+    if (criterion.seen) lines.push(`      saw: ${criterion.seen.join(', ')}`);
   }
   if (result.nudge) {
     lines.push('', `summary: ${result.nudge.summary}`, `suggested action: ${result.nudge.suggestedAction}`);

@@ -58,6 +58,21 @@ export function includedLibraryName(
   return undefined;
 }
 
+/** The library and every library it includes, directly or not (names as loaded), in a stable order. */
+export function libraryClosure(name: string, libraries: Map<string, ElmLibrary>): string[] {
+  const seen = new Set<string>();
+  const walk = (libraryName: string) => {
+    if (seen.has(libraryName) || !libraries.has(libraryName)) return;
+    seen.add(libraryName);
+    for (const include of libraries.get(libraryName)?.library.includes?.def ?? []) {
+      const included = includedLibraryName(include, libraries);
+      if (included) walk(included);
+    }
+  };
+  walk(name);
+  return [...seen].sort();
+}
+
 /** Resource types a library reads, its own and its includes' (by library name as loaded). */
 export function libraryDataRequirements(name: string, libraries: Map<string, ElmLibrary>): Set<string> {
   const types = new Set<string>();

@@ -3,7 +3,13 @@ import type { Encounter } from 'fhir/r4.js';
 import type { NudgeInput } from '../../agents/draft-engine.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { cqlResultValues } from './cql-values.ts';
-import { type CompiledFhirPath, type FhirPathEnvironment, fhirPathEnvironment } from './fhirpath-compiler.ts';
+import {
+  type CompiledFhirPath,
+  compileFhirPath,
+  dataProbes,
+  type FhirPathEnvironment,
+  fhirPathEnvironment,
+} from './fhirpath-compiler.ts';
 import type { NudgeStore } from './nudge-store.ts';
 import type { RuleTrigger, Severity, UrgencyLevel } from './rule-schema.ts';
 import type { CompiledRule, RuleSet } from './rule-set.ts';
@@ -34,6 +40,11 @@ export interface CriterionResult {
   result: unknown[];
   /** Not evaluated: an earlier criterion already decided the rule (only when not explaining). */
   skipped?: true;
+  /**
+   * When explaining: the record data the expression looked at (the resources its longest chain from a
+   * `%variable` returned), described briefly: what made "no colonoscopy in 10 years" false.
+   */
+  seen?: string[];
 }
 
 export type RuleStatus =
@@ -302,8 +313,11 @@ async function evaluateCriteria(
       continue;
     }
     let values: unknown[];
+    let seen: string[] | undefined;
     if (criterion.kind === 'fhirpath') {
       values = evaluateWithDefines(rule, criterion.fhirpath, environment);
+      // What a criterion that did not hold looked at: the reason it did not hold is usually in there.
+      if (explain && !truth(values)) seen = dataSeen(rule, ruleSet, criterion.fhirpath, environment);
     } else {
       if (!ruleSet.cql) throw new Error('rule set has no CQL runtime');
       const parameters = { ...criterion.parameters, ...parameterOverrides };
@@ -324,9 +338,69 @@ async function evaluateCriteria(
       holds,
       evidence: evidenceOf(values),
       result: values.slice(0, 10).map(shorten),
+      ...(seen && seen.length > 0 ? { seen } : {}),
     });
   }
   return results;
+}
+
+const probesByExpression = new WeakMap<CompiledFhirPath, CompiledFhirPath[]>();
+
+/** The resources the longest record-reading chain of the expression returned (see dataProbes). */
+function dataSeen(
+  rule: CompiledRule,
+  ruleSet: RuleSet,
+  compiled: CompiledFhirPath,
+  environment: FhirPathEnvironment,
+): string[] {
+  let probes = probesByExpression.get(compiled);
+  if (!probes) {
+    const defineTypes = new Map([...rule.defines].map(([name, define]) => [name, define.resultType]));
+    probes = dataProbes(compiled.expression).flatMap((probe) => {
+      try {
+        return [compileFhirPath(probe, ruleSet.valueSets, [...rule.defines.keys()], defineTypes)];
+      } catch {
+        return [];
+      }
+    });
+    probesByExpression.set(compiled, probes);
+  }
+  for (const probe of probes) {
+    // The patient is always there: what matters is the clinical data.
+    const resources = evaluateWithDefines(rule, probe, environment).filter(
+      (value): value is Record<string, unknown> =>
+        Boolean(value) &&
+        typeof value === 'object' &&
+        'resourceType' in (value as object) &&
+        (value as { resourceType: unknown }).resourceType !== 'Patient',
+    );
+    if (resources.length > 0) return resources.slice(0, 10).map(describeResource);
+  }
+  return [];
+}
+
+/** `Procedure/x (Colonoscopy, 2014-05-01)`: what a reviewer needs to find the resource and see why it counted. */
+function describeResource(resource: Record<string, unknown>): string {
+  const concept = (resource.code ?? resource.vaccineCode ?? resource.medicationCodeableConcept) as
+    | { text?: string; coding?: { display?: string; code?: string }[] }
+    | undefined;
+  const name = concept?.text ?? concept?.coding?.[0]?.display ?? concept?.coding?.[0]?.code;
+  const period = (resource.effectivePeriod ?? resource.performedPeriod ?? resource.period) as
+    | { start?: string }
+    | undefined;
+  const date = [
+    resource.effectiveDateTime,
+    resource.performedDateTime,
+    resource.occurrenceDateTime,
+    resource.authoredOn,
+    resource.onsetDateTime,
+    resource.recordedDate,
+    resource.issued,
+    period?.start,
+    resource.date,
+  ].find((candidate): candidate is string => typeof candidate === 'string');
+  const details = [name, date?.slice(0, 10)].filter(Boolean).join(', ');
+  return `${resource.resourceType}/${String(resource.id)}${details ? ` (${details})` : ''}`;
 }
 
 /** A single boolean is itself; otherwise a criterion holds when its expression returned anything. */

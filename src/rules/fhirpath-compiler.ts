@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
+import { checkPaths, FhirPathPathError, type FhirPathType } from './fhirpath-paths.ts';
 import type { ValueSetIndex } from './value-sets.ts';
 
 /**
@@ -60,8 +61,27 @@ export function fhirPathEnvironment(record: PatientRecord, now: Date): FhirPathE
   };
 }
 
+/** The FHIR type of each environment variable, for checking element names at load. */
+const variableTypes: Record<string, string> = {
+  patient: 'Patient',
+  encounter: 'Encounter',
+  conditions: 'Condition',
+  medications: 'MedicationRequest',
+  allergies: 'AllergyIntolerance',
+  observations: 'Observation',
+  encounters: 'Encounter',
+  procedures: 'Procedure',
+  immunizations: 'Immunization',
+  documents: 'DocumentReference',
+  context: 'Patient',
+  resource: 'Patient',
+  rootResource: 'Patient',
+};
+
 export interface CompiledFhirPath {
   expression: string;
+  /** The result's FHIR type, when it is certain (a define's type is what `%name` has in later expressions). */
+  resultType: FhirPathType;
   /** Rule-level `define` names the expression reads (they must be computed first). */
   definesUsed: string[];
   valueSetUrls: string[];
@@ -317,6 +337,7 @@ export function compileFhirPath(
   expression: string,
   valueSets: ValueSetIndex,
   defineNames: readonly string[] = [],
+  defineTypes: ReadonlyMap<string, FhirPathType> = new Map(),
 ): CompiledFhirPath {
   const valueSetUrls = [...expression.matchAll(valueSetReference)].map((match) => match[1]);
   if (/(?:inValueSet|withCode)\(\s*[^'\s)]/.test(expression)) {
@@ -340,9 +361,26 @@ export function compileFhirPath(
     );
   }
   let compiled: (resource: unknown, variables: Record<string, unknown>) => unknown[];
+  let ast: unknown;
   try {
     // The author's text is parsed first so that syntax errors point at what they wrote.
-    fhirpath.parse(expression);
+    ast = fhirpath.parse(expression);
+  } catch (error) {
+    throw parseError(error);
+  }
+  let resultType: FhirPathType;
+  try {
+    const variables = new Map<string, FhirPathType>(
+      Object.entries(variableTypes).map(([name, type]) => [name, [type]]),
+    );
+    for (const name of defineNames) variables.set(name, defineTypes.get(name));
+    resultType = checkPaths(ast, { variables, root: ['Patient'] });
+  } catch (error) {
+    if (error instanceof FhirPathPathError)
+      throw new FhirPathCompileError(error.message, error.line, error.column);
+    throw error;
+  }
+  try {
     compiled = fhirpath.compile(foldClockArithmetic(expression), r4Model, {
       userInvocationTable: userFunctions(valueSets),
     }) as never;
@@ -358,7 +396,81 @@ export function compileFhirPath(
   } catch (error) {
     throw new FhirPathCompileError(`does not evaluate: ${firstLine(error)}`);
   }
-  return { expression, definesUsed, valueSetUrls, evaluate };
+  return { expression, resultType, definesUsed, valueSetUrls, evaluate };
+}
+
+type ProbeNode = {
+  type: string;
+  text?: string;
+  start?: { line: number; column: number };
+  length?: number;
+  children?: ProbeNode[];
+};
+
+/**
+ * The sub-expressions of an expression that read the record: every chain that starts at a `%variable`
+ * (`%procedures.withCode(...)`, `%procedures.withCode(...).since(...)`), longest first. `rules explain`
+ * runs them to show the data a criterion saw (the colonoscopy that made "no colonoscopy" false).
+ */
+export function dataProbes(expression: string): string[] {
+  let ast: ProbeNode;
+  try {
+    ast = fhirpath.parse(expression) as ProbeNode;
+  } catch {
+    return [];
+  }
+  const lineStarts = [0];
+  for (let index = 0; index < expression.length; index++)
+    if (expression[index] === '\n') lineStarts.push(index + 1);
+  const offset = (position: { line: number; column: number }) =>
+    (lineStarts[position.line - 1] ?? 0) + position.column - 1;
+  const probes = new Set<string>();
+  const visit = (node: ProbeNode) => {
+    const leftmost = leftmostLeaf(node);
+    if (
+      (node.type === 'InvocationExpression' || node.type === 'ExternalConstantTerm') &&
+      leftmost?.type === 'ExternalConstantTerm' &&
+      leftmost.start
+    ) {
+      const end = endOf(node, expression, offset);
+      if (end !== undefined) probes.add(expression.slice(offset(leftmost.start), end).trim());
+    }
+    for (const child of node.children ?? []) visit(child);
+  };
+  visit(ast);
+  return [...probes].sort((left, right) => right.length - left.length);
+}
+
+function leftmostLeaf(node: ProbeNode): ProbeNode | undefined {
+  if (node.type === 'ExternalConstantTerm') return node;
+  const first = node.children?.[0];
+  return first ? leftmostLeaf(first) : undefined;
+}
+
+/** Where a chain ends in the source: after its last member name, or after its last call's closing parenthesis. */
+function endOf(
+  node: ProbeNode,
+  expression: string,
+  offset: (position: { line: number; column: number }) => number,
+): number | undefined {
+  const last = node.type === 'InvocationExpression' ? node.children?.[1] : node;
+  if (!last?.start || last.length === undefined) return undefined;
+  // The parser counts a variable's name without its `%`.
+  const nameEnd = offset(last.start) + last.length + (last.type === 'ExternalConstantTerm' ? 1 : 0);
+  if (last.type !== 'FunctionInvocation') return nameEnd;
+  let index = expression.indexOf('(', nameEnd);
+  if (index < 0) return undefined;
+  let depth = 0;
+  for (; index < expression.length; index++) {
+    const character = expression[index];
+    if (character === "'") {
+      // Skip a string literal, escapes included.
+      for (index++; index < expression.length && expression[index] !== "'"; index++)
+        if (expression[index] === '\\') index++;
+    } else if (character === '(') depth++;
+    else if (character === ')' && --depth === 0) return index + 1;
+  }
+  return undefined;
 }
 
 const builtInVariables = new Set(['ucum', 'context', 'resource', 'rootResource', 'sct', 'loinc', 'factory']);
@@ -382,12 +494,36 @@ function parseError(error: unknown): FhirPathCompileError {
   const position = /line: (\d+); column: (\d+); message: (.*)/.exec(message);
   if (position) {
     return new FhirPathCompileError(
-      `FHIRPath syntax error: ${position[3].slice(0, 200)}`,
+      `FHIRPath syntax error: ${readableParserMessage(position[3])}`,
       Number(position[1]),
       Number(position[2]) + 1,
     );
   }
-  return new FhirPathCompileError(`FHIRPath error: ${message.slice(0, 200)}`);
+  return new FhirPathCompileError(`FHIRPath error: ${shortened(message, 200)}`);
+}
+
+/**
+ * The parser lists every token it would have accepted (dozens): a few are named, the rest counted, and
+ * the input it stumbled on is said in words when it is the end of the expression.
+ */
+function readableParserMessage(message: string): string {
+  const expecting = /^(.*?)expecting \{(.*)\}\s*$/.exec(message);
+  let text = message;
+  if (expecting) {
+    const tokens = expecting[2].split(/,\s*/);
+    const shown = tokens.slice(0, 6).join(', ');
+    text = `${expecting[1]}expecting ${tokens.length > 6 ? `one of ${shown} or ${tokens.length - 6} more` : shown}`;
+  }
+  text = text.replace("input '<EOF>'", 'end of expression');
+  return shortened(text, 200);
+}
+
+/** Cut at a word boundary with an ellipsis, never in the middle of a word. */
+function shortened(text: string, limit: number): string {
+  if (text.length <= limit) return text;
+  const cut = text.slice(0, limit);
+  const boundary = cut.search(/\s\S*$/);
+  return `${boundary > limit / 2 ? cut.slice(0, boundary) : cut}...`;
 }
 
 function firstLine(error: unknown): string {

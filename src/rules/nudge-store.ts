@@ -37,6 +37,14 @@ export interface RuleStatistics {
   overrideReasons: Record<string, number>;
 }
 
+/** The logic a rule version was first served with: one version, one logic (`rules stats` counts per version). */
+export interface RuleLogic {
+  ruleId: string;
+  ruleVersion: string;
+  logicFingerprint: string;
+  firstServedAt: Date;
+}
+
 export interface NudgeStore {
   /** Idempotent on nudgeId: re-delivering the same nudge (a retried job, a re-served card) is one delivery. */
   recordDelivery(delivery: NudgeDelivery): Promise<void>;
@@ -52,12 +60,31 @@ export interface NudgeStore {
   /** The latest outcome for a nudge is the one that counts. */
   recordOutcome(outcome: NudgeOutcome): Promise<void>;
   statistics(): Promise<RuleStatistics[]>;
+  /** The recorded logic of these (id, version) pairs where it differs from the given fingerprint. */
+  ruleLogicConflicts(rules: Omit<RuleLogic, 'firstServedAt'>[]): Promise<RuleLogic[]>;
+  /** Records the logic of versions served for the first time; a version already recorded keeps its first. */
+  recordRuleLogic(rules: RuleLogic[]): Promise<void>;
   close(): Promise<void>;
 }
 
 export class InMemoryNudgeStore implements NudgeStore {
   readonly #deliveries = new Map<string, NudgeDelivery>();
   readonly #outcomes = new Map<string, NudgeOutcome>();
+  readonly #logic = new Map<string, RuleLogic>();
+
+  async ruleLogicConflicts(rules: Omit<RuleLogic, 'firstServedAt'>[]): Promise<RuleLogic[]> {
+    return rules.flatMap((rule) => {
+      const recorded = this.#logic.get(`${rule.ruleId}\0${rule.ruleVersion}`);
+      return recorded && recorded.logicFingerprint !== rule.logicFingerprint ? [recorded] : [];
+    });
+  }
+
+  async recordRuleLogic(rules: RuleLogic[]): Promise<void> {
+    for (const rule of rules) {
+      const key = `${rule.ruleId}\0${rule.ruleVersion}`;
+      if (!this.#logic.has(key)) this.#logic.set(key, { ...rule });
+    }
+  }
 
   async recordDelivery(delivery: NudgeDelivery): Promise<void> {
     if (!this.#deliveries.has(delivery.nudgeId)) this.#deliveries.set(delivery.nudgeId, { ...delivery });

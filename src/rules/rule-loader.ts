@@ -7,7 +7,12 @@ import type { ZodError } from 'zod';
 import { additionalHistoryTypes } from '../../fhir/patient-history.ts';
 import { historyResourceTypes } from '../../fhir/patient-record.ts';
 import type { CqlCompiler, ElmLibrary } from './cql-compiler.ts';
-import { elmRetrieves, includedLibraryName, libraryDataRequirements } from './cql-data-requirements.ts';
+import {
+  elmRetrieves,
+  includedLibraryName,
+  libraryClosure,
+  libraryDataRequirements,
+} from './cql-data-requirements.ts';
 import type { CqlRuntime } from './cql-runtime.ts';
 import {
   type CompiledFhirPath,
@@ -15,6 +20,7 @@ import {
   environmentVariables,
   FhirPathCompileError,
 } from './fhirpath-compiler.ts';
+import type { FhirPathType } from './fhirpath-paths.ts';
 import { type RuleDocument, ruleDocumentSchema } from './rule-schema.ts';
 import type { CompiledCriterion, CompiledRule, RuleLoadError, RuleSetLoadResult } from './rule-set.ts';
 import { builtInTemplateValues, templateNames } from './template.ts';
@@ -54,7 +60,8 @@ export async function loadRuleSet(source: RuleSetSource): Promise<RuleSetLoadRes
   }
 
   const valueSets = await loadValueSets(source.valueSetFile, errors, fingerprint);
-  const elmLibraries = await loadCqlLibraries(source, valueSets, errors, fingerprint);
+  const uncompiledLibraries = new Set<string>();
+  const elmLibraries = await loadCqlLibraries(source, valueSets, errors, fingerprint, uncompiledLibraries);
 
   let cql: CqlRuntime | undefined;
   if (elmLibraries.size > 0 && errors.length === 0) {
@@ -78,7 +85,13 @@ export async function loadRuleSet(source: RuleSetSource): Promise<RuleSetLoadRes
     const file = path.join(source.directory, name);
     const text = await readFile(file, 'utf8');
     fingerprint.update(name).update('\0').update(text).update('\0');
-    const rule = compileRuleFile(file, name, text, { valueSets, elmLibraries, source, cql }, errors);
+    const rule = compileRuleFile(
+      file,
+      name,
+      text,
+      { valueSets, elmLibraries, uncompiledLibraries, source, cql },
+      errors,
+    );
     if (!rule) continue;
     const earlier = firstFileById.get(rule.document.id);
     if (earlier) {
@@ -281,6 +294,7 @@ async function loadCqlLibraries(
   valueSets: ValueSetIndex,
   errors: RuleLoadError[],
   fingerprint: ReturnType<typeof createHash>,
+  uncompiledLibraries: Set<string>,
 ): Promise<Map<string, ElmLibrary>> {
   const libraries = new Map<string, ElmLibrary>();
   /** Library name -> the file it came from, for errors found after compiling. */
@@ -303,6 +317,9 @@ async function loadCqlLibraries(
     } else if (name.endsWith('.cql')) {
       const text = await readFile(file, 'utf8');
       fingerprint.update(name).update(text);
+      const declared = /^\s*library\s+"?([A-Za-z0-9_.]+)"?/m.exec(text)?.[1] ?? path.basename(name, '.cql');
+      // Until it compiles, errors are reported here and rules naming it are not told it is "missing".
+      uncompiledLibraries.add(declared);
       // Said before compiling: the translator's own complaint about a second FHIR version is obscure.
       const model = /^\s*using\s+"?(\w+)"?(?:\s+version\s+'([^']*)')?/m.exec(text);
       if (model && (model[1] !== 'FHIR' || !runnableFhirVersions.has(model[2] ?? ''))) {
@@ -342,6 +359,7 @@ async function loadCqlLibraries(
         });
       }
       if (compileErrors.length > 0) continue;
+      uncompiledLibraries.delete(declared);
       for (const [libraryName, elm] of result.libraries) {
         if (!libraries.has(libraryName)) libraries.set(libraryName, elm);
       }
@@ -453,6 +471,8 @@ function checkElmValueSets(
 interface CompileContext {
   valueSets: ValueSetIndex;
   elmLibraries: Map<string, ElmLibrary>;
+  /** Names of libraries whose CQL source did not compile (their errors are already reported). */
+  uncompiledLibraries: ReadonlySet<string>;
   source: RuleSetSource;
   cql: CqlRuntime | undefined;
 }
@@ -486,6 +506,7 @@ function compileRuleFile(
   }
   const rule = parsed.data;
   const before = errors.length;
+  const fileLines = text.split('\n');
   const at = (
     location: readonly PropertyKey[],
     message: string,
@@ -494,16 +515,26 @@ function compileRuleFile(
     const content = contentLine(document, lineCounter, location);
     const position = positionOf(document, lineCounter, location);
     const line = content && inner?.line ? content.line + inner.line - 1 : (content?.line ?? position?.line);
+    // A block scalar's lines are indented in the file: the expression's column is past that indentation.
+    const blockIndent =
+      content?.block && content.line ? (/^ */.exec(fileLines[content.line - 1] ?? '')?.[0].length ?? 0) : 0;
     errors.push({
       file: shownFile,
       line,
-      column: inner?.line === 1 && !content?.block ? undefined : inner?.column,
+      column:
+        inner?.line === 1 && !content?.block
+          ? undefined
+          : inner?.column === undefined
+            ? undefined
+            : inner.column + blockIndent,
       message,
     });
   };
 
   const defines = new Map<string, CompiledFhirPath>();
   const defineNames = Object.keys(rule.define);
+  // A define's type (Procedure, Observation...) is what `%name` has in later expressions: their paths are checked too.
+  const defineTypes = new Map<string, FhirPathType>();
   defineNames.forEach((defineName, index) => {
     const reserved = (environmentVariables as readonly string[]).includes(defineName);
     if (reserved) {
@@ -515,16 +546,24 @@ function compileRuleFile(
       context,
       defineNames.slice(0, index),
       (message, inner) => at(['define', defineName], `define ${defineName}: ${message}`, inner),
+      defineTypes,
     );
-    if (compiled) defines.set(defineName, compiled);
+    if (compiled) {
+      defines.set(defineName, compiled);
+      defineTypes.set(defineName, compiled.resultType);
+    }
   });
 
   const criteria: CompiledCriterion[] = [];
   rule.condition.criteria.forEach((criterion, index) => {
-    if ('fhirpath' in criterion) {
+    if (criterion.fhirpath !== undefined) {
       const location = ['condition', 'criteria', index, 'fhirpath'];
-      const compiled = compileOrReport(criterion.fhirpath, context, defineNames, (message, inner) =>
-        at(location, `criterion ${criterion.id}: ${message}`, inner),
+      const compiled = compileOrReport(
+        criterion.fhirpath,
+        context,
+        defineNames,
+        (message, inner) => at(location, `criterion ${criterion.id}: ${message}`, inner),
+        defineTypes,
       );
       if (compiled)
         criteria.push({
@@ -534,24 +573,28 @@ function compileRuleFile(
           fhirpath: compiled,
         });
     } else {
-      const library = context.elmLibraries.get(criterion.cql.library);
+      const reference = criterion.cql;
+      if (!reference) return;
+      // A library whose source did not compile was reported at its own line; "not found" would mislead.
+      if (context.uncompiledLibraries.has(reference.library)) return;
+      const library = context.elmLibraries.get(reference.library);
       if (!library) {
         at(
           ['condition', 'criteria', index, 'cql', 'library'],
-          `criterion ${criterion.id}: CQL library ${criterion.cql.library} is not in ${cqlSubdirectory}/`,
+          `criterion ${criterion.id}: CQL library ${reference.library} is not in ${cqlSubdirectory}/`,
         );
         return;
       }
       const defines = (library.library.statements?.def ?? []).map((statement) => statement.name);
-      if (!defines.includes(criterion.cql.expression)) {
+      if (!defines.includes(reference.expression)) {
         at(
           ['condition', 'criteria', index, 'cql', 'expression'],
-          `criterion ${criterion.id}: CQL library ${criterion.cql.library} has no define "${criterion.cql.expression}"`,
+          `criterion ${criterion.id}: CQL library ${reference.library} has no define "${reference.expression}"`,
         );
         return;
       }
-      const parameters = criterion.cql.parameters ?? {};
-      const problems = context.cql?.parameterProblems(criterion.cql.library, parameters) ?? [];
+      const parameters = reference.parameters ?? {};
+      const problems = context.cql?.parameterProblems(reference.library, parameters) ?? [];
       for (const problem of problems)
         at(['condition', 'criteria', index, 'cql', 'parameters'], `criterion ${criterion.id}: ${problem}`);
       if (problems.length > 0) return;
@@ -559,8 +602,8 @@ function compileRuleFile(
         id: criterion.id,
         description: criterion.description,
         kind: 'cql',
-        library: criterion.cql.library,
-        expression: criterion.cql.expression,
+        library: reference.library,
+        expression: reference.expression,
         parameters,
       });
     }
@@ -579,8 +622,12 @@ function compileRuleFile(
 
   const values = new Map<string, CompiledFhirPath>();
   for (const [valueName, expression] of Object.entries(rule.values)) {
-    const compiled = compileOrReport(expression, context, defineNames, (message, inner) =>
-      at(['values', valueName], `value ${valueName}: ${message}`, inner),
+    const compiled = compileOrReport(
+      expression,
+      context,
+      defineNames,
+      (message, inner) => at(['values', valueName], `value ${valueName}: ${message}`, inner),
+      defineTypes,
     );
     if (compiled) values.set(valueName, compiled);
   }
@@ -613,6 +660,8 @@ function compileRuleFile(
     values,
     defines,
     dataRequirements: [...dataRequirements].sort(),
+    logicFingerprint: logicFingerprint(rule, criteria, defines, context),
+    versionLine: positionOf(document, lineCounter, ['version'])?.line,
     suppressionDays: rule.suppression?.days ?? context.source.defaultSuppressionDays,
   };
 }
@@ -644,14 +693,60 @@ export function overrideProblems(
   return [...new Set(problems)];
 }
 
+function logicFingerprint(
+  rule: RuleDocument,
+  criteria: CompiledCriterion[],
+  defines: Map<string, CompiledFhirPath>,
+  context: CompileContext,
+): string {
+  const hash = createHash('sha256');
+  hash.update(
+    JSON.stringify({
+      trigger: [...rule.trigger].sort(),
+      match: rule.condition.match,
+      define: rule.define,
+      criteria: rule.condition.criteria.map(({ id, fhirpath, cql }) => ({ id, fhirpath, cql })),
+    }),
+  );
+  const valueSetUrls = new Set<string>();
+  for (const compiled of defines.values()) for (const url of compiled.valueSetUrls) valueSetUrls.add(url);
+  const libraries = new Set<string>();
+  for (const criterion of criteria) {
+    if (criterion.kind === 'fhirpath')
+      for (const url of criterion.fhirpath.valueSetUrls) valueSetUrls.add(url);
+    else for (const name of libraryClosure(criterion.library, context.elmLibraries)) libraries.add(name);
+  }
+  for (const name of [...libraries].sort()) {
+    const elm = context.elmLibraries.get(name);
+    if (!elm) continue;
+    hash.update(`\0library ${name}\0`).update(JSON.stringify(withoutSourceDetail(elm.library)));
+    for (const valueSet of elm.library.valueSets?.def ?? []) valueSetUrls.add(valueSet.id);
+  }
+  for (const url of [...valueSetUrls].sort())
+    hash.update(`\0valueset ${url}\0`).update(context.valueSets.membersOf(url).join('\n'));
+  return hash.digest('hex').slice(0, 16);
+}
+
+/** ELM without what only reflects the source's layout (annotations, positions, node ids). */
+function withoutSourceDetail(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withoutSourceDetail);
+  if (!value || typeof value !== 'object') return value;
+  return Object.fromEntries(
+    Object.entries(value as Record<string, unknown>)
+      .filter(([key]) => key !== 'annotation' && key !== 'locator' && key !== 'localId')
+      .map(([key, inner]) => [key, withoutSourceDetail(inner)]),
+  );
+}
+
 function compileOrReport(
   expression: string,
   context: CompileContext,
   defineNames: readonly string[],
   report: (message: string, inner?: { line?: number; column?: number }) => void,
+  defineTypes: ReadonlyMap<string, FhirPathType> = new Map(),
 ): CompiledFhirPath | undefined {
   try {
-    return compileFhirPath(expression, context.valueSets, defineNames);
+    return compileFhirPath(expression, context.valueSets, defineNames, defineTypes);
   } catch (error) {
     if (error instanceof FhirPathCompileError)
       report(error.message, { line: error.line, column: error.column });

@@ -31,27 +31,41 @@ const criterionBase = {
   description: z.string().min(1),
 };
 
-export const fhirPathCriterionSchema = z.object({ ...criterionBase, fhirpath: z.string().min(1) }).strict();
-
-export const cqlCriterionSchema = z
+const cqlReferenceSchema = z
   .object({
-    ...criterionBase,
-    cql: z
-      .object({
-        library: z.string().min(1),
-        /** The define whose truth (true, or a non-empty result) makes the criterion hold. */
-        expression: z.string().min(1),
-        /**
-         * Values of the library's parameters, by name (`Measurement Period: 2021`, `"2021-01-01/2021-06-30"`
-         * or `{ start, end }`). An unset Measurement Period is the evaluation date's calendar year.
-         */
-        parameters: z.record(z.string().min(1), z.unknown()).optional(),
-      })
-      .strict(),
+    library: z.string().min(1),
+    /** The define whose truth (true, or a non-empty result) makes the criterion hold. */
+    expression: z.string().min(1),
+    /**
+     * Values of the library's parameters, by name (`Measurement Period: 2021`, `"2021-01-01/2021-06-30"`
+     * or `{ start, end }`). An unset Measurement Period is the evaluation date's calendar year.
+     */
+    parameters: z.record(z.string().min(1), z.unknown()).optional(),
   })
   .strict();
 
-export const criterionSchema = z.union([fhirPathCriterionSchema, cqlCriterionSchema]);
+/**
+ * One object with either `fhirpath` or `cql` (not a union of two shapes: a union can only say "Invalid
+ * input" for a typo, where one strict object names the unknown field).
+ */
+export const criterionSchema = z
+  .object({
+    ...criterionBase,
+    fhirpath: z.string().min(1).optional(),
+    cql: cqlReferenceSchema.optional(),
+  })
+  .strict()
+  .superRefine((criterion, context) => {
+    if ((criterion.fhirpath === undefined) === (criterion.cql === undefined)) {
+      context.addIssue({
+        code: 'custom',
+        message:
+          criterion.fhirpath === undefined
+            ? 'a criterion needs either fhirpath or cql'
+            : 'a criterion has either fhirpath or cql, not both',
+      });
+    }
+  });
 
 export const ruleTestSchema = z
   .object({

@@ -2,7 +2,7 @@ import { type FSWatcher, statSync, watch } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../log.ts';
 import { cqlSubdirectory, loadRuleSet, type RuleSetSource, ruleSourceDigest } from './rule-loader.ts';
-import { formatLoadError, type RuleLoadError, type RuleSet } from './rule-set.ts';
+import { formatLoadError, type RuleLoadError, type RuleSet, type RuleSetLoadResult } from './rule-set.ts';
 
 /**
  * Holds the rule set the service runs and reloads it when its files change. A set that does not
@@ -30,6 +30,8 @@ export interface WatchOptions {
   rescanIntervalMs?: number;
   onReload?: (ruleSet: RuleSet) => void;
   onRefused?: (errors: RuleLoadError[]) => void;
+  /** A last say over a set that loaded (a rule version's logic must not change): errors refuse it. */
+  admit?: (ruleSet: RuleSet) => Promise<RuleLoadError[]>;
 }
 
 export const defaultRescanIntervalMs = 30_000;
@@ -44,8 +46,14 @@ export async function createRuleSetHolder(
   source: RuleSetSource,
   options: WatchOptions,
 ): Promise<RuleSetHolder> {
+  const load = async (): Promise<RuleSetLoadResult> => {
+    const result = await loadRuleSet(source);
+    if (!result.ok || !options.admit) return result;
+    const errors = await options.admit(result.ruleSet);
+    return errors.length > 0 ? { ok: false, errors } : result;
+  };
   const firstDigest = await ruleSourceDigest(source);
-  const first = await loadRuleSet(source);
+  const first = await load();
   if (!first.ok) {
     throw new Error(`rule set refused:\n${first.errors.map(formatLoadError).join('\n')}`);
   }
@@ -63,7 +71,7 @@ export async function createRuleSetHolder(
 
   const reload = async (reason: string, digest?: string) => {
     lastDigest = digest ?? (await ruleSourceDigest(source));
-    const result = await loadRuleSet(source);
+    const result = await load();
     if (result.ok) {
       const previous = current;
       current = result.ruleSet;

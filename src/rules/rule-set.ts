@@ -25,6 +25,13 @@ export interface CompiledRule {
   defines: Map<string, CompiledFhirPath>;
   /** Resource types its CQL reads (every Retrieve, through included libraries). */
   dataRequirements: string[];
+  /**
+   * Hash of what decides whether it fires: triggers, defines, criteria, the CQL it runs and the codes of
+   * the value sets it names. Wording, severity and tests are not logic. One version, one logic.
+   */
+  logicFingerprint: string;
+  /** Line of `version:` in the rule file, where a logic change under an old version is reported. */
+  versionLine: number | undefined;
   suppressionDays: number;
 }
 

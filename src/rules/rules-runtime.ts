@@ -4,6 +4,7 @@ import type { Logger } from '../log.ts';
 import { evaluateRules, type RuleEvaluation } from './evaluate.ts';
 import { InMemoryNudgeStore, type NudgeOutcomeKind, type NudgeStore } from './nudge-store.ts';
 import type { RuleSetSource } from './rule-loader.ts';
+import { admitRuleLogic } from './rule-logic.ts';
 import type { RuleTrigger } from './rule-schema.ts';
 import type { RuleSet } from './rule-set.ts';
 import { createRuleSetHolder, type RuleSetHolder } from './rule-set-watcher.ts';
@@ -52,18 +53,22 @@ export async function createRulesRuntime(
     onRuleSet?: (change: { outcome: 'loaded'; ruleSet: RuleSet } | { outcome: 'refused' }) => void;
   },
 ): Promise<RulesRuntime> {
-  const holder = await createRuleSetHolder(ruleSetSource(config), {
-    logger: options.logger,
-    watch: config.watch,
-    rescanIntervalMs: config.watch ? config.rescanSeconds * 1000 : 0,
-    onReload: (ruleSet) => options.onRuleSet?.({ outcome: 'loaded', ruleSet }),
-    onRefused: () => options.onRuleSet?.({ outcome: 'refused' }),
-  });
-  options.onRuleSet?.({ outcome: 'loaded', ruleSet: holder.current() });
   const storeFile =
     config.storeFile ??
     (options.dataDirectory ? path.join(options.dataDirectory, 'rules.sqlite') : undefined);
   const store = options.store ?? (storeFile ? new SqliteNudgeStore(storeFile) : new InMemoryNudgeStore());
+  const holder = await createRuleSetHolder(ruleSetSource(config), {
+    logger: options.logger,
+    admit: (ruleSet) => admitRuleLogic(store, ruleSet),
+    watch: config.watch,
+    rescanIntervalMs: config.watch ? config.rescanSeconds * 1000 : 0,
+    onReload: (ruleSet) => options.onRuleSet?.({ outcome: 'loaded', ruleSet }),
+    onRefused: () => options.onRuleSet?.({ outcome: 'refused' }),
+  }).catch(async (error: unknown) => {
+    if (!options.store) await store.close();
+    throw error;
+  });
+  options.onRuleSet?.({ outcome: 'loaded', ruleSet: holder.current() });
   return {
     current: () => holder.current(),
     store,

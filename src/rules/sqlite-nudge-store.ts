@@ -6,6 +6,7 @@ import {
   type NudgeOutcome,
   type NudgeOutcomeKind,
   type NudgeStore,
+  type RuleLogic,
   type RuleStatistics,
   summarise,
 } from './nudge-store.ts';
@@ -39,7 +40,42 @@ export class SqliteNudgeStore implements NudgeStore {
         source TEXT NOT NULL,
         recorded_at INTEGER NOT NULL
       );
+      CREATE TABLE IF NOT EXISTS rule_logic (
+        rule_id TEXT NOT NULL,
+        rule_version TEXT NOT NULL,
+        logic_fingerprint TEXT NOT NULL,
+        first_served_at INTEGER NOT NULL,
+        PRIMARY KEY (rule_id, rule_version)
+      );
     `);
+  }
+
+  async ruleLogicConflicts(rules: Omit<RuleLogic, 'firstServedAt'>[]): Promise<RuleLogic[]> {
+    const select = this.#database.prepare(
+      'SELECT * FROM rule_logic WHERE rule_id = ? AND rule_version = ? AND logic_fingerprint <> ?',
+    );
+    return rules.flatMap((rule) => {
+      const row = select.get(rule.ruleId, rule.ruleVersion, rule.logicFingerprint);
+      return row
+        ? [
+            {
+              ruleId: String(row.rule_id),
+              ruleVersion: String(row.rule_version),
+              logicFingerprint: String(row.logic_fingerprint),
+              firstServedAt: new Date(Number(row.first_served_at)),
+            },
+          ]
+        : [];
+    });
+  }
+
+  async recordRuleLogic(rules: RuleLogic[]): Promise<void> {
+    const insert = this.#database.prepare(
+      `INSERT OR IGNORE INTO rule_logic (rule_id, rule_version, logic_fingerprint, first_served_at)
+       VALUES (?, ?, ?, ?)`,
+    );
+    for (const rule of rules)
+      insert.run(rule.ruleId, rule.ruleVersion, rule.logicFingerprint, rule.firstServedAt.getTime());
   }
 
   async recordDelivery(delivery: NudgeDelivery): Promise<void> {

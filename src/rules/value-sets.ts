@@ -78,6 +78,11 @@ export class ValueSetIndex {
   }
 
   /** Keyed by canonical id (see canonicalValueSetId): look-ups must canonicalise too. */
+  /** `system|code` of every member, sorted: what a rule's logic depends on. */
+  membersOf(url: string): string[] {
+    return [...(this.#membersByUrl.get(canonicalValueSetId(url)) ?? [])].sort();
+  }
+
   toCqlDictionary(): CqlValueSetDictionary {
     const dictionary: CqlValueSetDictionary = {};
     for (const valueSet of this.#file.valueSets) {

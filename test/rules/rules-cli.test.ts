@@ -94,6 +94,8 @@ describe('rules CLI', () => {
       '2026-03-01',
       '--workers',
       '2',
+      '--seed',
+      '1',
       '--csv',
       csv,
     ]);
