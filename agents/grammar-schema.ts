@@ -92,3 +92,29 @@ export function dropNulls(value: unknown): unknown {
   }
   return value;
 }
+
+/** Zod issues in words a model can act on in its repair turn. */
+export function describeIssues(error: z.ZodError, limit: number): string {
+  return error.issues
+    .slice(0, limit)
+    .map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`)
+    .join('; ');
+}
+
+/** A model's JSON reply checked against a schema: the value, or the problem to quote back in one repair. */
+export function checkJsonReply<Output>(
+  text: string,
+  schema: z.ZodType<Output>,
+): { value: Output; problem?: undefined } | { value?: undefined; problem: string } {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return { problem: 'The reply is not valid JSON.' };
+  }
+  if (!hasOnlyFiniteNumbers(parsed)) return { problem: 'The reply contains a number that is not finite.' };
+  const result = schema.safeParse(parsed);
+  if (!result.success)
+    return { problem: `The reply does not follow the schema: ${describeIssues(result.error, 5)}` };
+  return { value: result.data };
+}

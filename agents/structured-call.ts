@@ -2,7 +2,7 @@ import { AIMessage, HumanMessage } from '@langchain/core/messages';
 import type { z } from 'zod';
 import { messageText } from '../src/model/message-text.ts';
 import type { DraftChatModel } from './draft-model.ts';
-import { hasOnlyFiniteNumbers, type JsonSchemaObject } from './grammar-schema.ts';
+import { checkJsonReply, type JsonSchemaObject } from './grammar-schema.ts';
 import { ContextBudgetError, InvalidModelOutputError } from './model-errors.ts';
 
 /**
@@ -23,23 +23,6 @@ interface StructuredCallOptions<Output> {
   signal?: AbortSignal;
 }
 
-function check<Output>(text: string, schema: z.ZodType<Output>): { value?: Output; problem?: string } {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    return { problem: 'The reply is not valid JSON.' };
-  }
-  if (!hasOnlyFiniteNumbers(parsed)) return { problem: 'The reply contains a number that is not finite.' };
-  const result = schema.safeParse(parsed);
-  if (result.success) return { value: result.data };
-  const issues = result.error.issues
-    .slice(0, 5)
-    .map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`)
-    .join('; ');
-  return { problem: `The reply does not follow the schema: ${issues}` };
-}
-
 export async function structuredCall<Output>(options: StructuredCallOptions<Output>): Promise<Output> {
   const callOptions = {
     maxTokens: options.maxTokens,
@@ -48,7 +31,7 @@ export async function structuredCall<Output>(options: StructuredCallOptions<Outp
   };
   const messages = [new HumanMessage(options.prompt)];
   const first = messageText(await options.model.invoke(messages, callOptions));
-  const firstCheck = check(first, options.schema);
+  const firstCheck = checkJsonReply(first, options.schema);
   if (firstCheck.value !== undefined) return firstCheck.value;
   const request = new HumanMessage(
     `${firstCheck.problem} Reply again with only one JSON object that follows the required schema.`,
@@ -73,7 +56,7 @@ export async function structuredCall<Output>(options: StructuredCallOptions<Outp
       `The model's ${options.schemaName} reply was invalid and no repair fits: ${firstCheck.problem}`,
     );
   }
-  const secondCheck = check(second, options.schema);
+  const secondCheck = checkJsonReply(second, options.schema);
   if (secondCheck.value !== undefined) return secondCheck.value;
   throw new InvalidModelOutputError(
     `The model's ${options.schemaName} reply was invalid twice: ${secondCheck.problem}`,

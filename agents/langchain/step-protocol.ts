@@ -1,8 +1,9 @@
 import type { BindToolsInput } from '@langchain/core/language_models/chat_models';
 import { z } from 'zod';
 import {
+  checkJsonReply,
+  describeIssues,
   dropNulls,
-  hasOnlyFiniteNumbers,
   type JsonSchemaObject,
   toGrammarSafe,
   zodToGrammarSchema,
@@ -81,17 +82,13 @@ export function toolSpecs(tools: BindToolsInput[], maxStringLength: number): Too
   });
 }
 
-const stepShape = z.discriminatedUnion('action', [
-  z.object({ action: z.literal('call'), tool: z.string(), args: z.record(z.string(), z.unknown()) }),
-  z.object({ action: z.literal('final'), content: z.string() }),
-]);
-
-function issuesOf(error: z.ZodError, limit: number): string {
-  return error.issues
-    .slice(0, limit)
-    .map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`)
-    .join('; ');
-}
+const stepReply = z.preprocess(
+  dropNulls,
+  z.discriminatedUnion('action', [
+    z.object({ action: z.literal('call'), tool: z.string(), args: z.record(z.string(), z.unknown()) }),
+    z.object({ action: z.literal('final'), content: z.string() }),
+  ]),
+);
 
 /**
  * 'precise': one alternative per tool (a root `oneOf`), so decoding itself keeps each tool's arguments
@@ -170,17 +167,9 @@ export function createStepProtocol(
     },
     render,
     parse(text) {
-      let value: unknown;
-      try {
-        value = JSON.parse(text);
-      } catch {
-        return { problem: 'The reply is not valid JSON.' };
-      }
-      if (!hasOnlyFiniteNumbers(value)) return { problem: 'The reply contains a number that is not finite.' };
-      const shape = stepShape.safeParse(dropNulls(value));
-      if (!shape.success)
-        return { problem: `The reply does not follow the schema: ${issuesOf(shape.error, 5)}` };
-      const step = shape.data;
+      const shape = checkJsonReply(text, stepReply);
+      if (shape.problem !== undefined) return { problem: shape.problem };
+      const step = shape.value;
       if (step.action === 'final') {
         if (!options.allowFinal) return { problem: `Call one of the tools: ${names.join(', ')}.` };
         return { step };
@@ -193,7 +182,7 @@ export function createStepProtocol(
       if (checked && !checked.success) {
         return {
           step: call,
-          problem: `The arguments do not fit ${spec.name}: ${issuesOf(checked.error, 4)}`,
+          problem: `The arguments do not fit ${spec.name}: ${describeIssues(checked.error, 4)}`,
         };
       }
       return { step: call };
