@@ -519,18 +519,21 @@ export function formatStatistics(statistics: RuleStatistics[], csv: boolean): st
         row.ignored,
         row.noResponse,
         JSON.stringify(JSON.stringify(row.overrideReasons)),
+        row.silent,
       ].join(','),
     );
-    return `${['rule_id,rule_version,fired,accepted,overridden,ignored,no_response,override_reasons', ...rows].join('\n')}\n`;
+    return `${['rule_id,rule_version,fired,accepted,overridden,ignored,no_response,override_reasons,silent_fired', ...rows].join('\n')}\n`;
   }
   if (statistics.length === 0) return 'no nudges recorded yet\n';
   const width = Math.max(...statistics.map((row) => row.ruleId.length), 4);
-  const lines = [`${'rule'.padEnd(width)}  version  fired  accepted  overridden  ignored  no response`];
+  const lines = [
+    `${'rule'.padEnd(width)}  version  fired  accepted  overridden  ignored  no response  silent`,
+  ];
   for (const row of statistics) {
     const percent = (count: number) =>
       row.fired === 0 ? '' : ` (${Math.round((100 * count) / row.fired)}%)`;
     lines.push(
-      `${row.ruleId.padEnd(width)}  ${row.ruleVersion.padEnd(7)}  ${String(row.fired).padStart(5)}  ${`${row.accepted}${percent(row.accepted)}`.padStart(8)}  ${`${row.overridden}${percent(row.overridden)}`.padStart(10)}  ${String(row.ignored).padStart(7)}  ${String(row.noResponse).padStart(11)}`,
+      `${row.ruleId.padEnd(width)}  ${row.ruleVersion.padEnd(7)}  ${String(row.fired).padStart(5)}  ${`${row.accepted}${percent(row.accepted)}`.padStart(8)}  ${`${row.overridden}${percent(row.overridden)}`.padStart(10)}  ${String(row.ignored).padStart(7)}  ${String(row.noResponse).padStart(11)}  ${String(row.silent).padStart(6)}`,
     );
     for (const [reason, count] of Object.entries(row.overrideReasons).sort(
       (left, right) => right[1] - left[1],

@@ -11,7 +11,7 @@ import {
   fhirPathEnvironment,
 } from './fhirpath-compiler.ts';
 import type { NudgeStore } from './nudge-store.ts';
-import type { RuleTrigger, Severity, UrgencyLevel } from './rule-schema.ts';
+import type { RuleDocument, RuleTrigger, Severity, UrgencyLevel } from './rule-schema.ts';
 import type { CompiledRule, RuleSet } from './rule-set.ts';
 import { fillTemplate } from './template.ts';
 
@@ -51,6 +51,8 @@ export type RuleStatus =
   | 'fired'
   | 'not-fired'
   | 'not-triggered'
+  /** The rule targets other encounters (class, type, location, department). */
+  | 'not-applicable'
   | 'disabled'
   | 'suppressed'
   | 'capped'
@@ -63,6 +65,8 @@ export interface RuleResult {
   criteria: CriterionResult[];
   /** When suppressed: the earlier delivery that suppresses it. */
   suppressedBy?: { nudgeId: string; deliveredAt: string };
+  /** Fired in silent mode: counted, never shown. */
+  silent?: true;
   error?: string;
   nudge?: Nudge;
 }
@@ -115,6 +119,7 @@ export async function evaluateRules(
   const results: RuleResult[] = [];
   const candidates: { rule: CompiledRule; result: RuleResult; nudge: Nudge }[] = [];
   const urgencyReasons: VisitUrgency['reasons'] = [];
+  const silentNudges: Nudge[] = [];
 
   for (const rule of ruleSet.rules) {
     const document = rule.document;
@@ -126,6 +131,10 @@ export async function evaluateRules(
     }
     if (!options.anyTrigger && !document.trigger.includes(options.trigger)) {
       results.push({ ...base, status: 'not-triggered' });
+      continue;
+    }
+    if (!options.anyTrigger && !appliesTo(document.applies, record.encounter)) {
+      results.push({ ...base, status: 'not-applicable' });
       continue;
     }
     try {
@@ -155,6 +164,12 @@ export async function evaluateRules(
       results.push(result);
       if (!fires) continue;
       const nudge = buildNudge(rule, record, environment, criteria, { patientId, occasionId, now });
+      if (document.mode === 'silent') {
+        // Counted (a delivery marked silent, for `rules stats`) but never shown, capped or suppressed.
+        result.silent = true;
+        silentNudges.push(nudge);
+        continue;
+      }
       if (nudge.urgency) urgencyReasons.push({ ruleId: document.id, ...nudge.urgency });
       candidates.push({ rule, result, nudge });
     } catch (error) {
@@ -192,7 +207,7 @@ export async function evaluateRules(
     shown.push(nudge);
   }
   if (options.store) {
-    for (const nudge of shown) {
+    for (const nudge of [...shown, ...silentNudges]) {
       await options.store.recordDelivery({
         nudgeId: nudge.id,
         ruleId: nudge.ruleId,
@@ -200,6 +215,7 @@ export async function evaluateRules(
         patientId,
         occasionId,
         deliveredAt: now,
+        ...(silentNudges.includes(nudge) ? { silent: true } : {}),
       });
     }
   }
@@ -218,6 +234,34 @@ export async function evaluateRules(
 export function evaluationErrorText(error: unknown): string {
   const text = error instanceof Error ? error.message : String(error);
   return text.trim().replace(/\s*\n\s*/g, ' ');
+}
+
+/** Whether a rule's targeting (`applies`) matches the encounter; no targeting matches every encounter. */
+export function appliesTo(applies: RuleDocument['applies'], encounter: Encounter): boolean {
+  if (!applies) return true;
+  const matches = (wanted: string[] | undefined, actual: string[]) =>
+    wanted === undefined || wanted.some((entry) => actual.includes(entry));
+  const typeCodes = (encounter.type ?? []).flatMap((type) =>
+    (type.coding ?? []).flatMap((coding) =>
+      coding.code ? [coding.code, `${coding.system ?? ''}|${coding.code}`] : [],
+    ),
+  );
+  const idOf = (reference: string | undefined, type: string) =>
+    new RegExp(`(?:^|/)${type}/([A-Za-z0-9\\-.]{1,64})(?:/_history/[^/]+)?$`).exec(reference ?? '')?.[1];
+  const locations = (encounter.location ?? []).flatMap((entry) => {
+    const id = idOf(entry.location?.reference, 'Location');
+    return id ? [id] : [];
+  });
+  const provider = idOf(encounter.serviceProvider?.reference, 'Organization');
+  const serviceTypes = (encounter.serviceType?.coding ?? []).flatMap((coding) =>
+    coding.code ? [coding.code, `${coding.system ?? ''}|${coding.code}`] : [],
+  );
+  return (
+    matches(applies.encounterClasses, encounter.class?.code ? [encounter.class.code] : []) &&
+    matches(applies.encounterTypes, typeCodes) &&
+    matches(applies.locations, locations) &&
+    matches(applies.departments, [...(provider ? [provider] : []), ...serviceTypes])
+  );
 }
 
 /** The trigger an encounter event stands for (`encounter-<status>`), or undefined for statuses no rule runs on. */

@@ -13,6 +13,8 @@ export interface NudgeDelivery {
   /** The encounter (or the day of a patient-view) the nudge was shown for. */
   occasionId: string;
   deliveredAt: Date;
+  /** Fired by a rule in silent mode: counted, never shown (and never suppresses a shown one). */
+  silent?: boolean;
 }
 
 export interface NudgeOutcome {
@@ -34,6 +36,8 @@ export interface RuleStatistics {
   ignored: number;
   /** Fired, with no outcome recorded yet. */
   noResponse: number;
+  /** Fired while the rule was silent (not shown, so not in the other counts). */
+  silent: number;
   overrideReasons: Record<string, number>;
 }
 
@@ -55,7 +59,7 @@ export interface NudgeStore {
     excludingOccasionId?: string,
   ): Promise<NudgeDelivery | undefined>;
   findDelivery(nudgeId: string): Promise<NudgeDelivery | undefined>;
-  /** Every nudge delivered to a patient on one occasion (an encounter's draft): what the clinician was shown. */
+  /** Every nudge shown to a patient on one occasion (an encounter's draft): what the clinician was shown (silent ones are not). */
   deliveriesForOccasion(patientId: string, occasionId: string): Promise<NudgeDelivery[]>;
   /** The latest outcome for a nudge is the one that counts. */
   recordOutcome(outcome: NudgeOutcome): Promise<void>;
@@ -93,7 +97,7 @@ export class InMemoryNudgeStore implements NudgeStore {
   async lastDelivery(ruleId: string, patientId: string, excludingOccasionId?: string) {
     let latest: NudgeDelivery | undefined;
     for (const delivery of this.#deliveries.values()) {
-      if (delivery.ruleId !== ruleId || delivery.patientId !== patientId) continue;
+      if (delivery.ruleId !== ruleId || delivery.patientId !== patientId || delivery.silent) continue;
       if (excludingOccasionId !== undefined && delivery.occasionId === excludingOccasionId) continue;
       if (!latest || delivery.deliveredAt > latest.deliveredAt) latest = delivery;
     }
@@ -106,7 +110,8 @@ export class InMemoryNudgeStore implements NudgeStore {
 
   async deliveriesForOccasion(patientId: string, occasionId: string) {
     return [...this.#deliveries.values()].filter(
-      (delivery) => delivery.patientId === patientId && delivery.occasionId === occasionId,
+      (delivery) =>
+        delivery.patientId === patientId && delivery.occasionId === occasionId && !delivery.silent,
     );
   }
 
@@ -143,8 +148,14 @@ export function summarise(
       overridden: 0,
       ignored: 0,
       noResponse: 0,
+      silent: 0,
       overrideReasons: {},
     };
+    byRule.set(key, statistics);
+    if (delivery.silent) {
+      statistics.silent += 1;
+      continue;
+    }
     statistics.fired += 1;
     if (!outcome) statistics.noResponse += 1;
     else if (outcome.outcome === 'accepted') statistics.accepted += 1;

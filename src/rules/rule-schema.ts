@@ -89,6 +89,25 @@ export const ruleDocumentSchema = z
     title: z.string().min(1).max(200),
     /** Off switch that keeps the rule in the file (for example while a team tunes it). */
     enabled: z.boolean().default(true),
+    /**
+     * `silent`: evaluated and counted (stats, backtests) but never shown, to validate a rule on live
+     * traffic before go-live. `active` (default): shown.
+     */
+    mode: z.enum(['active', 'silent']).default('active'),
+    /**
+     * Only for these encounters (each list given must match; any entry of a list matches): encounter
+     * class codes (`AMB`, `EMER`, `IMP`), type codes (`code` or `system|code`), location ids (the
+     * Encounter's locations) and departments (its serviceProvider Organization id or a serviceType code).
+     */
+    applies: z
+      .object({
+        encounterClasses: z.array(z.string().min(1)).min(1).optional(),
+        encounterTypes: z.array(z.string().min(1)).min(1).optional(),
+        locations: z.array(z.string().min(1)).min(1).optional(),
+        departments: z.array(z.string().min(1)).min(1).optional(),
+      })
+      .strict()
+      .optional(),
     trigger: z.array(z.enum(ruleTriggers)).min(1),
     severity: z.enum(severities),
     guideline: z

@@ -85,7 +85,7 @@ export function summarizeRuleSet(ruleSet: RuleSet): RuleSetSummary {
       version: rule.document.version,
       title: rule.document.title,
       enabled: rule.document.enabled,
-      mode: 'active',
+      mode: rule.document.mode,
     })),
   };
 }

@@ -90,6 +90,7 @@ export async function createRulesRuntime(
           shown: evaluation.nudges.length,
           suppressed: evaluation.results.filter((result) => result.status === 'suppressed').length,
           capped: evaluation.results.filter((result) => result.status === 'capped').length,
+          silent: evaluation.results.filter((result) => result.silent).length,
         },
         'rules evaluated',
       );

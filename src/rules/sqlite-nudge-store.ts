@@ -40,6 +40,10 @@ export class SqliteNudgeStore implements NudgeStore {
         source TEXT NOT NULL,
         recorded_at INTEGER NOT NULL
       );
+      CREATE TABLE IF NOT EXISTS nudge_delivery_mode (
+        nudge_id TEXT PRIMARY KEY,
+        silent INTEGER NOT NULL
+      );
       CREATE TABLE IF NOT EXISTS rule_logic (
         rule_id TEXT NOT NULL,
         rule_version TEXT NOT NULL,
@@ -92,12 +96,18 @@ export class SqliteNudgeStore implements NudgeStore {
         delivery.occasionId,
         delivery.deliveredAt.getTime(),
       );
+    // Kept beside the delivery table so stores written before silent mode need no migration.
+    if (delivery.silent)
+      this.#database
+        .prepare('INSERT OR IGNORE INTO nudge_delivery_mode (nudge_id, silent) VALUES (?, 1)')
+        .run(delivery.nudgeId);
   }
 
   async lastDelivery(ruleId: string, patientId: string, excludingOccasionId?: string) {
     const row = this.#database
       .prepare(
-        `SELECT * FROM nudge_delivery WHERE rule_id = ? AND patient_id = ? AND occasion_id <> ?
+        `SELECT * FROM nudge_delivery d WHERE rule_id = ? AND patient_id = ? AND occasion_id <> ?
+           AND NOT EXISTS (SELECT 1 FROM nudge_delivery_mode m WHERE m.nudge_id = d.nudge_id AND m.silent = 1)
          ORDER BY delivered_at DESC LIMIT 1`,
       )
       .get(ruleId, patientId, excludingOccasionId ?? '\0');
@@ -105,13 +115,21 @@ export class SqliteNudgeStore implements NudgeStore {
   }
 
   async findDelivery(nudgeId: string) {
-    const row = this.#database.prepare('SELECT * FROM nudge_delivery WHERE nudge_id = ?').get(nudgeId);
+    const row = this.#database
+      .prepare(
+        `SELECT d.*, m.silent FROM nudge_delivery d LEFT JOIN nudge_delivery_mode m ON m.nudge_id = d.nudge_id
+         WHERE d.nudge_id = ?`,
+      )
+      .get(nudgeId);
     return row ? deliveryFromRow(row) : undefined;
   }
 
   async deliveriesForOccasion(patientId: string, occasionId: string) {
     return this.#database
-      .prepare('SELECT * FROM nudge_delivery WHERE patient_id = ? AND occasion_id = ?')
+      .prepare(
+        `SELECT * FROM nudge_delivery d WHERE patient_id = ? AND occasion_id = ?
+           AND NOT EXISTS (SELECT 1 FROM nudge_delivery_mode m WHERE m.nudge_id = d.nudge_id AND m.silent = 1)`,
+      )
       .all(patientId, occasionId)
       .map(deliveryFromRow);
   }
@@ -136,8 +154,9 @@ export class SqliteNudgeStore implements NudgeStore {
   async statistics(): Promise<RuleStatistics[]> {
     const rows = this.#database
       .prepare(
-        `SELECT d.*, o.outcome, o.reason, o.source, o.recorded_at FROM nudge_delivery d
-         LEFT JOIN nudge_outcome o ON o.nudge_id = d.nudge_id`,
+        `SELECT d.*, o.outcome, o.reason, o.source, o.recorded_at, m.silent FROM nudge_delivery d
+         LEFT JOIN nudge_outcome o ON o.nudge_id = d.nudge_id
+         LEFT JOIN nudge_delivery_mode m ON m.nudge_id = d.nudge_id`,
       )
       .all();
     return summarise(
@@ -164,6 +183,7 @@ export class SqliteNudgeStore implements NudgeStore {
 
 function deliveryFromRow(row: Record<string, unknown>): NudgeDelivery {
   return {
+    ...(Number(row.silent) === 1 ? { silent: true } : {}),
     nudgeId: String(row.nudge_id),
     ruleId: String(row.rule_id),
     ruleVersion: String(row.rule_version),

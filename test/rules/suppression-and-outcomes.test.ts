@@ -125,6 +125,7 @@ describe.each(stores)('suppression windows and outcomes (%s store)', (_name, cre
         overridden: 2,
         ignored: 0,
         noResponse: 1,
+        silent: 0,
         overrideReasons: { 'Patient declined': 2 },
       },
       {
@@ -135,6 +136,7 @@ describe.each(stores)('suppression windows and outcomes (%s store)', (_name, cre
         overridden: 0,
         ignored: 0,
         noResponse: 1,
+        silent: 0,
         overrideReasons: {},
       },
     ]);
