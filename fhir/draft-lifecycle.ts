@@ -5,6 +5,7 @@ import { taggedAsEdited } from './draft-refresh.ts';
 import type { DraftMode, DraftStore, StoredDraft } from './draft-store.ts';
 import { citationsOf, type DraftView, viewOfDocument, viewOfStored, withRecordChange } from './draft-view.ts';
 import type { FhirClient, SignOffAuthority } from './fhir-client.ts';
+import { isFhirId } from './fhir-id.ts';
 import {
   buildEditProvenance,
   buildRejectProvenance,
@@ -68,7 +69,6 @@ export interface SignOptions {
 }
 
 const practitionerPattern = /^Practitioner\/[A-Za-z0-9\-.]{1,64}$/;
-const idPattern = /^[A-Za-z0-9\-.]{1,64}$/;
 const maxTextLength = 200_000;
 
 function checkPractitioner(practitioner: string): string {
@@ -226,7 +226,7 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
 
   /** The EHR draft by id; undefined when it is missing or not one of this service's drafts. */
   async function readEhrDraft(draftId: string): Promise<DocumentReference | undefined> {
-    if (!dependencies.client || !idPattern.test(draftId)) return undefined;
+    if (!dependencies.client || !isFhirId(draftId)) return undefined;
     try {
       const document = await dependencies.client.read<DocumentReference>('DocumentReference', draftId);
       return isOwnDraft(document) ? document : undefined;
@@ -240,8 +240,7 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
   type Located = { stored: StoredDraft } | { document: DocumentReference };
 
   async function locate(draftId: string): Promise<Located> {
-    if (typeof draftId !== 'string' || !idPattern.test(draftId))
-      throw outcomeError('invalid', 'not a draft id', 400);
+    if (!isFhirId(draftId)) throw outcomeError('invalid', 'not a draft id', 400);
     const stored = await store.get(draftId);
     if (stored) return { stored };
     const document = await readEhrDraft(draftId);
@@ -483,7 +482,7 @@ export function createDraftLifecycle(dependencies: DraftLifecycleDependencies): 
 
   const lifecycle: DraftLifecycle = {
     async listDrafts(patientId) {
-      if (!idPattern.test(patientId)) throw outcomeError('invalid', 'not a patient id', 400);
+      if (!isFhirId(patientId)) throw outcomeError('invalid', 'not a patient id', 400);
       const stored = (await store.listByPatient(patientId)).map(viewOfStored);
       // A held draft that was signed is in the EHR too; it is listed once, from the store.
       const written = new Set(stored.map((view) => view.fhirId).filter(Boolean));

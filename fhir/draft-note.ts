@@ -67,7 +67,7 @@ export const aiAssertedLabel = {
 };
 
 /** Stable per encounter, kind, engine and generation: a repeated event finds the same draft; a regeneration makes a new one. */
-export function draftIdentifierValue(
+function draftIdentifierValue(
   encounterId: string,
   kind: string,
   engine: DraftContent['engine'],

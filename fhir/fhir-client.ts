@@ -1,4 +1,5 @@
 import type { Bundle, BundleEntry, CapabilityStatement, DocumentReference, FhirResource } from 'fhir/r4.js';
+import { isFhirId } from './fhir-id.ts';
 import {
   FhirRequestError,
   type FhirRequestName,
@@ -60,7 +61,7 @@ export interface BatchRead {
 }
 
 /** 32 MiB: far above any real note or search page, far below what would strain the process. */
-export const defaultMaxResponseBytes = 32 * 1024 * 1024;
+const defaultMaxResponseBytes = 32 * 1024 * 1024;
 
 export interface FhirClientOptions {
   baseUrl: string;
@@ -134,16 +135,7 @@ export class ResponseTooLargeError extends OperationOutcomeError {
   }
 }
 
-const fhirIdPattern = /^[A-Za-z0-9\-.]{1,64}$/;
 const resourceTypePattern = /^[A-Z][A-Za-z]{1,63}$/;
-
-/**
- * FHIR's id pattern, minus ids made only of dots: `..` matches the pattern, but in a URL it is a
- * path segment that climbs out of the resource (`Patient/..` is the server's base).
- */
-export function isFhirId(value: unknown): value is string {
-  return typeof value === 'string' && fhirIdPattern.test(value) && !/^\.+$/.test(value);
-}
 
 /** Enough of an untrusted value to recognise it in an error, never all of it. */
 function shown(value: unknown): string {

@@ -1,5 +1,6 @@
 import type { Binary, Bundle, DocumentReference, FhirResource, Patient } from 'fhir/r4.js';
 import type { FhirClient } from './fhir-client.ts';
+import { isFhirId } from './fhir-id.ts';
 import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
 
 /**
@@ -9,7 +10,6 @@ import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
  * another patient before any request is made. Later code, tools and prompts that are handed this
  * reader (and not the client) have no way to reach another patient's data.
  */
-const fhirId = /^[A-Za-z0-9\-.]{1,64}$/;
 
 /**
  * Types outside any patient's compartment that a record may legitimately point at (who wrote a note,
@@ -108,7 +108,7 @@ export class PatientScopedReader {
   readonly #vettedNotes = new Set<string>();
 
   constructor(client: FhirClient, patientId: string) {
-    if (!fhirId.test(patientId)) throw outcomeError('invalid', 'not a patient id', 422);
+    if (!isFhirId(patientId)) throw outcomeError('invalid', 'not a patient id', 422);
     this.#client = client;
     this.patientId = patientId;
   }

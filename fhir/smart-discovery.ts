@@ -26,7 +26,7 @@ export type SmartConfiguration = z.infer<typeof smartConfigurationSchema>;
 
 const loopbackHosts = new Set(['localhost', '127.0.0.1', '[::1]']);
 
-export function isLoopbackUrl(url: URL): boolean {
+function isLoopbackUrl(url: URL): boolean {
   return loopbackHosts.has(url.hostname) || url.hostname.startsWith('127.');
 }
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { isFhirId } from './fhir-id.ts';
 import { outcomeError } from './operation-outcome.ts';
 
 /**
@@ -87,15 +88,6 @@ function numberFrom(parameter: Parameter | undefined): number | undefined {
 const find = (parameters: Parameter[] | undefined, name: string) =>
   parameters?.find((parameter) => parameter.name === name);
 
-/**
- * Whether a value can name a resource in a URL path. The FHIR id pattern allows ids made only of dots,
- * but `.` and `..` are path segments that a URL resolves away (`Encounter/..` is the server's base):
- * nothing from outside may name one.
- */
-export function isResourceId(value: unknown): value is string {
-  return typeof value === 'string' && /^[A-Za-z0-9\-.]{1,64}$/.test(value) && !/^\.+$/.test(value);
-}
-
 /** `Type/id` from an absolute or relative reference, dropping any `_history` suffix. */
 export function relativeReference(reference: string | undefined): string | undefined {
   if (!reference) return undefined;
@@ -103,7 +95,7 @@ export function relativeReference(reference: string | undefined): string | undef
     /(?:^|\/)([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?\/?$/.exec(
       reference.trim(),
     );
-  return match && isResourceId(match[2]) ? `${match[1]}/${match[2]}` : undefined;
+  return match && isFhirId(match[2]) ? `${match[1]}/${match[2]}` : undefined;
 }
 
 /** Longest subscription reference accepted: real ones are a URL of a few dozen characters. */

@@ -98,7 +98,7 @@ function parseEnvValue(raw: string, keys: string[]): unknown {
   return raw;
 }
 
-export function environmentTree(env: NodeJS.ProcessEnv): { tree: Tree; sources: Map<string, string> } {
+function environmentTree(env: NodeJS.ProcessEnv): { tree: Tree; sources: Map<string, string> } {
   const tree: Tree = {};
   const sources = new Map<string, string>();
   for (const [name, value] of Object.entries(env)) {

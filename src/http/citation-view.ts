@@ -20,7 +20,6 @@ export interface CitationView {
 }
 
 export const citationTypePattern = /^[A-Z][A-Za-z]{1,63}$/;
-export const fhirIdPattern = /^[A-Za-z0-9\-.]{1,64}$/;
 
 /** Note text shown for a cited note, capped so one huge attachment cannot swamp the page. */
 const maxNoteCharacters = 20_000;

@@ -5,6 +5,7 @@ import { type EncounterLabel, encounterLabel, personName } from '../../fhir/disp
 import type { RemovedStatement } from '../../fhir/draft-note.ts';
 import type { RecordChangeView } from '../../fhir/draft-view.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
+import { isFhirId } from '../../fhir/fhir-id.ts';
 import {
   FhirRequestError,
   likelyMissingScopes,
@@ -18,7 +19,6 @@ import {
   barePatientId,
   citationTypePattern,
   describeCitation,
-  fhirIdPattern,
   isInPatientCompartment,
 } from './citation-view.ts';
 import { operationOutcomeErrorHandler } from './errors.ts';
@@ -95,7 +95,7 @@ const signBodySchema = z
   .strict();
 const rejectBodySchema = z.object({ reason: z.string().trim().min(3).max(2_000) }).strict();
 const emptyBodySchema = z.object({}).strict();
-const draftIdSchema = z.string().regex(fhirIdPattern);
+const draftIdSchema = z.string().refine(isFhirId, 'is not a FHIR id');
 
 /**
  * Which scopes a refusal of the user's token names: `patient/` when the launch holds patient-context scopes
@@ -276,7 +276,7 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
   /** The encounter in words, read with the user's token; only an encounter of the launch patient counts. */
   async function encounterLabelFor(context: LaunchContext, encounterId: string | undefined) {
     const id = bareId(encounterId);
-    if (!id || !fhirIdPattern.test(id)) return undefined;
+    if (!isFhirId(id)) return undefined;
     const encounter = await lookUp(() => fhirClientFor(context).read<Encounter>('Encounter', id));
     if (!encounter || !isInPatientCompartment(encounter, context.patient)) return undefined;
     const label = encounterLabel(encounter);
@@ -366,11 +366,7 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
   });
 
   async function openCitation(context: LaunchContext, type: string, id: string, version?: string) {
-    if (
-      !citationTypePattern.test(type) ||
-      !fhirIdPattern.test(id) ||
-      (version && !fhirIdPattern.test(version))
-    ) {
+    if (!citationTypePattern.test(type) || !isFhirId(id) || (version && !isFhirId(version))) {
       throw outcomeError(
         'invalid',
         'a citation is <ResourceType>/<id> or <ResourceType>/<id>/_history/<version>',

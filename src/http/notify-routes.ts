@@ -1,7 +1,8 @@
 import { timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response, Router } from 'express';
+import { isFhirId } from '../../fhir/fhir-id.ts';
 import { OperationOutcomeError, outcome, outcomeError } from '../../fhir/operation-outcome.ts';
-import { isResourceId, parseNotification } from '../../fhir/subscription-notification.ts';
+import { parseNotification } from '../../fhir/subscription-notification.ts';
 import { EventIntake } from '../intake/event-intake.ts';
 import { verifyMedplumSignature } from '../intake/medplum-signature.ts';
 import { RateLimiter } from '../intake/rate-limiter.ts';
@@ -187,10 +188,10 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     if (typeof resource !== 'object' || resource === null || resource.resourceType !== 'Encounter')
       throw outcomeError('invalid', 'expected an Encounter resource', 422);
     const id = typeof resource.id === 'string' ? resource.id : pathId;
-    if (!isResourceId(id)) throw outcomeError('invalid', 'Encounter has no valid id', 422);
+    if (!isFhirId(id)) throw outcomeError('invalid', 'Encounter has no valid id', 422);
     if (pathId && id !== pathId) throw outcomeError('invalid', 'Encounter id does not match the URL', 422);
     const versionId = resource.meta?.versionId;
-    if (versionId !== undefined && !isResourceId(versionId))
+    if (versionId !== undefined && !isFhirId(versionId))
       throw outcomeError('invalid', 'Encounter meta.versionId is not a FHIR id', 422);
     return { encounterId: id, ...(versionId ? { versionId } : {}) };
   };
@@ -280,7 +281,7 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     rawBody,
     async (request: Request, response: Response) => {
       const pathId = String(request.params.id);
-      if (!isResourceId(pathId)) throw outcomeError('invalid', 'not a FHIR id', 400);
+      if (!isFhirId(pathId)) throw outcomeError('invalid', 'not a FHIR id', 400);
       const event =
         Buffer.isBuffer(request.body) && request.body.length > 0
           ? encounterFrom(parseJsonBody(request.body), pathId)

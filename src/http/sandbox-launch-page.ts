@@ -1,6 +1,7 @@
 import { parseSearchRequest } from '@medplum/core';
 import express, { type Router } from 'express';
 import type { DocumentReference, Encounter, Patient } from 'fhir/r4.js';
+import { isFhirId } from '../../fhir/fhir-id.ts';
 import { outcomeError } from '../../fhir/operation-outcome.ts';
 import type { SandboxEhr } from '../sandbox/sandbox-ehr.ts';
 
@@ -23,8 +24,6 @@ export interface SandboxLaunchPageOptions {
   encountersPerPatient?: number;
   now?: () => Date;
 }
-
-const idPattern = /^[A-Za-z0-9\-.]{1,64}$/;
 
 export function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (character) => `&#${character.charCodeAt(0)};`);
@@ -153,7 +152,7 @@ ${sections.join('\n')}`),
   router.get('/open', async (request, response) => {
     const patientId = String(request.query.patient ?? '');
     const encounterId = String(request.query.encounter ?? '');
-    if (!idPattern.test(patientId) || !idPattern.test(encounterId))
+    if (!isFhirId(patientId) || !isFhirId(encounterId))
       throw outcomeError('invalid', 'patient and encounter must be FHIR ids', 400);
     const encounter = (await repository.readResource('Encounter', encounterId).catch(() => undefined)) as
       | Encounter

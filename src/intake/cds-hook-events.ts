@@ -1,5 +1,6 @@
 import type { Encounter } from 'fhir/r4.js';
 import { z } from 'zod';
+import { isFhirId } from '../../fhir/fhir-id.ts';
 import { outcomeError } from '../../fhir/operation-outcome.ts';
 import { patientIdInReference } from '../../fhir/patient-scope.ts';
 import type { EventIntake } from './event-intake.ts';
@@ -13,10 +14,7 @@ import type { EventIntake } from './event-intake.ts';
  */
 export const encounterHooks = new Set(['encounter-start', 'encounter-discharge']);
 
-const fhirId = z
-  .string()
-  .regex(/^[A-Za-z0-9\-.]{1,64}$/)
-  .refine((id) => !/^\.+$/.test(id), 'is not a FHIR id');
+const fhirId = z.string().refine(isFhirId, 'is not a FHIR id');
 
 const contextSchema = z.looseObject({
   patientId: fhirId,

@@ -1,4 +1,5 @@
-import { isResourceId, type ParsedNotification } from '../../fhir/subscription-notification.ts';
+import { isFhirId } from '../../fhir/fhir-id.ts';
+import type { ParsedNotification } from '../../fhir/subscription-notification.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
 import type { DraftKindHint, EncounterJobInput, JobQueue } from '../queue/job-queue.ts';
@@ -75,11 +76,11 @@ export class EventIntake {
     if (source !== 'backport' && pushedSources.has(source) && events.length > 0)
       this.#options.onDelivery?.(undefined, 'event');
     const jobs: EncounterJobInput[] = events
-      .filter((event) => isResourceId(event.encounterId))
+      .filter((event) => isFhirId(event.encounterId))
       .map((event) => ({
         encounterId: event.encounterId,
         source,
-        ...(isResourceId(event.versionId) ? { versionId: event.versionId } : {}),
+        ...(isFhirId(event.versionId) ? { versionId: event.versionId } : {}),
         ...(event.kind ? { kind: event.kind } : {}),
       }));
     if (jobs.length === 0) return 0;
@@ -182,7 +183,7 @@ export class EventIntake {
       const versionId = (event.resource as { meta?: { versionId?: unknown } } | undefined)?.meta?.versionId;
       encounters.push({
         encounterId: event.focus.slice('Encounter/'.length),
-        ...(isResourceId(versionId) ? { versionId } : {}),
+        ...(isFhirId(versionId) ? { versionId } : {}),
       });
     }
     result.events = encounters.length;

@@ -271,10 +271,10 @@ describe('FhirClient resilience', () => {
 describe('FhirClient never builds a URL from an id that is not a FHIR id', () => {
   const badIds = ['..', '.', '...', 'a/b', 'a?b', 'a#b', '', 'x'.repeat(65)];
 
-  async function refused(call: () => Promise<unknown>) {
+  async function refused(call: () => Promise<unknown>, status = 400) {
     const error = (await call().catch((caught: unknown) => caught)) as OperationOutcomeError;
     expect(error).toBeInstanceOf(OperationOutcomeError);
-    expect(error.status).toBe(400);
+    expect(error.status).toBe(status);
     expect(error.outcome.issue[0].code).toBe('invalid');
     expect(error.isRetryable).toBe(false);
   }
@@ -351,7 +351,8 @@ describe('FhirClient never builds a URL from an id that is not a FHIR id', () =>
       class: { code: 'AMB' },
       subject: { reference: 'Patient/..' },
     };
-    await refused(() => retrievePatientRecord(client, encounter, { draftIdentifierSystem: 'urn:x' }));
+    // The patient guard refuses the subject before the client is asked for anything (422: the Encounter is bad).
+    await refused(() => retrievePatientRecord(client, encounter, { draftIdentifierSystem: 'urn:x' }), 422);
     for (const request of server.requests) {
       const path = new URL(request.url, 'http://x').pathname;
       expect(path.split('/').some((segment) => /^\.+$/.test(segment))).toBe(false);
