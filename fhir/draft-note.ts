@@ -560,6 +560,32 @@ export class DraftNoteWriter {
   }
 
   /**
+   * One transaction of a draft's entries (the document, then its Provenance) that name the AI Device: a Device
+   * already known by id, otherwise a conditional create of it at the front of the same transaction (a placeholder
+   * reference the server resolves), remembered once the server has assigned its id. Returns the last two results.
+   */
+  async #transactionWithDevice(
+    engine: DraftContent['engine'],
+    entriesFor: (deviceReference: string) => TransactionEntry[],
+  ) {
+    const knownDevice = this.#deviceReferences.get(engine.id);
+    const deviceReference = knownDevice ?? `urn:uuid:${randomUUID()}`;
+    const entries: TransactionEntry[] = [];
+    if (!knownDevice) {
+      const device = buildDevice(engine, this.#identifierSystem, this.#profiles);
+      entries.push({
+        fullUrl: deviceReference,
+        resource: device,
+        request: { method: 'POST', url: 'Device', ifNoneExist: identifierCondition(device) },
+      });
+    }
+    entries.push(...entriesFor(deviceReference));
+    const results = await this.#client.transaction(entries);
+    if (!knownDevice) this.#deviceReferences.set(engine.id, `Device/${results[0].resource.id}`);
+    return results.slice(-2);
+  }
+
+  /**
    * Device (until its id is known), draft and Provenance in one transaction of conditional creates.
    * The Provenance is conditional on its target: when the draft is already there, so is its Provenance
    * (they were written together), and the transaction finds both and creates neither.
@@ -569,34 +595,25 @@ export class DraftNoteWriter {
     build: (deviceReference: string) => DocumentReference,
     now: Date,
   ): Promise<WrittenDraft> {
-    const knownDevice = this.#deviceReferences.get(content.engine.id);
-    const deviceReference = knownDevice ?? `urn:uuid:${randomUUID()}`;
     const documentUrl = `urn:uuid:${randomUUID()}`;
-    const document = build(deviceReference);
-    const entries: TransactionEntry[] = [];
-    if (!knownDevice) {
-      const device = buildDevice(content.engine, this.#identifierSystem, this.#profiles);
-      entries.push({
-        fullUrl: deviceReference,
-        resource: device,
-        request: { method: 'POST', url: 'Device', ifNoneExist: identifierCondition(device) },
-      });
-    }
-    entries.push(
-      {
-        fullUrl: documentUrl,
-        resource: document,
-        request: { method: 'POST', url: 'DocumentReference', ifNoneExist: identifierCondition(document) },
-      },
-      {
-        fullUrl: `urn:uuid:${randomUUID()}`,
-        resource: buildDraftProvenance(content, documentUrl, deviceReference, now, this.#profiles),
-        request: { method: 'POST', url: 'Provenance', ifNoneExist: `target=${documentUrl}` },
+    const [documentResult, provenanceResult] = await this.#transactionWithDevice(
+      content.engine,
+      (deviceReference) => {
+        const document = build(deviceReference);
+        return [
+          {
+            fullUrl: documentUrl,
+            resource: document,
+            request: { method: 'POST', url: 'DocumentReference', ifNoneExist: identifierCondition(document) },
+          },
+          {
+            fullUrl: `urn:uuid:${randomUUID()}`,
+            resource: buildDraftProvenance(content, documentUrl, deviceReference, now, this.#profiles),
+            request: { method: 'POST', url: 'Provenance', ifNoneExist: `target=${documentUrl}` },
+          },
+        ];
       },
     );
-    const results = await this.#client.transaction(entries);
-    if (!knownDevice) this.#deviceReferences.set(content.engine.id, `Device/${results[0].resource.id}`);
-    const [documentResult, provenanceResult] = results.slice(-2);
     return {
       draft: documentResult.resource as DocumentReference,
       provenance: provenanceResult.resource as Provenance,
@@ -884,41 +901,35 @@ export class DraftNoteWriter {
     const revisionOf = versionedReference(current);
     try {
       if (this.#transactions) {
-        const knownDevice = this.#deviceReferences.get(content.engine.id);
-        const deviceReference = knownDevice ?? `urn:uuid:${randomUUID()}`;
-        const document = this.#refreshedDocument(current, content, patient, encounter, deviceReference, now);
-        const entries: TransactionEntry[] = [];
-        if (!knownDevice) {
-          const device = buildDevice(content.engine, this.#identifierSystem, this.#profiles);
-          entries.push({
-            fullUrl: deviceReference,
-            resource: device,
-            request: { method: 'POST', url: 'Device', ifNoneExist: identifierCondition(device) },
-          });
-        }
-        entries.push(
-          {
-            resource: document,
-            request: {
-              method: 'PUT',
-              url: `DocumentReference/${current.id}`,
-              ifMatch: `W/"${versionId}"`,
+        const [documentResult, provenanceResult] = await this.#transactionWithDevice(
+          content.engine,
+          (deviceReference) => [
+            {
+              resource: this.#refreshedDocument(current, content, patient, encounter, deviceReference, now),
+              request: {
+                method: 'PUT',
+                url: `DocumentReference/${current.id}`,
+                ifMatch: `W/"${versionId}"`,
+              },
             },
-          },
-          {
-            fullUrl: `urn:uuid:${randomUUID()}`,
-            // The new version's id is the server's to assign: the target is the draft, and `revision` names
-            // the version this one rewrote, which pins the Provenance to the version that follows it.
-            resource: buildDraftProvenance(content, `DocumentReference/${current.id}`, deviceReference, now, {
-              ...this.#profiles,
-              revisionOf,
-            }),
-            request: { method: 'POST', url: 'Provenance' },
-          },
+            {
+              fullUrl: `urn:uuid:${randomUUID()}`,
+              // The new version's id is the server's to assign: the target is the draft, and `revision` names
+              // the version this one rewrote, which pins the Provenance to the version that follows it.
+              resource: buildDraftProvenance(
+                content,
+                `DocumentReference/${current.id}`,
+                deviceReference,
+                now,
+                {
+                  ...this.#profiles,
+                  revisionOf,
+                },
+              ),
+              request: { method: 'POST', url: 'Provenance' },
+            },
+          ],
         );
-        const results = await this.#client.transaction(entries);
-        if (!knownDevice) this.#deviceReferences.set(content.engine.id, `Device/${results[0].resource.id}`);
-        const [documentResult, provenanceResult] = results.slice(-2);
         return {
           draft: documentResult.resource as DocumentReference,
           provenance: provenanceResult.resource as Provenance,
