@@ -8,7 +8,15 @@ import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import type { ServiceConfig } from '../config/config-schema.ts';
 import { loadConfig } from '../config/load-config.ts';
-import { type BacktestPopulation, backtestCsv, runBacktest } from '../rules/backtest.ts';
+import {
+  type BacktestChange,
+  type BacktestPopulation,
+  type BacktestReport,
+  backtestChanges,
+  backtestCsv,
+  backtestPatientCsv,
+  runBacktest,
+} from '../rules/backtest.ts';
 import { evaluateRules, type RuleResult } from '../rules/evaluate.ts';
 import type { NudgeStore, RuleStatistics } from '../rules/nudge-store.ts';
 import { recordFromBundle } from '../rules/record-from-bundle.ts';
@@ -88,6 +96,19 @@ export function createRulesProgram(
     const current = serviceConfig();
     return current.rules.storeFile ?? path.join(current.dataDir, 'rules.sqlite');
   };
+  /** Another rules folder (`--compare`), with its own value sets when it has them. */
+  const compareSource = (directory: string): RuleSetSource => {
+    const own = path.join(directory, 'valuesets.json');
+    return { ...source(), directory, valueSetFile: existsSync(own) ? own : source().valueSetFile };
+  };
+  const loadSource = async (rules: RuleSetSource): Promise<RuleSet | undefined> => {
+    const result = await loadRuleSet(rules);
+    if (result.ok) return result.ruleSet;
+    for (const error of result.errors) io.err(`${formatLoadError(error)}\n`);
+    io.err(`rule set refused: ${result.errors.length} error(s)\n`);
+    process.exitCode = 1;
+    return undefined;
+  };
   const load = async (): Promise<RuleSet | undefined> => {
     const result = await loadRuleSet(source());
     if (result.ok) return result.ruleSet;
@@ -150,10 +171,24 @@ export function createRulesProgram(
 
   program
     .command('backtest')
-    .description('evaluate every rule across a population: how many patients each rule fires for')
+    .description(
+      'evaluate every rule across a population: how many patients each rule fires for, and is shown to',
+    )
     .requiredOption('--source <source>', "'sandbox' (synthetic patients), 'generated', or a FHIR base URL")
     .addOption(new Option('--patients <n>', 'number of patients').argParser(positiveInteger).default(100))
-    .option('--csv <file>', 'also write the table as CSV')
+    .option(
+      '--csv <file>',
+      'write one row per patient and rule: fired, shown, each criterion, evidence, error (with the run date and source)',
+    )
+    .option('--summary-csv <file>', 'write the per-rule table as CSV')
+    .option(
+      '--compare <rules-folder>',
+      'also run another rules folder and list the patients whose result changes',
+    )
+    .option(
+      '--store <file>',
+      "the service's store, read to apply suppression as it stands (default: the service's, when it exists)",
+    )
     .addOption(new Option('--now <date>', 'evaluation date (default: now)').argParser(isoDate))
     .addOption(
       new Option('--workers <n>', 'worker threads (default: one per core)').argParser(positiveInteger),
@@ -171,6 +206,9 @@ export function createRulesProgram(
         source: string;
         patients: number;
         csv?: string;
+        summaryCsv?: string;
+        compare?: string;
+        store?: string;
         now?: Date;
         workers?: number;
         seed?: number;
@@ -180,36 +218,52 @@ export function createRulesProgram(
         const check = await load();
         if (!check || !parametersFit(check, options.parameter)) return;
         const now = options.now ?? new Date();
-        const population = populationFor(
-          { ...options, seed: options.seed ?? serviceConfig().sandbox.seed },
-          now,
-          check.additionalResourceTypes,
-          fhirClient,
-        );
-        const progress = progressBar(io);
-        const report = await runBacktest({
-          source: source(),
-          population,
-          now,
-          workers: options.workers,
-          onProgress: progress,
-          cqlParameters: options.parameter,
-        });
-        io.err('\n');
-        const width = Math.max(...report.rules.map((rule) => rule.ruleId.length), 'rule'.length);
-        io.out(`${'rule'.padEnd(width)}  version  fired  percent  errors  first error\n`);
-        for (const rule of report.rules) {
-          const percent = report.patients === 0 ? 0 : (100 * rule.firedPatients) / report.patients;
-          io.out(
-            `${rule.ruleId.padEnd(width)}  ${rule.ruleVersion.padEnd(7)}  ${String(rule.firedPatients).padStart(5)}  ${percent.toFixed(1).padStart(6)}%  ${String(rule.errors).padStart(6)}${rule.firstError ? `  ${rule.firstError}` : ''}\n`,
-          );
+        const seed = options.seed ?? serviceConfig().sandbox.seed;
+        const store = options.store ?? storeFile();
+        if (options.store && !existsSync(options.store)) {
+          io.err(`no store at ${options.store}\n`);
+          process.exitCode = 1;
+          return;
         }
+        const comparison = options.compare ? compareSource(options.compare) : undefined;
+        if (comparison && !(await loadSource(comparison))) return;
+        const backtest = (rules: RuleSetSource, ruleSet: RuleSet, label: string) =>
+          runBacktest({
+            source: rules,
+            population: populationFor({ ...options, seed }, now, ruleSet.additionalResourceTypes, fhirClient),
+            now,
+            workers: options.workers,
+            onProgress: progressBar(io, label),
+            cqlParameters: options.parameter,
+            collectRows: Boolean(options.csv || options.compare),
+            ...(existsSync(store) ? { storeFile: store } : {}),
+          });
+        const report = await backtest(source(), check, '');
+        io.err('\n');
+        io.out(backtestTable(report));
         io.out(
-          `${report.patients} patients in ${(report.durationMs / 1000).toFixed(1)} s (${report.patientsPerSecond.toFixed(0)} patients/s, ${report.workers} workers)\n`,
+          `${report.patients} patients in ${(report.durationMs / 1000).toFixed(1)} s (${report.patientsPerSecond.toFixed(0)} patients/s, ${report.workers} workers)${existsSync(store) ? `; suppression as recorded in ${store}` : '; no store: suppression not applied'}\n`,
         );
         if (options.csv) {
-          await writeFile(options.csv, backtestCsv(report));
+          const sourceLabel = /^https?:/.test(options.source)
+            ? options.source
+            : `${options.source} (seed ${seed})`;
+          await writeFile(
+            options.csv,
+            backtestPatientCsv(report, { runAt: new Date(), evaluatedAt: now, source: sourceLabel }),
+          );
           io.out(`CSV written to ${options.csv}\n`);
+        }
+        if (options.summaryCsv) {
+          await writeFile(options.summaryCsv, backtestCsv(report));
+          io.out(`summary CSV written to ${options.summaryCsv}\n`);
+        }
+        if (comparison && options.compare) {
+          const other = await loadSource(comparison);
+          if (!other) return;
+          const before = await backtest(comparison, other, 'compare ');
+          io.err('\n');
+          io.out(comparisonText(backtestChanges(before, report), options.compare));
         }
         if (report.rules.some((rule) => rule.errors > 0)) process.exitCode = 1;
       },
@@ -544,14 +598,41 @@ export function formatStatistics(statistics: RuleStatistics[], csv: boolean): st
   return `${lines.join('\n')}\n`;
 }
 
-function progressBar(io: Io): (done: number, total: number) => void {
+function backtestTable(report: BacktestReport): string {
+  const width = Math.max(...report.rules.map((rule) => rule.ruleId.length), 'rule'.length);
+  const lines = [
+    `${'rule'.padEnd(width)}  version  fired  percent  shown  suppressed  capped  errors  first error`,
+  ];
+  for (const rule of report.rules) {
+    const percent = report.patients === 0 ? 0 : (100 * rule.firedPatients) / report.patients;
+    lines.push(
+      `${rule.ruleId.padEnd(width)}  ${rule.ruleVersion.padEnd(7)}  ${String(rule.firedPatients).padStart(5)}  ${percent.toFixed(1).padStart(6)}%  ${String(rule.shownPatients).padStart(5)}  ${String(rule.suppressedPatients).padStart(10)}  ${String(rule.cappedPatients).padStart(6)}  ${String(rule.errors).padStart(6)}${rule.firstError ? `  ${rule.firstError}` : ''}`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function comparisonText(changes: BacktestChange[], otherFolder: string): string {
+  if (changes.length === 0) return `compared with ${otherFolder}: no patient's result changes\n`;
+  const describe = (side: BacktestChange['before']) => (side ? `${side.status} (${side.version})` : 'absent');
+  const lines = [
+    `compared with ${otherFolder}: ${changes.length} patient results change (rule  patient  before -> now)`,
+  ];
+  for (const change of changes)
+    lines.push(
+      `  ${change.ruleId}  ${change.patientId}  ${describe(change.before)} -> ${describe(change.after)}`,
+    );
+  return `${lines.join('\n')}\n`;
+}
+
+function progressBar(io: Io, label = ''): (done: number, total: number) => void {
   const started = Date.now();
   let lastShown = -1;
   return (done, total) => {
     const width = 30;
     const filled = Math.round((done / Math.max(total, 1)) * width);
     const rate = done / Math.max((Date.now() - started) / 1000, 0.001);
-    const line = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total} ${rate.toFixed(0)} patients/s`;
+    const line = `${label}[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total} ${rate.toFixed(0)} patients/s`;
     if (io.isTty) {
       io.err(`\r${line}`);
     } else {

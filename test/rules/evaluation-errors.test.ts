@@ -135,9 +135,16 @@ describe.skipIf(!haveModels)('evaluation errors are failures, with their detail'
       csv,
     ]);
     expect(result.exitCode).toBe(1);
-    expect(result.out).toMatch(/cms-denominator\s+1\.0\.0\s+0\s+0\.0%\s+3\s+CQL Denominator "Only Visit"/);
+    expect(result.out).toMatch(
+      /cms-denominator\s+1\.0\.0\s+0\s+0\.0%\s+0\s+0\s+0\s+3\s+CQL Denominator "Only Visit"/,
+    );
+    // One row per patient, each with its error text.
     const rows = readFileSync(csv, 'utf8').trim().split('\n');
-    expect(rows[0].split(',')).toContain('first_error');
-    expect(rows[1]).toContain('"CQL Denominator ""Only Visit"" at line 6:22: IllegalArgument');
+    expect(rows[0].split(',').at(-1)).toBe('error');
+    expect(rows).toHaveLength(4);
+    for (const row of rows.slice(1)) {
+      expect(row).toContain(',error,false,false,');
+      expect(row).toContain('"CQL Denominator ""Only Visit"" at line 6:22: IllegalArgument');
+    }
   });
 });

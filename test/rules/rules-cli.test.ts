@@ -96,7 +96,7 @@ describe('rules CLI', () => {
       '2',
       '--seed',
       '1',
-      '--csv',
+      '--summary-csv',
       csv,
     ]);
     expect(result.exitCode).toBe(0);
