@@ -1,10 +1,11 @@
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { DocumentReference, Provenance } from 'fhir/r4.js';
-import type { Browser, Page } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import type { RunningService } from '../../src/service.ts';
+import { expectNoSeriousViolations } from '../support/axe.ts';
 import { hasChromium, launchChromium } from '../support/chromium.ts';
 import {
   draftsFor,
@@ -22,22 +23,6 @@ import {
  * a sign-off Provenance in the EHR. Screenshots go to test/artifacts/.
  */
 const artifacts = path.resolve('test/artifacts');
-const axeSource = readFileSync(path.resolve('node_modules/axe-core/axe.min.js'), 'utf8');
-
-async function seriousViolations(page: Page): Promise<unknown[]> {
-  await page.evaluate(axeSource);
-  return page.evaluate(async () => {
-    const axe = (
-      window as unknown as {
-        axe: { run: () => Promise<{ violations: { id: string; impact: string | null }[] }> };
-      }
-    ).axe;
-    const result = await axe.run();
-    return result.violations
-      .filter((violation) => violation.impact === 'serious' || violation.impact === 'critical')
-      .map((violation) => violation.id);
-  });
-}
 
 describe.skipIf(!hasChromium)('a clinician on the default sandbox run', () => {
   let service: RunningService;
@@ -84,7 +69,7 @@ describe.skipIf(!hasChromium)('a clinician on the default sandbox run', () => {
     expect(await patientSection.locator('.meta').textContent()).toMatch(
       /\d+ years.*1 draft waiting for review/,
     );
-    expect(await seriousViolations(page)).toEqual([]);
+    await expectNoSeriousViolations(page, 'sandbox launch page');
     await page.screenshot({ path: path.join(artifacts, 'sandbox-launch-page.png'), fullPage: true });
 
     // A real EHR launch: launch id to the app, the sandbox's authorize page, the callback, then the review page.

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -6,6 +6,7 @@ import type { FhirResource } from 'fhir/r4.js';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DraftView } from '../../src/http/drafts-api-routes.ts';
+import { expectNoSeriousViolations } from '../support/axe.ts';
 import { hasChromium, launchChromium } from '../support/chromium.ts';
 import { createMemoryDraftLifecycle } from './memory-draft-lifecycle.ts';
 import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
@@ -17,7 +18,6 @@ import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
  * the page in the same run.
  */
 const artifacts = path.resolve('test/artifacts');
-const axeSource = readFileSync(path.resolve('node_modules/axe-core/axe.min.js'), 'utf8');
 
 const patientId = 'p1';
 const otherPatientId = 'p2';
@@ -180,36 +180,6 @@ let browser: Browser;
 /** A stand-in for the EHR's own web page, on another origin, that shows the review app in an iframe pane. */
 let ehrPage: Server;
 let ehrOrigin: string;
-
-async function axeViolations(page: Page): Promise<{ id: string; impact: string; nodes: number }[]> {
-  // Evaluated through the DevTools protocol, so the page's strict CSP (script-src 'self') stays on.
-  await page.evaluate(axeSource);
-  return page.evaluate(async () => {
-    const axe = (
-      window as unknown as {
-        axe: {
-          run: (
-            context: Document,
-          ) => Promise<{ violations: { id: string; impact: string; nodes: unknown[] }[] }>;
-        };
-      }
-    ).axe;
-    const result = await axe.run(document);
-    return result.violations.map((violation) => ({
-      id: violation.id,
-      impact: violation.impact,
-      nodes: violation.nodes.length,
-    }));
-  });
-}
-
-async function expectNoSeriousViolations(page: Page, name: string) {
-  const violations = await axeViolations(page);
-  const serious = violations.filter(
-    (violation) => violation.impact === 'serious' || violation.impact === 'critical',
-  );
-  expect(serious, `${name}: ${JSON.stringify(serious)}`).toEqual([]);
-}
 
 async function newPage(): Promise<{ context: BrowserContext; page: Page }> {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -586,9 +556,13 @@ describe.skipIf(!hasChromium)('review app in Chromium', () => {
     const noSession = await fetch(`${harness.serviceUrl}/api/drafts`);
     expect(noSession.status).toBe(401);
     expect((await noSession.json()).resourceType).toBe('OperationOutcome');
-    // A page opened without a launch says so instead of showing drafts.
+    // A page opened without a launch says how to open it instead of showing drafts; with a launch id the
+    // browser holds no session for, the app says the session has ended.
     const { context: fresh, page: stranger } = await newPage();
     await stranger.goto(`${harness.serviceUrl}/review`);
+    expect(await stranger.locator('main').textContent()).toContain("open the patient's chart in your EHR");
+    expect(await stranger.locator('article.draft').count()).toBe(0);
+    await stranger.goto(`${harness.serviceUrl}/review?context=not-a-launch-of-this-browser`);
     await expect.poll(() => stranger.locator('#error').textContent()).toContain('session');
     expect(await stranger.locator('article.draft').count()).toBe(0);
     await stranger.screenshot({ path: path.join(artifacts, 'review-no-session.png') });

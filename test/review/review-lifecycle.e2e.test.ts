@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type {
   Condition,
@@ -10,7 +10,7 @@ import type {
   Practitioner,
   Provenance,
 } from 'fhir/r4.js';
-import type { Browser, Page } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDraftLifecycle, type DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
 import { type DraftContent, DraftNoteWriter } from '../../fhir/draft-note.ts';
@@ -19,6 +19,7 @@ import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
 import { sandboxRouter } from '../../src/http/sandbox-routes.ts';
 import { createSandboxEhr, type SandboxEhr } from '../../src/sandbox/sandbox-ehr.ts';
 import { generatePatients } from '../../src/sandbox/synthetic-patients.ts';
+import { expectNoSeriousViolations } from '../support/axe.ts';
 import { hasChromium, launchChromium } from '../support/chromium.ts';
 import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
 
@@ -30,7 +31,6 @@ import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
  * or entered-in-error with a rejection Provenance.
  */
 const artifacts = path.resolve('test/artifacts');
-const axeSource = readFileSync(path.resolve('node_modules/axe-core/axe.min.js'), 'utf8');
 const identifierSystem = 'urn:ehr-draft-agent:draft';
 
 let sandbox: SandboxEhr;
@@ -60,25 +60,6 @@ function content(kind: string, title: string, text: string, sources: string[]): 
     sources: new Map(sources.map((source) => [source, '1'])),
     verification: { cited: sources.length, removed: 0, flagged: false },
   };
-}
-
-async function noSeriousViolations(page: Page, name: string) {
-  await page.evaluate(axeSource);
-  const violations = await page.evaluate(async () => {
-    const axe = (
-      window as unknown as {
-        axe: { run: (context: Document) => Promise<{ violations: { id: string; impact: string }[] }> };
-      }
-    ).axe;
-    return (await axe.run(document)).violations.map((violation) => ({
-      id: violation.id,
-      impact: violation.impact,
-    }));
-  });
-  expect(
-    violations.filter((violation) => violation.impact === 'serious' || violation.impact === 'critical'),
-    name,
-  ).toEqual([]);
 }
 
 async function provenanceFor(documentId: string): Promise<Provenance[]> {
@@ -216,7 +197,7 @@ describe.skipIf(!hasChromium)('review on the real lifecycle and the sandbox EHR'
     expect(
       await page.locator(`[data-group="briefing"] article[data-draft-id="${briefingDraft.id}"]`).count(),
     ).toBe(1);
-    await noSeriousViolations(page, 'list on the real lifecycle');
+    await expectNoSeriousViolations(page, 'list on the real lifecycle');
     await page.screenshot({ path: path.join(artifacts, 'lifecycle-list.png'), fullPage: true });
 
     await summary.getByRole('button', { name: `Open cited source [Observation/${observation.id}]` }).click();
