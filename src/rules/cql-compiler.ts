@@ -48,8 +48,48 @@ export interface CqlCompiler {
   compile(source: string): CqlCompileResult;
 }
 
+const kotlinBanner = 'kotlin-logging: initializing';
+
+/**
+ * The translator (Kotlin compiled to JS) announces its logger on standard output the first time it
+ * logs. A CLI's output is for its reader (and scripts parse it): that one line is dropped, anything
+ * else written meanwhile passes.
+ */
+function withoutKotlinBanner<T>(work: () => T): T {
+  const log = console.log;
+  const write = process.stdout.write;
+  console.log = (...values: unknown[]) => {
+    if (typeof values[0] === 'string' && values[0].startsWith(kotlinBanner)) return;
+    log.apply(console, values);
+  };
+  // Kotlin's println writes the line, then its newline on its own.
+  let bannerDropped = false;
+  process.stdout.write = ((chunk: unknown, ...rest: unknown[]) => {
+    if (String(chunk).startsWith(kotlinBanner)) {
+      bannerDropped = true;
+      return true;
+    }
+    if (bannerDropped && String(chunk) === '\n') {
+      bannerDropped = false;
+      return true;
+    }
+    bannerDropped = false;
+    return (write as (...arguments_: unknown[]) => boolean).apply(process.stdout, [chunk, ...rest]);
+  }) as typeof process.stdout.write;
+  try {
+    return work();
+  } finally {
+    console.log = log;
+    process.stdout.write = write;
+  }
+}
+
 /** `sourceDirectories` are searched for included libraries (`Name-1.0.0.cql` or `Name.cql`). */
 export function createCqlCompiler(modelDirectory: string, sourceDirectories: string[] = []): CqlCompiler {
+  return withoutKotlinBanner(() => translatorFor(modelDirectory, sourceDirectories));
+}
+
+function translatorFor(modelDirectory: string, sourceDirectories: string[]): CqlCompiler {
   if (!existsSync(path.join(modelDirectory, 'system-modelinfo.xml'))) {
     throw new Error(`CQL model folder ${modelDirectory} has no system-modelinfo.xml`);
   }
@@ -69,21 +109,23 @@ export function createCqlCompiler(modelDirectory: string, sourceDirectories: str
     }),
   );
   return {
-    compile(source) {
-      const translator = CqlTranslator.fromText(source, libraryManager);
-      const elm = JSON.parse(translator.toJson()) as ElmLibrary;
-      const errors = compileMessages(elm);
-      const libraries = new Map<string, ElmLibrary>();
-      const name = elm.library?.identifier?.id;
-      if (errors.every((message) => message.severity !== 'error')) {
-        for (const library of translatedLibraries(translator)) {
-          libraries.set(library.library.identifier.id, library);
-        }
-        if (name) libraries.set(name, elm);
-      }
-      return { libraries, name, errors };
-    },
+    compile: (source) => withoutKotlinBanner(() => compileWith(libraryManager, source)),
   };
+}
+
+function compileWith(libraryManager: LibraryManager, source: string): CqlCompileResult {
+  const translator = CqlTranslator.fromText(source, libraryManager);
+  const elm = JSON.parse(translator.toJson()) as ElmLibrary;
+  const errors = compileMessages(elm);
+  const libraries = new Map<string, ElmLibrary>();
+  const name = elm.library?.identifier?.id;
+  if (errors.every((message) => message.severity !== 'error')) {
+    for (const library of translatedLibraries(translator)) {
+      libraries.set(library.library.identifier.id, library);
+    }
+    if (name) libraries.set(name, elm);
+  }
+  return { libraries, name, errors };
 }
 
 function readModelInfo(directory: string, name: string, version: string | undefined): string | undefined {

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -138,6 +139,25 @@ describe.skipIf(!haveModels)('CQL rules', () => {
     );
     expect(noModels.ok).toBe(false);
     if (!noModels.ok) expect(noModels.errors[0].message).toContain('cqlModelDirectory');
+  });
+
+  it('the rules CLI prints only its own output when it compiles CQL (no kotlin-logging banner)', () => {
+    const source = ruleFolder({ 'cql-rule.yaml': cqlRule, 'cql/DiabetesStatin.cql': library });
+    const stdout = execFileSync(
+      process.execPath,
+      [
+        'src/cli/rules.ts',
+        '--rules',
+        source.directory,
+        '--value-sets',
+        source.valueSetFile ?? '',
+        '--cql-models',
+        cqlModelDirectory,
+        'validate',
+      ],
+      { encoding: 'utf8' },
+    );
+    expect(stdout).toMatch(/^ok: 1 rules, \d+ value sets, 2 CQL criteria \(fingerprint [0-9a-f]{16}\)\n$/);
   });
 
   it('refuses a rule naming a define the library does not have', async () => {
