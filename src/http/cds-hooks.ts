@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { normalizeOperationOutcome, outcome } from '../../fhir/operation-outcome.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import type { Logger } from '../log.ts';
-import { type CdsCard, nudgeCard, urgencyCard } from '../rules/cds-cards.ts';
+import { type CdsCard, nudgeCard, snoozeDays, urgencyCard } from '../rules/cds-cards.ts';
 import {
   type CdsServiceDefinition,
   cdsServicesFor,
@@ -197,6 +197,18 @@ export function createCdsHooksRouter(options: CdsHooksOptions): Router {
           source: 'cds-hooks',
           recordedAt: new Date(item.outcomeTimestamp),
         });
+        // "Not now, for N days": suppression holds this rule back for this patient until then.
+        const days = item.outcome === 'overridden' ? snoozeDays(item.overrideReason?.reason) : undefined;
+        if (days !== undefined) {
+          const answeredAt = new Date(item.outcomeTimestamp);
+          await options.store.recordSnooze({
+            ruleId: delivery.ruleId,
+            patientId: delivery.patientId,
+            nudgeId: item.card,
+            recordedAt: answeredAt,
+            until: new Date(answeredAt.getTime() + days * 86_400_000),
+          });
+        }
         recorded += 1;
       }
       options.logger.info(

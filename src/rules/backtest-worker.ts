@@ -35,6 +35,8 @@ async function readOnlyStore(file: string | undefined): Promise<NudgeStore | und
     recordDelivery: async () => {},
     recordOutcome: async () => {},
     recordRuleLogic: async () => {},
+    snoozedUntil: (ruleId, patientId, at) => store.snoozedUntil(ruleId, patientId, at),
+    recordSnooze: async () => {},
     close: () => store.close(),
   };
 }

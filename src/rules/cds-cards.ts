@@ -19,12 +19,23 @@ export interface CdsLink {
   appContext?: string;
 }
 
+/** CDS Hooks 2.0 suggestion: one click creates the proposed resource in the EHR (for the clinician to sign). */
+export interface CdsSuggestion {
+  label: string;
+  uuid: string;
+  isRecommended?: boolean;
+  actions: { type: 'create'; description: string; resource: Record<string, unknown> }[];
+}
+
 export interface CdsCard {
   uuid: string;
   summary: string;
   indicator: 'info' | 'warning' | 'critical';
   detail: string;
   source: { label: string; url: string; topic?: CdsCoding };
+  suggestions?: CdsSuggestion[];
+  /** Required by CDS Hooks 2.0 whenever suggestions are present. */
+  selectionBehavior?: 'at-most-one' | 'any';
   overrideReasons?: CdsCoding[];
   links?: CdsLink[];
 }
@@ -40,7 +51,19 @@ export const overrideReasons: CdsCoding[] = [
   { system: overrideReasonSystem, code: 'already-done', display: 'Already done or ordered elsewhere' },
   { system: overrideReasonSystem, code: 'patient-declined', display: 'Patient declined' },
   { system: overrideReasonSystem, code: 'will-address-later', display: 'Will address at a later visit' },
+  ...[7, 30, 90].map((days) => ({
+    system: overrideReasonSystem,
+    code: `snooze-${days}d`,
+    display: `Not now: remind me in ${days} days`,
+  })),
 ];
+
+/** The days of a "not now" override (`snooze-30d` in our system), which suppression then honours for this patient. */
+export function snoozeDays(reason: { system?: string; code?: string } | undefined): number | undefined {
+  if (reason?.system !== overrideReasonSystem) return undefined;
+  const days = /^snooze-(\d{1,4})d$/.exec(reason.code ?? '')?.[1];
+  return days === undefined ? undefined : Number(days);
+}
 
 export interface CardContext {
   reviewAppUrl: string;
@@ -69,9 +92,27 @@ export function nudgeCard(nudge: Nudge, context: CardContext): CdsCard {
     indicator: nudge.severity,
     detail: lines.join('\n'),
     source: { label: nudge.guideline.label, url: nudge.guideline.url },
+    ...(nudge.suggestions?.length
+      ? {
+          suggestions: nudge.suggestions.map((suggestion, index) => ({
+            label: suggestion.label,
+            uuid: derivedUuid(`${nudge.id}|suggestion|${index}`),
+            ...(suggestion.isRecommended !== undefined ? { isRecommended: suggestion.isRecommended } : {}),
+            actions: [
+              { type: 'create' as const, description: suggestion.label, resource: suggestion.resource },
+            ],
+          })),
+          selectionBehavior: 'at-most-one' as const,
+        }
+      : {}),
     overrideReasons,
     links: [reviewLink(context, { nudgeId: nudge.id, ruleId: nudge.ruleId })],
   };
+}
+
+function derivedUuid(seed: string): string {
+  const hex = createHash('sha256').update(seed).digest('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-5${hex.slice(13, 16)}-a${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
 }
 
 /** A card for the upcoming visit's urgency when rules raise it above routine, with every reason. */

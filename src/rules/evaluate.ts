@@ -28,6 +28,14 @@ export interface Nudge extends NudgeInput {
   /** Card summary, under 140 characters. */
   summary: string;
   firedAt: string;
+  /** Resources the card proposes to create (CDS Hooks suggestions), filled for this patient. */
+  suggestions?: NudgeSuggestion[];
+}
+
+export interface NudgeSuggestion {
+  label: string;
+  isRecommended?: boolean;
+  resource: Record<string, unknown> & { resourceType: string };
 }
 
 export interface CriterionResult {
@@ -63,8 +71,8 @@ export interface RuleResult {
   ruleVersion: string;
   status: RuleStatus;
   criteria: CriterionResult[];
-  /** When suppressed: the earlier delivery that suppresses it. */
-  suppressedBy?: { nudgeId: string; deliveredAt: string };
+  /** When suppressed: the earlier delivery, or the clinician's "not now" until a date. */
+  suppressedBy?: { nudgeId: string; deliveredAt: string } | { snoozedUntil: string };
   /** Fired in silent mode: counted, never shown. */
   silent?: true;
   error?: string;
@@ -186,6 +194,13 @@ export async function evaluateRules(
         severityRank[left.nudge.severity] - severityRank[right.nudge.severity] || left.order - right.order,
     );
   for (const { rule, result, nudge } of ordered) {
+    // A clinician's "not now, for N days" holds whatever the rule's own window.
+    const snoozedUntil = await options.store?.snoozedUntil(rule.document.id, patientId, now);
+    if (snoozedUntil) {
+      result.status = 'suppressed';
+      result.suppressedBy = { snoozedUntil: snoozedUntil.toISOString() };
+      continue;
+    }
     if (options.store && rule.suppressionDays > 0) {
       const earlier = await options.store.lastDelivery(rule.document.id, patientId, occasionId);
       const windowStart = now.getTime() - rule.suppressionDays * 86_400_000;
@@ -508,7 +523,65 @@ function buildNudge(
       ? { urgency: { level: document.urgency.level, reason: fillTemplate(document.urgency.reason, values) } }
       : {}),
     firedAt: occasion.now.toISOString(),
+    ...(document.suggestions.length > 0
+      ? {
+          suggestions: document.suggestions.map((suggestion) => ({
+            label: fillTemplate(suggestion.label, values),
+            ...(suggestion.isRecommended !== undefined ? { isRecommended: suggestion.isRecommended } : {}),
+            resource: proposedResource(suggestion.resource, values, record, occasion.now),
+          })),
+        }
+      : {}),
   };
+}
+
+/**
+ * A suggestion's resource for this patient: templates filled, the patient and encounter referenced, and
+ * a proposal's status and intent unless the rule set them (a card proposes; a clinician orders).
+ */
+function proposedResource(
+  template: RuleDocument['suggestions'][number]['resource'],
+  values: Record<string, string | undefined>,
+  record: PatientRecord,
+  now: Date,
+): NudgeSuggestion['resource'] {
+  const fill = (value: unknown): unknown => {
+    if (typeof value === 'string') return fillTemplate(value, values);
+    if (Array.isArray(value)) return value.map(fill);
+    if (value && typeof value === 'object')
+      return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, fill(inner)]));
+    return value;
+  };
+  const resource = fill(template) as NudgeSuggestion['resource'];
+  const patient = { reference: `Patient/${record.patient.id}` };
+  const encounter =
+    record.encounter.id && !record.encounter.id.startsWith('none-') && record.encounter.id !== 'patient-view'
+      ? { reference: `Encounter/${record.encounter.id}` }
+      : undefined;
+  switch (resource.resourceType) {
+    case 'ImmunizationRecommendation':
+      return { ...resource, patient, date: resource.date ?? now.toISOString() };
+    case 'Task':
+      return {
+        status: 'draft',
+        intent: 'proposal',
+        ...resource,
+        for: patient,
+        ...(encounter ? { encounter } : {}),
+        authoredOn: now.toISOString(),
+      };
+    case 'CommunicationRequest':
+      return { status: 'draft', ...resource, subject: patient, ...(encounter ? { encounter } : {}) };
+    default:
+      return {
+        status: 'draft',
+        intent: 'proposal',
+        ...resource,
+        subject: patient,
+        ...(encounter ? { encounter } : {}),
+        authoredOn: now.toISOString(),
+      };
+  }
 }
 
 function visitUrgency(reasons: VisitUrgency['reasons']): VisitUrgency | undefined {

@@ -49,6 +49,16 @@ export interface RuleLogic {
   firstServedAt: Date;
 }
 
+/** A clinician's "not now": this rule is not shown to this patient again before `until`. */
+export interface NudgeSnooze {
+  ruleId: string;
+  patientId: string;
+  until: Date;
+  /** The card the clinician answered. */
+  nudgeId: string;
+  recordedAt: Date;
+}
+
 export interface NudgeStore {
   /** Idempotent on nudgeId: re-delivering the same nudge (a retried job, a re-served card) is one delivery. */
   recordDelivery(delivery: NudgeDelivery): Promise<void>;
@@ -64,6 +74,9 @@ export interface NudgeStore {
   /** The latest outcome for a nudge is the one that counts. */
   recordOutcome(outcome: NudgeOutcome): Promise<void>;
   statistics(): Promise<RuleStatistics[]>;
+  recordSnooze(snooze: NudgeSnooze): Promise<void>;
+  /** The end of the latest snooze of a rule for a patient still running at `at`, if any. */
+  snoozedUntil(ruleId: string, patientId: string, at: Date): Promise<Date | undefined>;
   /** The recorded logic of these (id, version) pairs where it differs from the given fingerprint. */
   ruleLogicConflicts(rules: Omit<RuleLogic, 'firstServedAt'>[]): Promise<RuleLogic[]>;
   /** Records the logic of versions served for the first time; a version already recorded keeps its first. */
@@ -75,6 +88,24 @@ export class InMemoryNudgeStore implements NudgeStore {
   readonly #deliveries = new Map<string, NudgeDelivery>();
   readonly #outcomes = new Map<string, NudgeOutcome>();
   readonly #logic = new Map<string, RuleLogic>();
+  readonly #snoozes: NudgeSnooze[] = [];
+
+  async recordSnooze(snooze: NudgeSnooze): Promise<void> {
+    this.#snoozes.push({ ...snooze });
+  }
+
+  async snoozedUntil(ruleId: string, patientId: string, at: Date): Promise<Date | undefined> {
+    const running = this.#snoozes.filter(
+      (snooze) =>
+        snooze.ruleId === ruleId &&
+        snooze.patientId === patientId &&
+        snooze.recordedAt <= at &&
+        snooze.until > at,
+    );
+    return running.length > 0
+      ? new Date(Math.max(...running.map((snooze) => snooze.until.getTime())))
+      : undefined;
+  }
 
   async ruleLogicConflicts(rules: Omit<RuleLogic, 'firstServedAt'>[]): Promise<RuleLogic[]> {
     return rules.flatMap((rule) => {

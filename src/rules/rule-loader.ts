@@ -646,6 +646,19 @@ function compileRuleFile(
         );
     }
   }
+  rule.suggestions.forEach((suggestion, index) => {
+    const problem = suggestionProblem(suggestion.resource);
+    if (problem) at(['suggestions', index, 'resource'], `suggestion ${index + 1}: ${problem}`);
+    for (const placeholder of templateNames(
+      [suggestion.label, ...stringsIn(suggestion.resource)].join('\n'),
+    )) {
+      if (!known.has(placeholder))
+        at(
+          ['suggestions', index],
+          `suggestion ${index + 1} uses {{${placeholder}}}, which is not a declared value (values: ${[...known].join(', ')})`,
+        );
+    }
+  });
   rule.tests.forEach((test, index) => {
     if (!existsSync(path.resolve(path.dirname(file), test.fixture)))
       at(['tests', index, 'fixture'], `fixture ${test.fixture} not found`);
@@ -691,6 +704,34 @@ export function overrideProblems(
       problems.push(...(cql?.parameterProblems(library, { [name]: value }) ?? []));
   }
   return [...new Set(problems)];
+}
+
+/** What a proposed resource must say for the EHR to create something a clinician can act on. */
+function suggestionProblem(resource: Record<string, unknown> & { resourceType: string }): string | undefined {
+  const has = (...fields: string[]) => fields.some((field) => resource[field] !== undefined);
+  switch (resource.resourceType) {
+    case 'ServiceRequest':
+      return has('code') ? undefined : 'a ServiceRequest needs a code (what to order)';
+    case 'MedicationRequest':
+      return has('medicationCodeableConcept', 'medicationReference')
+        ? undefined
+        : 'a MedicationRequest needs medicationCodeableConcept (or medicationReference)';
+    case 'ImmunizationRecommendation':
+      return Array.isArray(resource.recommendation) && resource.recommendation.length > 0
+        ? undefined
+        : 'an ImmunizationRecommendation needs at least one recommendation';
+    case 'CommunicationRequest':
+      return has('payload') ? undefined : 'a CommunicationRequest needs a payload';
+    default:
+      return has('code', 'description') ? undefined : 'a Task needs a code or a description';
+  }
+}
+
+function stringsIn(value: unknown): string[] {
+  if (typeof value === 'string') return [value];
+  if (Array.isArray(value)) return value.flatMap(stringsIn);
+  if (value && typeof value === 'object') return Object.values(value).flatMap(stringsIn);
+  return [];
 }
 
 function logicFingerprint(

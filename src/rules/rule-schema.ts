@@ -19,6 +19,15 @@ export const severities = ['info', 'warning', 'critical'] as const;
 export type Severity = (typeof severities)[number];
 
 export const urgencyLevels = ['routine', 'soon', 'urgent'] as const;
+
+/** What a card may propose: requests and recommendations a clinician then signs, never a finished act. */
+export const proposableResourceTypes = [
+  'ServiceRequest',
+  'MedicationRequest',
+  'ImmunizationRecommendation',
+  'CommunicationRequest',
+  'Task',
+] as const;
 export type UrgencyLevel = (typeof urgencyLevels)[number];
 
 const identifier = z
@@ -139,6 +148,22 @@ export const ruleDocumentSchema = z
     /** Card summary (under 140 characters once filled); defaults to the title. */
     summary: z.string().min(1).max(139).optional(),
     suggestedAction: z.string().min(1),
+    /**
+     * Actions a card offers to take in one click (CDS Hooks suggestions): each a FHIR resource to create,
+     * such as a ServiceRequest for a screening, a MedicationRequest proposal or an ImmunizationRecommendation.
+     * Strings may use `{{values}}`; the patient, the encounter and proposal status are filled in.
+     */
+    suggestions: z
+      .array(
+        z
+          .object({
+            label: z.string().min(1).max(140),
+            isRecommended: z.boolean().optional(),
+            resource: z.object({ resourceType: z.enum(proposableResourceTypes) }).catchall(z.unknown()),
+          })
+          .strict(),
+      )
+      .default([]),
     suppression: z
       .object({
         /** Not more than once per this many days per patient (0: every time). */

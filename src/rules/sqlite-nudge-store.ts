@@ -5,6 +5,7 @@ import {
   type NudgeDelivery,
   type NudgeOutcome,
   type NudgeOutcomeKind,
+  type NudgeSnooze,
   type NudgeStore,
   type RuleLogic,
   type RuleStatistics,
@@ -44,6 +45,15 @@ export class SqliteNudgeStore implements NudgeStore {
         nudge_id TEXT PRIMARY KEY,
         silent INTEGER NOT NULL
       );
+      CREATE TABLE IF NOT EXISTS nudge_snooze (
+        nudge_id TEXT NOT NULL,
+        rule_id TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        until INTEGER NOT NULL,
+        recorded_at INTEGER NOT NULL,
+        PRIMARY KEY (nudge_id, until)
+      );
+      CREATE INDEX IF NOT EXISTS nudge_snooze_rule_patient ON nudge_snooze (rule_id, patient_id, until);
       CREATE TABLE IF NOT EXISTS rule_logic (
         rule_id TEXT NOT NULL,
         rule_version TEXT NOT NULL,
@@ -52,6 +62,30 @@ export class SqliteNudgeStore implements NudgeStore {
         PRIMARY KEY (rule_id, rule_version)
       );
     `);
+  }
+
+  async recordSnooze(snooze: NudgeSnooze): Promise<void> {
+    this.#database
+      .prepare(
+        `INSERT OR IGNORE INTO nudge_snooze (nudge_id, rule_id, patient_id, until, recorded_at) VALUES (?, ?, ?, ?, ?)`,
+      )
+      .run(
+        snooze.nudgeId,
+        snooze.ruleId,
+        snooze.patientId,
+        snooze.until.getTime(),
+        snooze.recordedAt.getTime(),
+      );
+  }
+
+  async snoozedUntil(ruleId: string, patientId: string, at: Date): Promise<Date | undefined> {
+    const row = this.#database
+      .prepare(
+        `SELECT MAX(until) AS until FROM nudge_snooze
+         WHERE rule_id = ? AND patient_id = ? AND recorded_at <= ? AND until > ?`,
+      )
+      .get(ruleId, patientId, at.getTime(), at.getTime());
+    return row?.until === null || row?.until === undefined ? undefined : new Date(Number(row.until));
   }
 
   async ruleLogicConflicts(rules: Omit<RuleLogic, 'firstServedAt'>[]): Promise<RuleLogic[]> {
