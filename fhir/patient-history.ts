@@ -8,7 +8,13 @@ import {
   textAttachment,
 } from './note-text.ts';
 import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
-import type { ClinicalNote, PatientRecord, PatientResourceLists, RecordOmission } from './patient-record.ts';
+import {
+  additionalHistoryTypes,
+  type ClinicalNote,
+  type PatientRecord,
+  type PatientResourceLists,
+  type RecordOmission,
+} from './patient-record.ts';
 import { PatientScopedReader, patientIdInReference, patientReferenceOf } from './patient-scope.ts';
 
 export { assertInCompartment, patientReferenceOf } from './patient-scope.ts';
@@ -48,41 +54,7 @@ export interface HistoryOptions {
   additionalTypes?: readonly string[];
 }
 
-/**
- * Patient-compartment types that can be loaded for a patient besides the history resource types: each
- * is searched by `patient` and names its patient in `subject`, `patient` or (Coverage) `beneficiary`,
- * which the compartment guard checks. A rule reading any other type is refused when it loads.
- */
-export const additionalHistoryTypes = [
-  'MedicationStatement',
-  'MedicationAdministration',
-  'MedicationDispense',
-  'ServiceRequest',
-  'DiagnosticReport',
-  'CarePlan',
-  'CareTeam',
-  'Goal',
-  'DeviceRequest',
-  'DeviceUseStatement',
-  'FamilyMemberHistory',
-  'Flag',
-  'ImmunizationRecommendation',
-  'RiskAssessment',
-  'ClinicalImpression',
-  'EpisodeOfCare',
-  'NutritionOrder',
-  'Specimen',
-  'Communication',
-  'CommunicationRequest',
-  'ImagingStudy',
-  'QuestionnaireResponse',
-  'DetectedIssue',
-  'Coverage',
-  'Claim',
-  'ExplanationOfBenefit',
-  // Not in any compartment: the ones the patient's medication resources reference are read by id.
-  'Medication',
-] as const;
+export { additionalHistoryTypes } from './patient-record.ts';
 
 /** Types whose `medicationReference` points at a Medication a CQL code filter may look through. */
 const medicationReferrers = new Set([

@@ -75,6 +75,42 @@ export const historyResourceTypes = [
   'DocumentReference',
 ] as const;
 
+/**
+ * Patient-compartment types that can be loaded for a patient besides the history resource types: each
+ * is searched by `patient` and names its patient in `subject`, `patient` or (Coverage) `beneficiary`,
+ * which the compartment guard checks. A rule reading any other type is refused when it loads.
+ */
+export const additionalHistoryTypes = [
+  'MedicationStatement',
+  'MedicationAdministration',
+  'MedicationDispense',
+  'ServiceRequest',
+  'DiagnosticReport',
+  'CarePlan',
+  'CareTeam',
+  'Goal',
+  'DeviceRequest',
+  'DeviceUseStatement',
+  'FamilyMemberHistory',
+  'Flag',
+  'ImmunizationRecommendation',
+  'RiskAssessment',
+  'ClinicalImpression',
+  'EpisodeOfCare',
+  'NutritionOrder',
+  'Specimen',
+  'Communication',
+  'CommunicationRequest',
+  'ImagingStudy',
+  'QuestionnaireResponse',
+  'DetectedIssue',
+  'Coverage',
+  'Claim',
+  'ExplanationOfBenefit',
+  // Not in any compartment: the ones the patient's medication resources reference are read by id.
+  'Medication',
+] as const;
+
 export type PatientResourceLists = Omit<
   PatientRecord,
   'patient' | 'encounter' | 'notes' | 'omitted' | 'additional' | 'unreadTypes'

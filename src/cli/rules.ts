@@ -191,7 +191,10 @@ export function createRulesProgram(
     )
     .addOption(new Option('--now <date>', 'evaluation date (default: now)').argParser(isoDate))
     .addOption(
-      new Option('--workers <n>', 'worker threads (default: one per core)').argParser(positiveInteger),
+      new Option(
+        '--workers <n>',
+        'evaluating threads, this one included (default: one, plus one per 3,000 patients up to one per core)',
+      ).argParser(positiveInteger),
     )
     .addOption(
       new Option(
@@ -215,8 +218,6 @@ export function createRulesProgram(
         token?: string;
         parameter: Record<string, unknown>;
       }) => {
-        const check = await load();
-        if (!check || !parametersFit(check, options.parameter)) return;
         const now = options.now ?? new Date();
         const seed = options.seed ?? serviceConfig().sandbox.seed;
         const store = options.store ?? storeFile();
@@ -226,19 +227,34 @@ export function createRulesProgram(
           return;
         }
         const comparison = options.compare ? compareSource(options.compare) : undefined;
-        if (comparison && !(await loadSource(comparison))) return;
-        const backtest = (rules: RuleSetSource, ruleSet: RuleSet, label: string) =>
+        const backtest = (rules: RuleSetSource, ruleSet: Promise<RuleSet>, label: string) =>
           runBacktest({
             source: rules,
-            population: populationFor({ ...options, seed }, now, ruleSet.additionalResourceTypes, fhirClient),
+            population: populationFor(
+              { ...options, seed },
+              now,
+              async () => (await ruleSet).additionalResourceTypes,
+              fhirClient,
+            ),
+            // Validated and compiled here while the worker threads start.
+            ruleSet,
             now,
             workers: options.workers,
             onProgress: progressBar(io, label),
             cqlParameters: options.parameter,
             collectRows: Boolean(options.csv || options.compare),
             ...(existsSync(store) ? { storeFile: store } : {}),
+          }).catch((error: unknown) => {
+            if (error instanceof BacktestRefused) return undefined;
+            throw error;
           });
-        const report = await backtest(source(), check, '');
+        const checked = (loading: Promise<RuleSet | undefined>) =>
+          loading.then((ruleSet) => {
+            if (!ruleSet || !parametersFit(ruleSet, options.parameter)) throw new BacktestRefused();
+            return ruleSet;
+          });
+        const report = await backtest(source(), checked(load()), '');
+        if (!report) return;
         io.err('\n');
         io.out(backtestTable(report));
         io.out(
@@ -259,9 +275,8 @@ export function createRulesProgram(
           io.out(`summary CSV written to ${options.summaryCsv}\n`);
         }
         if (comparison && options.compare) {
-          const other = await loadSource(comparison);
-          if (!other) return;
-          const before = await backtest(comparison, other, 'compare ');
+          const before = await backtest(comparison, checked(loadSource(comparison)), 'compare ');
+          if (!before) return;
           io.err('\n');
           io.out(comparisonText(backtestChanges(before, report), options.compare));
         }
@@ -412,10 +427,13 @@ function parameterOption(): Option {
 
 type FhirClientFor = (baseUrl: string, token: string | undefined) => Promise<FhirClient>;
 
+/** The rule set could not be used (its errors are printed): the backtest stops without a report. */
+class BacktestRefused extends Error {}
+
 function populationFor(
   options: { source: string; patients: number; seed: number; token?: string },
   now: Date,
-  additionalTypes: readonly string[],
+  additionalTypes: () => Promise<readonly string[]>,
   fhirClient: FhirClientFor,
 ): BacktestPopulation {
   if (options.source === 'sandbox') {
@@ -450,9 +468,10 @@ async function* fhirPopulation(
   count: number,
   token: string | undefined,
   now: Date,
-  additionalTypes: readonly string[],
+  typesToLoad: () => Promise<readonly string[]>,
   fhirClient: FhirClientFor,
 ): AsyncIterable<PatientRecord[]> {
+  const additionalTypes = await typesToLoad();
   const client = await fhirClient(baseUrl, token);
   const patients = (
     await client.search<Patient>('Patient', { _count: Math.min(count, 200), _elements: 'id' })

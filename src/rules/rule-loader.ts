@@ -4,8 +4,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { ZodError } from 'zod';
-import { additionalHistoryTypes } from '../../fhir/patient-history.ts';
-import { historyResourceTypes } from '../../fhir/patient-record.ts';
+import { additionalHistoryTypes, historyResourceTypes } from '../../fhir/patient-record.ts';
 import type { CqlCompiler, ElmLibrary } from './cql-compiler.ts';
 import {
   elmRetrieves,

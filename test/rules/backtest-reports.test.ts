@@ -233,3 +233,31 @@ describe('14: backtests a team can act on', () => {
     );
   });
 });
+
+describe('backtest threads', () => {
+  it('evaluates in the calling thread (one worker starts no thread), adds threads for more, and stops them when the set is refused', async () => {
+    const { runBacktest } = await import('../../src/rules/backtest.ts');
+    const { sandboxPopulationModule } = await import('../../src/cli/sandbox-population.ts');
+    const source = copyOfStarterRules();
+    const loaded = await loadRuleSet(source);
+    if (!loaded.ok) throw new Error('starter rules do not load');
+    const population = { kind: 'generated' as const, count: 60, seed: 1, module: sandboxPopulationModule };
+    const one = await runBacktest({ source, population, now, workers: 1, ruleSet: loaded.ruleSet });
+    expect(one.workerUtilization).toEqual([]);
+    const two = await runBacktest({
+      source,
+      population,
+      now,
+      workers: 2,
+      ruleSet: Promise.resolve(loaded.ruleSet),
+    });
+    expect(two.workerUtilization).toHaveLength(1);
+    expect(two.patients).toBe(60);
+    expect(two.rules.map((rule) => [rule.ruleId, rule.firedPatients])).toEqual(
+      one.rules.map((rule) => [rule.ruleId, rule.firedPatients]),
+    );
+    await expect(
+      runBacktest({ source, population, now, workers: 2, ruleSet: Promise.reject(new Error('refused')) }),
+    ).rejects.toThrow('refused');
+  });
+});
