@@ -139,6 +139,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     trustProxy: config.http.trustProxy,
     isReady: () => ready,
     notReadyReason: () => waitingForToken ?? authenticationHealth?.problem,
+    // Still ready while the Subscription is unconfirmed: polling covers; the detail says which it is.
+    readinessDetails: () => intake.readiness(),
     onQueued: () => workers?.nudge(),
     metrics,
     notify: intake.notifyOptions(),
