@@ -68,9 +68,24 @@ export function day(dateTime: string | undefined): string {
   return (dateTime && oneLine(dateTime.slice(0, 10), 10)) || 'date unknown';
 }
 
+/**
+ * A unit as a clinician writes it. Records often carry UCUM codes as the unit text: square brackets are part of
+ * the code, not of what anyone reads (`mm[Hg]` is mmHg), and a `{...}` annotation says what was counted and
+ * stands for no unit at all (`{score}`).
+ */
+function unitText(unit: string | undefined): string {
+  return labelText(
+    (unit ?? '')
+      .replace(/\{[^}]*\}/g, '')
+      .replace(/\[([^\]]*)\]/g, '$1')
+      .trim(),
+    40,
+  );
+}
+
 export function quantityText(quantity: Quantity | undefined): string | undefined {
   if (quantity?.value === undefined) return undefined;
-  const unit = labelText(quantity.unit ?? quantity.code ?? '', 40);
+  const unit = unitText(quantity.unit ?? quantity.code);
   return `${Number(quantity.value.toFixed(2))}${unit ? ` ${unit}` : ''}`;
 }
 
@@ -83,9 +98,9 @@ export function observationValue(observation: Observation): string {
   const components = (observation.component ?? [])
     .map((component) => quantityText(component.valueQuantity))
     .filter((value): value is string => value !== undefined);
-  // Blood pressure and similar panels: "128/82 mm[Hg]".
+  // Blood pressure and similar panels: "128/82 mmHg".
   if (components.length > 0) {
-    const unit = labelText(observation.component?.[0]?.valueQuantity?.unit ?? '', 40);
+    const unit = unitText(observation.component?.[0]?.valueQuantity?.unit);
     return `${components.map((value) => value.replace(` ${unit}`, '')).join('/')}${unit ? ` ${unit}` : ''}`;
   }
   return 'no value';

@@ -3,7 +3,13 @@ import { describe, expect, it } from 'vitest';
 import { citationsIn } from '../../agents/citation-verifier.ts';
 import { createExtractiveEngine, extractiveHeadings } from '../../agents/extractive-engine.ts';
 import { clean } from '../../agents/record-lines.ts';
-import { assessmentAndPlan, conceptText, labelText, oneLine } from '../../agents/record-text.ts';
+import {
+  assessmentAndPlan,
+  conceptText,
+  labelText,
+  oneLine,
+  quantityText,
+} from '../../agents/record-text.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { verifyDraft } from '../../src/pipeline/process-encounter-job.ts';
 
@@ -129,7 +135,8 @@ describe('extractive draft engine', () => {
     expect(result.text).toContain('Hemoglobin A1c: 8.1 % on 2026-10-01 [Observation/o2]');
     expect(result.text).not.toContain('[Observation/o1]'); // only the latest result per code
     // Square brackets from the record are never a citation: the UCUM unit reads with parentheses.
-    expect(result.text).toContain('142/91 mm(Hg)');
+    // UCUM's brackets are code, not text: the draft says mmHg, as a clinician writes it.
+    expect(result.text).toContain('142/91 mmHg');
     expect(result.text).toContain(
       'T2DM, above goal. increase metformin; recheck HbA1c in 3 months. [DocumentReference/n1]',
     );
@@ -199,5 +206,14 @@ describe('extractive draft engine', () => {
       '1. bronchitis 2. fluids',
     );
     expect(assessmentAndPlan('free text without sections')).toBeUndefined();
+  });
+});
+
+describe('units as a clinician reads them', () => {
+  it('drops UCUM brackets and annotations from unit text', () => {
+    expect(quantityText({ value: 3, unit: '{score}' })).toBe('3');
+    expect(quantityText({ value: 142, unit: 'mm[Hg]' })).toBe('142 mmHg');
+    expect(quantityText({ value: 21.6, unit: 'kg/m2' })).toBe('21.6 kg/m2');
+    expect(quantityText({ value: 1, code: '{beats}/min' })).toBe('1 /min');
   });
 });
