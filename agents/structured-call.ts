@@ -1,8 +1,8 @@
 import { AIMessage, HumanMessage } from '@langchain/core/messages';
 import type { z } from 'zod';
-import { messageText } from '../src/model/message-text.ts';
 import type { DraftChatModel } from './draft-model.ts';
 import { checkJsonReply, type JsonSchemaObject } from './grammar-schema.ts';
+import { messageText } from './langchain/chat-model-base.ts';
 import { ContextBudgetError, InvalidModelOutputError } from './model-errors.ts';
 
 /**

@@ -1,25 +1,25 @@
 import type { CallbackManagerForLLMRun } from '@langchain/core/callbacks/manager';
-import {
-  BaseChatModel,
-  type BaseChatModelCallOptions,
-  type BaseChatModelParams,
-  type BindToolsInput,
-} from '@langchain/core/language_models/chat_models';
+import type { BindToolsInput } from '@langchain/core/language_models/chat_models';
 import { AIMessage, type BaseMessage } from '@langchain/core/messages';
 import type { ChatResult } from '@langchain/core/outputs';
-import { messageText } from '../../src/model/message-text.ts';
 import {
-  type ChatCallSettings,
   type ChatMessage,
   countPromptTokens,
   type GenerateResult,
   type JsonSchema,
-  type ModelCallMeter,
   type ModelProvider,
   type TokenUsage,
 } from '../../src/model/provider.ts';
 import { InvalidModelOutputError } from '../model-errors.ts';
 import { type PromptTemplate, renderPrompt } from '../prompt-library.ts';
+import {
+  chatResult,
+  messageText,
+  nextToolCallId,
+  ToolCallingChatModel,
+  type ToolCallingChatModelCallOptions,
+  type ToolCallingChatModelFields,
+} from './chat-model-base.ts';
 import { createStepProtocol, type StepProtocol, type StepSchemaStyle, toolSpecs } from './step-protocol.ts';
 
 /**
@@ -29,20 +29,13 @@ import { createStepProtocol, type StepProtocol, type StepSchemaStyle, toolSpecs 
  * middleware) and the structured stages run unchanged on it, as on a chat model with native tool calling.
  * Every generation goes through the run's meter first (context and budget).
  */
-interface MedGemmaChatModelCallOptions extends BaseChatModelCallOptions, ChatCallSettings {
-  tools?: BindToolsInput[];
-}
-
-interface MedGemmaChatModelFields extends BaseChatModelParams {
+interface MedGemmaChatModelFields extends ToolCallingChatModelFields {
   provider: ModelProvider;
   /** The tool-call-protocol prompt (prompts/tool-call-protocol.md). */
   protocolPrompt: PromptTemplate;
-  maxTokens: number;
-  temperature?: number;
   /** Cap for generated strings in tool arguments (the final answer may be twenty times this). */
   maxStringLength?: number;
   stepSchemaStyle?: StepSchemaStyle;
-  meter?: ModelCallMeter;
 }
 
 /** Which tools a call may use, and whether it may answer without one, from LangChain's tool_choice. */
@@ -63,26 +56,18 @@ function applyToolChoice(
   return { tools, allowFinal: true };
 }
 
-let toolCallCounter = 0;
-
-export class MedGemmaChatModel extends BaseChatModel<MedGemmaChatModelCallOptions> {
+export class MedGemmaChatModel extends ToolCallingChatModel<ToolCallingChatModelCallOptions> {
   readonly provider: ModelProvider;
   readonly protocolPrompt: PromptTemplate;
-  readonly maxTokens: number;
-  readonly temperature: number;
   readonly maxStringLength: number;
   readonly stepSchemaStyle: StepSchemaStyle;
-  readonly meter: ModelCallMeter | undefined;
 
   constructor(fields: MedGemmaChatModelFields) {
     super(fields);
     this.provider = fields.provider;
     this.protocolPrompt = fields.protocolPrompt;
-    this.maxTokens = fields.maxTokens;
-    this.temperature = fields.temperature ?? 0;
     this.maxStringLength = fields.maxStringLength ?? 200;
     this.stepSchemaStyle = fields.stepSchemaStyle ?? 'precise';
-    this.meter = fields.meter;
   }
 
   static lc_name(): string {
@@ -91,10 +76,6 @@ export class MedGemmaChatModel extends BaseChatModel<MedGemmaChatModelCallOption
 
   _llmType(): string {
     return 'medgemma-constrained-json';
-  }
-
-  override bindTools(tools: BindToolsInput[], kwargs?: Partial<MedGemmaChatModelCallOptions>) {
-    return this.withConfig({ tools, ...kwargs } as Partial<MedGemmaChatModelCallOptions>);
   }
 
   async _generate(
@@ -107,7 +88,7 @@ export class MedGemmaChatModel extends BaseChatModel<MedGemmaChatModelCallOption
     const { tools, allowFinal } = applyToolChoice(options.tools ?? [], options.tool_choice);
     if (tools.length === 0) {
       const result = await this.generateOnce(this.toChatMessages(messages), maxTokens, usage, options);
-      return this.answer(new AIMessage(result.content), usage);
+      return chatResult(new AIMessage(result.content), usage);
     }
     const protocol = createStepProtocol(toolSpecs(tools, this.maxStringLength), {
       style: this.stepSchemaStyle,
@@ -139,26 +120,16 @@ export class MedGemmaChatModel extends BaseChatModel<MedGemmaChatModelCallOption
       }
     }
     const step = parsed.step!;
-    if (step.action === 'final') return this.answer(new AIMessage(step.content), usage);
+    if (step.action === 'final') return chatResult(new AIMessage(step.content), usage);
     // Arguments that still do not fit go through as a tool call: createAgent ends the run silently on
     // invalid_tool_calls, while the tool runner returns the problem as a result the model can react to.
-    toolCallCounter += 1;
-    return this.answer(
+    return chatResult(
       new AIMessage({
         content: '',
-        tool_calls: [{ id: `call_${toolCallCounter}`, name: step.tool, args: step.args, type: 'tool_call' }],
+        tool_calls: [{ id: nextToolCallId(), name: step.tool, args: step.args, type: 'tool_call' }],
       }),
       usage,
     );
-  }
-
-  private answer(message: AIMessage, usage: TokenUsage): ChatResult {
-    message.usage_metadata = {
-      input_tokens: usage.promptTokens,
-      output_tokens: usage.completionTokens,
-      total_tokens: usage.promptTokens + usage.completionTokens,
-    };
-    return { generations: [{ text: typeof message.content === 'string' ? message.content : '', message }] };
   }
 
   private async generateOnce(

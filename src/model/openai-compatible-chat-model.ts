@@ -1,21 +1,22 @@
 import type { CallbackManagerForLLMRun } from '@langchain/core/callbacks/manager';
-import {
-  BaseChatModel,
-  type BaseChatModelCallOptions,
-  type BaseChatModelParams,
-  type BindToolsInput,
-} from '@langchain/core/language_models/chat_models';
 import { AIMessage, type BaseMessage, type ToolCall } from '@langchain/core/messages';
 import type { ChatResult } from '@langchain/core/outputs';
 import { convertToOpenAITool } from '@langchain/core/utils/function_calling';
+import {
+  chatResult,
+  messageText,
+  nextToolCallId,
+  ToolCallingChatModel,
+  type ToolCallingChatModelCallOptions,
+  type ToolCallingChatModelFields,
+} from '../../agents/langchain/chat-model-base.ts';
 import {
   type ChatCompletionBody,
   type ChatCompletionsConnection,
   postChatCompletion,
   toServerSchema,
 } from './chat-completions.ts';
-import { messageText } from './message-text.ts';
-import { type ChatCallSettings, estimateTokens, type ModelCallMeter, tokensPerTurn } from './provider.ts';
+import { estimateTokens, tokensPerTurn } from './provider.ts';
 
 /**
  * A chat model with native tool calling on an OpenAI-compatible server (vLLM, TGI, llama.cpp server,
@@ -24,15 +25,8 @@ import { type ChatCallSettings, estimateTokens, type ModelCallMeter, tokensPerTu
  * It plugs into the same agents as the MedGemma adapter, with the same tools, middleware, prompts and
  * verification; only the tool-call mechanics are the server's. Not for MedGemma (no tool tokens).
  */
-interface OpenAICompatibleChatModelCallOptions extends BaseChatModelCallOptions, ChatCallSettings {
-  tools?: BindToolsInput[];
-}
-
-interface OpenAICompatibleChatModelFields extends BaseChatModelParams {
+interface OpenAICompatibleChatModelFields extends ToolCallingChatModelFields {
   connection: ChatCompletionsConnection;
-  maxTokens: number;
-  temperature?: number;
-  meter?: ModelCallMeter;
 }
 
 type OutgoingMessage = ChatCompletionBody['messages'][number];
@@ -86,20 +80,12 @@ function argumentsOf(raw: unknown): Record<string, unknown> {
   return { unparsed_arguments: String(raw).slice(0, 200) };
 }
 
-let toolCallCounter = 0;
-
-export class OpenAICompatibleChatModel extends BaseChatModel<OpenAICompatibleChatModelCallOptions> {
+export class OpenAICompatibleChatModel extends ToolCallingChatModel<ToolCallingChatModelCallOptions> {
   readonly connection: ChatCompletionsConnection;
-  readonly maxTokens: number;
-  readonly temperature: number;
-  readonly meter: ModelCallMeter | undefined;
 
   constructor(fields: OpenAICompatibleChatModelFields) {
     super(fields);
     this.connection = fields.connection;
-    this.maxTokens = fields.maxTokens;
-    this.temperature = fields.temperature ?? 0;
-    this.meter = fields.meter;
   }
 
   static lc_name(): string {
@@ -108,10 +94,6 @@ export class OpenAICompatibleChatModel extends BaseChatModel<OpenAICompatibleCha
 
   _llmType(): string {
     return 'openai-compatible-native-tools';
-  }
-
-  override bindTools(tools: BindToolsInput[], kwargs?: Partial<OpenAICompatibleChatModelCallOptions>) {
-    return this.withConfig({ tools, ...kwargs } as Partial<OpenAICompatibleChatModelCallOptions>);
   }
 
   async _generate(
@@ -156,24 +138,12 @@ export class OpenAICompatibleChatModel extends BaseChatModel<OpenAICompatibleCha
       completionTokens: output.usage?.completion_tokens ?? estimateTokens(content),
     };
     this.meter?.afterCall(usage);
-    const toolCalls: ToolCall[] = (reply.tool_calls ?? []).map((call) => {
-      toolCallCounter += 1;
-      return {
-        id: call.id || `call_${toolCallCounter}`,
-        name: call.function.name,
-        args: argumentsOf(call.function.arguments),
-        type: 'tool_call',
-      };
-    });
-    const message = new AIMessage({
-      content,
-      tool_calls: toolCalls,
-      usage_metadata: {
-        input_tokens: usage.promptTokens,
-        output_tokens: usage.completionTokens,
-        total_tokens: usage.promptTokens + usage.completionTokens,
-      },
-    });
-    return { generations: [{ text: content, message }] };
+    const toolCalls: ToolCall[] = (reply.tool_calls ?? []).map((call) => ({
+      id: call.id || nextToolCallId(),
+      name: call.function.name,
+      args: argumentsOf(call.function.arguments),
+      type: 'tool_call',
+    }));
+    return chatResult(new AIMessage({ content, tool_calls: toolCalls }), usage);
   }
 }
