@@ -119,7 +119,10 @@ function notificationBody(): string {
 /** Waits until the service's workers have drained the queue (its readiness answer carries the counts). */
 async function waitForDrain(serviceUrl: string): Promise<void> {
   for (let attempt = 0; attempt < 600; attempt++) {
-    const readiness = (await (await fetch(`${serviceUrl}/readyz`)).json()) as {
+    // The counts are operator detail: the admin secret (the notify secret, as no other is set).
+    const readiness = (await (
+      await fetch(`${serviceUrl}/readyz`, { headers: { authorization: `Bearer ${secret}` } })
+    ).json()) as {
       queue?: { pending: number; running: number };
     };
     if (readiness.queue && readiness.queue.pending + readiness.queue.running === 0) return;

@@ -5,7 +5,7 @@ import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
 import type { JobQueue, JobStatus } from '../queue/job-queue.ts';
 import { notFoundHandler, operationOutcomeErrorHandler } from './errors.ts';
-import { adminBearerRequired, type NotifyRouteOptions, notifyRouter } from './notify-routes.ts';
+import { adminBearerRequired, hasBearer, type NotifyRouteOptions, notifyRouter } from './notify-routes.ts';
 
 /**
  * The HTTP surface: event intake, health, job listing, and whatever routers the composition root
@@ -49,12 +49,18 @@ export function createApp(options: AppOptions): ServiceApp {
   app.get('/healthz', (_request, response) => {
     response.json({ status: 'ok' });
   });
-  app.get('/readyz', async (_request, response) => {
+  // Probes need only the status code; the why (queue depth, the FHIR base, the Subscription) is for operators.
+  app.get('/readyz', async (request, response) => {
     const reason = options.notReadyReason?.();
     const ready = options.isReady() && !reason;
+    const status = ready ? 'ready' : reason ? 'not-ready' : 'starting-or-stopping';
+    if (!hasBearer(request, options.adminSecret)) {
+      response.status(ready ? 200 : 503).json({ status });
+      return;
+    }
     const counts = ready ? await options.queue.counts() : undefined;
     response.status(ready ? 200 : 503).json({
-      status: ready ? 'ready' : reason ? 'not-ready' : 'starting-or-stopping',
+      status,
       ...(reason ? { reason } : {}),
       queue: counts,
       ...options.readinessDetails?.(),
@@ -75,7 +81,8 @@ export function createApp(options: AppOptions): ServiceApp {
 
   const metrics = options.metrics;
   if (metrics) {
-    app.get('/metrics', async (_request, response) => {
+    // Operational detail (rule ids, queue depth, subscription outcomes): the admin bearer, like the job API.
+    app.get('/metrics', adminBearerRequired(options.adminSecret), async (_request, response) => {
       response.type(metrics.registry.contentType).send(await metrics.registry.metrics());
     });
   }

@@ -44,7 +44,7 @@ function sameSecret(given: string, expected: string): boolean {
   return left.length === right.length && timingSafeEqual(left, right);
 }
 
-function hasBearer(request: Request, secret: string | undefined): boolean {
+export function hasBearer(request: Request, secret: string | undefined): boolean {
   // No secret configured is a wiring mistake, never an open door.
   if (!secret) return false;
   const header = request.get('authorization') ?? '';

@@ -48,7 +48,9 @@ async function startRig(
   const config: ServiceConfig = testConfig(standIn.url, dataDir, overrides);
   const service: RunningService = await startService(config, logger);
   const readyz = async () => {
-    const response = await fetch(`${service.url}/readyz`);
+    const response = await fetch(`${service.url}/readyz`, {
+      headers: { authorization: `Bearer ${service.adminSecret}` },
+    });
     return { status: response.status, body: (await response.json()) as Record<string, unknown> };
   };
   return { service, lines, dataDir, readyz, config };

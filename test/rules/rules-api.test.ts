@@ -57,7 +57,9 @@ describe('GET /api/rules and the rule-set metrics', () => {
       enabled: true,
       mode: 'active',
     });
-    const metricsBefore = await (await fetch(`${service.url}/metrics`)).text();
+    const metricsBefore = await (
+      await fetch(`${service.url}/metrics`, { headers: { authorization: `Bearer ${service.adminSecret}` } })
+    ).text();
     expect(metricsBefore).toContain(`ehr_agent_rule_set_info{fingerprint="${before.fingerprint}"} 1`);
     expect(metricsBefore).toMatch(
       /ehr_agent_rule_info\{rule_id="diabetes-statin",version="1\.0\.0",enabled="true",mode="active"\} 1/,
@@ -76,7 +78,9 @@ describe('GET /api/rules and the rule-set metrics', () => {
     }
     expect(after.fingerprint).not.toBe(before.fingerprint);
     expect(after.rules.find((rule) => rule.id === 'diabetes-statin')?.version).toBe('1.1.0');
-    const metricsAfter = await (await fetch(`${service.url}/metrics`)).text();
+    const metricsAfter = await (
+      await fetch(`${service.url}/metrics`, { headers: { authorization: `Bearer ${service.adminSecret}` } })
+    ).text();
     expect(metricsAfter).toContain(`ehr_agent_rule_set_info{fingerprint="${after.fingerprint}"} 1`);
     expect(metricsAfter).not.toContain(`fingerprint="${before.fingerprint}"`);
     expect(metricsAfter).toMatch(/ehr_agent_rule_info\{rule_id="diabetes-statin",version="1\.1\.0"/);

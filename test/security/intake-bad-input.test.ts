@@ -88,7 +88,9 @@ async function start(overrides: Overrides = {}): Promise<Running> {
                 : JSON.stringify(body),
       }),
     async metric(name, labels) {
-      const text = await (await fetch(`${service.url}/metrics`)).text();
+      const text = await (
+        await fetch(`${service.url}/metrics`, { headers: { authorization: `Bearer ${service.adminSecret}` } })
+      ).text();
       const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`);
       const line = text
         .split('\n')

@@ -62,6 +62,16 @@ describe('a service pointed at a real EHR, without CDS clients', () => {
     expect((await fetch(jobs, { headers: { authorization: `Bearer ${notifySecret}` } })).status).toBe(200);
   });
 
+  it('keeps operational detail for operators: /metrics needs the admin secret, /readyz tells others only its status', async () => {
+    expect((await fetch(`${harness.service.url}/metrics`)).status).toBe(401);
+    const anonymous = await fetch(`${harness.service.url}/readyz`);
+    expect(anonymous.status).toBe(200);
+    expect(await anonymous.json()).toEqual({ status: 'ready' });
+    const admin = { headers: { authorization: `Bearer ${notifySecret}` } };
+    expect((await fetch(`${harness.service.url}/metrics`, admin)).status).toBe(200);
+    expect(await (await fetch(`${harness.service.url}/readyz`, admin)).json()).toHaveProperty('queue');
+  });
+
   it('answers every hook call 401 and queues nothing, while discovery stays public', async () => {
     const base = `${harness.service.url}/cds-services`;
     expect((await fetch(base)).status).toBe(200);

@@ -55,7 +55,8 @@ async function freePort(): Promise<number> {
 }
 
 async function readyz(url: string): Promise<{ status: number; body: Record<string, unknown> }> {
-  const response = await fetch(`${url}/readyz`);
+  // The details are for operators: the admin secret, which defaults to the notify secret against a real EHR.
+  const response = await fetch(`${url}/readyz`, { headers: { authorization: `Bearer ${notifySecret}` } });
   return { status: response.status, body: (await response.json()) as Record<string, unknown> };
 }
 

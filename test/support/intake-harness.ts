@@ -82,7 +82,9 @@ export async function startIntakeHarness(
         body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
       }),
     async metric(name, labels) {
-      const text = await (await fetch(`${service.url}/metrics`)).text();
+      const text = await (
+        await fetch(`${service.url}/metrics`, { headers: { authorization: `Bearer ${service.adminSecret}` } })
+      ).text();
       const wanted = Object.entries(labels)
         .map(([key, value]) => `${key}="${value}"`)
         .sort();
