@@ -221,6 +221,54 @@ describe('Backend Services: client_credentials with private_key_jwt', () => {
     }
   });
 
+  it('fetches the JWKS on every token request: a key no longer served is refused at once, and accepted again when served', async () => {
+    const otherKey = await generateKeyPair('ES384', { extractable: true });
+    // The same kid with another key: the client's signature no longer matches what its JWKS URL publishes.
+    const otherJwk = { ...(await exportJWK(otherKey.publicKey)), kid: backendKey.kid, alg: 'ES384' };
+    let serving: 'key' | 'nothing' | 'other key' = 'key';
+    let fetches = 0;
+    running.app.get('/client/changing-jwks.json', (_request, response) => {
+      fetches++;
+      if (serving === 'nothing') {
+        response.status(404).json({ error: 'gone' });
+        return;
+      }
+      // max-age as a CDN would send it: the keys must still be read again on the next request.
+      response.set('cache-control', 'public, max-age=3600');
+      response.json({ keys: [serving === 'key' ? backendKey.publicJwk : otherJwk] });
+    });
+    running.authorization.registerClient({
+      clientId: 'backend-jwks-changing',
+      jwksUri: `${running.origin}/client/changing-jwks.json`,
+      scopes: ['system/*.rs'],
+    });
+    const request = () =>
+      clientCredentials({ claims: { iss: 'backend-jwks-changing', sub: 'backend-jwks-changing' } });
+
+    expect((await request()).status).toBe(200);
+    expect(fetches).toBe(1);
+
+    serving = 'nothing';
+    const whileMissing = await request();
+    expect(whileMissing.status).toBe(401);
+    expect(whileMissing.body.error).toBe('invalid_client');
+    expect(fetches).toBe(2);
+
+    serving = 'key';
+    expect((await request()).status).toBe(200);
+    expect(fetches).toBe(3);
+
+    serving = 'other key';
+    const whileChanged = await request();
+    expect(whileChanged.status).toBe(401);
+    expect(whileChanged.body.error).toBe('invalid_client');
+
+    serving = 'key';
+    const served = await request();
+    expect(served.status).toBe(200);
+    expect(String(served.body.scope)).toBe('system/Patient.rs');
+  });
+
   it('issues a token for inline keys, carrying only the requested scopes the registration covers', async () => {
     const issued = await clientCredentials({}, 'system/Patient.rs system/Observation.rs system/Encounter.r');
     expect(issued.status).toBe(200);

@@ -18,7 +18,7 @@ import type { TokenAccess } from './scope-enforcement.ts';
  * The sandbox EHR's SMART authorization server: oidc-provider (a certified OpenID provider) configured the way
  * strict SMART servers behave, with SMART's launch context layered on through its extension points:
  * - Backend Services: client_credentials with private_key_jwt (ES384, RS384), keys inline or fetched from the
- *   client's JWKS URL when a token is requested, SMART's assertion rules (client-assertion-policy.ts), jti replay;
+ *   client's JWKS URL on every token request (never cached), SMART's assertion rules (client-assertion-policy.ts), jti replay;
  * - App Launch: authorization code with PKCE S256 required, single-use codes, `aud` = the FHIR base, `launch`
  *   bound to a patient and encounter, `launch/patient` for standalone launch, openid fhirUser with an id_token
  *   signed by this server's published key, refresh tokens for online_access and offline_access;
@@ -63,6 +63,7 @@ export interface SandboxAuthorizationServer {
 }
 
 const assertionAlgorithms = ['ES384', 'RS384'];
+const keyLookupProperty = 'sandbox_key_lookup';
 const interactionPathPattern = /^\/interaction\/([A-Za-z0-9_-]{1,100})\/?(?:\?.*)?$/;
 const launchScopeSet = new Set<string>(launchScopes);
 
@@ -106,8 +107,20 @@ export async function createSandboxAuthorizationServer(
     ].filter(Boolean);
   }
 
+  // oidc-provider keeps a client's keys from its JWKS URL for 60 s (longer with max-age), and a failed fetch for
+  // as long, on the client object it builds once per distinct metadata. Strict servers (smart-launcher) fetch the
+  // JWKS on every token request, so a client whose JWKS is gone or changed is refused at once: each read of a
+  // JWKS-URL client carries a new lookup number, so oidc-provider builds a new client with an empty key store.
+  let clientLookups = 0;
+  function clientMetadata(clientId: string) {
+    const metadata = clients.metadataFor(clientId);
+    if (metadata?.jwks_uri) metadata[keyLookupProperty] = ++clientLookups;
+    return metadata;
+  }
+
   const configuration: Record<string, unknown> = {
-    adapter: createMemoryStorage({ findClient: (clientId) => clients.metadataFor(clientId) }),
+    adapter: createMemoryStorage({ findClient: clientMetadata }),
+    extraClientMetadata: { properties: [keyLookupProperty] },
     jwks: { keys: [signingJwk] },
     cookies: {
       keys: [randomBytes(32).toString('base64url')],
