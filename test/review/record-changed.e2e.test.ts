@@ -2,18 +2,16 @@ import type { DocumentReference, Encounter, Observation, Patient, Practitioner }
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createExtractiveEngine } from '../../agents/extractive-engine.ts';
-import { createDraftLifecycle, type DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../../fhir/draft-note.ts';
-import { FhirClient } from '../../fhir/fhir-client.ts';
+import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { inlineNoteText } from '../../fhir/note-text.ts';
-import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
-import { sandboxRouter } from '../../src/http/sandbox-routes.ts';
+import type { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
 import { silentLogger } from '../../src/log.ts';
 import { processEncounterJob } from '../../src/pipeline/process-encounter-job.ts';
 import { createSandboxEhr, type SandboxEhr } from '../../src/sandbox/sandbox-ehr.ts';
 import { generatePatients } from '../../src/sandbox/synthetic-patients.ts';
 import { hasChromium, launchChromium } from '../support/chromium.ts';
-import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
+import { type ReviewHarness, startSandboxReviewHarness } from './review-harness.ts';
 
 /**
  * Stale drafts as the clinician sees them (issue 12, item 8), on real parts: the pipeline drafting into the
@@ -97,21 +95,7 @@ describe.skipIf(!hasChromium)('the review app on drafts whose record changed', (
     await sandbox.seed([...chart.resources, practitioner]);
     patient = chart.resources.find((resource) => resource.resourceType === 'Patient') as Patient;
 
-    store = new SqliteDraftStore(':memory:');
-    let lifecycle: DraftLifecycle | undefined;
-    harness = await startReviewHarness({
-      authorization: (serviceUrl) => ({ fhirUpstream: `${serviceUrl}/sandbox/fhir` }),
-      lifecycle: { withClient: (client) => (lifecycle as DraftLifecycle).withClient(client) },
-      routers: () => [{ path: '/sandbox/fhir', router: sandboxRouter(sandbox) }],
-    });
-    serviceClient = new FhirClient({ baseUrl: `${harness.serviceUrl}/sandbox/fhir` });
-    lifecycle = createDraftLifecycle({
-      mode: 'write',
-      identifierSystem,
-      store,
-      serviceClient,
-      requestRegeneration: () => undefined,
-    });
+    ({ harness, store, serviceClient } = await startSandboxReviewHarness(sandbox, { identifierSystem }));
     browser = await launchChromium();
   });
 

@@ -4,15 +4,19 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Router } from 'express';
-import type { DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
+import { createDraftLifecycle, type DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
+import { FhirClient } from '../../fhir/fhir-client.ts';
 import { smartLaunchConfigSchema } from '../../src/config/auth-config.ts';
+import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
 import { createApp } from '../../src/http/app.ts';
 import { type DraftLifecyclePort, draftsApiRouter } from '../../src/http/drafts-api-routes.ts';
 import { reviewAppRouters } from '../../src/http/review-app.ts';
 import { reviewRouter } from '../../src/http/review-routes.ts';
+import { sandboxRouter } from '../../src/http/sandbox-routes.ts';
 import { createSmartLaunch, type LaunchContext } from '../../src/http/smart-launch.ts';
 import { silentLogger } from '../../src/log.ts';
 import { SqliteJobQueue } from '../../src/queue/sqlite-job-queue.ts';
+import type { SandboxEhr } from '../../src/sandbox/sandbox-ehr.ts';
 import {
   type SmartAuthorizationServer,
   type SmartAuthorizationServerOptions,
@@ -143,4 +147,32 @@ export async function startReviewHarness(options: {
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * The review app on the real draft lifecycle in write mode, with the sandbox EHR mounted at /sandbox/fhir behind
+ * the test authorization server: the clinician's calls carry their token through it, and the service writes
+ * drafts with its own client, as the pipeline does in sandbox mode.
+ */
+export async function startSandboxReviewHarness(
+  sandbox: SandboxEhr,
+  options: { identifierSystem: string; requestRegeneration?: (encounterId: string, kind: string) => void },
+): Promise<{ harness: ReviewHarness; store: SqliteDraftStore; serviceClient: FhirClient }> {
+  const store = new SqliteDraftStore(':memory:');
+  // The lifecycle needs the service's own client, whose URL exists once the service listens.
+  let lifecycle: DraftLifecycle | undefined;
+  const harness = await startReviewHarness({
+    authorization: (serviceUrl) => ({ fhirUpstream: `${serviceUrl}/sandbox/fhir` }),
+    lifecycle: { withClient: (client) => (lifecycle as DraftLifecycle).withClient(client) },
+    routers: () => [{ path: '/sandbox/fhir', router: sandboxRouter(sandbox) }],
+  });
+  const serviceClient = new FhirClient({ baseUrl: `${harness.serviceUrl}/sandbox/fhir` });
+  lifecycle = createDraftLifecycle({
+    mode: 'write',
+    identifierSystem: options.identifierSystem,
+    store,
+    serviceClient,
+    requestRegeneration: options.requestRegeneration ?? (() => undefined),
+  });
+  return { harness, store, serviceClient };
 }

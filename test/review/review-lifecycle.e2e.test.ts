@@ -12,16 +12,14 @@ import type {
 } from 'fhir/r4.js';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createDraftLifecycle, type DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
 import { type DraftContent, DraftNoteWriter } from '../../fhir/draft-note.ts';
-import { FhirClient } from '../../fhir/fhir-client.ts';
-import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
-import { sandboxRouter } from '../../src/http/sandbox-routes.ts';
+import type { FhirClient } from '../../fhir/fhir-client.ts';
+import type { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
 import { createSandboxEhr, type SandboxEhr } from '../../src/sandbox/sandbox-ehr.ts';
 import { generatePatients } from '../../src/sandbox/synthetic-patients.ts';
 import { expectNoSeriousViolations } from '../support/axe.ts';
 import { hasChromium, launchChromium } from '../support/chromium.ts';
-import { type ReviewHarness, startReviewHarness } from './review-harness.ts';
+import { type ReviewHarness, startSandboxReviewHarness } from './review-harness.ts';
 
 /**
  * The whole review path on real parts: drafts written by the service's DraftNoteWriter into the sandbox EHR
@@ -98,27 +96,12 @@ describe.skipIf(!hasChromium)('review on the real lifecycle and the sandbox EHR'
     );
     const condition = first<Condition>(chart.resources, (resource) => resource.resourceType === 'Condition');
 
-    store = new SqliteDraftStore(':memory:');
-    // The lifecycle needs the service's own client, whose URL exists once the service listens.
-    let lifecycle: DraftLifecycle | undefined;
-    harness = await startReviewHarness({
-      // The authorization server gates the sandbox: FHIR calls with the clinician's token go through it.
-      authorization: (serviceUrl) => ({ fhirUpstream: `${serviceUrl}/sandbox/fhir` }),
-      lifecycle: { withClient: (client) => (lifecycle as DraftLifecycle).withClient(client) },
-      routers: () => [{ path: '/sandbox/fhir', router: sandboxRouter(sandbox) }],
-    });
-
-    // The service writes the drafts with its own access, as the pipeline does in sandbox mode.
-    serviceClient = new FhirClient({ baseUrl: `${harness.serviceUrl}/sandbox/fhir` });
-    lifecycle = createDraftLifecycle({
-      mode: 'write',
+    ({ harness, store, serviceClient } = await startSandboxReviewHarness(sandbox, {
       identifierSystem,
-      store,
-      serviceClient,
       requestRegeneration: (encounterId, kind) => {
         regenerationRequests.push({ encounterId, kind });
       },
-    });
+    }));
     const writer = new DraftNoteWriter(serviceClient, identifierSystem);
     const now = new Date();
     const value = `${observation.valueQuantity?.value} ${observation.valueQuantity?.unit ?? ''}`.trim();
