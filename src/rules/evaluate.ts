@@ -251,6 +251,12 @@ export function evaluationErrorText(error: unknown): string {
   return text.trim().replace(/\s*\n\s*/g, ' ');
 }
 
+/** Built once: appliesTo runs for every rule on every encounter. */
+const referencePattern = (type: string) =>
+  new RegExp(`(?:^|/)${type}/([A-Za-z0-9\\-.]{1,64})(?:/_history/[^/]+)?$`);
+const locationReference = referencePattern('Location');
+const organizationReference = referencePattern('Organization');
+
 /** Whether a rule's targeting (`applies`) matches the encounter; no targeting matches every encounter. */
 export function appliesTo(applies: RuleDocument['applies'], encounter: Encounter): boolean {
   if (!applies) return true;
@@ -261,13 +267,12 @@ export function appliesTo(applies: RuleDocument['applies'], encounter: Encounter
       coding.code ? [coding.code, `${coding.system ?? ''}|${coding.code}`] : [],
     ),
   );
-  const idOf = (reference: string | undefined, type: string) =>
-    new RegExp(`(?:^|/)${type}/([A-Za-z0-9\\-.]{1,64})(?:/_history/[^/]+)?$`).exec(reference ?? '')?.[1];
+  const idOf = (reference: string | undefined, pattern: RegExp) => pattern.exec(reference ?? '')?.[1];
   const locations = (encounter.location ?? []).flatMap((entry) => {
-    const id = idOf(entry.location?.reference, 'Location');
+    const id = idOf(entry.location?.reference, locationReference);
     return id ? [id] : [];
   });
-  const provider = idOf(encounter.serviceProvider?.reference, 'Organization');
+  const provider = idOf(encounter.serviceProvider?.reference, organizationReference);
   const serviceTypes = (encounter.serviceType?.coding ?? []).flatMap((coding) =>
     coding.code ? [coding.code, `${coding.system ?? ''}|${coding.code}`] : [],
   );

@@ -1,15 +1,11 @@
 import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import express from 'express';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRulesProgram } from '../../src/cli/rules.ts';
-import { sandboxRouter } from '../../src/http/sandbox-routes.ts';
 import { evaluateRules } from '../../src/rules/evaluate.ts';
 import { recordFromResources } from '../../src/rules/record-from-bundle.ts';
 import { loadRuleSet } from '../../src/rules/rule-loader.ts';
 import { createSandboxEhr, type SandboxEhr } from '../../src/sandbox/sandbox-ehr.ts';
 import { generatePatients, type SyntheticPatient } from '../../src/sandbox/synthetic-patients.ts';
-import { starterSource } from './helpers.ts';
+import { runRulesCli, serveSandbox, starterSource } from './helpers.ts';
 
 // `rules backtest --source <FHIR base>` and `rules explain --fhir`, against the sandbox EHR served
 // over HTTP: records are read with the service's own history retrieval, not from memory.
@@ -25,13 +21,7 @@ beforeAll(async () => {
   // answers without `next` links past 200 (reported to the lead), so it is left out here.
   patients = generatePatients({ count: 7, seed: 7, now, notesPerEncounter: 0 }).slice(1);
   await sandbox.seed(patients.flatMap((patient) => patient.resources));
-  const app = express();
-  app.use('/fhir', sandboxRouter(sandbox));
-  server = await new Promise((resolve) => {
-    const started = app.listen(0, '127.0.0.1', () => resolve(started));
-  });
-  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}/fhir`;
-  sandbox.setBaseUrl(baseUrl);
+  ({ server, baseUrl } = await serveSandbox(sandbox));
 });
 
 afterAll(async () => {
@@ -39,23 +29,9 @@ afterAll(async () => {
   await sandbox?.close();
 });
 
-async function run(args: string[]) {
-  let out = '';
-  let err = '';
-  process.exitCode = undefined;
-  await createRulesProgram({
-    out: (text) => (out += text),
-    err: (text) => (err += text),
-    isTty: false,
-  }).parseAsync(['node', 'rules', ...args]);
-  const exitCode = process.exitCode ?? 0;
-  process.exitCode = undefined;
-  return { out, err, exitCode };
-}
-
 describe('backtest and explain over a FHIR server', () => {
   it('counts the same firings as evaluating the same patients in memory', async () => {
-    const result = await run([
+    const result = await runRulesCli([
       'backtest',
       '--source',
       baseUrl,
@@ -109,7 +85,7 @@ describe('backtest and explain over a FHIR server', () => {
         )
         .find(([, found]) => found !== undefined) ?? [];
     expect(patient && situation).toBeTruthy();
-    const result = await run([
+    const result = await runRulesCli([
       'explain',
       ruleBySituation[situation!],
       patient!.patientId,

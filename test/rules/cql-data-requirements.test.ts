@@ -9,9 +9,7 @@ import { DraftNoteWriter } from '../../fhir/draft-note.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
-import { createRulesProgram } from '../../src/cli/rules.ts';
 import { createCdsHooksRouter } from '../../src/http/cds-hooks.ts';
-import { sandboxRouter } from '../../src/http/sandbox-routes.ts';
 import { silentLogger } from '../../src/log.ts';
 import { processEncounterJob } from '../../src/pipeline/process-encounter-job.ts';
 import { evaluateRules } from '../../src/rules/evaluate.ts';
@@ -21,7 +19,7 @@ import { loadRuleSet } from '../../src/rules/rule-loader.ts';
 import type { RuleSet } from '../../src/rules/rule-set.ts';
 import { createSandboxEhr, type SandboxEhr } from '../../src/sandbox/sandbox-ehr.ts';
 import { cqlModelDirectory, haveCqlModels } from '../support/cql-models.ts';
-import { ruleFolder, valueSetBase } from './helpers.ts';
+import { ruleFolder, runRulesCli, serveSandbox, valueSetBase } from './helpers.ts';
 
 /**
  * Issue 13.2: a CQL library is given every type it retrieves. The CDS Connect Pain Management Summary
@@ -142,20 +140,6 @@ function loaded(): Promise<RuleSet> {
   return painRuleSet;
 }
 
-async function run(args: string[]) {
-  let out = '';
-  let err = '';
-  process.exitCode = undefined;
-  await createRulesProgram({
-    out: (text) => (out += text),
-    err: (text) => (err += text),
-    isTty: false,
-  }).parseAsync(['node', 'rules', ...args]);
-  const exitCode = process.exitCode ?? 0;
-  process.exitCode = undefined;
-  return { out, err, exitCode };
-}
-
 const now = new Date('2026-03-01T00:00:00Z');
 
 describe.skipIf(!haveModels)('CQL data requirements', () => {
@@ -167,13 +151,7 @@ describe.skipIf(!haveModels)('CQL data requirements', () => {
   beforeAll(async () => {
     sandbox = createSandboxEhr();
     await sandbox.seed([...statementOnly, ...referencedMedication]);
-    const app = express();
-    app.use('/fhir', sandboxRouter(sandbox));
-    server = await new Promise((resolve) => {
-      const started = app.listen(0, '127.0.0.1', () => resolve(started));
-    });
-    baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}/fhir`;
-    sandbox.setBaseUrl(baseUrl);
+    ({ server, baseUrl } = await serveSandbox(sandbox));
   });
   afterAll(async () => {
     server?.close();
@@ -202,7 +180,7 @@ describe.skipIf(!haveModels)('CQL data requirements', () => {
     expect(evaluation.results[0].status).toBe('fired');
     expect(evaluation.nudges[0].evidence).toEqual(['Patient/pain-1']);
 
-    const tested = await run([
+    const tested = await runRulesCli([
       '--rules',
       source.directory,
       '--value-sets',
@@ -233,7 +211,7 @@ describe.skipIf(!haveModels)('CQL data requirements', () => {
       '--cql-models',
       cqlModelDirectory,
     ];
-    const explained = await run([
+    const explained = await runRulesCli([
       ...common,
       'explain',
       'pain-summary',
@@ -244,7 +222,7 @@ describe.skipIf(!haveModels)('CQL data requirements', () => {
       now.toISOString(),
     ]);
     expect(explained.out).toContain('=> FIRED');
-    const throughReference = await run([
+    const throughReference = await runRulesCli([
       ...common,
       'explain',
       'pain-summary',
@@ -255,7 +233,7 @@ describe.skipIf(!haveModels)('CQL data requirements', () => {
       now.toISOString(),
     ]);
     expect(throughReference.out).toContain('=> FIRED');
-    const backtest = await run([
+    const backtest = await runRulesCli([
       ...common,
       'backtest',
       '--source',

@@ -2,12 +2,11 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { createRulesProgram } from '../../src/cli/rules.ts';
 import { evaluateRules } from '../../src/rules/evaluate.ts';
 import { recordFromBundle } from '../../src/rules/record-from-bundle.ts';
 import { loadRuleSet } from '../../src/rules/rule-loader.ts';
 import { cqlModelDirectory, haveCqlModels } from '../support/cql-models.ts';
-import { ruleFolder, starterRulesDirectory } from './helpers.ts';
+import { ruleFolder, runRulesCli, starterRulesDirectory } from './helpers.ts';
 
 /**
  * Issue 13.3 and 13.4: an evaluation error is a failure everywhere (rules test, explain, backtest),
@@ -48,20 +47,6 @@ tests:
     now: 2026-03-01
 `;
 
-async function run(args: string[]) {
-  let out = '';
-  let err = '';
-  process.exitCode = undefined;
-  await createRulesProgram({
-    out: (text) => (out += text),
-    err: (text) => (err += text),
-    isTty: false,
-  }).parseAsync(['node', 'rules', ...args]);
-  const exitCode = process.exitCode ?? 0;
-  process.exitCode = undefined;
-  return { out, err, exitCode };
-}
-
 const detail =
   /CQL Denominator "Only Visit" at line 6:22: IllegalArgument: 'SingletonFrom' requires a 0 or 1 arg array/;
 
@@ -95,7 +80,7 @@ describe.skipIf(!haveModels)('evaluation errors are failures, with their detail'
   });
 
   it('rules test: an error fails a does-not-fire test and exits 1', async () => {
-    const result = await run([...common, 'test']);
+    const result = await runRulesCli([...common, 'test']);
     expect(result.out).toMatch(
       /FAIL {2}cms-denominator {2}fixtures\/crc-up-to-date\.json \(does-not-fire\) {2}evaluation failed: /,
     );
@@ -105,7 +90,7 @@ describe.skipIf(!haveModels)('evaluation errors are failures, with their detail'
   });
 
   it('rules explain: prints the error and exits non-zero', async () => {
-    const result = await run([
+    const result = await runRulesCli([
       ...common,
       'explain',
       'cms-denominator',
@@ -120,7 +105,7 @@ describe.skipIf(!haveModels)('evaluation errors are failures, with their detail'
 
   it('rules backtest: the error text in the table and the CSV, and exit 1', async () => {
     const csv = path.join(mkdtempSync(path.join(tmpdir(), 'backtest-')), 'backtest.csv');
-    const result = await run([
+    const result = await runRulesCli([
       ...common,
       'backtest',
       '--source',

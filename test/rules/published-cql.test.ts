@@ -2,14 +2,13 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Bundle, FhirResource } from 'fhir/r4.js';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { createRulesProgram } from '../../src/cli/rules.ts';
 import { createCqlCompiler, type ElmLibrary } from '../../src/rules/cql-compiler.ts';
 import { evaluateRules } from '../../src/rules/evaluate.ts';
 import { recordFromResources } from '../../src/rules/record-from-bundle.ts';
 import { loadRuleSet } from '../../src/rules/rule-loader.ts';
 import { runRuleTests } from '../../src/rules/rule-tests.ts';
 import { cqlModelDirectory, haveCqlModels } from '../support/cql-models.ts';
-import { ruleFolder } from './helpers.ts';
+import { ruleFolder, runRulesCli } from './helpers.ts';
 
 /**
  * Issue 13, items 5-8: published CQL as it is published. Published artifacts cannot be downloaded
@@ -165,20 +164,6 @@ function measureFolder(ruleText: string, extra: Record<string, string> = {}) {
   return { ...source, valueSetFile: path.join(source.directory, 'valueset-db.json') };
 }
 
-async function run(args: string[]) {
-  let out = '';
-  let err = '';
-  process.exitCode = undefined;
-  await createRulesProgram({
-    out: (text) => (out += text),
-    err: (text) => (err += text),
-    isTty: false,
-  }).parseAsync(['node', 'rules', ...args]);
-  const exitCode = process.exitCode ?? 0;
-  process.exitCode = undefined;
-  return { out, err, exitCode };
-}
-
 const now = new Date('2026-03-01T00:00:00Z');
 
 async function status(source: ReturnType<typeof measureFolder>, cqlParameters?: Record<string, unknown>) {
@@ -294,7 +279,7 @@ describe.skipIf(!haveModels)('published CQL as it is published', () => {
     expect(evaluated.results[0].criteria[0].result).toEqual([2026]);
 
     const common = ['--rules', source.directory, '--value-sets', source.valueSetFile];
-    const backtest = await run([
+    const backtest = await runRulesCli([
       ...common,
       'backtest',
       '--source',
@@ -311,7 +296,7 @@ describe.skipIf(!haveModels)('published CQL as it is published', () => {
     expect(backtest.exitCode, backtest.err).toBe(0);
     expect(backtest.out).toMatch(/crc-denominator\s+1\.0\.0\s+3\s+100\.0%/);
 
-    const explained = await run([
+    const explained = await runRulesCli([
       ...common,
       'explain',
       'crc-denominator',
@@ -322,7 +307,14 @@ describe.skipIf(!haveModels)('published CQL as it is published', () => {
       'Measurement Period=2021',
     ]);
     expect(explained.out).toContain('result: 2021');
-    const unknown = await run([...common, 'backtest', '--source', 'generated', '--parameter', 'Period=2021']);
+    const unknown = await runRulesCli([
+      ...common,
+      'backtest',
+      '--source',
+      'generated',
+      '--parameter',
+      'Period=2021',
+    ]);
     expect(unknown.exitCode).toBe(1);
     expect(unknown.err).toContain(
       '--parameter: parameter "Period" is not a parameter of CQL library ColorectalCancerScreeningsFHIR',
