@@ -5,6 +5,7 @@ import { rulesConfigSchema } from '../rules/rules-config.ts';
 import { authConfigSchema } from './auth-config.ts';
 import { httpConfigSchema } from './http-config.ts';
 import { intakeConfigSchema } from './intake-config.ts';
+import { patientIntakeConfigSchema } from './patient-intake-config.ts';
 import { reviewConfigSchema } from './review-config.ts';
 
 /**
@@ -123,6 +124,8 @@ export const configSchema = z
     rules: rulesConfigSchema.prefault({}),
     /** The clinician review page (src/config/review-config.ts). */
     review: reviewConfigSchema,
+    /** Pre-visit intake: invitation links, the patient's interview, urgency (src/config/patient-intake-config.ts). */
+    patientIntake: patientIntakeConfigSchema.prefault({}),
     sandbox: z
       .object({
         patients: z.coerce.number().int().min(1).max(2000).default(12),
@@ -164,6 +167,14 @@ export const configSchema = z
         path: ['notify', 'secret'],
         message:
           'is required when fhir.baseUrl points at a real EHR (set NOTIFY_SECRET, at least 16 characters)',
+      });
+    }
+    // Links a patient opens must not be forgeable: no generated secret against a real EHR.
+    if (config.fhir.baseUrl && config.patientIntake.enabled && !config.patientIntake.secret) {
+      context.addIssue({
+        code: 'custom',
+        path: ['patientIntake', 'secret'],
+        message: 'is required when patientIntake.enabled is set against a real EHR (at least 32 characters)',
       });
     }
   });
