@@ -26,7 +26,49 @@ export interface NoteContext {
   doneToday: string[];
   /** Notes after the first at one visit are short follow-ups (telephone, nursing). */
   followUp: boolean;
+  /** A statement with a known answer, written into this note's plan (see plantedStatements). */
+  planted?: string;
 }
+
+/**
+ * Statements planted in specific notes so an evaluation knows what a good draft must carry over from
+ * free text: each with the terms a draft line must contain to count as having said it. Written without
+ * the random stream, so a generated patient is otherwise the same with or without them.
+ */
+export interface PlantedStatement {
+  key: string;
+  text: string;
+  terms: string[];
+}
+
+export const plantedStatements: readonly PlantedStatement[] = [
+  {
+    key: 'start-empagliflozin',
+    text: 'Plan: start empagliflozin 10 mg daily.',
+    terms: ['empagliflozin', '10 mg'],
+  },
+  { key: 'lisinopril-cough', text: 'Lisinopril stopped because of cough.', terms: ['lisinopril', 'cough'] },
+  {
+    key: 'cardiology-referral',
+    text: 'Referred to cardiology for palpitations.',
+    terms: ['cardiology', 'palpitations'],
+  },
+  {
+    key: 'atorvastatin-increase',
+    text: 'Atorvastatin increased to 40 mg daily for LDL above goal.',
+    terms: ['atorvastatin', '40 mg'],
+  },
+  {
+    key: 'sertraline-nausea',
+    text: 'Sertraline stopped because of nausea.',
+    terms: ['sertraline', 'nausea'],
+  },
+  {
+    key: 'start-vitamin-d',
+    text: 'Plan: start vitamin D 1000 units daily.',
+    terms: ['vitamin d', '1000 units'],
+  },
+];
 
 const complaints = [
   'Here for routine follow-up of chronic conditions.',
@@ -200,6 +242,7 @@ export function progressNoteText(context: NoteContext, random: SeededRandom): st
     : ['Healthy adult, no chronic problems.'];
   const plans = problems ? problems.map((condition) => planFor(condition, context, random)) : [];
   plans.push(...context.doneToday.map((item) => `${item}.`));
+  if (context.planted) plans.push(context.planted);
   if (plans.length === 0) plans.push('Routine preventive care; return in one year.');
   const intro = `${context.ageYears}-year-old ${context.gender} seen for ${context.visitKind}.`;
   const style = random.integer(0, 2);

@@ -33,7 +33,12 @@ import {
   profileFor,
   type SandboxPatientProfile,
 } from './patient-profiles.ts';
-import { type LatestResult, type NoteContext, progressNoteText } from './progress-notes.ts';
+import {
+  type LatestResult,
+  type NoteContext,
+  plantedStatements,
+  progressNoteText,
+} from './progress-notes.ts';
 import { type SeededRandom, seededRandom } from './seeded-random.ts';
 
 /**
@@ -52,6 +57,20 @@ export interface GeneratePatientsOptions {
   maxNotesPerPatient?: number;
   /** Share of notes whose text lives in a Binary referenced by `attachment.url` (default 0.25). */
   binaryNoteShare?: number;
+  /**
+   * Plants statements with known answers (plantedStatements) in two notes of each patient: the latest
+   * full note and the fourth latest. Off by default; everything else about the patient stays the same.
+   */
+  plantFacts?: boolean;
+}
+
+/** A planted statement and the note that holds it: the truth an evaluation checks drafts against. */
+export interface PlantedFact {
+  key: string;
+  text: string;
+  terms: string[];
+  /** `DocumentReference/<id>` of the note the statement is written in. */
+  note: string;
 }
 
 export interface SyntheticPatient {
@@ -59,6 +78,8 @@ export interface SyntheticPatient {
   profile: SandboxPatientProfile;
   /** Patient first, then the rest; ids and references consistent within the array. */
   resources: FhirResource[];
+  /** Statements planted in notes (empty unless `plantFacts`). */
+  plantedFacts: PlantedFact[];
 }
 
 export const sandboxIdentifierSystems = {
@@ -412,7 +433,8 @@ function addEncountersAndNotes(
   clinicalRandom: SeededRandom,
   noteRandom: SeededRandom,
   options: GeneratePatientsOptions,
-) {
+  patientIndex: number,
+): PlantedFact[] {
   const visits = planVisits(plan, builder, clinicalRandom);
   const notesPerEncounter = options.notesPerEncounter ?? plan.notesPerEncounter;
   const binaryShare = options.binaryNoteShare ?? 0.25;
@@ -423,6 +445,17 @@ function addEncountersAndNotes(
     notesAt[index] = Math.min(notesPerEncounter, budget);
     budget -= notesAt[index];
   }
+  // The statements go to the latest full note and the fourth latest (one per visit with notes).
+  const plantedAt = new Map<number, (typeof plantedStatements)[number]>();
+  if (options.plantFacts) {
+    const noted = visits.flatMap((_, index) => (notesAt[index] > 0 ? [index] : []));
+    const targets = [noted.at(-1), noted.length >= 4 ? noted.at(-4) : undefined];
+    targets.forEach((visitIndex, order) => {
+      if (visitIndex === undefined) return;
+      plantedAt.set(visitIndex, plantedStatements[(2 * patientIndex + order) % plantedStatements.length]);
+    });
+  }
+  const planted: PlantedFact[] = [];
   const results: NoteContext['results'] = {};
   const obese = plan.conditions.includes('obesity');
   const baseBmi = obese ? clinicalRandom.between(31, 37) : clinicalRandom.between(21, 28.5);
@@ -499,11 +532,15 @@ function addEncountersAndNotes(
           results: { ...results },
           doneToday,
           followUp: noteIndex > 0,
+          planted: noteIndex === 0 ? plantedAt.get(index)?.text : undefined,
         },
         noteRandom,
       );
       const contentType = 'text/plain; charset=utf-8';
       const documentId = builder.id('note');
+      const statement = noteIndex === 0 ? plantedAt.get(index) : undefined;
+      if (statement)
+        planted.push({ ...statement, terms: [...statement.terms], note: `DocumentReference/${documentId}` });
       let attachment: { contentType: string; data?: string; url?: string; title: string };
       if (noteRandom.chance(binaryShare)) {
         const binary = builder.add<Binary>({
@@ -548,6 +585,7 @@ function addEncountersAndNotes(
       period: { start, end: builder.at(-plan.plannedVisitInDays, 15, 30) },
     });
   }
+  return planted;
 }
 
 export function generatePatient(index: number, options: GeneratePatientsOptions): SyntheticPatient {
@@ -574,8 +612,8 @@ export function generatePatient(index: number, options: GeneratePatientsOptions)
     birthDate,
   });
   addClinicalBackground(plan, builder, clinicalRandom, birthDate);
-  addEncountersAndNotes(plan, builder, clinicalRandom, noteRandom, options);
-  return { patientId, profile: profileFor(index, plan), resources: builder.resources };
+  const plantedFacts = addEncountersAndNotes(plan, builder, clinicalRandom, noteRandom, options, index);
+  return { patientId, profile: profileFor(index, plan), resources: builder.resources, plantedFacts };
 }
 
 /** Generates `count` patients; patient N is the same for the same seed, now and knobs whatever the count. */
