@@ -7,6 +7,7 @@ import { httpConfigSchema } from './http-config.ts';
 import { intakeConfigSchema } from './intake-config.ts';
 import { patientIntakeConfigSchema } from './patient-intake-config.ts';
 import { reviewConfigSchema } from './review-config.ts';
+import { imagingConfigSchema } from './vision-config.ts';
 
 /**
  * The service's whole configuration, validated once at start. Sections owned by other parts
@@ -120,6 +121,8 @@ export const configSchema = z
     auth: authConfigSchema,
     /** Which engine writes drafts (extractive, in-process GGUF, remote server) and the agents' budgets (src/model/model-config.ts). */
     model: modelConfigSchema.prefault({}),
+    /** Images in the record: limits, the PACS, MedSigLIP triage (src/config/vision-config.ts). */
+    imaging: imagingConfigSchema.prefault({}),
     /** Guideline rules, suppression, CDS Hooks (src/rules/rules-config.ts). */
     rules: rulesConfigSchema.prefault({}),
     /** The clinician review page (src/config/review-config.ts). */

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { visionModelConfigSchema } from '../config/vision-config.ts';
 
 /**
  * The `model` section of the configuration: which engine writes drafts, and the budgets that bound
@@ -89,6 +90,8 @@ export const modelConfigSchema = z
       })
       .prefault({}),
     agent: agentBudgetSchema.prefault({}),
+    /** MedGemma 4B multimodal reading the record's images (src/config/vision-config.ts); unset: no image is read. */
+    vision: visionModelConfigSchema.optional(),
   })
   .superRefine((config, context) => {
     if (config.provider === 'remote' && !config.remote.endpointUrl) {
