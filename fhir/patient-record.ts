@@ -61,6 +61,11 @@ export interface PatientRecord {
   additional?: FhirResource[];
   /** Further types the server refused to search (with its status): rules reading them cannot be trusted. */
   unreadTypes?: { resourceType: string; status: number }[];
+  /**
+   * The instant (ISO 8601, UTC) the record was cut at: what existed by the end of the encounter, or by now
+   * for a visit still to come (fhir/record-as-of-visit.ts). Absent: the record as retrieved, uncut.
+   */
+  asOf?: string;
 }
 
 /** The resource types retrieved for a patient's history, besides the Patient itself. */
@@ -113,7 +118,7 @@ export const additionalHistoryTypes = [
 
 export type PatientResourceLists = Omit<
   PatientRecord,
-  'patient' | 'encounter' | 'notes' | 'omitted' | 'additional' | 'unreadTypes'
+  'patient' | 'encounter' | 'notes' | 'omitted' | 'additional' | 'unreadTypes' | 'asOf'
 >;
 
 /** Every resource in the record, each once. */

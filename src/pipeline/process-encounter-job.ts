@@ -27,8 +27,10 @@ import {
 } from '../../fhir/draft-refresh.ts';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { OperationOutcomeError } from '../../fhir/operation-outcome.ts';
+import { encounterAfterDeath, isDeceased } from '../../fhir/patient-death.ts';
 import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import { type PatientRecord, recordResources, retrievedVersions } from '../../fhir/patient-record.ts';
+import { recordAsOfVisit } from '../../fhir/record-as-of-visit.ts';
 import type { Logger } from '../log.ts';
 import { type CompletedWorkLedger, type EncounterJob, workKey } from '../queue/job-queue.ts';
 
@@ -48,6 +50,8 @@ export interface PipelineDependencies {
   triggers: Partial<Record<Encounter['status'], DraftKind>>;
   draftIdentifierSystem: string;
   logger: Logger;
+  /** The clock the record of a visit still to come is cut at (tests set it). */
+  now?: () => Date;
   /** Rules evaluation; absent when no rules are configured. */
   selectNudges?: (record: PatientRecord, kind: DraftKind) => Promise<NudgeInput[]>;
   /** Resource types the rules read beyond the standard history (asked at each job: rule sets reload). */
@@ -66,6 +70,8 @@ export type JobOutcome =
   | 'record-change-noted'
   | 'no-trigger'
   | 'encounter-gone'
+  /** A briefing for a patient who has died, or a draft for an encounter after (or not shown to be before) death. */
+  | 'skipped:patient-deceased'
   | `skipped:${string}`;
 
 /** The verification stage: the engine's text against this patient's resources that the run read. */
@@ -149,12 +155,24 @@ export async function processEncounterJob(
     return 'skipped:already-done';
 
   const startedAt = performance.now();
-  const record = await retrievePatientRecord(fhir, encounter, {
+  const retrieved = await retrievePatientRecord(fhir, encounter, {
     draftIdentifierSystem: dependencies.draftIdentifierSystem,
     logger,
     additionalTypes: dependencies.additionalHistoryTypes?.(),
   });
   const retrievedAt = performance.now();
+  // A briefing prepares a visit: never for a patient who has died. A progress summary is written only for an
+  // encounter shown to start before the death (a clinician still completes the chart of those).
+  if (
+    isDeceased(retrieved.patient) &&
+    (kind === 'previsit-briefing' || encounterAfterDeath(retrieved.patient, encounter))
+  ) {
+    logger.info({ jobId: job.id, encounterId: encounter.id, kind }, 'draft-skipped-patient-deceased');
+    return complete('skipped:patient-deceased');
+  }
+  // From here on, rules, engines, the verifier and the change notes see the chart as it stood at the end of
+  // the visit: nothing dated later can be drafted, cited or make a rule fire.
+  const record = recordAsOfVisit(retrieved, dependencies.now?.() ?? new Date());
   const encounterVersion = encounterVersionOf(encounter);
 
   // A later version of an encounter that has a draft: refresh it while nobody has touched it, else note
