@@ -55,6 +55,8 @@ export interface DraftResult {
   /** Every prompt template a model run used (navigation, extraction, write-up), for the AI Provenance. */
   prompts?: { id: string; version: string }[];
   usage?: { modelCalls: number; promptTokens: number; completionTokens: number };
+  /** The engine set something aside the reviewer must know of (an image read dropped as unusable): the draft is flagged. */
+  flagged?: boolean;
 }
 
 export interface DraftEngine {

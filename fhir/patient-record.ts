@@ -62,6 +62,11 @@ export interface PatientRecord {
   /** Further types the server refused to search (with its status): rules reading them cannot be trusted. */
   unreadTypes?: { resourceType: string; status: number }[];
   /**
+   * What MedSigLIP saw in the record's images (labels over the site's threshold), as preliminary Observations
+   * derived from the image; rules read them as %imageFindings. Never written, never citable.
+   */
+  imageFindings?: Observation[];
+  /**
    * The instant (ISO 8601, UTC) the record was cut at: what existed by the end of the encounter, or by now
    * for a visit still to come (fhir/record-as-of-visit.ts). Absent: the record as retrieved, uncut.
    */
@@ -118,7 +123,7 @@ export const additionalHistoryTypes = [
 
 export type PatientResourceLists = Omit<
   PatientRecord,
-  'patient' | 'encounter' | 'notes' | 'omitted' | 'additional' | 'unreadTypes' | 'asOf'
+  'patient' | 'encounter' | 'notes' | 'omitted' | 'additional' | 'unreadTypes' | 'imageFindings' | 'asOf'
 >;
 
 /** Every resource in the record, each once. */

@@ -58,6 +58,11 @@ export interface PipelineDependencies {
   additionalHistoryTypes?: () => readonly string[];
   /** Idempotency: work keyed on (encounter id, versionId, kind, configuration version) done once. */
   completedWork?: CompletedWorkLedger;
+  /**
+   * The record's images (issue 18): fetched and read before the rules (which see their findings as %imageFindings),
+   * their resources added to the record; returns the engine with the image section. Absent: no vision model.
+   */
+  readImages?: (record: PatientRecord) => Promise<(engine: DraftEngine) => DraftEngine>;
   configurationVersion?: string;
 }
 
@@ -193,8 +198,13 @@ export async function processEncounterJob(
     return complete('skipped:encounter-changed-meanwhile');
   if (existing?.touched) return complete(await noteRecordChange(existing));
 
+  const withImages = await dependencies.readImages?.(record);
   const nudges = (await dependencies.selectNudges?.(record, kind)) ?? [];
-  const { result, verification } = await draftVerified(engine, { kind, record, nudges }, logger);
+  const { result, verification } = await draftVerified(
+    withImages?.(engine) ?? engine,
+    { kind, record, nudges },
+    logger,
+  );
   const draftedAt = performance.now();
   const removedReasons = removalCounts(verification);
   if (removedReasons['other-patient'] > 0) {
@@ -218,7 +228,7 @@ export async function processEncounterJob(
     verification: {
       cited: verification.cited.length,
       removed: verification.removed.length,
-      flagged: verification.flagged,
+      flagged: verification.flagged || result.flagged === true,
       // The reviewer is shown what was taken out and why (another patient's lines are withheld by the writer).
       removedLines: verification.removed,
     },
