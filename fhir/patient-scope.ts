@@ -1,4 +1,12 @@
-import type { Binary, Bundle, DocumentReference, FhirResource, Patient } from 'fhir/r4.js';
+import type {
+  Binary,
+  Bundle,
+  DiagnosticReport,
+  DocumentReference,
+  FhirResource,
+  Media,
+  Patient,
+} from 'fhir/r4.js';
 import type { FhirClient } from './fhir-client.ts';
 import { isFhirId } from './fhir-id.ts';
 import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
@@ -15,7 +23,19 @@ import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
  * Types outside any patient's compartment that a record may legitimately point at (who wrote a note,
  * which organisation): they hold no patient data, so reading them by id is allowed.
  */
-const sharedTypes = new Set(['Practitioner', 'PractitionerRole', 'Organization', 'Location', 'Medication']);
+const sharedTypes = new Set([
+  'Practitioner',
+  'PractitionerRole',
+  'Organization',
+  'Location',
+  'Medication',
+  // Where an ImagingStudy's images are served (a PACS's DICOMweb base): an address, no patient data.
+  'Endpoint',
+]);
+
+/** Resources whose attachments may be fetched as Binary once the reader has admitted them. */
+type AttachmentHolder = DocumentReference | Media | DiagnosticReport;
+const attachmentHolderTypes = new Set(['DocumentReference', 'Media', 'DiagnosticReport']);
 
 /** Search parameters that name a patient: the reader sets these itself and refuses them from callers. */
 const patientParameters = new Set([
@@ -104,8 +124,8 @@ export class PatientScopedReader {
   readonly #client: FhirClient;
   /** Every resource read through this reader, in order: what the event's processing actually saw. */
   readonly reads: ScopedRead[] = [];
-  /** Note ids whose attachments this reader has vetted (only those may be fetched as Binary). */
-  readonly #vettedNotes = new Set<string>();
+  /** `Type/id` of notes, media and reports whose attachments this reader has vetted (only those may be fetched as Binary). */
+  readonly #vettedHolders = new Set<string>();
 
   constructor(client: FhirClient, patientId: string) {
     if (!isFhirId(patientId)) throw outcomeError('invalid', 'not a patient id', 422);
@@ -126,7 +146,8 @@ export class PatientScopedReader {
   admit<T extends FhirResource>(resource: T): T {
     if (sharedTypes.has(resource.resourceType)) return this.#record(resource);
     assertInCompartment(resource, this.patientId);
-    if (resource.resourceType === 'DocumentReference') this.#vettedNotes.add(resource.id as string);
+    if (attachmentHolderTypes.has(resource.resourceType))
+      this.#vettedHolders.add(`${resource.resourceType}/${resource.id}`);
     return this.#record(resource);
   }
 
@@ -211,8 +232,13 @@ export class PatientScopedReader {
    * only on the FHIR server's own origin (the client refuses others before any request is made).
    */
   async noteAttachment(document: DocumentReference, url: string): Promise<Binary> {
-    this.#assertVetted(document);
-    return this.#checkBinary(document, await this.#client.get<Binary>(url));
+    return this.attachment(document, url);
+  }
+
+  /** The Binary behind an attachment of an admitted note, Media or DiagnosticReport (same checks as noteAttachment). */
+  async attachment(holder: AttachmentHolder, url: string): Promise<Binary> {
+    this.#assertVetted(holder);
+    return this.#checkBinary(holder, await this.#client.get<Binary>(url));
   }
 
   /**
@@ -250,18 +276,18 @@ export class PatientScopedReader {
     return results;
   }
 
-  #assertVetted(document: DocumentReference): void {
-    if (!document.id || !this.#vettedNotes.has(document.id))
-      throw refused(`attachment of DocumentReference/${document.id}`);
+  #assertVetted(holder: AttachmentHolder): void {
+    if (!holder.id || !this.#vettedHolders.has(`${holder.resourceType}/${holder.id}`))
+      throw refused(`attachment of ${holder.resourceType}/${holder.id}`);
   }
 
-  #checkBinary(document: DocumentReference, binary: Binary): Binary {
-    if (binary?.resourceType !== 'Binary') throw refused(`attachment of DocumentReference/${document.id}`);
+  #checkBinary(holder: AttachmentHolder, binary: Binary): Binary {
+    if (binary?.resourceType !== 'Binary') throw refused(`attachment of ${holder.resourceType}/${holder.id}`);
     const context = binary.securityContext?.reference;
-    // A Binary that names its context must name this note or this patient.
+    // A Binary that names its context must name this note (media, report) or this patient.
     if (
       context &&
-      !sameReference(context, `DocumentReference/${document.id}`) &&
+      !sameReference(context, `${holder.resourceType}/${holder.id}`) &&
       !sameReference(context, this.patientReference)
     ) {
       throw refused(`Binary/${binary.id}`);

@@ -27,6 +27,7 @@ import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
 import { createMetrics, observeRuleSet } from './metrics.ts';
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
+import { createRecordImagesStage } from './pipeline/record-images-stage.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
 import type { EncounterJobInput, JobQueue } from './queue/job-queue.ts';
 import { openJobQueue } from './queue/open-job-queue.ts';
@@ -237,6 +238,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     onAuthentication: authenticationHealth.observe,
   });
   const historyOptions = { draftIdentifierSystem: config.drafts.identifierSystem };
+  // The record's images, read by model.vision (MedGemma 4B) while text stays with the drafting model.
+  const readImages = createRecordImagesStage(config, fhir, logger);
   // Rules decide which nudges apply (start-up refuses an invalid rule set); the engine only words them.
   const rules = await createRulesRuntime(config.rules, {
     logger,
@@ -343,6 +346,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         logger,
         completedWork: queue,
         additionalHistoryTypes: () => rules.current().additionalResourceTypes,
+        ...(readImages ? { readImages } : {}),
         selectNudges: async (record) => {
           const trigger = triggerForEncounter(record.encounter);
           if (!trigger) return [];

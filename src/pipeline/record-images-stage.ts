@@ -1,0 +1,111 @@
+import type { DraftEngine } from '../../agents/draft-engine.ts';
+import { type ImageReadingOptions, readImages, withImageReading } from '../../agents/image-reading.ts';
+import { PromptLibrary } from '../../agents/prompt-library.ts';
+import type { FhirClient } from '../../fhir/fhir-client.ts';
+import { DicomWebClient } from '../../fhir/imaging/dicomweb-client.ts';
+import { type ImageSourceOptions, readRecordImages } from '../../fhir/imaging/record-images.ts';
+import { openPatientScope } from '../../fhir/patient-history.ts';
+import type { PatientRecord } from '../../fhir/patient-record.ts';
+import type { ImagingConfig, VisionModelConfig } from '../config/vision-config.ts';
+import type { Logger } from '../log.ts';
+import { MedSigLip } from '../model/medsiglip.ts';
+import { OpenAiCompatibleVisionProvider } from '../model/vision-provider.ts';
+
+/**
+ * The image stage of a job: the patient's images fetched through a compartment guard of their own
+ * (fhir/imaging), read by the vision model and MedSigLIP (agents/image-reading.ts), the resources they
+ * came from added to the record so their lines can be cited and verified, and the findings put where the
+ * rules read them. Images dated after the record's cut (a visit in the past) are left out like the rest.
+ */
+export interface RecordImagesStageOptions {
+  fhir: FhirClient;
+  imaging: ImagingConfig;
+  reading: ImageReadingOptions;
+}
+
+export function imageSourceOptions(imaging: ImagingConfig): ImageSourceOptions {
+  const bases = [imaging.pacs.baseUrl, ...imaging.pacs.allowedBaseUrls].filter(
+    (base): base is string => base !== undefined,
+  );
+  return {
+    limits: {
+      maxInputBytes: imaging.maxInputBytes,
+      maxInputPixels: imaging.maxInputPixels,
+      maxDimension: imaging.maxDimension,
+    },
+    maxImages: imaging.maxImages,
+    ...(bases.length > 0
+      ? {
+          pacs: {
+            client: new DicomWebClient({
+              allowedBaseUrls: bases,
+              timeoutMs: imaging.pacs.timeoutMs,
+              maxResponseBytes: imaging.maxInputBytes,
+              ...(imaging.pacs.accessToken ? { accessToken: imaging.pacs.accessToken } : {}),
+            }),
+            ...(imaging.pacs.baseUrl ? { defaultBaseUrl: imaging.pacs.baseUrl } : {}),
+          },
+        }
+      : {}),
+  };
+}
+
+export function recordImagesStage(
+  options: RecordImagesStageOptions,
+): (record: PatientRecord) => Promise<(engine: DraftEngine) => DraftEngine> {
+  const sources = imageSourceOptions(options.imaging);
+  return async (record) => {
+    const reader = openPatientScope(options.fhir, record.encounter);
+    const found = await readRecordImages(reader, record, { ...sources, notAfter: record.asOf });
+    record.additional = [...(record.additional ?? []), ...found.resources];
+    const reading = await readImages(found.images, `Patient/${record.patient.id}`, options.reading);
+    record.imageFindings = reading.findings;
+    return (engine) => withImageReading(engine, reading);
+  };
+}
+
+/** The stage as the service configures it: absent without `model.vision` (no image is fetched or read then). */
+export function createRecordImagesStage(
+  config: { model: { vision?: VisionModelConfig }; imaging: ImagingConfig },
+  fhir: FhirClient,
+  logger: Logger,
+): ReturnType<typeof recordImagesStage> | undefined {
+  const vision = config.model.vision;
+  if (!vision) return undefined;
+  const medsiglip = config.imaging.medsiglip;
+  const encoder =
+    medsiglip.endpointUrl || medsiglip.embeddingEndpointUrl
+      ? new MedSigLip({
+          ...(medsiglip.endpointUrl ? { classificationEndpointUrl: medsiglip.endpointUrl } : {}),
+          ...(medsiglip.embeddingEndpointUrl ? { embeddingEndpointUrl: medsiglip.embeddingEndpointUrl } : {}),
+          ...(medsiglip.accessToken ? { accessToken: medsiglip.accessToken } : {}),
+          timeoutMs: medsiglip.timeoutMs,
+        })
+      : undefined;
+  return recordImagesStage({
+    fhir,
+    imaging: config.imaging,
+    reading: {
+      vision: new OpenAiCompatibleVisionProvider({
+        endpointUrl: vision.endpointUrl,
+        model: vision.model,
+        ...(vision.accessToken ? { accessToken: vision.accessToken } : {}),
+        timeoutMs: vision.timeoutMs,
+        retries: vision.retries,
+      }),
+      prompt: PromptLibrary.load().get('image-preliminary-read'),
+      maxOutputTokens: vision.maxOutputTokens,
+      ...(encoder
+        ? {
+            medsiglip: {
+              encoder,
+              labels: medsiglip.labels,
+              threshold: medsiglip.threshold,
+              minimumSimilarity: medsiglip.minimumSimilarity,
+            },
+          }
+        : {}),
+      logger,
+    },
+  });
+}
