@@ -13,7 +13,7 @@ import type { ServiceConfig } from './config/config-schema.ts';
 import { resolveOperatorSecrets } from './config/operator-secrets.ts';
 import { createDraftEngine } from './draft-engine-factory.ts';
 import { schedulePurge } from './drafts/purge-schedule.ts';
-import { SqliteDraftStore } from './drafts/sqlite-draft-store.ts';
+import { SqlDraftStore, SqliteDraftStore } from './drafts/sqlite-draft-store.ts';
 import { createApp } from './http/app.ts';
 import { cdsClientAuthenticator } from './http/cds-client-auth.ts';
 import { createCdsHooksRouter } from './http/cds-hooks.ts';
@@ -22,6 +22,7 @@ import { rulesApiRouter } from './http/rules-api-routes.ts';
 import { sandboxAuthorizationRouter } from './http/sandbox-authorization-routes.ts';
 import { sandboxRouter } from './http/sandbox-routes.ts';
 import { createSmartLaunch } from './http/smart-launch.ts';
+import { SqlSessionStore } from './http/sqlite-session-store.ts';
 import { configurationVersion } from './intake/configuration-version.ts';
 import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
@@ -31,13 +32,15 @@ import { createRecordImagesStage } from './pipeline/record-images-stage.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
 import type { EncounterJobInput, JobQueue } from './queue/job-queue.ts';
 import { openJobQueue } from './queue/open-job-queue.ts';
-import { DraftedNudgeCache } from './rules/drafted-nudges.ts';
+import { DraftedNudgeCache, type DraftedNudges, SqlDraftedNudges } from './rules/drafted-nudges.ts';
 import { toNudgeInput, triggerForEncounter } from './rules/evaluate.ts';
 import { withNudgeOutcomes } from './rules/review-outcomes.ts';
 import { summarizeRuleSet } from './rules/rule-set.ts';
 import { createRulesRuntime } from './rules/rules-runtime.ts';
+import { SqlNudgeStore } from './rules/sqlite-nudge-store.ts';
 import type { SandboxEhr } from './sandbox/sandbox-ehr.ts';
 import { obtainFirstToken } from './startup-token.ts';
+import { openStorage } from './storage/open-storage.ts';
 
 /**
  * The composition root: the one place that wires config, queue, FHIR client, engines, rules and HTTP
@@ -93,7 +96,15 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   // The data directory holds patient data (queued jobs, held drafts): private to the service's user.
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
 
-  const queue = await openJobQueue(config.queue, dataDir);
+  // One storage setting: with PostgreSQL every store and the queue are shared by the replicas.
+  const storage = await openStorage(config, logger);
+  const queue = await openJobQueue(
+    storage.adapter === 'postgres' ? { ...config.queue, adapter: 'postgres' } : config.queue,
+    dataDir,
+  ).catch(async (error: unknown) => {
+    await storage.close();
+    throw error;
+  });
   const metrics = createMetrics(queue);
   let ready = false;
   let workers: WorkerPool | undefined;
@@ -122,9 +133,11 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     sandbox: Boolean(sandbox),
     dataDir,
   });
-  const intake = new IntakeService({
+  const intake = await IntakeService.open({
     config: config.intake,
     dataDir,
+    database: storage.database,
+    leadership: storage.leadership,
     queue,
     logger,
     metrics,
@@ -198,6 +211,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     signingKey: accessToken.signingKey,
     dataDir,
     logger,
+    ...(storage.database ? { sessionStore: new SqlSessionStore(storage.database) } : {}),
   });
   app.mount('/', smartLaunch.router);
   if (accessToken.mode === 'smart-backend') {
@@ -216,6 +230,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       await closed;
       await smartLaunch.close();
       await queue.close();
+      await intake.stop();
+      await storage.close();
       await sandbox?.close();
       throw error;
     }
@@ -244,6 +260,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   const rules = await createRulesRuntime(config.rules, {
     logger,
     dataDirectory: dataDir,
+    ...(storage.database ? { store: new SqlNudgeStore(storage.database) } : {}),
     onRuleSet: (change) =>
       observeRuleSet(
         metrics,
@@ -254,11 +271,15 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   });
   // Operators confirm which rule set serves (fingerprint, versions) with the admin secret.
   app.mount('/api/rules', rulesApiRouter({ adminSecret, ruleSet: () => rules.current() }));
-  const draftedNudges = new DraftedNudgeCache();
+  const draftedNudges: DraftedNudges = storage.database
+    ? new SqlDraftedNudges(storage.database)
+    : new DraftedNudgeCache();
   // The model (in-process GGUF or the site's inference server), or the model-free extractive engine.
   const engine = await createDraftEngine(config.model, logger);
   // Drafts go where drafts.mode says: the EHR (write), or the service's own store (hold, shadow).
-  const draftStore = new SqliteDraftStore(path.join(dataDir, 'drafts.sqlite'));
+  const draftStore = storage.database
+    ? new SqlDraftStore(storage.database)
+    : new SqliteDraftStore(path.join(dataDir, 'drafts.sqlite'));
   const writer = new DraftNoteWriter(fhir, config.drafts.identifierSystem, {
     mode: config.drafts.mode,
     store: draftStore,
@@ -326,6 +347,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     retentionDays: config.drafts.retentionDays,
     schedule: config.drafts.purgeSchedule,
     logger,
+    leadership: storage.leadership,
   });
   // Part of every job's idempotency key: the same encounter version is drafted again only after a change here.
   const workConfigurationVersion =
@@ -351,7 +373,11 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
           const trigger = triggerForEncounter(record.encounter);
           if (!trigger) return [];
           const evaluation = await rules.evaluate(record, { trigger, occasionId: record.encounter.id });
-          draftedNudges.remember(record.patient.id as string, record.encounter.id as string, evaluation);
+          await draftedNudges.remember(
+            record.patient.id as string,
+            record.encounter.id as string,
+            evaluation,
+          );
           return evaluation.nudges.map(toNudgeInput);
         },
         configurationVersion: workConfigurationVersion,
@@ -394,6 +420,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       await smartLaunch.close();
       await draftStore.close();
       await queue.close();
+      await storage.close();
       await sandbox?.close();
       server.closeAllConnections();
       logger.info('service-stopped');

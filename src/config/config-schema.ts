@@ -102,6 +102,24 @@ export const configSchema = z
         leaseMs: 300_000,
         pollIntervalMs: 250,
       }),
+    /**
+     * Where every store lives (drafts, sessions, intake state, nudges): the embedded SQLite files, or
+     * PostgreSQL (`DATABASE_URL`, the queue's URL) shared by replicas. Absent: PostgreSQL when a
+     * DATABASE_URL is set, else SQLite. PostgreSQL also puts the queue there.
+     */
+    storage: z
+      .object({
+        adapter: z.enum(['sqlite', 'postgres']).optional(),
+        /** The PostgreSQL schema the stores' tables live in (pg-boss keeps its own). */
+        schema: z
+          .string()
+          .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'a plain lower-case PostgreSQL schema name')
+          .default('ehr_agent'),
+        /** How often a replica tries to become the one that runs scheduled work, and the leader checks it still is. */
+        leaderRetryMs: z.coerce.number().int().min(100).max(600_000).default(5_000),
+      })
+      .strict()
+      .default({ schema: 'ehr_agent', leaderRetryMs: 5_000 }),
     drafts: z
       .object({
         /** write: drafts go to the EHR as preliminary; hold: kept here until sign-off; shadow: never written. */

@@ -1,12 +1,13 @@
 import cron from 'node-cron';
 import type { DraftStore } from '../../fhir/draft-store.ts';
 import type { Logger } from '../log.ts';
+import type { Leadership } from '../storage/leadership.ts';
 
 /**
  * What the service stores holds patient data, so it does not keep it longer than the site says: a
  * scheduled purge (node-cron) removes stored drafts and finished jobs whose last change is older than
  * the retention period. The job queue's purge is handed in as a function so this file does not
- * depend on which queue adapter runs.
+ * depend on which queue adapter runs. With replicas, only the leader purges on the schedule.
  */
 export interface PurgeTargets {
   drafts: Pick<DraftStore, 'purge'>;
@@ -45,6 +46,8 @@ export function schedulePurge(options: {
   /** node-cron expression, e.g. '17 3 * * *'. */
   schedule: string;
   logger: Logger;
+  /** Whether this replica purges on the schedule; absent: it does. */
+  leadership?: Leadership;
   now?: () => Date;
 }): PurgeSchedule {
   if (!cron.validate(options.schedule))
@@ -63,6 +66,7 @@ export function schedulePurge(options: {
     return running;
   };
   const task = cron.schedule(options.schedule, async () => {
+    if (options.leadership && !options.leadership.isLeader) return;
     try {
       await runNow();
     } catch (error) {

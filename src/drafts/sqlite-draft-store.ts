@@ -1,14 +1,16 @@
-import { DatabaseSync } from 'node:sqlite';
 import type { RecordChange } from '../../fhir/draft-refresh.ts';
 import type { DraftStore, RegenerationRequest, StoredDraft } from '../../fhir/draft-store.ts';
+import type { SqlDatabase } from '../storage/sql-database.ts';
+import { SqliteDatabase } from '../storage/sqlite-database.ts';
 import { ensurePrivateFile } from './private-files.ts';
 
 /**
- * The service's own draft store: one SQLite file in the private data directory. Each draft is kept
- * whole as JSON (the FHIR resources it would be) with the columns the lookups need beside it.
- * One process writes it; several replicas would need a shared store (PostgreSQL) instead.
+ * The service's own draft store, in SQL: one SQLite file in the private data directory (one
+ * process), or the shared PostgreSQL (replicas; its tables come from src/storage/migrations.ts).
+ * Each draft is kept whole as JSON (the FHIR resources it would be) with the columns the lookups need
+ * beside it.
  */
-const schema = `
+const sqliteSchema = `
 create table if not exists drafts (
   id text primary key,
   identifier_value text not null unique,
@@ -45,29 +47,26 @@ interface BodyRow {
   body: string;
 }
 
-export class SqliteDraftStore implements DraftStore {
-  readonly #database: DatabaseSync;
+export class SqlDraftStore implements DraftStore {
+  readonly #database: SqlDatabase;
+  /** Whether close() closes the database too (a store that opened its own file). */
+  readonly #ownsDatabase: boolean;
 
-  constructor(file: string) {
-    this.#database = new DatabaseSync(file === ':memory:' ? file : ensurePrivateFile(file));
-    this.#database.exec(
-      'pragma journal_mode = wal; pragma synchronous = normal; pragma busy_timeout = 5000;',
-    );
-    this.#database.exec(schema);
+  constructor(database: SqlDatabase, options: { ownsDatabase?: boolean } = {}) {
+    this.#database = database;
+    this.#ownsDatabase = options.ownsDatabase ?? false;
   }
 
-  #bodies(sql: string, ...parameters: string[]): StoredDraft[] {
-    return (this.#database.prepare(sql).all(...parameters) as unknown as BodyRow[]).map(
+  async #bodies(sql: string, ...parameters: string[]): Promise<StoredDraft[]> {
+    return (await this.#database.all<BodyRow>(sql, parameters)).map(
       (row) => JSON.parse(row.body) as StoredDraft,
     );
   }
 
   async insert(draft: StoredDraft): Promise<void> {
-    this.#database
-      .prepare(
-        'insert into drafts (id, identifier_value, patient_id, encounter_id, kind, updated_at, body) values (?, ?, ?, ?, ?, ?, ?)',
-      )
-      .run(
+    await this.#database.run(
+      'insert into drafts (id, identifier_value, patient_id, encounter_id, kind, updated_at, body) values (?, ?, ?, ?, ?, ?, ?)',
+      [
         draft.id,
         draft.identifierValue,
         draft.patientId,
@@ -75,15 +74,16 @@ export class SqliteDraftStore implements DraftStore {
         draft.kind,
         draft.updatedAt,
         JSON.stringify(draft),
-      );
+      ],
+    );
   }
 
   async get(id: string): Promise<StoredDraft | undefined> {
-    return this.#bodies('select body from drafts where id = ?', id)[0];
+    return (await this.#bodies('select body from drafts where id = ?', id))[0];
   }
 
   async findByIdentifier(identifierValue: string): Promise<StoredDraft | undefined> {
-    return this.#bodies('select body from drafts where identifier_value = ?', identifierValue)[0];
+    return (await this.#bodies('select body from drafts where identifier_value = ?', identifierValue))[0];
   }
 
   async listByPatient(patientId: string): Promise<StoredDraft[]> {
@@ -91,69 +91,69 @@ export class SqliteDraftStore implements DraftStore {
   }
 
   async replace(draft: StoredDraft, expectedUpdatedAt: string): Promise<boolean> {
-    const result = this.#database
-      .prepare('update drafts set updated_at = ?, body = ? where id = ? and updated_at = ?')
-      .run(draft.updatedAt, JSON.stringify(draft), draft.id, expectedUpdatedAt);
-    return Number(result.changes) === 1;
+    const changed = await this.#database.run(
+      'update drafts set updated_at = ?, body = ? where id = ? and updated_at = ?',
+      [draft.updatedAt, JSON.stringify(draft), draft.id, expectedUpdatedAt],
+    );
+    return changed === 1;
   }
 
   async requestRegeneration(request: RegenerationRequest): Promise<void> {
-    this.#database
-      .prepare(
-        `insert into regenerations (encounter_id, kind, body, requested_at) values (?, ?, ?, ?)
+    await this.#database.run(
+      `insert into regenerations (encounter_id, kind, body, requested_at) values (?, ?, ?, ?)
          on conflict (encounter_id, kind) do update set body = excluded.body, requested_at = excluded.requested_at`,
-      )
-      .run(request.encounterId, request.kind, JSON.stringify(request), request.requestedAt);
+      [request.encounterId, request.kind, JSON.stringify(request), request.requestedAt],
+    );
   }
 
   async pendingRegeneration(encounterId: string, kind: string): Promise<RegenerationRequest | undefined> {
-    const row = this.#database
-      .prepare('select body from regenerations where encounter_id = ? and kind = ?')
-      .get(encounterId, kind) as BodyRow | undefined;
+    const [row] = await this.#database.all<BodyRow>(
+      'select body from regenerations where encounter_id = ? and kind = ?',
+      [encounterId, kind],
+    );
     return row ? (JSON.parse(row.body) as RegenerationRequest) : undefined;
   }
 
   async completeRegeneration(encounterId: string, kind: string, generation: number): Promise<void> {
     const now = new Date().toISOString();
-    this.#database.exec('begin');
-    try {
-      this.#database
-        .prepare('delete from regenerations where encounter_id = ? and kind = ?')
-        .run(encounterId, kind);
-      this.#database
-        .prepare(
-          `insert into generations (encounter_id, kind, generation, updated_at) values (?, ?, ?, ?)
-           on conflict (encounter_id, kind) do update set generation = max(generation, excluded.generation), updated_at = excluded.updated_at`,
-        )
-        .run(encounterId, kind, generation, now);
-      this.#database.exec('commit');
-    } catch (error) {
-      this.#database.exec('rollback');
-      throw error;
-    }
+    // SQLite's two-argument max() is PostgreSQL's greatest().
+    const larger = this.#database.dialect === 'postgres' ? 'greatest' : 'max';
+    await this.#database.transaction(async (transaction) => {
+      await transaction.run('delete from regenerations where encounter_id = ? and kind = ?', [
+        encounterId,
+        kind,
+      ]);
+      await transaction.run(
+        `insert into generations (encounter_id, kind, generation, updated_at) values (?, ?, ?, ?)
+           on conflict (encounter_id, kind) do update
+           set generation = ${larger}(generations.generation, excluded.generation), updated_at = excluded.updated_at`,
+        [encounterId, kind, generation, now],
+      );
+    });
   }
 
   async generation(encounterId: string, kind: string): Promise<number> {
-    const row = this.#database
-      .prepare('select generation from generations where encounter_id = ? and kind = ?')
-      .get(encounterId, kind) as { generation: number } | undefined;
-    return row?.generation ?? 0;
+    const [row] = await this.#database.all<{ generation: number }>(
+      'select generation from generations where encounter_id = ? and kind = ?',
+      [encounterId, kind],
+    );
+    return Number(row?.generation ?? 0);
   }
 
   async noteRecordChange(draftId: string, change: RecordChange): Promise<void> {
-    this.#database
-      .prepare(
-        `insert into record_changes (draft_id, body, updated_at) values (?, ?, ?)
+    await this.#database.run(
+      `insert into record_changes (draft_id, body, updated_at) values (?, ?, ?)
          on conflict (draft_id) do update set body = excluded.body, updated_at = excluded.updated_at`,
-      )
-      .run(draftId, JSON.stringify(change), new Date().toISOString());
+      [draftId, JSON.stringify(change), new Date().toISOString()],
+    );
   }
 
   async recordChanges(draftIds: readonly string[]): Promise<Map<string, RecordChange>> {
     const changes = new Map<string, RecordChange>();
-    const lookup = this.#database.prepare('select body from record_changes where draft_id = ?');
     for (const draftId of new Set(draftIds)) {
-      const row = lookup.get(draftId) as BodyRow | undefined;
+      const [row] = await this.#database.all<BodyRow>('select body from record_changes where draft_id = ?', [
+        draftId,
+      ]);
       if (row) changes.set(draftId, JSON.parse(row.body) as RecordChange);
     }
     return changes;
@@ -161,19 +161,32 @@ export class SqliteDraftStore implements DraftStore {
 
   async purge(before: Date): Promise<number> {
     const cutoff = before.toISOString();
-    const removed = this.#database.prepare('delete from drafts where updated_at < ?').run(cutoff);
-    this.#database.prepare('delete from regenerations where requested_at < ?').run(cutoff);
-    this.#database.prepare('delete from generations where updated_at < ?').run(cutoff);
-    this.#database.prepare('delete from record_changes where updated_at < ?').run(cutoff);
-    return Number(removed.changes);
+    return this.#database.transaction(async (transaction) => {
+      const removed = await transaction.run('delete from drafts where updated_at < ?', [cutoff]);
+      await transaction.run('delete from regenerations where requested_at < ?', [cutoff]);
+      await transaction.run('delete from generations where updated_at < ?', [cutoff]);
+      await transaction.run('delete from record_changes where updated_at < ?', [cutoff]);
+      return removed;
+    });
   }
 
   async count(): Promise<number> {
-    const row = this.#database.prepare('select count(*) as count from drafts').get() as { count: number };
-    return Number(row.count);
+    const [row] = await this.#database.all<{ count: number | string }>(
+      'select count(*) as count from drafts',
+    );
+    return Number(row?.count ?? 0);
   }
 
   async close(): Promise<void> {
-    if (this.#database.isOpen) this.#database.close();
+    if (this.#ownsDatabase) await this.#database.close();
+  }
+}
+
+/** The embedded store: its own SQLite file (0600) in the private data directory. */
+export class SqliteDraftStore extends SqlDraftStore {
+  constructor(file: string) {
+    super(new SqliteDatabase(file === ':memory:' ? file : ensurePrivateFile(file), sqliteSchema), {
+      ownsDatabase: true,
+    });
   }
 }

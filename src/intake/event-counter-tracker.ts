@@ -42,16 +42,20 @@ export class EventCounterTracker {
     this.#now = now;
   }
 
-  observe(notification: ParsedNotification): CounterObservation {
-    return this.#store.transaction(() => this.#observe(notification));
+  observe(notification: ParsedNotification): Promise<CounterObservation> {
+    return this.#store.transaction((state) => this.#observe(state, notification));
   }
 
   /** Several notifications in arrival order, in one transaction (group commit under bursts). */
-  observeMany(notifications: ParsedNotification[]): CounterObservation[] {
-    return this.#store.transaction(() => notifications.map((notification) => this.#observe(notification)));
+  observeMany(notifications: ParsedNotification[]): Promise<CounterObservation[]> {
+    return this.#store.transaction(async (state) => {
+      const observations: CounterObservation[] = [];
+      for (const notification of notifications) observations.push(await this.#observe(state, notification));
+      return observations;
+    });
   }
 
-  #observe(notification: ParsedNotification): CounterObservation {
+  async #observe(store: IntakeStateStore, notification: ParsedNotification): Promise<CounterObservation> {
     const now = this.#now();
     const counter = notification.eventsSinceSubscriptionStart;
     const carriesEvents = notification.type === 'event-notification' || notification.type === 'query-event';
@@ -66,19 +70,23 @@ export class EventCounterTracker {
     };
     const subscription = this.#tracked.keyFor(notification.subscription);
     if (subscription === undefined) return { ...observation, fresh: [...events], untracked: true };
-    const known = this.#store.subscription(subscription);
+    const known = await store.subscription(subscription);
     let highest = known?.highest ?? 0;
 
-    const verdicts = events.map((event) =>
-      event.eventNumber === undefined
-        ? 'new'
-        : this.#store.seenAs(subscription, event.eventNumber, signatureOf(event)),
-    );
-    const recognised = events.some(
-      (event, index) =>
-        verdicts[index] === 'duplicate' ||
-        (event.eventNumber !== undefined && this.#store.isMissing(subscription, event.eventNumber)),
-    );
+    const verdicts: ('new' | 'duplicate' | 'conflict')[] = [];
+    let recognised = false;
+    for (const event of events) {
+      const verdict =
+        event.eventNumber === undefined
+          ? 'new'
+          : await store.seenAs(subscription, event.eventNumber, signatureOf(event));
+      verdicts.push(verdict);
+      if (
+        verdict === 'duplicate' ||
+        (event.eventNumber !== undefined && (await store.isMissing(subscription, event.eventNumber)))
+      )
+        recognised = true;
+    }
     // The counter went backwards: a number reused for another event, or a lower count with nothing
     // we recognise (a heartbeat or handshake after the server started over).
     if (
@@ -87,11 +95,11 @@ export class EventCounterTracker {
         (counter !== undefined && counter < highest && !recognised && notification.type !== 'query-event'))
     ) {
       observation.reset = true;
-      this.#store.resetSubscription(subscription, 0, now);
+      await store.resetSubscription(subscription, 0, now);
       highest = 0;
     }
 
-    const noteGap = (from: number, to: number) => {
+    const noteGap = async (from: number, to: number) => {
       if (to < from) return;
       if (to - from + 1 > maxTrackedGap) {
         observation.reset = true;
@@ -99,38 +107,38 @@ export class EventCounterTracker {
       }
       const numbers: number[] = [];
       for (let number = from; number <= to; number++) {
-        if (!this.#store.wasSeen(subscription, number)) numbers.push(number);
+        if (!(await store.wasSeen(subscription, number))) numbers.push(number);
       }
-      this.#store.addMissing(subscription, numbers, now);
+      await store.addMissing(subscription, numbers, now);
       observation.gap.push(...numbers);
     };
 
     // Before the first event we know of, nothing is "missing": the reconciler covers history.
     const tracking = known !== undefined || observation.reset;
-    events.forEach((event, index) => {
+    for (const [index, event] of events.entries()) {
       const number = event.eventNumber;
       if (number === undefined) {
         observation.fresh.push(event);
-        return;
+        continue;
       }
       if (!observation.reset && verdicts[index] === 'duplicate') {
         observation.duplicates++;
-        return;
+        continue;
       }
-      this.#store.markSeen(subscription, number, signatureOf(event), now);
-      if (this.#store.fillMissing(subscription, number)) observation.filled++;
-      else if (tracking && number > highest + 1) noteGap(highest + 1, number - 1);
+      await store.markSeen(subscription, number, signatureOf(event), now);
+      if (await store.fillMissing(subscription, number)) observation.filled++;
+      else if (tracking && number > highest + 1) await noteGap(highest + 1, number - 1);
       highest = Math.max(highest, number);
       observation.fresh.push(event);
-    });
+    }
 
     // Heartbeats and status reports carry only the counter: a higher count means events we never got.
     if (counter !== undefined && counter > highest) {
-      if (tracking || carriesEvents) noteGap(highest + 1, counter);
+      if (tracking || carriesEvents) await noteGap(highest + 1, counter);
       highest = counter;
     }
 
-    this.#store.saveSubscription({
+    await store.saveSubscription({
       subscription,
       highest,
       lastContactAt: now,

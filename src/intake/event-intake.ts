@@ -120,15 +120,15 @@ export class EventIntake {
     }
     return new Promise((resolve, reject) => {
       this.#waiting.push({ notification, source, resolve, reject });
-      if (this.#waiting.length === 1) setImmediate(() => this.#flush(tracker));
+      if (this.#waiting.length === 1) setImmediate(() => void this.#flush(tracker));
     });
   }
 
-  #flush(tracker: EventCounterTracker): void {
+  async #flush(tracker: EventCounterTracker): Promise<void> {
     const batch = this.#waiting.splice(0);
     let observations: CounterObservation[];
     try {
-      observations = tracker.observeMany(batch.map((item) => item.notification));
+      observations = await tracker.observeMany(batch.map((item) => item.notification));
     } catch (error) {
       for (const item of batch) item.reject(error);
       return;

@@ -6,6 +6,8 @@ import type { IntakeConfig } from '../config/intake-config.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
 import type { JobQueue } from '../queue/job-queue.ts';
+import type { Leadership } from '../storage/leadership.ts';
+import type { SqlDatabase } from '../storage/sql-database.ts';
 import { enqueueFromCdsHook } from './cds-hook-events.ts';
 import { EventCounterTracker } from './event-counter-tracker.ts';
 import { EventIntake } from './event-intake.ts';
@@ -30,6 +32,10 @@ export interface IntakeServiceOptions {
   logger: Logger;
   metrics?: ServiceMetrics;
   onQueued?: (added: number) => void;
+  /** The shared database (PostgreSQL) for intake state; absent: `<dataDir>/intake.sqlite`. */
+  database?: SqlDatabase;
+  /** Whether this replica runs the scheduled work (the polling schedule, the watchdog); absent: it does. */
+  leadership?: Leadership;
 }
 
 export class IntakeService {
@@ -50,17 +56,14 @@ export class IntakeService {
   readonly #earlyDeliveries: [string | undefined, 'handshake' | 'heartbeat' | 'event'][] = [];
   /** Polling started only because the Subscription is unconfirmed: stopped again once it is confirmed. */
   #fallbackPolling = false;
+  /** The stored service Subscription read and stale subscription state forgotten (see open()). */
+  readonly #loaded: Promise<void>;
 
   constructor(options: IntakeServiceOptions) {
     this.#options = options;
     this.#medplumSecrets = { ...options.config.medplumSecrets };
-    this.store = new IntakeStateStore(path.join(options.dataDir, 'intake.sqlite'));
-    this.tracked = new TrackedSubscriptions(
-      options.config.trackedSubscriptions,
-      this.store.serviceSubscription(),
-    );
-    // State of subscriptions no longer tracked (or never: left by earlier versions) goes now.
-    this.store.forgetSubscriptionsExcept(this.tracked.keys());
+    this.store = new IntakeStateStore(options.database ?? path.join(options.dataDir, 'intake.sqlite'));
+    this.tracked = new TrackedSubscriptions(options.config.trackedSubscriptions);
     this.tracker = new EventCounterTracker(this.store, this.tracked);
     this.intake = new EventIntake({
       queue: options.queue,
@@ -74,6 +77,21 @@ export class IntakeService {
         else if (this.#earlyDeliveries.length < 32) this.#earlyDeliveries.push([subscription, kind]);
       },
     });
+    const { store, tracked } = this;
+    this.#loaded = (async () => {
+      const own = await store.serviceSubscription();
+      if (own) tracked.setOwn(own);
+      // State of subscriptions no longer tracked (or never: left by earlier versions) goes now.
+      await store.forgetSubscriptionsExcept(tracked.keys());
+    })();
+    this.#loaded.catch(() => undefined);
+  }
+
+  /** Builds the intake and reads what it must know before the first notification is counted. */
+  static async open(options: IntakeServiceOptions): Promise<IntakeService> {
+    const service = new IntakeService(options);
+    await service.#loaded;
+    return service;
   }
 
   /** For /readyz: the service's Subscription and whether the server was seen delivering it. */
@@ -122,8 +140,9 @@ export class IntakeService {
       schedulePolling?: boolean;
     } = {},
   ): Promise<void> {
+    await this.#loaded;
     const subscription = options.subscription;
-    const { config, logger, metrics } = this.#options;
+    const { config, logger, metrics, leadership } = this.#options;
     this.reconciler = new PollingReconciler({
       fhir,
       store: this.store,
@@ -133,6 +152,7 @@ export class IntakeService {
       overlapMs: config.polling.overlapMs,
       pageSize: config.polling.pageSize,
       initialLookbackMs: config.polling.initialLookbackMs,
+      leadership,
     });
     const reconciler = this.reconciler;
     this.watchdog = new SubscriptionWatchdog({
@@ -146,6 +166,7 @@ export class IntakeService {
       heartbeatPeriodMs: config.heartbeat.periodMs,
       useEventsOperation: config.useEventsOperation,
       callbackHosts: config.callbackHosts,
+      leadership,
     });
     this.watchdog.start(config.heartbeat.checkIntervalMs);
     this.confirmation = new SubscriptionConfirmation({
@@ -164,8 +185,8 @@ export class IntakeService {
     if (config.sources.polling && options.schedulePolling !== false) {
       this.reconciler.start(config.polling.cron);
       this.reconciler.trigger('start');
-    } else if (!this.store.cursor('Encounter')) {
-      this.store.saveCursor('Encounter', new Date().toISOString());
+    } else {
+      await this.store.initialiseCursor('Encounter', new Date().toISOString());
     }
     if (
       subscription &&
@@ -187,9 +208,9 @@ export class IntakeService {
       const { subscription: ensured, action } = await ensureSubscription(fhir, spec);
       if (ensured.id) {
         const reference = `Subscription/${ensured.id}`;
-        this.store.saveServiceSubscription(reference, Date.now());
+        await this.store.saveServiceSubscription(reference, Date.now());
         const replaced = this.tracked.setOwn(reference);
-        if (replaced) this.store.forgetSubscription(replaced);
+        if (replaced) await this.store.forgetSubscription(replaced);
         // Medplum names the subscription in X-Medplum-Subscription: its deliveries are checked against this key.
         if (spec.medplumSecret) this.#medplumSecrets[ensured.id] = spec.medplumSecret;
       }
@@ -222,6 +243,7 @@ export class IntakeService {
     this.confirmation?.stop();
     this.watchdog?.stop();
     await this.reconciler?.stop();
-    this.store.close();
+    await this.#loaded.catch(() => undefined);
+    await this.store.close();
   }
 }

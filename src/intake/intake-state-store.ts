@@ -1,10 +1,12 @@
-import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import type { SqlDatabase, SqlExecutor } from '../storage/sql-database.ts';
+import { SqliteDatabase } from '../storage/sqlite-database.ts';
 
 /**
  * What intake must remember across restarts: per-subscription event counters (highest number seen,
  * recently seen numbers, missing numbers awaiting recovery, last contact) for the tracked
  * subscriptions only, the Subscription the service ensured, the polling cursor, and the
- * (id, versionId) pairs polling has already queued inside its overlap window. One SQLite file.
+ * (id, versionId) pairs polling has already queued inside its overlap window. One SQLite file, or
+ * the shared PostgreSQL, where every replica counts against the same numbers and one cursor.
  */
 export interface SubscriptionState {
   subscription: string;
@@ -19,7 +21,7 @@ export interface MissingEvent {
   detectedAt: number;
 }
 
-const schema = `
+const sqliteSchema = `
 create table if not exists subscription_state (
   subscription text primary key,
   highest integer not null,
@@ -56,235 +58,271 @@ create table if not exists poll_seen (
 /** Seen event numbers kept per subscription: enough to recognise redeliveries, bounded in size. */
 const seenWindow = 5_000;
 
+type StateRow = {
+  subscription: string;
+  highest: number | string;
+  last_contact_at: number | string;
+  status: string | null;
+};
+
 export class IntakeStateStore {
-  readonly #database: DatabaseSync;
-  /** Prepared once: intake runs these for every notification. */
-  readonly #statements = new Map<string, StatementSync>();
+  /** Where transactions begin; absent inside one (the store is then bound to that transaction). */
+  readonly #database: SqlDatabase | undefined;
+  readonly #executor: SqlExecutor;
+  readonly #ownsDatabase: boolean;
 
-  #prepare(sql: string): StatementSync {
-    let statement = this.#statements.get(sql);
-    if (!statement) {
-      statement = this.#database.prepare(sql);
-      this.#statements.set(sql, statement);
+  /** A SQLite file of its own (path), or the shared database. */
+  constructor(target: string | SqlDatabase, executor?: SqlExecutor) {
+    if (typeof target === 'string') {
+      const database = new SqliteDatabase(target, sqliteSchema);
+      this.#database = database;
+      this.#executor = database;
+      this.#ownsDatabase = true;
+    } else {
+      this.#database = executor ? undefined : target;
+      this.#executor = executor ?? target;
+      this.#ownsDatabase = false;
     }
-    return statement;
   }
 
-  constructor(file: string) {
-    this.#database = new DatabaseSync(file);
-    this.#database.exec(
-      'pragma journal_mode = wal; pragma synchronous = normal; pragma busy_timeout = 5000;',
+  /**
+   * Runs the work in one transaction (one commit per batch of notifications), alone across replicas:
+   * counters are read, compared and written back, so two replicas must not interleave.
+   */
+  async transaction<T>(work: (state: IntakeStateStore) => Promise<T>): Promise<T> {
+    const database = this.#database;
+    if (!database) return work(this);
+    return database.transaction((executor) => work(new IntakeStateStore(database, executor)), {
+      lock: 'intake-counters',
+    });
+  }
+
+  /** Work that reads and advances the polling cursor around FHIR reads: one replica at a time. */
+  async exclusive<T>(name: string, work: () => Promise<T>): Promise<T> {
+    if (!this.#database) throw new Error('exclusive work cannot run inside a transaction');
+    return this.#database.exclusive(name, work);
+  }
+
+  async subscription(subscription: string): Promise<SubscriptionState | undefined> {
+    const [row] = await this.#executor.all<StateRow>(
+      'select * from subscription_state where subscription = ?',
+      [subscription],
     );
-    this.#database.exec(schema);
-  }
-
-  /** Runs the work in one transaction: one commit per notification instead of one per statement. */
-  transaction<T>(work: () => T): T {
-    this.#database.exec('begin immediate');
-    try {
-      const result = work();
-      this.#database.exec('commit');
-      return result;
-    } catch (error) {
-      this.#database.exec('rollback');
-      throw error;
-    }
-  }
-
-  subscription(subscription: string): SubscriptionState | undefined {
-    const row = this.#prepare('select * from subscription_state where subscription = ?').get(subscription) as
-      | { subscription: string; highest: number; last_contact_at: number; status: string | null }
-      | undefined;
     return row
       ? {
           subscription: row.subscription,
-          highest: row.highest,
-          lastContactAt: row.last_contact_at,
+          highest: Number(row.highest),
+          lastContactAt: Number(row.last_contact_at),
           status: row.status ?? undefined,
         }
       : undefined;
   }
 
-  subscriptions(): SubscriptionState[] {
-    return (
-      this.#prepare('select subscription from subscription_state').all() as {
-        subscription: string;
-      }[]
-    ).map((row) => this.subscription(row.subscription) as SubscriptionState);
+  async subscriptions(): Promise<SubscriptionState[]> {
+    const rows = await this.#executor.all<StateRow>('select * from subscription_state order by subscription');
+    return rows.map((row) => ({
+      subscription: row.subscription,
+      highest: Number(row.highest),
+      lastContactAt: Number(row.last_contact_at),
+      status: row.status ?? undefined,
+    }));
   }
 
-  saveSubscription(state: SubscriptionState): void {
-    this.#prepare(
+  async saveSubscription(state: SubscriptionState): Promise<void> {
+    await this.#executor.run(
       `insert into subscription_state (subscription, highest, last_contact_at, status) values (?, ?, ?, ?)
          on conflict (subscription) do update set highest = excluded.highest,
            last_contact_at = excluded.last_contact_at, status = excluded.status`,
-    ).run(state.subscription, state.highest, state.lastContactAt, state.status ?? null);
+      [state.subscription, state.highest, state.lastContactAt, state.status ?? null],
+    );
   }
 
   /**
    * How a number compares with what was seen: `new`, `duplicate` (same number, same focus and
    * timestamp: a redelivery) or `conflict` (same number, another event: the server started over).
    */
-  seenAs(subscription: string, eventNumber: number, signature: string): 'new' | 'duplicate' | 'conflict' {
-    const row = this.#prepare(
+  async seenAs(
+    subscription: string,
+    eventNumber: number,
+    signature: string,
+  ): Promise<'new' | 'duplicate' | 'conflict'> {
+    const [row] = await this.#executor.all<{ signature: string }>(
       'select signature from subscription_seen where subscription = ? and event_number = ?',
-    ).get(subscription, eventNumber) as { signature: string } | undefined;
+      [subscription, eventNumber],
+    );
     if (!row) return 'new';
     return row.signature === signature || row.signature === '' || signature === '' ? 'duplicate' : 'conflict';
   }
 
-  markSeen(subscription: string, eventNumber: number, signature: string, now: number): void {
-    this.#prepare(
+  async markSeen(subscription: string, eventNumber: number, signature: string, now: number): Promise<void> {
+    await this.#executor.run(
       `insert into subscription_seen (subscription, event_number, signature, received_at) values (?, ?, ?, ?)
-         on conflict do update set signature = excluded.signature, received_at = excluded.received_at`,
-    ).run(subscription, eventNumber, signature, now);
+         on conflict (subscription, event_number) do update set signature = excluded.signature, received_at = excluded.received_at`,
+      [subscription, eventNumber, signature, now],
+    );
     // Pruning now and then is enough to keep the window bounded.
     if (eventNumber % 100 === 0) {
-      this.#prepare('delete from subscription_seen where subscription = ? and event_number <= ?').run(
+      await this.#executor.run('delete from subscription_seen where subscription = ? and event_number <= ?', [
         subscription,
         eventNumber - seenWindow,
-      );
+      ]);
     }
   }
 
-  wasSeen(subscription: string, eventNumber: number): boolean {
-    return (
-      this.#prepare('select 1 from subscription_seen where subscription = ? and event_number = ?').get(
-        subscription,
-        eventNumber,
-      ) !== undefined
+  async wasSeen(subscription: string, eventNumber: number): Promise<boolean> {
+    const rows = await this.#executor.all(
+      'select 1 from subscription_seen where subscription = ? and event_number = ?',
+      [subscription, eventNumber],
     );
+    return rows.length > 0;
   }
 
-  isMissing(subscription: string, eventNumber: number): boolean {
-    return (
-      this.#prepare('select 1 from subscription_missing where subscription = ? and event_number = ?').get(
-        subscription,
-        eventNumber,
-      ) !== undefined
+  async isMissing(subscription: string, eventNumber: number): Promise<boolean> {
+    const rows = await this.#executor.all(
+      'select 1 from subscription_missing where subscription = ? and event_number = ?',
+      [subscription, eventNumber],
     );
+    return rows.length > 0;
   }
 
-  addMissing(subscription: string, numbers: number[], now: number): void {
-    const insert = this.#prepare(
-      'insert into subscription_missing (subscription, event_number, detected_at) values (?, ?, ?) on conflict do nothing',
-    );
-    for (const number of numbers) insert.run(subscription, number, now);
+  async addMissing(subscription: string, numbers: number[], now: number): Promise<void> {
+    for (const number of numbers)
+      await this.#executor.run(
+        'insert into subscription_missing (subscription, event_number, detected_at) values (?, ?, ?) on conflict do nothing',
+        [subscription, number, now],
+      );
   }
 
   /** True when the number was missing (it arrived late, out of order) and is now filled. */
-  fillMissing(subscription: string, eventNumber: number): boolean {
-    const result = this.#prepare(
+  async fillMissing(subscription: string, eventNumber: number): Promise<boolean> {
+    const changed = await this.#executor.run(
       'delete from subscription_missing where subscription = ? and event_number = ?',
-    ).run(subscription, eventNumber);
-    return Number(result.changes) > 0;
+      [subscription, eventNumber],
+    );
+    return changed > 0;
   }
 
-  missingOlderThan(cutoff: number): MissingEvent[] {
-    return (
-      this.#prepare(
-        'select subscription, event_number, detected_at from subscription_missing where detected_at <= ? order by subscription, event_number',
-      ).all(cutoff) as { subscription: string; event_number: number; detected_at: number }[]
-    ).map((row) => ({
+  async missingOlderThan(cutoff: number): Promise<MissingEvent[]> {
+    const rows = await this.#executor.all<{
+      subscription: string;
+      event_number: number | string;
+      detected_at: number | string;
+    }>(
+      'select subscription, event_number, detected_at from subscription_missing where detected_at <= ? order by subscription, event_number',
+      [cutoff],
+    );
+    return rows.map((row) => ({
       subscription: row.subscription,
-      eventNumber: row.event_number,
-      detectedAt: row.detected_at,
+      eventNumber: Number(row.event_number),
+      detectedAt: Number(row.detected_at),
     }));
   }
 
-  missingCount(subscription: string): number {
-    const row = this.#prepare(
+  async missingCount(subscription: string): Promise<number> {
+    const [row] = await this.#executor.all<{ total: number | string }>(
       'select count(*) as total from subscription_missing where subscription = ?',
-    ).get(subscription) as { total: number };
-    return Number(row.total);
+      [subscription],
+    );
+    return Number(row?.total ?? 0);
   }
 
-  clearMissing(subscription: string, numbers?: number[]): void {
+  async clearMissing(subscription: string, numbers?: number[]): Promise<void> {
     if (!numbers) {
-      this.#prepare('delete from subscription_missing where subscription = ?').run(subscription);
+      await this.#executor.run('delete from subscription_missing where subscription = ?', [subscription]);
       return;
     }
-    const remove = this.#prepare(
-      'delete from subscription_missing where subscription = ? and event_number = ?',
-    );
-    for (const number of numbers) remove.run(subscription, number);
+    for (const number of numbers)
+      await this.#executor.run(
+        'delete from subscription_missing where subscription = ? and event_number = ?',
+        [subscription, number],
+      );
   }
 
   /** Everything kept about one subscription, when it is no longer tracked. */
-  forgetSubscription(subscription: string): void {
-    this.#prepare('delete from subscription_seen where subscription = ?').run(subscription);
-    this.#prepare('delete from subscription_missing where subscription = ?').run(subscription);
-    this.#prepare('delete from subscription_state where subscription = ?').run(subscription);
+  async forgetSubscription(subscription: string): Promise<void> {
+    await this.#executor.run('delete from subscription_seen where subscription = ?', [subscription]);
+    await this.#executor.run('delete from subscription_missing where subscription = ?', [subscription]);
+    await this.#executor.run('delete from subscription_state where subscription = ?', [subscription]);
   }
 
   /** Forgets every subscription not in the list (left by an earlier version, or no longer configured). */
-  forgetSubscriptionsExcept(kept: string[]): number {
+  async forgetSubscriptionsExcept(kept: string[]): Promise<number> {
     const keep = new Set(kept);
-    const stored = new Set(
-      (
-        this.#prepare(
-          `select subscription from subscription_state union select subscription from subscription_seen
-             union select subscription from subscription_missing`,
-        ).all() as { subscription: string }[]
-      ).map((row) => row.subscription),
-    );
-    const forgotten = [...stored].filter((subscription) => !keep.has(subscription));
-    this.transaction(() => {
-      for (const subscription of forgotten) this.forgetSubscription(subscription);
+    return this.transaction(async (state) => {
+      const stored = await state.#executor.all<{ subscription: string }>(
+        `select subscription from subscription_state union select subscription from subscription_seen
+           union select subscription from subscription_missing`,
+      );
+      const forgotten = stored
+        .map((row) => row.subscription)
+        .filter((subscription) => !keep.has(subscription));
+      for (const subscription of forgotten) await state.forgetSubscription(subscription);
+      return forgotten.length;
     });
-    return forgotten.length;
   }
 
   /** The reference of the Subscription the service last ensured on its FHIR server. */
-  serviceSubscription(): string | undefined {
-    const row = this.#prepare('select reference from service_subscription where singleton = 1').get() as
-      | { reference: string }
-      | undefined;
+  async serviceSubscription(): Promise<string | undefined> {
+    const [row] = await this.#executor.all<{ reference: string }>(
+      'select reference from service_subscription where singleton = 1',
+    );
     return row?.reference;
   }
 
-  saveServiceSubscription(reference: string, now: number): void {
-    this.#prepare(
+  async saveServiceSubscription(reference: string, now: number): Promise<void> {
+    await this.#executor.run(
       `insert into service_subscription (singleton, reference, ensured_at) values (1, ?, ?)
          on conflict (singleton) do update set reference = excluded.reference, ensured_at = excluded.ensured_at`,
-    ).run(reference, now);
+      [reference, now],
+    );
   }
 
   /** After a counter reset the old numbers mean nothing: forget them. */
-  resetSubscription(subscription: string, highest: number, now: number): void {
-    this.#prepare('delete from subscription_seen where subscription = ?').run(subscription);
-    this.#prepare('delete from subscription_missing where subscription = ?').run(subscription);
-    const state = this.subscription(subscription);
-    this.saveSubscription({ subscription, highest, lastContactAt: now, status: state?.status });
+  async resetSubscription(subscription: string, highest: number, now: number): Promise<void> {
+    await this.#executor.run('delete from subscription_seen where subscription = ?', [subscription]);
+    await this.#executor.run('delete from subscription_missing where subscription = ?', [subscription]);
+    const state = await this.subscription(subscription);
+    await this.saveSubscription({ subscription, highest, lastContactAt: now, status: state?.status });
   }
 
-  cursor(name: string): string | undefined {
-    const row = this.#prepare('select cursor from poll_cursor where name = ?').get(name) as
-      | { cursor: string }
-      | undefined;
+  async cursor(name: string): Promise<string | undefined> {
+    const [row] = await this.#executor.all<{ cursor: string }>(
+      'select cursor from poll_cursor where name = ?',
+      [name],
+    );
     return row?.cursor;
   }
 
-  saveCursor(name: string, cursor: string): void {
-    this.#prepare(
+  async saveCursor(name: string, cursor: string): Promise<void> {
+    await this.#executor.run(
       'insert into poll_cursor (name, cursor) values (?, ?) on conflict (name) do update set cursor = excluded.cursor',
-    ).run(name, cursor);
+      [name, cursor],
+    );
+  }
+
+  /** Saves the cursor only when none is saved yet (a replica starting must not move another's back). */
+  async initialiseCursor(name: string, cursor: string): Promise<void> {
+    await this.#executor.run('insert into poll_cursor (name, cursor) values (?, ?) on conflict do nothing', [
+      name,
+      cursor,
+    ]);
   }
 
   /** Records that polling queued this (id, version); false when it already had. */
-  markPolled(resourceId: string, version: string, lastUpdated: string): boolean {
-    const result = this.#prepare(
+  async markPolled(resourceId: string, version: string, lastUpdated: string): Promise<boolean> {
+    const changed = await this.#executor.run(
       'insert into poll_seen (resource_id, version, last_updated) values (?, ?, ?) on conflict do nothing',
-    ).run(resourceId, version, lastUpdated);
-    return Number(result.changes) > 0;
+      [resourceId, version, lastUpdated],
+    );
+    return changed > 0;
   }
 
   /** Forgets polled versions older than anything a poll can return again. */
-  prunePolled(olderThan: string): void {
-    this.#prepare('delete from poll_seen where last_updated < ?').run(olderThan);
+  async prunePolled(olderThan: string): Promise<void> {
+    await this.#executor.run('delete from poll_seen where last_updated < ?', [olderThan]);
   }
 
-  close(): void {
-    if (this.#database.isOpen) this.#database.close();
+  async close(): Promise<void> {
+    if (this.#ownsDatabase) await this.#database?.close();
   }
 }

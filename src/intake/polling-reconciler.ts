@@ -4,6 +4,7 @@ import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
+import type { Leadership } from '../storage/leadership.ts';
 import type { EventIntake } from './event-intake.ts';
 import type { IntakeStateStore } from './intake-state-store.ts';
 
@@ -13,7 +14,9 @@ import type { IntakeStateStore } from './intake-state-store.ts';
  * committed late (a transaction that began before the cursor but became visible after it) and clock
  * skew. It is a mode of its own (servers without subscriptions: Epic, Oracle Health) and the
  * recovery path for gaps, resets, silent subscriptions and empty payloads. Runs never overlap;
- * requests during a run coalesce into one more run.
+ * requests during a run coalesce into one more run. With replicas, only the leader polls on the
+ * schedule, and every run (scheduled or asked for by intake on any replica) holds the cursor alone:
+ * one cursor, advanced by one replica at a time.
  */
 export interface PollingReconcilerOptions {
   fhir: FhirClient;
@@ -24,6 +27,8 @@ export interface PollingReconcilerOptions {
   overlapMs: number;
   pageSize: number;
   initialLookbackMs: number;
+  /** Whether this replica polls on the schedule; absent: it does. */
+  leadership?: Leadership;
   now?: () => number;
 }
 
@@ -53,6 +58,7 @@ export class PollingReconciler {
     if (!cron.validate(expression))
       throw new Error(`intake.polling.cron is not a cron expression: ${expression}`);
     this.#task = cron.schedule(expression, () => {
+      if (this.#options.leadership && !this.#options.leadership.isLeader) return;
       void this.request('schedule').catch(() => undefined);
     });
   }
@@ -93,10 +99,14 @@ export class PollingReconciler {
     return promise;
   }
 
-  async #run(reason: string): Promise<ReconcileResult> {
+  #run(reason: string): Promise<ReconcileResult> {
+    return this.#options.store.exclusive('poll-cursor', () => this.#poll(reason));
+  }
+
+  async #poll(reason: string): Promise<ReconcileResult> {
     const { fhir, store, intake, logger, metrics } = this.#options;
     this.runs++;
-    const saved = store.cursor(cursorName);
+    const saved = await store.cursor(cursorName);
     const cursor = saved ?? new Date(this.#now() - this.#options.initialLookbackMs).toISOString();
     const since = new Date(Date.parse(cursor) - this.#options.overlapMs).toISOString();
     try {
@@ -114,11 +124,11 @@ export class PollingReconciler {
         // Without a version or a timestamp there is no way to tell an update from a repeat: queue it.
         const isNew =
           version === undefined ||
-          store.markPolled(
+          (await store.markPolled(
             encounter.id,
             version,
             Number.isFinite(lastUpdated) ? new Date(lastUpdated).toISOString() : since,
-          );
+          ));
         if (isNew)
           events.push({
             encounterId: encounter.id,
@@ -128,8 +138,8 @@ export class PollingReconciler {
       }
       const queued = await intake.acceptEncounters(events, 'poll');
       const nextCursor = new Date(newest).toISOString();
-      store.saveCursor(cursorName, nextCursor);
-      store.prunePolled(new Date(newest - 2 * this.#options.overlapMs).toISOString());
+      await store.saveCursor(cursorName, nextCursor);
+      await store.prunePolled(new Date(newest - 2 * this.#options.overlapMs).toISOString());
       metrics?.reconciliations.inc({ reason, outcome: 'done' });
       logger.info({ reason, seen: encounters.length, new: events.length, queued }, 'reconcile-done');
       return { seen: encounters.length, queued, cursor: nextCursor };

@@ -4,6 +4,7 @@ import { normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
 import { parseNotification, relativeReference } from '../../fhir/subscription-notification.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
+import type { Leadership } from '../storage/leadership.ts';
 import type { EventIntake } from './event-intake.ts';
 import type { IntakeStateStore } from './intake-state-store.ts';
 
@@ -13,7 +14,8 @@ import type { IntakeStateStore } from './intake-state-store.ts';
  * return) the polling reconciler runs. A subscription silent for longer than its heartbeat period is
  * asked for `$status` (its counter may reveal a gap or reset), reconciled, and reactivated when the
  * server switched it off. Only the FHIR server's own origin, or hosts on the allow-list naming it, is
- * ever called back: a notification cannot point the service elsewhere.
+ * ever called back: a notification cannot point the service elsewhere. With replicas, only the
+ * leader checks on its timer (the counters it reads are shared).
  */
 export interface SubscriptionWatchdogOptions {
   fhir: FhirClient;
@@ -28,6 +30,8 @@ export interface SubscriptionWatchdogOptions {
   useEventsOperation: boolean;
   /** Extra host names (host or host:port) that name the same FHIR server. */
   callbackHosts: string[];
+  /** Whether this replica runs the timed check; absent: it does. */
+  leadership?: Leadership;
   now?: () => number;
 }
 
@@ -51,6 +55,7 @@ export class SubscriptionWatchdog {
 
   start(intervalMs: number): void {
     this.#timer = setInterval(() => {
+      if (this.#options.leadership && !this.#options.leadership.isLeader) return;
       void this.check().catch((error: unknown) =>
         this.#options.logger.warn({ error: normalizeOperationOutcome(error).message }, 'watchdog-failed'),
       );
@@ -103,7 +108,7 @@ export class SubscriptionWatchdog {
 
   async #recoverGaps(report: WatchdogReport, reasons: Set<string>): Promise<void> {
     const { store, fhir, intake, logger } = this.#options;
-    const overdue = store.missingOlderThan(this.#now() - this.#options.gapGraceMs);
+    const overdue = await store.missingOlderThan(this.#now() - this.#options.gapGraceMs);
     const bySubscription = Map.groupBy(overdue, (missing) => missing.subscription);
     for (const [subscription, missing] of bySubscription) {
       const numbers = missing.map((entry) => entry.eventNumber);
@@ -132,9 +137,10 @@ export class SubscriptionWatchdog {
           );
         }
       }
-      const stillMissing = numbers.filter((number) => !store.wasSeen(subscription, number));
-      if (stillMissing.length > 0) reasons.add('gap');
-      store.clearMissing(subscription, numbers);
+      let stillMissing = false;
+      for (const number of numbers) if (!(await store.wasSeen(subscription, number))) stillMissing = true;
+      if (stillMissing) reasons.add('gap');
+      await store.clearMissing(subscription, numbers);
     }
   }
 
@@ -142,13 +148,13 @@ export class SubscriptionWatchdog {
     const { store, fhir, intake, logger, heartbeatPeriodMs } = this.#options;
     if (heartbeatPeriodMs <= 0) return;
     const now = this.#now();
-    for (const state of store.subscriptions()) {
+    for (const state of await store.subscriptions()) {
       if (now - state.lastContactAt <= heartbeatPeriodMs) continue;
       report.silent++;
       reasons.add('heartbeat-missed');
       logger.warn({ subscription: state.subscription }, 'subscription-heartbeat-missed');
       // Whatever happens below, do not raise the alarm again before another period has passed.
-      store.saveSubscription({ ...state, lastContactAt: now });
+      await store.saveSubscription({ ...state, lastContactAt: now });
       const id = this.callableId(state.subscription);
       if (!id) continue;
       let status: string | undefined;
