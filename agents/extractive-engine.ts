@@ -1,13 +1,14 @@
-import type { Encounter, Observation } from 'fhir/r4.js';
+import type { Encounter, MedicationRequest, Observation } from 'fhir/r4.js';
 import type { PatientRecord } from '../fhir/patient-record.ts';
 import type { DraftEngine, DraftKind, DraftRequest, DraftResult, NudgeInput } from './draft-engine.ts';
+import { patientAnswerSections } from './intake-answers.ts';
+import { problemList, problemName, withoutSemanticTags } from './problem-list.ts';
 import {
   assessmentAndPlan,
   conceptText,
   day,
   encounterDate,
   encounterText,
-  isActiveCondition,
   isActiveMedication,
   medicationName,
   observationDate,
@@ -20,16 +21,23 @@ import {
  * its source. It is the embedded default, and the scaffold the model's output is checked against.
  * Its text is verified by the pipeline like any engine's; every record text in it is one inert line.
  */
-const extractiveEngineVersion = '1.0.0';
+const extractiveEngineVersion = '1.1.0';
 
-const titleLines: Record<DraftKind, string> = {
-  'progress-summary': '## Progress summary (AI draft - not final until signed by a clinician)',
-  'previsit-briefing': '## Pre-visit briefing (AI draft - not final until signed by a clinician)',
-};
+/**
+ * The title names the visit's date and cites the visit, so it is verified like any other line (a heading on the
+ * allow-list could not carry a date). It ends with the draft marker that sign-off rewrites (fhir/draft-lifecycle.ts).
+ */
+function titleLine(kind: DraftKind, record: PatientRecord): string {
+  const visit = `${day(encounterDate(record.encounter))} ${cite(record.encounter)}`;
+  return kind === 'previsit-briefing'
+    ? `## Pre-visit briefing for the visit of ${visit} (AI draft - not final until signed by a clinician)`
+    : `## Progress summary of the visit of ${visit} (AI draft - not final until signed by a clinician)`;
+}
 
 const sectionTitles = {
   'progress-summary': [
     'Active problems',
+    'Social history',
     'Medications',
     'Allergies',
     'Recent results',
@@ -40,6 +48,7 @@ const sectionTitles = {
   'previsit-briefing': [
     'Visit urgency',
     'Open problems',
+    'Social history',
     'Changes since the last visit',
     'Pending results',
     'Medications',
@@ -51,26 +60,54 @@ const sectionTitles = {
 
 type SectionTitle<Kind extends DraftKind> = (typeof sectionTitles)[Kind][number];
 
-/** The heading lines this engine's template emits per draft kind: the verifier's allow-list for its drafts. */
+/**
+ * The heading lines this engine's template emits uncited per draft kind: the verifier's allow-list for its drafts
+ * (the dated title cites the visit instead).
+ */
 export const extractiveHeadings: Record<DraftKind, readonly string[]> = {
-  'progress-summary': [
-    titleLines['progress-summary'],
-    ...sectionTitles['progress-summary'].map((title) => `${title}:`),
-  ],
-  'previsit-briefing': [
-    titleLines['previsit-briefing'],
-    ...sectionTitles['previsit-briefing'].map((title) => `${title}:`),
-  ],
+  'progress-summary': sectionTitles['progress-summary'].map((title) => `${title}:`),
+  'previsit-briefing': sectionTitles['previsit-briefing'].map((title) => `${title}:`),
 };
 
-const limits = { results: 12, encounters: 5, notes: 3, noteChars: 600 };
+/**
+ * How much each section shows: a draft a clinician reads in under a minute (about 40 lines for a patient with
+ * hundreds of visits). What a capped section leaves out is counted ("and 12 more"), never silently dropped.
+ */
+const limits = {
+  problems: 8,
+  social: 4,
+  medications: 8,
+  allergies: 5,
+  results: 6,
+  encounters: 3,
+  notes: 3,
+  noteChars: 320,
+  changes: 8,
+  pending: 5,
+};
+
+/** Result categories that are questionnaires and social screening, not results a clinician follows. */
+const notResults = new Set(['survey', 'social-history']);
 
 const cite = (resource: { resourceType: string; id?: string }) => `[${resource.resourceType}/${resource.id}]`;
+
+/** The first `limit` lines, and a counted line for the rest, citing the patient (the rest are not listed). */
+function capped(lines: string[], limit: number, record: PatientRecord, what: string): string[] {
+  if (lines.length <= limit) return lines;
+  return [
+    ...lines.slice(0, limit - 1),
+    `- and ${lines.length - limit + 1} more ${what} ${cite(record.patient)}`,
+  ];
+}
 
 function latestResultsByCode(observations: Observation[]): Observation[] {
   const latest = new Map<string, Observation>();
   for (const observation of observations) {
     if (['entered-in-error', 'cancelled'].includes(observation.status)) continue;
+    const categories = (observation.category ?? []).flatMap((category) =>
+      (category.coding ?? []).map((coding) => coding.code),
+    );
+    if (categories.some((category) => category && notResults.has(category))) continue;
     const code = observation.code?.coding?.[0]?.code ?? conceptText(observation.code);
     const current = latest.get(code);
     if (!current || (observationDate(observation) ?? '') > (observationDate(current) ?? ''))
@@ -81,23 +118,70 @@ function latestResultsByCode(observations: Observation[]): Observation[] {
     .slice(0, limits.results);
 }
 
+/** How many findings the site's policy left out, so the reviewer knows the list is not the whole record. */
+function withheldLine(record: PatientRecord): string[] {
+  const findings = record.contentPolicy?.withheldFindings ?? 0;
+  const entries = record.contentPolicy?.withheldEntries ?? 0;
+  if (findings === 0 && entries === 0) return [];
+  const counted = (count: number, one: string, many: string) => `${count} ${count === 1 ? one : many}`;
+  const what =
+    findings > 0 && entries > 0
+      ? `${counted(findings, 'finding', 'findings')} and ${counted(entries, 'related entry', 'related entries')}`
+      : findings > 0
+        ? counted(findings, 'finding', 'findings')
+        : counted(entries, 'entry', 'entries');
+  return [`- ${what} left out by site policy ${cite(record.patient)}`];
+}
+
+function problemLine(condition: PatientRecord['conditions'][number]): string {
+  const since = condition.onsetDateTime ?? condition.recordedDate;
+  return `- ${problemName(condition)}${since ? ` (since ${day(since)})` : ''} ${cite(condition)}`;
+}
+
 function problemLines(record: PatientRecord): string[] {
-  const active = record.conditions.filter(isActiveCondition);
-  if (active.length === 0) return [`- No active problems in the retrieved record ${cite(record.patient)}`];
-  return active.map((condition) => {
-    const since = condition.onsetDateTime ?? condition.recordedDate;
-    return `- ${conceptText(condition.code)}${since ? ` (since ${day(since)})` : ''} ${cite(condition)}`;
-  });
+  const { problems } = problemList(record);
+  const listed =
+    problems.length === 0
+      ? [`- No active problems in the retrieved record ${cite(record.patient)}`]
+      : capped(problems.map(problemLine), limits.problems, record, 'active problems');
+  return [...listed, ...withheldLine(record)];
+}
+
+/** Social and administrative findings on one line: context for the clinician, not problems to manage. */
+function socialLines(record: PatientRecord): string[] {
+  const { social } = problemList(record);
+  if (social.length === 0) return [];
+  const shown = social.slice(0, limits.social);
+  const more = social.length > shown.length ? `; and ${social.length - shown.length} more` : '';
+  return [
+    `- ${shown.map(problemName).join('; ')}${more} ${shown.map(cite).join(' ')}${more ? ` ${cite(record.patient)}` : ''}`,
+  ];
+}
+
+/** The same drug ordered at many visits is one line: the latest order. */
+function latestPerMedication(medications: MedicationRequest[]): MedicationRequest[] {
+  const latest = new Map<string, MedicationRequest>();
+  for (const medication of medications) {
+    const key = medicationName(medication).toLowerCase();
+    const current = latest.get(key);
+    if (!current || (medication.authoredOn ?? '') >= (current.authoredOn ?? '')) latest.set(key, medication);
+  }
+  return [...latest.values()];
 }
 
 function medicationLines(record: PatientRecord): string[] {
-  const active = record.medications.filter(isActiveMedication);
+  const active = latestPerMedication(record.medications.filter(isActiveMedication));
   if (active.length === 0)
     return [`- No active medication orders in the retrieved record ${cite(record.patient)}`];
-  return active.map((medication) => {
-    const dosage = medication.dosageInstruction?.[0]?.text;
-    return `- ${medicationName(medication)}${dosage ? `, ${oneLine(dosage, 80)}` : ''}${medication.status === 'on-hold' ? ' (on hold)' : ''} ${cite(medication)}`;
-  });
+  return capped(
+    active.map((medication) => {
+      const dosage = medication.dosageInstruction?.[0]?.text;
+      return `- ${medicationName(medication)}${dosage ? `, ${oneLine(dosage, 80)}` : ''}${medication.status === 'on-hold' ? ' (on hold)' : ''} ${cite(medication)}`;
+    }),
+    limits.medications,
+    record,
+    'active medications',
+  );
 }
 
 function allergyLines(record: PatientRecord): string[] {
@@ -106,10 +190,16 @@ function allergyLines(record: PatientRecord): string[] {
   );
   if (current.length === 0)
     return [`- No allergies recorded in the retrieved record ${cite(record.patient)}`];
-  return current.map((allergy) => {
-    const reaction = allergy.reaction?.[0]?.manifestation?.[0];
-    return `- ${conceptText(allergy.code)}${reaction ? ` (${conceptText(reaction)})` : ''} ${cite(allergy)}`;
-  });
+  return capped(
+    current.map((allergy) => {
+      const reaction = allergy.reaction?.[0]?.manifestation?.[0];
+      const reactionText = reaction ? ` (${withoutSemanticTags(conceptText(reaction))})` : '';
+      return `- ${withoutSemanticTags(conceptText(allergy.code))}${reactionText} ${cite(allergy)}`;
+    }),
+    limits.allergies,
+    record,
+    'allergies',
+  );
 }
 
 function resultLines(record: PatientRecord): string[] {
@@ -130,7 +220,10 @@ function pastEncounters(record: PatientRecord): Encounter[] {
 function encounterLines(record: PatientRecord): string[] {
   return pastEncounters(record)
     .slice(0, limits.encounters)
-    .map((encounter) => `- ${day(encounterDate(encounter))}: ${encounterText(encounter)} ${cite(encounter)}`);
+    .map(
+      (encounter) =>
+        `- ${day(encounterDate(encounter))}: ${withoutSemanticTags(encounterText(encounter))} ${cite(encounter)}`,
+    );
 }
 
 function noteLines(record: PatientRecord): string[] {
@@ -162,10 +255,10 @@ function sectionOf<Kind extends DraftKind>(_kind: Kind) {
 function changesSinceLastVisit(record: PatientRecord): string[] {
   const lastVisit = encounterDate(pastEncounters(record)[0] ?? record.encounter) ?? '';
   const newer = (date: string | undefined) => Boolean(date && date > lastVisit);
-  return [
-    ...record.conditions
-      .filter((condition) => newer(condition.recordedDate ?? condition.onsetDateTime))
-      .map((condition) => `- New problem: ${conceptText(condition.code)} ${cite(condition)}`),
+  const lines = [
+    ...problemList(record)
+      .problems.filter((condition) => newer(condition.recordedDate ?? condition.onsetDateTime))
+      .map((condition) => `- New problem: ${problemName(condition)} ${cite(condition)}`),
     ...record.medications
       .filter((medication) => newer(medication.authoredOn))
       .map(
@@ -179,15 +272,17 @@ function changesSinceLastVisit(record: PatientRecord): string[] {
           `- New result: ${conceptText(observation.code)} ${observationValue(observation)} ${cite(observation)}`,
       ),
   ];
+  return capped(lines, limits.changes, record, 'changes');
 }
 
 function progressSummary(record: PatientRecord, nudges: NudgeInput[]): string[] {
   const encounter = record.encounter;
   const section = sectionOf('progress-summary');
   return [
-    titleLines['progress-summary'],
-    `Encounter: ${encounterText(encounter)} on ${day(encounterDate(encounter))} ${cite(encounter)}`,
+    titleLine('progress-summary', record),
+    `Encounter: ${withoutSemanticTags(encounterText(encounter))} on ${day(encounterDate(encounter))} ${cite(encounter)}`,
     ...section('Active problems', problemLines(record)),
+    ...section('Social history', socialLines(record)),
     ...section('Medications', medicationLines(record)),
     ...section('Allergies', allergyLines(record)),
     ...section('Recent results', resultLines(record)),
@@ -205,8 +300,9 @@ function previsitBriefing(record: PatientRecord, nudges: NudgeInput[]): string[]
   );
   const section = sectionOf('previsit-briefing');
   return [
-    titleLines['previsit-briefing'],
+    titleLine('previsit-briefing', record),
     `Visit: ${encounterText(encounter)} planned for ${day(encounterDate(encounter))} ${cite(encounter)}`,
+    ...patientAnswerSections(record),
     ...section(
       'Visit urgency',
       urgent.map(
@@ -215,12 +311,18 @@ function previsitBriefing(record: PatientRecord, nudges: NudgeInput[]): string[]
       ),
     ),
     ...section('Open problems', problemLines(record)),
+    ...section('Social history', socialLines(record)),
     ...section('Changes since the last visit', changesSinceLastVisit(record)),
     ...section(
       'Pending results',
-      pending.map(
-        (observation) =>
-          `- ${conceptText(observation.code)} ordered ${day(observationDate(observation))} ${cite(observation)}`,
+      capped(
+        pending.map(
+          (observation) =>
+            `- ${conceptText(observation.code)} ordered ${day(observationDate(observation))} ${cite(observation)}`,
+        ),
+        limits.pending,
+        record,
+        'pending results',
       ),
     ),
     ...section('Medications', medicationLines(record)),

@@ -34,8 +34,12 @@ export interface ClinicalNote {
 export interface RecordOmission {
   /** `DocumentReference/<id>` of the note whose text could not be read. */
   reference: string;
-  /** too-large: its attachment was over the response cap (fhir.maxResponseBytes). */
-  reason: 'too-large';
+  /**
+   * too-large: its attachment was over the response cap (fhir.maxResponseBytes) or a PDF over its size limit;
+   * no-text-layer: a PDF with no text (a scan); unreadable: an attachment that is not what its type says, or is
+   * malformed (RTF, PDF); timed-out: a PDF whose text was not read within its time limit.
+   */
+  reason: 'too-large' | 'no-text-layer' | 'unreadable' | 'timed-out';
 }
 
 export interface PatientRecord {
@@ -66,6 +70,11 @@ export interface PatientRecord {
    * derived from the image; rules read them as %imageFindings. Never written, never citable.
    */
   imageFindings?: Observation[];
+  /**
+   * What the site's clinical content policy decided (agents/clinical-content-policy.ts): how many active findings
+   * and other entries it took out (counts only, never which), and the `Condition/<id>`s it counts as social history.
+   */
+  contentPolicy?: { withheldFindings: number; withheldEntries: number; socialHistory: string[] };
   /**
    * The instant (ISO 8601, UTC) the record was cut at: what existed by the end of the encounter, or by now
    * for a visit still to come (fhir/record-as-of-visit.ts). Absent: the record as retrieved, uncut.
@@ -123,7 +132,15 @@ export const additionalHistoryTypes = [
 
 export type PatientResourceLists = Omit<
   PatientRecord,
-  'patient' | 'encounter' | 'notes' | 'omitted' | 'additional' | 'unreadTypes' | 'imageFindings' | 'asOf'
+  | 'patient'
+  | 'encounter'
+  | 'notes'
+  | 'omitted'
+  | 'additional'
+  | 'unreadTypes'
+  | 'imageFindings'
+  | 'asOf'
+  | 'contentPolicy'
 >;
 
 /** Every resource in the record, each once. */
