@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
-import type { Encounter } from 'fhir/r4.js';
+import type { Encounter, Patient } from 'fhir/r4.js';
 import { FhirAuthenticationHealth } from '../fhir/authentication-health.ts';
 import { createDraftLifecycle, type DraftLifecycle } from '../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../fhir/draft-note.ts';
@@ -332,6 +332,13 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
           { patientId, encounterId },
           { ...historyOptions, additionalTypes: rules.current().additionalResourceTypes },
         );
+      },
+      // Drafted cards are not served for a deceased patient: the Patient is read when the prefetch lacks it.
+      readPatient: async ({ patientId, fhirServer }) => {
+        if (fhirServer && fhirServer.replace(/\/+$/, '') !== fhirBaseUrl) {
+          throw outcomeError('forbidden', 'this service reads only its configured FHIR server', 403);
+        }
+        return fhir.read<Patient>('Patient', patientId);
       },
       authenticate: cdsHookAuthentication(config, url, logger),
       onHook: async (hook, context) => {

@@ -1,6 +1,8 @@
 import express, { type NextFunction, type Request, type Response, Router } from 'express';
+import type { Patient } from 'fhir/r4.js';
 import { z } from 'zod';
 import { normalizeOperationOutcome, outcome } from '../../fhir/operation-outcome.ts';
+import { isDeceased } from '../../fhir/patient-death.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import type { Logger } from '../log.ts';
 import { type CdsCard, nudgeCard, snoozeDays, urgencyCard } from '../rules/cds-cards.ts';
@@ -42,6 +44,12 @@ export interface CdsHooksOptions {
   timeBudgetMs: number;
   logger: Logger;
   fetchPatientRecord?: (request: PatientRecordRequest) => Promise<PatientRecord>;
+  /**
+   * Reads the context Patient when the prefetch did not carry it, so drafted cards are not served for a
+   * patient who has died. Absent, or failing: drafted cards are served unchecked (live evaluation still
+   * checks the Patient of the record it reads).
+   */
+  readPatient?: (request: PatientRecordRequest) => Promise<Patient>;
   findDraftedNudges?: (query: {
     patientId: string;
     encounterId?: string;
@@ -253,6 +261,10 @@ async function cardsFor(
 ): Promise<CdsCard[]> {
   const { patientId, encounterId } = request.context;
   const cardContext = { reviewAppUrl: options.reviewAppUrl, patientId, encounterId };
+  // No briefing and no nudge for a patient who has died: screening, follow-up and urgency cards prepare care
+  // that will not happen, and would be a distressing thing to show beside a deceased patient's chart.
+  const patient = await contextPatient(request, options);
+  if (patient && isDeceased(patient)) return noCardsForDeceased(service, options);
   const drafted = await options.findDraftedNudges?.({ patientId, encounterId });
   if (drafted && drafted.nudges.length > 0) {
     for (const nudge of drafted.nudges) {
@@ -292,6 +304,7 @@ async function cardsFor(
       }));
     if (!record) return undefined;
     if (controller.signal.aborted) return 'over-budget' as const;
+    if (isDeceased(record.patient)) return 'deceased' as const;
     return evaluateRules(options.ruleSet(), record, {
       trigger: triggerForHook(service.hook),
       now,
@@ -310,6 +323,7 @@ async function cardsFor(
       return 'failed' as const;
     });
     if (result === 'failed') return [];
+    if (result === 'deceased') return noCardsForDeceased(service, options);
     if (result === 'over-budget') {
       options.logger.warn(
         { service: service.id, budgetMs: options.timeBudgetMs },
@@ -335,6 +349,50 @@ async function cardsFor(
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** The context Patient, from the prefetch (when it is that patient) or read; undefined when neither can say. */
+async function contextPatient(
+  request: z.infer<typeof hookRequestSchema>,
+  options: CdsHooksOptions,
+): Promise<Patient | undefined> {
+  const { patientId, encounterId } = request.context;
+  const prefetched = request.prefetch?.patient as Partial<Patient> | null | undefined;
+  if (prefetched?.resourceType === 'Patient' && prefetched.id === patientId) return prefetched as Patient;
+  if (!options.readPatient) return undefined;
+  const controller = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      options.readPatient({
+        patientId,
+        encounterId,
+        fhirServer: request.fhirServer,
+        fhirAuthorization: request.fhirAuthorization,
+        signal: controller.signal,
+      }),
+      new Promise<undefined>((resolve) => {
+        timer = setTimeout(() => {
+          controller.abort();
+          resolve(undefined);
+        }, options.timeBudgetMs);
+      }),
+    ]);
+  } catch (error) {
+    options.logger.warn(
+      { hook: request.hook, err: error instanceof Error ? error.message : String(error) },
+      'cds could not read the context patient',
+    );
+    return undefined;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function noCardsForDeceased(service: CdsServiceDefinition, options: CdsHooksOptions): CdsCard[] {
+  // Ids and outcome only: the patient's id is in the EHR's own request log, not repeated here.
+  options.logger.info({ service: service.id, outcome: 'patient-deceased' }, 'cds no cards');
+  return [];
 }
 
 function withUrgency(

@@ -118,7 +118,7 @@ describe.skipIf(!sharedFixtures)('the record as of the visit, on a real Synthea 
     expect(citations.filter((reference) => reference.startsWith('Encounter/')).length).toBeGreaterThan(1);
     for (const reference of citations) {
       const [type, id] = reference.split('/');
-      const resource = await fhir.read<FhirResource>(type, id);
+      const resource = await fhir.read<FhirResource>(type as FhirResource['resourceType'], id);
       for (const date of datesOf(resource))
         expect(Date.parse(date), `${reference} dated ${date}`).toBeLessThanOrEqual(cutoff);
     }
