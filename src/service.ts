@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
 import type { Encounter, Patient } from 'fhir/r4.js';
+import { contentPolicyOf } from '../agents/clinical-content-policy.ts';
 import { FhirAuthenticationHealth } from '../fhir/authentication-health.ts';
 import { createDraftLifecycle, type DraftLifecycle } from '../fhir/draft-lifecycle.ts';
 import { DraftNoteWriter } from '../fhir/draft-note.ts';
@@ -276,6 +277,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     : new DraftedNudgeCache();
   // The model (in-process GGUF or the site's inference server), or the model-free extractive engine.
   const engine = await createDraftEngine(config.model, logger);
+  const contentPolicy = contentPolicyOf(config.clinicalContent);
   // Drafts go where drafts.mode says: the EHR (write), or the service's own store (hold, shadow).
   const draftStore = storage.database
     ? new SqlDraftStore(storage.database)
@@ -369,6 +371,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       processEncounterJob(job, {
         fhir,
         engine,
+        contentPolicy,
         writer,
         triggers: config.triggers,
         draftIdentifierSystem: config.drafts.identifierSystem,

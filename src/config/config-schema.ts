@@ -3,6 +3,7 @@ import { draftStoreConfigDefaults, draftStoreConfigSchema } from '../drafts/draf
 import { modelConfigSchema } from '../model/model-config.ts';
 import { rulesConfigSchema } from '../rules/rules-config.ts';
 import { authConfigSchema } from './auth-config.ts';
+import { clinicalContentConfigSchema } from './clinical-content-config.ts';
 import { httpConfigSchema } from './http-config.ts';
 import { intakeConfigSchema } from './intake-config.ts';
 import { patientIntakeConfigSchema } from './patient-intake-config.ts';
@@ -129,6 +130,8 @@ export const configSchema = z
         ...draftStoreConfigSchema.shape,
       })
       .default({ mode: 'write', identifierSystem: 'urn:ehr-draft-agent:draft', ...draftStoreConfigDefaults }),
+    /** What drafts may say: social history, sensitive findings left out (src/config/clinical-content-config.ts). */
+    clinicalContent: clinicalContentConfigSchema,
     /** Which encounter status produces which draft (informatics teams own this). */
     triggers: z
       .partialRecord(encounterStatus, draftKindSchema)

@@ -6,6 +6,11 @@ import {
   removalCounts,
   verifyCitations,
 } from '../../agents/citation-verifier.ts';
+import {
+  applyContentPolicy,
+  type ContentPolicy,
+  defaultContentPolicy,
+} from '../../agents/clinical-content-policy.ts';
 import type {
   DraftEngine,
   DraftKind,
@@ -52,6 +57,8 @@ export interface PipelineDependencies {
   logger: Logger;
   /** The clock the record of a visit still to come is cut at (tests set it). */
   now?: () => Date;
+  /** What drafts may say (sensitive and social findings); absent: the default, which leaves every sensitive category out. */
+  contentPolicy?: ContentPolicy;
   /** Rules evaluation; absent when no rules are configured. */
   selectNudges?: (record: PatientRecord, kind: DraftKind) => Promise<NudgeInput[]>;
   /** Resource types the rules read beyond the standard history (asked at each job: rule sets reload). */
@@ -177,7 +184,11 @@ export async function processEncounterJob(
   }
   // From here on, rules, engines, the verifier and the change notes see the chart as it stood at the end of
   // the visit: nothing dated later can be drafted, cited or make a rule fire.
-  const record = recordAsOfVisit(retrieved, dependencies.now?.() ?? new Date());
+  // The site's content policy then takes out what no draft may say, so no engine shows it to a model or cites it.
+  const record = applyContentPolicy(
+    recordAsOfVisit(retrieved, dependencies.now?.() ?? new Date()),
+    dependencies.contentPolicy ?? defaultContentPolicy,
+  );
   const encounterVersion = encounterVersionOf(encounter);
 
   // A later version of an encounter that has a draft: refresh it while nobody has touched it, else note
