@@ -63,6 +63,8 @@ export interface RecordImages {
   images: RecordImage[];
   /** Resources read for the images that the record did not hold yet (Media, ImagingStudy): added to it for citations. */
   resources: FhirResource[];
+  /** Image types the server (or the compartment guard) refused to search: their images were not looked for. */
+  refusedTypes: string[];
 }
 
 function isImageAttachment(attachment: Attachment | undefined): attachment is Attachment {
@@ -234,12 +236,17 @@ function studyCandidates(
 async function searchOrEmpty<T extends FhirResource>(
   reader: PatientScopedReader,
   resourceType: T['resourceType'],
+  refused: string[],
 ): Promise<T[]> {
   try {
     return await reader.search<T>(resourceType, { _count: 50 });
   } catch (error) {
-    // A server without the type (or refusing it to this client) simply has no images of that kind.
-    if (error instanceof OperationOutcomeError && error.status !== undefined && error.status < 500) return [];
+    // A server without the type, refusing it to this client (scopes), or answering with another patient's
+    // resource (the guard refuses the whole answer): no images of that kind, and the stage says so.
+    if (error instanceof OperationOutcomeError && error.status !== undefined && error.status < 500) {
+      refused.push(resourceType);
+      return [];
+    }
     throw error;
   }
 }
@@ -258,16 +265,21 @@ export async function readRecordImages(
   const ofType = <T extends FhirResource>(type: T['resourceType']) =>
     (record.additional ?? []).filter((resource): resource is T => resource.resourceType === type);
   // Types the record holds already are not searched again; Media is never part of the history.
-  const media = await searchOrEmpty<Media>(reader, 'Media');
+  const refusedTypes: string[] = [];
+  const media = await searchOrEmpty<Media>(reader, 'Media', refusedTypes);
   const studies = ofType<ImagingStudy>('ImagingStudy').length
     ? ofType<ImagingStudy>('ImagingStudy')
-    : await searchOrEmpty<ImagingStudy>(reader, 'ImagingStudy');
+    : await searchOrEmpty<ImagingStudy>(reader, 'ImagingStudy', refusedTypes);
   const reports = ofType<DiagnosticReport>('DiagnosticReport').length
     ? ofType<DiagnosticReport>('DiagnosticReport')
-    : await searchOrEmpty<DiagnosticReport>(reader, 'DiagnosticReport');
+    : await searchOrEmpty<DiagnosticReport>(reader, 'DiagnosticReport', refusedTypes);
   const pacsState = { down: false };
+  // The record's notes and reports were admitted by the retrieval's reader: this reader checks them again
+  // (same patient, same rule) before it fetches any of their attachments.
+  const documents = record.noteResources.map((document) => reader.admit(document));
+  const ownReports = reports.map((report) => reader.admit(report));
   const candidates = [
-    ...attachmentCandidates(reader, options.limits, record.noteResources, media, reports),
+    ...attachmentCandidates(reader, options.limits, documents, media, ownReports),
     ...studyCandidates(reader, record.patient, studies, options, pacsState),
   ]
     .filter((candidate) => !options.notAfter || !candidate.date || candidate.date <= options.notAfter)
@@ -289,5 +301,5 @@ export async function readRecordImages(
     const reference = `${resource.resourceType}/${resource.id}`;
     return cited.has(reference) && !held.has(reference);
   });
-  return { images, resources };
+  return { images, resources, refusedTypes };
 }

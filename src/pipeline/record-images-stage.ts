@@ -57,6 +57,9 @@ export function recordImagesStage(
   return async (record) => {
     const reader = openPatientScope(options.fhir, record.encounter);
     const found = await readRecordImages(reader, record, { ...sources, notAfter: record.asOf });
+    if (found.refusedTypes.length > 0)
+      // Types only: a site without the scopes (system/Media.rs, ImagingStudy.rs, DiagnosticReport.rs) sees this once per job.
+      options.reading.logger.warn({ resourceTypes: found.refusedTypes }, 'image-types-not-searched');
     record.additional = [...(record.additional ?? []), ...found.resources];
     const reading = await readImages(found.images, `Patient/${record.patient.id}`, options.reading);
     record.imageFindings = reading.findings;
