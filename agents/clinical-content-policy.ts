@@ -389,3 +389,21 @@ export function applyContentPolicy(record: PatientRecord, policy: ContentPolicy)
   };
   return filtered;
 }
+
+/**
+ * The draft's line saying that the site's policy left findings out (counts only), citing the patient; undefined
+ * when nothing was. Both engines write it: the reviewer must know the list is not the whole record.
+ */
+export function withheldNotice(record: PatientRecord): string | undefined {
+  const findings = record.contentPolicy?.withheldFindings ?? 0;
+  const entries = record.contentPolicy?.withheldEntries ?? 0;
+  if (findings === 0 && entries === 0) return undefined;
+  const counted = (count: number, one: string, many: string) => `${count} ${count === 1 ? one : many}`;
+  const what =
+    findings > 0 && entries > 0
+      ? `${counted(findings, 'finding', 'findings')} and ${counted(entries, 'related entry', 'related entries')}`
+      : findings > 0
+        ? counted(findings, 'finding', 'findings')
+        : counted(entries, 'entry', 'entries');
+  return `- ${what} left out by site policy [Patient/${record.patient.id}]`;
+}

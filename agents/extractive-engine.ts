@@ -1,5 +1,6 @@
 import type { Encounter, MedicationRequest, Observation } from 'fhir/r4.js';
 import type { PatientRecord } from '../fhir/patient-record.ts';
+import { withheldNotice } from './clinical-content-policy.ts';
 import type { DraftEngine, DraftKind, DraftRequest, DraftResult, NudgeInput } from './draft-engine.ts';
 import { patientAnswerSections } from './intake-answers.ts';
 import { problemList, problemName, withoutSemanticTags } from './problem-list.ts';
@@ -118,21 +119,6 @@ function latestResultsByCode(observations: Observation[]): Observation[] {
     .slice(0, limits.results);
 }
 
-/** How many findings the site's policy left out, so the reviewer knows the list is not the whole record. */
-function withheldLine(record: PatientRecord): string[] {
-  const findings = record.contentPolicy?.withheldFindings ?? 0;
-  const entries = record.contentPolicy?.withheldEntries ?? 0;
-  if (findings === 0 && entries === 0) return [];
-  const counted = (count: number, one: string, many: string) => `${count} ${count === 1 ? one : many}`;
-  const what =
-    findings > 0 && entries > 0
-      ? `${counted(findings, 'finding', 'findings')} and ${counted(entries, 'related entry', 'related entries')}`
-      : findings > 0
-        ? counted(findings, 'finding', 'findings')
-        : counted(entries, 'entry', 'entries');
-  return [`- ${what} left out by site policy ${cite(record.patient)}`];
-}
-
 function problemLine(condition: PatientRecord['conditions'][number]): string {
   const since = condition.onsetDateTime ?? condition.recordedDate;
   return `- ${problemName(condition)}${since ? ` (since ${day(since)})` : ''} ${cite(condition)}`;
@@ -144,7 +130,8 @@ function problemLines(record: PatientRecord): string[] {
     problems.length === 0
       ? [`- No active problems in the retrieved record ${cite(record.patient)}`]
       : capped(problems.map(problemLine), limits.problems, record, 'active problems');
-  return [...listed, ...withheldLine(record)];
+  const withheld = withheldNotice(record);
+  return withheld ? [...listed, withheld] : listed;
 }
 
 /** Social and administrative findings on one line: context for the clinician, not problems to manage. */

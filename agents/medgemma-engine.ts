@@ -2,6 +2,7 @@ import { type PatientRecord, retrievedVersions } from '../fhir/patient-record.ts
 import type { Logger } from '../src/log.ts';
 import type { AgentBudget } from '../src/model/model-config.ts';
 import type { ModelProvider } from '../src/model/provider.ts';
+import { withheldNotice } from './clinical-content-policy.ts';
 import type { DraftEngine, DraftKind, DraftRequest, DraftResult } from './draft-engine.ts';
 import { constrainedJsonModel, type DraftModel } from './draft-model.ts';
 import { planDraft } from './draft-plan.ts';
@@ -159,13 +160,17 @@ export class MedGemmaEngine implements DraftEngine {
       ...navigation.shown,
       ...material.map((item) => item.reference),
     ]);
-    const text = await writeDraftText(context, {
+    const written = await writeDraftText(context, {
       kindPrompt,
       facts,
       essentials: manifest.essentials,
       nudges: request.nudges,
       citable: shown,
     });
+    // The model never saw what the site's policy left out; the draft still says that something was.
+    const withheld = withheldNotice(record);
+    const text = withheld ? `${written}\n\n${withheld}` : written;
+    if (withheld) shown.push(`Patient/${record.patient.id}`);
     this.logger.info(
       {
         kind,

@@ -1,5 +1,6 @@
 import type { PatientRecord } from '../fhir/patient-record.ts';
 import type { DraftKind } from './draft-engine.ts';
+import { problemList } from './problem-list.ts';
 import {
   allergyLine,
   conditionLine,
@@ -18,8 +19,8 @@ import {
 
 /**
  * The manifest: code's compact map of the patient's record (types, codes, dates, the note list), the
- * first thing the model sees. Every active condition, active medication and allergy is always
- * listed; the long tails (observations, notes, past encounters) are cut to fit the token budget and
+ * first thing the model sees. Every active problem (repeats and superseded findings collapsed, social
+ * findings apart: agents/problem-list.ts), active medication and allergy is always listed; the long tails (observations, notes, past encounters) are cut to fit the token budget and
  * stay reachable through the tools.
  */
 export interface Manifest {
@@ -56,6 +57,9 @@ export function buildManifest(
   options: { maxTokens: number; countTokens: (text: string) => number },
 ): Manifest {
   const activeConditions = record.conditions.filter(isActiveCondition);
+  // The problem list as the extractive draft shows it: repeats and superseded findings collapsed, ordered by
+  // clinical weight, social findings in a section of their own (the rest stay reachable through the tools).
+  const { problems, social } = problemList(record);
   const activeMedications = record.medications.filter(isActiveMedication);
   const observations = latestPerCode(record);
   const pending = newestFirst(
@@ -83,9 +87,16 @@ export function buildManifest(
     },
     {
       heading: 'Active problems',
-      lines: activeConditions.map(conditionLine),
-      total: activeConditions.length,
+      lines: problems.map(conditionLine),
+      total: problems.length,
       essential: true,
+    },
+    {
+      heading: 'Social history',
+      lines: social.map(conditionLine),
+      total: social.length,
+      essential: false,
+      more: 'search_resources with type Condition',
     },
     {
       heading: 'Active medications',
