@@ -43,13 +43,13 @@ export function recordAsOfVisit(record: PatientRecord, now: Date = new Date()): 
   const at = cutoff.getTime();
   // Partial dates are read in the visit's time zone, the one its clinicians wrote them in.
   const offset = offsetOf(record.encounter.period?.end ?? record.encounter.period?.start);
-  const existed = <T extends FhirResource>(resource: T) => !datedAfter(resource, at, offset);
+  const ofThisVisit = visitMembers(record.encounter);
+  const existed = <T extends FhirResource>(resource: T) =>
+    ofThisVisit(resource) || !datedAfter(resource, at, offset);
   const encounterKey = `Encounter/${record.encounter.id}`;
   const noteResources = record.noteResources.filter(existed);
   const keptNotes = new Set(noteResources.map((document) => `DocumentReference/${document.id}`));
-  const notes = record.notes.filter(
-    (note) => keptNotes.has(note.reference) && !startsAfter(note.date, at, offset),
-  );
+  const notes = record.notes.filter((note) => keptNotes.has(note.reference));
   const omitted = record.omitted?.filter((omission) => keptNotes.has(omission.reference));
   return {
     ...record,
@@ -70,6 +70,38 @@ export function recordAsOfVisit(record: PatientRecord, now: Date = new Date()): 
     ...(omitted ? { omitted } : {}),
     ...(record.additional ? { additional: record.additional.filter(existed) } : {}),
     asOf: cutoff.toISOString(),
+  };
+}
+
+/**
+ * What belongs to the visit itself is part of its record whatever its date: the visit's own note signed the
+ * next morning, the discharge diagnosis coded after the stay ended, a result of a sample taken at the visit.
+ * Such resources name the encounter (`encounter`, `context`, DocumentReference's `context.encounter`), or
+ * the encounter names them (its diagnoses).
+ */
+function visitMembers(encounter: Encounter): (resource: FhirResource) => boolean {
+  const id = encounter.id ?? '';
+  const escaped = id.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const pointsHere = new RegExp(`(^|/)Encounter/${escaped}(/_history/[^/]+)?$`);
+  const isHere = (reference: unknown) =>
+    id !== '' &&
+    isObject(reference) &&
+    typeof reference.reference === 'string' &&
+    pointsHere.test(reference.reference);
+  const diagnoses = new Set(
+    (encounter.diagnosis ?? [])
+      .map(
+        (diagnosis) =>
+          /(?:^|\/)Condition\/([^/]+)(?:\/_history\/[^/]+)?$/.exec(diagnosis.condition?.reference ?? '')?.[1],
+      )
+      .filter((conditionId): conditionId is string => conditionId !== undefined),
+  );
+  return (resource) => {
+    const fields = resource as unknown as Record<string, unknown>;
+    if (resource.resourceType === 'Condition' && resource.id && diagnoses.has(resource.id)) return true;
+    const context = fields.context;
+    const contextEncounters = isObject(context) && Array.isArray(context.encounter) ? context.encounter : [];
+    return isHere(fields.encounter) || isHere(context) || contextEncounters.some(isHere);
   };
 }
 

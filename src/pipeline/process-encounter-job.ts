@@ -247,7 +247,8 @@ export async function processEncounterJob(
     basis: {
       ...(encounterVersion ? { encounterVersion } : {}),
       ...(encounter.meta?.lastUpdated ? { encounterUpdated: encounter.meta.lastUpdated } : {}),
-      ...(retrievedThrough(record) ? { retrievedThrough: retrievedThrough(record) } : {}),
+      // How far the read reached is the server's, whatever the cut left out: else what was cut would look new later.
+      ...(retrievedThrough(retrieved) ? { retrievedThrough: retrievedThrough(retrieved) } : {}),
     },
   };
 
@@ -295,7 +296,9 @@ export async function processEncounterJob(
       encounter,
       basis: draft.basis,
       sources: draftProvenanceBasis(draft.document).sources,
-      current: recordResources(record),
+      // The whole chart: a result that came after the visit is news for the clinician who holds the draft,
+      // though no draft of the visit may state it.
+      current: recordResources(retrieved),
       now: new Date(),
     });
     const kept = await writer.noteRecordChange(draft, change);

@@ -366,6 +366,61 @@ describe('recordAsOfVisit', () => {
     expect(ids(cut.additional ?? [])).toEqual(['medication-1', 'colonoscopy-ordered', 'plan-running']);
   });
 
+  it('keeps what belongs to the visit itself whatever its date: its note signed later, its coded diagnoses, its late results', () => {
+    const record = earlyVisitRecord();
+    const visit = `Encounter/${record.encounter.id}`;
+    const encounter: Encounter = {
+      ...record.encounter,
+      diagnosis: [{ condition: { reference: 'Condition/coded-at-discharge' } }],
+    };
+    const later = '2025-01-11T08:00:00Z';
+    const condition = (id: string, fields: Partial<Condition>): Condition => ({
+      resourceType: 'Condition',
+      id,
+      subject,
+      code: { text: 'Acute bronchitis' },
+      recordedDate: later,
+      ...fields,
+    });
+    const cut = recordAsOfVisit(
+      {
+        ...record,
+        encounter,
+        conditions: [
+          condition('coded-at-discharge', {}),
+          condition('names-the-visit', {
+            encounter: { reference: `https://ehr.example.org/fhir/${visit}/_history/2` },
+          }),
+          condition('another-visit', { encounter: { reference: 'Encounter/enc-5' } }),
+          // An id that only starts like the visit's is another encounter.
+          condition('similar-id', { encounter: { reference: `${visit}0` } }),
+        ],
+        observations: [
+          {
+            resourceType: 'Observation',
+            id: 'culture',
+            status: 'final',
+            code: { text: 'Sputum culture' },
+            subject,
+            encounter: { reference: visit },
+            effectiveDateTime: '2025-01-08T09:20:00Z',
+            issued: later,
+          },
+        ],
+        noteResources: record.noteResources.map((document) =>
+          document.id === 'note-4'
+            ? { ...document, context: { encounter: [{ reference: visit }] } }
+            : document,
+        ),
+      },
+      now,
+    );
+    expect(ids(cut.conditions)).toEqual(['coded-at-discharge', 'names-the-visit']);
+    expect(ids(cut.observations)).toEqual(['culture']);
+    expect(ids(cut.noteResources)).toEqual(['note-1', 'note-2', 'note-4']);
+    expect(cut.notes.map((note) => note.id)).toEqual(['note-1', 'note-2', 'note-4']);
+  });
+
   it('drops notes whose resource is gone, and omissions of notes that are gone', () => {
     const record = earlyVisitRecord();
     const cut = recordAsOfVisit(
