@@ -152,7 +152,9 @@ export class DicomWebClient {
     if (![uids.study, uids.series, uids.instance].every(isDicomUid))
       throw new DicomWebError('refused', 'not a DICOM UID');
     const url = `${base}/studies/${uids.study}/series/${uids.series}/instances/${uids.instance}/rendered`;
-    const response = await this.#get(url, 'image/jpeg, image/png;q=0.9');
+    // One media type: JPEG is what every PACS renders (PS3.18 requires it), and Orthanc's DICOMweb plugin
+    // answers 400 to an Accept listing several.
+    const response = await this.#get(url, 'image/jpeg');
     if (!response.ok) {
       await response.body?.cancel();
       // 400, 406 and the like for an object the PACS holds: it has no picture to render (no pixel data).
