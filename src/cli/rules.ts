@@ -24,8 +24,10 @@ import { loadRuleSet, overrideProblems, type RuleSetSource } from '../rules/rule
 import { ruleLogicProblems } from '../rules/rule-logic.ts';
 import { formatLoadError, type RuleSet } from '../rules/rule-set.ts';
 import { runRuleTests } from '../rules/rule-tests.ts';
-import { SqliteNudgeStore } from '../rules/sqlite-nudge-store.ts';
+import { SqliteNudgeStore, SqlNudgeStore } from '../rules/sqlite-nudge-store.ts';
 import { createServiceFhirClient } from '../service-fhir-client.ts';
+import { storageAdapter } from '../storage/open-storage.ts';
+import { PostgresDatabase } from '../storage/postgres-database.ts';
 import { runProgram } from './run-program.ts';
 import { patientIdFor, sandboxPatientRecord, sandboxPopulationModule } from './sandbox-population.ts';
 
@@ -361,10 +363,25 @@ export function createRulesProgram(
     .description('per rule and version: fired, accepted, overridden (with reasons), ignored')
     .option(
       '--store <file>',
-      'the service SQLite store of nudge outcomes (default: rules.storeFile, or rules.sqlite in dataDir)',
+      'the service SQLite store of nudge outcomes (default: the shared PostgreSQL with DATABASE_URL, else rules.storeFile, or rules.sqlite in dataDir)',
     )
     .option('--csv', 'print CSV instead of a table')
     .action(async (options: { store?: string; csv?: boolean }) => {
+      // With the shared PostgreSQL storage every replica records there: read the statistics from it.
+      const current = serviceConfig();
+      if (!options.store && storageAdapter(current) === 'postgres' && current.queue.postgresUrl) {
+        const database = await PostgresDatabase.open({
+          connectionString: current.queue.postgresUrl,
+          schema: current.storage.schema,
+          maxConnections: 1,
+        });
+        try {
+          io.out(formatStatistics(await new SqlNudgeStore(database).statistics(), options.csv ?? false));
+        } finally {
+          await database.close();
+        }
+        return;
+      }
       const file = options.store ?? storeFile();
       if (!existsSync(file)) {
         io.err(`no store at ${file}\n`);
