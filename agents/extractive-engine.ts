@@ -2,9 +2,9 @@ import type { Encounter, MedicationRequest, Observation } from 'fhir/r4.js';
 import type { PatientRecord } from '../fhir/patient-record.ts';
 import { withheldNotice } from './clinical-content-policy.ts';
 import type { DraftEngine, DraftKind, DraftRequest, DraftResult, NudgeInput } from './draft-engine.ts';
+import { assessmentAndPlan } from './note-sections.ts';
 import { problemList, problemName, withoutSemanticTags } from './problem-list.ts';
 import {
-  assessmentAndPlan,
   conceptText,
   day,
   encounterDate,

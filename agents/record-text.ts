@@ -137,30 +137,3 @@ export function encounterText(encounter: Encounter): string {
   const reason = encounter.reasonCode?.[0] ? ` for ${conceptText(encounter.reasonCode[0])}` : '';
   return `${type}${reason}`;
 }
-
-const sectionHeading =
-  /^\s*(subjective|objective|assessment(?:\s*(?:and|&)\s*plan)?|plan|a\/p|impression|history of present illness|hpi|s|o|a|p)\s*[:-]\s*/i;
-
-/** The assessment and plan of a sectioned note (SOAP, A/P), or undefined when it has no such section. */
-export function assessmentAndPlan(noteText: string): string | undefined {
-  const wanted: string[] = [];
-  let capturing = false;
-  for (const line of noteText.split(/\r?\n/)) {
-    const heading = sectionHeading.exec(line);
-    if (heading) {
-      const name = heading[1].toLowerCase();
-      capturing =
-        name.startsWith('assessment') ||
-        name === 'plan' ||
-        name === 'a/p' ||
-        name === 'impression' ||
-        name === 'a' ||
-        name === 'p';
-      const rest = line.slice(heading[0].length).trim();
-      if (capturing && rest) wanted.push(rest);
-      continue;
-    }
-    if (capturing && line.trim()) wanted.push(line.trim());
-  }
-  return wanted.length > 0 ? wanted.join(' ') : undefined;
-}

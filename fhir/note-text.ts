@@ -1,16 +1,27 @@
 import type { Attachment, Binary, DocumentReference } from 'fhir/r4.js';
 import type { FhirClient } from './fhir-client.ts';
+import { cdaToText, isClinicalDocument } from './note-formats/cda.ts';
+import { htmlToText } from './note-formats/html.ts';
+import { PdfReadError, pdfToText } from './note-formats/pdf.ts';
+import { rtfToText } from './note-formats/rtf.ts';
 import { outcomeError } from './operation-outcome.ts';
 import { PatientScopedReader } from './patient-scope.ts';
 
-/** Decodes a note's text from `attachment.data` (base64) or `attachment.url` (a Binary), honouring the charset. */
+/**
+ * A note's text from `attachment.data` (base64) or `attachment.url` (a Binary), in the formats hospitals store
+ * notes in (fhir/note-formats/), honouring the charset of textual ones.
+ */
+
 export function charsetOf(contentType: string | undefined): string {
   const match = /charset\s*=\s*"?([A-Za-z0-9._-]+)"?/i.exec(contentType ?? '');
   return match ? match[1].toLowerCase() : 'utf-8';
 }
 
 export function decodeBase64Text(data: string, contentType: string | undefined): string {
-  const bytes = Buffer.from(data, 'base64');
+  return decodeText(Buffer.from(data, 'base64'), contentType);
+}
+
+function decodeText(bytes: Buffer, contentType: string | undefined): string {
   let decoder: TextDecoder;
   try {
     decoder = new TextDecoder(charsetOf(contentType));
@@ -22,34 +33,89 @@ export function decodeBase64Text(data: string, contentType: string | undefined):
   return decoder.decode(bytes);
 }
 
-function isTextual(contentType: string | undefined): boolean {
-  return !contentType || /^text\//i.test(contentType) || /xhtml|json|xml/i.test(contentType);
+/**
+ * The formats a note's text is read from, in the order an attachment is preferred when a note has several
+ * (the same note as plain text and as a PDF rendition: plain text is the most faithful and cheapest).
+ */
+const formatPreference = ['plain', 'html', 'xml', 'rtf', 'pdf'] as const;
+export type NoteFormat = (typeof formatPreference)[number];
+
+/** The format of an attachment from its content type, or undefined for one the service cannot read (images). */
+export function noteFormat(contentType: string | undefined): NoteFormat | undefined {
+  const type = (contentType ?? '').split(';')[0].trim().toLowerCase();
+  // No content type: read as plain text, as the service always has (a server that leaves it out stores text).
+  if (type === '' || type === 'text/plain' || type === 'text/markdown' || type === 'application/json')
+    return 'plain';
+  if (type === 'text/html' || type === 'application/xhtml+xml') return 'html';
+  if (type === 'text/rtf' || type === 'application/rtf') return 'rtf';
+  if (type === 'application/pdf') return 'pdf';
+  if (type === 'text/xml' || type === 'application/xml' || type.endsWith('+xml')) return 'xml';
+  if (type.startsWith('text/')) return 'plain';
+  return undefined;
 }
 
-/** The best textual attachment of a note (plain text first), or undefined when it has none. */
+/** Why a note's attachment gave no text; the record lists the note as not read, with this reason. */
+export type UnreadableReason = 'no-text-layer' | 'unreadable' | 'too-large' | 'timed-out';
+
+/** A note whose attachment could not be turned into text. Its message names the cause, never the content. */
+export class UnreadableNoteError extends Error {
+  readonly reason: UnreadableReason;
+  constructor(reason: UnreadableReason, message: string) {
+    super(message);
+    this.name = 'UnreadableNoteError';
+    this.reason = reason;
+  }
+}
+
+/** The attachment a note's text is read from (see formatPreference), or undefined when it has none readable. */
 export function textAttachment(document: DocumentReference): Attachment | undefined {
-  const attachments = (document.content ?? [])
+  const readable = (document.content ?? [])
     .map((content) => content.attachment)
-    .filter(isTextualAttachment);
-  return (
-    attachments.find((attachment) => /^text\/plain/i.test(attachment.contentType ?? '')) ?? attachments[0]
+    .filter((attachment): attachment is Attachment =>
+      Boolean(attachment && (attachment.data || attachment.url) && noteFormat(attachment.contentType)),
+    );
+  const rank = (attachment: Attachment) =>
+    formatPreference.indexOf(noteFormat(attachment.contentType) as NoteFormat);
+  return readable.reduce<Attachment | undefined>(
+    (best, attachment) => (best === undefined || rank(attachment) < rank(best) ? attachment : best),
+    undefined,
   );
 }
 
-function isTextualAttachment(attachment: Attachment | undefined): attachment is Attachment {
-  return Boolean(attachment && (attachment.data || attachment.url) && isTextual(attachment.contentType));
+/** Text of the formats read without waiting (all but PDF). */
+function syncText(
+  bytes: Buffer,
+  contentType: string | undefined,
+  format: Exclude<NoteFormat, 'pdf'>,
+): string {
+  if (format === 'rtf') {
+    try {
+      // RTF is 7-bit text that names its own code pages: the content type's charset does not apply.
+      return rtfToText(bytes);
+    } catch (error) {
+      throw new UnreadableNoteError('unreadable', error instanceof Error ? error.message : 'unreadable RTF');
+    }
+  }
+  const text = decodeText(bytes, contentType);
+  if (format === 'html') return htmlToText(text);
+  if (format === 'xml')
+    return isClinicalDocument(text) ? cdaToText(text) : htmlToText(text, { xmlMode: true });
+  return text;
 }
 
-function stripMarkup(text: string, contentType: string | undefined): string {
-  if (!/html|xml/i.test(contentType ?? '')) return text;
-  return text
-    .replace(/<(script|style)[^>]*>[\s\S]*?<\/\1>/gi, '')
-    .replace(/<br\s*\/?>|<\/(p|div|li|h\d)>/gi, '\n')
-    .replace(/<[^>]+>/g, '')
-    .replace(/&nbsp;/g, ' ')
-    .replace(/&lt;/g, '<')
-    .replace(/&gt;/g, '>')
-    .replace(/&amp;/g, '&');
+async function attachmentText(
+  bytes: Buffer,
+  contentType: string | undefined,
+  maxCharacters: number,
+): Promise<string> {
+  const format = noteFormat(contentType) ?? 'plain';
+  if (format !== 'pdf') return capNoteText(syncText(bytes, contentType, format), maxCharacters);
+  try {
+    return capNoteText(await pdfToText(bytes), maxCharacters);
+  } catch (error) {
+    if (error instanceof PdfReadError) throw new UnreadableNoteError(error.reason, error.message);
+    throw error;
+  }
 }
 
 /**
@@ -72,26 +138,29 @@ export function capNoteText(text: string, maxCharacters = defaultMaxNoteCharacte
   return `${text.slice(0, end)}\n${truncationMarker(maxCharacters)}`;
 }
 
-function decodedText(data: string, contentType: string | undefined, maxCharacters: number): string {
-  return capNoteText(stripMarkup(decodeBase64Text(data, contentType), contentType), maxCharacters);
-}
-
-/** The text of a note whose attachment carries its data inline; undefined when it must be fetched. */
+/**
+ * The text of a note whose attachment carries its data inline, read without waiting; undefined when it must
+ * be fetched (an attachment URL) or is a PDF (read with readNoteText). Throws UnreadableNoteError.
+ */
 export function inlineNoteText(
   document: DocumentReference,
   maxCharacters = defaultMaxNoteCharacters,
 ): string | undefined {
   const attachment = textAttachment(document);
-  if (!attachment?.data) return undefined;
-  return decodedText(attachment.data, attachment.contentType, maxCharacters);
+  const format = noteFormat(attachment?.contentType);
+  if (!attachment?.data || format === 'pdf' || format === undefined) return undefined;
+  return capNoteText(
+    syncText(Buffer.from(attachment.data, 'base64'), attachment.contentType, format),
+    maxCharacters,
+  );
 }
 
-/** The text of a Binary fetched for a note's attachment URL. */
-export function binaryNoteText(
+/** The text of a Binary fetched for a note's attachment URL. Throws UnreadableNoteError. */
+export async function binaryNoteText(
   document: DocumentReference,
   binary: Binary | undefined,
   maxCharacters = defaultMaxNoteCharacters,
-): string {
+): Promise<string> {
   const attachment = textAttachment(document);
   if (binary?.resourceType !== 'Binary' || typeof binary.data !== 'string') {
     throw outcomeError(
@@ -100,13 +169,20 @@ export function binaryNoteText(
       502,
     );
   }
-  return decodedText(binary.data, binary.contentType ?? attachment?.contentType, maxCharacters);
+  // The Binary's own type (with its charset) is what the server knows of the bytes; the attachment's is a fallback.
+  return attachmentText(
+    Buffer.from(binary.data, 'base64'),
+    binary.contentType ?? attachment?.contentType,
+    maxCharacters,
+  );
 }
 
 /**
- * Reads a note's text. Through a PatientScopedReader (what event processing uses), an attachment URL
- * is fetched only for a note already admitted to the patient's compartment; either way the client
- * refuses a URL on another origin, so the token never travels to a host it is not for.
+ * Reads a note's text, in any format the service reads (plain text, HTML, C-CDA and other XML, RTF, PDF with a
+ * text layer). Through a PatientScopedReader (what event processing uses), an attachment URL is fetched only
+ * for a note already admitted to the patient's compartment; either way the client refuses a URL on another
+ * origin, so the token never travels to a host it is not for. Throws UnreadableNoteError for an attachment that
+ * gives no text (a scanned PDF, a malformed RTF).
  */
 export async function readNoteText(
   source: FhirClient | PatientScopedReader,
@@ -115,7 +191,8 @@ export async function readNoteText(
 ): Promise<string | undefined> {
   const attachment = textAttachment(document);
   if (!attachment) return undefined;
-  if (attachment.data) return decodedText(attachment.data, attachment.contentType, maxCharacters);
+  if (attachment.data)
+    return attachmentText(Buffer.from(attachment.data, 'base64'), attachment.contentType, maxCharacters);
   const url = attachment.url as string;
   const binary =
     source instanceof PatientScopedReader

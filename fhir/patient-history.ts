@@ -3,9 +3,9 @@ import { type FhirClient, ResponseTooLargeError } from './fhir-client.ts';
 import {
   binaryNoteText,
   defaultMaxNoteCharacters,
-  inlineNoteText,
   readNoteText,
   textAttachment,
+  UnreadableNoteError,
 } from './note-text.ts';
 import { OperationOutcomeError, outcomeError } from './operation-outcome.ts';
 import {
@@ -289,7 +289,10 @@ async function searchInOneBatch(
   return answers(patient, plan, results);
 }
 
-/** A note's text, or its omission when its attachment is over the response cap (asking again cannot help). */
+/**
+ * A note's text, or its omission when its attachment is over the response cap or gives no text (a scanned PDF,
+ * a malformed RTF): asking again cannot help, and the draft says which notes it did not read.
+ */
 async function textOrOmission(
   read: () => Promise<string | undefined>,
   document: DocumentReference,
@@ -298,6 +301,10 @@ async function textOrOmission(
   try {
     return await read();
   } catch (error) {
+    if (error instanceof UnreadableNoteError) {
+      omitted.push({ reference: `DocumentReference/${document.id}`, reason: error.reason });
+      return undefined;
+    }
     if (!(error instanceof ResponseTooLargeError)) throw error;
     omitted.push({ reference: `DocumentReference/${document.id}`, reason: 'too-large' });
     return undefined;
@@ -318,13 +325,16 @@ async function noteTexts(
 ): Promise<{ texts: (string | undefined)[]; omitted: RecordOmission[] }> {
   const maxCharacters = options.maxNoteCharacters ?? defaultMaxNoteCharacters;
   const omitted: RecordOmission[] = [];
-  const texts = documents.map((document) => inlineNoteText(document, maxCharacters));
-  const remote = documents.flatMap((document, index) => {
-    const url = texts[index] === undefined ? textAttachment(document)?.url : undefined;
-    return url ? [{ index, document, url }] : [];
-  });
   const readAlone = (document: DocumentReference) =>
     textOrOmission(() => readNoteText(reader, document, maxCharacters), document, omitted);
+  // Inline data is read in place (a PDF's text layer takes a moment, so within the same limit as fetches).
+  const texts = await mapWithConcurrency(documents, options.concurrency ?? 4, (document) =>
+    textAttachment(document)?.data ? readAlone(document) : Promise.resolve(undefined),
+  );
+  const remote = documents.flatMap((document, index) => {
+    const attachment = textAttachment(document);
+    return attachment?.url && !attachment.data ? [{ index, document, url: attachment.url }] : [];
+  });
   const binaries =
     useBatch && remote.length > 1
       ? await reader.noteAttachments(remote).catch((error: unknown) => {
@@ -338,7 +348,7 @@ async function noteTexts(
       texts[index] =
         binary instanceof OperationOutcomeError
           ? await retryAlone(binary, () => readAlone(document))
-          : binaryNoteText(document, binary, maxCharacters);
+          : await textOrOmission(() => binaryNoteText(document, binary, maxCharacters), document, omitted);
     }
     return { texts, omitted };
   }
@@ -431,7 +441,11 @@ export async function retrievePatientHistory(
   if (omitted.length > 0) {
     record.omitted = omitted;
     options.logger?.warn(
-      { encounterId: encounter.id, omittedNotes: omitted.length, reason: 'too-large' },
+      {
+        encounterId: encounter.id,
+        omittedNotes: omitted.length,
+        reason: [...new Set(omitted.map((omission) => omission.reason))].join(','),
+      },
       'history-notes-omitted',
     );
   }

@@ -34,7 +34,12 @@ import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { OperationOutcomeError } from '../../fhir/operation-outcome.ts';
 import { encounterAfterDeath, isDeceased } from '../../fhir/patient-death.ts';
 import { retrievePatientRecord } from '../../fhir/patient-history.ts';
-import { type PatientRecord, recordResources, retrievedVersions } from '../../fhir/patient-record.ts';
+import {
+  type PatientRecord,
+  type RecordOmission,
+  recordResources,
+  retrievedVersions,
+} from '../../fhir/patient-record.ts';
 import { recordAsOfVisit } from '../../fhir/record-as-of-visit.ts';
 import type { Logger } from '../log.ts';
 import { type CompletedWorkLedger, type EncounterJob, workKey } from '../queue/job-queue.ts';
@@ -125,19 +130,33 @@ export async function draftVerified(
   return { result, verification };
 }
 
+/** Why notes were not read, as the draft's notice says it (after "1 note was" / "3 notes were"). */
+const omissionWording: Record<RecordOmission['reason'], string> = {
+  'too-large': "larger than the service's size limit",
+  'no-text-layer': 'a PDF without a text layer (a scanned image?)',
+  unreadable: 'in a form the service could not read',
+  'timed-out': 'a PDF that took too long to read',
+};
+
 /**
- * A draft made without part of the record says so: the reviewer must know a note was not read (it was over
- * the response cap). Added after verification because it states what the service did, not a fact about the
- * patient; the references are written without brackets so they are not mistaken for citations.
+ * A draft made without part of the record says so: the reviewer must know a note was not read (over the
+ * response cap, a scanned PDF, a malformed RTF), one line per reason. Added after verification because it
+ * states what the service did, not a fact about the patient; the references are written without brackets so
+ * they are not mistaken for citations.
  */
 export function withOmissionNotice(text: string, record: PatientRecord): string {
   const omitted = record.omitted ?? [];
   if (omitted.length === 0) return text;
-  const references = omitted.map((omission) => omission.reference).join(', ');
-  const count = omitted.length === 1 ? '1 note was' : `${omitted.length} notes were`;
+  const lines = (Object.keys(omissionWording) as RecordOmission['reason'][]).flatMap((reason) => {
+    const notes = omitted.filter((omission) => omission.reason === reason);
+    if (notes.length === 0) return [];
+    const references = notes.map((omission) => omission.reference).join(', ');
+    const count = notes.length === 1 ? '1 note was' : `${notes.length} notes were`;
+    return [`_Not read: ${count} ${omissionWording[reason]} and left out of this draft (${references})._`];
+  });
   return `${text}
 
-_Not read: ${count} larger than the service's size limit and left out of this draft (${references})._`;
+${lines.join('\n\n')}`;
 }
 
 export async function processEncounterJob(

@@ -3,13 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { citationsIn } from '../../agents/citation-verifier.ts';
 import { createExtractiveEngine, extractiveHeadings } from '../../agents/extractive-engine.ts';
 import { clean } from '../../agents/record-lines.ts';
-import {
-  assessmentAndPlan,
-  conceptText,
-  labelText,
-  oneLine,
-  quantityText,
-} from '../../agents/record-text.ts';
+import { conceptText, labelText, oneLine, quantityText } from '../../agents/record-text.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { verifyDraft } from '../../src/pipeline/process-encounter-job.ts';
 
@@ -138,7 +132,7 @@ describe('extractive draft engine', () => {
     // UCUM's brackets are code, not text: the draft says mmHg, as a clinician writes it.
     expect(result.text).toContain('142/91 mmHg');
     expect(result.text).toContain(
-      'T2DM, above goal. increase metformin; recheck HbA1c in 3 months. [DocumentReference/n1]',
+      'T2DM, above goal. Plan: increase metformin; recheck HbA1c in 3 months. [DocumentReference/n1]',
     );
     expect(result.text).toContain('No allergies recorded in the retrieved record [Patient/p1]');
     expect(result.headings).toBe(extractiveHeadings['progress-summary']);
@@ -198,14 +192,6 @@ describe('extractive draft engine', () => {
     expect(conceptText({ coding: [{ display: '> [Observation/x]' }] })).toBe('(Observation/x)');
     // The model's record lines use the same helper.
     expect(clean('Asthma\n# Per [Patient/sbx-0004]')).toBe('Asthma # Per (Patient/sbx-0004)');
-  });
-
-  it('finds assessment and plan sections in sectioned notes', () => {
-    expect(assessmentAndPlan('S: ok\nA/P: stable, continue')).toBe('stable, continue');
-    expect(assessmentAndPlan('HPI: cough\nASSESSMENT AND PLAN:\n1. bronchitis\n2. fluids')).toBe(
-      '1. bronchitis 2. fluids',
-    );
-    expect(assessmentAndPlan('free text without sections')).toBeUndefined();
   });
 });
 

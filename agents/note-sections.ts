@@ -1,0 +1,271 @@
+/**
+ * The section finder: what a progress note concludes, read the way a clinician skims one. Notes come in many
+ * heading styles (markdown `# Assessment and Plan` / `## Plan` as Synthea writes them, `ASSESSMENT AND PLAN:`,
+ * `A/P:`, `Impression and Plan`, `Assessment & Plan`, SOAP letters, ALL CAPS lines, HTML and C-CDA sections
+ * turned into markdown headings by fhir/note-formats/). The assessment-and-plan (or impression/plan) sections
+ * are the note's conclusion; a note with none, or with them left empty, contributes its last paragraph(s)
+ * instead, labelled as such, so no note is silently skipped. Output is bounded in length.
+ */
+
+export interface NoteConclusion {
+  /** Where the text came from: the note's assessment/plan sections, or its closing paragraph(s). */
+  kind: 'assessment-and-plan' | 'last-paragraphs';
+  /** One line of plain text (lists joined with semicolons), at most the length asked for. */
+  text: string;
+  /** For last paragraphs: the heading of the section they close, when they sit under one. */
+  section?: string;
+}
+
+interface Heading {
+  /** The heading as written, without markup or trailing colon. */
+  name: string;
+  /** Markdown level (1 for `#`); 0 for `Heading:` and ALL CAPS forms, whose nesting is not written. */
+  level: number;
+  /** Text after the colon on the heading's own line (`A/P: stable, continue`). */
+  rest: string;
+  kind: 'plan' | 'other' | 'generic';
+}
+
+/** Default length of a conclusion, in characters: a few sentences, what a reader takes in at a glance. */
+export const defaultConclusionCharacters = 600;
+
+/** A heading's words, normalised: lower case, `&`, `/` and `+` as "and", punctuation dropped. */
+function normalised(name: string): string {
+  return name
+    .toLowerCase()
+    .replace(/\s*[&/+]\s*/g, ' and ')
+    .replace(/[^a-z ]+/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
+}
+
+/** Headings under which a note concludes. */
+const planHeading =
+  /^(?:a|p|ap|a and p|assessment|impression|clinical impression|plan|plan of care|care plan|treatment plan|recommendations?|(?:assessment|impression|diagnos[ie]s) and (?:plan|recommendations?|plan of care))$/;
+
+/** The other sections of a note: reaching one ends the conclusion. */
+const otherHeading =
+  /^(?:s|o|subjective|objective|cc|chief complaints?|reason for (?:visit|consultation|referral)|hpi|history of present illness|interval history|history|ros|review of systems|pe|exam|physical exam(?:ination)?|vitals?|vital signs|labs?|laborator(?:y|ies)(?: results)?|results|data|imaging|radiology|studies|pmh|past medical history|psh|past surgical history|fh|family history|sh|social history|medications?|current medications|meds|allergies|allergies and medications|immunizations|problem list|active problems|objective findings|signature|attestation|electronically signed(?: by)?|signed(?: by)?)$/;
+
+/** Sections whose colon form may carry text on the heading line (`A/P: stable`, `S: cough`). */
+const inlineHeading =
+  /^(?:s|o|a|p|ap|a and p|subjective|objective|assessment|impression|plan|hpi|cc|chief complaint|assessment and plan|impression and plan)$/;
+
+function classify(name: string): Heading['kind'] {
+  const words = normalised(name);
+  if (planHeading.test(words)) return 'plan';
+  if (otherHeading.test(words)) return 'other';
+  return 'generic';
+}
+
+/** Emphasis a heading is often wrapped in (`**Plan:**`, `__A/P__`). */
+function withoutEmphasis(line: string): string {
+  return line.replace(/^(\s*)(\*\*|__)(.+?)\2/, '$1$3');
+}
+
+function headingOf(rawLine: string): Heading | undefined {
+  const line = withoutEmphasis(rawLine).trim();
+  if (line === '' || line.length > 120) return undefined;
+  const markdown = /^(#{1,6})\s+(.*?)\s*#*$/.exec(line);
+  if (markdown) {
+    const name = markdown[2].replace(/\s*:$/, '').trim();
+    return name ? { name, level: markdown[1].length, rest: '', kind: classify(name) } : undefined;
+  }
+  const colon = /^([A-Za-z][A-Za-z0-9 &/+,()'-]{0,48}?)\s*(?::|\s[-\u2013\u2014]\s)\s*(.*)$/.exec(line);
+  if (colon) {
+    const [, name, rest] = colon;
+    const kind = classify(name);
+    if (rest === '') {
+      // `Plan:` alone on its line; an unknown `Some Heading:` too, when it looks like one (short, capitalised).
+      if (kind !== 'generic' || (/^[A-Z]/.test(name) && name.split(/\s+/).length <= 5)) {
+        return { name, level: 0, rest, kind };
+      }
+      return undefined;
+    }
+    // `Labs: A1c in 3 months` inside a plan is a line of the plan, not a new section.
+    if (inlineHeading.test(normalised(name))) return { name, level: 0, rest, kind };
+    return undefined;
+  }
+  const capitals = line.replace(/:$/, '').trim();
+  if (/[A-Z]{2}/.test(capitals) && !/[a-z]/.test(capitals) && /^[A-Z][A-Z0-9 &/+,()'-]*$/.test(capitals)) {
+    if (capitals.split(/\s+/).length <= 8) {
+      return { name: capitals, level: 0, rest: '', kind: classify(capitals) };
+    }
+  }
+  return undefined;
+}
+
+/** Words a note's sign-off starts with: not a conclusion, whatever section it sits in. */
+const signOff =
+  /^(?:electronically signed|signed(?: by)?[: ]|dictated|transcribed|cc:|this (?:note|document|report) (?:was|has been)|i have (?:personally )?(?:seen|examined|reviewed)|attestation)/i;
+
+const bullet = /^\s*(?:[-*+\u2022\u25aa\u25cf]|\u2013)\s+/;
+/** A numbered list item (`1. bronchitis`, `2) fluids`): a list item that keeps its number. */
+const numbered = /^\s*\d{1,2}[.)]\s+\S/;
+
+/**
+ * Lines as one line of text: list items joined with semicolons (a list's repeats counted once, "×3"), a
+ * sentence's end marked where lines break without punctuation.
+ */
+function joined(lines: string[]): string {
+  const pieces: { text: string; listItem: boolean }[] = [];
+  for (const raw of lines) {
+    const text = raw.replace(bullet, '').replace(/\s+/g, ' ').trim();
+    if (text === '') continue;
+    const listItem = bullet.test(raw) || numbered.test(raw);
+    const previous = pieces.at(-1);
+    if (listItem && previous?.listItem) {
+      const repeat = pieces.findLast((piece) => piece.listItem && piece.text.replace(/ ×\d+$/, '') === text);
+      const sameList = repeat && pieces.slice(pieces.indexOf(repeat)).every((piece) => piece.listItem);
+      if (repeat && sameList) {
+        const times = Number(/ ×(\d+)$/.exec(repeat.text)?.[1] ?? 1) + 1;
+        repeat.text = `${text} ×${times}`;
+        continue;
+      }
+    }
+    pieces.push({ text, listItem });
+  }
+  let result = '';
+  pieces.forEach((piece, index) => {
+    if (index === 0) {
+      result = piece.text;
+      return;
+    }
+    const previous = pieces[index - 1];
+    const separator =
+      piece.listItem && previous.listItem
+        ? '; '
+        : /[.!?;:,]$/.test(previous.text) || !/^[A-Z0-9]/.test(piece.text)
+          ? ' '
+          : '. ';
+    result += `${separator}${piece.text}`;
+  });
+  return result;
+}
+
+/** At most maxCharacters, cut at a word with an ellipsis. */
+function bounded(text: string, maxCharacters: number): string {
+  if (text.length <= maxCharacters) return text;
+  const cut = text.slice(0, maxCharacters - 1);
+  const atWord = cut.replace(/\s+\S*$/, '');
+  return `${(atWord.length > maxCharacters / 2 ? atWord : cut).trimEnd()}…`;
+}
+
+interface Section {
+  heading?: Heading;
+  lines: string[];
+}
+
+/** The note as a list of sections, each a heading (or none, for text before the first) and its lines. */
+function sectionsOf(noteText: string): Section[] {
+  const sections: Section[] = [{ lines: [] }];
+  for (const line of noteText.replace(/\r\n?/g, '\n').split('\n')) {
+    const heading = headingOf(line);
+    if (heading) {
+      sections.push({ heading, lines: heading.rest ? [heading.rest] : [] });
+    } else {
+      (sections.at(-1) as Section).lines.push(line);
+    }
+  }
+  return sections;
+}
+
+/** The note's assessment and plan: every plan section with what it holds, up to the next other section. */
+function planText(sections: Section[]): string {
+  const parts: string[] = [];
+  let capture: { level: number } | undefined;
+  for (const { heading, lines } of sections) {
+    if (!heading) continue;
+    if (heading.kind === 'plan') {
+      // A part of the conclusion (`## Plan` after `# Assessment and Plan`, `Plan:` after `Assessment:`).
+      const text = joined(lines.filter((line) => !signOff.test(line.trim())));
+      const label = parts.length > 0 && text ? `${heading.name.replace(/:$/, '')}: ` : '';
+      if (text) parts.push(`${label}${text}`);
+      if (!capture) capture = { level: heading.level };
+      continue;
+    }
+    if (!capture) continue;
+    const nested = heading.level > 0 && capture.level > 0 && heading.level > capture.level;
+    if (heading.kind === 'other' && !nested) {
+      capture = undefined;
+      continue;
+    }
+    if (heading.level > 0 && capture.level > 0 && !nested && heading.kind === 'generic') {
+      // A peer markdown section that is not part of the plan (`# Orders` after `# Assessment`).
+      capture = undefined;
+      continue;
+    }
+    // A sub-heading inside the plan (a problem name, `Labs`): kept as part of its text.
+    const text = joined(lines.filter((line) => !signOff.test(line.trim())));
+    const name = heading.name.replace(/:$/, '');
+    if (text) parts.push(`${name}${/[.!?]$/.test(name) ? '' : ':'} ${text}`);
+    else parts.push(name);
+  }
+  return parts.length > 0 ? joined(parts) : '';
+}
+
+/** Paragraphs of some lines: runs of non-blank lines. */
+function paragraphsOf(lines: string[]): string[][] {
+  const paragraphs: string[][] = [];
+  let current: string[] = [];
+  for (const line of lines) {
+    if (line.trim() === '') {
+      if (current.length > 0) paragraphs.push(current);
+      current = [];
+    } else current.push(line);
+  }
+  if (current.length > 0) paragraphs.push(current);
+  return paragraphs;
+}
+
+/** A short closing paragraph says little alone: the one before it comes too. */
+const shortParagraph = 120;
+
+/** The note's last paragraph(s) of content, leaving out a sign-off, with the heading they sit under. */
+function lastParagraphs(sections: Section[]): { text: string; section?: string } | undefined {
+  for (const { heading, lines } of [...sections].reverse()) {
+    if (heading && /^(?:signature|attestation|electronically signed|signed)/i.test(normalised(heading.name)))
+      continue;
+    const paragraphs = paragraphsOf(lines).filter((paragraph) => !signOff.test(paragraph[0].trim()));
+    const last = paragraphs.at(-1);
+    if (!last) continue;
+    const chosen =
+      joined(last).length < shortParagraph && paragraphs.length > 1
+        ? [paragraphs.at(-2) as string[], last]
+        : [last];
+    const text = joined(chosen.flat());
+    if (text) return { text, section: heading?.name };
+  }
+  return undefined;
+}
+
+/**
+ * What a note concludes: its assessment and plan, or, when it has none (or they are empty), its last
+ * paragraph(s). Undefined only for a note with no text at all.
+ */
+export function noteConclusion(
+  noteText: string,
+  maxCharacters = defaultConclusionCharacters,
+): NoteConclusion | undefined {
+  const sections = sectionsOf(noteText);
+  const plan = planText(sections);
+  if (plan) return { kind: 'assessment-and-plan', text: bounded(plan, maxCharacters) };
+  const closing = lastParagraphs(sections);
+  if (!closing) return undefined;
+  return { kind: 'last-paragraphs', text: bounded(closing.text, maxCharacters), section: closing.section };
+}
+
+/**
+ * A note's conclusion as the draft's "assessment and plan" line says it: the plan itself, or the closing
+ * paragraph(s) marked as such ("Last paragraph (Medications): ..."), so a reader knows which one it is.
+ */
+export function assessmentAndPlan(
+  noteText: string,
+  maxCharacters = defaultConclusionCharacters,
+): string | undefined {
+  const conclusion = noteConclusion(noteText, maxCharacters);
+  if (!conclusion) return undefined;
+  if (conclusion.kind === 'assessment-and-plan') return conclusion.text;
+  const label = conclusion.section ? `Last paragraph (${conclusion.section}): ` : 'Last paragraph: ';
+  return `${label}${bounded(conclusion.text, Math.max(maxCharacters - label.length, 20))}`;
+}

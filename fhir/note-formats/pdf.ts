@@ -1,0 +1,108 @@
+import { getResolvedPDFJS } from 'unpdf';
+
+/**
+ * The text layer of a PDF note (pdf.js, through unpdf's build for servers). A scanned PDF has no text layer:
+ * that is said as such (PdfReadError with reason `no-text-layer`) rather than guessed at, since OCR output
+ * is not something to summarise unchecked. Work is bounded: bytes before parsing, pages read, and time.
+ */
+
+export interface PdfLimits {
+  /** Largest PDF read, in bytes. */
+  maxBytes: number;
+  /** Pages read from the start; a longer document's further pages are left out, with a marker. */
+  maxPages: number;
+  /** Time allowed for the whole document, in milliseconds. */
+  timeoutMs: number;
+}
+
+export const defaultPdfLimits: PdfLimits = { maxBytes: 20 * 1024 * 1024, maxPages: 50, timeoutMs: 10_000 };
+
+export type PdfUnreadableReason = 'no-text-layer' | 'unreadable' | 'too-large' | 'timed-out';
+
+/** Why a PDF gave no text: the cause only, never the document's content. */
+export class PdfReadError extends Error {
+  readonly reason: PdfUnreadableReason;
+  constructor(reason: PdfUnreadableReason, message: string) {
+    super(message);
+    this.reason = reason;
+  }
+}
+
+interface TextItemLike {
+  str?: unknown;
+  hasEOL?: unknown;
+}
+
+function pageText(items: TextItemLike[]): string {
+  let text = '';
+  for (const item of items) {
+    if (typeof item.str === 'string') text += item.str;
+    if (item.hasEOL === true) text += '\n';
+  }
+  return text
+    .split('\n')
+    .map((line) => line.replace(/[ \t]+/g, ' ').trim())
+    .join('\n');
+}
+
+/** The text of a PDF's pages (as far as the limits allow), pages separated by blank lines. */
+export async function pdfToText(bytes: Uint8Array, limits: PdfLimits = defaultPdfLimits): Promise<string> {
+  if (bytes.byteLength > limits.maxBytes) {
+    throw new PdfReadError(
+      'too-large',
+      `PDF of ${bytes.byteLength} bytes is over the ${limits.maxBytes}-byte limit`,
+    );
+  }
+  if (Buffer.from(bytes.subarray(0, 1024)).indexOf('%PDF-') < 0) {
+    throw new PdfReadError('unreadable', 'not a PDF document (no %PDF- header)');
+  }
+  const deadline = Date.now() + limits.timeoutMs;
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new PdfReadError('timed-out', `PDF text not read within ${limits.timeoutMs} ms`)),
+      limits.timeoutMs,
+    );
+  });
+  // pdf.js takes ownership of the buffer it is given: hand it a copy so the caller's bytes stay intact.
+  const { getDocument } = await getResolvedPDFJS();
+  const loading = getDocument({
+    data: new Uint8Array(bytes),
+    disableFontFace: true,
+    useSystemFonts: false,
+    stopAtErrors: false,
+    verbosity: 0,
+  });
+  try {
+    const document = await Promise.race([loading.promise, timedOut]);
+    const pages: string[] = [];
+    const pageCount = Math.min(document.numPages, limits.maxPages);
+    for (let number = 1; number <= pageCount; number++) {
+      if (Date.now() > deadline)
+        throw new PdfReadError('timed-out', `PDF text not read within ${limits.timeoutMs} ms`);
+      const page = await Promise.race([document.getPage(number), timedOut]);
+      const content = await Promise.race([page.getTextContent(), timedOut]);
+      pages.push(pageText(content.items as TextItemLike[]));
+      page.cleanup();
+    }
+    const text = pages
+      .join('\n\n')
+      .replace(/\n{3,}/g, '\n\n')
+      .trim();
+    if (text.replace(/\s/g, '') === '') {
+      throw new PdfReadError('no-text-layer', 'PDF has no text layer (a scanned image?)');
+    }
+    const left = document.numPages - pageCount;
+    return left > 0 ? `${text}\n\n[... ${left} more pages not read]` : text;
+  } catch (error) {
+    if (error instanceof PdfReadError) throw error;
+    throw new PdfReadError(
+      'unreadable',
+      `PDF could not be read: ${error instanceof Error ? error.name : 'error'}`,
+    );
+  } finally {
+    clearTimeout(timer);
+    // Stops pdf.js's work on this document (also after a timeout) and frees its memory.
+    await loading.destroy().catch(() => undefined);
+  }
+}
