@@ -21,6 +21,8 @@ import { readNdjsonFolder } from '../../src/sandbox/load-ndjson.ts';
  */
 export interface SyntheaPatient {
   id: string;
+  patient: Patient;
+  /** The patient's own resources (the Patient itself not included). */
   resources: FhirResource[];
   /** The record for one of the patient's encounters (default: the latest finished one). */
   recordFor(encounter?: Encounter): PatientRecord;
@@ -45,6 +47,7 @@ export async function loadSyntheaPatients(sharedFixtures: string): Promise<Synth
       .sort((left, right) => (right.period?.start ?? '').localeCompare(left.period?.start ?? ''))[0];
     return {
       id: patient.id as string,
+      patient,
       resources: own,
       encounters,
       recordFor: (encounter = latestFinished) => ({
