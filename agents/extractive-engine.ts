@@ -2,6 +2,7 @@ import type { Encounter, MedicationRequest, Observation } from 'fhir/r4.js';
 import type { PatientRecord } from '../fhir/patient-record.ts';
 import { withheldNotice } from './clinical-content-policy.ts';
 import type { DraftEngine, DraftKind, DraftRequest, DraftResult, NudgeInput } from './draft-engine.ts';
+import { patientAnswerSections } from './intake-answers.ts';
 import { assessmentAndPlan } from './note-sections.ts';
 import { problemList, problemName, withoutSemanticTags } from './problem-list.ts';
 import {
@@ -288,6 +289,7 @@ function previsitBriefing(record: PatientRecord, nudges: NudgeInput[]): string[]
   return [
     titleLine('previsit-briefing', record),
     `Visit: ${encounterText(encounter)} planned for ${day(encounterDate(encounter))} ${cite(encounter)}`,
+    ...patientAnswerSections(record),
     ...section(
       'Visit urgency',
       urgent.map(

@@ -15,7 +15,11 @@ import { estimateTokens, type ModelProvider } from './model/provider.ts';
  * obtain it when the file is missing); 'remote' talks to the site's inference server, through the
  * constrained-JSON adapter (MedGemma) or, with `remote.toolCalling: native`, the server's own tool calls.
  */
-type ClosableDraftEngine = DraftEngine & { close(): Promise<void> };
+type ClosableDraftEngine = DraftEngine & {
+  close(): Promise<void>;
+  /** The constrained-JSON model's provider, shared with other model calls (pre-visit intake's follow-ups). */
+  provider?: ModelProvider;
+};
 
 async function createModelProvider(config: ModelConfig, logger: Logger): Promise<ModelProvider | undefined> {
   const profile = modelProfiles[config.profile];
@@ -72,17 +76,18 @@ export async function createDraftEngine(
   const prompts = options.prompts ?? PromptLibrary.load();
   let model: DraftModel;
   let close: () => Promise<void>;
+  let provider: ModelProvider | undefined;
   if (config.provider === 'remote' && config.remote.toolCalling === 'native') {
     model = await nativeToolCallingModel(config);
     close = async () => {};
   } else {
-    const provider = (await createModelProvider(config, logger))!;
+    provider = (await createModelProvider(config, logger))!;
     model = constrainedJsonModel(provider, {
       prompts,
       // Whether vLLM and TGI accept a root oneOf in json_schema is unverified: remote gets the flat form.
       stepSchemaStyle: config.provider === 'remote' ? 'flat' : 'precise',
     });
-    close = () => provider.close();
+    close = () => (provider as ModelProvider).close();
   }
   const engine = new MedGemmaEngine({ model, prompts, budget: config.agent, logger });
   const guarded = withExtractiveFallback(engine, fallback, logger);
@@ -93,6 +98,7 @@ export async function createDraftEngine(
     // The pipeline drafts with it when the verifier leaves the model's draft with no supported line.
     fallback,
     close,
+    ...(provider ? { provider } : {}),
   };
 }
 

@@ -28,6 +28,7 @@ import { configurationVersion } from './intake/configuration-version.ts';
 import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
 import { createMetrics, observeRuleSet } from './metrics.ts';
+import { patientIntakeAuth, startPatientIntake } from './patient-intake/wiring.ts';
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
 import { createRecordImagesStage } from './pipeline/record-images-stage.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
@@ -172,19 +173,24 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
 
   // The sandbox is a strict hospital: its SMART authorization server, with the service registered as a Backend
   // Services client and the review app as a launch client, so the demo takes the path a hospital does.
-  let auth = config.auth;
+  let auth = patientIntakeAuth(config, { sandbox: Boolean(sandbox) });
   if (sandbox) {
-    const [{ attachSandboxAuthorization }, { registerServiceWithSandbox }] = await Promise.all([
-      import('./sandbox/authorization/sandbox-authorization.ts'),
-      import('./sandbox/authorization/service-clients.ts'),
-    ]);
+    const [{ attachSandboxAuthorization }, { registerServiceWithSandbox, sandboxBackendClientId }] =
+      await Promise.all([
+        import('./sandbox/authorization/sandbox-authorization.ts'),
+        import('./sandbox/authorization/service-clients.ts'),
+      ]);
     const authorization = await attachSandboxAuthorization(sandbox, {
       issuer: `${url}/sandbox/auth`,
       fhirBaseUrl,
       logger,
     });
     app.mount('/sandbox/auth', sandboxAuthorizationRouter(authorization));
-    auth = registerServiceWithSandbox(authorization, { auth: config.auth, serviceUrl: url, fhirBaseUrl });
+    auth = registerServiceWithSandbox(authorization, {
+      auth: patientIntakeAuth(config, { sandbox: true, sandboxClientId: sandboxBackendClientId }),
+      serviceUrl: url,
+      fhirBaseUrl,
+    });
     // The sandbox EHR's patient list, where a clinician opens the review app from an encounter (a real EHR launch).
     const { sandboxLaunchRouter } = await import('./http/sandbox-launch-page.ts');
     app.mount(
@@ -301,6 +307,22 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       workers?.nudge();
     },
   });
+  // Pre-visit intake: an invitation when a visit is booked, the patient's interview, the answers in the briefing.
+  const patientIntake = startPatientIntake(config, {
+    sandbox: Boolean(sandbox),
+    dataDir,
+    publicUrl: url,
+    fhir,
+    logger,
+    modelProvider: engine.provider,
+    writer,
+    draftLifecycle,
+    enqueue: async (jobs) => {
+      await queue.enqueue(jobs);
+      workers?.nudge();
+    },
+  });
+  if (patientIntake) app.mount('/', patientIntake.router);
   if (auth.launch) {
     for (const { path: mountPath, router } of reviewAppRouters({
       smartLaunch,
@@ -367,8 +389,10 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     concurrency: config.queue.concurrency,
     pollIntervalMs: config.queue.pollIntervalMs,
     logger,
-    process: (job) =>
-      processEncounterJob(job, {
+    process: async (job) => {
+      // A booked visit's invitation first: it must reach the patient within a minute, whatever the draft takes.
+      await patientIntake?.onEncounterJob(job);
+      return processEncounterJob(job, {
         fhir,
         engine,
         contentPolicy,
@@ -377,7 +401,10 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         draftIdentifierSystem: config.drafts.identifierSystem,
         logger,
         completedWork: queue,
-        additionalHistoryTypes: () => rules.current().additionalResourceTypes,
+        additionalHistoryTypes: () => [
+          ...rules.current().additionalResourceTypes,
+          ...(patientIntake?.historyTypes ?? []),
+        ],
         ...(readImages ? { readImages } : {}),
         selectNudges: async (record) => {
           const trigger = triggerForEncounter(record.encounter);
@@ -391,7 +418,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
           return evaluation.nudges.map(toNudgeInput);
         },
         configurationVersion: workConfigurationVersion,
-      }),
+      });
+    },
     onSettled: (_job, outcome, durationMs) => {
       metrics.jobAttempts.inc({ outcome });
       metrics.jobDuration.observe({ outcome }, durationMs / 1000);

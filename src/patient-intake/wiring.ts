@@ -1,0 +1,130 @@
+import path from 'node:path';
+import type { Encounter, Patient } from 'fhir/r4.js';
+import { PromptLibrary } from '../../agents/prompt-library.ts';
+import type { DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
+import type { DraftNoteWriter } from '../../fhir/draft-note.ts';
+import type { FhirClient } from '../../fhir/fhir-client.ts';
+import { type AuthConfig, backendAuthConfigSchema } from '../config/auth-config.ts';
+import type { ServiceConfig } from '../config/config-schema.ts';
+import { readOrCreateSecretFile } from '../config/operator-secrets.ts';
+import { patientIntakeRouter } from '../http/patient-intake-routes.ts';
+import type { Logger } from '../log.ts';
+import type { ModelProvider } from '../model/provider.ts';
+import type { EncounterJob, EncounterJobInput } from '../queue/job-queue.ts';
+import { PatientIntake } from './patient-intake-service.ts';
+
+/**
+ * Pre-visit intake wired for the composition root: whether it is on (unset: on in the sandbox, off against a
+ * real EHR), the scopes its writes need, its secret (configured; in the sandbox generated once into the data
+ * folder), the invitation on each visit event, its page router, and the briefing redrafted once the answers
+ * are in the EHR.
+ */
+export function patientIntakeEnabled(config: ServiceConfig, sandbox: boolean): boolean {
+  return config.patientIntake.enabled ?? sandbox;
+}
+
+/**
+ * What the intake does with the service's own token: answers written by conditional create and found again
+ * (QuestionnaireResponse.crs), invitations (Communication.cs) and urgent Flags (Flag.cs) the same way; the
+ * briefing reads both back. One scope per type, added only for types the configured list does not name yet.
+ */
+export const patientIntakeScopes = [
+  'system/QuestionnaireResponse.crs',
+  'system/Communication.cs',
+  'system/Flag.cs',
+];
+
+export function patientIntakeAuth(
+  config: ServiceConfig,
+  options: { sandbox: boolean; sandboxClientId?: string },
+): AuthConfig {
+  const auth = config.auth;
+  if (!patientIntakeEnabled(config, options.sandbox)) return auth;
+  let backend = auth.backend;
+  // The sandbox registers a mode-none service with its own client id: register it with the intake's scopes too.
+  if (backend.mode === 'none' && options.sandboxClientId)
+    backend = backendAuthConfigSchema.parse({ mode: 'smart-backend', clientId: options.sandboxClientId });
+  if (backend.mode !== 'smart-backend') return auth;
+  const typeOf = (scope: string) => /^[a-z]+\/([A-Za-z*]+)\./.exec(scope)?.[1];
+  const named = new Set(backend.scopes.map(typeOf));
+  const added = patientIntakeScopes.filter((scope) => !named.has(typeOf(scope)));
+  return { ...auth, backend: { ...backend, scopes: [...backend.scopes, ...added] } };
+}
+
+export interface PatientIntakeWiring {
+  intake: PatientIntake;
+  router: ReturnType<typeof patientIntakeRouter>;
+  /** Resource types the briefing reads besides the history: the answers and the care-team Flag. */
+  historyTypes: readonly string[];
+  /** Before each encounter job: invite when the visit is booked. Never fails the job. */
+  onEncounterJob(job: EncounterJob): Promise<void>;
+}
+
+export function startPatientIntake(
+  config: ServiceConfig,
+  dependencies: {
+    sandbox: boolean;
+    dataDir: string;
+    publicUrl: string;
+    fhir: FhirClient;
+    logger: Logger;
+    modelProvider: ModelProvider | undefined;
+    writer: Pick<DraftNoteWriter, 'currentDraft'>;
+    draftLifecycle: Pick<DraftLifecycle, 'regenerateDraft'>;
+    enqueue: (jobs: EncounterJobInput[]) => Promise<void>;
+  },
+): PatientIntakeWiring | undefined {
+  if (!patientIntakeEnabled(config, dependencies.sandbox)) return undefined;
+  const { fhir, logger } = dependencies;
+  const secret =
+    config.patientIntake.secret ??
+    (dependencies.sandbox
+      ? readOrCreateSecretFile(path.join(dependencies.dataDir, 'patient-intake-secret'))
+      : undefined);
+  // The schema refuses this already; kept so no path ever signs links with a missing secret.
+  if (!secret) throw new Error('patientIntake.secret is required outside the sandbox');
+
+  /** The briefing again, now with the answers; a draft a clinician has taken over is left as it is. */
+  async function refreshBriefing(written: { patientId: string; encounterId: string }): Promise<void> {
+    const encounter = await fhir.read<Encounter>('Encounter', written.encounterId);
+    const kind = config.triggers[encounter.status];
+    if (kind !== 'previsit-briefing') return;
+    const patient: Patient = { resourceType: 'Patient', id: written.patientId };
+    const existing = await dependencies.writer.currentDraft(patient, encounter, kind);
+    if (existing?.touched) {
+      logger.info({ encounterId: written.encounterId }, 'intake-briefing-kept-clinician-has-it');
+      return;
+    }
+    if (existing) await dependencies.draftLifecycle.regenerateDraft(existing.location.id);
+    else await dependencies.enqueue([{ encounterId: written.encounterId, kind, source: 'regenerate' }]);
+  }
+
+  const intake = new PatientIntake({
+    config: config.patientIntake,
+    secret,
+    fhir,
+    publicUrl: dependencies.publicUrl,
+    logger,
+    ...(dependencies.modelProvider && config.patientIntake.maxFollowUpQuestions > 0
+      ? { model: { provider: dependencies.modelProvider, prompts: PromptLibrary.load() } }
+      : {}),
+    onAnswersWritten: refreshBriefing,
+  });
+  return {
+    intake,
+    router: patientIntakeRouter({ intake, logger, rateLimit: config.patientIntake.rateLimit }),
+    historyTypes: ['QuestionnaireResponse', 'Flag'],
+    async onEncounterJob(job) {
+      if (job.source === 'regenerate') return;
+      try {
+        await intake.inviteForEncounter(job.encounterId);
+      } catch (error) {
+        // The briefing goes ahead; the next event for the visit tries the invitation again.
+        logger.warn(
+          { encounterId: job.encounterId, error: (error as Error).message.slice(0, 200) },
+          'intake-invitation-failed',
+        );
+      }
+    },
+  };
+}
