@@ -31,6 +31,8 @@ export const environmentVariables = [
   'procedures',
   'immunizations',
   'documents',
+  // What MedSigLIP saw in the record's images (labels over the site's threshold), as preliminary Observations.
+  'imageFindings',
 ] as const;
 
 const evaluationInstantVariable = 'evaluationInstant';
@@ -54,6 +56,7 @@ export function fhirPathEnvironment(record: PatientRecord, now: Date): FhirPathE
       procedures: record.procedures,
       immunizations: record.immunizations,
       documents: record.noteResources,
+      imageFindings: record.imageFindings ?? [],
       [evaluationInstantVariable]: now,
       // Shared by every expression run for this patient, so `now() - 6 months` is built once.
       [instantCacheVariable]: new Map<string, unknown>(),
@@ -73,6 +76,7 @@ const variableTypes: Record<string, string> = {
   procedures: 'Procedure',
   immunizations: 'Immunization',
   documents: 'DocumentReference',
+  imageFindings: 'Observation',
   context: 'Patient',
   resource: 'Patient',
   rootResource: 'Patient',
