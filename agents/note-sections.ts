@@ -132,10 +132,11 @@ function joined(lines: string[]): string {
       return;
     }
     const previous = pieces[index - 1];
-    const separator =
-      piece.listItem && previous.listItem
+    const separator = /[.!?;:,]$/.test(previous.text)
+      ? ' '
+      : piece.listItem && previous.listItem
         ? '; '
-        : /[.!?;:,]$/.test(previous.text) || !/^[A-Z0-9]/.test(piece.text)
+        : !/^[A-Z0-9]/.test(piece.text)
           ? ' '
           : '. ';
     result += `${separator}${piece.text}`;

@@ -64,6 +64,8 @@ export async function pdfToText(bytes: Uint8Array, limits: PdfLimits = defaultPd
       limits.timeoutMs,
     );
   });
+  // Raced below, perhaps only after it fired: handled here so a timeout before the race is not an unhandled rejection.
+  timedOut.catch(() => undefined);
   // pdf.js takes ownership of the buffer it is given: hand it a copy so the caller's bytes stay intact.
   const { getDocument } = await getResolvedPDFJS();
   const loading = getDocument({
