@@ -379,8 +379,9 @@ async function contextPatient(
       }),
     ]);
   } catch (error) {
+    // The status only: a server's diagnostics may repeat what it was asked about.
     options.logger.warn(
-      { hook: request.hook, err: error instanceof Error ? error.message : String(error) },
+      { hook: request.hook, status: normalizeOperationOutcome(error).status },
       'cds could not read the context patient',
     );
     return undefined;
