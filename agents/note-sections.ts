@@ -86,6 +86,9 @@ function headingOf(rawLine: string): Heading | undefined {
     if (inlineHeading.test(normalised(name))) return { name, level: 0, rest, kind };
     return undefined;
   }
+  // A known section name alone on its line (`Assessment & Plan`, `Physical Exam`).
+  const bare = classify(line);
+  if (bare !== 'generic' && line.length <= 60) return { name: line, level: 0, rest: '', kind: bare };
   const capitals = line.replace(/:$/, '').trim();
   if (/[A-Z]{2}/.test(capitals) && !/[a-z]/.test(capitals) && /^[A-Z][A-Z0-9 &/+,()'-]*$/.test(capitals)) {
     if (capitals.split(/\s+/).length <= 8) {
@@ -175,13 +178,16 @@ function sectionsOf(noteText: string): Section[] {
 function planText(sections: Section[]): string {
   const parts: string[] = [];
   let capture: { level: number } | undefined;
+  let pendingLabel = '';
   for (const { heading, lines } of sections) {
     if (!heading) continue;
     if (heading.kind === 'plan') {
       // A part of the conclusion (`## Plan` after `# Assessment and Plan`, `Plan:` after `Assessment:`).
       const text = joined(lines.filter((line) => !signOff.test(line.trim())));
-      const label = parts.length > 0 && text ? `${heading.name.replace(/:$/, '')}: ` : '';
+      const label = parts.length > 0 ? `${heading.name.replace(/:$/, '')}: ` : '';
       if (text) parts.push(`${label}${text}`);
+      // An empty `## Plan` whose content sits under sub-headings: its name goes before the first of them.
+      pendingLabel = text ? '' : label;
       if (!capture) capture = { level: heading.level };
       continue;
     }
@@ -199,8 +205,8 @@ function planText(sections: Section[]): string {
     // A sub-heading inside the plan (a problem name, `Labs`): kept as part of its text.
     const text = joined(lines.filter((line) => !signOff.test(line.trim())));
     const name = heading.name.replace(/:$/, '');
-    if (text) parts.push(`${name}${/[.!?]$/.test(name) ? '' : ':'} ${text}`);
-    else parts.push(name);
+    parts.push(`${pendingLabel}${text ? `${name}${/[.!?]$/.test(name) ? '' : ':'} ${text}` : name}`);
+    pendingLabel = '';
   }
   return parts.length > 0 ? joined(parts) : '';
 }
