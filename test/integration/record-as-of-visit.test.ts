@@ -2,17 +2,22 @@ import path from 'node:path';
 import type { DocumentReference, Encounter, FhirResource, Patient } from 'fhir/r4.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { citationsIn } from '../../agents/citation-verifier.ts';
-import type { DraftKind } from '../../agents/draft-engine.ts';
+import type { DraftEngine, DraftKind } from '../../agents/draft-engine.ts';
 import { createExtractiveEngine } from '../../agents/extractive-engine.ts';
+import { MedGemmaEngine } from '../../agents/medgemma-engine.ts';
+import { PromptLibrary } from '../../agents/prompt-library.ts';
 import { DraftNoteWriter } from '../../fhir/draft-note.ts';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { decodeBase64Text } from '../../fhir/note-text.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { silentLogger } from '../../src/log.ts';
+import { agentBudgetSchema } from '../../src/model/model-config.ts';
+import type { GenerateRequest } from '../../src/model/provider.ts';
 import { type JobOutcome, processEncounterJob } from '../../src/pipeline/process-encounter-job.ts';
 import type { EncounterJob } from '../../src/queue/job-queue.ts';
 import { loadNdjsonFolder } from '../../src/sandbox/load-ndjson.ts';
 import type { RunningService } from '../../src/service.ts';
+import { citationsShown, cooperativeReply, ScriptedProvider } from '../support/scripted-model.ts';
 import { sharedFixtures } from '../support/shared-fixtures.ts';
 import { startSandboxService, waitForIdleQueue } from './service-harness.ts';
 
@@ -33,6 +38,9 @@ const hospiceAdmissionId = '229fb378-84dc-f043-654e-5bd95904b653';
 /** Death certification, 1989-05-13: after the death. */
 const deathCertificationId = '443ea916-cdcc-8baa-5cce-c9ca11bb6dba';
 const draftSystem = 'urn:test:record-as-of-visit';
+/** A check-up on 1987-05-29, drafted by the model path. */
+const checkUpId = '5363afe0-cb6f-ac47-eb79-4129e4404b52';
+const checkUpEnd = '1987-05-29T01:49:41-04:00';
 
 /** Every date element a cited resource may carry that says when it happened or became known. */
 function datesOf(resource: FhirResource): string[] {
@@ -83,7 +91,10 @@ describe.skipIf(!sharedFixtures)('the record as of the visit, on a real Synthea 
     await service?.close();
   });
 
-  async function runJob(encounterId: string): Promise<JobOutcome> {
+  async function runJob(
+    encounterId: string,
+    engine: DraftEngine = createExtractiveEngine(),
+  ): Promise<JobOutcome> {
     const job: EncounterJob = {
       id: `job-${encounterId}`,
       encounterId,
@@ -95,7 +106,7 @@ describe.skipIf(!sharedFixtures)('the record as of the visit, on a real Synthea 
     };
     return processEncounterJob(job, {
       fhir,
-      engine: createExtractiveEngine(),
+      engine,
       writer: new DraftNoteWriter(fhir, draftSystem),
       triggers: { finished: 'progress-summary', planned: 'previsit-briefing' },
       draftIdentifierSystem: draftSystem,
@@ -148,6 +159,58 @@ describe.skipIf(!sharedFixtures)('the record as of the visit, on a real Synthea 
       for (const resource of list.filter((candidate) => !ofVisit(candidate, earlyVisitId)))
         for (const date of datesOf(resource))
           expect(Date.parse(date), `${resource.resourceType}/${resource.id}`).toBeLessThanOrEqual(cutoff);
+  }, 120_000);
+
+  it('gives the model path the same bound: it is shown nothing later, and a later citation it makes up is removed', async () => {
+    // A model that also cites the death certification, which it was never shown.
+    const provider = new ScriptedProvider({
+      fallback: (request: GenerateRequest) =>
+        request.schemaName === 'draft'
+          ? JSON.stringify({
+              sections: [
+                {
+                  heading: 'Assessment and problems',
+                  lines: [
+                    { text: 'Routine check-up.', citations: [`Encounter/${checkUpId}`] },
+                    { text: 'Death certified.', citations: [`Encounter/${deathCertificationId}`] },
+                  ],
+                },
+              ],
+              suggestions: [],
+            })
+          : cooperativeReply(request),
+    });
+    const engine = new MedGemmaEngine({
+      provider,
+      prompts: PromptLibrary.load(),
+      budget: agentBudgetSchema.parse({}),
+      logger: silentLogger(),
+    });
+    expect(await runJob(checkUpId, engine)).toBe('draft-created');
+    expect(provider.calls.length).toBeGreaterThan(1);
+
+    const cutoff = Date.parse(checkUpEnd);
+    const shown = new Set(
+      provider.calls.flatMap((call) => citationsShown({ messages: call.messages } as GenerateRequest)),
+    );
+    expect(shown).toContain(`Encounter/${checkUpId}`);
+    for (const reference of shown) {
+      const [type, id] = reference.split('/');
+      const resource = await fhir.read<FhirResource>(type as FhirResource['resourceType'], id);
+      if (ofVisit(resource, checkUpId)) continue;
+      for (const date of datesOf(resource))
+        expect(Date.parse(date), `${reference} shown to the model, dated ${date}`).toBeLessThanOrEqual(
+          cutoff,
+        );
+    }
+    const prompts = provider.calls
+      .flatMap((call) => call.messages.map((message) => message.content))
+      .join('\n');
+    expect(prompts).not.toMatch(/hospice|death certification/i);
+
+    const text = (await draftText(checkUpId)) as string;
+    expect(text).toContain(`[Encounter/${checkUpId}]`);
+    expect(text).not.toContain(deathCertificationId);
   }, 120_000);
 
   it('still drafts the hospice admission, which began before the death', async () => {
