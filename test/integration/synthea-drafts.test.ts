@@ -67,6 +67,11 @@ describe.skipIf(!sharedFixtures)('drafts for real Synthea patients', () => {
       const text = decodeBase64Text(drafts[0].content[0].attachment.data!, 'text/plain; charset=utf-8');
       const citations = citationsIn(text);
       expect(citations).toContain(`Encounter/${encounter.id}`);
+      // Synthea's notes (`# Assessment and Plan` / `## Plan` in markdown) are summarised: each patient has some.
+      const noteSection = text.split('Latest notes: assessment and plan:')[1]?.split('\n\n')[0] ?? '';
+      expect(noteSection, `Patient/${patientId}'s notes summarised`).toMatch(
+        /^\n- .+\[DocumentReference\/[^\]]+\]/,
+      );
       // Every line that states a fact carries a citation (the verifier's contract).
       for (const line of text.split('\n').filter((candidate) => candidate.startsWith('- '))) {
         expect(citationsIn(line).length, line.slice(0, 60)).toBeGreaterThan(0);
