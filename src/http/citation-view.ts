@@ -1,5 +1,8 @@
-import type { FhirResource } from 'fhir/r4.js';
+import type { Attachment, Binary, FhirResource } from 'fhir/r4.js';
 import { personName } from '../../fhir/display-labels.ts';
+import type { FhirClient } from '../../fhir/fhir-client.ts';
+import { ImageRejectedError, prepareImage } from '../../fhir/imaging/image-preparation.ts';
+import { outcomeError } from '../../fhir/operation-outcome.ts';
 import { barePatientId, belongsToPatient } from '../../fhir/patient-scope.ts';
 
 /**
@@ -144,4 +147,62 @@ export function describeCitation(resource: FhirResource): CitationView {
     fields,
     resource,
   };
+}
+
+/** The longest side of an image shown in the review app: a thumbnail beside the line, the same picture larger in the citation view. */
+export const citationImageSizes = { thumbnail: 160, full: 896 } as const;
+
+const citationImageLimits = { maxInputBytes: 20_971_520, maxInputPixels: 60_000_000 };
+
+function imageAttachmentOf(resource: FhirResource): Attachment | undefined {
+  const isImage = (attachment: Attachment | undefined): attachment is Attachment =>
+    Boolean(attachment?.contentType?.toLowerCase().startsWith('image/'));
+  if (resource.resourceType === 'Media') return isImage(resource.content) ? resource.content : undefined;
+  if (resource.resourceType === 'DocumentReference')
+    return resource.content?.map((content) => content.attachment).find(isImage);
+  if (resource.resourceType === 'DiagnosticReport') return resource.presentedForm?.find(isImage);
+  return undefined;
+}
+
+/**
+ * The image a cited Media, DocumentReference or DiagnosticReport holds, read with the clinician's own
+ * client (their token: the EHR decides what they may see), checked to be an image and downscaled to
+ * `maxDimension`, as a base64 JPEG. Undefined when the resource holds no image. A Binary that names its
+ * context must name the cited resource or the launch patient.
+ */
+export async function citationImage(
+  client: Pick<FhirClient, 'get'>,
+  resource: FhirResource,
+  patientId: string,
+  maxDimension: number,
+): Promise<{ contentType: 'image/jpeg'; data: string; width: number; height: number } | undefined> {
+  const attachment = imageAttachmentOf(resource);
+  if (!attachment) return undefined;
+  let bytes: Uint8Array;
+  if (attachment.data !== undefined) bytes = Buffer.from(attachment.data, 'base64');
+  else if (attachment.url) {
+    const binary = await client.get<Binary>(attachment.url);
+    const context = binary?.securityContext?.reference?.replace(/\/_history\/[^/]+$/, '');
+    const allowed = [`${resource.resourceType}/${resource.id}`, `Patient/${barePatientId(patientId)}`];
+    if (
+      binary?.resourceType !== 'Binary' ||
+      typeof binary.data !== 'string' ||
+      (context && !allowed.some((reference) => context === reference || context.endsWith(`/${reference}`)))
+    )
+      throw outcomeError('forbidden', 'the image does not belong to the cited resource', 403);
+    bytes = Buffer.from(binary.data, 'base64');
+  } else return undefined;
+  try {
+    const prepared = prepareImage(bytes, { ...citationImageLimits, maxDimension });
+    return {
+      contentType: 'image/jpeg',
+      data: Buffer.from(prepared.jpeg).toString('base64'),
+      width: prepared.width,
+      height: prepared.height,
+    };
+  } catch (error) {
+    if (error instanceof ImageRejectedError)
+      throw outcomeError('invalid', `the cited image cannot be shown (${error.problem})`, 422);
+    throw error;
+  }
 }

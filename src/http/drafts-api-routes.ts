@@ -17,6 +17,8 @@ import type { ScopeContext } from '../../fhir/smart-scopes.ts';
 import type { Logger } from '../log.ts';
 import {
   barePatientId,
+  citationImage,
+  citationImageSizes,
   citationTypePattern,
   describeCitation,
   isInPatientCompartment,
@@ -405,6 +407,19 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
   router.get('/citations/:type/:id', async (request: Request<{ type: string; id: string }>, response) => {
     response.json(await openCitation(contextOf(response), request.params.type, request.params.id));
   });
+
+  // The picture of a cited image (Media, an image attachment), read with the clinician's token like the citation.
+  router.get(
+    '/citations/:type/:id/image',
+    async (request: Request<{ type: string; id: string }>, response) => {
+      const context = contextOf(response);
+      const view = await openCitation(context, request.params.type, request.params.id);
+      const size = request.query.size === 'full' ? citationImageSizes.full : citationImageSizes.thumbnail;
+      const image = await citationImage(fhirClientFor(context), view.resource, context.patient, size);
+      if (!image) throw outcomeError('not-found', `${view.reference} holds no image`, 404);
+      response.json(image);
+    },
+  );
 
   router.get(
     '/citations/:type/:id/_history/:version',

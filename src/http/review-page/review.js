@@ -25,6 +25,10 @@ const removalReasons = {
   'unknown-citation': 'it cited a source that was not read for this draft',
   'other-patient': 'it cited another patient’s record',
 };
+/** Cited resources that can hold an image the service reads (issue 18): their lines get a thumbnail. */
+const imageCitationTypes = new Set(['Media', 'DocumentReference', 'DiagnosticReport']);
+/** The heading the service puts above its preliminary reads of the record's images (agents/image-reading.ts). */
+const imageSectionPattern = /^Images: AI preliminary read/;
 /** Draft headings sit below the draft's own title (h3): depth 1 is h4, and nothing goes deeper than h6. */
 const draftHeadingOffset = 3;
 let session;
@@ -151,10 +155,52 @@ function appendInline(container, text, { citations = true } = {}) {
   }
 }
 
-function renderList(list) {
+/**
+ * The picture of a cited image, fetched through the API (read with the clinician's own token) as a base64 JPEG
+ * and shown from a data: URL (the page's CSP allows images from this origin and data: only). Nothing is shown
+ * when the source holds no picture or the EHR refuses it.
+ */
+async function loadCitationImage(image, type, id, size) {
+  const reference = `${type}/${id}`;
+  image.dataset.reference = reference;
+  try {
+    const picture = await api(
+      'GET',
+      `/citations/${encodeURIComponent(type)}/${encodeURIComponent(id)}/image${size === 'full' ? '?size=full' : ''}`,
+    );
+    if (picture?.contentType !== 'image/jpeg' || typeof picture.data !== 'string')
+      throw new Error('no picture');
+    // The citation view may have moved on to another source while this one loaded.
+    if (image.dataset.reference !== reference) return;
+    image.src = `data:image/jpeg;base64,${picture.data}`;
+    image.width = picture.width;
+    image.height = picture.height;
+    image.hidden = false;
+  } catch (error) {
+    if (error instanceof SessionEndedError) return endSession();
+    if (image.dataset.reference === reference) image.hidden = true;
+  }
+}
+
+function thumbnailFor(text) {
+  const cited = inlineParts(text).find(
+    (part) => part.type === 'citation' && imageCitationTypes.has(part.resourceType),
+  );
+  if (!cited) return undefined;
+  const image = document.createElement('img');
+  image.className = 'citation-thumbnail';
+  image.alt = `Thumbnail of the cited image ${cited.resourceType}/${cited.id}`;
+  image.hidden = true;
+  loadCitationImage(image, cited.resourceType, cited.id, 'thumbnail');
+  return image;
+}
+
+function renderList(list, { thumbnails = false } = {}) {
   const element = document.createElement(list.ordered ? 'ol' : 'ul');
   for (const item of list.items) {
     const entry = document.createElement('li');
+    const thumbnail = thumbnails ? thumbnailFor(item.text) : undefined;
+    if (thumbnail) entry.append(thumbnail);
     appendInline(entry, item.text);
     for (const child of item.children) entry.append(renderList(child));
     element.append(entry);
@@ -165,14 +211,16 @@ function renderList(list) {
 /** The draft as headings, lists and paragraphs, each [Type/id] a button that opens the cited resource. */
 function renderText(container, text) {
   container.replaceChildren();
+  let inImageSection = false;
   for (const block of parseDraftText(text)) {
     if (block.type === 'heading') {
+      inImageSection = imageSectionPattern.test(block.text);
       const heading = document.createElement(`h${Math.min(6, draftHeadingOffset + block.depth)}`);
       heading.className = 'draft-heading';
       appendInline(heading, block.text);
       container.append(heading);
     } else if (block.type === 'list') {
-      container.append(renderList(block));
+      container.append(renderList(block, { thumbnails: inImageSection }));
     } else if (block.type === 'rule') {
       container.append(document.createElement('hr'));
     } else {
@@ -422,7 +470,14 @@ async function openCitation(type, id, version, opener) {
   byId('citation-fields').replaceChildren();
   byId('citation-raw').textContent = '';
   byId('citation-raw-details').hidden = true;
+  const picture = byId('citation-image');
+  picture.hidden = true;
+  picture.removeAttribute('src');
+  picture.alt = `The cited image ${type}/${id}`;
+  picture.dataset.reference = '';
   dialog.showModal();
+  // The same picture larger, in the citation view; a source without one shows only its fields.
+  if (imageCitationTypes.has(type)) loadCitationImage(picture, type, id, 'full');
   try {
     const view = await api(
       'GET',
