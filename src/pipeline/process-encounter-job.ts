@@ -201,8 +201,8 @@ export async function processEncounterJob(
     logger.info({ jobId: job.id, encounterId: encounter.id, kind }, 'draft-skipped-patient-deceased');
     return complete('skipped:patient-deceased');
   }
-  // From here on, rules, engines, the verifier and the change notes see the chart as it stood at the end of
-  // the visit: nothing dated later can be drafted, cited or make a rule fire.
+  // From here on, rules, engines and the verifier see the chart as it stood at the end of the visit: nothing
+  // dated later can be drafted, cited or make a rule fire (only the change notice reads the whole chart).
   // The site's content policy then takes out what no draft may say, so no engine shows it to a model or cites it.
   const record = applyContentPolicy(
     recordAsOfVisit(retrieved, dependencies.now?.() ?? new Date()),
