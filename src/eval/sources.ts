@@ -33,7 +33,7 @@ export interface EvalSource {
 }
 
 /** The sandbox EHR in this process, over real HTTP on loopback (trusted like the service's own sandbox). */
-async function embeddedSandbox(
+export async function startEmbeddedSandbox(
   seedResources: (sandbox: import('../sandbox/sandbox-ehr.ts').SandboxEhr) => Promise<void>,
 ) {
   const [{ default: express }, { createSandboxEhr }, { sandboxRouter }] = await Promise.all([
@@ -101,7 +101,7 @@ export async function openSource(option: SourceOption): Promise<EvalSource> {
     case 'sandbox': {
       const { generatePatients } = await import('../sandbox/synthetic-patients.ts');
       const patients = generatePatients({ count: option.patients, seed: option.seed, plantFacts: true });
-      const served = await embeddedSandbox((sandbox) =>
+      const served = await startEmbeddedSandbox((sandbox) =>
         sandbox.seed(patients.flatMap((patient) => patient.resources)),
       );
       const fhir = new FhirClient({ baseUrl: served.baseUrl });
@@ -124,7 +124,7 @@ export async function openSource(option: SourceOption): Promise<EvalSource> {
     case 'ndjson': {
       const { loadNdjsonFolder } = await import('../sandbox/load-ndjson.ts');
       let patientIds: string[] = [];
-      const served = await embeddedSandbox(async (sandbox) => {
+      const served = await startEmbeddedSandbox(async (sandbox) => {
         patientIds = (await loadNdjsonFolder(sandbox, option.folder)).patientIds;
       });
       const fhir = new FhirClient({ baseUrl: served.baseUrl });
