@@ -9,6 +9,8 @@ import { Agent, request } from 'node:http';
  */
 interface LoadSpec {
   url: string;
+  /** Several endpoints (replicas): request i goes to urls[i % urls.length]; `url` is then unused. */
+  urls?: string[];
   headers: Record<string, string>;
   body: string;
   requests?: number;
@@ -20,11 +22,12 @@ interface LoadSpec {
 }
 
 const spec = JSON.parse(process.argv[2] as string) as LoadSpec;
-const target = new URL(spec.url);
+const targets = (spec.urls ?? [spec.url]).map((url) => new URL(url));
 const agent = new Agent({ keepAlive: true, maxSockets: spec.concurrency ?? 256 });
 
 function send(number: number): Promise<number> {
   const body = Buffer.from(spec.body.replaceAll('{n}', String(number + (spec.offset ?? 0))));
+  const target = targets[number % targets.length];
   return new Promise((resolve) => {
     const outgoing = request(
       {
