@@ -263,6 +263,11 @@ export const defaultContentPolicy: ContentPolicy = contentPolicyOf(clinicalConte
 
 const referenceTo = (resource: FhirResource) => `${resource.resourceType}/${resource.id}`;
 
+function findingIdentity(condition: Condition): string {
+  const coding = condition.code?.coding?.find((candidate) => candidate.code);
+  return coding ? `${coding.system ?? ''}|${coding.code}` : (condition.code?.text ?? referenceTo(condition));
+}
+
 /** `Condition/<id>` from a reference, however the server wrote it (relative, absolute, versioned). */
 function referencedCondition(reference: Reference | undefined): string | undefined {
   const match = reference?.reference?.match(/(?:^|\/)(Condition\/[A-Za-z0-9\-.]{1,64})(?:\/_history\/.*)?$/);
@@ -344,7 +349,8 @@ function visitWithoutWithheld(
  * entries, and names the Conditions kept for the social history.
  */
 export function applyContentPolicy(record: PatientRecord, policy: ContentPolicy): PatientRecord {
-  let findings = 0;
+  // The same finding recorded at many visits is one finding left out; its repeats count as entries.
+  const withheldFindings = new Set<string>();
   let entries = 0;
   const withheldConditions = new Set<string>();
   const conditions = record.conditions.filter((condition) => {
@@ -353,7 +359,8 @@ export function applyContentPolicy(record: PatientRecord, policy: ContentPolicy)
       (policy.socialHistory === 'omit' && policy.isSocial(condition));
     if (!leftOut) return true;
     withheldConditions.add(referenceTo(condition));
-    if (isActiveCondition(condition)) findings += 1;
+    const finding = findingIdentity(condition);
+    if (isActiveCondition(condition) && !withheldFindings.has(finding)) withheldFindings.add(finding);
     else entries += 1;
     return false;
   });
@@ -383,7 +390,7 @@ export function applyContentPolicy(record: PatientRecord, policy: ContentPolicy)
     ...(record.additional ? { additional: record.additional.filter(keep) } : {}),
   };
   filtered.contentPolicy = {
-    withheldFindings: (record.contentPolicy?.withheldFindings ?? 0) + findings,
+    withheldFindings: (record.contentPolicy?.withheldFindings ?? 0) + withheldFindings.size,
     withheldEntries: (record.contentPolicy?.withheldEntries ?? 0) + entries,
     socialHistory: conditions.filter((condition) => policy.isSocial(condition)).map(referenceTo),
   };

@@ -77,14 +77,14 @@ export const extractiveHeadings: Record<DraftKind, readonly string[]> = {
 const limits = {
   problems: 8,
   social: 4,
-  medications: 8,
-  allergies: 5,
-  results: 6,
-  encounters: 3,
-  notes: 3,
-  noteChars: 320,
-  changes: 8,
-  pending: 5,
+  medications: 6,
+  allergies: 3,
+  results: 4,
+  encounters: 2,
+  notes: 2,
+  noteChars: 260,
+  changes: 6,
+  pending: 4,
 };
 
 /** Result categories that are questionnaires and social screening, not results a clinician follows. */
@@ -214,11 +214,12 @@ function encounterLines(record: PatientRecord): string[] {
 }
 
 function noteLines(record: PatientRecord): string[] {
-  return record.notes
+  // Newest first by date, whatever order the server listed them in.
+  return [...record.notes]
+    .sort((left, right) => (right.date ?? '').localeCompare(left.date ?? ''))
     .map((note) => ({ note, plan: assessmentAndPlan(note.text) }))
     .filter((entry) => entry.plan)
-    .slice(-limits.notes)
-    .reverse()
+    .slice(0, limits.notes)
     .map(
       ({ note, plan }) =>
         `- ${day(note.date)}: ${oneLine(plan as string, limits.noteChars)} [${note.reference}]`,

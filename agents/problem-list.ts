@@ -47,8 +47,10 @@ const prediabetesCodes = new Set(['15777000', '714628002', 'R73.03', 'R7303']);
 
 const chronic =
   /chronic|diabetes|hypertensi|hyperlipid|hypercholesterol|heart disease|heart failure|coronary|bypass graft|atrial fibrillation|cardiomyopathy|valve|regurgitation|stenosis|kidney|renal|transplant|dialysis|COPD|obstructive (pulmonary|lung)|emphysema|asthma|epilepsy|osteoporosis|arthritis|hypothyroid|hyperthyroid|dementia|alzheimer|parkinson|multiple sclerosis|malignan|cancer|carcinoma|neoplasm|lymphoma|leuk(a)?emia|melanoma|cirrhosis|hepatitis|anemia|anaemia|sleep apnea|gout|obes(e|ity)/i;
-const serious =
-  /malignan|cancer|carcinoma|neoplasm|lymphoma|leuk(a)?emia|melanoma|metasta|heart failure|isch(a)?emic heart|coronary|myocardial infarction|stroke|cerebrovascular|kidney|renal|transplant|dialysis|sepsis|COPD|obstructive (pulmonary|lung)|cirrhosis|dementia|alzheimer|diabetes/i;
+/** Disorders that shape every decision (organ failure, transplant, cancer, vascular disease), then diabetes and its kin. */
+const gravest =
+  /malignan|cancer|carcinoma|neoplasm|lymphoma|leuk(a)?emia|melanoma|metasta|heart failure|isch(a)?emic heart|coronary|myocardial infarction|stroke|cerebrovascular|kidney disease|renal (failure|disease|insufficiency)|transplant|dialysis|sepsis|COPD|obstructive (pulmonary|lung)|cirrhosis|\bHIV\b/i;
+const grave = /diabetes|atrial fibrillation|dementia|alzheimer|epilepsy|hepatitis/i;
 const findingTag = /\((finding|situation)\)\s*$/i;
 
 const codesOf = (condition: Condition) =>
@@ -79,18 +81,34 @@ function latestOfEach(conditions: Condition[]): Condition[] {
   return [...latest.values()];
 }
 
+/** Findings of which only the latest holds: a BMI class, an employment status, an education level. */
+const statusGroups = [
+  bmiClass,
+  /employment|employed|labou?r force|retired/i,
+  /education|school|educated/i,
+  /\bsmok(es|er|ing)\b|tobacco/i,
+];
+
+/** Keeps the latest of each status group. */
+function latestStatuses(conditions: Condition[]): Condition[] {
+  const superseded = new Set<Condition>();
+  for (const group of statusGroups) {
+    const members = conditions.filter((condition) => group.test(problemName(condition)));
+    const latest = members.reduce<Condition | undefined>(
+      (newest, condition) =>
+        !newest || (since(condition) ?? '') >= (since(newest) ?? '') ? condition : newest,
+      undefined,
+    );
+    for (const member of members) if (member !== latest) superseded.add(member);
+  }
+  return conditions.filter((condition) => !superseded.has(condition));
+}
+
 /** Drops what a later or more definite finding supersedes. */
 function withoutSuperseded(conditions: Condition[]): Condition[] {
-  const bmi = conditions.filter((condition) => bmiClass.test(problemName(condition)));
-  const latestBmi = bmi.reduce<Condition | undefined>(
-    (latest, condition) =>
-      !latest || (since(condition) ?? '') >= (since(latest) ?? '') ? condition : latest,
-    undefined,
-  );
   const diagnosedDiabetes = conditions.some(isDiabetes);
   const names = conditions.map((condition) => problemName(condition).toLowerCase());
-  return conditions.filter((condition) => {
-    if (bmi.includes(condition) && condition !== latestBmi) return false;
+  return latestStatuses(conditions).filter((condition) => {
     if (diagnosedDiabetes && isPrediabetes(condition)) return false;
     const suspected = /^suspected\s+(.+)$/i.exec(problemName(condition));
     if (suspected) {
@@ -101,17 +119,22 @@ function withoutSuperseded(conditions: Condition[]): Condition[] {
   });
 }
 
+/** Illnesses that run their course: still "active" years later, they were never closed, not still there. */
+const selfLimiting =
+  /\bacute\b|sepsis|infection|pharyngitis|bronchitis|sinusitis|otitis|fracture|laceration|sprain|concussion|injury|COVID|fever|cough/i;
+
 function weight(condition: Condition, visitDay: string): number {
   const name = conceptText(condition.code);
   const onset = since(condition)?.slice(0, 10);
-  const recent =
-    onset !== undefined &&
-    visitDay !== '' &&
-    onset <= visitDay &&
-    Date.parse(visitDay) - Date.parse(onset) <= recentDays * 86_400_000;
+  const age = onset !== undefined && visitDay !== '' ? Date.parse(visitDay) - Date.parse(onset) : undefined;
+  const recent = age !== undefined && age >= 0 && age <= recentDays * 86_400_000;
+  if (selfLimiting.test(name) && !chronic.test(name) && age !== undefined && age > 365 * 86_400_000)
+    return -4;
   let score = 0;
   if (chronic.test(name)) score += 4;
-  if (serious.test(name)) score += 2;
+  if (gravest.test(name)) score += 6;
+  // Prediabetes is followed for years, but it is no diabetes.
+  else if (grave.test(name) && !isPrediabetes(condition)) score += 4;
   if (recent) score += 3;
   if (findingTag.test(name)) score -= 2;
   return score;
@@ -126,7 +149,7 @@ export function problemList(record: PatientRecord): ProblemList {
   const isSocial = (condition: Condition) =>
     decided ? decided.has(`Condition/${condition.id}`) : defaultContentPolicy.isSocial(condition);
   const active = record.conditions.filter(isActiveCondition);
-  const social = latestOfEach(active.filter(isSocial));
+  const social = latestStatuses(latestOfEach(active.filter(isSocial)));
   const visitDay = (record.encounter.period?.end ?? encounterDate(record.encounter) ?? '').slice(0, 10);
   const problems = withoutSuperseded(latestOfEach(active.filter((condition) => !isSocial(condition))))
     .map((condition) => ({ condition, weight: weight(condition, visitDay) }))
