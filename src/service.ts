@@ -409,7 +409,11 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         selectNudges: async (record) => {
           const trigger = triggerForEncounter(record.encounter);
           if (!trigger) return [];
-          const evaluation = await rules.evaluate(record, { trigger, occasionId: record.encounter.id });
+          // Suppression reads the patient's earlier deliveries and then records this one: two encounters of
+          // one patient drafted at once (on two replicas, or two workers) must not both see none.
+          const evaluation = await storage.exclusive(`nudges:${record.patient.id}`, () =>
+            rules.evaluate(record, { trigger, occasionId: record.encounter.id }),
+          );
           await draftedNudges.remember(
             record.patient.id as string,
             record.encounter.id as string,

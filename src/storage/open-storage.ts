@@ -19,7 +19,23 @@ export interface ServiceStorage {
   /** The shared database; absent with SQLite (each store opens its own file). */
   database: PostgresDatabase | undefined;
   leadership: Leadership;
+  /** Runs the work alone among every holder of `name`: across replicas with PostgreSQL, in the process alone. */
+  exclusive<Result>(name: string, work: () => Promise<Result>): Promise<Result>;
   close(): Promise<void>;
+}
+
+/** A keyed lock for one process: each name's holders run one after the other; idle names are forgotten. */
+function processExclusive(): ServiceStorage['exclusive'] {
+  const tails = new Map<string, Promise<unknown>>();
+  return (name, work) => {
+    const result = (tails.get(name) ?? Promise.resolve()).then(work);
+    const tail = result.catch(() => undefined);
+    tails.set(name, tail);
+    void tail.then(() => {
+      if (tails.get(name) === tail) tails.delete(name);
+    });
+    return result;
+  };
 }
 
 export async function openStorage(
@@ -28,7 +44,13 @@ export async function openStorage(
 ): Promise<ServiceStorage> {
   const adapter = storageAdapter(config);
   if (adapter === 'sqlite') {
-    return { adapter, database: undefined, leadership: soleLeadership, close: async () => undefined };
+    return {
+      adapter,
+      database: undefined,
+      leadership: soleLeadership,
+      exclusive: processExclusive(),
+      close: async () => undefined,
+    };
   }
   const connectionString = config.queue.postgresUrl;
   if (!connectionString)
@@ -51,6 +73,7 @@ export async function openStorage(
     adapter,
     database,
     leadership,
+    exclusive: (name, work) => database.exclusive(name, work),
     async close() {
       await leadership.close();
       await database.close();
