@@ -16,13 +16,24 @@ export const patientIntakeConfigSchema = z
      */
     secret: z.string().min(32, 'at least 32 characters').optional(),
     /** How long a link stays valid after the invitation is written. */
-    linkLifetimeHours: z.coerce.number().int().min(1).max(24 * 30).default(72),
+    linkLifetimeHours: z.coerce
+      .number()
+      .int()
+      .min(1)
+      .max(24 * 30)
+      .default(72),
     /** Encounter statuses that invite the patient (a booked visit). */
-    inviteOnStatuses: z.array(z.enum(['planned', 'arrived'])).min(1).default(['planned']),
+    inviteOnStatuses: z
+      .array(z.enum(['planned', 'arrived']))
+      .min(1)
+      .default(['planned']),
     /** Folder with questionnaire.<language>.json (FHIR Questionnaires) and red-flags.yaml. */
     directory: z.string().min(1).default('config/intake'),
     /** The language used when the patient's preferred one (Patient.communication) has no questionnaire. */
-    defaultLanguage: z.string().regex(/^[a-z]{2}$/, 'a two-letter language code').default('en'),
+    defaultLanguage: z
+      .string()
+      .regex(/^[a-z]{2}$/, 'a two-letter language code')
+      .default('en'),
     /**
      * Show the record's medication and allergy lists on the page for the patient to confirm. Off by default:
      * the page shows nothing from the record unless the site allows it.
@@ -42,12 +53,10 @@ export const patientIntakeConfigSchema = z
     /** Identifier systems of the invitation (Communication) and the answers (QuestionnaireResponse). */
     identifierSystem: z.string().min(1).default('urn:ehr-draft-agent:patient-intake'),
     /** What an urgent answer shows the patient at once, by language (`en`, `es`, ...). */
-    urgentInstruction: z
-      .record(z.string().regex(/^[a-z]{2}$/), z.string().min(1).max(500))
-      .default({
-        en: 'Your answers suggest you may need help now. Call 911 or go to the nearest emergency department. Do not wait for your appointment.',
-        es: 'Sus respuestas indican que puede necesitar ayuda ahora. Llame al 911 o vaya a la sala de emergencias más cercana. No espere a su cita.',
-      }),
+    urgentInstruction: z.record(z.string().regex(/^[a-z]{2}$/), z.string().min(1).max(500)).default({
+      en: 'Your answers suggest you may need help now. Call 911 or go to the nearest emergency department. Do not wait for your appointment.',
+      es: 'Sus respuestas indican que puede necesitar ayuda ahora. Llame al 911 o vaya a la sala de emergencias más cercana. No espere a su cita.',
+    }),
   })
   .strict();
 

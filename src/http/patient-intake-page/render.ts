@@ -163,7 +163,8 @@ function questionField(
           `<label class="option" for="${id}-${index}"><input type="radio" id="${id}-${index}" name="${id}" value="${escapeHtml(option.code)}"${option.checked ? ' checked' : ''}${question.required && index === 0 ? ' required' : ''}> ${escapeHtml(option.display)}</label>`,
       )
       .join('\n');
-    return `<fieldset class="question${problem ? ' has-problem' : ''}"${aria}>
+    // A radiogroup may say it is required; a plain fieldset (role group) may not.
+    return `<fieldset class="question${problem ? ' has-problem' : ''}" role="radiogroup"${aria}>
 <legend>${label}</legend>
 ${problemLine}
 ${radios}
