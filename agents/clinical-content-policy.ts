@@ -211,10 +211,14 @@ export interface ContentPolicy {
   isSocial(condition: Condition): boolean;
 }
 
+/**
+ * The names of a concept as drafts and models get them: a name is its first line (record-text.ts labelText drops
+ * the rest), so what follows a line break is neither shown nor matched.
+ */
 function conceptNames(concept: CodeableConcept): string[] {
-  return [concept.text, ...(concept.coding ?? []).map((coding) => coding.display)].filter(
-    (name): name is string => typeof name === 'string' && name !== '',
-  );
+  return [concept.text, ...(concept.coding ?? []).map((coding) => coding.display)]
+    .map((name) => name?.split(/[\n\r\v\f\u0085\u2028\u2029]/).find((line) => line.trim() !== ''))
+    .filter((name): name is string => typeof name === 'string' && name !== '');
 }
 
 function anyCodingMatches(concepts: (CodeableConcept | undefined)[], patterns: CodePattern[]): boolean {
