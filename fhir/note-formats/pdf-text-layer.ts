@@ -1,32 +1,12 @@
 import { getResolvedPDFJS } from 'unpdf';
+import { defaultPdfLimits, type PdfLimits, PdfReadError } from './pdf.ts';
 
 /**
- * The text layer of a PDF note (pdf.js, through unpdf's build for servers). A scanned PDF has no text layer:
- * that is said as such (PdfReadError with reason `no-text-layer`) rather than guessed at, since OCR output
- * is not something to summarise unchecked. Work is bounded: bytes before parsing, pages read, and time.
+ * The text layer of a PDF, read in this thread (pdf.js, through unpdf's build for servers). The service calls
+ * it through pdf.ts, which runs it in a worker thread it can stop; see there. A scanned PDF has no text layer:
+ * that is said as such (PdfReadError with reason `no-text-layer`) rather than guessed at, since OCR output is
+ * not something to summarise unchecked. Work is bounded: bytes before parsing, pages read, and time.
  */
-
-export interface PdfLimits {
-  /** Largest PDF read, in bytes. */
-  maxBytes: number;
-  /** Pages read from the start; a longer document's further pages are left out, with a marker. */
-  maxPages: number;
-  /** Time allowed for the whole document, in milliseconds. */
-  timeoutMs: number;
-}
-
-export const defaultPdfLimits: PdfLimits = { maxBytes: 20 * 1024 * 1024, maxPages: 50, timeoutMs: 10_000 };
-
-export type PdfUnreadableReason = 'no-text-layer' | 'unreadable' | 'too-large' | 'timed-out';
-
-/** Why a PDF gave no text: the cause only, never the document's content. */
-export class PdfReadError extends Error {
-  readonly reason: PdfUnreadableReason;
-  constructor(reason: PdfUnreadableReason, message: string) {
-    super(message);
-    this.reason = reason;
-  }
-}
 
 interface TextItemLike {
   str?: unknown;
@@ -46,7 +26,10 @@ function pageText(items: TextItemLike[]): string {
 }
 
 /** The text of a PDF's pages (as far as the limits allow), pages separated by blank lines. */
-export async function pdfToText(bytes: Uint8Array, limits: PdfLimits = defaultPdfLimits): Promise<string> {
+export async function readTextLayer(
+  bytes: Uint8Array,
+  limits: PdfLimits = defaultPdfLimits,
+): Promise<string> {
   if (bytes.byteLength > limits.maxBytes) {
     throw new PdfReadError(
       'too-large',

@@ -267,7 +267,7 @@ describe('PDF notes', () => {
     ).rejects.toMatchObject({ reason: 'unreadable' });
   });
 
-  it('bounds the work: bytes before parsing, pages read, and time', async () => {
+  it('bounds the work: bytes before parsing, pages read, and time (in a thread it can stop)', async () => {
     const long = minimalPdf([['page one'], ['page two'], ['page three']]);
     expect(await pdfToText(long, { maxBytes: 1_000_000, maxPages: 2, timeoutMs: 10_000 })).toBe(
       'page one\n\npage two\n\n[... 1 more pages not read]',
@@ -275,9 +275,13 @@ describe('PDF notes', () => {
     await expect(pdfToText(long, { maxBytes: 100, maxPages: 50, timeoutMs: 10_000 })).rejects.toMatchObject({
       reason: 'too-large',
     });
+    // Over its time the reading thread is stopped; the next PDF gets a new one.
     await expect(pdfToText(long, { maxBytes: 1_000_000, maxPages: 50, timeoutMs: 0 })).rejects.toMatchObject({
       reason: 'timed-out',
     });
+    expect(await pdfToText(long, { maxBytes: 1_000_000, maxPages: 1, timeoutMs: 10_000 })).toBe(
+      'page one\n\n[... 2 more pages not read]',
+    );
   });
 });
 
