@@ -60,7 +60,7 @@ export async function generateFollowUps(
 ): Promise<FollowUpQuestion[]> {
   if (request.maxQuestions === 0) return [];
   const prompt = renderPrompt(options.prompts.get(followUpPromptId), {
-    'max-questions': request.maxQuestions,
+    maxQuestions: request.maxQuestions,
     language: request.language,
     record: quotedData({
       problems: request.record.problems,

@@ -213,11 +213,22 @@ export class PatientIntake {
     const answered = questionnaire.item
       .filter((item) => state.answers[item.linkId])
       .map((item) => ({ question: item.text, answer: answerText(state.answers[item.linkId] as never) }));
-    const record = await readRecordLists(this.#options.fhir, claims.patientId);
-    return generateFollowUps(
-      { answered, record, language: state.language, maxQuestions: this.#options.config.maxFollowUpQuestions },
-      { provider: model.provider, prompts: model.prompts, logger: this.#options.logger },
-    );
+    try {
+      const record = await readRecordLists(this.#options.fhir, claims.patientId);
+      return await generateFollowUps(
+        {
+          answered,
+          record,
+          language: state.language,
+          maxQuestions: this.#options.config.maxFollowUpQuestions,
+        },
+        { provider: model.provider, prompts: model.prompts, logger: this.#options.logger },
+      );
+    } catch (error) {
+      // Follow-ups are a help, not a condition: the patient's answers go to the EHR without them.
+      this.#options.logger.warn({ error: (error as Error).name }, 'intake-follow-ups-unavailable');
+      return [];
+    }
   }
 
   #response(state: InterviewState, claims: InvitationClaims): QuestionnaireResponse {
