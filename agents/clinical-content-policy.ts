@@ -15,8 +15,9 @@ import { isActiveCondition } from './record-text.ts';
  * administrative findings stay for a "Social history" section or are taken out too, as the site chose. The record
  * keeps only counts of what was taken out, so the draft can say that something was.
  *
- * Notes are not filtered: a progress note's text may still mention what the policy leaves out of the structured
- * record (filtering free text reliably needs more than code lists).
+ * Notes are redacted by name only: sentences and list items naming a withheld category are taken out of the text
+ * engines get (the note in the EHR is unchanged); a note that words it otherwise ("her partner hit her") still
+ * says it. Free text needs more than code lists and names to be filtered reliably.
  */
 
 const snomed = 'http://snomed.info/sct';
@@ -209,6 +210,8 @@ export interface ContentPolicy {
   withheldCategory(concepts: (CodeableConcept | undefined)[]): SensitiveCategory | undefined;
   /** A social or administrative finding (employment, education, housing, stress, smoking), not a diagnosis. */
   isSocial(condition: Condition): boolean;
+  /** Free text without the list items and sentences that name a withheld category (by name: text has no codes). */
+  redactText(text: string): string;
 }
 
 /**
@@ -227,6 +230,31 @@ function anyCodingMatches(concepts: (CodeableConcept | undefined)[], patterns: C
   );
 }
 
+/**
+ * Notes list findings in sentences ("Patient has a history of stress (finding), victim of intimate partner abuse
+ * (finding), ..."): a sentence naming a withheld category loses the comma-separated items that name it, or goes
+ * whole when nothing else is left. Lines naming nothing withheld are kept exactly as written.
+ */
+function redactedText(text: string, namesWithheld: (text: string) => boolean): string {
+  return text
+    .split('\n')
+    .map((line) => {
+      if (!namesWithheld(line)) return line;
+      return line
+        .split(/(?<=[.!?;])\s+/)
+        .map((sentence) => {
+          if (!namesWithheld(sentence)) return sentence;
+          const end = /[.!?;]$/.exec(sentence)?.[0] ?? '';
+          const items = (end ? sentence.slice(0, -1) : sentence).split(/,\s+/);
+          const kept = items.filter((item) => !namesWithheld(item));
+          return kept.length > 0 && kept.length < items.length ? `${kept.join(', ')}${end}` : '';
+        })
+        .filter((sentence) => sentence !== '')
+        .join(' ');
+    })
+    .join('\n');
+}
+
 export function contentPolicyOf(config: ClinicalContentConfig): ContentPolicy {
   const allowed = new Set(config.sensitive.allow);
   const withheld = sensitiveCategories
@@ -239,7 +267,10 @@ export function contentPolicyOf(config: ClinicalContentConfig): ContentPolicy {
       names: config.sensitive.matchNames ? sensitiveNames[category] : [],
     }));
   const social = [...builtInSocialCodes, ...config.socialCodes].map(parsePattern);
+  const withheldNames = withheld.flatMap(({ category }) => sensitiveNames[category]);
+  const namesWithheld = (text: string) => withheldNames.some((pattern) => pattern.test(text));
   return {
+    redactText: (text) => redactedText(text, namesWithheld),
     socialHistory: config.socialHistory,
     withheldCategory(concepts) {
       const names = concepts.flatMap((concept) => (concept ? conceptNames(concept) : []));
@@ -384,6 +415,11 @@ export function applyContentPolicy(record: PatientRecord, policy: ContentPolicy)
     );
   const filtered: PatientRecord = {
     ...record,
+    // What a note says in free text is matched by name only: a best effort, not a guarantee.
+    notes: record.notes.map((note) => {
+      const text = policy.redactText(note.text);
+      return text === note.text ? note : { ...note, text };
+    }),
     encounter,
     conditions,
     observations: record.observations.filter(keep),

@@ -231,6 +231,33 @@ describe('the site content policy', () => {
     expect(() => clinicalContentConfigSchema.parse({ socialCodes: ['bad code with spaces'] })).toThrow();
   });
 
+  it('takes the items and sentences naming a withheld category out of the notes engines get', () => {
+    const record = recordWith([]);
+    const text = [
+      '# History of Present Illness',
+      'Patient has a history of part-time employment (finding), victim of intimate partner abuse (finding), stress (finding).',
+      'She drinks alcohol daily. Sleeps well.',
+      '# Plan',
+      'Follow up in 3 months.',
+    ].join('\n');
+    record.notes = [{ ...record.notes[0], text }];
+    const filtered = applyContentPolicy(record, defaultContentPolicy);
+    expect(filtered.notes[0].text).toBe(
+      [
+        '# History of Present Illness',
+        'Patient has a history of part-time employment (finding), stress (finding).',
+        'Sleeps well.',
+        '# Plan',
+        'Follow up in 3 months.',
+      ].join('\n'),
+    );
+    expect(record.notes[0].text).toBe(text);
+    const allowing = contentPolicyOf(
+      clinicalContentConfigSchema.parse({ sensitive: { allow: ['substance-use'] } }),
+    );
+    expect(applyContentPolicy(record, allowing).notes[0].text).toContain('She drinks alcohol daily.');
+  });
+
   it('leaves out what names a withheld finding: its results, its orders, its visits; the visit drafted keeps only its class', () => {
     const finding = ipv();
     const record = recordWith([finding]);
@@ -350,6 +377,13 @@ describe.skipIf(!sharedFixtures)('the policy in the pipeline, on a real Synthea 
     }
     for (const reference of withheld) expect(citationsIn(text)).not.toContain(reference);
     expect(text).not.toMatch(/criminal|alcohol|intimate|pregnan/i);
+    for (const record of [...seen, ...recorded])
+      for (const note of record.notes)
+        expect(note.text).not.toMatch(/criminal record|intimate partner|alcohol|pregnan/i);
+    // The real notes name these findings: the notes given to rules and engines no longer do.
+    expect(
+      synthea.recordFor().notes.some((note) => /criminal record|intimate partner/i.test(note.text)),
+    ).toBe(true);
     expect(text).toMatch(/- \d+ findings? and \d+ related entr(y|ies) left out by site policy \[Patient\//);
     expect(text).toMatch(/Social history:\n- .*(employment|education|Stress)/);
   }, 60_000);
@@ -368,6 +402,7 @@ describe.skipIf(!sharedFixtures)('the policy in the pipeline, on a real Synthea 
       .flatMap((call) => call.messages.map((message) => message.content))
       .join('\n');
     for (const reference of withheld) expect(prompts).not.toContain(reference);
+    expect(prompts).not.toMatch(/criminal record|intimate partner|alcohol drinking|pregnancy/i);
     expect(prompts).toContain('Active problems');
     // The model path says what was left out too.
     expect(text).toMatch(/left out by site policy \[Patient\//);
