@@ -91,8 +91,10 @@ function startReader(): Worker {
     if (!current || current.id !== answer.id) return;
     finish(current, 'text' in answer ? answer : new PdfReadError(answer.reason, answer.message));
   });
+  // A thread already stopped (at a time limit) is no longer the reader: its end says nothing of the PDF now read.
   worker.on('error', (error: Error & { code?: string }) => {
-    if (reader === worker) reader = undefined;
+    if (reader !== worker) return;
+    reader = undefined;
     if (!current) return;
     finish(
       current,
@@ -102,7 +104,8 @@ function startReader(): Worker {
     );
   });
   worker.on('exit', () => {
-    if (reader === worker) reader = undefined;
+    if (reader !== worker) return;
+    reader = undefined;
     if (current) finish(current, new PdfReadError('unreadable', 'PDF reader stopped without an answer'));
   });
   return worker;
