@@ -260,7 +260,15 @@ function changesSinceLastVisit(record: PatientRecord): string[] {
           `- New result: ${conceptText(observation.code)} ${observationValue(observation)} ${cite(observation)}`,
       ),
   ];
-  return capped(lines, limits.changes, record, 'changes');
+  // The same drug stopped at five visits is one change (its first line is kept).
+  const seen = new Set<string>();
+  const distinct = lines.filter((line) => {
+    const wording = line.replace(/ \[[^\]]+\]$/, '');
+    if (seen.has(wording)) return false;
+    seen.add(wording);
+    return true;
+  });
+  return capped(distinct, limits.changes, record, 'changes');
 }
 
 function progressSummary(record: PatientRecord, nudges: NudgeInput[]): string[] {
@@ -289,7 +297,7 @@ function previsitBriefing(record: PatientRecord, nudges: NudgeInput[]): string[]
   const section = sectionOf('previsit-briefing');
   return [
     titleLine('previsit-briefing', record),
-    `Visit: ${encounterText(encounter)} planned for ${day(encounterDate(encounter))} ${cite(encounter)}`,
+    `Visit: ${withoutSemanticTags(encounterText(encounter))} planned for ${day(encounterDate(encounter))} ${cite(encounter)}`,
     ...patientAnswerSections(record),
     ...section(
       'Visit urgency',

@@ -242,6 +242,34 @@ describe.skipIf(!sharedFixtures)('drafts a clinician reads in under a minute', (
     expect(worst.lines).toBeLessThanOrEqual(30);
   }, 180_000);
 
+  it('keeps pre-visit briefings as short, each change and problem said once', async () => {
+    let briefed = 0;
+    for (const patient of patients) {
+      for (const encounter of patient.encounters.filter((candidate) => candidate.status === 'finished')) {
+        const asOf = recordAsOfVisit(patient.recordFor(encounter), new Date('2026-12-01T00:00:00Z'));
+        const prepared = applyContentPolicy(
+          { ...asOf, encounter: { ...asOf.encounter, status: 'planned' } },
+          defaultContentPolicy,
+        );
+        const result = await createExtractiveEngine().draft({
+          kind: 'previsit-briefing',
+          record: prepared,
+          nudges: [],
+        });
+        const lines = contentLines(result.text);
+        const label = `Encounter/${encounter.id}`;
+        expect(lines.length, label).toBeLessThanOrEqual(maximumLines);
+        const wordings = lines
+          .filter((line) => line.startsWith('- '))
+          .map((line) => line.replace(/( \[[A-Z][A-Za-z]+\/[^\]]+\])+$/, ''));
+        expect(new Set(wordings).size, `${label}\n${result.text}`).toBe(wordings.length);
+        expect(verifyDraft(result, prepared).removed, label).toEqual([]);
+        briefed++;
+      }
+    }
+    expect(briefed).toBeGreaterThan(400);
+  }, 180_000);
+
   it('fits the issue-sized patient (708 notes, 800 results, repeated problems and orders) into 40 lines with every section', async () => {
     // The living patient with the longest chart (the one who died in 1989 is drafted only before the death).
     const living = patients.filter(
