@@ -11,6 +11,8 @@ export interface ServiceMetrics {
   eventsReceived: Counter<'source' | 'outcome'>;
   jobAttempts: Counter<'outcome'>;
   jobDuration: Histogram<'outcome'>;
+  /** What finished jobs came to: draft-created, skipped:too-old, skipped:patient-deceased, ... */
+  jobResults: Counter<'result'>;
   gapsDetected: Counter<'subscription_kind'>;
   resetsDetected: Counter;
   reconciliations: Counter<'reason' | 'outcome'>;
@@ -68,6 +70,12 @@ export function createMetrics(queue?: JobQueue): ServiceMetrics {
     help: 'Time one job attempt took, by outcome.',
     labelNames: ['outcome'] as const,
     buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+    registers: [registry],
+  });
+  const jobResults = new Counter({
+    name: 'ehr_agent_job_results_total',
+    help: 'Finished jobs by result (draft-created, draft-exists, skipped:too-old, skipped:patient-deceased, ...).',
+    labelNames: ['result'] as const,
     registers: [registry],
   });
   const gapsDetected = new Counter({
@@ -133,6 +141,7 @@ export function createMetrics(queue?: JobQueue): ServiceMetrics {
     eventsReceived,
     jobAttempts,
     jobDuration,
+    jobResults,
     gapsDetected,
     resetsDetected,
     reconciliations,

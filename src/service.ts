@@ -392,9 +392,10 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     process: async (job) => {
       // A booked visit's invitation first: it must reach the patient within a minute, whatever the draft takes.
       await patientIntake?.onEncounterJob(job);
-      return processEncounterJob(job, {
+      const outcome = await processEncounterJob(job, {
         fhir,
         engine,
+        maxAgeDays: config.drafts.maxAgeDays,
         contentPolicy,
         writer,
         triggers: config.triggers,
@@ -423,6 +424,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         },
         configurationVersion: workConfigurationVersion,
       });
+      metrics.jobResults.inc({ result: outcome });
+      return outcome;
     },
     onSettled: (_job, outcome, durationMs) => {
       metrics.jobAttempts.inc({ outcome });

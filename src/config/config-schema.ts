@@ -126,10 +126,20 @@ export const configSchema = z
         /** write: drafts go to the EHR as preliminary; hold: kept here until sign-off; shadow: never written. */
         mode: z.enum(['write', 'hold', 'shadow']).default('write'),
         identifierSystem: z.string().min(1).default('urn:ehr-draft-agent:draft'),
+        /**
+         * Encounters that ended more than this many days ago are not drafted (skipped:too-old), so a bulk load or
+         * a first start against a hospital's history never fills review lists with old visits. 0: no limit.
+         */
+        maxAgeDays: z.coerce.number().int().min(0).max(36_500).default(14),
         /** retentionDays, purgeSchedule: the service's draft store and its purge (src/drafts/drafts-config.ts). */
         ...draftStoreConfigSchema.shape,
       })
-      .default({ mode: 'write', identifierSystem: 'urn:ehr-draft-agent:draft', ...draftStoreConfigDefaults }),
+      .default({
+        mode: 'write',
+        identifierSystem: 'urn:ehr-draft-agent:draft',
+        maxAgeDays: 14,
+        ...draftStoreConfigDefaults,
+      }),
     /** What drafts may say: social history, sensitive findings left out (src/config/clinical-content-config.ts). */
     clinicalContent: clinicalContentConfigSchema,
     /** Which encounter status produces which draft (informatics teams own this). */

@@ -68,6 +68,12 @@ export interface PipelineDependencies {
   selectNudges?: (record: PatientRecord, kind: DraftKind) => Promise<NudgeInput[]>;
   /** Resource types the rules read beyond the standard history (asked at each job: rule sets reload). */
   additionalHistoryTypes?: () => readonly string[];
+  /**
+   * Encounters whose period ended more than this many days before now are not drafted (skipped:too-old):
+   * a data migration, a bulk load or a first start must not queue drafts of visits from years ago.
+   * Absent or 0: no limit.
+   */
+  maxAgeDays?: number;
   /** Idempotency: work keyed on (encounter id, versionId, kind, configuration version) done once. */
   completedWork?: CompletedWorkLedger;
   /**
@@ -89,7 +95,26 @@ export type JobOutcome =
   | 'encounter-gone'
   /** A briefing for a patient who has died, or a draft for an encounter after (or not shown to be before) death. */
   | 'skipped:patient-deceased'
+  /** The encounter ended longer ago than drafts.maxAgeDays: nobody is waiting for its draft. */
+  | 'skipped:too-old'
   | `skipped:${string}`;
+
+const dayMilliseconds = 24 * 60 * 60 * 1000;
+
+/**
+ * Whether the encounter ended more than maxAgeDays before now (its period's end, else its start). An
+ * encounter without a readable date, or one still to come, is never too old: nobody can tell, so it is drafted.
+ */
+export function endedTooLongAgo(
+  encounter: Encounter,
+  maxAgeDays: number | undefined,
+  now = new Date(),
+): boolean {
+  if (!maxAgeDays || maxAgeDays <= 0) return false;
+  const ended = Date.parse(encounter.period?.end ?? encounter.period?.start ?? '');
+  if (Number.isNaN(ended)) return false;
+  return now.getTime() - ended > maxAgeDays * dayMilliseconds;
+}
 
 /** The verification stage: the engine's text against this patient's resources that the run read. */
 export function verifyDraft(result: DraftResult, record: PatientRecord): CitationVerification {
@@ -184,6 +209,13 @@ export async function processEncounterJob(
   // A clinician's regeneration request redoes work on purpose; everything else done once is skipped.
   if (job.source !== 'regenerate' && (await dependencies.completedWork?.hasCompleted(key)))
     return 'skipped:already-done';
+  // Decided before anything is read: a bulk load of old visits costs one Encounter read each, no history.
+  // A clinician's explicit regeneration of an old visit's draft is still honoured.
+  if (
+    job.source !== 'regenerate' &&
+    endedTooLongAgo(encounter, dependencies.maxAgeDays, dependencies.now?.())
+  )
+    return complete('skipped:too-old');
 
   const startedAt = performance.now();
   const retrieved = await retrievePatientRecord(fhir, encounter, {

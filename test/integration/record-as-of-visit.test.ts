@@ -80,7 +80,11 @@ describe.skipIf(!sharedFixtures)('the record as of the visit, on a real Synthea 
   const recordsSeenByRules = new Map<string, PatientRecord>();
 
   beforeAll(async () => {
-    ({ service, fhir } = await startSandboxService({ EHR_AGENT_SANDBOX__PATIENTS: '1' }));
+    // The patient's visits are from the 1980s: drafts.maxAgeDays (14 by default) would skip them all.
+    ({ service, fhir } = await startSandboxService({
+      EHR_AGENT_SANDBOX__PATIENTS: '1',
+      EHR_AGENT_DRAFTS__MAX_AGE_DAYS: '0',
+    }));
     const loaded = await loadNdjsonFolder(
       service.sandbox!,
       path.join(sharedFixtures as string, 'synthea-r4'),

@@ -23,7 +23,11 @@ describe.skipIf(!sharedFixtures)('drafts for real Synthea patients', () => {
   let patientIds: string[] = [];
 
   beforeAll(async () => {
-    ({ service, fhir } = await startSandboxService({ EHR_AGENT_SANDBOX__PATIENTS: '1' }));
+    // Synthea's visits are years old: drafts.maxAgeDays (14 by default) would skip them all (test/drafts/too-old.test.ts).
+    ({ service, fhir } = await startSandboxService({
+      EHR_AGENT_SANDBOX__PATIENTS: '1',
+      EHR_AGENT_DRAFTS__MAX_AGE_DAYS: '0',
+    }));
     const loaded = await loadNdjsonFolder(
       service.sandbox!,
       path.join(sharedFixtures as string, 'synthea-r4'),

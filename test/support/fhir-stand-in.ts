@@ -518,6 +518,15 @@ export async function startFhirStandIn(options: FhirStandInOptions = {}): Promis
 }
 
 /** A patient and a finished encounter for it: the smallest record the pipeline drafts from. */
+/**
+ * A half-hour visit that ended yesterday: recent enough for drafts.maxAgeDays (14 by default), so the
+ * service drafts the seeded encounters whatever day the tests run on.
+ */
+export function recentVisitPeriod(now = Date.now()): { start: string; end: string } {
+  const start = new Date(now - 24 * 60 * 60 * 1000);
+  return { start: start.toISOString(), end: new Date(start.getTime() + 30 * 60 * 1000).toISOString() };
+}
+
 export function seedEncounters(standIn: FhirStandIn, count: number, status = 'finished'): string[] {
   const patient = standIn.write({
     resourceType: 'Patient',
@@ -543,7 +552,7 @@ export function seedEncounters(standIn: FhirStandIn, count: number, status = 'fi
       status,
       class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' },
       subject: { reference: `Patient/${patient.id}` },
-      period: { start: '2026-11-01T09:00:00Z', end: '2026-11-01T09:30:00Z' },
+      period: recentVisitPeriod(),
     });
     ids.push(encounter.id as string);
   }

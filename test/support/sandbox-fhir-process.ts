@@ -12,6 +12,7 @@ import { createSandboxEhr } from '../../src/sandbox/sandbox-ehr.ts';
 const count = Number(process.argv[2] ?? 0);
 const sandbox = createSandboxEhr();
 const patient = 'crash-patient';
+const visitStart = new Date(Date.now() - 24 * 60 * 60 * 1000);
 const resources: FhirResource[] = [
   {
     resourceType: 'Patient',
@@ -34,7 +35,11 @@ const resources: FhirResource[] = [
       status: 'finished',
       class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' },
       subject: { reference: `Patient/${patient}` },
-      period: { start: '2026-11-01T09:00:00Z', end: '2026-11-01T09:30:00Z' },
+      // Ended yesterday: recent enough for the service's drafts.maxAgeDays, whatever day the tests run.
+      period: {
+        start: visitStart.toISOString(),
+        end: new Date(visitStart.getTime() + 1_800_000).toISOString(),
+      },
     }),
   ),
 ];
