@@ -18,7 +18,7 @@ const followUpSchema = z.object({
   questions: z
     .array(
       z.object({
-        text: z.string().min(5).max(200),
+        text: z.string().min(1).max(200),
         type: z.enum(['boolean', 'text']),
       }),
     )

@@ -1,0 +1,227 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import type { Patient } from 'fhir/r4.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FhirClient } from '../../fhir/fhir-client.ts';
+import { loadConfig } from '../../src/config/load-config.ts';
+import { createLogger } from '../../src/log.ts';
+import { loadQuestionnaires } from '../../src/patient-intake/questionnaire.ts';
+import { type RunningService, startService } from '../../src/service.ts';
+import {
+  answersFor,
+  bookVisit,
+  invitationFor,
+  linkOf,
+  startIntakeService,
+  waitFor,
+} from './intake-support.ts';
+
+/**
+ * The interview's doors without a browser: answers capped, the sealed state bound to its link, oversized forms
+ * refused, rate limits per link and per address, no secret no start against a real EHR, a questionnaire the page
+ * cannot ask refused at start, and nothing of the patient's (token, answers, name) in the log.
+ */
+function formState(html: string): string {
+  const state = /name="state" value="([^"]+)"/.exec(html)?.[1];
+  if (!state) throw new Error('the page has no form state');
+  return state;
+}
+
+function post(link: string, fields: Record<string, string>): Promise<Response> {
+  return fetch(link, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams(fields).toString(),
+  });
+}
+
+const firstPage = {
+  'answer-concern': 'Cough for a week',
+  'answer-onset': 'days',
+  'answer-severity': 'mild',
+  'answer-pain': 'no',
+  'answer-takes-medicines': 'no',
+  'answer-has-allergies': 'no',
+  'answer-chest-pain': 'no',
+  'answer-short-of-breath': 'no',
+  'answer-self-harm': 'no',
+};
+
+describe('the interview over HTTP', () => {
+  let service: RunningService;
+  let fhir: FhirClient;
+  const logLines: string[] = [];
+
+  beforeAll(async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'patient-intake-http-'));
+    const config = loadConfig({
+      env: {
+        PORT: '0',
+        DATA_DIR: dataDir,
+        EHR_AGENT_SANDBOX__PATIENTS: '3',
+        EHR_AGENT_QUEUE__POLL_INTERVAL_MS: '50',
+        EHR_AGENT_PATIENT_INTAKE__RATE_LIMIT__PER_LINK_PER_MINUTE: '9',
+      },
+      cwd: dataDir,
+    });
+    const destination = new Writable({
+      write(chunk, _encoding, callback) {
+        logLines.push(String(chunk));
+        callback();
+      },
+    });
+    service = await startService(config, createLogger({ level: 'debug', destination }));
+    fhir = new FhirClient({ baseUrl: service.fhirBaseUrl });
+  }, 120_000);
+
+  afterAll(async () => {
+    await service?.close();
+  });
+
+  async function invitedLink(): Promise<{ link: string; encounterId: string; patientId: string }> {
+    const [patient] = await fhir.search<Patient>('Patient', { _count: 1 });
+    const visit = await bookVisit(fhir, patient?.id as string);
+    const invitation = await waitFor(() => invitationFor(fhir, visit.id as string), 'the invitation');
+    return { link: linkOf(invitation), encounterId: visit.id as string, patientId: patient?.id as string };
+  }
+
+  it('caps answers, binds the state to its link, and keeps the token and answers out of the log', async () => {
+    const { link, encounterId, patientId } = await invitedLink();
+    const page = await fetch(link);
+    expect(page.headers.get('cache-control')).toBe('no-store');
+    expect(page.headers.get('referrer-policy')).toBe('no-referrer');
+    expect(page.headers.get('content-security-policy')).toContain("default-src 'none'");
+    const state = formState(await page.text());
+
+    // Over the cap (500 characters): the page asks again, nothing is written.
+    const tooLong = await post(link, { ...firstPage, 'answer-concern': 'x'.repeat(501), state });
+    expect(tooLong.status).toBe(200);
+    expect(await tooLong.text()).toContain('This answer is too long');
+    // An option the question does not offer is refused the same way.
+    const unknownOption = await post(link, { ...firstPage, 'answer-severity': 'catastrophic', state });
+    expect(await unknownOption.text()).toContain('Please choose one of the answers offered');
+    expect(await answersFor(fhir, encounterId)).toBeUndefined();
+
+    // A state sealed for another link is refused as forged.
+    const other = await invitedLink();
+    const otherState = formState(await (await fetch(other.link)).text());
+    const crossed = await post(link, { ...firstPage, state: otherState });
+    expect(crossed.status).toBe(404);
+    // A state altered by hand too.
+    const altered = await post(link, { ...firstPage, state: `${state.slice(0, -4)}AAAA` });
+    expect(altered.status).toBe(404);
+
+    // A form far over any real page is refused with a plain page, before any work.
+    const huge = await post(link, { ...firstPage, state, padding: 'p'.repeat(70_000) });
+    expect(huge.status).toBe(413);
+    expect(huge.headers.get('content-type')).toContain('text/html');
+
+    const done = await post(link, { ...firstPage, state });
+    expect(await done.text()).toContain('Your answers have been sent');
+    expect((await answersFor(fhir, encounterId))?.item?.[0]?.answer?.[0]?.valueString).toBe(
+      'Cough for a week',
+    );
+    // Submitting the same page again finds the answers already in the EHR.
+    const again = await post(link, { ...firstPage, state });
+    expect(again.status).toBe(410);
+
+    const log = logLines.join('');
+    expect(log).toContain('intake-answers-written');
+    const token = link.slice(link.lastIndexOf('/') + 1);
+    expect(log).not.toContain(token.slice(0, 40));
+    expect(log).not.toContain('Cough for a week');
+    const patient = await fhir.read<Patient>('Patient', patientId);
+    for (const name of patient.name?.flatMap((entry) => [entry.family, ...(entry.given ?? [])]) ?? [])
+      if (name) expect(log).not.toContain(name);
+  }, 120_000);
+
+  it('limits requests per link', async () => {
+    const { link } = await invitedLink();
+    const statuses: number[] = [];
+    for (let attempt = 0; attempt < 11; attempt++) statuses.push((await fetch(link)).status);
+    expect(statuses.slice(0, 9).every((status) => status === 200)).toBe(true);
+    const limited = statuses.slice(9);
+    expect(limited).toEqual([429, 429]);
+  }, 60_000);
+});
+
+describe('limits per address', () => {
+  it('refuses a client that tries many links', async () => {
+    const { service } = await startIntakeService({
+      EHR_AGENT_PATIENT_INTAKE__RATE_LIMIT__PER_ADDRESS_PER_MINUTE: '5',
+    });
+    try {
+      const statuses: number[] = [];
+      // Guessed links: each one different, so only the per-address limit can stop them.
+      for (let attempt = 0; attempt < 7; attempt++)
+        statuses.push((await fetch(`${service.url}/intake/guessed-link-${attempt}`)).status);
+      expect(statuses.slice(0, 5)).toEqual([404, 404, 404, 404, 404]);
+      expect(statuses.slice(5)).toEqual([429, 429]);
+    } finally {
+      await service.close();
+    }
+  }, 60_000);
+});
+
+describe('start-up checks', () => {
+  it('refuses to start against a real EHR without a link secret', () => {
+    expect(() =>
+      loadConfig({
+        env: {
+          FHIR_BASE_URL: 'https://ehr.example/fhir',
+          NOTIFY_SECRET: 'notify-secret-0123456789',
+          EHR_AGENT_PATIENT_INTAKE__ENABLED: 'true',
+        },
+      }),
+    ).toThrow(/patientIntake\.secret/);
+    expect(() =>
+      loadConfig({
+        env: {
+          FHIR_BASE_URL: 'https://ehr.example/fhir',
+          NOTIFY_SECRET: 'notify-secret-0123456789',
+          EHR_AGENT_PATIENT_INTAKE__ENABLED: 'true',
+          EHR_AGENT_PATIENT_INTAKE__SECRET: 'a-link-secret-of-at-least-32-characters',
+        },
+      }),
+    ).not.toThrow();
+  });
+
+  it('refuses a questionnaire the page cannot ask, naming the file', () => {
+    const directory = mkdtempSync(path.join(tmpdir(), 'intake-questionnaire-'));
+    const questionnaire = {
+      resourceType: 'Questionnaire',
+      url: 'urn:example:q',
+      version: '1',
+      status: 'active',
+      language: 'en',
+      title: 'Before your visit',
+      item: [
+        {
+          linkId: 'detail',
+          text: 'Tell us more',
+          type: 'text',
+          enableWhen: [{ question: 'later', operator: '=', answerBoolean: true }],
+        },
+        { linkId: 'later', text: 'Asked later', type: 'boolean' },
+      ],
+    };
+    writeFileSync(path.join(directory, 'questionnaire.en.json'), JSON.stringify(questionnaire));
+    expect(() => loadQuestionnaires(directory, 'en')).toThrow(
+      /questionnaire\.en\.json: detail: enableWhen names later, not an earlier question/,
+    );
+    // Another language asking other questions is refused too.
+    questionnaire.item = [{ linkId: 'later', text: 'Asked later', type: 'boolean' }] as never;
+    writeFileSync(path.join(directory, 'questionnaire.en.json'), JSON.stringify(questionnaire));
+    writeFileSync(
+      path.join(directory, 'questionnaire.es.json'),
+      JSON.stringify({
+        ...questionnaire,
+        language: 'es',
+        item: [{ linkId: 'otra', text: 'Otra', type: 'boolean' }],
+      }),
+    );
+    expect(() => loadQuestionnaires(directory, 'en')).toThrow(/asks other questions/);
+  });
+});
