@@ -81,12 +81,13 @@ function stopReader() {
 function startReader(): Worker {
   const worker = new Worker(new URL('./pdf-worker.ts', import.meta.url), {
     resourceLimits: { maxOldGenerationSizeMb: workerHeapMb },
+    // The process's own flags, less those that only apply to a script given as text (`node -e`), which a
+    // thread started from a file refuses.
+    execArgv: process.execArgv.filter((flag) => !flag.startsWith('--input-type')),
     // pdf.js may print warnings quoting the document: they are not for the service's log.
     stdout: true,
     stderr: true,
   });
-  // An idle reader never keeps the process alive; a PDF being read does, through its deadline.
-  worker.unref();
   worker.on('message', (answer: PdfWorkerAnswer) => {
     if (!current || current.id !== answer.id) return;
     finish(current, 'text' in answer ? answer : new PdfReadError(answer.reason, answer.message));
@@ -108,6 +109,9 @@ function startReader(): Worker {
     reader = undefined;
     if (current) finish(current, new PdfReadError('unreadable', 'PDF reader stopped without an answer'));
   });
+  // An idle reader never keeps the process alive (a PDF being read does, through its deadline). After the
+  // listeners: adding a message listener refs the thread again.
+  worker.unref();
   return worker;
 }
 

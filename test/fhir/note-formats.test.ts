@@ -1,3 +1,6 @@
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import type { Binary, DocumentReference } from 'fhir/r4.js';
 import { describe, expect, it } from 'vitest';
 import { noteConclusion } from '../../agents/note-sections.ts';
@@ -282,6 +285,23 @@ describe('PDF notes', () => {
     expect(await pdfToText(long, { maxBytes: 1_000_000, maxPages: 1, timeoutMs: 10_000 })).toBe(
       'page one\n\n[... 2 more pages not read]',
     );
+  });
+
+  it('never keeps a process alive once its PDFs are read', () => {
+    const module = (file: string) => JSON.stringify(pathToFileURL(path.resolve(file)).href);
+    const script = `
+      const { pdfToText } = await import(${module('fhir/note-formats/pdf.ts')});
+      const { minimalPdf } = await import(${module('test/support/minimal-pdf.ts')});
+      console.log(await pdfToText(minimalPdf([['Plan: rest.']])));`;
+    const started = Date.now();
+    const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      timeout: 25_000,
+    });
+    expect(run.stdout.trim()).toBe('Plan: rest.');
+    expect(run.status).toBe(0);
+    // The idle reader thread is stopped only after 30 s: an exit well before shows it holds nothing open.
+    expect(Date.now() - started).toBeLessThan(15_000);
   });
 });
 
