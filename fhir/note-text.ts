@@ -169,12 +169,12 @@ export async function binaryNoteText(
       502,
     );
   }
-  // The Binary's own type (with its charset) is what the server knows of the bytes; the attachment's is a fallback.
-  return attachmentText(
-    Buffer.from(binary.data, 'base64'),
-    binary.contentType ?? attachment?.contentType,
-    maxCharacters,
-  );
+  // The Binary's own type (with its charset) is what the server knows of the bytes, unless it is one that says
+  // nothing of a note (application/octet-stream): then the attachment's type says what they are.
+  const contentType = noteFormat(binary.contentType)
+    ? binary.contentType
+    : (attachment?.contentType ?? binary.contentType);
+  return attachmentText(Buffer.from(binary.data, 'base64'), contentType, maxCharacters);
 }
 
 /**

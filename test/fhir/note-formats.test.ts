@@ -329,12 +329,20 @@ describe('notes of every format in a retrieved record', () => {
     const server = await startFhirTestServer({ batch: true });
     try {
       const chart = await seedChart(server.repository);
-      const document = async (contentType: string, data: Buffer, viaBinary: boolean) => {
+      const document = async (
+        contentType: string,
+        data: Buffer,
+        viaBinary: boolean,
+        binaryType = contentType,
+      ) => {
+        const binary = () =>
+          create<Binary>(server.repository, {
+            resourceType: 'Binary',
+            contentType: binaryType,
+            data: data.toString('base64'),
+          });
         const attachment = viaBinary
-          ? {
-              contentType,
-              url: `${server.baseUrl}/Binary/${(await create<Binary>(server.repository, { resourceType: 'Binary', contentType, data: data.toString('base64') })).id}`,
-            }
+          ? { contentType, url: `${server.baseUrl}/Binary/${(await binary()).id}` }
           : { contentType, data: data.toString('base64') };
         return create<DocumentReference>(server.repository, {
           resourceType: 'DocumentReference',
@@ -351,6 +359,13 @@ describe('notes of every format in a retrieved record', () => {
         minimalPdf([['Impression: stable angina.']]),
         false,
       );
+      // A document store that serves every Binary as octet-stream: the attachment's type says it is a PDF.
+      const untypedPdf = await document(
+        'application/pdf',
+        minimalPdf([['Plan: echo in 6 months.']]),
+        true,
+        'application/octet-stream',
+      );
       const scanned = await document('application/pdf', minimalPdf([[]]), false);
       const scannedBehindUrl = await document('application/pdf', minimalPdf([[]]), true);
 
@@ -365,6 +380,7 @@ describe('notes of every format in a retrieved record', () => {
       expect(textOf(rtf.id)).toContain('1. Type 2 diabetes – above goal');
       expect(textOf(pdf.id)).toBe('Plan: stress test next week.');
       expect(textOf(inlinePdf.id)).toBe('Impression: stable angina.');
+      expect(textOf(untypedPdf.id)).toBe('Plan: echo in 6 months.');
       expect(textOf(scanned.id)).toBeUndefined();
       expect(record.omitted).toEqual(
         expect.arrayContaining([
