@@ -12,12 +12,8 @@ import { OperationOutcomeError } from '../operation-outcome.ts';
 import type { PatientRecord } from '../patient-record.ts';
 import type { PatientScopedReader } from '../patient-scope.ts';
 import { type DicomWebClient, DicomWebError, isDicomUid, studyUidFromIdentifier } from './dicomweb-client.ts';
-import {
-  type ImageLimits,
-  ImageRejectedError,
-  type PreparedImage,
-  prepareImage,
-} from './image-preparation.ts';
+import { type ImageLimits, ImageRejectedError, type PreparedImage } from './image-preparation.ts';
+import { prepareImageOffThread } from './image-preparation-thread.ts';
 
 /**
  * A patient's images, found and fetched through the compartment guard: image attachments of their
@@ -290,7 +286,7 @@ export async function readRecordImages(
   for (const candidate of candidates) {
     const { fetch, ...described } = candidate;
     try {
-      const image = prepareImage(await fetch(), options.limits);
+      const image = await prepareImageOffThread(await fetch(), options.limits);
       images.push({ ...described, image });
     } catch (error) {
       images.push({ ...described, problem: problemOf(error) });

@@ -1,7 +1,8 @@
 import type { Attachment, Binary, FhirResource } from 'fhir/r4.js';
 import { personName } from '../../fhir/display-labels.ts';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
-import { ImageRejectedError, prepareImage } from '../../fhir/imaging/image-preparation.ts';
+import { ImageRejectedError } from '../../fhir/imaging/image-preparation.ts';
+import { prepareImageOffThread } from '../../fhir/imaging/image-preparation-thread.ts';
 import { outcomeError } from '../../fhir/operation-outcome.ts';
 import { barePatientId, belongsToPatient } from '../../fhir/patient-scope.ts';
 
@@ -193,7 +194,7 @@ export async function citationImage(
     bytes = Buffer.from(binary.data, 'base64');
   } else return undefined;
   try {
-    const prepared = prepareImage(bytes, { ...citationImageLimits, maxDimension });
+    const prepared = await prepareImageOffThread(bytes, { ...citationImageLimits, maxDimension });
     return {
       contentType: 'image/jpeg',
       data: Buffer.from(prepared.jpeg).toString('base64'),

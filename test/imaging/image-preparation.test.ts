@@ -2,6 +2,7 @@ import { encode as encodePng } from 'fast-png';
 import jpeg from 'jpeg-js';
 import { describe, expect, it } from 'vitest';
 import { ImageRejectedError, prepareImage } from '../../fhir/imaging/image-preparation.ts';
+import { prepareImageOffThread } from '../../fhir/imaging/image-preparation-thread.ts';
 import { halvesJpeg, halvesPng } from './synthetic-images.ts';
 
 /**
@@ -76,5 +77,29 @@ describe('image preparation: capped, checked and downscaled before any model', (
   it('refuses a truncated image as undecodable', () => {
     const truncated = halvesPng(200, 200).subarray(0, 60);
     expect(problemOf(() => prepareImage(truncated, limits))).toBe('undecodable');
+  });
+
+  it('prepares off the main thread: the event loop keeps answering while a large image is decoded', async () => {
+    const large = halvesJpeg(3000, 2000);
+    let longestPause = 0;
+    let last = performance.now();
+    const ticker = setInterval(() => {
+      const now = performance.now();
+      longestPause = Math.max(longestPause, now - last);
+      last = now;
+    }, 10);
+    const startedAt = performance.now();
+    try {
+      const prepared = await prepareImageOffThread(large, limits);
+      expect([prepared.width, prepared.height]).toEqual([896, 597]);
+    } finally {
+      clearInterval(ticker);
+    }
+    const took = performance.now() - startedAt;
+    // Decoding 6 megapixels takes far longer than any pause the main thread saw meanwhile.
+    expect(longestPause).toBeLessThan(Math.max(250, took / 3));
+    await expect(prepareImageOffThread(Buffer.from('not an image at all'), limits)).rejects.toMatchObject({
+      problem: 'not-an-image',
+    });
   });
 });
