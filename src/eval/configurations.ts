@@ -1,13 +1,9 @@
 import { existsSync } from 'node:fs';
 import type { DraftEngine } from '../../agents/draft-engine.ts';
-import { withExtractiveFallback } from '../../agents/engine-with-fallback.ts';
-import { createExtractiveEngine } from '../../agents/extractive-engine.ts';
-import { MedGemmaEngine } from '../../agents/medgemma-engine.ts';
-import { PromptLibrary } from '../../agents/prompt-library.ts';
 import { createDraftEngine } from '../draft-engine-factory.ts';
 import type { Logger } from '../log.ts';
 import { agentBudgetSchema, modelConfigSchema } from '../model/model-config.ts';
-import { ScriptedCooperativeModel } from './scripted-cooperative-model.ts';
+import type { ScriptedCooperativeModel } from './scripted-cooperative-model.ts';
 
 /**
  * Engine configurations an evaluation compares, named on the command line: `extractive`, `scripted`
@@ -78,6 +74,20 @@ export async function createConfiguration(
       return { spec, engine, close: () => engine.close() };
     }
     case 'scripted': {
+      // The agents are loaded only when a model configuration is evaluated, as the factory does.
+      const [
+        { withExtractiveFallback },
+        { createExtractiveEngine },
+        { MedGemmaEngine },
+        { PromptLibrary },
+        { ScriptedCooperativeModel },
+      ] = await Promise.all([
+        import('../../agents/engine-with-fallback.ts'),
+        import('../../agents/extractive-engine.ts'),
+        import('../../agents/medgemma-engine.ts'),
+        import('../../agents/prompt-library.ts'),
+        import('./scripted-cooperative-model.ts'),
+      ]);
       const scripted = new ScriptedCooperativeModel();
       const fallback = createExtractiveEngine();
       const prompts = PromptLibrary.load();

@@ -176,7 +176,10 @@ export class ScriptedCooperativeModel implements ModelProvider {
       const section = block.reference.startsWith('MedicationRequest/') ? medicines : problems;
       add(section, block.reference, block.text.replace(/\s*\((active|on-hold)[^)]*\)\s*$/, ''));
     }
-    const factsPart = text.slice(text.indexOf('Facts from the record'));
+    // The facts run from their heading to the suggestions (which are worded below, never restated as facts).
+    const factsStart = text.indexOf('Facts from the record');
+    const suggestionsStart = text.indexOf('Suggestions to word', factsStart);
+    const factsPart = text.slice(factsStart, suggestionsStart > factsStart ? suggestionsStart : undefined);
     for (const match of factsPart.matchAll(/^- (.+?) \[([A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64})\]/gm)) {
       const [, fact, reference] = match;
       const isResult = reference.startsWith('Observation/') || (resultWords.test(fact) && /\d/.test(fact));
