@@ -41,7 +41,7 @@ function normalised(name: string): string {
 
 /** Headings under which a note concludes. */
 const planHeading =
-  /^(?:a|p|ap|a and p|assessment|impression|clinical impression|plan|plan of care|care plan|treatment plan|recommendations?|(?:assessment|impression|diagnos[ie]s) and (?:plan|recommendations?|plan of care))$/;
+  /^(?:a|p|ap|a and p|plan of care|care plan|treatment plan|(?:assessment|impression|clinical impression|diagnos[ie]s|dx|plan|recommendations?)(?: and (?:plan|recommendations?|plan of care|assessment|disposition|follow ?up))?)$/;
 
 /** The other sections of a note: reaching one ends the conclusion. */
 const otherHeading =

@@ -21,6 +21,8 @@ describe('assessment-and-plan headings in the common styles', () => {
     ['an ALL CAPS line', 'PHYSICAL EXAMINATION\nClear lungs.\nIMPRESSION\nRest and fluids.'],
     ['bold markdown', '**Subjective:** cough\n**Plan:** Rest and fluids.'],
     ['SOAP letters', 'S: cough\nO: clear lungs\nA: Viral bronchitis.\nP: Rest and fluids.'],
+    ['Dx/Plan', 'Exam: clear lungs\nDx/Plan:\nRest and fluids.'],
+    ['Plan/Recommendations', 'ROS: negative\nPLAN/RECOMMENDATIONS:\nRest and fluids.'],
   ])('%s', (_style, text) => {
     const conclusion = noteConclusion(text);
     expect(conclusion?.kind).toBe('assessment-and-plan');
