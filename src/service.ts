@@ -28,7 +28,7 @@ import { configurationVersion } from './intake/configuration-version.ts';
 import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
 import { createMetrics, observeRuleSet } from './metrics.ts';
-import { patientIntakeAuth, startPatientIntake } from './patient-intake/wiring.ts';
+import { patientIntakeAuth, patientIntakeEnabled, startPatientIntake } from './patient-intake/wiring.ts';
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
 import { createRecordImagesStage } from './pipeline/record-images-stage.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
@@ -202,6 +202,9 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         createLaunch: async (context) =>
           authorization.createLaunch({ patient: context.patientId, encounter: context.encounterId }),
         draftIdentifierSystem: config.drafts.identifierSystem,
+        ...(patientIntakeEnabled(config, true)
+          ? { intakeIdentifierSystem: config.patientIntake.identifierSystem }
+          : {}),
       }),
     );
   }

@@ -1,6 +1,6 @@
 import { parseSearchRequest } from '@medplum/core';
 import express, { type Router } from 'express';
-import type { DocumentReference, Encounter, Patient } from 'fhir/r4.js';
+import type { Communication, DocumentReference, Encounter, Patient } from 'fhir/r4.js';
 import { isFhirId } from '../../fhir/fhir-id.ts';
 import { outcomeError } from '../../fhir/operation-outcome.ts';
 import type { SandboxEhr } from '../sandbox/sandbox-ehr.ts';
@@ -20,6 +20,8 @@ export interface SandboxLaunchPageOptions {
   /** Records an EHR launch context in the sandbox's authorization server; returns the opaque `launch` value. */
   createLaunch: (context: { patientId: string; encounterId: string }) => Promise<string>;
   draftIdentifierSystem: string;
+  /** Pre-visit intake's identifier system, when it is on: each booked visit shows its invitation's link. */
+  intakeIdentifierSystem?: string;
   /** How many encounters each patient lists (newest first). */
   encountersPerPatient?: number;
   now?: () => Date;
@@ -114,6 +116,18 @@ export function sandboxLaunchRouter(options: SandboxLaunchPageOptions): Router {
       const patientId = draft.subject?.reference?.split('/').pop();
       if (patientId) waitingByPatient.set(patientId, (waitingByPatient.get(patientId) ?? 0) + 1);
     }
+    // The link each booked visit's invitation carries, as the patient would receive it from the portal.
+    const invitationLinks = new Map<string, string>();
+    if (options.intakeIdentifierSystem) {
+      const system = `${options.intakeIdentifierSystem}/invitation`;
+      for (const invitation of await search<Communication>('Communication?_count=1000')) {
+        const encounter = invitation.encounter?.reference?.split('/').pop();
+        const link = invitation.payload?.find((payload) => payload.contentAttachment?.url)?.contentAttachment
+          ?.url;
+        if (encounter && link && invitation.identifier?.some((identifier) => identifier.system === system))
+          invitationLinks.set(encounter, link);
+      }
+    }
     const sections: string[] = [];
     for (const patient of patients.sort((left, right) => String(left.id).localeCompare(String(right.id)))) {
       const encounters = await search<Encounter>(
@@ -123,7 +137,11 @@ export function sandboxLaunchRouter(options: SandboxLaunchPageOptions): Router {
       const waiting = waitingByPatient.get(patient.id as string) ?? 0;
       const items = encounters.slice(0, perPatient).map((encounter) => {
         const href = `launch/open?patient=${encodeURIComponent(patient.id as string)}&encounter=${encodeURIComponent(encounter.id as string)}`;
-        return `<li>${escapeHtml(encounterDate(encounter))} &middot; ${escapeHtml(encounterLabel(encounter))} (${escapeHtml(encounter.status)}) &middot; <a href="${escapeHtml(href)}">Open the review app<span class="visually-hidden"> for this ${escapeHtml(encounterDate(encounter))} visit</span></a></li>`;
+        const invitation = invitationLinks.get(encounter.id as string);
+        const intake = invitation
+          ? ` &middot; <a href="${escapeHtml(invitation)}">The patient's pre-visit questions<span class="visually-hidden"> for the ${escapeHtml(encounterDate(encounter))} visit</span></a>`
+          : '';
+        return `<li>${escapeHtml(encounterDate(encounter))} &middot; ${escapeHtml(encounterLabel(encounter))} (${escapeHtml(encounter.status)}) &middot; <a href="${escapeHtml(href)}">Open the review app<span class="visually-hidden"> for this ${escapeHtml(encounterDate(encounter))} visit</span></a>${intake}</li>`;
       });
       sections.push(`<section class="patient" aria-labelledby="patient-${escapeHtml(patient.id as string)}">
 <h2 id="patient-${escapeHtml(patient.id as string)}">${escapeHtml(patientName(patient))}</h2>

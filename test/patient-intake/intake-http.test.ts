@@ -137,6 +137,12 @@ describe('the interview over HTTP', () => {
       if (name) expect(log).not.toContain(name);
   }, 120_000);
 
+  it("shows each booked visit's invitation link on the sandbox's launch page", async () => {
+    const { link } = await invitedLink();
+    const launchPage = await (await fetch(`${service.url}/sandbox/launch`)).text();
+    expect(launchPage).toContain(`<a href="${link}">The patient's pre-visit questions`);
+  }, 60_000);
+
   it('limits requests per link', async () => {
     const { link } = await invitedLink();
     const statuses: number[] = [];
