@@ -32,7 +32,7 @@ export interface AppOptions {
   /** Which proxies may name the client in X-Forwarded-For (`http.trustProxy`); default none. */
   trustProxy?: TrustProxySetting;
   /** Intake wiring for /notify (event intake, sources, Medplum secrets, rate limits). */
-  notify?: Pick<NotifyRouteOptions, 'intake' | 'sources' | 'medplumSecrets' | 'rateLimit'>;
+  notify?: Pick<NotifyRouteOptions, 'intake' | 'sources' | 'medplumSecrets' | 'rateLimit' | 'rateLimits'>;
 }
 
 const jobStatuses: JobStatus[] = ['pending', 'running', 'done', 'failed'];

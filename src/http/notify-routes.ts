@@ -5,7 +5,7 @@ import { OperationOutcomeError, outcome, outcomeError } from '../../fhir/operati
 import { parseNotification } from '../../fhir/subscription-notification.ts';
 import { EventIntake } from '../intake/event-intake.ts';
 import { verifyMedplumSignature } from '../intake/medplum-signature.ts';
-import { RateLimiter } from '../intake/rate-limiter.ts';
+import { type ClientRateLimit, processRateLimit } from '../intake/rate-limiter.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceMetrics } from '../metrics.ts';
 import type { JobQueue } from '../queue/job-queue.ts';
@@ -34,6 +34,8 @@ export interface NotifyRouteOptions {
   sources?: { backport: boolean; classic: boolean; medplum: boolean };
   medplumSecrets?: Record<string, string>;
   rateLimit?: { unauthenticatedPerMinute: number; emptyPayloadPerMinute: number };
+  /** Where the rate limits' buckets live (the shared database with replicas); absent: in this process. */
+  rateLimits?: { unauthenticated: ClientRateLimit; emptyPayloads: ClientRateLimit };
 }
 
 const fhirJsonTypes = ['application/fhir+json', 'application/json', 'application/json+fhir'];
@@ -107,8 +109,11 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
       metrics,
       onQueued: options.onQueued,
     });
-  const unauthenticated = new RateLimiter(options.rateLimit?.unauthenticatedPerMinute ?? 30);
-  const emptyPayloads = new RateLimiter(options.rateLimit?.emptyPayloadPerMinute ?? 120);
+  const unauthenticated =
+    options.rateLimits?.unauthenticated ??
+    processRateLimit(options.rateLimit?.unauthenticatedPerMinute ?? 30);
+  const emptyPayloads =
+    options.rateLimits?.emptyPayloads ?? processRateLimit(options.rateLimit?.emptyPayloadPerMinute ?? 120);
   const rawBody = express.raw({ type: () => true, limit: options.maxBodyBytes });
   const clientOf = (request: Request) => request.ip ?? request.socket.remoteAddress ?? 'unknown';
 
@@ -118,16 +123,16 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
    * checked: valid credentials are never refused, so a flood from a shared address cannot lock out
    * the real server behind it.
    */
-  const refuse = (
+  const refuse = async (
     request: Request,
     response: Response,
     reason: string,
     failure?: OperationOutcomeError,
-  ): never => {
-    const client = clientOf(request);
-    if (!unauthenticated.take(client)) {
+  ): Promise<never> => {
+    const token = await unauthenticated.take(clientOf(request));
+    if (!token.allowed) {
       metrics?.notificationsRejected.inc({ reason: 'rate-limited' });
-      const error = tooMany(unauthenticated.retryAfterSeconds(client), 'failed authentications');
+      const error = tooMany(token.retryAfterSeconds, 'failed authentications');
       response.set('Retry-After', String(error.retryAfterSeconds));
       throw error;
     }
@@ -142,8 +147,8 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     );
   };
 
-  const bearerRequired = (request: Request, response: Response, next: NextFunction) => {
-    if (!hasBearer(request, options.secret)) refuse(request, response, 'unauthenticated');
+  const bearerRequired = async (request: Request, response: Response, next: NextFunction) => {
+    if (!hasBearer(request, options.secret)) await refuse(request, response, 'unauthenticated');
     next();
   };
 
@@ -156,7 +161,7 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     } catch (error) {
       const failure = bodyReadFailure(error);
       if (!failure) throw error;
-      refuse(request, response, 'unreadable-body', failure.error);
+      await refuse(request, response, 'unreadable-body', failure.error);
     }
     return Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0);
   };
@@ -172,11 +177,11 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     }
   };
 
-  const takeEmptyPayload = (request: Request, response: Response) => {
-    const client = clientOf(request);
-    if (!emptyPayloads.take(client)) {
+  const takeEmptyPayload = async (request: Request, response: Response) => {
+    const token = await emptyPayloads.take(clientOf(request));
+    if (!token.allowed) {
       metrics?.notificationsRejected.inc({ reason: 'rate-limited' });
-      const error = tooMany(emptyPayloads.retryAfterSeconds(client), 'empty notifications');
+      const error = tooMany(token.retryAfterSeconds, 'empty notifications');
       response.set('Retry-After', String(error.retryAfterSeconds));
       throw error;
     }
@@ -199,7 +204,7 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
   router.post('/notify', async (request, response, next) => {
     if (request.get('x-signature') === undefined) return next();
     if (!sources.medplum)
-      refuse(
+      await refuse(
         request,
         response,
         'source-off',
@@ -209,7 +214,7 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     const raw = await signedBody(request, response);
     const subscriptionId = request.get('x-medplum-subscription') ?? undefined;
     if (!verifyMedplumSignature(raw, request.get('x-signature') ?? '', medplumSecrets, subscriptionId))
-      refuse(request, response, 'bad-signature');
+      await refuse(request, response, 'bad-signature');
     const body = raw.length === 0 ? {} : parseJsonBody(raw);
     const interaction = (request.get('x-medplum-interaction') ?? '').toLowerCase();
     const resourceType = (body as { resourceType?: unknown }).resourceType;
@@ -232,7 +237,7 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     // HAPI's rest-hook without payload: something changed, not what. The reconciler finds out.
     if (!sources.classic)
       throw outcomeError('not-supported', 'classic rest-hook notifications are switched off', 404);
-    takeEmptyPayload(request, response);
+    await takeEmptyPayload(request, response);
     intake.requestReconcile('empty-post', 'hapi');
     accepted(response, 'accepted; reconcile requested');
   });
@@ -257,7 +262,7 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
         throw outcomeError('not-supported', 'Backport notifications are switched off', 404);
       const notification = parseNotification(body);
       if (notification.type === 'event-notification' && notification.events.some((event) => !event.focus))
-        takeEmptyPayload(request, response);
+        await takeEmptyPayload(request, response);
       const result = await intake.acceptNotification(notification, 'backport');
       accepted(
         response,
@@ -268,11 +273,11 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
 
   const classicWithResource = [
     bearerRequired,
-    (request: Request, response: Response, next: NextFunction) => {
+    async (request: Request, response: Response, next: NextFunction) => {
       if (!sources.classic)
         throw outcomeError('not-supported', 'classic rest-hook notifications are switched off', 404);
       if (hasNoBody(request)) {
-        takeEmptyPayload(request, response);
+        await takeEmptyPayload(request, response);
         return next();
       }
       jsonContentType(request);

@@ -13,6 +13,7 @@ import { EventCounterTracker } from './event-counter-tracker.ts';
 import { EventIntake } from './event-intake.ts';
 import { IntakeStateStore } from './intake-state-store.ts';
 import { PollingReconciler } from './polling-reconciler.ts';
+import { sharedRateLimit } from './rate-limiter.ts';
 import { SubscriptionConfirmation, type SubscriptionReadiness } from './subscription-confirmation.ts';
 import { ensureSubscription, type SubscriptionSpec } from './subscription-manager.ts';
 import { subscriptionSpecFor } from './subscription-server.ts';
@@ -121,6 +122,23 @@ export class IntakeService {
       sources: config.sources,
       medplumSecrets: this.#medplumSecrets,
       rateLimit: config.rateLimit,
+      // With replicas the buckets are shared: a flood spread by the balancer spends one budget per client.
+      ...(this.#options.database
+        ? {
+            rateLimits: {
+              unauthenticated: sharedRateLimit(
+                this.store,
+                'notify-unauthenticated',
+                config.rateLimit.unauthenticatedPerMinute,
+              ),
+              emptyPayloads: sharedRateLimit(
+                this.store,
+                'notify-empty-payload',
+                config.rateLimit.emptyPayloadPerMinute,
+              ),
+            },
+          }
+        : {}),
     };
   }
 

@@ -46,6 +46,14 @@ create table if not exists service_subscription (
   reference text not null,
   ensured_at integer not null
 );
+create table if not exists rate_buckets (
+  name text not null,
+  client text not null,
+  tokens real not null,
+  refilled_at integer not null,
+  allowed integer not null,
+  primary key (name, client)
+);
 create table if not exists poll_cursor (name text primary key, cursor text not null);
 create table if not exists poll_seen (
   resource_id text not null,
@@ -321,6 +329,40 @@ export class IntakeStateStore {
   async prunePolled(olderThan: string): Promise<void> {
     await this.#executor.run('delete from poll_seen where last_updated < ?', [olderThan]);
   }
+
+  /**
+   * Spends one of the client's tokens in the named bucket (`perMinute` tokens, refilled continuously),
+   * in one statement, so replicas draw on one budget per client. Refused: how long until a token is back.
+   */
+  async takeToken(
+    name: string,
+    client: string,
+    perMinute: number,
+    now: number,
+  ): Promise<{ allowed: boolean; retryAfterSeconds: number }> {
+    const smaller = this.#executor.dialect === 'postgres' ? 'least' : 'min';
+    const refilled = `${smaller}(cast(? as double precision), rate_buckets.tokens + (excluded.refilled_at - rate_buckets.refilled_at) * cast(? as double precision) / 60000.0)`;
+    const [row] = await this.#executor.all<{ tokens: number | string; allowed: number | string }>(
+      `insert into rate_buckets (name, client, tokens, refilled_at, allowed) values (?, ?, ?, ?, 1)
+         on conflict (name, client) do update set
+           tokens = case when ${refilled} >= 1 then ${refilled} - 1 else ${refilled} end,
+           allowed = case when ${refilled} >= 1 then 1 else 0 end,
+           refilled_at = excluded.refilled_at
+         returning tokens, allowed`,
+      [name, client, perMinute - 1, now, ...Array.from({ length: 4 }, () => [perMinute, perMinute]).flat()],
+    );
+    this.#tokensSincePrune += 1;
+    if (this.#tokensSincePrune >= 100) {
+      this.#tokensSincePrune = 0;
+      // A bucket untouched for ten minutes is full again whatever its rate: forgetting it changes nothing.
+      await this.#executor.run('delete from rate_buckets where refilled_at < ?', [now - 600_000]);
+    }
+    const tokens = Number(row?.tokens ?? 0);
+    const allowed = Number(row?.allowed ?? 0) === 1;
+    return { allowed, retryAfterSeconds: Math.max(1, Math.ceil(((1 - tokens) / perMinute) * 60)) };
+  }
+
+  #tokensSincePrune = 0;
 
   async close(): Promise<void> {
     if (this.#ownsDatabase) await this.#database?.close();

@@ -1,3 +1,5 @@
+import type { IntakeStateStore } from './intake-state-store.ts';
+
 /**
  * A token bucket per client address, for floods of unauthenticated or empty-payload notifications.
  * In memory and per process: a flood is a local problem, and a restart forgives everyone. The map is
@@ -50,4 +52,33 @@ export class RateLimiter {
     const bucket = this.#bucket(key);
     return Math.max(1, Math.ceil(((1 - bucket.tokens) / this.#perMinute) * 60));
   }
+}
+
+/** One client's token spent from a limit, wherever the limit's buckets are kept. */
+export interface ClientRateLimit {
+  take(client: string): Promise<{ allowed: boolean; retryAfterSeconds: number }>;
+}
+
+/** This process's buckets (one replica: a flood is a local problem, and a restart forgives everyone). */
+export function processRateLimit(perMinute: number): ClientRateLimit {
+  const limiter = new RateLimiter(perMinute);
+  return {
+    async take(client) {
+      const allowed = limiter.take(client);
+      return { allowed, retryAfterSeconds: allowed ? 0 : limiter.retryAfterSeconds(client) };
+    },
+  };
+}
+
+/**
+ * Buckets in the shared database: behind a load balancer a flood spread over the replicas spends one
+ * budget per client, not one per replica.
+ */
+export function sharedRateLimit(
+  store: { takeToken: IntakeStateStore['takeToken'] },
+  name: string,
+  perMinute: number,
+  now: () => number = Date.now,
+): ClientRateLimit {
+  return { take: (client) => store.takeToken(name, client, perMinute, now()) };
 }

@@ -124,4 +124,19 @@ create table drafted_nudges (
 create index drafted_nudges_patient on drafted_nudges (patient_id, remembered_at);
 `,
   },
+  {
+    version: 2,
+    name: 'rate-limits',
+    sql: `
+create table rate_buckets (
+  name text not null,
+  client text not null,
+  tokens double precision not null,
+  refilled_at bigint not null,
+  allowed integer not null,
+  primary key (name, client)
+);
+create index rate_buckets_refilled on rate_buckets (refilled_at);
+`,
+  },
 ];

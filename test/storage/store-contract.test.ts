@@ -317,6 +317,23 @@ for (const [name, storage, available] of adapters) {
       expect(await other.nudges.ruleLogicConflicts([{ ...logic, logicFingerprint: 'b' }])).toEqual([logic]);
     });
 
+    it('rate limits: replicas draw on one budget per client, refilled with time', async () => {
+      const open = await storage();
+      const [one, other] = [await open(), await open()];
+      const now = Date.parse('2026-12-01T10:00:00Z');
+      const take = (store: IntakeStateStore, client: string, at = now) =>
+        store.takeToken('notify-unauthenticated', client, 3, at);
+      expect((await take(one.intake, '10.0.0.1')).allowed).toBe(true);
+      expect((await take(other.intake, '10.0.0.1')).allowed).toBe(true);
+      expect((await take(one.intake, '10.0.0.1')).allowed).toBe(true);
+      const refused = await take(other.intake, '10.0.0.1');
+      expect(refused).toEqual({ allowed: false, retryAfterSeconds: 20 });
+      // Another client, another bucket; the refused one has a token again 20 s later, and only one.
+      expect((await take(other.intake, '10.0.0.2')).allowed).toBe(true);
+      expect((await take(one.intake, '10.0.0.1', now + 20_000)).allowed).toBe(true);
+      expect((await take(other.intake, '10.0.0.1', now + 20_000)).allowed).toBe(false);
+    });
+
     it('drafted nudges: what one replica drafted is served by the other, never for another patient', async () => {
       const open = await storage();
       const [one, other] = [await open(), await open()];
