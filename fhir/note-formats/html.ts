@@ -2,7 +2,7 @@ import { Parser } from 'htmlparser2';
 
 /**
  * An HTML (or XHTML) note as plain text a reader would see: entities decoded (named and numeric), block
- * elements and line breaks as line breaks, list items as "- " lines, table cells separated by tabs, and
+ * elements and line breaks as line breaks, list items as "- " lines (numbered in ordered lists), table cells separated by tabs, and
  * headings kept as markdown headings (`## Plan`) so the section finder sees them. Scripts, styles, the head
  * and comments are dropped.
  */
@@ -108,6 +108,8 @@ export function htmlToText(html: string, options: MarkupTextOptions = {}): strin
   const lines = new TextLines();
   let hiddenDepth = 0;
   let preformattedDepth = 0;
+  // Open lists, innermost last: an ordered list's items keep their numbers (a plan's "1.", "2.").
+  const lists: { ordered: boolean; items: number }[] = [];
   const elementName = (name: string) => {
     const tag = name.toLowerCase().replace(/^[a-z_][\w.-]*:/, '');
     return narrativeElements[tag] ?? tag;
@@ -115,8 +117,10 @@ export function htmlToText(html: string, options: MarkupTextOptions = {}): strin
   const headingLevel = (name: string) => (/^h[1-6]$/.test(name) ? Number(name[1]) : 0);
   const parser = new Parser(
     {
-      onopentag(name) {
-        const tag = elementName(name);
+      onopentag(name, attributes) {
+        const ordered =
+          elementName(name) === 'ul' && (attributes.listType ?? attributes.listtype) === 'ordered';
+        const tag = ordered ? 'ol' : elementName(name);
         // Inside a hidden element every tag is counted, so its closing tag is found again.
         if (hiddenDepth > 0 || hiddenElements.has(tag)) {
           hiddenDepth++;
@@ -124,7 +128,10 @@ export function htmlToText(html: string, options: MarkupTextOptions = {}): strin
         }
         const level = headingLevel(tag);
         if (level > 0) lines.startLine(`${'#'.repeat(level)} `);
-        else if (tag === 'li') lines.startLine('- ');
+        else if (tag === 'li') {
+          const list = lists.at(-1);
+          lines.startLine(list?.ordered ? `${++list.items}. ` : '- ');
+        } else if (tag === 'ul' || tag === 'ol') lists.push({ ordered: tag === 'ol', items: 0 });
         else if (tag === 'br') lines.lineBreak();
         else if (tag === 'td' || tag === 'th') lines.cell();
         else if (blockElements.has(tag)) lines.endBlock();
@@ -140,9 +147,10 @@ export function htmlToText(html: string, options: MarkupTextOptions = {}): strin
           return;
         }
         if (tag === 'pre') preformattedDepth--;
+        if (tag === 'ul' || tag === 'ol') lists.pop();
         if (headingLevel(tag) > 0) lines.lineBreak();
-        else if (tag === 'p' || tag === 'table' || tag === 'ul' || tag === 'ol') {
-          // A paragraph or list ends with a blank line: the section finder reads paragraphs.
+        else if (tag === 'p' || tag === 'table' || ((tag === 'ul' || tag === 'ol') && lists.length === 0)) {
+          // A paragraph or (outermost) list ends with a blank line: the section finder reads paragraphs.
           lines.endBlock();
           lines.lineBreak();
         } else if (blockElements.has(tag)) lines.endBlock();

@@ -117,7 +117,7 @@ const htmlNote = `<!DOCTYPE html>
 </body></html>`;
 
 describe('HTML notes', () => {
-  it('decodes entities (named and numeric), puts blocks on their own lines and keeps headings as headings', async () => {
+  it('decodes entities (named and numeric), puts blocks on their own lines, numbers ordered lists and keeps headings as headings', async () => {
     const text = (await readNoteText(
       noServer,
       note({ contentType: 'text/html; charset=utf-8', data: htmlNote }),
@@ -133,14 +133,14 @@ describe('HTML notes', () => {
         'A1c\t7.2%',
         '',
         '## Assessment & Plan',
-        '- Type 2 diabetes <above goal>: increase metformin.',
-        '- Recheck A1c in 3\u00a0months.',
+        '1. Type 2 diabetes <above goal>: increase metformin.',
+        '2. Recheck A1c in 3\u00a0months.',
         '',
         'Electronically signed by Dr. Example',
       ].join('\n'),
     );
     expect(noteConclusion(text)?.text).toBe(
-      'Type 2 diabetes <above goal>: increase metformin. Recheck A1c in 3 months.',
+      '1. Type 2 diabetes <above goal>: increase metformin. 2. Recheck A1c in 3 months.',
     );
   });
 });
@@ -192,8 +192,8 @@ describe('C-CDA notes', () => {
         '# Assessment and Plan',
         'Diabetes above goal — A1c 7.2%.',
         '',
-        '- Increase metformin to 1000 mg twice daily.',
-        '- Recheck A1c in 3 months.',
+        '1. Increase metformin to 1000 mg twice daily.',
+        '2. Recheck A1c in 3 months.',
         '',
         '# Medications',
         'Medication\tDose',
@@ -204,7 +204,7 @@ describe('C-CDA notes', () => {
     expect(text).not.toContain('Doe');
     expect(text).not.toContain('44054006');
     expect(noteConclusion(text)?.text).toBe(
-      'Diabetes above goal — A1c 7.2%. Increase metformin to 1000 mg twice daily. Recheck A1c in 3 months.',
+      'Diabetes above goal — A1c 7.2%. 1. Increase metformin to 1000 mg twice daily. 2. Recheck A1c in 3 months.',
     );
   });
 
