@@ -44,9 +44,10 @@ export interface BenchmarkFigures {
   /** Problems, medications, allergies and latest key results. */
   structuredRecall: number | null;
   plantedRecall: number | null;
+  /** Token and call targets are null for an engine that calls no model. */
   targets: {
     recallAtLeast095: boolean;
-    atMostAFiftiethOfNaive: boolean;
+    atMostAFiftiethOfNaive: boolean | null;
     callsWithinChunksPlusTwo: boolean | null;
   };
 }
@@ -258,7 +259,7 @@ function benchmarkFigures(
     plantedRecall,
     targets: {
       recallAtLeast095: (structuredRecall ?? 0) >= 0.95 && (plantedRecall ?? 1) >= 0.95,
-      atMostAFiftiethOfNaive: sent > 0 && sent * 50 <= item.naiveTokens,
+      atMostAFiftiethOfNaive: draft.usage.modelCalls === 0 ? null : sent * 50 <= item.naiveTokens,
       callsWithinChunksPlusTwo: within,
     },
   };
