@@ -90,6 +90,8 @@ export function rtfToText(rtf: Buffer): string {
   const tokenizer = new Tokenize();
   const reader = new ToPlainText({
     decode: decodeCodePage,
+    // Symbol and Wingdings bullets and check boxes as the Unicode characters they draw.
+    replaceSymbolFontChars: true,
     // The library's warnings can quote control words only; they are not useful in the service's log.
     warn: () => {},
   });

@@ -80,11 +80,15 @@ describe('RTF notes (Epic)', () => {
     expect(await readNoteText(noServer, note({ contentType: 'text/rtf', data: epicRtf }))).toBe(text);
   });
 
-  it('honours the document code page and \\ucN skips', () => {
+  it('honours the document code page, \\ucN skips and symbol fonts', () => {
     const cyrillic =
       "{\\rtf1\\ansi\\ansicpg1251{\\fonttbl{\\f0\\fcharset204 Arial;}}\\f0 \\'cf\\'eb\\'e0\\'ed\\par}";
     expect(rtfToText(Buffer.from(cyrillic))).toBe('План');
     expect(rtfToText(Buffer.from("{\\rtf1\\ansi\\uc2 a\\u8212\\'97\\'97b\\uc0\\u8212 c}"))).toBe('a—b—c');
+    // Symbol and Wingdings code points as the characters they draw (a bullet, a ticked box).
+    const symbols =
+      "{\\rtf1\\ansi\\deff0{\\fonttbl{\\f0 Arial;}{\\f1\\fcharset2 Symbol;}{\\f2\\fcharset2 Wingdings;}}\\f1 \\'b7\\f0  foot exam \\f2 \\'fe\\f0  done}";
+    expect(rtfToText(Buffer.from(symbols))).toBe('• foot exam 🗹 done');
   });
 
   it('gives the plan to the section finder', async () => {
