@@ -61,11 +61,20 @@ interface Started {
   lines: string[];
 }
 
-/** Starts a process and resolves with the first `lineCount` lines it prints. */
-function startProcess(script: string, args: string[], lineCount = 1): Promise<Started> {
+/**
+ * Starts a process, lists it in `children` at once (so a failed start elsewhere still stops it), and resolves
+ * with the first `lineCount` lines it prints.
+ */
+function startProcess(
+  children: ChildProcess[],
+  script: string,
+  args: string[],
+  lineCount = 1,
+): Promise<Started> {
   const child = spawn(process.execPath, [path.join(directory, script), ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
+  children.push(child);
   return new Promise((resolve, reject) => {
     let buffered = '';
     child.stdout?.on('data', (chunk: Buffer) => {
@@ -159,6 +168,25 @@ function notification(encounterId: string, number: number): string {
 
 const headers = { 'content-type': 'application/fhir+json', authorization: `Bearer ${secret}` };
 
+/**
+ * Starts `count` replicas on one database: the first alone (it creates the queue's schema, as the first pod of a
+ * rollout does), then the others together.
+ */
+async function startReplicas(
+  children: ChildProcess[],
+  count: number,
+  fhirBaseUrl: string,
+  databaseUrl: string,
+  workers: number,
+): Promise<Started[]> {
+  const args = ['service', fhirBaseUrl, databaseUrl, secret, String(workers)];
+  const first = await startProcess(children, 'replicas.support.ts', args);
+  const others = await Promise.all(
+    Array.from({ length: count - 1 }, () => startProcess(children, 'replicas.support.ts', args)),
+  );
+  return [first, ...others];
+}
+
 /** Notifies each encounter once, spread over the replicas in turn, a few at a time; returns the refusals. */
 async function notifyAll(urls: string[], encounterIds: string[], firstNumber: number): Promise<number> {
   let next = 0;
@@ -218,27 +246,16 @@ async function draftsWithReplicas(replicas: number, now: string): Promise<Record
   const children: ChildProcess[] = [];
   try {
     const fhir = await startProcess(
+      children,
       'replicas.support.ts',
       ['fhir', String(patientCount), String(seed), now],
       2,
     );
-    children.push(fhir.child);
     const [fhirBaseUrl, encounterLine] = fhir.lines;
     const encounters = JSON.parse(encounterLine) as string[];
     if (encounters.length < warmUpEvents + measuredEvents)
       throw new Error(`only ${encounters.length} finished encounters`);
-    const started = await Promise.all(
-      Array.from({ length: replicas }, () =>
-        startProcess('replicas.support.ts', [
-          'service',
-          fhirBaseUrl,
-          database.url,
-          secret,
-          String(workersPerReplica),
-        ]),
-      ),
-    );
-    children.push(...started.map((replica) => replica.child));
+    const started = await startReplicas(children, replicas, fhirBaseUrl, database.url, workersPerReplica);
     const urls = started.map((replica) => replica.lines[0]);
 
     // Warm-up (JIT, pools, pg-boss's first claims), not measured.
@@ -330,14 +347,8 @@ async function acknowledgementAtRate(fhirBaseUrl: string): Promise<Record<string
   const database = createDatabase();
   const children: ChildProcess[] = [];
   try {
-    const bare = await startProcess('intake-servers.support.ts', ['bare']);
-    children.push(bare.child);
-    const intake = await Promise.all(
-      [0, 1].map(() =>
-        startProcess('replicas.support.ts', ['service', fhirBaseUrl, database.url, secret, '0']),
-      ),
-    );
-    children.push(...intake.map((replica) => replica.child));
+    const bare = await startProcess(children, 'intake-servers.support.ts', ['bare']);
+    const intake = await startReplicas(children, 2, fhirBaseUrl, database.url, 0);
     const intakeUrls = intake.map((replica) => `${replica.lines[0]}/notify`);
     const bareUrl = `${bare.lines[0]}/notify`;
     const atRate = { headers, body: loadBody, rate, seconds: rateSeconds, concurrency: 256 };
@@ -423,20 +434,30 @@ export async function run(): Promise<Record<string, unknown>> {
   }
   // One reference date for every FHIR server of the run, so each holds the same patients.
   const now = new Date(Date.UTC(2026, 10, 27)).toISOString();
+  // A part that fails is reported with its error; the others' figures still print.
+  const attempt = async (work: () => Promise<Record<string, unknown>>) =>
+    work().catch((error: unknown) => ({ error: error instanceof Error ? error.message : String(error) }));
   const runs: Record<string, unknown>[] = [];
   for (const replicas of replicaCounts) {
     process.stderr.write(`bench: replicas: ${replicas} replica(s)...\n`);
-    runs.push(await draftsWithReplicas(replicas, now));
+    runs.push({ replicas, ...(await attempt(() => draftsWithReplicas(replicas, now))) });
   }
-  const single = runs[0].draftsPerSecond as number;
-  const fhir = await startProcess('replicas.support.ts', ['fhir', '1', String(seed), now], 2);
-  let acknowledgement: Record<string, unknown>;
-  try {
-    process.stderr.write('bench: replicas: intake-only acknowledgement at 500/s...\n');
-    acknowledgement = await acknowledgementAtRate(fhir.lines[0]);
-  } finally {
-    await stop(fhir.child);
-  }
+  const single = runs[0].draftsPerSecond as number | undefined;
+  process.stderr.write('bench: replicas: intake-only acknowledgement at 500/s...\n');
+  const acknowledgement = await attempt(async () => {
+    const fhirChildren: ChildProcess[] = [];
+    try {
+      const fhir = await startProcess(
+        fhirChildren,
+        'replicas.support.ts',
+        ['fhir', '1', String(seed), now],
+        2,
+      );
+      return await acknowledgementAtRate(fhir.lines[0]);
+    } finally {
+      await Promise.all(fhirChildren.map(stop));
+    }
+  });
   return {
     patients: patientCount,
     workersPerReplica,
@@ -447,7 +468,9 @@ export async function run(): Promise<Record<string, unknown>> {
     speedupOverOneReplica: Object.fromEntries(
       runs.map((result) => [
         String(result.replicas),
-        Number(((result.draftsPerSecond as number) / single).toFixed(2)),
+        single && typeof result.draftsPerSecond === 'number'
+          ? Number((result.draftsPerSecond / single).toFixed(2))
+          : null,
       ]),
     ),
     acknowledgementAtFixedRate: acknowledgement,
