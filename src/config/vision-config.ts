@@ -71,7 +71,8 @@ export const imagingConfigSchema = z
       context.addIssue({
         code: 'custom',
         path: ['medsiglip', 'labels'],
-        message: 'imaging.medsiglip.labels must list candidate labels (per modality) when its endpointUrl is set',
+        message:
+          'imaging.medsiglip.labels must list candidate labels (per modality) when its endpointUrl is set',
       });
     }
   });
