@@ -367,6 +367,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         }
         return fhir.read<Patient>('Patient', patientId);
       },
+      // A patient's urgent pre-visit answer makes the visit's urgency card critical.
+      ...(patientIntake ? { patientReportedUrgency: patientIntake.reportedUrgency } : {}),
       authenticate: cdsHookAuthentication(config, url, logger),
       onHook: async (hook, context) => {
         // The encounter must be the context patient's; its status, not the hook, decides the kind of draft.

@@ -54,6 +54,14 @@ export interface CdsHooksOptions {
     patientId: string;
     encounterId?: string;
   }) => Promise<DraftedNudges | undefined>;
+  /**
+   * Urgency raised outside the rules (a patient's urgent pre-visit answer, flagged to the care team): merged into
+   * the visit's urgency card. Failing: the cards are served without it.
+   */
+  patientReportedUrgency?: (query: {
+    patientId: string;
+    encounterId?: string;
+  }) => Promise<VisitUrgency | undefined>;
   /** Called for every valid hook request before cards are made (encounter-start queues a briefing). */
   onHook?: (hook: string, context: Record<string, unknown>) => Promise<void>;
   /** Checks the CDS client's JWT (Authorization header); absent: every caller is accepted. */
@@ -265,6 +273,7 @@ async function cardsFor(
   // that will not happen, and would be a distressing thing to show beside a deceased patient's chart.
   const patient = await contextPatient(request, options);
   if (patient && isDeceased(patient)) return noCardsForDeceased(service, options);
+  const reported = await options.patientReportedUrgency?.({ patientId, encounterId }).catch(() => undefined);
   const drafted = await options.findDraftedNudges?.({ patientId, encounterId });
   if (drafted && drafted.nudges.length > 0) {
     for (const nudge of drafted.nudges) {
@@ -279,7 +288,7 @@ async function cardsFor(
     }
     return withUrgency(
       drafted.nudges.map((nudge) => nudgeCard(nudge, cardContext)),
-      drafted.urgency,
+      mergedUrgency(drafted.urgency, reported),
       cardContext,
     );
   }
@@ -343,7 +352,7 @@ async function cardsFor(
       options.logger.warn({ rules: failed.map((rule) => rule.ruleId) }, 'rules failed during cds evaluation');
     return withUrgency(
       result.nudges.map((nudge) => nudgeCard(nudge, cardContext)),
-      result.urgency,
+      mergedUrgency(result.urgency, reported),
       cardContext,
     );
   } finally {
@@ -394,6 +403,17 @@ function noCardsForDeceased(service: CdsServiceDefinition, options: CdsHooksOpti
   // Ids and outcome only: the patient's id is in the EHR's own request log, not repeated here.
   options.logger.info({ service: service.id, outcome: 'patient-deceased' }, 'cds no cards');
   return [];
+}
+
+/** The higher level of the two, with every reason; the patient's own report first. */
+function mergedUrgency(
+  rules: VisitUrgency | undefined,
+  reported: VisitUrgency | undefined,
+): VisitUrgency | undefined {
+  if (!rules || !reported) return rules ?? reported;
+  const order = ['routine', 'soon', 'urgent'];
+  const level = order.indexOf(reported.level) > order.indexOf(rules.level) ? reported.level : rules.level;
+  return { level, reasons: [...reported.reasons, ...rules.reasons] };
 }
 
 function withUrgency(

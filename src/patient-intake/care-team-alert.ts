@@ -1,5 +1,6 @@
 import type { Flag } from 'fhir/r4.js';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
+import type { VisitUrgency } from '../rules/evaluate.ts';
 import type { Urgency } from './urgency.ts';
 
 /**
@@ -60,4 +61,31 @@ export async function raiseUrgentFlag(
     ifNoneExist: new URLSearchParams({ identifier: `${identifier.system}|${identifier.value}` }).toString(),
   });
   return written.resource;
+}
+
+/**
+ * The visit's urgency as the intake raised it, read back from the EHR (the active Flags it wrote), for the
+ * CDS Hooks urgency card: what the patient reported is urgent until someone closes the Flag.
+ */
+export async function urgencyFromFlags(
+  fhir: FhirClient,
+  query: { patientId: string; encounterId?: string },
+  identifierSystem: string,
+): Promise<VisitUrgency | undefined> {
+  if (!query.encounterId) return undefined;
+  const flags = await fhir.search<Flag>('Flag', {
+    identifier: `${identifierSystem}/urgent-flag|Encounter/${query.encounterId}`,
+  });
+  const open = flags.filter(
+    (flag) => flag.status === 'active' && flag.subject?.reference === `Patient/${query.patientId}`,
+  );
+  if (open.length === 0) return undefined;
+  return {
+    level: 'urgent',
+    reasons: open.map((flag) => ({
+      ruleId: 'pre-visit-intake',
+      level: 'urgent' as const,
+      reason: flag.code?.text ?? 'Urgent answer in pre-visit intake',
+    })),
+  };
 }

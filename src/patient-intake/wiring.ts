@@ -11,6 +11,8 @@ import { patientIntakeRouter } from '../http/patient-intake-routes.ts';
 import type { Logger } from '../log.ts';
 import type { ModelProvider } from '../model/provider.ts';
 import type { EncounterJob, EncounterJobInput } from '../queue/job-queue.ts';
+import type { VisitUrgency } from '../rules/evaluate.ts';
+import { urgencyFromFlags } from './care-team-alert.ts';
 import { PatientIntake } from './patient-intake-service.ts';
 
 /**
@@ -56,6 +58,8 @@ export interface PatientIntakeWiring {
   router: ReturnType<typeof patientIntakeRouter>;
   /** Resource types the briefing reads besides the history: the answers and the care-team Flag. */
   historyTypes: readonly string[];
+  /** What the patient reported as urgent for a visit (its open Flags), for the CDS Hooks urgency card. */
+  reportedUrgency(query: { patientId: string; encounterId?: string }): Promise<VisitUrgency | undefined>;
   /** Before each encounter job: invite when the visit is booked. Never fails the job. */
   onEncounterJob(job: EncounterJob): Promise<void>;
 }
@@ -114,6 +118,7 @@ export function startPatientIntake(
     intake,
     router: patientIntakeRouter({ intake, logger, rateLimit: config.patientIntake.rateLimit }),
     historyTypes: ['QuestionnaireResponse', 'Flag'],
+    reportedUrgency: (query) => urgencyFromFlags(fhir, query, config.patientIntake.identifierSystem),
     async onEncounterJob(job) {
       if (job.source === 'regenerate') return;
       try {

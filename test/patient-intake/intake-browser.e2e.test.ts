@@ -209,6 +209,24 @@ describe.skipIf(!hasChromium)('pre-visit intake in the browser (model-free path)
     expect(flag).toMatchObject({ status: 'active', subject: { reference: `Patient/${patientId}` } });
     expect(flag?.code?.text).toContain('Chest pain, pressure or tightness now, with shortness of breath');
     expect(flag?.code?.text).toContain(`QuestionnaireResponse/${response.id}`);
+    // The EHR's CDS Hooks call for the visit gets a critical urgency card naming the patient's answer.
+    const hookAnswer = await fetch(`${service.url}/cds-services/guideline-nudges-encounter-start`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        hook: 'encounter-start',
+        hookInstance: 'b2a3c4d5-0000-4000-8000-000000000001',
+        context: { userId: 'Practitioner/sbx-clinician', patientId, encounterId: visit.id },
+      }),
+    });
+    expect(hookAnswer.status).toBe(200);
+    const { cards } = (await hookAnswer.json()) as {
+      cards: { indicator: string; summary: string; detail?: string }[];
+    };
+    const critical = cards.find((card) => card.summary.startsWith('Visit urgency: urgent'));
+    expect(critical?.indicator).toBe('critical');
+    expect(critical?.detail).toContain('Urgent pre-visit intake answer: Chest pain');
+
     // The briefing leads its answers with the urgent flag.
     const briefing = await waitFor(
       () => briefingCiting(fhir, visit.id as string, `[Flag/${flag?.id}]`),
