@@ -30,7 +30,7 @@ import type { Logger } from './log.ts';
 import { createMetrics, observeRuleSet } from './metrics.ts';
 import { patientIntakeAuth, patientIntakeEnabled, startPatientIntake } from './patient-intake/wiring.ts';
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
-import { createRecordImagesStage } from './pipeline/record-images-stage.ts';
+import { createRecordImagesStage, withImagingScopes } from './pipeline/record-images-stage.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
 import type { EncounterJobInput, JobQueue } from './queue/job-queue.ts';
 import { openJobQueue } from './queue/open-job-queue.ts';
@@ -173,7 +173,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
 
   // The sandbox is a strict hospital: its SMART authorization server, with the service registered as a Backend
   // Services client and the review app as a launch client, so the demo takes the path a hospital does.
-  let auth = patientIntakeAuth(config, { sandbox: Boolean(sandbox) });
+  let auth = withImagingScopes(patientIntakeAuth(config, { sandbox: Boolean(sandbox) }), config);
   if (sandbox) {
     const [{ attachSandboxAuthorization }, { registerServiceWithSandbox, sandboxBackendClientId }] =
       await Promise.all([
@@ -187,7 +187,11 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
     });
     app.mount('/sandbox/auth', sandboxAuthorizationRouter(authorization));
     auth = registerServiceWithSandbox(authorization, {
-      auth: patientIntakeAuth(config, { sandbox: true, sandboxClientId: sandboxBackendClientId }),
+      auth: withImagingScopes(
+        patientIntakeAuth(config, { sandbox: true, sandboxClientId: sandboxBackendClientId }),
+        config,
+        sandboxBackendClientId,
+      ),
       serviceUrl: url,
       fhirBaseUrl,
     });
@@ -388,7 +392,12 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
   // Part of every job's idempotency key: the same encounter version is drafted again only after a change here.
   const workConfigurationVersion =
     config.intake.configurationVersion ??
-    configurationVersion({ triggers: config.triggers, drafts: config.drafts, engine: engine.id });
+    configurationVersion({
+      triggers: config.triggers,
+      drafts: config.drafts,
+      clinicalContent: config.clinicalContent,
+      engine: engine.id,
+    });
   workers = new WorkerPool({
     queue,
     concurrency: config.queue.concurrency,

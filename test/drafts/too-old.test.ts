@@ -55,7 +55,7 @@ function job(source = 'subscription'): EncounterJob {
 async function setUp(period: { start?: string; end?: string } | undefined, maxAgeDays: number | undefined) {
   standIn = await startFhirStandIn();
   seedEncounters(standIn, 1);
-  standIn.write({ ...standIn.get('Encounter', 'enc-0'), period } as Encounter);
+  standIn.write({ ...standIn.get('Encounter', 'enc-0'), period });
   const fhir = new FhirClient({ baseUrl: standIn.url, maxAttempts: 1 });
   const extractive = createExtractiveEngine();
   const engine: DraftEngine & { drafts: number } = {
