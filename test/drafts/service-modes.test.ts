@@ -28,7 +28,8 @@ const ownDrafts = async (encounterId: string) =>
 
 describe('the service in hold mode', () => {
   it('holds, regenerates through the queue, and writes the note to the EHR only when signed', async () => {
-    const page = await fhir.searchPage('Encounter', { status: 'finished', _count: 1 });
+    // The latest visit: drafts.maxAgeDays (14 days by default) skips the sandbox patients' older ones.
+    const page = await fhir.searchPage('Encounter', { status: 'finished', _sort: '-date', _count: 1 });
     const encounter = page.entry?.[0]?.resource as Encounter;
     const patientId = encounter.subject?.reference?.split('/')[1] as string;
     await service.queue.enqueue([
