@@ -48,7 +48,9 @@ export function markdownReport(report: EvalReport): string {
     `Generated ${report.generatedAt} from ${report.source}.`,
     `Labelled set: ${report.labelledSet.drafts} drafts of ${report.labelledSet.patients} patients; facts: ${factCategories
       .map((category) => `${category} ${report.labelledSet.facts[category]}`)
-      .join(', ')}.`,
+      .join(
+        ', ',
+      )}${report.labelledSet.skippedDeceased ? `; ${report.labelledSet.skippedDeceased} cases skipped (patient deceased)` : ''}.`,
     `Intervals: ${report.intervals}.`,
     '',
     '## Configurations',

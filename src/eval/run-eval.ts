@@ -1,8 +1,12 @@
 import type { DocumentReference, Encounter } from 'fhir/r4.js';
+import { applyContentPolicy, defaultContentPolicy } from '../../agents/clinical-content-policy.ts';
 import type { DraftRequest, NudgeInput } from '../../agents/draft-engine.ts';
+import type { FhirClient } from '../../fhir/fhir-client.ts';
+import { encounterAfterDeath, isDeceased } from '../../fhir/patient-death.ts';
 import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import { type PatientRecord, recordResources } from '../../fhir/patient-record.ts';
 import { patientReferenceOf } from '../../fhir/patient-scope.ts';
+import { recordAsOfVisit } from '../../fhir/record-as-of-visit.ts';
 import type { Logger } from '../log.ts';
 import { estimateTokens } from '../model/provider.ts';
 import { draftVerified } from '../pipeline/process-encounter-job.ts';
@@ -56,7 +60,13 @@ export interface EvalReport {
   generatedAt: string;
   source: string;
   intervals: string;
-  labelledSet: { drafts: number; patients: number; facts: Record<FactCategory, number> };
+  labelledSet: {
+    drafts: number;
+    patients: number;
+    facts: Record<FactCategory, number>;
+    /** Cases the pipeline would not draft: the patient died before the visit. */
+    skippedDeceased: number;
+  };
   configurations: ConfigurationFigures[];
   benchmark: BenchmarkFigures[];
   method: string[];
@@ -74,6 +84,7 @@ const method = [
   'Facts: active problems, active medications, allergies, the latest result of each key test (HbA1c, blood pressure, creatinine, potassium, LDL, BMI, PHQ-9, eGFR, glucose), the nudges the rules decided, and statements planted in notes (sandbox). A fact counts as recalled when one line of the verified draft contains all its terms (significant words of a coded display; ingredient and strength; value, unit and date of a result; `rule <id>` of a nudge) and cites its source resource.',
   "Statement support: every cited line outside the suggested actions must have each of its numbers and of its words of four or more letters (connective and template words aside) in the resources it cites (their JSON, and a note's text). Lines the verifier removed are reported beside it, by reason.",
   "Wrong-patient citations: citations in the engine's own text of a resource that belongs to another patient of the evaluated population, or that the verifier found to be another patient's; the written text is checked the same way and must hold none.",
+  "Records: as the pipeline drafts from them: the service's retrieval, cut to the chart as it stood at the end of the visit, with the default content policy (sensitive findings withheld); patients who died before the visit are skipped. The labelled set comes from the same record, so nothing withheld from every draft is asked of one.",
   'Tokens and model calls: what the engine reports (0 for the extractive engine); naive tokens: the record as JSON plus the text of notes held in Binaries, at three characters a token.',
   'The scripted cooperative model copies what its prompts show: its recall measures what the context packing lets reach a model, not a model.',
 ];
@@ -109,6 +120,26 @@ function describeFailure(error: unknown): string {
   return typeof code === 'string' ? `${name} (${code})` : name;
 }
 
+/**
+ * The record a draft of this case is made from, as the pipeline makes it: retrieved with the service's own
+ * retrieval, cut to the chart as it stood at the end of the visit, with the default content policy applied.
+ * Undefined when the pipeline would draft nothing (the patient died before the visit).
+ */
+export async function recordForDraft(
+  fhir: FhirClient,
+  reference: DraftCaseReference,
+  options: { draftIdentifierSystem: string; additionalTypes?: readonly string[] },
+): Promise<PatientRecord | undefined> {
+  const encounter = await fhir.read<Encounter>('Encounter', reference.encounterId);
+  const retrieved = await retrievePatientRecord(fhir, encounter, options);
+  if (
+    isDeceased(retrieved.patient) &&
+    (reference.kind === 'previsit-briefing' || encounterAfterDeath(retrieved.patient, encounter))
+  )
+    return undefined;
+  return applyContentPolicy(recordAsOfVisit(retrieved), defaultContentPolicy);
+}
+
 export async function runEvaluation(options: EvalOptions): Promise<EvalReport> {
   const { logger } = options;
   const progress = options.progress ?? silentProgress;
@@ -117,13 +148,16 @@ export async function runEvaluation(options: EvalOptions): Promise<EvalReport> {
   const rules = await createRulesRuntime({ ...defaultRulesConfig, watch: false }, { logger });
   try {
     const prepared: PreparedCase[] = [];
+    let skippedDeceased = 0;
     for (const reference of source.cases) {
-      const encounter = await source.fhir.read<Encounter>('Encounter', reference.encounterId);
-      // The same retrieval the pipeline runs, with the further types the rules read.
-      const record = await retrievePatientRecord(source.fhir, encounter, {
+      const record = await recordForDraft(source.fhir, reference, {
         draftIdentifierSystem,
         additionalTypes: rules.current().additionalResourceTypes,
       });
+      if (!record) {
+        skippedDeceased += 1;
+        continue;
+      }
       const trigger = triggerForEncounter(record.encounter);
       const nudges = trigger
         ? (await rules.evaluate(record, { trigger, occasionId: record.encounter.id })).nudges.map(
@@ -216,6 +250,7 @@ export async function runEvaluation(options: EvalOptions): Promise<EvalReport> {
         drafts: prepared.length,
         patients: new Set(prepared.map((item) => item.reference.patientId)).size,
         facts,
+        skippedDeceased,
       },
       configurations,
       benchmark,

@@ -1,9 +1,8 @@
-import type { Encounter } from 'fhir/r4.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { containsTerm, labelledFacts } from '../../src/eval/labelled-set.ts';
 import { resourceTexts } from '../../src/eval/metrics.ts';
+import { recordForDraft } from '../../src/eval/run-eval.ts';
 import { type EvalSource, openSource } from '../../src/eval/sources.ts';
 import { plantedStatements } from '../../src/sandbox/progress-notes.ts';
 import { generatePatients } from '../../src/sandbox/synthetic-patients.ts';
@@ -19,12 +18,10 @@ const records: PatientRecord[] = [];
 beforeAll(async () => {
   source = await openSource({ kind: 'sandbox', patients: 4, seed: 20261127 });
   for (const reference of source.cases) {
-    const encounter = await source.fhir.read<Encounter>('Encounter', reference.encounterId);
-    records.push(
-      await retrievePatientRecord(source.fhir, encounter, {
-        draftIdentifierSystem: 'urn:ehr-draft-agent:draft',
-      }),
-    );
+    const record = await recordForDraft(source.fhir, reference, {
+      draftIdentifierSystem: 'urn:ehr-draft-agent:draft',
+    });
+    if (record) records.push(record);
   }
 }, 120_000);
 

@@ -1,11 +1,10 @@
-import type { Encounter } from 'fhir/r4.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import { type PatientRecord, recordResources } from '../../fhir/patient-record.ts';
 import { aggregate, bootstrapRatio, type MeasuredDraft } from '../../src/eval/aggregate.ts';
 import { type LabelledFact, labelledFacts } from '../../src/eval/labelled-set.ts';
 import { scoreDraft } from '../../src/eval/metrics.ts';
-import { type EvalSource, openSource } from '../../src/eval/sources.ts';
+import { recordForDraft } from '../../src/eval/run-eval.ts';
+import { type DraftCaseReference, type EvalSource, openSource } from '../../src/eval/sources.ts';
 import { verifyDraft } from '../../src/pipeline/process-encounter-job.ts';
 
 /**
@@ -49,10 +48,10 @@ beforeAll(async () => {
     const reference = source.cases.find(
       (candidate) => candidate.patientId === patientId && candidate.kind === 'progress-summary',
     );
-    const encounter = await source.fhir.read<Encounter>('Encounter', reference?.encounterId as string);
-    return retrievePatientRecord(source.fhir, encounter, {
+    const record = await recordForDraft(source.fhir, reference as DraftCaseReference, {
       draftIdentifierSystem: 'urn:ehr-draft-agent:draft',
     });
+    return record as PatientRecord;
   };
   record = await read('sbx-0002');
   otherRecord = await read('sbx-0001');
