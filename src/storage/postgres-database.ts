@@ -20,11 +20,17 @@ const identifierPattern = /^[a-z_][a-z0-9_]{0,62}$/;
 export class PostgresDatabase implements SqlDatabase {
   readonly dialect = 'postgres' as const;
   readonly pool: pg.Pool;
+  /**
+   * Connections that only hold `exclusive` locks, apart from the pool the work itself queries through:
+   * a holder never waits for a connection that lock waiters took, so waiting cannot deadlock.
+   */
+  readonly #lockPool: pg.Pool;
   readonly schema: string;
   readonly connectionString: string;
 
-  private constructor(pool: pg.Pool, options: PostgresOptions & { schema: string }) {
+  private constructor(pool: pg.Pool, lockPool: pg.Pool, options: PostgresOptions & { schema: string }) {
     this.pool = pool;
+    this.#lockPool = lockPool;
     this.schema = options.schema;
     this.connectionString = options.connectionString;
   }
@@ -41,13 +47,16 @@ export class PostgresDatabase implements SqlDatabase {
       // Every connection resolves the stores' table names in their own schema.
       options: `-c search_path=${schema}`,
     });
+    const lockPool = new pg.Pool({ connectionString: options.connectionString, max: 3 });
     // An idle connection that breaks (a server restart) is dropped by the pool; the next query opens another.
     pool.on('error', () => undefined);
-    const database = new PostgresDatabase(pool, { ...options, schema });
+    lockPool.on('error', () => undefined);
+    const database = new PostgresDatabase(pool, lockPool, { ...options, schema });
     try {
       await database.#migrate(schemaMigrations);
     } catch (error) {
       await pool.end();
+      await lockPool.end();
       throw error;
     }
     return database;
@@ -141,7 +150,7 @@ export class PostgresDatabase implements SqlDatabase {
   }
 
   async exclusive<Result>(name: string, work: () => Promise<Result>): Promise<Result> {
-    const client = await this.pool.connect();
+    const client = await this.#lockPool.connect();
     const key = `${this.schema}:exclusive:${name}`;
     let broken = false;
     try {
@@ -161,5 +170,6 @@ export class PostgresDatabase implements SqlDatabase {
 
   async close(): Promise<void> {
     await this.pool.end();
+    await this.#lockPool.end();
   }
 }

@@ -88,6 +88,27 @@ describe.skipIf(!postgresAvailable)('PostgreSQL schema and leadership', () => {
     );
   });
 
+  it('exclusive work queries freely while others wait for their locks: no deadlock on a small pool', async () => {
+    const url = freshDatabase();
+    const database = await PostgresDatabase.open({ connectionString: url, maxConnections: 2 });
+    cleanups.push(() => database.close());
+    // Eight holders of four names, each querying twice inside: lock waiters must not take the pool the
+    // holders query through.
+    const finished = Promise.all(
+      Array.from({ length: 8 }, (_, index) =>
+        database.exclusive(`patient-${index % 4}`, async () => {
+          await database.all('select pg_sleep(0.02)');
+          return (await database.all<{ value: number }>('select ? :: int as value', [index]))[0]?.value;
+        }),
+      ),
+    );
+    const outcome = await Promise.race([
+      finished,
+      new Promise((resolve) => setTimeout(() => resolve('deadlocked'), 15_000)),
+    ]);
+    expect(outcome).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+  });
+
   it('one leader at a time; when its connection dies another replica takes over, and it steps down', async () => {
     const url = freshDatabase();
     const changes: string[] = [];
