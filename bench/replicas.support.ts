@@ -53,6 +53,8 @@ if (role === 'fhir') {
     // Work arrives only as notifications: no polling, no Subscription made on the server.
     intake: { sources: { polling: false }, subscription: { ensureOnStart: false } },
     model: { provider: 'extractive' },
+    // The synthetic encounters span years; every one is drafted, not only those of the last two weeks.
+    drafts: { maxAgeDays: 0 },
   });
   const service = await startService(config, createLogger({ level: 'warn', destination: process.stderr }));
   process.stdout.write(`${service.url}\n`);

@@ -278,6 +278,9 @@ async function draftsWithReplicas(replicas: number, now: string): Promise<Record
     const fhirCpuMs = cpuMilliseconds(fhir.child.pid) - fhirCpuBefore;
     const databaseCpuMs = databaseCpuMilliseconds(database.name) - databaseCpuBefore;
     const drafts = await draftsOnServer(fhirBaseUrl);
+    // Jobs that ended without a draft (skipped, failed) would make the rate meaningless.
+    if (drafts !== warmUpEvents + measured.length)
+      throw new Error(`${drafts} drafts on the FHIR server for ${warmUpEvents + measured.length} events`);
     const serviceCpuMs = replicaCpuMs.reduce((sum, value) => sum + value, 0);
     return {
       replicas,

@@ -51,6 +51,7 @@ describe('docker-compose deployment', () => {
       adapter: 'postgres',
       postgresUrl: 'postgres://agent:change-me@agent-db:5432/agent',
     });
+    expect(config.storage.adapter).toBe('postgres');
     expect(config.model).toMatchObject({ provider: 'remote', remote: { endpointUrl: 'http://llama:8081' } });
     expect(config.intake.subscription.mode).toBe('classic');
     expect(config.host).toBe('0.0.0.0');

@@ -294,6 +294,7 @@ describe('Kubernetes manifests (deploy/kubernetes/)', () => {
     expect(config.host).toBe('0.0.0.0');
     expect(config.fhir.baseUrl).toBe(configMap.data.FHIR_BASE_URL);
     expect(config.queue).toMatchObject({ adapter: 'postgres', postgresUrl: filled.DATABASE_URL });
+    expect(config.storage.adapter).toBe('postgres');
     expect(config.auth.backend).toMatchObject({
       mode: 'smart-backend',
       keyFile: configMap.data.EHR_AGENT_AUTH__BACKEND__KEY_FILE,
