@@ -6,6 +6,7 @@ import { DicomWebClient } from '../../fhir/imaging/dicomweb-client.ts';
 import { type ImageSourceOptions, readRecordImages } from '../../fhir/imaging/record-images.ts';
 import { openPatientScope } from '../../fhir/patient-history.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
+import { type AuthConfig, backendAuthConfigSchema } from '../config/auth-config.ts';
 import type { ImagingConfig, VisionModelConfig } from '../config/vision-config.ts';
 import type { Logger } from '../log.ts';
 import { MedSigLip } from '../model/medsiglip.ts';
@@ -111,4 +112,53 @@ export function createRecordImagesStage(
       logger,
     },
   });
+}
+
+/** What reading images needs from the FHIR server beyond the history: one scope per type (see auth-config.ts). */
+export const imagingBackendScopes = [
+  'system/Media.rs',
+  'system/ImagingStudy.rs',
+  'system/DiagnosticReport.rs',
+  // Read by id only: where an ImagingStudy's PACS is.
+  'system/Endpoint.r',
+];
+/** What the review app needs to open image citations and their pictures with the clinician's token. */
+export const imagingLaunchScopes = [
+  'patient/Media.r',
+  'patient/ImagingStudy.r',
+  'patient/DiagnosticReport.r',
+];
+
+const scopeType = (scope: string) => /^[a-z]+\/([A-Za-z*]+)\./.exec(scope)?.[1];
+
+function withScopes(scopes: string[], added: string[]): string[] {
+  const named = new Set(scopes.map(scopeType));
+  // A type already named keeps the site's scope (servers honour only the first scope per type).
+  return [...scopes, ...added.filter((scope) => !named.has(scopeType(scope)) && !named.has('*'))];
+}
+
+/**
+ * With `model.vision` set, the service asks for the scopes reading images needs, as the patient intake does for
+ * its own: the backend's (Media, ImagingStudy, DiagnosticReport, Endpoint) and, when the launch is configured, the
+ * review app's. The sandbox registers a mode-none service under its own client id: that one gets them too.
+ */
+export function withImagingScopes(
+  auth: AuthConfig,
+  config: { model: { vision?: VisionModelConfig } },
+  sandboxClientId?: string,
+): AuthConfig {
+  if (!config.model.vision) return auth;
+  let backend = auth.backend;
+  if (backend.mode === 'none' && sandboxClientId)
+    backend = backendAuthConfigSchema.parse({ mode: 'smart-backend', clientId: sandboxClientId });
+  return {
+    ...auth,
+    backend:
+      backend.mode === 'smart-backend'
+        ? { ...backend, scopes: withScopes(backend.scopes, imagingBackendScopes) }
+        : backend,
+    ...(auth.launch
+      ? { launch: { ...auth.launch, scopes: withScopes(auth.launch.scopes, imagingLaunchScopes) } }
+      : {}),
+  };
 }
