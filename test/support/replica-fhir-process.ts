@@ -24,7 +24,8 @@ for (const [patientIndex, patient] of patients.entries()) {
       status: 'in-progress',
       class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' },
       subject: { reference: `Patient/${patient.patientId}` },
-      period: { start: `2026-11-${String(1 + (number % 28)).padStart(2, '0')}T09:00:00Z` },
+      // Recent visits: the service does not draft encounters that ended long ago (drafts.maxAgeDays).
+      period: { start: new Date(Date.now() - (number + 1) * 3_600_000).toISOString() },
     };
     resources.push(encounter);
   }
@@ -35,5 +36,7 @@ app.use('/fhir', sandboxRouter(sandbox));
 const server = app.listen(0, '127.0.0.1', () => {
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/fhir`;
   sandbox.setBaseUrl(url);
-  process.stdout.write(`${JSON.stringify({ url, patients: patients.map((patient) => patient.patientId) })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ url, patients: patients.map((patient) => patient.patientId) })}\n`,
+  );
 });
