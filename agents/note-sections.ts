@@ -3,16 +3,20 @@
  * heading styles (markdown `# Assessment and Plan` / `## Plan` as Synthea writes them, `ASSESSMENT AND PLAN:`,
  * `A/P:`, `Impression and Plan`, `Assessment & Plan`, SOAP letters, ALL CAPS lines, HTML and C-CDA sections
  * turned into markdown headings by fhir/note-formats/). The assessment-and-plan (or impression/plan) sections
- * are the note's conclusion; a note with none, or with them left empty, contributes its last paragraph(s)
- * instead, labelled as such, so no note is silently skipped. Output is bounded in length.
+ * are the note's conclusion; a note with them left empty contributes its reason for the visit, and one with
+ * none its last paragraph(s) (not the lists of medications or allergies the draft has from the record), each
+ * labelled as such, so no note is silently skipped. Output is bounded in length.
  */
 
 export interface NoteConclusion {
-  /** Where the text came from: the note's assessment/plan sections, or its closing paragraph(s). */
-  kind: 'assessment-and-plan' | 'last-paragraphs';
+  /**
+   * Where the text came from: the note's assessment/plan sections; its reason for the visit when those are
+   * there but empty; or its closing paragraph(s) when it has none.
+   */
+  kind: 'assessment-and-plan' | 'reason-for-visit' | 'last-paragraphs';
   /** One line of plain text (lists joined with semicolons), at most the length asked for. */
   text: string;
-  /** For last paragraphs: the heading of the section they close, when they sit under one. */
+  /** Otherwise than for a plan: the heading of the section the text sits under, if any. */
   section?: string;
 }
 
@@ -24,6 +28,11 @@ interface Heading {
   /** Text after the colon on the heading's own line (`A/P: stable, continue`). */
   rest: string;
   kind: 'plan' | 'other' | 'generic';
+  /**
+   * A line that only announces what follows (`# Orders`, `The following procedures were conducted:`), as
+   * opposed to an ALL CAPS line, which may itself be the text (`CONTINUE METFORMIN`).
+   */
+  announces: boolean;
 }
 
 /** Default length of a conclusion, in characters: a few sentences, what a reader takes in at a glance. */
@@ -49,7 +58,7 @@ const otherHeading =
 
 /** Sections whose colon form may carry text on the heading line (`A/P: stable`, `S: cough`). */
 const inlineHeading =
-  /^(?:s|o|a|p|ap|a and p|subjective|objective|assessment|impression|plan|hpi|cc|chief complaint|assessment and plan|impression and plan)$/;
+  /^(?:s|o|a|p|ap|a and p|subjective|objective|assessment|impression|plan|hpi|cc|chief complaint|reason for (?:visit|consultation|referral)|assessment and plan|impression and plan)$/;
 
 function classify(name: string): Heading['kind'] {
   const words = normalised(name);
@@ -69,7 +78,9 @@ function headingOf(rawLine: string): Heading | undefined {
   const markdown = /^(#{1,6})\s+(.*?)\s*#*$/.exec(line);
   if (markdown) {
     const name = markdown[2].replace(/\s*:$/, '').trim();
-    return name ? { name, level: markdown[1].length, rest: '', kind: classify(name) } : undefined;
+    return name
+      ? { name, level: markdown[1].length, rest: '', kind: classify(name), announces: true }
+      : undefined;
   }
   const colon = /^([A-Za-z][A-Za-z0-9 &/+,()'-]{0,48}?)\s*(?::|\s[-\u2013\u2014]\s)\s*(.*)$/.exec(line);
   if (colon) {
@@ -78,21 +89,23 @@ function headingOf(rawLine: string): Heading | undefined {
     if (rest === '') {
       // `Plan:` alone on its line; an unknown `Some Heading:` too, when it looks like one (short, capitalised).
       if (kind !== 'generic' || (/^[A-Z]/.test(name) && name.split(/\s+/).length <= 5)) {
-        return { name, level: 0, rest, kind };
+        return { name, level: 0, rest, kind, announces: true };
       }
       return undefined;
     }
     // `Labs: A1c in 3 months` inside a plan is a line of the plan, not a new section.
-    if (inlineHeading.test(normalised(name))) return { name, level: 0, rest, kind };
+    if (inlineHeading.test(normalised(name))) return { name, level: 0, rest, kind, announces: true };
     return undefined;
   }
   // A known section name alone on its line (`Assessment & Plan`, `Physical Exam`).
   const bare = classify(line);
-  if (bare !== 'generic' && line.length <= 60) return { name: line, level: 0, rest: '', kind: bare };
+  if (bare !== 'generic' && line.length <= 60) {
+    return { name: line, level: 0, rest: '', kind: bare, announces: true };
+  }
   const capitals = line.replace(/:$/, '').trim();
   if (/[A-Z]{2}/.test(capitals) && !/[a-z]/.test(capitals) && /^[A-Z][A-Z0-9 &/+,()'-]*$/.test(capitals)) {
     if (capitals.split(/\s+/).length <= 8) {
-      return { name: capitals, level: 0, rest: '', kind: classify(capitals) };
+      return { name: capitals, level: 0, rest: '', kind: classify(capitals), announces: line.endsWith(':') };
     }
   }
   return undefined;
@@ -128,13 +141,18 @@ function joined(lines: string[]): string {
     }
     pieces.push({ text, listItem });
   }
+  // A lead-in (`The following procedures were conducted:`) with nothing of its own after it says nothing.
+  const said = pieces.filter(
+    (piece, index) =>
+      !piece.text.endsWith(':') || (pieces[index + 1] && !pieces[index + 1].text.endsWith(':')),
+  );
   let result = '';
-  pieces.forEach((piece, index) => {
+  said.forEach((piece, index) => {
     if (index === 0) {
       result = piece.text;
       return;
     }
-    const previous = pieces[index - 1];
+    const previous = said[index - 1];
     const separator = /[.!?;:,]$/.test(previous.text)
       ? ' '
       : piece.listItem && previous.listItem
@@ -204,6 +222,15 @@ function planText(sections: Section[]): string {
     }
     // A sub-heading inside the plan (a problem name, `Labs`): kept as part of its text.
     const text = joined(lines.filter((line) => !signOff.test(line.trim())));
+    // A sub-heading with nothing under it says nothing (its items may have been left out by the site's policy).
+    if (!text && heading.announces) continue;
+    // Nor does one followed at once by another lead-in (`...conducted:` then `...placed on a careplan:`).
+    const firstLine = lines.find((line) => line.trim() !== '')?.trim() ?? '';
+    if (heading.announces && firstLine.endsWith(':')) {
+      parts.push(`${pendingLabel}${text}`);
+      pendingLabel = '';
+      continue;
+    }
     const name = heading.name.replace(/:$/, '');
     parts.push(`${pendingLabel}${text ? `${name}${/[.!?]$/.test(name) ? '' : ':'} ${text}` : name}`);
     pendingLabel = '';
@@ -228,11 +255,20 @@ function paragraphsOf(lines: string[]): string[][] {
 /** A short closing paragraph says little alone: the one before it comes too. */
 const shortParagraph = 120;
 
-/** The note's last paragraph(s) of content, leaving out a sign-off, with the heading they sit under. */
+/**
+ * Sections that list what the record holds anyway (medications, allergies, history lists, results): their
+ * last lines are not what a note concludes, and the draft has them from the structured record already.
+ */
+const recordListSection =
+  /^(?:medications?|current medications|meds|allergies|allergies and medications|immunizations|problem list|active problems|pmh|past medical history|psh|past surgical history|fh|family history|sh|social history|vitals?|vital signs|labs?|laborator(?:y|ies)(?: results)?|results|imaging|radiology|signature|attestation|electronically signed(?: by)?|signed(?: by)?)$/;
+
+/** Sections that say why the visit happened. */
+const reasonSection = /^(?:cc|chief complaints?|reason for (?:visit|consultation|referral))$/;
+
+/** The note's last paragraph(s) of content, leaving out a sign-off and record lists, with their heading. */
 function lastParagraphs(sections: Section[]): { text: string; section?: string } | undefined {
   for (const { heading, lines } of [...sections].reverse()) {
-    if (heading && /^(?:signature|attestation|electronically signed|signed)/i.test(normalised(heading.name)))
-      continue;
+    if (heading && recordListSection.test(normalised(heading.name))) continue;
     const paragraphs = paragraphsOf(lines).filter((paragraph) => !signOff.test(paragraph[0].trim()));
     const last = paragraphs.at(-1);
     if (!last) continue;
@@ -246,9 +282,20 @@ function lastParagraphs(sections: Section[]): { text: string; section?: string }
   return undefined;
 }
 
+/** The reason for the visit, for a note whose assessment and plan were left empty. */
+function reasonForVisit(sections: Section[]): { text: string; section: string } | undefined {
+  for (const { heading, lines } of sections) {
+    if (!heading || !reasonSection.test(normalised(heading.name))) continue;
+    const text = joined(lines.filter((line) => !signOff.test(line.trim())));
+    if (text) return { text, section: heading.name };
+  }
+  return undefined;
+}
+
 /**
- * What a note concludes: its assessment and plan, or, when it has none (or they are empty), its last
- * paragraph(s). Undefined only for a note with no text at all.
+ * What a note concludes: its assessment and plan; for a note whose plan sections are there but empty, the
+ * reason for the visit; otherwise (no plan sections) its last paragraph(s). Undefined only for a note with no
+ * text at all besides record lists.
  */
 export function noteConclusion(
   noteText: string,
@@ -257,14 +304,19 @@ export function noteConclusion(
   const sections = sectionsOf(noteText);
   const plan = planText(sections);
   if (plan) return { kind: 'assessment-and-plan', text: bounded(plan, maxCharacters) };
+  const planWasEmpty = sections.some(({ heading }) => heading?.kind === 'plan');
+  const reason = planWasEmpty ? reasonForVisit(sections) : undefined;
+  if (reason)
+    return { kind: 'reason-for-visit', text: bounded(reason.text, maxCharacters), section: reason.section };
   const closing = lastParagraphs(sections);
   if (!closing) return undefined;
   return { kind: 'last-paragraphs', text: bounded(closing.text, maxCharacters), section: closing.section };
 }
 
 /**
- * A note's conclusion as the draft's "assessment and plan" line says it: the plan itself, or the closing
- * paragraph(s) marked as such ("Last paragraph (Medications): ..."), so a reader knows which one it is.
+ * A note's conclusion as the draft's "assessment and plan" line says it: the plan itself, or what stands in for
+ * it marked as such ("Reason for visit (Chief Complaint): ...", "Last paragraph (Hospital Course):
+ * ..."), so a reader knows which one it is.
  */
 export function assessmentAndPlan(
   noteText: string,
@@ -273,6 +325,12 @@ export function assessmentAndPlan(
   const conclusion = noteConclusion(noteText, maxCharacters);
   if (!conclusion) return undefined;
   if (conclusion.kind === 'assessment-and-plan') return conclusion.text;
-  const label = conclusion.section ? `Last paragraph (${conclusion.section}): ` : 'Last paragraph: ';
+  const label =
+    conclusion.kind === 'reason-for-visit'
+      ? // Not "no plan written": the site's content policy may have taken out what the plan said.
+        `Reason for visit${/^reason for visit$/i.test(conclusion.section ?? '') ? '' : ` (${conclusion.section})`}: `
+      : conclusion.section
+        ? `Last paragraph (${conclusion.section}): `
+        : 'Last paragraph: ';
   return `${label}${bounded(conclusion.text, Math.max(maxCharacters - label.length, 20))}`;
 }

@@ -61,6 +61,18 @@ describe('assessment-and-plan headings in the common styles', () => {
     expect(assessmentAndPlan(markdown)).toBe('Stable angina. Angina: Stress test.');
   });
 
+  it('leaves out a lead-in with nothing under it, but keeps ALL CAPS lines that are the plan itself', () => {
+    expect(
+      assessmentAndPlan(
+        '# Plan\nThe following procedures were conducted:\nThe patient was placed on a careplan:\n- wound care',
+      ),
+    ).toBe('The patient was placed on a careplan: wound care');
+    expect(assessmentAndPlan('# Plan\nThe following procedures were conducted:\n')).toBeUndefined();
+    expect(assessmentAndPlan('HPI: cough\nPLAN:\nCONTINUE METFORMIN\nRTC 3 MONTHS')).toBe(
+      'CONTINUE METFORMIN. RTC 3 MONTHS',
+    );
+  });
+
   it('counts a list item repeated in one list once', () => {
     const text =
       '# Plan\nThe following procedures were conducted:\n- hearing test\n- chemotherapy\n- hearing test\n- chemotherapy\n- hearing test';
@@ -89,9 +101,24 @@ describe('assessment-and-plan headings in the common styles', () => {
     expect(noteConclusion('   \n\n ')).toBeUndefined();
   });
 
-  it('falls back to the last paragraphs, with their section, when the plan sections are empty', () => {
-    const empty = '# Medications\nmetformin 500 mg\n\n# Assessment and Plan\n\n## Plan\n\n';
-    expect(assessmentAndPlan(empty)).toBe('Last paragraph (Medications): metformin 500 mg');
+  it('gives the reason for the visit when the plan sections are there but empty', () => {
+    const empty =
+      '# Chief Complaint\nFollow-up of diabetes\n\n# Medications\nmetformin 500 mg\n\n# Assessment and Plan\n\n## Plan\n\n';
+    expect(noteConclusion(empty)).toEqual({
+      kind: 'reason-for-visit',
+      text: 'Follow-up of diabetes',
+      section: 'Chief Complaint',
+    });
+    expect(assessmentAndPlan(empty)).toBe('Reason for visit (Chief Complaint): Follow-up of diabetes');
+    expect(assessmentAndPlan('Reason for visit: cough\nPLAN:\n')).toBe('Reason for visit: cough');
+  });
+
+  it('does not take a closing list of medications or allergies for a conclusion', () => {
+    const discharge =
+      'Hospital course:\nUneventful recovery after appendectomy, tolerating diet.\n\nMedications:\nmetformin 500 mg\n\nAllergies:\nNKDA';
+    expect(assessmentAndPlan(discharge)).toBe(
+      'Last paragraph (Hospital course): Uneventful recovery after appendectomy, tolerating diet.',
+    );
   });
 
   it('bounds what it returns', () => {
@@ -115,10 +142,10 @@ describe.skipIf(!sharedFixtures)('the shared Synthea notes', () => {
         return decodeBase64Text(attachment.data as string, attachment.contentType);
       });
 
-  it('gives every note a sensible conclusion: its plan, or its last paragraph when the plan is empty', () => {
+  it('gives every note a sensible conclusion: its plan, or its reason for the visit when the plan is empty', () => {
     const texts = notes();
     expect(texts).toHaveLength(413);
-    const kinds = { 'assessment-and-plan': 0, 'last-paragraphs': 0 };
+    const kinds = { 'assessment-and-plan': 0, 'reason-for-visit': 0, 'last-paragraphs': 0 };
     for (const text of texts) {
       const conclusion = noteConclusion(text);
       expect(conclusion, 'every note contributes').toBeDefined();
@@ -138,12 +165,13 @@ describe.skipIf(!sharedFixtures)('the shared Synthea notes', () => {
         const first = (assessment.trim() || plan.trim()).split('\n')[0].replace(/^- /, '').slice(0, 40);
         expect(conclusion.text.startsWith(first)).toBe(true);
       } else {
-        // Synthea left both parts empty: the medication list closes the note.
-        expect(conclusion.kind).toBe('last-paragraphs');
-        expect(conclusion.section).toBe('Medications');
+        // Synthea left both parts empty: the reason for the visit stands in, said as such.
+        expect(conclusion.kind).toBe('reason-for-visit');
+        expect(conclusion.section).toBe('Chief Complaint');
+        expect(assessmentAndPlan(text)).toMatch(/^Reason for visit \(Chief Complaint\): \S/);
       }
     }
-    expect(kinds).toEqual({ 'assessment-and-plan': 401, 'last-paragraphs': 12 });
+    expect(kinds).toEqual({ 'assessment-and-plan': 401, 'reason-for-visit': 12, 'last-paragraphs': 0 });
   });
 
   it('reads a Synthea plan as a clinician would', () => {
