@@ -30,6 +30,11 @@ export interface ImageReadingOptions {
     minimumSimilarity: number;
   };
   logger: Logger;
+  /**
+   * Time for all of a draft's image reads (model and MedSigLIP calls): images left when it runs out are listed as
+   * not read, so slow inference cannot hold a job past its queue lease.
+   */
+  budgetMs?: number;
 }
 
 export interface ImageReading {
@@ -39,7 +44,8 @@ export interface ImageReading {
   findings: Observation[];
   /** Images whose read was dropped as unusable: the draft is flagged. */
   unusable: number;
-  prompt: { id: string; version: string };
+  /** The vision prompt, when the vision model was asked at least once (for the AI Provenance). */
+  prompt?: { id: string; version: string };
 }
 
 const problemWords: Record<NonNullable<RecordImage['problem']>['kind'], string> = {
@@ -86,23 +92,21 @@ export async function readImages(
   options: ImageReadingOptions,
   signal?: AbortSignal,
 ): Promise<ImageReading> {
-  const reading: ImageReading = {
-    lines: [],
-    findings: [],
-    unusable: 0,
-    prompt: { id: options.prompt.id, version: options.prompt.version },
-  };
+  const reading: ImageReading = { lines: [], findings: [], unusable: 0 };
   if (images.length === 0) return reading;
+  const budget = options.budgetMs !== undefined ? AbortSignal.timeout(options.budgetMs) : undefined;
+  const stop = signal && budget ? AbortSignal.any([signal, budget]) : (signal ?? budget);
   reading.lines.push(imageSectionHeading);
   const embeddings = new Map<RecordImage, number[]>();
   const medsiglip = options.medsiglip;
-  const counts = { read: 0, unusable: 0, notFetched: 0, modelFailed: 0, findings: 0 };
+  const counts = { read: 0, unusable: 0, notFetched: 0, modelFailed: 0, outOfTime: 0, findings: 0 };
 
   for (const image of images) {
     if (!image.image) continue;
     if (medsiglip?.encoder.embeds) {
       try {
-        embeddings.set(image, await medsiglip.encoder.embed(image.image.jpeg, signal));
+        if (stop?.aborted) break;
+        embeddings.set(image, await medsiglip.encoder.embed(image.image.jpeg, stop));
       } catch (error) {
         if (!(error instanceof ModelError)) throw error;
       }
@@ -119,15 +123,23 @@ export async function readImages(
       );
       continue;
     }
+    if (budget?.aborted) {
+      counts.outOfTime++;
+      reading.lines.push(
+        `- ${citation} ${describedAs(image)}: not read, the time for reading images ran out; this draft was written without it.`,
+      );
+      continue;
+    }
     const parts: string[] = [];
     let usable: string | undefined;
     let modelFailed = false;
+    reading.prompt = { id: options.prompt.id, version: options.prompt.version };
     try {
       const answer = await options.vision.describe({
         instruction: renderPrompt(options.prompt, { label: describedAs(image), modality: image.modality }),
         jpeg: image.image.jpeg,
         maxTokens: options.maxOutputTokens,
-        signal,
+        signal: stop,
       });
       usable = usableDescription(answer.text, answer.finishReason);
     } catch (error) {
@@ -151,7 +163,7 @@ export async function readImages(
       const labels = labelsFor(image.modality, medsiglip.labels);
       if (labels) {
         try {
-          const scores = await medsiglip.encoder.classify(image.image.jpeg, labels, signal);
+          const scores = await medsiglip.encoder.classify(image.image.jpeg, labels, stop);
           const above = scores.filter((entry) => entry.score >= medsiglip.threshold);
           for (const entry of above) {
             counts.findings++;
@@ -227,7 +239,7 @@ export function withImageReading(engine: DraftEngine, reading: ImageReading): Dr
           ],
         }
       : {}),
-    prompts: [...(result.prompts ?? []), reading.prompt],
+    ...(reading.prompt ? { prompts: [...(result.prompts ?? []), reading.prompt] } : {}),
     ...(reading.unusable > 0 ? { flagged: true } : {}),
   });
   return {

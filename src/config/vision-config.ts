@@ -35,6 +35,8 @@ export const imagingConfigSchema = z
     maxInputPixels: z.coerce.number().int().min(65_536).default(60_000_000),
     /** Longest side of what is sent to a model; MedGemma's image encoder reads 896 x 896. */
     maxDimension: z.coerce.number().int().min(64).max(2048).default(896),
+    /** Time for all of one draft's image reads (MedGemma 4B and MedSigLIP); images left are listed as not read. */
+    readingBudgetMs: z.coerce.number().int().min(1000).default(120_000),
     pacs: z
       .object({
         /** DICOMweb base for ImagingStudies that name no Endpoint, e.g. https://pacs.example.org/dicom-web. */

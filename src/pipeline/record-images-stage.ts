@@ -99,6 +99,7 @@ export function createRecordImagesStage(
       }),
       prompt: PromptLibrary.load().get('image-preliminary-read'),
       maxOutputTokens: vision.maxOutputTokens,
+      budgetMs: config.imaging.readingBudgetMs,
       ...(encoder
         ? {
             medsiglip: {

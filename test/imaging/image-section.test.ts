@@ -4,10 +4,20 @@ import type { Media } from 'fhir/r4.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { citationScopeOf, verifyCitations } from '../../agents/citation-verifier.ts';
 import type { DraftEngine } from '../../agents/draft-engine.ts';
-import { imageSectionHeading, usableDescription, withImageReading } from '../../agents/image-reading.ts';
+import {
+  imageSectionHeading,
+  readImages,
+  usableDescription,
+  withImageReading,
+} from '../../agents/image-reading.ts';
+import { PromptLibrary } from '../../agents/prompt-library.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
+import { prepareImage } from '../../fhir/imaging/image-preparation.ts';
 import { readRecordImages } from '../../fhir/imaging/record-images.ts';
 import { PatientScopedReader } from '../../fhir/patient-scope.ts';
+import { silentLogger } from '../../src/log.ts';
+import { OpenAiCompatibleVisionProvider } from '../../src/model/vision-provider.ts';
+import { startScriptedInferenceServer } from '../support/openai-compatible-server.ts';
 import { buildPatientRecord } from '../support/patient-record-builder.ts';
 import { halvesJpeg } from './synthetic-images.ts';
 
@@ -131,5 +141,46 @@ describe('the patient guard on image searches', () => {
     expect(found.images).toEqual([]);
     expect(found.resources).toEqual([]);
     expect(found.refusedTypes).toEqual(['Media']);
+  });
+});
+
+describe('the time for reading images', () => {
+  it('lists the images left when the budget runs out as not read, and does not wait for a slow model', async () => {
+    const slow = await startScriptedInferenceServer([], {
+      content: 'Frontal chest radiograph, no clear abnormality seen.',
+      delayMs: 1500,
+    });
+    try {
+      const limits = { maxInputBytes: 1e7, maxInputPixels: 1e8, maxDimension: 896 };
+      const images = ['a', 'b', 'c'].map((id) => ({
+        citation: `Media/${id}`,
+        label: 'chest X-ray',
+        modality: 'DX',
+        date: '2024-01-01',
+        image: prepareImage(halvesJpeg(64, 64), limits),
+      }));
+      const startedAt = Date.now();
+      const reading = await readImages(images, 'Patient/p1', {
+        vision: new OpenAiCompatibleVisionProvider({
+          endpointUrl: slow.url,
+          model: 'google/medgemma-4b-it',
+          timeoutMs: 10_000,
+          retries: 0,
+        }),
+        prompt: PromptLibrary.load().get('image-preliminary-read'),
+        maxOutputTokens: 200,
+        logger: silentLogger(),
+        budgetMs: 500,
+      });
+      expect(Date.now() - startedAt).toBeLessThan(1400);
+      expect(slow.requests).toHaveLength(1);
+      expect(reading.lines.slice(1)).toEqual([
+        '- [Media/a] chest X-ray, 2024-01-01: not read, the image model did not answer; open the image.',
+        '- [Media/b] chest X-ray, 2024-01-01: not read, the time for reading images ran out; this draft was written without it.',
+        '- [Media/c] chest X-ray, 2024-01-01: not read, the time for reading images ran out; this draft was written without it.',
+      ]);
+    } finally {
+      await slow.close();
+    }
   });
 });
