@@ -1,4 +1,5 @@
 import { type CitationVerification, citationsIn, removalCounts } from '../../agents/citation-verifier.ts';
+import { withheldNotice } from '../../agents/clinical-content-policy.ts';
 import { suggestedActionsHeading } from '../../agents/output-schemas.ts';
 import { type PatientRecord, recordResources } from '../../fhir/patient-record.ts';
 import { containsTerm, type FactCategory, type LabelledFact, normalizeText } from './labelled-set.ts';
@@ -118,12 +119,15 @@ export function scoreDraft(input: {
   let checked = 0;
   let supportedCount = 0;
   let inSuggestions = false;
+  const withheld = withheldNotice(record);
   for (const line of lines) {
     if (headingLine.test(line.trim())) {
       inSuggestions = line.trim() === `## ${suggestedActionsHeading}`;
       continue;
     }
     const citations = citationsIn(line);
+    // The service's own notice of what the site's policy withheld states counts, not patient data.
+    if (withheld !== undefined && line.trim() === withheld.trim()) continue;
     // Suggested actions rest on rules, not on the cited data's wording: nudge agreement measures them.
     if (citations.length === 0 || inSuggestions) continue;
     checked += 1;
