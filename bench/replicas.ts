@@ -106,22 +106,48 @@ function cpuMilliseconds(pid: number | undefined): number {
 }
 
 /**
- * CPU time of the PostgreSQL backends serving one database (their process title names it), in ms: the
- * database's share of the work, apart from what other databases on the same server do meanwhile.
+ * CPU time the PostgreSQL backends serving one database (their process title names it) use from now on, in ms:
+ * the database's share of the work, apart from other databases on the same server. Backends come and go (pools
+ * close idle connections), so they are sampled every 100 ms and each one's time is kept after it ends.
  */
-function databaseCpuMilliseconds(database: string): number {
-  let total = 0;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
-      if (title.startsWith('postgres:') && title.includes(` ${database} `))
-        total += cpuMilliseconds(Number(entry));
-    } catch {
-      // The process ended while being read.
+function databaseCpuMeter(database: string): { stop(): number } {
+  const backends = new Map<number, { first: number; last: number }>();
+  // Processes seen not to be one of its backends are not read again (keeps the sampling cheap).
+  const others = new Set<string>();
+  const sample = (initial: boolean) => {
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry) || others.has(entry)) continue;
+      try {
+        const pid = Number(entry);
+        if (!backends.has(pid)) {
+          const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+          if (!title.startsWith('postgres:') || !title.includes(` ${database} `)) {
+            // A new backend shows the title `postgres: ... startup` for a moment; look at it again.
+            if (!title.startsWith('postgres:')) others.add(entry);
+            continue;
+          }
+        }
+        const now = cpuMilliseconds(pid);
+        const known = backends.get(pid);
+        if (known) known.last = now;
+        // A backend that starts while measuring counts from zero.
+        else backends.set(pid, { first: initial ? now : 0, last: now });
+      } catch {
+        // The process ended while being read.
+      }
     }
-  }
-  return total;
+  };
+  sample(true);
+  const timer = setInterval(() => sample(false), 100);
+  return {
+    stop() {
+      clearInterval(timer);
+      sample(false);
+      let total = 0;
+      for (const { first, last } of backends.values()) total += last - first;
+      return total;
+    },
+  };
 }
 
 /** The machine's busy and total CPU time so far (all cores, in clock ticks). */
@@ -266,7 +292,7 @@ async function draftsWithReplicas(replicas: number, now: string): Promise<Record
     const pids = started.map((replica) => replica.child.pid);
     const replicaCpuBefore = pids.map(cpuMilliseconds);
     const fhirCpuBefore = cpuMilliseconds(fhir.child.pid);
-    const databaseCpuBefore = databaseCpuMilliseconds(database.name);
+    const databaseCpu = databaseCpuMeter(database.name);
     const loadAverageAtStart = Number(loadavg()[0].toFixed(1));
     const machineBefore = machineTicks();
     const startedAt = performance.now();
@@ -276,7 +302,7 @@ async function draftsWithReplicas(replicas: number, now: string): Promise<Record
     const machineAfter = machineTicks();
     const replicaCpuMs = pids.map((pid, index) => cpuMilliseconds(pid) - replicaCpuBefore[index]);
     const fhirCpuMs = cpuMilliseconds(fhir.child.pid) - fhirCpuBefore;
-    const databaseCpuMs = databaseCpuMilliseconds(database.name) - databaseCpuBefore;
+    const databaseCpuMs = databaseCpu.stop();
     const drafts = await draftsOnServer(fhirBaseUrl);
     // Jobs that ended without a draft (skipped, failed) would make the rate meaningless.
     if (drafts !== warmUpEvents + measured.length)
@@ -387,7 +413,7 @@ async function acknowledgementAtRate(fhirBaseUrl: string): Promise<Record<string
     const bareMax = await load({ url: bareUrl, headers, body: loadBody, requests, concurrency: 64 });
     const pids = intake.map((replica) => replica.child.pid);
     const replicaCpuBefore = pids.map(cpuMilliseconds);
-    const databaseCpuBefore = databaseCpuMilliseconds(database.name);
+    const databaseCpu = databaseCpuMeter(database.name);
     const intakeMax = await load({
       url: intakeUrls[0],
       urls: intakeUrls,
@@ -401,7 +427,7 @@ async function acknowledgementAtRate(fhirBaseUrl: string): Promise<Record<string
       (sum, pid, index) => sum + cpuMilliseconds(pid) - replicaCpuBefore[index],
       0,
     );
-    const databaseCpuMs = databaseCpuMilliseconds(database.name) - databaseCpuBefore;
+    const databaseCpuMs = databaseCpu.stop();
     return {
       rate,
       seconds: rateSeconds,
