@@ -163,21 +163,54 @@ function attachmentCandidates(
 
 /** The base to ask for a study: its Endpoint's address when it has one (and it is allowed), else the configured one. */
 async function studyBase(
-  reader: PatientScopedReader,
+  readEndpoint: (id: string) => Promise<Endpoint>,
   study: ImagingStudy,
-  pacs: NonNullable<ImageSourceOptions['pacs']>,
+  pacs: PacsAccess,
 ): Promise<string> {
   const endpointId = /(?:^|\/)Endpoint\/([A-Za-z0-9\-.]{1,64})$/.exec(
     study.endpoint?.[0]?.reference ?? '',
   )?.[1];
   if (endpointId) {
-    const endpoint = await reader.read<Endpoint>('Endpoint', endpointId);
+    const endpoint = await readEndpoint(endpointId);
     const base = pacs.client.allowedBase(endpoint.address ?? '');
     if (!base) throw new DicomWebError('refused', 'the study names a PACS the service is not configured for');
     return base;
   }
   if (!pacs.defaultBaseUrl) throw new DicomWebError('refused', 'no PACS is configured');
   return pacs.defaultBaseUrl.replace(/\/+$/, '');
+}
+
+export type PacsAccess = NonNullable<ImageSourceOptions['pacs']>;
+
+/** The series whose first instance is shown for a study. */
+function shownSeries(study: ImagingStudy) {
+  return study.series?.find((candidate) => isDicomUid(candidate.instance?.[0]?.uid));
+}
+
+/**
+ * The first instance of a study rendered by the PACS, once the PACS confirms the study is this patient's (its
+ * PatientID is one of the patient's identifiers): the compartment guard reaching into the PACS. Used for the
+ * drafts (Endpoint read through the patient guard) and for the review app's pictures (read with the clinician's token).
+ */
+export async function renderedStudyImage(
+  study: ImagingStudy,
+  patient: Patient,
+  pacs: PacsAccess,
+  readEndpoint: (id: string) => Promise<Endpoint>,
+): Promise<Uint8Array> {
+  const series = shownSeries(study);
+  const studyUid = studyUidFromIdentifier(
+    study.identifier?.find((identifier) => identifier.system === 'urn:dicom:uid')?.value,
+  );
+  const instanceUid = series?.instance?.[0]?.uid;
+  if (!studyUid || !series || !isDicomUid(series.uid) || !instanceUid)
+    throw new DicomWebError('not-found', 'the ImagingStudy names no DICOM study, series and instance');
+  const base = await studyBase(readEndpoint, study, pacs);
+  const patientIdentifiers = new Set((patient.identifier ?? []).map((identifier) => identifier.value));
+  const pacsPatientId = await pacs.client.studyPatientId(base, studyUid);
+  if (!patientIdentifiers.has(pacsPatientId))
+    throw new DicomWebError('refused', "the PACS holds the study under another patient's identifier");
+  return pacs.client.renderedInstance(base, { study: studyUid, series: series.uid, instance: instanceUid });
 }
 
 function studyCandidates(
@@ -188,9 +221,8 @@ function studyCandidates(
   pacsState: { down: boolean },
 ): Candidate[] {
   const pacs = options.pacs;
-  const patientIdentifiers = new Set((patient.identifier ?? []).map((identifier) => identifier.value));
   return studies.map((study) => {
-    const series = study.series?.find((candidate) => isDicomUid(candidate.instance?.[0]?.uid));
+    const series = shownSeries(study);
     const modality = series?.modality?.code ?? study.modality?.[0]?.code ?? 'image';
     const site = codeText(series?.bodySite && { coding: [series.bodySite] });
     return {
@@ -203,23 +235,10 @@ function studyCandidates(
         // After one timeout or refusal the PACS is not asked again in this run: a slow PACS delays a draft once.
         if (pacsState.down)
           throw new DicomWebError('unavailable', 'the PACS did not answer earlier in this run');
-        const studyUid = studyUidFromIdentifier(
-          study.identifier?.find((identifier) => identifier.system === 'urn:dicom:uid')?.value,
-        );
-        const instanceUid = series?.instance?.[0]?.uid;
-        if (!studyUid || !series || !isDicomUid(series.uid) || !instanceUid)
-          throw new DicomWebError('not-found', 'the ImagingStudy names no DICOM study, series and instance');
         try {
-          const base = await studyBase(reader, study, pacs);
-          // The compartment guard reaches into the PACS: its study must carry one of this patient's identifiers.
-          const pacsPatientId = await pacs.client.studyPatientId(base, studyUid);
-          if (!patientIdentifiers.has(pacsPatientId))
-            throw new DicomWebError('refused', "the PACS holds the study under another patient's identifier");
-          return await pacs.client.renderedInstance(base, {
-            study: studyUid,
-            series: series.uid,
-            instance: instanceUid,
-          });
+          return await renderedStudyImage(study, patient, pacs, (id) =>
+            reader.read<Endpoint>('Endpoint', id),
+          );
         } catch (error) {
           if (error instanceof DicomWebError && error.problem === 'unavailable') pacsState.down = true;
           throw error;
