@@ -41,23 +41,20 @@ export function patientIntakeRouter(options: PatientIntakeRouteOptions): Router 
   const perAddress = new RateLimiter(options.rateLimit.perAddressPerMinute, { now: options.now });
   const language = options.intake.questionnaires.defaultLanguage;
 
+  /** Refused links answer like a missing or gone page; a rate limit as 429; anything else 200. */
+  function statusOf(page: IntakePage | { kind: 'rate-limited' }): number {
+    if (page.kind === 'rate-limited') return 429;
+    if (page.kind !== 'problem') return 200;
+    return page.problem === 'forged' ? 404 : page.problem === 'unavailable' ? 503 : 410;
+  }
+
   function send(
     response: Response,
     page: IntakePage | { kind: 'rate-limited'; language: string },
     action: string,
   ) {
-    const status =
-      page.kind === 'rate-limited'
-        ? 429
-        : page.kind === 'problem'
-          ? page.problem === 'unavailable'
-            ? 503
-            : 410
-          : 200;
-    if (page.kind === 'problem' && page.problem === 'forged') response.status(404);
-    else response.status(status);
     if (page.kind === 'rate-limited') response.set('Retry-After', '60');
-    response.set(securityHeaders).type('html').send(renderIntakePage(page, action));
+    response.status(statusOf(page)).set(securityHeaders).type('html').send(renderIntakePage(page, action));
   }
 
   /** Both limits spend a token; either empty refuses the request. */

@@ -14,6 +14,7 @@ import {
   bookVisit,
   invitationFor,
   linkOf,
+  patientWithDiabetes,
   startIntakeService,
   waitFor,
 } from './intake-support.ts';
@@ -93,7 +94,10 @@ describe('the interview over HTTP', () => {
     expect(page.headers.get('cache-control')).toBe('no-store');
     expect(page.headers.get('referrer-policy')).toBe('no-referrer');
     expect(page.headers.get('content-security-policy')).toContain("default-src 'none'");
-    const state = formState(await page.text());
+    const html = await page.text();
+    // By default the page shows nothing from the record.
+    expect(html).not.toContain('your record lists');
+    const state = formState(html);
 
     // Over the cap (500 characters): the page asks again, nothing is written.
     const tooLong = await post(link, { ...firstPage, 'answer-concern': 'x'.repeat(501), state });
@@ -153,20 +157,38 @@ describe('the interview over HTTP', () => {
   }, 60_000);
 });
 
-describe('limits per address', () => {
-  it('refuses a client that tries many links', async () => {
-    const { service } = await startIntakeService({
+describe('a site that allows the record lists, and limits per address', () => {
+  let service: RunningService;
+  let fhir: FhirClient;
+
+  beforeAll(async () => {
+    ({ service, fhir } = await startIntakeService({
       EHR_AGENT_PATIENT_INTAKE__RATE_LIMIT__PER_ADDRESS_PER_MINUTE: '5',
-    });
-    try {
+      EHR_AGENT_PATIENT_INTAKE__SHOW_RECORD_LISTS: 'true',
+    }));
+  }, 120_000);
+
+  afterAll(async () => {
+    await service?.close();
+  });
+
+  it("shows the record's medications for the patient to confirm", async () => {
+    const patientId = await patientWithDiabetes(fhir);
+    const visit = await bookVisit(fhir, patientId);
+    const link = linkOf(await waitFor(() => invitationFor(fhir, visit.id as string), 'the invitation'));
+    const html = await (await fetch(link)).text();
+    expect(html).toContain('Medicines your record lists');
+    expect(html).toMatch(/<li>metformin[^<]*<\/li>/);
+  }, 60_000);
+
+  it('refuses a client that tries many links', async () => {
+    {
       const statuses: number[] = [];
       // Guessed links: each one different, so only the per-address limit can stop them.
       for (let attempt = 0; attempt < 7; attempt++)
         statuses.push((await fetch(`${service.url}/intake/guessed-link-${attempt}`)).status);
-      expect(statuses.slice(0, 5)).toEqual([404, 404, 404, 404, 404]);
-      expect(statuses.slice(5)).toEqual([429, 429]);
-    } finally {
-      await service.close();
+      // Five a minute from this address, one of them spent on the page above.
+      expect(statuses).toEqual([404, 404, 404, 404, 429, 429, 429]);
     }
   }, 60_000);
 });

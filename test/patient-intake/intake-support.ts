@@ -7,6 +7,7 @@ import type {
   DocumentReference,
   Encounter,
   QuestionnaireResponse,
+  Subscription,
 } from 'fhir/r4.js';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { loadConfig } from '../../src/config/load-config.ts';
@@ -119,7 +120,13 @@ export async function startIntakeService(
     cwd: dataDir,
   });
   const service = await startService(config, silentLogger());
-  return { service, fhir: new FhirClient({ baseUrl: service.fhirBaseUrl }), dataDir };
+  const fhir = new FhirClient({ baseUrl: service.fhirBaseUrl });
+  // A visit booked before the handshake made the Subscription active would raise no event.
+  await waitFor(async () => {
+    const subscriptions = await fhir.search<Subscription>('Subscription', {});
+    return subscriptions.some((subscription) => subscription.status === 'active') ? true : undefined;
+  }, 'the active Subscription');
+  return { service, fhir, dataDir };
 }
 
 /** The FHIR R4 definitions, for validateResource. */
