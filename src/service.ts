@@ -42,7 +42,7 @@ import { createRulesRuntime } from './rules/rules-runtime.ts';
 import { SqlNudgeStore } from './rules/sqlite-nudge-store.ts';
 import type { SandboxEhr } from './sandbox/sandbox-ehr.ts';
 import { obtainFirstToken } from './startup-token.ts';
-import { openStorage } from './storage/open-storage.ts';
+import { effectiveQueueConfig, openStorage } from './storage/open-storage.ts';
 
 /**
  * The composition root: the one place that wires config, queue, FHIR client, engines, rules and HTTP
@@ -100,10 +100,7 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
 
   // One storage setting: with PostgreSQL every store and the queue are shared by the replicas.
   const storage = await openStorage(config, logger);
-  const queue = await openJobQueue(
-    storage.adapter === 'postgres' ? { ...config.queue, adapter: 'postgres' } : config.queue,
-    dataDir,
-  ).catch(async (error: unknown) => {
+  const queue = await openJobQueue(effectiveQueueConfig(config), dataDir).catch(async (error: unknown) => {
     await storage.close();
     throw error;
   });

@@ -4,6 +4,7 @@ import type { ServiceConfig } from '../config/config-schema.ts';
 import { loadConfig } from '../config/load-config.ts';
 import type { EncounterJob, JobQueue, JobStatus } from '../queue/job-queue.ts';
 import { openJobQueue } from '../queue/open-job-queue.ts';
+import { effectiveQueueConfig } from '../storage/open-storage.ts';
 import { runProgram } from './run-program.ts';
 
 /**
@@ -54,7 +55,8 @@ export function createJobsProgram(options: { io?: CliIo; config?: () => ServiceC
   const readConfig = options.config ?? (() => loadConfig());
   const withQueue = async <T>(work: (queue: JobQueue) => Promise<T>): Promise<T> => {
     const config = readConfig();
-    const queue = await openJobQueue(config.queue, path.resolve(config.dataDir));
+    // DATABASE_URL alone puts the queue in PostgreSQL, as it does for the service.
+    const queue = await openJobQueue(effectiveQueueConfig(config), path.resolve(config.dataDir));
     try {
       return await work(queue);
     } finally {

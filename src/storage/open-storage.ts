@@ -14,6 +14,13 @@ export function storageAdapter(config: Pick<ServiceConfig, 'storage' | 'queue'>)
   return config.storage.adapter ?? (config.queue.postgresUrl ? 'postgres' : 'sqlite');
 }
 
+/** The queue as the storage setting makes it: with PostgreSQL storage the queue is there too. */
+export function effectiveQueueConfig(
+  config: Pick<ServiceConfig, 'storage' | 'queue'>,
+): ServiceConfig['queue'] {
+  return storageAdapter(config) === 'postgres' ? { ...config.queue, adapter: 'postgres' } : config.queue;
+}
+
 export interface ServiceStorage {
   adapter: StorageAdapter;
   /** The shared database; absent with SQLite (each store opens its own file). */
