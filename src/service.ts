@@ -30,7 +30,11 @@ import type { Logger } from './log.ts';
 import { createMetrics, observeRuleSet } from './metrics.ts';
 import { patientIntakeAuth, patientIntakeEnabled, startPatientIntake } from './patient-intake/wiring.ts';
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
-import { createRecordImagesStage, withImagingScopes } from './pipeline/record-images-stage.ts';
+import {
+  createRecordImagesStage,
+  reviewImagingOptions,
+  withImagingScopes,
+} from './pipeline/record-images-stage.ts';
 import { WorkerPool } from './pipeline/worker-pool.ts';
 import type { EncounterJobInput, JobQueue } from './queue/job-queue.ts';
 import { openJobQueue } from './queue/open-job-queue.ts';
@@ -336,6 +340,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       logger,
       fhirTimeoutMs: config.fhir.timeoutMs,
       ...(sandbox ? { launchPageUrl: `${url}/sandbox/launch` } : {}),
+      // Pictures of cited ImagingStudies come from the PACS the drafts read.
+      ...reviewImagingOptions(config),
     })) {
       app.mount(mountPath, router);
     }

@@ -1,8 +1,18 @@
-import type { Attachment, Binary, FhirResource } from 'fhir/r4.js';
+import type {
+  Attachment,
+  Binary,
+  Endpoint,
+  FhirResource,
+  ImagingStudy,
+  Patient,
+  QuestionnaireResponseItemAnswer,
+} from 'fhir/r4.js';
 import { personName } from '../../fhir/display-labels.ts';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
+import { DicomWebError } from '../../fhir/imaging/dicomweb-client.ts';
 import { ImageRejectedError } from '../../fhir/imaging/image-preparation.ts';
 import { prepareImageOffThread } from '../../fhir/imaging/image-preparation-thread.ts';
+import { type PacsAccess, renderedStudyImage } from '../../fhir/imaging/record-images.ts';
 import { outcomeError } from '../../fhir/operation-outcome.ts';
 import { barePatientId, belongsToPatient } from '../../fhir/patient-scope.ts';
 
@@ -89,6 +99,12 @@ function attachmentText(resource: Loose): string | undefined {
   return undefined;
 }
 
+function questionnaireAnswerText(answer: QuestionnaireResponseItemAnswer): string {
+  if (answer.valueBoolean !== undefined) return answer.valueBoolean ? 'yes' : 'no';
+  if (answer.valueInteger !== undefined) return String(answer.valueInteger);
+  return answer.valueCoding?.display ?? answer.valueCoding?.code ?? answer.valueString ?? '';
+}
+
 export function describeCitation(resource: FhirResource): CitationView {
   const loose = resource as unknown as Loose;
   const fields: CitationField[] = [];
@@ -142,6 +158,12 @@ export function describeCitation(resource: FhirResource): CitationView {
   add('Dosage', asString(asRecord(asArray(loose.dosageInstruction)[0])?.text));
   add('Reaction', firstCodeableText(asRecord(asArray(loose.reaction)[0])?.manifestation));
   if (resource.resourceType === 'DocumentReference') add('Note text', attachmentText(loose));
+  if (resource.resourceType === 'QuestionnaireResponse') {
+    // The patient's pre-visit answers, each question as it was asked, beside the briefing that cites them.
+    add('Answered', asString(loose.authored));
+    for (const item of resource.item?.slice(0, 60) ?? [])
+      add(item.text ?? item.linkId, (item.answer ?? []).map(questionnaireAnswerText).join(', '));
+  }
   return {
     reference: `${resource.resourceType}/${resource.id}`,
     resourceType: resource.resourceType,
@@ -172,11 +194,16 @@ function imageAttachmentOf(resource: FhirResource): Attachment | undefined {
  * context must name the cited resource or the launch patient.
  */
 export async function citationImage(
-  client: Pick<FhirClient, 'get'>,
+  client: Pick<FhirClient, 'get' | 'read'>,
   resource: FhirResource,
   patientId: string,
   maxDimension: number,
+  options: { pacs?: PacsAccess } = {},
 ): Promise<{ contentType: 'image/jpeg'; data: string; width: number; height: number } | undefined> {
+  if (resource.resourceType === 'ImagingStudy') {
+    if (!options.pacs) return undefined;
+    return prepared(await studyPicture(client, resource, patientId, options.pacs), maxDimension);
+  }
   const attachment = imageAttachmentOf(resource);
   if (!attachment) return undefined;
   let bytes: Uint8Array;
@@ -193,6 +220,38 @@ export async function citationImage(
       throw outcomeError('forbidden', 'the image does not belong to the cited resource', 403);
     bytes = Buffer.from(binary.data, 'base64');
   } else return undefined;
+  return prepared(bytes, maxDimension);
+}
+
+/**
+ * A cited study's picture from the PACS: the clinician's token has read the study (the EHR decided they may see
+ * it) and reads the patient and the study's Endpoint; the PACS, which knows no EHR token, is asked by the service
+ * with the same checks as for drafts (a configured base, the PACS's PatientID one of the patient's identifiers).
+ */
+async function studyPicture(
+  client: Pick<FhirClient, 'read'>,
+  study: ImagingStudy,
+  patientId: string,
+  pacs: PacsAccess,
+): Promise<Uint8Array> {
+  const patient = await client.read<Patient>('Patient', barePatientId(patientId));
+  try {
+    return await renderedStudyImage(study, patient, pacs, (id) => client.read<Endpoint>('Endpoint', id));
+  } catch (error) {
+    if (!(error instanceof DicomWebError)) throw error;
+    const status = { unavailable: 503, 'not-found': 404, 'no-image': 404, refused: 403 }[error.problem];
+    throw outcomeError(
+      status === 403 ? 'forbidden' : status === 503 ? 'transient' : 'not-found',
+      `the study's picture: ${error.message}`,
+      status,
+    );
+  }
+}
+
+async function prepared(
+  bytes: Uint8Array,
+  maxDimension: number,
+): Promise<{ contentType: 'image/jpeg'; data: string; width: number; height: number }> {
   try {
     const prepared = await prepareImageOffThread(bytes, { ...citationImageLimits, maxDimension });
     return {

@@ -6,6 +6,7 @@ import type { RemovedStatement } from '../../fhir/draft-note.ts';
 import type { RecordChangeView } from '../../fhir/draft-view.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { isFhirId } from '../../fhir/fhir-id.ts';
+import type { PacsAccess } from '../../fhir/imaging/record-images.ts';
 import {
   FhirRequestError,
   likelyMissingScopes,
@@ -85,6 +86,8 @@ export interface DraftsApiDependencies {
   logger: Logger;
   /** Largest accepted JSON body; a note is a few KB, so 256 KB is generous. */
   maxBodyBytes?: number;
+  /** The PACS, for pictures of cited ImagingStudies (issue 18); absent: those have none. */
+  pacs?: PacsAccess;
 }
 
 const maxTextCharacters = 100_000;
@@ -415,7 +418,9 @@ export function draftsApiRouter(dependencies: DraftsApiDependencies): Router {
       const context = contextOf(response);
       const view = await openCitation(context, request.params.type, request.params.id);
       const size = request.query.size === 'full' ? citationImageSizes.full : citationImageSizes.thumbnail;
-      const image = await citationImage(fhirClientFor(context), view.resource, context.patient, size);
+      const image = await citationImage(fhirClientFor(context), view.resource, context.patient, size, {
+        ...(dependencies.pacs ? { pacs: dependencies.pacs } : {}),
+      });
       if (!image) throw outcomeError('not-found', `${view.reference} holds no image`, 404);
       response.json(image);
     },

@@ -1,5 +1,6 @@
 import type { Router } from 'express';
 import type { DraftLifecycle } from '../../fhir/draft-lifecycle.ts';
+import type { PacsAccess } from '../../fhir/imaging/record-images.ts';
 import type { ReviewConfig } from '../config/review-config.ts';
 import type { Logger } from '../log.ts';
 import { draftsApiRouter, userFhirClient } from './drafts-api-routes.ts';
@@ -21,6 +22,8 @@ export interface ReviewAppOptions {
   fhirTimeoutMs?: number;
   /** In the sandbox, its EHR's patient list: where /review opened without a launch points. */
   launchPageUrl?: string;
+  /** The PACS, for pictures of cited ImagingStudies (when the service reads images). */
+  pacs?: PacsAccess;
 }
 
 export function reviewAppRouters(options: ReviewAppOptions): { path: string; router: Router }[] {
@@ -41,6 +44,7 @@ export function reviewAppRouters(options: ReviewAppOptions): { path: string; rou
         lifecycleFor: (context) => options.lifecycle.withClient(clientFor(context)),
         fhirClientFor: clientFor,
         logger: options.logger,
+        ...(options.pacs ? { pacs: options.pacs } : {}),
       }),
     },
   ];

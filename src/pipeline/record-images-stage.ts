@@ -3,7 +3,11 @@ import { type ImageReadingOptions, readImages, withImageReading } from '../../ag
 import { PromptLibrary } from '../../agents/prompt-library.ts';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { DicomWebClient } from '../../fhir/imaging/dicomweb-client.ts';
-import { type ImageSourceOptions, readRecordImages } from '../../fhir/imaging/record-images.ts';
+import {
+  type ImageSourceOptions,
+  type PacsAccess,
+  readRecordImages,
+} from '../../fhir/imaging/record-images.ts';
 import { openPatientScope } from '../../fhir/patient-history.ts';
 import type { PatientRecord } from '../../fhir/patient-record.ts';
 import { type AuthConfig, backendAuthConfigSchema } from '../config/auth-config.ts';
@@ -162,4 +166,13 @@ export function withImagingScopes(
       ? { launch: { ...auth.launch, scopes: withScopes(auth.launch.scopes, imagingLaunchScopes) } }
       : {}),
   };
+}
+
+/** For the review app: the PACS its pictures of cited ImagingStudies come from, when the service reads images. */
+export function reviewImagingOptions(config: {
+  model: { vision?: VisionModelConfig };
+  imaging: ImagingConfig;
+}): { pacs?: PacsAccess } {
+  const pacs = config.model.vision ? imageSourceOptions(config.imaging).pacs : undefined;
+  return pacs ? { pacs } : {};
 }

@@ -1,5 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import express from 'express';
 import type { ImagingStudy } from 'fhir/r4.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readImages } from '../../agents/image-reading.ts';
@@ -8,8 +9,11 @@ import { FhirClient } from '../../fhir/fhir-client.ts';
 import { DicomWebClient } from '../../fhir/imaging/dicomweb-client.ts';
 import { type ImageSourceOptions, readRecordImages } from '../../fhir/imaging/record-images.ts';
 import { PatientScopedReader } from '../../fhir/patient-scope.ts';
+import { draftsApiRouter } from '../../src/http/drafts-api-routes.ts';
+import type { LaunchContext } from '../../src/http/smart-launch.ts';
 import { silentLogger } from '../../src/log.ts';
 import { OpenAiCompatibleVisionProvider } from '../../src/model/vision-provider.ts';
+import { createMemoryDraftLifecycle } from '../review/memory-draft-lifecycle.ts';
 import { type FhirStandIn, startFhirStandIn } from '../support/fhir-stand-in.ts';
 import {
   type ScriptedInferenceServer,
@@ -316,5 +320,58 @@ describe.skipIf(!orthancAvailable)('ImagingStudy images from a real PACS over DI
       sources({ baseUrl: downUrl }),
     );
     expect(found.images[0].problem?.kind).toBe('pacs-unavailable');
+  });
+
+  it('the review app shows a cited study’s picture from the PACS, after the clinician’s token read the study', async () => {
+    const uids = { study: '1.2.826.0.1.1', series: '1.2.826.0.1.1.1', instance: '1.2.826.0.1.1.1.1' };
+    await readFromStandIn(
+      [
+        imagingStudy('review-chest', uids),
+        imagingStudy('review-other', {
+          study: '1.2.826.0.1.3',
+          series: '1.2.826.0.1.3.1',
+          instance: '1.2.826.0.1.3.1.1',
+        }),
+      ],
+      sources(),
+    );
+    const context: LaunchContext = {
+      launchId: 'launch',
+      fhirBaseUrl: standIn.url,
+      patient: patientId,
+      encounter: undefined,
+      fhirUser: 'Practitioner/dr-a',
+      accessToken: 'clinician-token',
+      expiresAt: Date.now() + 3_600_000,
+      scopes: [],
+      csrfToken: 'csrf',
+    };
+    const app = express();
+    app.use(
+      '/api/drafts',
+      draftsApiRouter({
+        requireLaunchContext: () => (_request, response, next) => {
+          response.locals.launchContext = context;
+          next();
+        },
+        lifecycleFor: () => createMemoryDraftLifecycle([]).lifecycle,
+        fhirClientFor: () => new FhirClient({ baseUrl: standIn.url }),
+        logger: silentLogger(),
+        pacs: sources().pacs,
+      }),
+    );
+    const server = app.listen(0, '127.0.0.1');
+    await new Promise((resolve) => server.once('listening', resolve));
+    try {
+      const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/api/drafts/citations`;
+      const picture = await fetch(`${base}/ImagingStudy/review-chest/image`);
+      expect(picture.status).toBe(200);
+      expect(await picture.json()).toMatchObject({ contentType: 'image/jpeg', width: 160, height: 120 });
+      // The PACS holds this study under another patient's identifier: no picture.
+      expect((await fetch(`${base}/ImagingStudy/review-other/image`)).status).toBe(403);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });

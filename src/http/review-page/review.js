@@ -26,7 +26,7 @@ const removalReasons = {
   'other-patient': 'it cited another patient’s record',
 };
 /** Cited resources that can hold an image the service reads (issue 18): their lines get a thumbnail. */
-const imageCitationTypes = new Set(['Media', 'DocumentReference', 'DiagnosticReport']);
+const imageCitationTypes = new Set(['Media', 'DocumentReference', 'DiagnosticReport', 'ImagingStudy']);
 /** The heading the service puts above its preliminary reads of the record's images (agents/image-reading.ts). */
 const imageSectionPattern = /^Images: AI preliminary read/;
 /** Draft headings sit below the draft's own title (h3): depth 1 is h4, and nothing goes deeper than h6. */
