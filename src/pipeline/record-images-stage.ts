@@ -132,6 +132,8 @@ export const imagingLaunchScopes = [
   'patient/Media.r',
   'patient/ImagingStudy.r',
   'patient/DiagnosticReport.r',
+  // Where a cited study's PACS is: an address, no patient's data, hence user/.
+  'user/Endpoint.r',
 ];
 
 const scopeType = (scope: string) => /^[a-z]+\/([A-Za-z*]+)\./.exec(scope)?.[1];

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { loadConfig } from '../../src/config/load-config.ts';
 import { silentLogger } from '../../src/log.ts';
-import { createRecordImagesStage } from '../../src/pipeline/record-images-stage.ts';
+import { createRecordImagesStage, withImagingScopes } from '../../src/pipeline/record-images-stage.ts';
 
 /**
  * One configuration routes each task to its model (issue 18): text stays with `model` (27B), images go to
@@ -51,5 +51,43 @@ describe('imaging configuration', () => {
     expect(() => withFile('imaging:\n  pacs:\n    baseUrl: ftp://pacs.example/\n')).toThrow(
       /"imaging\.pacs\.baseUrl"/,
     );
+  });
+
+  it('asks for the imaging scopes only when images are read, keeping a scope the site already gives a type', () => {
+    const config = withFile(
+      [
+        'auth:',
+        '  backend:',
+        '    mode: smart-backend',
+        '    clientId: service',
+        '    scopes: [system/Patient.rs, system/Media.r]',
+        '  launch:',
+        '    clientId: review',
+        '    allowedIssuers: [https://ehr.example/fhir]',
+        '    scopes: [launch, openid, fhirUser, patient/Patient.r]',
+        '',
+      ].join('\n'),
+    );
+    expect(withImagingScopes(config.auth, config)).toBe(config.auth);
+    const auth = withImagingScopes(config.auth, {
+      model: { vision: { endpointUrl: 'http://vllm:8000' } as never },
+    });
+    expect(auth.backend.mode === 'smart-backend' && auth.backend.scopes).toEqual([
+      'system/Patient.rs',
+      'system/Media.r',
+      'system/ImagingStudy.rs',
+      'system/DiagnosticReport.rs',
+      'system/Endpoint.r',
+    ]);
+    expect(auth.launch?.scopes).toEqual([
+      'launch',
+      'openid',
+      'fhirUser',
+      'patient/Patient.r',
+      'patient/Media.r',
+      'patient/ImagingStudy.r',
+      'patient/DiagnosticReport.r',
+      'user/Endpoint.r',
+    ]);
   });
 });
