@@ -36,7 +36,7 @@ const connectiveWords = new Set(
   active onset record recorded recent results result encounter encounters patient plan assessment summary
   problems problem medications medication allergies allergy finding findings continue continued stable
   follow followup visit visits days daily months weeks year years review reviewed known current currently
-  previous prior none recorded`.split(/\s+/),
+  previous prior none recorded paragraph retrieved orders`.split(/\s+/),
 );
 
 /** Numbers (dates whole) and the words of four letters or more that are not connective. */
@@ -87,6 +87,8 @@ export function scoreDraft(input: {
   facts: readonly LabelledFact[];
   /** The engine's text before verification. */
   engineText: string;
+  /** The draft kind's template heading lines (DraftResult.headings). */
+  headings: readonly string[];
   verification: CitationVerification;
   /** `Type/id` -> patient id of every resource in the evaluated population. */
   owners: ReadonlyMap<string, string>;
@@ -119,10 +121,13 @@ export function scoreDraft(input: {
   let checked = 0;
   let supportedCount = 0;
   let inSuggestions = false;
+  const templateHeadings = new Set(input.headings.map((heading) => heading.trim()));
   const withheld = withheldNotice(record);
   for (const line of lines) {
-    if (headingLine.test(line.trim())) {
-      inSuggestions = line.trim() === `## ${suggestedActionsHeading}`;
+    const trimmed = line.trim();
+    // Headings: markdown ones, and the exact heading lines of the draft kind's template (`Suggested actions:`).
+    if (headingLine.test(trimmed) || templateHeadings.has(trimmed)) {
+      inSuggestions = trimmed.replace(/^#+\s*/, '').replace(/:$/, '') === suggestedActionsHeading;
       continue;
     }
     const citations = citationsIn(line);

@@ -202,6 +202,7 @@ export async function runEvaluation(options: EvalOptions): Promise<EvalReport> {
                 record: item.record,
                 facts: item.facts,
                 engineText: result.text,
+                headings: result.headings,
                 verification,
                 owners,
                 expectedRuleIds: item.nudges.map((nudge) => nudge.ruleId),

@@ -48,6 +48,7 @@ async function measure(text: string) {
       record,
       facts,
       engineText: result.text,
+      headings: result.headings,
       verification,
       owners: new Map(),
       expectedRuleIds: [],

@@ -19,18 +19,19 @@ let facts: LabelledFact[];
 let owners: Map<string, string>;
 let draftText: string;
 
-function score(text: string) {
+function score(text: string, headings: string[] = []) {
   const result = {
     kind: 'progress-summary' as const,
     title: 't',
     text,
-    headings: [],
+    headings,
     engine: { id: 'x', version: '1' },
   };
   return scoreDraft({
     record,
     facts,
     engineText: text,
+    headings,
     verification: verifyDraft(result, record),
     owners,
     expectedRuleIds: [],
@@ -114,6 +115,14 @@ describe('draft metrics', () => {
     const scored = score(altered).statements;
     expect(scored.checked).toBe(baseline.checked);
     expect(scored.supported).toBe(baseline.supported - 1);
+    // The suggested actions rest on rules (nudge agreement measures them), under either heading form.
+    const condition = facts.find((fact) => fact.category === 'problem') as LabelledFact;
+    const suggestion = `- Order the recommended test (USPSTF; rule some-rule v1) [${condition.sources[0]}]`;
+    for (const heading of ['Suggested actions:', '## Suggested actions']) {
+      const withSuggestion = score(`${draftText}\n${heading}\n${suggestion}`, [heading]).statements;
+      expect(withSuggestion).toEqual(baseline);
+    }
+    expect(score(`${draftText}\n${suggestion}`).statements.checked).toBe(baseline.checked + 1);
     // A word the source does not say fails it too.
     const embellished = draftText.replace(line, line.replace(' [', ' worsening ['));
     expect(score(embellished).statements.supported).toBe(baseline.supported - 1);
