@@ -13,9 +13,11 @@ import { runProgram } from './run-program.ts';
  * never fails the run; `--min-recall` makes it fail (exit 2) for a site's own CI.
  * `npm run eval -- signed` reports what clinicians did with the drafts (see src/eval/signed-drafts.ts).
  */
-function positive(value: string): number {
+function patientCount(value: string): number {
   const number = Number(value);
-  if (!Number.isSafeInteger(number) || number < 1) throw new InvalidArgumentError('a whole number above 0');
+  // The sandbox generates at most 2,000 patients, as its configuration allows.
+  if (!Number.isSafeInteger(number) || number < 1 || number > 2000)
+    throw new InvalidArgumentError('a whole number from 1 to 2000');
   return number;
 }
 
@@ -79,7 +81,7 @@ const program = new Command('eval')
   )
   .option('--out <folder>', 'where report.md, report.html and report.json go', 'eval-report')
   .option('--min-recall <share>', 'exit 2 when any configuration recalls fewer facts than this', share)
-  .option('--patients <count>', 'patients to evaluate (sandbox default 12)', positive)
+  .option('--patients <count>', 'patients to evaluate (sandbox default 12)', patientCount)
   .option(
     '--seed <number>',
     'sandbox seed',

@@ -95,7 +95,7 @@ export class ScriptedCooperativeModel implements ModelProvider {
       (sum, message) => sum + this.countTokens(message.content) + 6,
       0,
     );
-    const content = this.reply(request);
+    const content = this.answer(request);
     return {
       content,
       finishReason: 'stop',
@@ -103,7 +103,8 @@ export class ScriptedCooperativeModel implements ModelProvider {
     };
   }
 
-  private reply(request: GenerateRequest): string {
+  /** The reply to one request, without counting it (what an inference server would answer). */
+  answer(request: GenerateRequest): string {
     const schema = (request.jsonSchema ?? {}) as Schema;
     const text = lastUserText(request);
     switch (request.schemaName) {

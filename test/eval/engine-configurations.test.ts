@@ -8,9 +8,12 @@ import {
 import { labelledFacts } from '../../src/eval/labelled-set.ts';
 import { scoreDraft } from '../../src/eval/metrics.ts';
 import { recordForDraft } from '../../src/eval/run-eval.ts';
+import { ScriptedCooperativeModel } from '../../src/eval/scripted-cooperative-model.ts';
 import { type EvalSource, openSource } from '../../src/eval/sources.ts';
 import { silentLogger } from '../../src/log.ts';
+import type { ChatMessage } from '../../src/model/provider.ts';
 import { draftVerified } from '../../src/pipeline/process-encounter-job.ts';
+import { startScriptedInferenceServer } from '../support/openai-compatible-server.ts';
 import { writeTinyGguf } from '../support/tiny-gguf.ts';
 
 /**
@@ -79,6 +82,34 @@ describe('eval configurations', () => {
     expect(score.facts.length).toBeGreaterThan(5);
     expect(score.wrongPatientCitationsWritten).toBe(0);
   }, 180_000);
+
+  it('drafts through a remote inference server, counting its calls and tokens', async () => {
+    // An OpenAI-compatible server whose answers come from the scripted cooperative model.
+    const model = new ScriptedCooperativeModel();
+    const server = await startScriptedInferenceServer([], (body) => {
+      const schema = body.response_format?.json_schema;
+      const messages = body.messages as ChatMessage[];
+      const content = model.answer({
+        messages,
+        schemaName: schema?.name,
+        jsonSchema: schema?.schema,
+        maxTokens: body.max_tokens ?? 1,
+      });
+      return { content, usage: { prompt_tokens: 1000, completion_tokens: 50 } };
+    });
+    try {
+      const { result, score } = await measure(`remote:${server.url}#google/medgemma-27b-text-it`);
+      expect(server.requests.length).toBeGreaterThanOrEqual(3);
+      expect(server.requests.every((request) => request.body.model === 'google/medgemma-27b-text-it')).toBe(
+        true,
+      );
+      expect(result.engine.id).toBe('medgemma-agent');
+      expect(result.usage?.modelCalls).toBe(server.requests.length);
+      expect(score.facts.filter((fact) => fact.recalled).length).toBeGreaterThan(5);
+    } finally {
+      await server.close();
+    }
+  });
 
   it('refuses configurations it cannot build', () => {
     expect(() => parseConfiguration('llama-cpp:/nowhere/model.gguf')).toThrow(ConfigurationError);
