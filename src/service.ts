@@ -399,6 +399,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       triggers: config.triggers,
       drafts: config.drafts,
       clinicalContent: config.clinicalContent,
+      // Images read (or not) change what a draft says: switching model.vision on drafts encounters again.
+      vision: config.model.vision?.model ?? null,
       engine: engine.id,
     });
   workers = new WorkerPool({
