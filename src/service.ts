@@ -28,7 +28,12 @@ import { configurationVersion } from './intake/configuration-version.ts';
 import { IntakeService } from './intake/intake-service.ts';
 import type { Logger } from './log.ts';
 import { createMetrics, observeRuleSet } from './metrics.ts';
-import { patientIntakeAuth, patientIntakeEnabled, startPatientIntake } from './patient-intake/wiring.ts';
+import {
+  patientIntakeAuth,
+  patientIntakeEnabled,
+  patientIntakeLaunchScopes,
+  startPatientIntake,
+} from './patient-intake/wiring.ts';
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
 import {
   createRecordImagesStage,
@@ -195,6 +200,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       ),
       serviceUrl: url,
       fhirBaseUrl,
+      // The review app reads the patient's pre-visit answers and flags that the briefing cites.
+      ...(patientIntakeEnabled(config, true) ? { extraLaunchScopes: patientIntakeLaunchScopes } : {}),
     });
     // The sandbox EHR's patient list, where a clinician opens the review app from an encounter (a real EHR launch).
     const { sandboxLaunchRouter } = await import('./http/sandbox-launch-page.ts');

@@ -36,6 +36,9 @@ export const patientIntakeScopes = [
   'system/Flag.cs',
 ];
 
+/** What the review app reads with the clinician's token: the answers and the flag a briefing cites. */
+export const patientIntakeLaunchScopes = ['patient/QuestionnaireResponse.r', 'patient/Flag.r'];
+
 export function patientIntakeAuth(
   config: ServiceConfig,
   options: { sandbox: boolean; sandboxClientId?: string },
@@ -46,11 +49,22 @@ export function patientIntakeAuth(
   // The sandbox registers a mode-none service with its own client id: register it with the intake's scopes too.
   if (backend.mode === 'none' && options.sandboxClientId)
     backend = backendAuthConfigSchema.parse({ mode: 'smart-backend', clientId: options.sandboxClientId });
-  if (backend.mode !== 'smart-backend') return auth;
+  const launch = auth.launch
+    ? { ...auth.launch, scopes: withScopes(auth.launch.scopes, patientIntakeLaunchScopes) }
+    : undefined;
+  if (backend.mode !== 'smart-backend') return { ...auth, launch };
+  return {
+    ...auth,
+    launch,
+    backend: { ...backend, scopes: withScopes(backend.scopes, patientIntakeScopes) },
+  };
+}
+
+/** The scopes plus those for types they do not name yet (one scope per type, as Medplum needs). */
+function withScopes(scopes: string[], wanted: string[]): string[] {
   const typeOf = (scope: string) => /^[a-z]+\/([A-Za-z*]+)\./.exec(scope)?.[1];
-  const named = new Set(backend.scopes.map(typeOf));
-  const added = patientIntakeScopes.filter((scope) => !named.has(typeOf(scope)));
-  return { ...auth, backend: { ...backend, scopes: [...backend.scopes, ...added] } };
+  const named = new Set(scopes.map(typeOf));
+  return [...scopes, ...wanted.filter((scope) => !named.has(typeOf(scope)))];
 }
 
 export interface PatientIntakeWiring {

@@ -1,6 +1,7 @@
 import {
   type AuthConfig,
   backendAuthConfigSchema,
+  defaultLaunchScopes,
   smartLaunchConfigSchema,
 } from '../../config/auth-config.ts';
 import type { SandboxAuthorizationServer } from './authorization-server.ts';
@@ -15,7 +16,13 @@ export const sandboxReviewClientId = 'ehr-draft-agent-review';
 
 export function registerServiceWithSandbox(
   authorization: Pick<SandboxAuthorizationServer, 'registerClient'>,
-  options: { auth: AuthConfig; serviceUrl: string; fhirBaseUrl: string },
+  options: {
+    auth: AuthConfig;
+    serviceUrl: string;
+    fhirBaseUrl: string;
+    /** Scopes the default review-app client needs besides the defaults (pre-visit intake's answers and flags). */
+    extraLaunchScopes?: string[];
+  },
 ): AuthConfig {
   const backend =
     options.auth.backend.mode === 'none'
@@ -36,6 +43,9 @@ export function registerServiceWithSandbox(
     smartLaunchConfigSchema.parse({
       clientId: sandboxReviewClientId,
       allowedIssuers: [options.fhirBaseUrl],
+      ...(options.extraLaunchScopes?.length
+        ? { scopes: [...defaultLaunchScopes.split(' '), ...options.extraLaunchScopes] }
+        : {}),
       // A plain-http tab on localhost: browsers drop Secure cookies there and refuse SameSite=None without Secure.
       cookie: plainHttp ? { secure: false, sameSite: 'lax', partitioned: false } : {},
     });
