@@ -27,10 +27,10 @@ const followUpSchema = z.object({
 
 const followUpJsonSchema = zodToGrammarSchema(followUpSchema, { maxStringLength: 200 });
 
-export const followUpPromptId = 'intake-follow-up';
+const followUpPromptId = 'intake-follow-up';
 
 /** JSON whose text cannot close a surrounding tag or open a new one. */
-export function quotedData(value: unknown): string {
+function quotedData(value: unknown): string {
   return JSON.stringify(value, null, 1)
     .replace(/</g, '\\u003c')
     .replace(/>/g, '\\u003e')

@@ -14,7 +14,7 @@ import type { FollowUpQuestion } from './questionnaire-response.ts';
  * browser), then the generated follow-ups. Between pages the state travels sealed in the form, so nothing is
  * kept on the server and the patient cannot alter the questions the model asked.
  */
-export const answerValueSchema = z.discriminatedUnion('kind', [
+const answerValueSchema = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('boolean'), value: z.boolean() }),
   z.object({ kind: z.literal('integer'), value: z.number().int() }),
   z.object({ kind: z.literal('string'), value: z.string().max(2000) }),

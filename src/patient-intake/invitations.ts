@@ -15,11 +15,11 @@ const invitationText: Record<string, (link: string) => string> = {
     `Por favor, responda unas preguntas antes de su cita para que su equipo médico pueda prepararse: ${link}`,
 };
 
-export function invitationIdentifier(identifierSystem: string, encounterId: string) {
+function invitationIdentifier(identifierSystem: string, encounterId: string) {
   return { system: `${identifierSystem}/invitation`, value: `Encounter/${encounterId}` };
 }
 
-export function interviewUrl(publicUrl: string, token: string): string {
+function interviewUrl(publicUrl: string, token: string): string {
   return `${publicUrl}/intake/${token}`;
 }
 

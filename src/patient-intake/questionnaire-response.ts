@@ -14,7 +14,7 @@ export interface FollowUpQuestion {
   type: 'text' | 'boolean';
 }
 
-export function responseIdentifier(identifierSystem: string, encounterId: string) {
+function responseIdentifier(identifierSystem: string, encounterId: string) {
   return { system: `${identifierSystem}/response`, value: `Encounter/${encounterId}` };
 }
 
@@ -25,7 +25,7 @@ export function responseSearch(identifierSystem: string, encounterId: string): s
 }
 
 /** Marks the questions the model generated, so a reader can tell them from the site's own. */
-export const generatedQuestionExtension = 'urn:ehr-draft-agent:patient-intake:generated-question';
+const generatedQuestionExtension = 'urn:ehr-draft-agent:patient-intake:generated-question';
 
 function answerOf(value: AnswerValue): QuestionnaireResponseItemAnswer {
   switch (value.kind) {

@@ -30,7 +30,7 @@ export function patientIntakeEnabled(config: ServiceConfig, sandbox: boolean): b
  * (QuestionnaireResponse.crs), invitations (Communication.cs) and urgent Flags (Flag.cs) the same way; the
  * briefing reads both back. One scope per type, added only for types the configured list does not name yet.
  */
-export const patientIntakeScopes = [
+const patientIntakeScopes = [
   'system/QuestionnaireResponse.crs',
   'system/Communication.cs',
   'system/Flag.cs',

@@ -6,7 +6,7 @@ import type { IntakePage, LinkProblem } from '../../patient-intake/patient-intak
  * every control labelled, errors tied to their fields, the language of the page declared. Every value is
  * escaped; the page carries nothing from the record beyond what the site allows (the lists, when configured).
  */
-export function escapeHtml(text: string): string {
+function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (character) => `&#${character.charCodeAt(0)};`);
 }
 
