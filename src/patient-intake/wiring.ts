@@ -30,11 +30,7 @@ export function patientIntakeEnabled(config: ServiceConfig, sandbox: boolean): b
  * (QuestionnaireResponse.crs), invitations (Communication.cs) and urgent Flags (Flag.cs) the same way; the
  * briefing reads both back. One scope per type, added only for types the configured list does not name yet.
  */
-const patientIntakeScopes = [
-  'system/QuestionnaireResponse.crs',
-  'system/Communication.cs',
-  'system/Flag.cs',
-];
+const patientIntakeScopes = ['system/QuestionnaireResponse.crs', 'system/Communication.cs', 'system/Flag.cs'];
 
 /** What the review app reads with the clinician's token: the answers and the flag a briefing cites. */
 export const patientIntakeLaunchScopes = ['patient/QuestionnaireResponse.r', 'patient/Flag.r'];
