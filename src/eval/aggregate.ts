@@ -100,7 +100,9 @@ function byPatient(drafts: readonly MeasuredDraft[]): MeasuredDraft[][] {
 
 export function aggregate(name: string, drafts: readonly MeasuredDraft[]): ConfigurationFigures {
   const patients = byPatient(drafts);
-  const scored = (group: MeasuredDraft[]) => group.flatMap((draft) => (draft.score ? [draft.score] : []));
+  const scored = (group: readonly MeasuredDraft[]) =>
+    group.flatMap((draft) => (draft.score ? [draft.score] : []));
+  const allScores = scored(drafts);
   // A failed draft carried none of the facts asked of it: it counts against recall, not as missing data.
   const recallPairs = (category?: FactCategory): Pair[] =>
     patients.map((group) => {
@@ -122,14 +124,13 @@ export function aggregate(name: string, drafts: readonly MeasuredDraft[]): Confi
   const removed: Record<string, number> = {};
   let checked = 0;
   let supported = 0;
-  for (const score of scored(drafts as MeasuredDraft[])) {
+  for (const score of allScores) {
     checked += score.statements.checked;
     supported += score.statements.supported;
     for (const [reason, count] of Object.entries(score.removedByVerifier))
       removed[reason] = (removed[reason] ?? 0) + count;
   }
   const removedTotal = Object.values(removed).reduce((sum, count) => sum + count, 0);
-  const allScores = scored(drafts as MeasuredDraft[]);
   return {
     name,
     patients: patients.length,

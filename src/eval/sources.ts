@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { DocumentReference, Encounter, Patient } from 'fhir/r4.js';
 import type { DraftKind } from '../../agents/draft-engine.ts';
 import { FhirClient } from '../../fhir/fhir-client.ts';
+import type { SandboxEhr } from '../sandbox/sandbox-ehr.ts';
 import type { PlantedTruth } from './labelled-set.ts';
 
 /**
@@ -33,9 +34,7 @@ export interface EvalSource {
 }
 
 /** The sandbox EHR in this process, over real HTTP on loopback (trusted like the service's own sandbox). */
-export async function startEmbeddedSandbox(
-  seedResources: (sandbox: import('../sandbox/sandbox-ehr.ts').SandboxEhr) => Promise<void>,
-) {
+export async function startEmbeddedSandbox(seedResources: (sandbox: SandboxEhr) => Promise<void>) {
   const [{ default: express }, { createSandboxEhr }, { sandboxRouter }] = await Promise.all([
     import('express'),
     import('../sandbox/sandbox-ehr.ts'),
