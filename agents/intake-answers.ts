@@ -101,6 +101,11 @@ function urgentFlags(record: PatientRecord): Flag[] {
   );
 }
 
+/** The `Type/id` references a line cites. */
+export function citedIn(line: string): string[] {
+  return [...line.matchAll(/\[([A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64})\]/g)].map((match) => match[1] as string);
+}
+
 /** The briefing's lines from the patient's answers; none when the patient has not answered. */
 export function patientAnswerSections(record: PatientRecord): string[] {
   const [response] = visitResponses(record);

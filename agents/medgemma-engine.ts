@@ -6,6 +6,7 @@ import { withheldNotice } from './clinical-content-policy.ts';
 import type { DraftEngine, DraftKind, DraftRequest, DraftResult } from './draft-engine.ts';
 import { constrainedJsonModel, type DraftModel } from './draft-model.ts';
 import { planDraft } from './draft-plan.ts';
+import { citedIn, patientAnswerSections } from './intake-answers.ts';
 import type { StepSchemaStyle } from './langchain/step-protocol.ts';
 import { defaultOutputLimits, modelHeadingLines, type OutputLimits } from './output-schemas.ts';
 import type { PromptLibrary } from './prompt-library.ts';
@@ -169,7 +170,10 @@ export class MedGemmaEngine implements DraftEngine {
     });
     // The model never saw what the site's policy left out; the draft still says that something was.
     const withheld = withheldNotice(record);
-    const text = withheld ? `${written}\n\n${withheld}` : written;
+    // The patient's pre-visit answers are quoted as given after the model's text, never reworded by the model.
+    const answers = kind === 'previsit-briefing' ? patientAnswerSections(record) : [];
+    const text = [written, ...answers, ...(withheld ? ['', withheld] : [])].join('\n');
+    for (const line of answers) shown.push(...citedIn(line));
     if (withheld) shown.push(`Patient/${record.patient.id}`);
     this.logger.info(
       {
