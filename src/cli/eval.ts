@@ -66,6 +66,8 @@ function sourceOf(flags: EvalFlags): SourceOption {
 
 const program = new Command('eval')
   .description('Evaluate draft engines against a labelled set made from FHIR data')
+  // `signed` has its own --fhir-base and --out: options after the subcommand are the subcommand's.
+  .enablePositionalOptions()
   .addOption(
     new Option('--sandbox', 'the embedded sandbox with planted note statements (default)').conflicts([
       'fhirBase',

@@ -255,23 +255,24 @@ export function writeSignedReports(report: SignedReport, folder: string): { json
   return files;
 }
 
-/** The CLI's entry: reads the FHIR server named (unauthenticated, or with EHR_AGENT_AUTH__BACKEND__TOKEN). */
-export async function runSignedReport(flags: {
-  fhirBase?: string;
-  out: string;
-  identifierSystem?: string;
-}): Promise<SignedReport> {
-  if (!flags.fhirBase)
-    throw new Error('eval signed needs --fhir-base <url>: the FHIR server the drafts were written to');
+/**
+ * The CLI's entry: reads the FHIR server named, else the service configuration's (`fhir.baseUrl`, drafts'
+ * identifier system). The token, when the server needs one: EHR_AGENT_AUTH__BACKEND__TOKEN.
+ */
+export async function runSignedReport(flags: { fhirBase?: string; out: string }): Promise<SignedReport> {
+  const { loadConfig } = await import('../config/load-config.ts');
+  const config = loadConfig();
+  const baseUrl = flags.fhirBase ?? config.fhir.baseUrl;
+  if (!baseUrl)
+    throw new Error(
+      'eval signed needs --fhir-base <url> (or fhir.baseUrl in the service configuration): the FHIR server the drafts were written to',
+    );
   const { staticAccessToken } = await import('../../fhir/fhir-client.ts');
   const token = process.env.EHR_AGENT_AUTH__BACKEND__TOKEN;
-  const fhir = new FhirClient({
-    baseUrl: flags.fhirBase,
-    ...(token ? { accessToken: staticAccessToken(token) } : {}),
-  });
+  const fhir = new FhirClient({ baseUrl, ...(token ? { accessToken: staticAccessToken(token) } : {}) });
   const report = await signedReport(fhir, {
-    identifierSystem: flags.identifierSystem ?? 'urn:ehr-draft-agent:draft',
-    source: `FHIR server ${new URL(flags.fhirBase).origin}`,
+    identifierSystem: config.drafts.identifierSystem,
+    source: `FHIR server ${new URL(baseUrl).origin}`,
   });
   const files = writeSignedReports(report, flags.out);
   process.stdout.write(

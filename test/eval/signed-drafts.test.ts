@@ -1,4 +1,5 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Encounter, Patient } from 'fhir/r4.js';
@@ -10,6 +11,7 @@ import { SqliteDraftStore } from '../../src/drafts/sqlite-draft-store.ts';
 import { editRate, sectionsOf, signedReport } from '../../src/eval/signed-drafts.ts';
 import { startEmbeddedSandbox } from '../../src/eval/sources.ts';
 import { generatePatients } from '../../src/sandbox/synthetic-patients.ts';
+import { repoRoot } from '../support/shared-fixtures.ts';
 
 /**
  * `eval signed` against drafts written, edited, signed and rejected through the service's own writer and
@@ -126,6 +128,24 @@ describe('eval signed', () => {
       },
     ]);
   });
+
+  it('runs as npm run eval -- signed, writing signed.md and signed.json', async () => {
+    const out = path.join(directory, 'report');
+    // Asynchronously: the sandbox answering the child's requests lives in this process.
+    const stdout = await new Promise<string>((resolve, reject) =>
+      execFile(
+        process.execPath,
+        [path.join(repoRoot, 'src/cli/eval.ts'), 'signed', '--fhir-base', served.baseUrl, '--out', out],
+        { cwd: repoRoot, timeout: 120_000 },
+        (error, output, errors) =>
+          error ? reject(new Error(`${error.message}\n${errors}`)) : resolve(output),
+      ),
+    );
+    expect(stdout).toContain('signed 2, rejected 1');
+    const report = JSON.parse(readFileSync(path.join(out, 'signed.json'), 'utf8'));
+    expect(report.drafts.signed).toBe(2);
+    expect(readFileSync(path.join(out, 'signed.md'), 'utf8')).toContain('| Plan and follow-up | 2 |');
+  }, 120_000);
 
   it('measures edits in words, over the longer text', () => {
     expect(editRate('a b c d', 'a b c d')).toBe(0);
