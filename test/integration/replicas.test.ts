@@ -198,6 +198,8 @@ describe.skipIf(!postgresAvailable)('three replicas on one PostgreSQL', () => {
           // The leader polls as the safety net for deliveries lost with the killed replica.
           polling: { cron: '*/10 * * * * *', initialLookbackMs: 0, overlapMs: 1_000 },
         },
+        // The EHR's CDS client is the test: no JWT (the hooks' own authentication is tested elsewhere).
+        rules: { cdsHooks: { allowUnauthenticated: true } },
         auth: {
           launch: {
             clientId,
@@ -367,6 +369,34 @@ describe.skipIf(!postgresAvailable)('three replicas on one PostgreSQL', () => {
     );
     expect(shown.length).toBeGreaterThan(0);
     expect(shown.filter((row) => row.total !== 1)).toEqual([]);
+
+    // What a clinician is shown for a drafted visit is the same from every replica: the cards drafted
+    // (by whichever replica drafted it), not a live evaluation that the shared deliveries would suppress.
+    const occasions = await query<{ patient_id: string; occasion_id: string }>(
+      `select distinct patient_id, occasion_id from ehr_agent.nudge_delivery order by 1, 2 limit 5`,
+    );
+    let cardsSeen = 0;
+    for (const { patient_id: patientId, occasion_id: encounterId } of occasions) {
+      const answers = await Promise.all(
+        [first, second].map(async (replica) => {
+          const response = await fetch(`${replica.url}/cds-services/guideline-nudges-patient-view`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({
+              hook: 'patient-view',
+              hookInstance: crypto.randomUUID(),
+              context: { patientId, encounterId, userId: 'Practitioner/replica-test' },
+            }),
+          });
+          expect(response.status).toBe(200);
+          const { cards } = (await response.json()) as { cards: { uuid: string; summary: string }[] };
+          return cards.map((card) => `${card.uuid} ${card.summary}`).sort();
+        }),
+      );
+      expect(answers[1]).toEqual(answers[0]);
+      cardsSeen += answers[0]?.length ?? 0;
+    }
+    expect(cardsSeen).toBeGreaterThan(0);
 
     // The session started through the dead replica goes on through both survivors.
     for (const replica of [first, second]) {
