@@ -89,16 +89,23 @@ function discrepancies(record: PatientRecord, response: QuestionnaireResponse, c
   return lines;
 }
 
-/** Active Flags the intake raised for this visit (their text is the site's wording, never the patient's). */
-function urgentFlags(record: PatientRecord): Flag[] {
+/** Active Flags the intake raised for this visit, urgent first (their text is the site's wording, never the patient's). */
+function urgencyFlags(record: PatientRecord): { flag: Flag; level: 'Urgent' | 'Soon' }[] {
   const visit = `Encounter/${record.encounter.id}`;
-  return (record.additional ?? []).filter(
-    (resource): resource is Flag =>
-      resource.resourceType === 'Flag' &&
-      resource.status === 'active' &&
-      resource.encounter?.reference === visit &&
-      (resource.code?.coding ?? []).some((coding) => coding.code === 'urgent-intake-answer'),
-  );
+  return (record.additional ?? [])
+    .filter(
+      (resource): resource is Flag =>
+        resource.resourceType === 'Flag' &&
+        resource.status === 'active' &&
+        resource.encounter?.reference === visit,
+    )
+    .flatMap((flag): { flag: Flag; level: 'Urgent' | 'Soon' }[] => {
+      const codes = (flag.code?.coding ?? []).map((coding) => coding.code);
+      if (codes.includes('urgent-intake-answer')) return [{ flag, level: 'Urgent' }];
+      if (codes.includes('soon-intake-answer')) return [{ flag, level: 'Soon' }];
+      return [];
+    })
+    .sort((left, right) => right.level.localeCompare(left.level));
 }
 
 /** The `Type/id` references a line cites. */
@@ -119,8 +126,9 @@ export function patientAnswerSections(record: PatientRecord): string[] {
       );
       return `- ${oneLine(item.text ?? item.linkId, 160)}${generated ? ' (follow-up question)' : ''}: "${oneLine(answerWords(item), maxAnswerCharacters)}" ${cite}`;
     });
-  const flags = urgentFlags(record).map(
-    (flag) => `- Urgent: ${oneLine(flag.code?.text ?? 'urgent answer', 200)} [Flag/${flag.id}] ${cite}`,
+  const flags = urgencyFlags(record).map(
+    ({ flag, level }) =>
+      `- ${level}: ${oneLine(flag.code?.text ?? 'see the answers', 200)} [Flag/${flag.id}] ${cite}`,
   );
   const found = discrepancies(record, response, cite);
   return [

@@ -1,15 +1,32 @@
 import type { Flag } from 'fhir/r4.js';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import type { VisitUrgency } from '../rules/evaluate.ts';
-import type { Urgency } from './urgency.ts';
+import type { Urgency, UrgencyLevel } from './urgency.ts';
 
 /**
- * An urgent answer raises a Flag for the care team: active, about the patient, for the visit, naming the
- * reasons and pointing at the answers. Conditional create on an identifier derived from the visit, so a
- * retried submission does not raise it twice. The reasons are the site's own words from red-flags.yaml, never
- * the patient's free text.
+ * The visit's urgency from the patient's answers, recorded for the care team as a Flag (soon or urgent; routine
+ * raises none): active, about the patient, for the visit, naming the reasons and pointing at the answers. The
+ * briefing and the CDS Hooks urgency card read it back. Conditional create on an identifier derived from the
+ * visit, so a retried submission does not raise it twice. The reasons are the site's own words from
+ * red-flags.yaml, never the patient's free text.
  */
-export async function raiseUrgentFlag(
+const flagCodes: Record<
+  Exclude<UrgencyLevel, 'routine'>,
+  { code: string; display: string; heading: string }
+> = {
+  urgent: {
+    code: 'urgent-intake-answer',
+    display: 'Urgent answer in pre-visit intake',
+    heading: 'Urgent pre-visit intake answer',
+  },
+  soon: {
+    code: 'soon-intake-answer',
+    display: 'Pre-visit intake answer: see soon',
+    heading: 'Pre-visit intake answer to see soon',
+  },
+};
+
+export async function raiseUrgencyFlag(
   fhir: FhirClient,
   options: {
     patientId: string;
@@ -19,15 +36,18 @@ export async function raiseUrgentFlag(
     identifierSystem: string;
     now: Date;
   },
-): Promise<Flag> {
+): Promise<Flag | undefined> {
+  const level = options.urgency.level;
+  if (level === 'routine') return undefined;
   const identifier = {
-    system: `${options.identifierSystem}/urgent-flag`,
+    system: `${options.identifierSystem}/urgency-flag`,
     value: `Encounter/${options.encounterId}`,
   };
   const reasons = options.urgency.reasons
-    .filter((reason) => reason.level === 'urgent')
+    .filter((reason) => reason.level === level)
     .map((reason) => reason.reason)
     .join('; ');
+  const { code, display, heading } = flagCodes[level];
   const flag: Flag = {
     resourceType: 'Flag',
     identifier: [identifier],
@@ -44,14 +64,8 @@ export async function raiseUrgentFlag(
       },
     ],
     code: {
-      coding: [
-        {
-          system: `${options.identifierSystem}/flag`,
-          code: 'urgent-intake-answer',
-          display: 'Urgent answer in pre-visit intake',
-        },
-      ],
-      text: `Urgent pre-visit intake answer: ${reasons} (see QuestionnaireResponse/${options.responseId})`,
+      coding: [{ system: `${options.identifierSystem}/flag`, code, display }],
+      text: `${heading}: ${reasons} (see QuestionnaireResponse/${options.responseId})`,
     },
     subject: { reference: `Patient/${options.patientId}` },
     encounter: { reference: `Encounter/${options.encounterId}` },
@@ -63,9 +77,17 @@ export async function raiseUrgentFlag(
   return written.resource;
 }
 
+/** The level a Flag the intake wrote stands for (undefined: not one of the intake's). */
+function levelOf(flag: Flag): Exclude<UrgencyLevel, 'routine'> | undefined {
+  const codes = (flag.code?.coding ?? []).map((coding) => coding.code);
+  if (codes.includes(flagCodes.urgent.code)) return 'urgent';
+  if (codes.includes(flagCodes.soon.code)) return 'soon';
+  return undefined;
+}
+
 /**
- * The visit's urgency as the intake raised it, read back from the EHR (the active Flags it wrote), for the
- * CDS Hooks urgency card: what the patient reported is urgent until someone closes the Flag.
+ * The visit's urgency as the intake recorded it, read back from the EHR (the active Flags it wrote), for the
+ * CDS Hooks urgency card: what the patient reported stands until someone closes the Flag.
  */
 export async function urgencyFromFlags(
   fhir: FhirClient,
@@ -74,18 +96,16 @@ export async function urgencyFromFlags(
 ): Promise<VisitUrgency | undefined> {
   if (!query.encounterId) return undefined;
   const flags = await fhir.search<Flag>('Flag', {
-    identifier: `${identifierSystem}/urgent-flag|Encounter/${query.encounterId}`,
+    identifier: `${identifierSystem}/urgency-flag|Encounter/${query.encounterId}`,
   });
-  const open = flags.filter(
-    (flag) => flag.status === 'active' && flag.subject?.reference === `Patient/${query.patientId}`,
-  );
-  if (open.length === 0) return undefined;
-  return {
-    level: 'urgent',
-    reasons: open.map((flag) => ({
-      ruleId: 'pre-visit-intake',
-      level: 'urgent' as const,
-      reason: flag.code?.text ?? 'Urgent answer in pre-visit intake',
-    })),
-  };
+  const reasons = flags
+    .filter((flag) => flag.status === 'active' && flag.subject?.reference === `Patient/${query.patientId}`)
+    .flatMap((flag) => {
+      const level = levelOf(flag);
+      return level
+        ? [{ ruleId: 'pre-visit-intake', level, reason: flag.code?.text ?? flagCodes[level].display }]
+        : [];
+    });
+  if (reasons.length === 0) return undefined;
+  return { level: reasons.some((reason) => reason.level === 'urgent') ? 'urgent' : 'soon', reasons };
 }

@@ -6,7 +6,7 @@ import { OperationOutcomeError } from '../../fhir/operation-outcome.ts';
 import type { PatientIntakeConfig } from '../config/patient-intake-config.ts';
 import type { Logger } from '../log.ts';
 import type { ModelProvider } from '../model/provider.ts';
-import { raiseUrgentFlag } from './care-team-alert.ts';
+import { raiseUrgencyFlag } from './care-team-alert.ts';
 import { generateFollowUps } from './follow-up-questions.ts';
 import {
   type AskedQuestion,
@@ -253,16 +253,15 @@ export class PatientIntake {
     if (!written.created) return { kind: 'problem', problem: 'used', language: state.language };
     const responseId = written.resource.id as string;
     const urgency = this.redFlags.assess(written.resource);
-    if (urgency.level === 'urgent') {
-      await raiseUrgentFlag(fhir, {
-        patientId: claims.patientId,
-        encounterId: claims.encounterId,
-        responseId,
-        urgency,
-        identifierSystem: config.identifierSystem,
-        now: this.#now(),
-      });
-    }
+    // Soon or urgent: recorded for the care team (and read back by the briefing and the CDS urgency card).
+    await raiseUrgencyFlag(fhir, {
+      patientId: claims.patientId,
+      encounterId: claims.encounterId,
+      responseId,
+      urgency,
+      identifierSystem: config.identifierSystem,
+      now: this.#now(),
+    });
     logger.info(
       {
         encounterId: claims.encounterId,

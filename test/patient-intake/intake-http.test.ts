@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import type { Patient } from 'fhir/r4.js';
+import type { Flag, Patient } from 'fhir/r4.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FhirClient } from '../../fhir/fhir-client.ts';
 import { loadConfig } from '../../src/config/load-config.ts';
@@ -12,6 +12,7 @@ import { type RunningService, startService } from '../../src/service.ts';
 import {
   answersFor,
   bookVisit,
+  briefingCiting,
   invitationFor,
   linkOf,
   patientWithDiabetes,
@@ -140,6 +141,38 @@ describe('the interview over HTTP', () => {
     for (const name of patient.name?.flatMap((entry) => [entry.family, ...(entry.given ?? [])]) ?? [])
       if (name) expect(log).not.toContain(name);
   }, 120_000);
+
+  it('records a soon answer for the care team: a Flag, the briefing and the CDS urgency card', async () => {
+    const { link, encounterId, patientId } = await invitedLink();
+    const state = formState(await (await fetch(link)).text());
+    const done = await post(link, { ...firstPage, 'answer-severity': 'severe', state });
+    expect(await done.text()).toContain('Your care team may contact you before your visit');
+    const flags = await fhir.search<Flag>('Flag', { patient: `Patient/${patientId}` });
+    const flag = flags.find((candidate) => candidate.encounter?.reference === `Encounter/${encounterId}`);
+    expect(flag?.code?.coding?.[0]?.code).toBe('soon-intake-answer');
+    expect(flag?.code?.text).toContain('The patient rates the problem as severe');
+    const briefing = await waitFor(
+      () => briefingCiting(fhir, encounterId, `[Flag/${flag?.id}]`),
+      'the briefing citing the flag',
+    );
+    expect(briefing).toMatch(
+      /- Soon: Pre-visit intake answer to see soon: The patient rates the problem as severe/,
+    );
+    const start = await fetch(`${service.url}/cds-services/guideline-nudges-encounter-start`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        hook: 'encounter-start',
+        hookInstance: 'c3b4d5e6-0000-4000-8000-000000000003',
+        context: { userId: 'Practitioner/sbx-clinician', patientId, encounterId },
+      }),
+    });
+    const { cards } = (await start.json()) as {
+      cards: { indicator: string; summary: string; detail?: string }[];
+    };
+    const urgency = cards.find((card) => card.summary.startsWith('Visit urgency:'));
+    expect(urgency?.detail).toContain('Pre-visit intake answer to see soon');
+  }, 60_000);
 
   it("shows each booked visit's invitation link on the sandbox's launch page", async () => {
     const { link } = await invitedLink();
