@@ -105,12 +105,6 @@ function questionnaireAnswerText(answer: QuestionnaireResponseItemAnswer): strin
   return answer.valueCoding?.display ?? answer.valueCoding?.code ?? answer.valueString ?? '';
 }
 
-function questionnaireAnswerText(answer: QuestionnaireResponseItemAnswer): string {
-  if (answer.valueBoolean !== undefined) return answer.valueBoolean ? 'yes' : 'no';
-  if (answer.valueInteger !== undefined) return String(answer.valueInteger);
-  return answer.valueCoding?.display ?? answer.valueCoding?.code ?? answer.valueString ?? '';
-}
-
 export function describeCitation(resource: FhirResource): CitationView {
   const loose = resource as unknown as Loose;
   const fields: CitationField[] = [];
@@ -164,12 +158,6 @@ export function describeCitation(resource: FhirResource): CitationView {
   add('Dosage', asString(asRecord(asArray(loose.dosageInstruction)[0])?.text));
   add('Reaction', firstCodeableText(asRecord(asArray(loose.reaction)[0])?.manifestation));
   if (resource.resourceType === 'DocumentReference') add('Note text', attachmentText(loose));
-  if (resource.resourceType === 'QuestionnaireResponse') {
-    // The patient's pre-visit answers, each question as it was asked, beside the briefing that cites them.
-    add('Answered', asString(loose.authored));
-    for (const item of resource.item?.slice(0, 60) ?? [])
-      add(item.text ?? item.linkId, (item.answer ?? []).map(questionnaireAnswerText).join(', '));
-  }
   if (resource.resourceType === 'QuestionnaireResponse') {
     // The patient's pre-visit answers, each question as it was asked, beside the briefing that cites them.
     add('Answered', asString(loose.authored));
