@@ -111,11 +111,7 @@ export class PgBossJobQueue implements JobQueue {
       const { policy: _policy, ...updatable } = queueOptions;
       await boss.updateQueue(queue.#name, updatable);
     }
-    await boss
-      .getDb()
-      .executeSql(
-        `create table if not exists ${schema}.completed_work (work_key text primary key, outcome text not null, completed_at timestamptz not null default now())`,
-      );
+    await createLedgerTable(boss, schema);
     // Jobs queued by an earlier version carry no group, and a job without one is claimed regardless of
     // what else runs for its encounter.
     await boss.getDb().executeSql(
@@ -311,5 +307,29 @@ export class PgBossJobQueue implements JobQueue {
 
   async close(): Promise<void> {
     await this.#boss.stop({ graceful: false, close: true });
+  }
+}
+
+/**
+ * The completed-work ledger's table. Replicas of a new deployment open the queue at the same moment, and
+ * `create table if not exists` run by two sessions at once can fail on PostgreSQL's catalog (unique violation
+ * on pg_type, or duplicate table) even though the table then exists: that failure is the other replica's
+ * success, so it is checked and let go.
+ */
+async function createLedgerTable(boss: PgBoss, schema: string): Promise<void> {
+  const table = `${schema}.completed_work`;
+  try {
+    await boss
+      .getDb()
+      .executeSql(
+        `create table if not exists ${table} (work_key text primary key, outcome text not null, completed_at timestamptz not null default now())`,
+      );
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    if (code !== '23505' && code !== '42P07') throw error;
+    const found = (await boss.getDb().executeSql('select to_regclass($1) as name', [table])) as {
+      rows: { name: string | null }[];
+    };
+    if (!found.rows[0]?.name) throw error;
   }
 }
