@@ -33,6 +33,8 @@ export const environmentVariables = [
   'documents',
   // What MedSigLIP saw in the record's images (labels over the site's threshold), as preliminary Observations.
   'imageFindings',
+  // The patient's pre-visit answers (src/patient-intake/), loaded with the record when a rule names them.
+  'questionnaireResponses',
 ] as const;
 
 const evaluationInstantVariable = 'evaluationInstant';
@@ -57,6 +59,9 @@ export function fhirPathEnvironment(record: PatientRecord, now: Date): FhirPathE
       immunizations: record.immunizations,
       documents: record.noteResources,
       imageFindings: record.imageFindings ?? [],
+      questionnaireResponses: (record.additional ?? []).filter(
+        (resource) => resource.resourceType === 'QuestionnaireResponse',
+      ),
       [evaluationInstantVariable]: now,
       // Shared by every expression run for this patient, so `now() - 6 months` is built once.
       [instantCacheVariable]: new Map<string, unknown>(),
@@ -77,6 +82,7 @@ const variableTypes: Record<string, string> = {
   immunizations: 'Immunization',
   documents: 'DocumentReference',
   imageFindings: 'Observation',
+  questionnaireResponses: 'QuestionnaireResponse',
   context: 'Patient',
   resource: 'Patient',
   rootResource: 'Patient',

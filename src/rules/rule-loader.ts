@@ -618,6 +618,14 @@ function compileRuleFile(
     for (const type of libraryDataRequirements(criterion.library, context.elmLibraries))
       dataRequirements.add(type);
   }
+  // FHIRPath reads the pre-visit answers through %questionnaireResponses: loaded with the record on request.
+  const fhirPathTexts = [
+    ...Object.values(rule.define),
+    ...rule.condition.criteria.map((criterion) => criterion.fhirpath ?? ''),
+    ...Object.values(rule.values),
+  ];
+  if (fhirPathTexts.some((text) => /%questionnaireResponses\b/.test(text)))
+    dataRequirements.add('QuestionnaireResponse');
 
   const values = new Map<string, CompiledFhirPath>();
   for (const [valueName, expression] of Object.entries(rule.values)) {
