@@ -10,7 +10,7 @@ import { runProgram } from './run-program.ts';
 /**
  * `npm run eval`: measures what a draft is worth before go-live. With no arguments it evaluates the
  * extractive engine on the embedded sandbox and writes eval-report/report.{md,html,json}. A bad score
- * never fails the run; `--min-recall` makes it fail (exit 2) for a site's own CI.
+ * never fails the run; `--min-recall` and `--max-unwanted` make it fail (exit 2) for a site's own CI.
  * `npm run eval -- signed` reports what clinicians did with the drafts (see src/eval/signed-drafts.ts).
  */
 function patientCount(value: string): number {
@@ -25,6 +25,12 @@ function share(value: string): number {
   const number = Number(value);
   if (!Number.isFinite(number) || number < 0 || number > 1)
     throw new InvalidArgumentError('a number from 0 to 1');
+  return number;
+}
+
+function lineCount(value: string): number {
+  const number = Number(value);
+  if (!Number.isSafeInteger(number) || number < 0) throw new InvalidArgumentError('a whole number from 0');
   return number;
 }
 
@@ -52,6 +58,7 @@ interface EvalFlags {
   config?: ConfigurationSpec[];
   out: string;
   minRecall?: number;
+  maxUnwanted?: number;
   patients?: number;
   seed: number;
 }
@@ -83,6 +90,11 @@ const program = new Command('eval')
   )
   .option('--out <folder>', 'where report.md, report.html and report.json go', 'eval-report')
   .option('--min-recall <share>', 'exit 2 when any configuration recalls fewer facts than this', share)
+  .option(
+    '--max-unwanted <lines>',
+    'exit 2 when any configuration writes more unwanted lines than this (target 0)',
+    lineCount,
+  )
   .option('--patients <count>', 'patients to evaluate (sandbox default 12)', patientCount)
   .option(
     '--seed <number>',
@@ -106,7 +118,7 @@ const program = new Command('eval')
     for (const figures of report.configurations) {
       const recall = figures.factRecall.overall.value;
       process.stdout.write(
-        `${figures.name}: fact recall ${recall ?? 'n/a'}, statement support ${figures.statementSupport.value ?? 'n/a'}, wrong-patient citations ${figures.wrongPatientCitations}\n`,
+        `${figures.name}: fact recall ${recall ?? 'n/a'}, statement support ${figures.statementSupport.value ?? 'n/a'}, wrong-patient citations ${figures.wrongPatientCitations}, unwanted lines ${figures.unwantedLines.total}\n`,
       );
     }
     process.stdout.write(`wrote ${files.markdown}, ${files.html}, ${files.json}\n`);
@@ -117,6 +129,17 @@ const program = new Command('eval')
       if (below.length > 0) {
         process.stderr.write(
           `fact recall below --min-recall ${flags.minRecall}: ${below.map((figures) => `${figures.name} ${figures.factRecall.overall.value ?? 'n/a'}`).join(', ')}\n`,
+        );
+        process.exitCode = 2;
+      }
+    }
+    if (flags.maxUnwanted !== undefined) {
+      const above = report.configurations.filter(
+        (figures) => figures.unwantedLines.total > (flags.maxUnwanted as number),
+      );
+      if (above.length > 0) {
+        process.stderr.write(
+          `unwanted lines above --max-unwanted ${flags.maxUnwanted}: ${above.map((figures) => `${figures.name} ${figures.unwantedLines.total}`).join(', ')}\n`,
         );
         process.exitCode = 2;
       }

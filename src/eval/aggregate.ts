@@ -1,5 +1,6 @@
 import { type FactCategory, factCategories } from './labelled-set.ts';
 import type { DraftScore } from './metrics.ts';
+import { type UnwantedLines, unwantedKinds } from './unwanted-lines.ts';
 
 /**
  * One configuration's figures over all its drafts, with 95% intervals from a percentile bootstrap over
@@ -23,6 +24,10 @@ export interface MeasuredDraft {
   /** Undefined when no draft was made (the error, without patient data, in `failure`). */
   score?: DraftScore;
   failure?: string;
+  /** Lines the written draft should not hold, by kind (a scored draft). */
+  unwanted?: UnwantedLines;
+  /** Distinct notes the written draft cites (a scored draft). */
+  notesCited?: number;
   /** Facts asked of a draft that failed (none recalled); a scored draft carries its own. */
   askedFacts?: { category: FactCategory; recalled: boolean }[];
   /** True when the configuration's fallback engine wrote what was kept (the model's draft kept no line). */
@@ -47,6 +52,10 @@ export interface ConfigurationFigures {
   wrongPatientCitations: number;
   wrongPatientCitationsWritten: number;
   nudgeAgreement: Estimate & { extra: number };
+  /** Lines that should not be there, summed over the drafts: the target is 0 for each kind. */
+  unwantedLines: UnwantedLines & { total: number };
+  /** Distinct notes a scored draft cites, per draft. */
+  notesSummarisedPerDraft: Estimate;
   promptTokens: Estimate;
   completionTokens: Estimate;
   modelCalls: Estimate;
@@ -96,6 +105,16 @@ function byPatient(drafts: readonly MeasuredDraft[]): MeasuredDraft[][] {
   const groups = new Map<string, MeasuredDraft[]>();
   for (const draft of drafts) groups.set(draft.patientId, [...(groups.get(draft.patientId) ?? []), draft]);
   return [...groups.values()];
+}
+
+function unwantedTotals(drafts: readonly MeasuredDraft[]): UnwantedLines & { total: number } {
+  const totals = Object.fromEntries(
+    unwantedKinds.map((kind) => [
+      kind,
+      drafts.reduce((sum, draft) => sum + (draft.unwanted?.[kind] ?? 0), 0),
+    ]),
+  ) as UnwantedLines;
+  return { ...totals, total: unwantedKinds.reduce((sum, kind) => sum + totals[kind], 0) };
 }
 
 export function aggregate(name: string, drafts: readonly MeasuredDraft[]): ConfigurationFigures {
@@ -171,6 +190,13 @@ export function aggregate(name: string, drafts: readonly MeasuredDraft[]): Confi
       ),
       extra: allScores.reduce((sum, score) => sum + score.nudges.extra, 0),
     },
+    unwantedLines: unwantedTotals(drafts),
+    notesSummarisedPerDraft: bootstrapRatio(
+      patients.map((group) => {
+        const drafted = group.filter((draft) => draft.score);
+        return [drafted.reduce((sum, draft) => sum + (draft.notesCited ?? 0), 0), drafted.length];
+      }),
+    ),
     promptTokens: bootstrapRatio(patients.map((group) => sumOf(group, (draft) => draft.usage.promptTokens))),
     completionTokens: bootstrapRatio(
       patients.map((group) => sumOf(group, (draft) => draft.usage.completionTokens)),

@@ -81,6 +81,15 @@ export function markdownReport(report: EvalReport): string {
       return `| ${figures.name} | ${removed['no-citation'] ?? 0} | ${removed['unknown-citation'] ?? 0} | ${removed['other-patient'] ?? 0} | ${including === null ? 'n/a' : `${(including * 100).toFixed(1)}%`} |`;
     }),
     '',
+    '## Unwanted lines (target 0) and notes summarised',
+    '',
+    '| configuration | after the encounter | social finding as a problem | duplicates | sensitive against policy | total | notes cited / draft |',
+    '| --- | --- | --- | --- | --- | --- | --- |',
+    ...report.configurations.map((figures) => {
+      const unwanted = figures.unwantedLines;
+      return `| ${figures.name} | ${unwanted.afterEncounter} | ${unwanted.socialAsProblem} | ${unwanted.duplicates} | ${unwanted.sensitiveAgainstPolicy} | ${unwanted.total} | ${amount(figures.notesSummarisedPerDraft, 1)} |`;
+    }),
+    '',
     '## Benchmark: the patient with the most notes',
     '',
     'Target (issue 15): fact recall of at least 0.95 of the structured and of the planted facts with the scripted cooperative model, at no more than 1/50 of the naive tokens, in at most chunks + 2 model calls.',

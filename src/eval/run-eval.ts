@@ -1,15 +1,13 @@
 import type { DocumentReference, Encounter } from 'fhir/r4.js';
-import { applyContentPolicy, defaultContentPolicy } from '../../agents/clinical-content-policy.ts';
+import { defaultContentPolicy } from '../../agents/clinical-content-policy.ts';
 import type { DraftRequest, NudgeInput } from '../../agents/draft-engine.ts';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
-import { encounterAfterDeath, isDeceased } from '../../fhir/patient-death.ts';
 import { retrievePatientRecord } from '../../fhir/patient-history.ts';
 import { type PatientRecord, recordResources } from '../../fhir/patient-record.ts';
 import { patientReferenceOf } from '../../fhir/patient-scope.ts';
-import { recordAsOfVisit } from '../../fhir/record-as-of-visit.ts';
 import type { Logger } from '../log.ts';
 import { estimateTokens } from '../model/provider.ts';
-import { draftVerified } from '../pipeline/process-encounter-job.ts';
+import { draftVerified, recordToDraft } from '../pipeline/process-encounter-job.ts';
 import { toNudgeInput, triggerForEncounter } from '../rules/evaluate.ts';
 import { defaultRulesConfig } from '../rules/rules-config.ts';
 import { createRulesRuntime } from '../rules/rules-runtime.ts';
@@ -19,6 +17,7 @@ import { type FactCategory, factCategories, type LabelledFact, labelledFacts } f
 import { scoreDraft } from './metrics.ts';
 import { type Progress, silentProgress } from './progress.ts';
 import { type DraftCaseReference, openSource, type SourceOption } from './sources.ts';
+import { notesCited, unwantedLines } from './unwanted-lines.ts';
 
 /**
  * `npm run eval`: the labelled set is made from what the service's own retrieval reads, the rules pick
@@ -74,6 +73,8 @@ export interface EvalReport {
 
 interface PreparedCase {
   reference: DraftCaseReference;
+  /** As retrieved, uncut: what unwanted lines are judged against. */
+  retrieved: PatientRecord;
   record: PatientRecord;
   nudges: NudgeInput[];
   facts: LabelledFact[];
@@ -85,6 +86,7 @@ const method = [
   "Statement support: every cited line outside the suggested actions must have each of its numbers and of its words of four or more letters (connective and template words aside) in the resources it cites (their JSON, and a note's text). Lines the verifier removed are reported beside it, by reason.",
   "Wrong-patient citations: citations in the engine's own text of a resource that belongs to another patient of the evaluated population, or that the verifier found to be another patient's; the written text is checked the same way and must hold none.",
   "Records: as the pipeline drafts from them: the service's retrieval, cut to the chart as it stood at the end of the visit, with the default content policy (sensitive findings withheld); patients who died before the visit are skipped. The labelled set comes from the same record, so nothing withheld from every draft is asked of one.",
+  'Unwanted lines (target 0, counted in the written draft, each line once per kind): after the encounter (citing a resource the record as of the visit leaves out, judged against the whole retrieved record so a leaking cut shows), social findings in a problem section, duplicates (a line repeating one above it in its section, the same medication again, or problem lines the problem list would collapse: the same finding twice, superseded BMI classes, prediabetes beside diabetes) and sensitive findings against the default policy (citing what it withholds, or naming a withheld category). Notes summarised: distinct notes a draft cites.',
   'Tokens and model calls: what the engine reports (0 for the extractive engine); naive tokens: the record as JSON plus the text of notes held in Binaries, at three characters a token.',
   'The scripted cooperative model copies what its prompts show: its recall measures what the context packing lets reach a model, not a model.',
 ];
@@ -120,24 +122,40 @@ function describeFailure(error: unknown): string {
   return typeof code === 'string' ? `${name} (${code})` : name;
 }
 
+interface RecordOptions {
+  draftIdentifierSystem: string;
+  additionalTypes?: readonly string[];
+  /** The instant a visit still to come is cut at (the pipeline's now). */
+  now?: Date;
+}
+
 /**
- * The record a draft of this case is made from, as the pipeline makes it: retrieved with the service's own
- * retrieval, cut to the chart as it stood at the end of the visit, with the default content policy applied.
- * Undefined when the pipeline would draft nothing (the patient died before the visit).
+ * A case's record as retrieved with the service's own retrieval, and the record a draft of it is made from,
+ * prepared by the pipeline's own recordToDraft (cut to the chart as it stood at the end of the visit, the
+ * default content policy applied). Undefined when the pipeline would draft nothing (the patient died before
+ * the visit).
  */
+export async function preparedRecords(
+  fhir: FhirClient,
+  reference: DraftCaseReference,
+  options: RecordOptions,
+): Promise<{ retrieved: PatientRecord; record: PatientRecord } | undefined> {
+  const encounter = await fhir.read<Encounter>('Encounter', reference.encounterId);
+  const retrieved = await retrievePatientRecord(fhir, encounter, options);
+  const record = recordToDraft(retrieved, reference.kind, {
+    now: options.now ?? new Date(),
+    contentPolicy: defaultContentPolicy,
+  });
+  return record ? { retrieved, record } : undefined;
+}
+
+/** The record a draft of this case is made from (see preparedRecords). */
 export async function recordForDraft(
   fhir: FhirClient,
   reference: DraftCaseReference,
-  options: { draftIdentifierSystem: string; additionalTypes?: readonly string[] },
+  options: RecordOptions,
 ): Promise<PatientRecord | undefined> {
-  const encounter = await fhir.read<Encounter>('Encounter', reference.encounterId);
-  const retrieved = await retrievePatientRecord(fhir, encounter, options);
-  if (
-    isDeceased(retrieved.patient) &&
-    (reference.kind === 'previsit-briefing' || encounterAfterDeath(retrieved.patient, encounter))
-  )
-    return undefined;
-  return applyContentPolicy(recordAsOfVisit(retrieved), defaultContentPolicy);
+  return (await preparedRecords(fhir, reference, options))?.record;
 }
 
 export async function runEvaluation(options: EvalOptions): Promise<EvalReport> {
@@ -149,15 +167,19 @@ export async function runEvaluation(options: EvalOptions): Promise<EvalReport> {
   try {
     const prepared: PreparedCase[] = [];
     let skippedDeceased = 0;
+    // One instant for the whole run: records are cut, and unwanted lines judged, against the same now.
+    const now = new Date();
     for (const reference of source.cases) {
-      const record = await recordForDraft(source.fhir, reference, {
+      const records = await preparedRecords(source.fhir, reference, {
         draftIdentifierSystem,
         additionalTypes: rules.current().additionalResourceTypes,
+        now,
       });
-      if (!record) {
+      if (!records) {
         skippedDeceased += 1;
         continue;
       }
+      const { retrieved, record } = records;
       const trigger = triggerForEncounter(record.encounter);
       const nudges = trigger
         ? (await rules.evaluate(record, { trigger, occasionId: record.encounter.id })).nudges.map(
@@ -166,6 +188,7 @@ export async function runEvaluation(options: EvalOptions): Promise<EvalReport> {
         : [];
       prepared.push({
         reference,
+        retrieved,
         record,
         nudges,
         facts: labelledFacts(record, nudges, source.planted.get(reference.patientId) ?? []),
@@ -207,6 +230,13 @@ export async function runEvaluation(options: EvalOptions): Promise<EvalReport> {
                 owners,
                 expectedRuleIds: item.nudges.map((nudge) => nudge.ruleId),
               }),
+              unwanted: unwantedLines({
+                retrieved: item.retrieved,
+                text: verification.text,
+                headings: result.headings,
+                now,
+              }),
+              notesCited: notesCited(verification.text),
               fallback: spec.kind !== 'extractive' && result.engine.id === configuration.engine.fallback?.id,
               usage: result.usage ?? { modelCalls: 0, promptTokens: 0, completionTokens: 0 },
               seconds,

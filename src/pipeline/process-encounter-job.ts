@@ -164,6 +164,27 @@ const omissionWording: Record<RecordOmission['reason'], string> = {
 };
 
 /**
+ * The record a draft of this kind is made from, or undefined when none may be made. A briefing prepares a visit:
+ * never for a patient who has died; a progress summary is written only for an encounter shown to start before the
+ * death (a clinician still completes the chart of those). Otherwise rules, engines and the verifier see the chart
+ * as it stood at the end of the visit: nothing dated later can be drafted, cited or make a rule fire (only the
+ * change notice reads the whole chart). The site's content policy then takes out what no draft may say, so no
+ * engine shows it to a model or cites it. The evaluation (src/eval) prepares its records with this same function.
+ */
+export function recordToDraft(
+  retrieved: PatientRecord,
+  kind: DraftKind,
+  options: { now: Date; contentPolicy: ContentPolicy },
+): PatientRecord | undefined {
+  if (
+    isDeceased(retrieved.patient) &&
+    (kind === 'previsit-briefing' || encounterAfterDeath(retrieved.patient, retrieved.encounter))
+  )
+    return undefined;
+  return applyContentPolicy(recordAsOfVisit(retrieved, options.now), options.contentPolicy);
+}
+
+/**
  * A draft made without part of the record says so: the reviewer must know a note was not read (over the
  * response cap, a scanned PDF, a malformed RTF), one line per reason. Added after verification because it
  * states what the service did, not a fact about the patient; the references are written without brackets so
@@ -224,22 +245,14 @@ export async function processEncounterJob(
     additionalTypes: dependencies.additionalHistoryTypes?.(),
   });
   const retrievedAt = performance.now();
-  // A briefing prepares a visit: never for a patient who has died. A progress summary is written only for an
-  // encounter shown to start before the death (a clinician still completes the chart of those).
-  if (
-    isDeceased(retrieved.patient) &&
-    (kind === 'previsit-briefing' || encounterAfterDeath(retrieved.patient, encounter))
-  ) {
+  const record = recordToDraft(retrieved, kind, {
+    now: dependencies.now?.() ?? new Date(),
+    contentPolicy: dependencies.contentPolicy ?? defaultContentPolicy,
+  });
+  if (!record) {
     logger.info({ jobId: job.id, encounterId: encounter.id, kind }, 'draft-skipped-patient-deceased');
     return complete('skipped:patient-deceased');
   }
-  // From here on, rules, engines and the verifier see the chart as it stood at the end of the visit: nothing
-  // dated later can be drafted, cited or make a rule fire (only the change notice reads the whole chart).
-  // The site's content policy then takes out what no draft may say, so no engine shows it to a model or cites it.
-  const record = applyContentPolicy(
-    recordAsOfVisit(retrieved, dependencies.now?.() ?? new Date()),
-    dependencies.contentPolicy ?? defaultContentPolicy,
-  );
   const encounterVersion = encounterVersionOf(encounter);
 
   // A later version of an encounter that has a draft: refresh it while nobody has touched it, else note
