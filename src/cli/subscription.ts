@@ -46,6 +46,9 @@ export function createSubscriptionProgram(
       secret: config.notify.secret,
       dataDir: path.resolve(config.dataDir),
       declareProfiles: config.fhir.declareProfiles,
+      ...(config.intake.medplumSubscriptionSecret
+        ? { medplumSecret: config.intake.medplumSubscriptionSecret }
+        : {}),
     });
     return { fhir, spec };
   };

@@ -56,6 +56,12 @@ export const intakeConfigSchema = z
      */
     medplumSecrets: z.record(z.string(), z.string().min(16, 'at least 16 characters')).default({}),
     /**
+     * The HMAC secret of the Subscription the service makes on Medplum. Unset: generated into
+     * `<dataDir>/medplum-subscription-secret`. Replicas that do not share a data directory (Kubernetes pods)
+     * must share this one, or each would rewrite the Subscription with its own and refuse the others' deliveries.
+     */
+    medplumSubscriptionSecret: z.string().min(16, 'at least 16 characters').optional(),
+    /**
      * Subscriptions made outside the service (it did not ensure them) whose event counters intake
      * tracks: ids, `Subscription/<id>` or absolute URLs. The one the service ensures is always tracked;
      * notifications of any other are worked but leave no state (metric outcome `untracked-subscription`).

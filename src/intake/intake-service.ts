@@ -222,7 +222,11 @@ export class IntakeService {
   ): Promise<void> {
     const { config, logger, dataDir } = this.#options;
     try {
-      const spec = await subscriptionSpecFor(fhir, config.subscription, { ...subscription, dataDir });
+      const spec = await subscriptionSpecFor(fhir, config.subscription, {
+        ...subscription,
+        dataDir,
+        ...(config.medplumSubscriptionSecret ? { medplumSecret: config.medplumSubscriptionSecret } : {}),
+      });
       const { subscription: ensured, action } = await ensureSubscription(fhir, spec);
       if (ensured.id) {
         const reference = `Subscription/${ensured.id}`;

@@ -24,16 +24,26 @@ export async function recogniseSubscriptionServer(
   return /medplum/i.test(statement?.software?.name ?? '') ? 'medplum' : 'generic';
 }
 
-/** The Medplum subscription secret kept in the data directory (mode 0600), made on first use. */
-export function medplumSubscriptionSecret(dataDir: string): string {
-  return readOrCreateSecretFile(path.join(dataDir, medplumSecretFileName));
+/**
+ * The Medplum subscription secret: the configured one (shared by replicas without a common data directory),
+ * else the one kept in the data directory (mode 0600), made on first use.
+ */
+export function medplumSubscriptionSecret(dataDir: string, configured?: string): string {
+  return configured ?? readOrCreateSecretFile(path.join(dataDir, medplumSecretFileName));
 }
 
 /** What the service's Subscription should look like on this server, from configuration. */
 export async function subscriptionSpecFor(
   fhir: Pick<FhirClient, 'capabilities'>,
   config: IntakeConfig['subscription'],
-  options: { endpoint: string; secret: string | undefined; dataDir: string; declareProfiles?: boolean },
+  options: {
+    endpoint: string;
+    secret: string | undefined;
+    dataDir: string;
+    declareProfiles?: boolean;
+    /** intake.medplumSubscriptionSecret, when the site sets it. */
+    medplumSecret?: string;
+  },
 ): Promise<SubscriptionSpec> {
   const server = await recogniseSubscriptionServer(fhir, config.server);
   return {
@@ -46,6 +56,8 @@ export async function subscriptionSpecFor(
     secret: options.secret,
     server,
     ...(options.declareProfiles === false ? { declareProfiles: false } : {}),
-    ...(server === 'medplum' ? { medplumSecret: medplumSubscriptionSecret(options.dataDir) } : {}),
+    ...(server === 'medplum'
+      ? { medplumSecret: medplumSubscriptionSecret(options.dataDir, options.medplumSecret) }
+      : {}),
   };
 }

@@ -110,7 +110,11 @@ interface Container {
   name: string;
   ports: { name: string; containerPort: number }[];
   envFrom?: { configMapRef?: { name: string }; secretRef?: { name: string } }[];
-  env?: { name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }[];
+  env?: {
+    name: string;
+    value?: string;
+    valueFrom?: { secretKeyRef?: { name: string; key: string; optional?: boolean } };
+  }[];
   readinessProbe?: Probe;
   livenessProbe?: Probe;
   startupProbe?: Probe;
@@ -275,9 +279,18 @@ describe('Kubernetes manifests (deploy/kubernetes/)', () => {
     expect(path.posix.join(keyMount?.mountPath ?? '', keyItem?.path ?? '')).toBe(
       configMap.data.EHR_AGENT_AUTH__BACKEND__KEY_FILE,
     );
-    for (const key of [...Object.keys(fromSecret), keyItem?.key ?? 'missing']) {
+    // Every key a pod cannot start without is in the Secret; an optional one (Medplum's subscription secret) may be added.
+    const requiredKeys = Object.values(fromSecret).flatMap((reference) =>
+      reference.optional ? [] : [reference.key],
+    );
+    for (const key of [...requiredKeys, keyItem?.key ?? 'missing']) {
       expect(secretKeys, key).toContain(key);
     }
+    expect(fromSecret.EHR_AGENT_INTAKE__MEDPLUM_SUBSCRIPTION_SECRET).toEqual({
+      name: secret.metadata.name,
+      key: 'MEDPLUM_SUBSCRIPTION_SECRET',
+      optional: true,
+    });
     expect(container.envFrom?.[0]?.configMapRef?.name).toBe(configMap.metadata.name);
     // No secret is committed: every value is empty until the site fills it.
     expect(Object.values({ ...secret.stringData, ...secret.data }).every((value) => value === '')).toBe(true);

@@ -1,5 +1,5 @@
 import { createHmac } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -190,6 +190,43 @@ describe('Medplum', () => {
     expect(logged(again.lines, 'subscription-ensured')).toMatchObject({ action: 'found', server: 'medplum' });
     expect(standIn.all('Subscription')).toHaveLength(1);
     expect(readFileSync(secretFile, 'utf8').trim()).toBe(secret);
+  });
+
+  it('replicas without a shared data directory share the configured secret: the second finds the Subscription as it is', async () => {
+    const standIn = await startFhirStandIn({ software: { name: 'Medplum', version: '5.0.10' } });
+    cleanups.push(() => standIn.close());
+    const medplumSubscriptionSecret = 'shared-by-every-pod-0123456789abcdef';
+    // Two pods behind one address, each with its own (empty) data directory, as a Kubernetes Deployment runs them.
+    const replica = async () => {
+      const rig = await startRig(standIn, {
+        publicUrl: 'https://agent.hospital.example',
+        intake: { medplumSubscriptionSecret, subscription: { ensureOnStart: true } },
+      });
+      cleanups.push(() => rmSync(rig.dataDir, { recursive: true, force: true }));
+      cleanups.push(() => rig.service.close());
+      await waitFor(() => logged(rig.lines, 'subscription-ensured'), 'the ensure');
+      return rig;
+    };
+    const first = await replica();
+    const second = await replica();
+    expect(logged(first.lines, 'subscription-ensured')).toMatchObject({
+      action: 'created',
+      server: 'medplum',
+    });
+    expect(logged(second.lines, 'subscription-ensured')).toMatchObject({
+      action: 'found',
+      server: 'medplum',
+    });
+    const [subscription] = standIn.all('Subscription') as unknown as Subscription[];
+    expect(standIn.all('Subscription')).toHaveLength(1);
+    expect(subscription.extension).toEqual([
+      {
+        url: 'https://www.medplum.com/fhir/StructureDefinition/subscription-secret',
+        valueString: medplumSubscriptionSecret,
+      },
+    ]);
+    for (const rig of [first, second])
+      expect(existsSync(path.join(rig.dataDir, 'medplum-subscription-secret'))).toBe(false);
   });
 });
 
