@@ -79,6 +79,35 @@ describe('npm run eval', () => {
     expect(existsSync(path.join(out, 'report.json'))).toBe(true);
   }, 240_000);
 
+  it('reports unwanted lines and notes per draft, and fails only when --max-unwanted is below the count', () => {
+    const out = path.join(directory, 'max-unwanted');
+    // Six sandbox patients: among them one whose medication says what it is for in words the policy withholds.
+    const generous = runEval(['--patients', '6', '--max-unwanted', '1000', '--out', out]);
+    expect(generous.status, generous.stderr).toBe(0);
+    const [figures] = JSON.parse(readFileSync(path.join(out, 'report.json'), 'utf8')).configurations;
+    expect(Object.keys(figures.unwantedLines)).toEqual([
+      'afterEncounter',
+      'socialAsProblem',
+      'duplicates',
+      'sensitiveAgainstPolicy',
+      'total',
+    ]);
+    expect(figures.unwantedLines.afterEncounter).toBe(0);
+    expect(figures.notesSummarisedPerDraft.value).toBeGreaterThan(0);
+    expect(generous.stdout).toContain(`unwanted lines ${figures.unwantedLines.total}`);
+    expect(readFileSync(path.join(out, 'report.md'), 'utf8')).toContain('## Unwanted lines (target 0)');
+    const total: number = figures.unwantedLines.total;
+    const atCount = runEval(['--patients', '6', '--max-unwanted', String(total), '--out', out]);
+    expect(atCount.status, atCount.stderr).toBe(0);
+    if (total > 0) {
+      const below = runEval(['--patients', '6', '--max-unwanted', String(total - 1), '--out', out]);
+      expect(below.status).toBe(2);
+      expect(below.stderr).toContain(`unwanted lines above --max-unwanted ${total - 1}: extractive ${total}`);
+    }
+    const invalid = runEval(['--max-unwanted', '-1', '--out', path.join(directory, 'never')]);
+    expect(invalid.status).not.toBe(0);
+  }, 240_000);
+
   it('refuses an unknown configuration and an invalid threshold before reading anything', () => {
     const unknown = runEval(['--config', 'gpt-4', '--out', path.join(directory, 'never')]);
     expect(unknown.status).not.toBe(0);
