@@ -90,8 +90,18 @@ export const configSchema = z
         maxAttempts: z.coerce.number().int().min(1).max(50).default(6),
         backoffBaseMs: z.coerce.number().int().positive().default(1_000),
         backoffMaxMs: z.coerce.number().int().positive().default(300_000),
-        /** A job held longer than this by a worker that stopped answering is handed out again. */
+        /**
+         * A job held longer than this by a worker that stopped answering is handed out again. A running worker
+         * renews the lease (every third of it), so a long draft keeps its job; on PostgreSQL only from 10 s up.
+         */
         leaseMs: z.coerce.number().int().positive().default(300_000),
+        /** The longest a job may run on PostgreSQL however often its lease is renewed (pg-boss caps it at 24 h). */
+        maxJobMs: z.coerce
+          .number()
+          .int()
+          .min(60_000)
+          .max(24 * 3600 * 1000)
+          .default(7_200_000),
         pollIntervalMs: z.coerce.number().int().positive().default(250),
       })
       .default({
@@ -101,6 +111,7 @@ export const configSchema = z
         backoffBaseMs: 1_000,
         backoffMaxMs: 300_000,
         leaseMs: 300_000,
+        maxJobMs: 7_200_000,
         pollIntervalMs: 250,
       }),
     /**

@@ -8,6 +8,8 @@ import type { EncounterJob, JobQueue } from '../queue/job-queue.ts';
  * Runs jobs from the queue with a fixed concurrency. On stop it takes no new jobs, lets the
  * in-flight ones finish within a grace period, and hands back any still running so another
  * worker (or the next start) picks them up. Errors decide between retry and dead-letter.
+ * While a job runs its lease is renewed, so a draft slower than one lease (a 27B model on CPU)
+ * is not handed to a second worker; a job whose lease was lost anyway is abandoned unrecorded.
  */
 export interface WorkerPoolOptions {
   queue: JobQueue;
@@ -22,7 +24,10 @@ export interface WorkerPoolOptions {
 export class WorkerPool {
   readonly #options: WorkerPoolOptions;
   readonly #workerId = `${hostname()}:${process.pid}`;
-  readonly #inFlight = new Map<string, { job: EncounterJob; done: Promise<void> }>();
+  readonly #inFlight = new Map<
+    string,
+    { job: EncounterJob; done: Promise<void>; stopRenewing: () => void }
+  >();
   readonly #abort = new AbortController();
   #loops: Promise<void>[] = [];
   #stopping = false;
@@ -72,18 +77,61 @@ export class WorkerPool {
         await this.#idle();
         continue;
       }
-      const done = this.#run(job);
-      this.#inFlight.set(job.id, { job, done });
+      const run = new AbortController();
+      const stopRenewing = this.#keepLeased(job, run);
+      const done = this.#run(job, AbortSignal.any([this.#abort.signal, run.signal])).finally(stopRenewing);
+      this.#inFlight.set(job.id, { job, done, stopRenewing });
       await done;
       this.#inFlight.delete(job.id);
     }
   }
 
-  async #run(job: EncounterJob): Promise<void> {
+  /**
+   * Renews the job's lease every leaseRenewalMs until the returned function is called. A renewal that fails
+   * (the database briefly away) is tried again at the next turn, still within the lease. When the queue says
+   * the job is no longer this worker's (its lease ran out and it was handed out again), the run is aborted
+   * and its outcome not recorded: the other worker's attempt is the job now.
+   */
+  #keepLeased(job: EncounterJob, run: AbortController): () => void {
+    const { queue, logger } = this.#options;
+    const every = queue.leaseRenewalMs;
+    if (every === undefined) return () => {};
+    let stopped = false;
+    let timer: NodeJS.Timeout | undefined;
+    const renew = async () => {
+      let held = true;
+      try {
+        held = await queue.renewLease(job.id, job.attempts, this.#workerId);
+      } catch (error) {
+        logger.warn(
+          { jobId: job.id, attempt: job.attempts, err: normalizeOperationOutcome(error).message },
+          'job-lease-renewal-failed',
+        );
+      }
+      if (stopped) return;
+      if (!held) {
+        this.#released.add(job.id);
+        logger.warn({ jobId: job.id, encounterId: job.encounterId, attempt: job.attempts }, 'job-lease-lost');
+        run.abort(new Error('the job lease was lost to another worker'));
+        return;
+      }
+      schedule();
+    };
+    const schedule = () => {
+      timer = setTimeout(() => void renew(), every);
+    };
+    schedule();
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
+  }
+
+  async #run(job: EncounterJob, signal: AbortSignal): Promise<void> {
     const { queue, logger } = this.#options;
     const startedAt = performance.now();
     try {
-      const outcome = await this.#options.process(job, this.#abort.signal);
+      const outcome = await this.#options.process(job, signal);
       if (this.#released.has(job.id)) return;
       await queue.complete(job.id, outcome);
       logger.info(
@@ -136,7 +184,8 @@ export class WorkerPool {
     // Jobs still running after the grace period go back to the queue now; their runs are abandoned
     // (not awaited: a step that ignores the abort signal must not hold the shutdown).
     this.#abort.abort();
-    for (const { job } of this.#inFlight.values()) {
+    for (const { job, stopRenewing } of this.#inFlight.values()) {
+      stopRenewing();
       this.#released.add(job.id);
       await this.#options.queue.release(job.id);
     }

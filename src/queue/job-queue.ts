@@ -77,6 +77,18 @@ export interface JobQueue extends CompletedWorkLedger {
   complete(jobId: string, outcome: string): Promise<void>;
   /** Schedules another attempt with backoff, or moves the job to the dead-letter list. Returns the new status. */
   fail(jobId: string, error: string, decision: FailureDecision): Promise<JobStatus>;
+  /**
+   * How often a worker renews the lease of a job it runs (a fraction of the lease, so one late renewal
+   * does not lose it); undefined when this queue cannot renew, and a job then has one lease in all.
+   */
+  readonly leaseRenewalMs: number | undefined;
+  /**
+   * Extends the lease of a job this worker still holds on this attempt, so a job that runs longer than one
+   * lease is not handed to another worker. False when the attempt is no longer this worker's (settled,
+   * released, or handed out again after its lease ran out): a worker that crashed stops renewing, and its
+   * job is handed out again after one lease.
+   */
+  renewLease(jobId: string, attempt: number, workerId: string): Promise<boolean>;
   /** Gives a leased job back untouched (graceful shutdown). */
   release(jobId: string): Promise<void>;
   /** Moves a dead-lettered job back to pending. */

@@ -25,6 +25,33 @@ export interface PgBossQueueOptions extends BackoffPolicy {
   queueName?: string;
   /** How often pg-boss looks for expired leases; tests use 1 s. */
   superviseIntervalSeconds?: number;
+  /** The longest a job may run however often its lease is renewed (pg-boss's expireInSeconds); default 2 h. */
+  maxJobMs?: number;
+}
+
+/** pg-boss refuses heartbeats under 10 s, and bounds a job's run at 24 h. */
+const shortestHeartbeatSeconds = 10;
+const longestExpirySeconds = 24 * 3600;
+const defaultMaxJobMs = 2 * 3600 * 1000;
+
+/**
+ * The lease as pg-boss knows it. A lease of 10 s or more is a heartbeat (heartbeatSeconds) that the worker
+ * renews with touch(), and expireInSeconds becomes the upper bound on a job's whole run (maxJobMs). A
+ * shorter lease cannot be a heartbeat in pg-boss, so it stays what it was before renewals existed: the
+ * job's whole run (expireInSeconds), never renewed; a job that runs longer is handed out again.
+ */
+export function leaseSettings(options: Pick<PgBossQueueOptions, 'leaseMs' | 'maxJobMs'>): {
+  heartbeatSeconds: number | null;
+  expireInSeconds: number;
+} {
+  const leaseSeconds = Math.max(1, Math.ceil(options.leaseMs / 1000));
+  if (leaseSeconds < shortestHeartbeatSeconds)
+    return { heartbeatSeconds: null, expireInSeconds: leaseSeconds };
+  const maxJobSeconds = Math.ceil((options.maxJobMs ?? defaultMaxJobMs) / 1000);
+  return {
+    heartbeatSeconds: leaseSeconds,
+    expireInSeconds: Math.min(longestExpirySeconds, Math.max(leaseSeconds, maxJobSeconds)),
+  };
 }
 
 interface JobData {
@@ -67,10 +94,14 @@ export class PgBossJobQueue implements JobQueue {
   readonly #schema: string;
   /** The attempt each job this process holds is on, so settling only touches that attempt. */
   readonly #held = new Map<string, number>();
+  readonly leaseRenewalMs: number | undefined;
 
   private constructor(boss: PgBoss, options: PgBossQueueOptions) {
     this.#boss = boss;
     this.#policy = options;
+    const { heartbeatSeconds } = leaseSettings(options);
+    // Three heartbeats per lease, so one late or lost touch does not fail a running job.
+    this.leaseRenewalMs = heartbeatSeconds === null ? undefined : Math.floor((heartbeatSeconds * 1000) / 3);
     this.#name = options.queueName ?? 'encounter-jobs';
     this.#schema = options.schema ?? 'pgboss';
   }
@@ -91,13 +122,15 @@ export class PgBossJobQueue implements JobQueue {
     });
     await boss.start();
     const queue = new PgBossJobQueue(boss, options);
+    const lease = leaseSettings(options);
     const queueOptions = {
       policy: 'short' as const,
       retryLimit: Math.max(0, options.maxAttempts - 1),
       retryDelay: Math.max(1, Math.round(options.backoffBaseMs / 1000)),
       retryBackoff: true,
       retryDelayMax: Math.max(1, Math.round(options.backoffMaxMs / 1000)),
-      expireInSeconds: Math.max(1, Math.ceil(options.leaseMs / 1000)),
+      expireInSeconds: lease.expireInSeconds,
+      ...(lease.heartbeatSeconds === null ? {} : { heartbeatSeconds: lease.heartbeatSeconds }),
       deleteAfterSeconds: 7 * 24 * 3600,
     };
     if (!(await boss.getQueue(queue.#name))) {
@@ -109,7 +142,9 @@ export class PgBossJobQueue implements JobQueue {
       }
     } else {
       const { policy: _policy, ...updatable } = queueOptions;
-      await boss.updateQueue(queue.#name, updatable);
+      // null clears a heartbeat an earlier leaseMs set (plans.updateQueue); the option's type says number only.
+      const heartbeatSeconds = lease.heartbeatSeconds as number;
+      await boss.updateQueue(queue.#name, { ...updatable, heartbeatSeconds });
     }
     await createLedgerTable(boss, schema);
     // Jobs queued by an earlier version carry no group, and a job without one is claimed regardless of
@@ -118,6 +153,13 @@ export class PgBossJobQueue implements JobQueue {
       `update ${schema}.job set group_id = data->>'encounterId'
           where name = $1 and group_id is null and state in ('created', 'retry', 'active') and data ? 'encounterId'`,
       [queue.#name],
+    );
+    // A job takes its lease settings from the queue when it is sent: jobs still waiting from before a change
+    // of leaseMs or maxJobMs take the new ones, so a long job queued earlier is not cut off at the old lease.
+    await boss.getDb().executeSql(
+      `update ${schema}.job set expire_seconds = $2, heartbeat_seconds = $3
+          where name = $1 and state in ('created', 'retry')`,
+      [queue.#name, lease.expireInSeconds, lease.heartbeatSeconds],
     );
     return queue;
   }
@@ -231,6 +273,15 @@ export class PgBossJobQueue implements JobQueue {
     const delay = nextDelayMs(this.#policy, retryCount + 1, decision.retryAfterMs);
     await this.#boss.update(this.#name, undefined, { id: jobId, startAfter: new Date(Date.now() + delay) });
     return 'pending';
+  }
+
+  /**
+   * A heartbeat on this attempt only (pg-boss fences touch() on the retry count). Without heartbeats (a lease
+   * under 10 s) there is nothing to extend, and leaseRenewalMs tells the worker pool not to call this.
+   */
+  async renewLease(jobId: string, attempt: number, _workerId: string): Promise<boolean> {
+    const result = await this.#boss.touch(this.#name, { id: jobId, retryCount: attempt - 1 });
+    return ((result as { affected?: number }).affected ?? 0) > 0;
   }
 
   async release(jobId: string): Promise<void> {

@@ -248,6 +248,29 @@ export class SqliteJobQueue implements JobQueue {
     return 'pending';
   }
 
+  get leaseRenewalMs(): number {
+    return Math.max(1, Math.floor(this.#policy.leaseMs / 3));
+  }
+
+  /**
+   * Only while this worker holds this attempt (a claim by another worker is a new attempt). A lease that ran
+   * out unclaimed (a renewal delayed by a busy event loop) is renewed, unless another job of the encounter
+   * started meanwhile: reviving it would run the two side by side.
+   */
+  async renewLease(jobId: string, attempt: number, workerId: string): Promise<boolean> {
+    const now = this.#now();
+    this.#renew ??= this.#database.prepare(
+      `update jobs set lease_until = :leaseUntil
+       where id = :jobId and status = 'running' and attempts = :attempt and worker_id = :workerId
+         and not exists (select 1 from jobs running where running.encounter_id = jobs.encounter_id
+           and running.id != jobs.id and running.status = 'running' and running.lease_until >= :now)`,
+    );
+    const result = this.#renew.run({ leaseUntil: now + this.#policy.leaseMs, jobId, attempt, workerId, now });
+    return Number(result.changes) > 0;
+  }
+
+  #renew: StatementSync | undefined;
+
   async release(jobId: string): Promise<void> {
     try {
       this.#database

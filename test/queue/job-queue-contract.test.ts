@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { JobQueue } from '../../src/queue/job-queue.ts';
+import type { BackoffPolicy, JobQueue } from '../../src/queue/job-queue.ts';
 import { PgBossJobQueue } from '../../src/queue/pg-boss-job-queue.ts';
 import { SqliteJobQueue } from '../../src/queue/sqlite-job-queue.ts';
 import { waitFor } from '../support/intake-harness.ts';
@@ -23,22 +23,22 @@ afterAll(async () => {
 /** Storage of the test's own (a file, a database), and a way to open queues on it as replicas would. */
 type OpenReplica = () => Promise<JobQueue>;
 
-async function sqliteStorage(): Promise<OpenReplica> {
+async function sqliteStorage(queuePolicy: BackoffPolicy = policy): Promise<OpenReplica> {
   const directory = mkdtempSync(path.join(tmpdir(), 'contract-'));
   cleanups.push(() => rmSync(directory, { recursive: true, force: true }));
   return async () => {
-    const queue = new SqliteJobQueue(path.join(directory, 'queue.sqlite'), policy);
+    const queue = new SqliteJobQueue(path.join(directory, 'queue.sqlite'), queuePolicy);
     cleanups.push(() => queue.close());
     return queue;
   };
 }
 
-async function postgresStorage(): Promise<OpenReplica> {
+async function postgresStorage(queuePolicy: BackoffPolicy = policy): Promise<OpenReplica> {
   const database = createTestDatabase();
   cleanups.push(() => database.drop());
   return async () => {
     const queue = await PgBossJobQueue.open({
-      ...policy,
+      ...queuePolicy,
       connectionString: database.url,
       superviseIntervalSeconds: 1,
     });
@@ -47,12 +47,13 @@ async function postgresStorage(): Promise<OpenReplica> {
   };
 }
 
-const adapters: [string, () => Promise<OpenReplica>, boolean][] = [
-  ['SQLite', sqliteStorage, true],
-  ['PostgreSQL (pg-boss)', postgresStorage, postgresAvailable],
+/** The shortest lease each adapter renews: pg-boss heartbeats are 10 s at least. */
+const adapters: [string, (queuePolicy?: BackoffPolicy) => Promise<OpenReplica>, boolean, number][] = [
+  ['SQLite', sqliteStorage, true, 1_000],
+  ['PostgreSQL (pg-boss)', postgresStorage, postgresAvailable, 10_000],
 ];
 
-for (const [name, storage, available] of adapters) {
+for (const [name, storage, available, renewableLeaseMs] of adapters) {
   const open = async () => (await storage())();
   describe.skipIf(!available)(`job queue contract: ${name}`, () => {
     it('collapses waiting duplicates per encounter and kind', async () => {
@@ -119,6 +120,51 @@ for (const [name, storage, available] of adapters) {
       expect(again.id).toBe(held?.id);
       expect(again.attempts).toBe(2);
     });
+
+    it(
+      'keeps a job whose lease is renewed from a second worker for several leases, and hands it out once renewal stops',
+      async () => {
+        const queue = await (await storage({ ...policy, leaseMs: renewableLeaseMs }))();
+        const renewEvery = queue.leaseRenewalMs as number;
+        expect(renewEvery).toBeGreaterThan(0);
+        expect(renewEvery).toBeLessThan(renewableLeaseMs);
+        await queue.enqueue([{ encounterId: 'long-draft', source: 'test' }]);
+        const held = await queue.claim('slow-worker');
+        if (!held) throw new Error('no job to hold');
+        const renewals: boolean[] = [];
+        const renewing = setInterval(() => {
+          void queue
+            .renewLease(held.id, held.attempts, 'slow-worker')
+            .then((renewed) => renewals.push(renewed));
+        }, renewEvery);
+        try {
+          const heldUntil = Date.now() + 3 * renewableLeaseMs;
+          while (Date.now() < heldUntil) {
+            expect(await queue.claim('second-worker')).toBeUndefined();
+            await new Promise((resolve) => setTimeout(resolve, 200));
+          }
+        } finally {
+          clearInterval(renewing);
+        }
+        expect(renewals.length).toBeGreaterThanOrEqual(5);
+        expect(renewals.every((renewed) => renewed)).toBe(true);
+        // Another attempt's renewal (a worker that lost the job earlier) extends nothing.
+        expect(await queue.renewLease(held.id, held.attempts + 1, 'slow-worker')).toBe(false);
+
+        // The worker stops renewing (it crashed): after one lease the job goes to another worker.
+        const again = await waitFor(
+          () => queue.claim('second-worker'),
+          'lease expiry once renewal stopped',
+          2 * renewableLeaseMs + 15_000,
+        );
+        expect(again.id).toBe(held.id);
+        expect(again.attempts).toBe(2);
+        // The first worker cannot take it back, the second renews its own attempt.
+        expect(await queue.renewLease(held.id, held.attempts, 'slow-worker')).toBe(false);
+        expect(await queue.renewLease(again.id, again.attempts, 'second-worker')).toBe(true);
+      },
+      8 * renewableLeaseMs + 30_000,
+    );
 
     it('runs one job per encounter at a time, whatever its source or kind; other encounters run beside it', async () => {
       const queue = await open();
