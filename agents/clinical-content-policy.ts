@@ -1,4 +1,12 @@
-import type { CodeableConcept, Coding, Condition, Encounter, FhirResource, Reference } from 'fhir/r4.js';
+import type {
+  CodeableConcept,
+  Coding,
+  Condition,
+  Encounter,
+  FhirResource,
+  MedicationRequest,
+  Reference,
+} from 'fhir/r4.js';
 import type { PatientRecord } from '../fhir/patient-record.ts';
 import {
   type ClinicalContentConfig,
@@ -298,6 +306,50 @@ export const defaultContentPolicy: ContentPolicy = contentPolicyOf(clinicalConte
 
 const referenceTo = (resource: FhirResource) => `${resource.resourceType}/${resource.id}`;
 
+/**
+ * An instruction without its "for <withheld>" clause, so the dose stays ("0.5 mg three times daily"); when what is
+ * left states no dose, or still names a withheld category, it is redacted whole like a note's sentence.
+ */
+function redactedInstruction(text: string, policy: ContentPolicy): string {
+  const names = (phrase: string) => policy.redactText(phrase) !== phrase;
+  const withoutReason = text.replace(/\s+(?:as needed\s+)?for\s+[^,;.]+/gi, (clause) =>
+    names(clause) ? '' : clause,
+  );
+  if (withoutReason !== text && !/\d/.test(withoutReason)) return policy.redactText(text).trim();
+  return policy.redactText(withoutReason).trim();
+}
+
+/**
+ * A kept medication's instructions can still name what the policy withholds ("as needed for anxiety"): their free
+ * text is redacted like a note's, and an as-needed reason in a withheld category is dropped. The medication stays.
+ */
+function withoutWithheldInstructions(
+  medication: MedicationRequest,
+  policy: ContentPolicy,
+): MedicationRequest {
+  if (!medication.dosageInstruction?.length) return medication;
+  let changed = false;
+  const dosageInstruction = medication.dosageInstruction.map((dosage) => {
+    const { text, patientInstruction, asNeededCodeableConcept, ...rest } = dosage;
+    const redacted = text === undefined ? undefined : redactedInstruction(text, policy);
+    const instruction =
+      patientInstruction === undefined ? undefined : redactedInstruction(patientInstruction, policy);
+    const reasonWithheld =
+      asNeededCodeableConcept !== undefined &&
+      policy.withheldCategory([asNeededCodeableConcept]) !== undefined;
+    if (redacted === text && instruction === patientInstruction && !reasonWithheld) return dosage;
+    changed = true;
+    return {
+      ...rest,
+      ...(redacted ? { text: redacted } : {}),
+      ...(instruction ? { patientInstruction: instruction } : {}),
+      ...(asNeededCodeableConcept && !reasonWithheld ? { asNeededCodeableConcept } : {}),
+      ...(reasonWithheld ? { asNeededBoolean: true } : {}),
+    };
+  });
+  return changed ? { ...medication, dosageInstruction } : medication;
+}
+
 function findingIdentity(condition: Condition): string {
   const coding = condition.code?.coding?.find((candidate) => candidate.code);
   return coding ? `${coding.system ?? ''}|${coding.code}` : (condition.code?.text ?? referenceTo(condition));
@@ -423,7 +475,9 @@ export function applyContentPolicy(record: PatientRecord, policy: ContentPolicy)
     encounter,
     conditions,
     observations: record.observations.filter(keep),
-    medications: record.medications.filter(keep),
+    medications: record.medications
+      .filter(keep)
+      .map((medication) => withoutWithheldInstructions(medication, policy)),
     procedures: record.procedures.filter(keep),
     immunizations: record.immunizations.filter(keep),
     encounters,

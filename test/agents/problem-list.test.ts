@@ -1,4 +1,4 @@
-import type { Condition, DocumentReference } from 'fhir/r4.js';
+import type { Condition, DocumentReference, MedicationRequest } from 'fhir/r4.js';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { citationsIn } from '../../agents/citation-verifier.ts';
 import {
@@ -256,6 +256,44 @@ describe('the site content policy', () => {
       clinicalContentConfigSchema.parse({ sensitive: { allow: ['substance-use'] } }),
     );
     expect(applyContentPolicy(record, allowing).notes[0].text).toContain('She drinks alcohol daily.');
+  });
+
+  it("keeps a medication but takes a withheld reason out of its instructions ('as needed for anxiety')", async () => {
+    const record = recordWith([]);
+    const alprazolam: MedicationRequest = {
+      resourceType: 'MedicationRequest',
+      id: 'alprazolam',
+      status: 'active',
+      intent: 'order',
+      subject: { reference: `Patient/${record.patient.id}` },
+      medicationCodeableConcept: { text: 'alprazolam 0.5 mg oral tablet' },
+      dosageInstruction: [
+        {
+          text: '0.5 mg by mouth three times daily as needed for anxiety',
+          patientInstruction: 'Take for panic attacks only.',
+          asNeededCodeableConcept: {
+            coding: [{ system: snomed, code: '197480006', display: 'Anxiety disorder' }],
+          },
+        },
+      ],
+    };
+    record.medications = [alprazolam];
+    const [kept] = applyContentPolicy(record, defaultContentPolicy).medications;
+    expect(kept.dosageInstruction).toEqual([
+      { text: '0.5 mg by mouth three times daily', asNeededBoolean: true },
+    ]);
+    const draft = await createExtractiveEngine().draft({
+      kind: 'progress-summary',
+      record: applyContentPolicy(record, defaultContentPolicy),
+      nudges: [],
+    });
+    expect(draft.text).toContain('alprazolam 0.5 mg oral tablet, 0.5 mg by mouth three times daily');
+    expect(draft.text).not.toMatch(/anxiety|panic/i);
+    // A site that allows mental health sees the instruction as written.
+    const allowing = contentPolicyOf(
+      clinicalContentConfigSchema.parse({ sensitive: { allow: ['mental-health'] } }),
+    );
+    expect(applyContentPolicy(record, allowing).medications[0]).toBe(alprazolam);
   });
 
   it('leaves out what names a withheld finding: its results, its orders, its visits; the visit drafted keeps only its class', () => {
