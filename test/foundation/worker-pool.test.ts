@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/log.ts';
 import { WorkerPool } from '../../src/pipeline/worker-pool.ts';
 import { SqliteJobQueue } from '../../src/queue/sqlite-job-queue.ts';
+import { waitFor } from '../support/intake-harness.ts';
 
 const policy = { maxAttempts: 3, backoffBaseMs: 10, backoffMaxMs: 100, leaseMs: 60_000 };
 const newQueue = () =>
@@ -61,6 +62,80 @@ describe('worker pool', () => {
     expect(await queue.counts()).toMatchObject({ pending: 1, running: 0 });
     const [job] = await queue.list('pending');
     expect(job).toMatchObject({ encounterId: 'stuck', attempts: 0 });
+    await queue.close();
+  });
+
+  it('renews the lease of a job that runs for several leases, so no other worker is handed it', async () => {
+    const leaseMs = 300;
+    const queue = new SqliteJobQueue(
+      path.join(mkdtempSync(path.join(tmpdir(), 'pool-test-')), 'queue.sqlite'),
+      {
+        ...policy,
+        leaseMs,
+      },
+    );
+    let finish: (outcome: string) => void = () => {};
+    const pool = new WorkerPool({
+      queue,
+      concurrency: 1,
+      pollIntervalMs: 10,
+      logger: silentLogger(),
+      process: () =>
+        new Promise<string>((resolve) => {
+          finish = resolve;
+        }),
+    });
+    await queue.enqueue([{ encounterId: 'slow-model', source: 'test' }]);
+    pool.start();
+    await waitFor(async () => pool.inFlight === 1, 'the pool to take the job', 2_000);
+    // Another replica asks for work all along: six leases pass while the job runs.
+    const heldUntil = Date.now() + 6 * leaseMs;
+    while (Date.now() < heldUntil) {
+      expect(await queue.claim('another-replica')).toBeUndefined();
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    finish('draft-created');
+    await pool.stop(1_000);
+    const [job] = await queue.list('done');
+    expect(job).toMatchObject({ encounterId: 'slow-model', attempts: 1, outcome: 'draft-created' });
+    await queue.close();
+  });
+
+  it('abandons a run whose lease was lost to another worker, leaving the outcome to that worker', async () => {
+    const leaseMs = 300;
+    let now = Date.now();
+    const queue = new SqliteJobQueue(
+      path.join(mkdtempSync(path.join(tmpdir(), 'pool-test-')), 'queue.sqlite'),
+      { ...policy, leaseMs },
+      () => now,
+    );
+    let aborted = false;
+    const pool = new WorkerPool({
+      queue,
+      concurrency: 1,
+      pollIntervalMs: 10,
+      logger: silentLogger(),
+      process: (_job, signal) =>
+        new Promise<string>((resolve) => {
+          signal.addEventListener('abort', () => {
+            aborted = true;
+            resolve('draft-created'); // a step that finished anyway: its outcome is not recorded
+          });
+        }),
+    });
+    await queue.enqueue([{ encounterId: 'stalled', source: 'test' }]);
+    pool.start();
+    await waitFor(async () => pool.inFlight === 1, 'the pool to take the job', 2_000);
+    // The pool's renewals were held up (an event loop blocked past the lease), and another replica took the job.
+    now += 2 * leaseMs;
+    const taken = await queue.claim('another-replica');
+    expect(taken?.attempts).toBe(2);
+    await waitFor(async () => aborted, 'the run to be aborted', 2_000);
+    await waitFor(async () => pool.inFlight === 0, 'the run to end', 2_000);
+    expect(await queue.counts()).toMatchObject({ running: 1, done: 0 });
+    await queue.complete(taken?.id as string, 'draft-exists');
+    await pool.stop(1_000);
+    expect((await queue.list('done'))[0]).toMatchObject({ attempts: 2, outcome: 'draft-exists' });
     await queue.close();
   });
 });
