@@ -18,7 +18,7 @@ export async function reduceFacts(
   const reductionOverhead =
     countTokens(renderPrompt(template, { goal: input.goal, maxFacts: 10, facts: '' })) + 16;
   const groupCapacity = context.budget.promptCapacity(context.maxTokens) - reductionOverhead;
-  let facts = input.facts;
+  let facts = mergeRepeatedFacts(input.facts);
   for (let round = 0; countTokens(factLines(facts)) > available; round++) {
     if (round >= 3) {
       while (facts.length > 1 && countTokens(factLines(facts)) > available) facts = facts.slice(0, -1);
@@ -50,4 +50,26 @@ export async function reduceFacts(
     facts = reduced;
   }
   return facts;
+}
+
+const factKey = (fact: Fact) =>
+  fact.fact
+    .toLowerCase()
+    .replace(/\s+/g, ' ')
+    .replace(/[\s.;]+$/, '')
+    .trim();
+
+/**
+ * The same statement read in several notes (a results line copied forward from visit to visit) is one fact citing
+ * each of them: else the write-up states it once per note, and the clinician reads it three times.
+ */
+export function mergeRepeatedFacts(facts: readonly Fact[]): Fact[] {
+  const merged = new Map<string, Fact>();
+  for (const fact of facts) {
+    const key = factKey(fact);
+    const first = merged.get(key);
+    if (first) first.citations = [...new Set([...first.citations, ...fact.citations])];
+    else merged.set(key, { ...fact, citations: [...fact.citations] });
+  }
+  return [...merged.values()];
 }
