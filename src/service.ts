@@ -337,7 +337,10 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       workers?.nudge();
     },
   });
-  if (patientIntake) app.mount('/', patientIntake.router);
+  if (patientIntake) {
+    app.mount('/', patientIntake.router);
+    intake.intake.handleAppointments(patientIntake.onAppointmentEvents);
+  }
   if (auth.launch) {
     for (const { path: mountPath, router } of reviewAppRouters({
       smartLaunch,
@@ -466,6 +469,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       secret: notifySecret,
       declareProfiles: config.fhir.declareProfiles,
     },
+    // The pre-visit intake invites on a booked Appointment as well as on a planned Encounter.
+    ...(patientIntake ? { appointmentCriteria: 'Appointment?status=booked' } : {}),
     schedulePolling: Boolean(config.fhir.baseUrl),
   });
   ready = true;

@@ -17,6 +17,8 @@ import { bodyReadFailure } from './errors.ts';
  * - POST /notify with an empty body (HAPI classic rest-hook without payload): a reconcile request;
  * - PUT or POST /notify/Encounter/<id> with the resource (HAPI classic rest-hook with payload);
  * - POST /notify with the bare resource and X-Signature (Medplum; `{}` for a delete).
+ * Appointments arrive the same ways (PUT /notify/Appointment/<id>, a Backport focus, Medplum's bare
+ * resource) and go to the pre-visit intake's invitations, when it is on.
  * A bearer secret or a valid HMAC is required before anything is read or fetched; failed
  * authentications and empty-payload floods are rate limited per client (the socket's address, unless
  * `http.trustProxy` names the proxies in front). Everything is recorded in the durable queue and
@@ -187,19 +189,32 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
     }
   };
 
-  /** An Encounter resource from a classic rest-hook body, checked against the id in the path. */
-  const encounterFrom = (body: unknown, pathId?: string): { encounterId: string; versionId?: string } => {
+  /** An Encounter or Appointment from a classic rest-hook or Medplum body, checked against the id in the path. */
+  const resourceFrom = (
+    body: unknown,
+    type: 'Encounter' | 'Appointment',
+    pathId?: string,
+  ): { id: string; versionId?: string } => {
     const resource = body as { resourceType?: unknown; id?: unknown; meta?: { versionId?: unknown } };
-    if (typeof resource !== 'object' || resource === null || resource.resourceType !== 'Encounter')
-      throw outcomeError('invalid', 'expected an Encounter resource', 422);
+    if (typeof resource !== 'object' || resource === null || resource.resourceType !== type)
+      throw outcomeError('invalid', `expected an ${type} resource`, 422);
     const id = typeof resource.id === 'string' ? resource.id : pathId;
-    if (!isFhirId(id)) throw outcomeError('invalid', 'Encounter has no valid id', 422);
-    if (pathId && id !== pathId) throw outcomeError('invalid', 'Encounter id does not match the URL', 422);
+    if (!isFhirId(id)) throw outcomeError('invalid', `${type} has no valid id`, 422);
+    if (pathId && id !== pathId) throw outcomeError('invalid', `${type} id does not match the URL`, 422);
     const versionId = resource.meta?.versionId;
     if (versionId !== undefined && !isFhirId(versionId))
-      throw outcomeError('invalid', 'Encounter meta.versionId is not a FHIR id', 422);
+      throw outcomeError('invalid', `${type} meta.versionId is not a FHIR id`, 422);
+    return { id, ...(versionId ? { versionId } : {}) };
+  };
+  const encounterFrom = (body: unknown, pathId?: string) => {
+    const { id, versionId } = resourceFrom(body, 'Encounter', pathId);
     return { encounterId: id, ...(versionId ? { versionId } : {}) };
   };
+  const appointmentAccepted = (response: Response, taken: number) =>
+    accepted(
+      response,
+      taken > 0 ? 'accepted; appointment handed to the intake' : 'accepted; Appointment ignored',
+    );
 
   router.post('/notify', async (request, response, next) => {
     if (request.get('x-signature') === undefined) return next();
@@ -223,6 +238,11 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
       metrics?.eventsReceived.inc({ source: 'medplum', outcome: 'ignored' });
       return accepted(response, 'accepted; delete needs no work');
     }
+    if (resourceType === 'Appointment')
+      return appointmentAccepted(
+        response,
+        intake.acceptAppointments([resourceFrom(body, 'Appointment').id], 'medplum'),
+      );
     if (resourceType !== 'Encounter') {
       metrics?.eventsReceived.inc({ source: 'medplum', outcome: 'ignored' });
       const named = typeof resourceType === 'string' && /^[A-Z][A-Za-z]{0,63}$/.test(resourceType);
@@ -257,6 +277,14 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
           throw outcomeError('not-supported', 'classic rest-hook notifications are switched off', 404);
         const added = await intake.acceptEncounters([encounterFrom(body)], 'classic');
         return accepted(response, `accepted; ${added} job(s) queued`);
+      }
+      if (resourceType === 'Appointment') {
+        if (!sources.classic)
+          throw outcomeError('not-supported', 'classic rest-hook notifications are switched off', 404);
+        return appointmentAccepted(
+          response,
+          intake.acceptAppointments([resourceFrom(body, 'Appointment').id], 'classic'),
+        );
       }
       if (!sources.backport)
         throw outcomeError('not-supported', 'Backport notifications are switched off', 404);
@@ -297,9 +325,25 @@ export function notifyRouter(options: NotifyRouteOptions): Router {
   ];
   router.put('/notify/Encounter/:id', ...classicWithResource);
   router.post('/notify/Encounter/:id', ...classicWithResource);
-  router.delete('/notify/Encounter/:id', bearerRequired, (_request, response) => {
-    metrics?.eventsReceived.inc({ source: 'classic', outcome: 'ignored' });
-    accepted(response, 'accepted; delete needs no work');
-  });
+  // HAPI's classic rest-hook for `Appointment?...` criteria: the same shape, under the Appointment's path.
+  const classicAppointment = [
+    ...classicWithResource.slice(0, 3),
+    async (request: Request, response: Response) => {
+      const pathId = String(request.params.id);
+      if (!isFhirId(pathId)) throw outcomeError('invalid', 'not a FHIR id', 400);
+      const id =
+        Buffer.isBuffer(request.body) && request.body.length > 0
+          ? resourceFrom(parseJsonBody(request.body), 'Appointment', pathId).id
+          : pathId;
+      appointmentAccepted(response, intake.acceptAppointments([id], 'classic'));
+    },
+  ];
+  router.put('/notify/Appointment/:id', ...classicAppointment);
+  router.post('/notify/Appointment/:id', ...classicAppointment);
+  for (const type of ['Encounter', 'Appointment'])
+    router.delete(`/notify/${type}/:id`, bearerRequired, (_request, response) => {
+      metrics?.eventsReceived.inc({ source: 'classic', outcome: 'ignored' });
+      accepted(response, 'accepted; delete needs no work');
+    });
   return router;
 }

@@ -53,8 +53,12 @@ export function subscriptionForLog(subscription: string): string {
   return subscription.length > 100 ? `${subscription.slice(0, 100)}…` : subscription;
 }
 
+/** Works on Appointment events (the pre-visit intake's invitations); called after the sender was answered. */
+export type AppointmentHandler = (appointmentIds: string[]) => Promise<void>;
+
 export class EventIntake {
   readonly #options: EventIntakeOptions;
+  #appointmentHandler: AppointmentHandler | undefined;
 
   constructor(options: EventIntakeOptions) {
     this.#options = options;
@@ -69,6 +73,38 @@ export class EventIntake {
     if (source !== 'backport' && pushedSources.has(source)) this.#options.onDelivery?.(undefined, 'event');
     this.#count(source, 'reconcile');
     this.#options.requestReconcile?.(reason);
+  }
+
+  /**
+   * Who works on Appointment events; set by the composition root when the pre-visit intake is on (built after
+   * the intake, which must answer /notify from the start). Without one, Appointment events are ignored.
+   */
+  handleAppointments(handler: AppointmentHandler): void {
+    this.#appointmentHandler = handler;
+  }
+
+  /**
+   * Appointment events: handed to the handler after this turn, so the sender is answered before any FHIR
+   * call (the handler reads each Appointment again). Not kept in the durable queue: a lost one is found again
+   * by the next event for that Appointment. Returns how many were taken.
+   */
+  acceptAppointments(appointmentIds: string[], source: string): number {
+    const ids = appointmentIds.filter((id) => isFhirId(id));
+    if (source !== 'backport' && pushedSources.has(source) && ids.length > 0)
+      this.#options.onDelivery?.(undefined, 'event');
+    const handler = this.#appointmentHandler;
+    if (!handler) {
+      this.#count(source, 'ignored', ids.length);
+      return 0;
+    }
+    if (ids.length === 0) return 0;
+    this.#count(source, 'appointment', ids.length);
+    setImmediate(() => {
+      handler(ids).catch((error: unknown) =>
+        this.#options.logger.warn({ error: (error as Error).name }, 'appointment-events-failed'),
+      );
+    });
+    return ids.length;
   }
 
   /** Queues encounter events; duplicates of a job still waiting collapse in the queue. */
@@ -169,11 +205,16 @@ export class EventIntake {
     }
 
     const encounters: EncounterEvent[] = [];
+    const appointments: string[] = [];
     for (const event of observation.fresh) {
       if (!event.focus) {
         // Empty payload: the server tells us something changed, not what. Ask the reconciler.
         if (!result.reconcileRequested) this.requestReconcile('empty-payload', source);
         result.reconcileRequested = true;
+        continue;
+      }
+      if (event.focus.startsWith('Appointment/')) {
+        appointments.push(event.focus.slice('Appointment/'.length));
         continue;
       }
       if (!event.focus.startsWith('Encounter/')) {
@@ -188,6 +229,7 @@ export class EventIntake {
     }
     result.events = encounters.length;
     result.queued = await this.acceptEncounters(encounters, source);
+    if (appointments.length > 0) this.acceptAppointments(appointments, source);
     logger.info(
       {
         subscription,

@@ -152,6 +152,12 @@ export class IntakeService {
       /** Where the server should send notifications, and the bearer secret; absent: no Subscription ensured. */
       subscription?: Pick<SubscriptionSpec, 'endpoint' | 'secret' | 'declareProfiles'>;
       /**
+       * Criteria of a second, classic rest-hook Subscription for Appointments (the pre-visit intake invites on
+       * a booked one), ensured beside the service's own; absent: none. Classic on every server: HAPI and
+       * Medplum deliver classic rest-hooks, and Backport topics for Appointments are each server's own.
+       */
+      appointmentCriteria?: string;
+      /**
        * False on the embedded sandbox, which pushes every change itself: polling then only runs when
        * asked (empty payloads, gaps) and starts from now, not from the seeded history.
        */
@@ -212,13 +218,14 @@ export class IntakeService {
       (config.sources.backport || config.sources.classic || config.sources.medplum)
     ) {
       // In the background: a slow or Subscription-less server must not hold up start-up.
-      void this.#ensure(fhir, subscription);
+      void this.#ensure(fhir, subscription, options.appointmentCriteria);
     }
   }
 
   async #ensure(
     fhir: FhirClient,
     subscription: Pick<SubscriptionSpec, 'endpoint' | 'secret' | 'declareProfiles'>,
+    appointmentCriteria: string | undefined,
   ): Promise<void> {
     const { config, logger, dataDir } = this.#options;
     try {
@@ -241,12 +248,35 @@ export class IntakeService {
         'subscription-ensured',
       );
       this.confirmation?.watch(ensured);
+      if (appointmentCriteria)
+        await this.#ensureAppointments(fhir, { ...spec, mode: 'classic', criteria: appointmentCriteria });
     } catch (error) {
       logger.warn(
         { error: normalizeOperationOutcome(error).message },
         'subscription-ensure-failed; polling covers',
       );
       this.#pollInstead('subscription-ensure-failed');
+    }
+  }
+
+  /**
+   * The Appointment Subscription: not watched for confirmation or counted (polling covers Encounters, not
+   * invitations); a server that refuses it leaves the Encounter path as it is.
+   */
+  async #ensureAppointments(fhir: FhirClient, spec: SubscriptionSpec): Promise<void> {
+    const { logger } = this.#options;
+    try {
+      const { subscription, action } = await ensureSubscription(fhir, spec);
+      if (subscription.id && spec.medplumSecret) this.#medplumSecrets[subscription.id] = spec.medplumSecret;
+      logger.info(
+        { subscription: subscription.id, action, status: subscription.status },
+        'appointment-subscription-ensured',
+      );
+    } catch (error) {
+      logger.warn(
+        { error: normalizeOperationOutcome(error).message },
+        'appointment-subscription-ensure-failed; invitations come from planned Encounters only',
+      );
     }
   }
 

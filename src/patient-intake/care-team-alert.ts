@@ -30,7 +30,9 @@ export async function raiseUrgencyFlag(
   fhir: FhirClient,
   options: {
     patientId: string;
-    encounterId: string;
+    /** `Encounter/<id>` or `Appointment/<id>`: the link's visit, which the Flag's identifier is derived from. */
+    visitKey: string;
+    encounterId?: string;
     responseId: string;
     urgency: Urgency;
     identifierSystem: string;
@@ -41,7 +43,7 @@ export async function raiseUrgencyFlag(
   if (level === 'routine') return undefined;
   const identifier = {
     system: `${options.identifierSystem}/urgency-flag`,
-    value: `Encounter/${options.encounterId}`,
+    value: options.visitKey,
   };
   const reasons = options.urgency.reasons
     .filter((reason) => reason.level === level)
@@ -68,7 +70,7 @@ export async function raiseUrgencyFlag(
       text: `${heading}: ${reasons} (see QuestionnaireResponse/${options.responseId})`,
     },
     subject: { reference: `Patient/${options.patientId}` },
-    encounter: { reference: `Encounter/${options.encounterId}` },
+    ...(options.encounterId ? { encounter: { reference: `Encounter/${options.encounterId}` } } : {}),
     period: { start: options.now.toISOString() },
   };
   const written = await fhir.create(flag, {

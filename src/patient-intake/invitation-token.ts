@@ -14,7 +14,9 @@ import { isFhirId } from '../../fhir/fhir-id.ts';
  */
 export interface InvitationClaims {
   patientId: string;
-  encounterId: string;
+  /** The visit: an Encounter (planned) or an Appointment (booked), exactly one of the two. */
+  encounterId?: string;
+  appointmentId?: string;
   /** Milliseconds since the epoch. */
   expiresAt: number;
   /** Random, so two links for the same visit differ and a token cannot be guessed. */
@@ -24,11 +26,20 @@ export interface InvitationClaims {
 const claimsSchema = z
   .object({
     patientId: z.string().refine(isFhirId),
-    encounterId: z.string().refine(isFhirId),
+    encounterId: z.string().refine(isFhirId).optional(),
+    appointmentId: z.string().refine(isFhirId).optional(),
     expiresAt: z.number().int().positive(),
     nonce: z.string().regex(/^[A-Za-z0-9_-]{16,64}$/),
   })
-  .strict();
+  .strict()
+  .refine((claims) => (claims.encounterId === undefined) !== (claims.appointmentId === undefined), {
+    message: 'a link is bound to exactly one visit',
+  });
+
+/** The resource a link's visit is keyed on: `Encounter/<id>` or `Appointment/<id>`. */
+export function visitKey(claims: Pick<InvitationClaims, 'encounterId' | 'appointmentId'>): string {
+  return claims.encounterId ? `Encounter/${claims.encounterId}` : `Appointment/${claims.appointmentId}`;
+}
 
 export type OpenedToken<T> = { ok: true; value: T } | { ok: false; problem: 'forged' | 'expired' };
 

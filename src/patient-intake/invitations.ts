@@ -1,4 +1,4 @@
-import type { Communication, Encounter, Patient } from 'fhir/r4.js';
+import type { Communication, Patient } from 'fhir/r4.js';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { type LinkSealer, newNonce, sealInvitation } from './invitation-token.ts';
 import type { QuestionnaireSet } from './questionnaire.ts';
@@ -7,7 +7,8 @@ import type { QuestionnaireSet } from './questionnaire.ts';
  * The invitation handed to the EHR: a Communication about the patient, for the visit, in `preparation` (the
  * EHR's portal sends it and marks it sent), its payload the one-time link in the patient's language. Written by
  * conditional create on an identifier derived from the visit, so repeated events for the same encounter find
- * the first invitation instead of sending the patient a second link.
+ * the first invitation instead of sending the patient a second link. A visit booked as an Appointment is
+ * invited once: the Encounter that later names that Appointment finds the Appointment's invitation.
  */
 const invitationText: Record<string, (link: string) => string> = {
   en: (link) => `Please answer a few questions before your visit, so your care team can prepare: ${link}`,
@@ -15,8 +16,17 @@ const invitationText: Record<string, (link: string) => string> = {
     `Por favor, responda unas preguntas antes de su cita para que su equipo médico pueda prepararse: ${link}`,
 };
 
-function invitationIdentifier(identifierSystem: string, encounterId: string) {
-  return { system: `${identifierSystem}/invitation`, value: `Encounter/${encounterId}` };
+function invitationIdentifier(identifierSystem: string, visitKey: string) {
+  return { system: `${identifierSystem}/invitation`, value: visitKey };
+}
+
+/** What an invitation is for: the patient and one visit, an Encounter or an Appointment. */
+export interface InvitedVisit {
+  patientId: string;
+  encounterId?: string;
+  appointmentId?: string;
+  /** Other resources the same visit goes by (an Encounter's Appointments): invited under those, not again. */
+  alsoKnownAs?: string[];
 }
 
 function interviewUrl(publicUrl: string, token: string): string {
@@ -34,27 +44,28 @@ export interface InvitationOptions {
 }
 
 export async function ensureInvitation(
-  encounter: Encounter,
+  visit: InvitedVisit,
   options: InvitationOptions,
-): Promise<{ communication: Communication; created: boolean } | undefined> {
-  const patientId = /^Patient\/([^/]+)$/.exec(encounter.subject?.reference ?? '')?.[1];
-  const encounterId = encounter.id;
-  if (!patientId || !encounterId) return undefined;
-  const identifier = invitationIdentifier(options.identifierSystem, encounterId);
+): Promise<{ communication: Communication; created: boolean }> {
+  const { patientId, encounterId, appointmentId } = visit;
+  const key = encounterId ? `Encounter/${encounterId}` : `Appointment/${appointmentId}`;
+  const identifier = invitationIdentifier(options.identifierSystem, key);
   const ifNoneExist = new URLSearchParams({
     identifier: `${identifier.system}|${identifier.value}`,
   }).toString();
   // Checked first so the patient is not read for every repeated event of a visit already invited.
-  const [existing] = await options.fhir.search<Communication>('Communication', {
-    identifier: `${identifier.system}|${identifier.value}`,
-  });
-  if (existing) return { communication: existing, created: false };
+  for (const known of [key, ...(visit.alsoKnownAs ?? [])]) {
+    const [existing] = await options.fhir.search<Communication>('Communication', {
+      identifier: `${identifier.system}|${known}`,
+    });
+    if (existing) return { communication: existing, created: false };
+  }
   const patient = await options.fhir.read<Patient>('Patient', patientId);
   const language = options.questionnaires.languageFor(patient);
   const now = options.now?.() ?? new Date();
   const token = sealInvitation(options.sealer, {
     patientId,
-    encounterId,
+    ...(encounterId ? { encounterId } : { appointmentId }),
     expiresAt: now.getTime() + options.linkLifetimeHours * 3_600_000,
     nonce: newNonce(),
   });
@@ -74,7 +85,10 @@ export async function ensureInvitation(
     ],
     language,
     subject: { reference: `Patient/${patientId}` },
-    encounter: { reference: `Encounter/${encounterId}` },
+    // Communication.encounter is Reference(Encounter) only; a booked Appointment is what it is `about`.
+    ...(encounterId
+      ? { encounter: { reference: `Encounter/${encounterId}` } }
+      : { about: [{ reference: `Appointment/${appointmentId}` }] }),
     recipient: [{ reference: `Patient/${patientId}` }],
     payload: [
       { contentString: text },

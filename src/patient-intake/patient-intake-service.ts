@@ -1,5 +1,5 @@
 import path from 'node:path';
-import type { Encounter, Patient, QuestionnaireResponse } from 'fhir/r4.js';
+import type { Appointment, Encounter, Patient, QuestionnaireResponse } from 'fhir/r4.js';
 import type { PromptLibrary } from '../../agents/prompt-library.ts';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { OperationOutcomeError } from '../../fhir/operation-outcome.ts';
@@ -20,7 +20,7 @@ import {
   pendingFollowUps,
   readAnswers,
 } from './interview.ts';
-import { type InvitationClaims, LinkSealer, openInvitation } from './invitation-token.ts';
+import { type InvitationClaims, LinkSealer, openInvitation, visitKey } from './invitation-token.ts';
 import { ensureInvitation } from './invitations.ts';
 import { loadQuestionnaires, type QuestionnaireSet } from './questionnaire.ts';
 import { buildQuestionnaireResponse, responseSearch } from './questionnaire-response.ts';
@@ -62,7 +62,8 @@ export interface PatientIntakeOptions {
   /** Called once the answers are in the EHR (the briefing is redrafted with them). */
   onAnswersWritten?: (written: {
     patientId: string;
-    encounterId: string;
+    /** Absent when the visit is an Appointment no Encounter names yet. */
+    encounterId?: string;
     responseId: string;
     urgency: Urgency;
   }) => Promise<void>;
@@ -70,6 +71,28 @@ export interface PatientIntakeOptions {
 }
 
 const closedStatuses: Encounter['status'][] = ['cancelled', 'entered-in-error', 'finished'];
+/** Appointments whose visit is over or will not happen: their links no longer open. */
+const closedAppointmentStatuses: Appointment['status'][] = [
+  'cancelled',
+  'noshow',
+  'entered-in-error',
+  'fulfilled',
+];
+
+export type InvitationOutcome = 'invited' | 'already-invited' | 'not-a-booking';
+
+/** The Appointment's patient, when one takes part (a participant whose actor is a Patient and who has not declined). */
+function appointmentPatient(appointment: Appointment): string | undefined {
+  const participant = appointment.participant?.find(
+    (candidate) =>
+      /^Patient\/[A-Za-z0-9\-.]{1,64}$/.test(candidate.actor?.reference ?? '') &&
+      candidate.status !== 'declined',
+  );
+  return participant?.actor?.reference?.slice('Patient/'.length);
+}
+
+/** A link's claims once opened, with the visit's Encounter: the bound one, or the one naming the Appointment. */
+type VisitClaims = InvitationClaims & { visitEncounterId?: string };
 
 export class PatientIntake {
   readonly questionnaires: QuestionnaireSet;
@@ -91,18 +114,45 @@ export class PatientIntake {
   }
 
   /** On a visit event: invite when the Encounter's status books a visit (idempotent per visit). */
-  async inviteForEncounter(encounterId: string): Promise<'invited' | 'already-invited' | 'not-a-booking'> {
-    let encounter: Encounter;
-    try {
-      encounter = await this.#options.fhir.read<Encounter>('Encounter', encounterId);
-    } catch (error) {
-      if (error instanceof OperationOutcomeError && (error.status === 404 || error.status === 410))
-        return 'not-a-booking';
-      throw error;
-    }
+  async inviteForEncounter(encounterId: string): Promise<InvitationOutcome> {
+    const encounter = await this.#readIfPresent<Encounter>('Encounter', encounterId);
+    if (!encounter) return 'not-a-booking';
     if (!(this.#options.config.inviteOnStatuses as string[]).includes(encounter.status))
       return 'not-a-booking';
-    const result = await ensureInvitation(encounter, {
+    const patientId = /^Patient\/([^/]+)$/.exec(encounter.subject?.reference ?? '')?.[1];
+    if (!patientId) return 'not-a-booking';
+    const appointments = (encounter.appointment ?? [])
+      .map((reference) => reference.reference ?? '')
+      .filter((reference) => /^Appointment\/[A-Za-z0-9\-.]{1,64}$/.test(reference));
+    return this.#invite({ patientId, encounterId, alsoKnownAs: appointments });
+  }
+
+  /**
+   * On an Appointment event (the notification is a hint: the Appointment is read again): invite when it is
+   * booked, a patient takes part and it starts in the future. Idempotent per Appointment.
+   */
+  async inviteForAppointment(appointmentId: string): Promise<InvitationOutcome> {
+    const appointment = await this.#readIfPresent<Appointment>('Appointment', appointmentId);
+    if (appointment?.status !== 'booked') return 'not-a-booking';
+    const start = Date.parse(appointment.start ?? '');
+    if (!Number.isFinite(start) || start <= this.#now().getTime()) return 'not-a-booking';
+    const patientId = appointmentPatient(appointment);
+    if (!patientId) return 'not-a-booking';
+    return this.#invite({ patientId, appointmentId });
+  }
+
+  async #readIfPresent<T extends Encounter | Appointment>(type: T['resourceType'], id: string) {
+    try {
+      return await this.#options.fhir.read<T>(type, id);
+    } catch (error) {
+      if (error instanceof OperationOutcomeError && (error.status === 404 || error.status === 410))
+        return undefined;
+      throw error;
+    }
+  }
+
+  async #invite(visit: Parameters<typeof ensureInvitation>[0]): Promise<InvitationOutcome> {
+    const result = await ensureInvitation(visit, {
       fhir: this.#options.fhir,
       sealer: this.#linkSealer,
       questionnaires: this.questionnaires,
@@ -111,10 +161,14 @@ export class PatientIntake {
       linkLifetimeHours: this.#options.config.linkLifetimeHours,
       now: this.#now,
     });
-    if (!result) return 'not-a-booking';
     if (result.created)
       this.#options.logger.info(
-        { encounterId, communicationId: result.communication.id },
+        {
+          ...(visit.encounterId
+            ? { encounterId: visit.encounterId }
+            : { appointmentId: visit.appointmentId }),
+          communicationId: result.communication.id,
+        },
         'intake-invitation-written',
       );
     return result.created ? 'invited' : 'already-invited';
@@ -179,7 +233,7 @@ export class PatientIntake {
 
   async #stepPage(
     state: InterviewState,
-    claims: InvitationClaims,
+    claims: VisitClaims,
     problems: Record<string, FieldProblem>,
     first: boolean,
     shownAnswers: InterviewState['answers'] = state.answers,
@@ -206,7 +260,7 @@ export class PatientIntake {
     };
   }
 
-  async #followUps(state: InterviewState, claims: InvitationClaims) {
+  async #followUps(state: InterviewState, claims: VisitClaims) {
     const model = this.#options.model;
     if (!model || this.#options.config.maxFollowUpQuestions === 0) return [];
     const questionnaire = this.questionnaires.get(state.language);
@@ -231,32 +285,37 @@ export class PatientIntake {
     }
   }
 
-  #response(state: InterviewState, claims: InvitationClaims): QuestionnaireResponse {
+  #response(state: InterviewState, claims: VisitClaims): QuestionnaireResponse {
     return buildQuestionnaireResponse({
       questionnaire: this.questionnaires.get(state.language),
       followUps: state.followUps,
       answers: state.answers,
       patientId: claims.patientId,
-      encounterId: claims.encounterId,
+      visitKey: visitKey(claims),
+      ...(claims.visitEncounterId ? { encounterId: claims.visitEncounterId } : {}),
+      ...(claims.appointmentId ? { appointmentId: claims.appointmentId } : {}),
       identifierSystem: this.#options.config.identifierSystem,
       authored: this.#now(),
     });
   }
 
-  async #finish(state: InterviewState, claims: InvitationClaims): Promise<IntakePage> {
+  async #finish(state: InterviewState, claims: VisitClaims): Promise<IntakePage> {
     const { fhir, config, logger } = this.#options;
     const response = this.#response(state, claims);
     const written = await fhir.create(response, {
-      ifNoneExist: responseSearch(config.identifierSystem, claims.encounterId),
+      ifNoneExist: responseSearch(config.identifierSystem, visitKey(claims)),
     });
     // The conditional create found answers already given: this link has been used.
     if (!written.created) return { kind: 'problem', problem: 'used', language: state.language };
     const responseId = written.resource.id as string;
     const urgency = this.redFlags.assess(written.resource);
     // Soon or urgent: recorded for the care team (and read back by the briefing and the CDS urgency card).
+    const encounterId = claims.visitEncounterId;
+    const visit = encounterId ? { encounterId } : { appointmentId: claims.appointmentId };
     await raiseUrgencyFlag(fhir, {
       patientId: claims.patientId,
-      encounterId: claims.encounterId,
+      visitKey: visitKey(claims),
+      ...(encounterId ? { encounterId } : {}),
       responseId,
       urgency,
       identifierSystem: config.identifierSystem,
@@ -264,7 +323,7 @@ export class PatientIntake {
     });
     logger.info(
       {
-        encounterId: claims.encounterId,
+        ...visit,
         responseId,
         urgency: urgency.level,
         rules: urgency.reasons.map((reason) => reason.ruleId),
@@ -274,16 +333,13 @@ export class PatientIntake {
     try {
       await this.#options.onAnswersWritten?.({
         patientId: claims.patientId,
-        encounterId: claims.encounterId,
+        ...(encounterId ? { encounterId } : {}),
         responseId,
         urgency,
       });
     } catch (error) {
       // The answers are in the EHR; a briefing that could not be queued again must not undo the patient's page.
-      logger.error(
-        { encounterId: claims.encounterId, error: (error as Error).message },
-        'intake-briefing-refresh-failed',
-      );
+      logger.error({ ...visit, error: (error as Error).message }, 'intake-briefing-refresh-failed');
     }
     return {
       kind: 'done',
@@ -306,7 +362,7 @@ export class PatientIntake {
   async #openLink(
     token: string,
   ): Promise<
-    { claims: InvitationClaims; language: string } | { problem: Extract<IntakePage, { kind: 'problem' }> }
+    { claims: VisitClaims; language: string } | { problem: Extract<IntakePage, { kind: 'problem' }> }
   > {
     const fallbackLanguage = this.questionnaires.defaultLanguage;
     const opened = openInvitation(this.#linkSealer, token, this.#now());
@@ -314,24 +370,53 @@ export class PatientIntake {
       return { problem: { kind: 'problem', problem: opened.problem, language: fallbackLanguage } };
     const claims = opened.value;
     const { fhir, config } = this.#options;
-    const [patient, encounter, answered] = await Promise.all([
+    const [patient, visit, answered] = await Promise.all([
       fhir.read<Patient>('Patient', claims.patientId),
-      fhir.read<Encounter>('Encounter', claims.encounterId),
+      this.#visitOf(claims),
       fhir.searchPage('QuestionnaireResponse', {
-        ...Object.fromEntries(
-          new URLSearchParams(responseSearch(config.identifierSystem, claims.encounterId)),
-        ),
+        ...Object.fromEntries(new URLSearchParams(responseSearch(config.identifierSystem, visitKey(claims)))),
         _count: 1,
       }),
     ]);
     const language = this.questionnaires.languageFor(patient);
-    if (
-      encounter.subject?.reference !== `Patient/${claims.patientId}` ||
-      closedStatuses.includes(encounter.status)
-    )
-      return { problem: { kind: 'problem', problem: 'visit-closed', language } };
+    if (!visit.open) return { problem: { kind: 'problem', problem: 'visit-closed', language } };
     if ((answered.entry ?? []).some((entry) => entry.resource?.resourceType === 'QuestionnaireResponse'))
       return { problem: { kind: 'problem', problem: 'used', language } };
-    return { claims, language };
+    return {
+      claims: { ...claims, ...(visit.encounterId ? { visitEncounterId: visit.encounterId } : {}) },
+      language,
+    };
+  }
+
+  /**
+   * Whether the link's visit is still ahead for this patient, and its Encounter: the bound one, or for an
+   * Appointment the Encounter that names it (`Encounter.appointment`), once the EHR has made one.
+   */
+  async #visitOf(claims: InvitationClaims): Promise<{ open: boolean; encounterId?: string }> {
+    const { fhir } = this.#options;
+    const patient = `Patient/${claims.patientId}`;
+    if (claims.encounterId) {
+      const encounter = await fhir.read<Encounter>('Encounter', claims.encounterId);
+      const open = encounter.subject?.reference === patient && !closedStatuses.includes(encounter.status);
+      return { open, encounterId: claims.encounterId };
+    }
+    const appointmentId = claims.appointmentId as string;
+    const [appointment, encounters] = await Promise.all([
+      fhir.read<Appointment>('Appointment', appointmentId),
+      fhir.search<Encounter>('Encounter', { appointment: `Appointment/${appointmentId}` }),
+    ]);
+    const open =
+      appointmentPatient(appointment) === claims.patientId &&
+      !closedAppointmentStatuses.includes(appointment.status);
+    const encounter = encounters.find(
+      (candidate) =>
+        candidate.subject?.reference === patient &&
+        candidate.id &&
+        !closedStatuses.includes(candidate.status) &&
+        (candidate.appointment ?? []).some(
+          (reference) => reference.reference === `Appointment/${appointmentId}`,
+        ),
+    );
+    return { open, ...(encounter?.id ? { encounterId: encounter.id } : {}) };
   }
 }

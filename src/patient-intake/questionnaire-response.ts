@@ -14,15 +14,23 @@ export interface FollowUpQuestion {
   type: 'text' | 'boolean';
 }
 
-function responseIdentifier(identifierSystem: string, encounterId: string) {
-  return { system: `${identifierSystem}/response`, value: `Encounter/${encounterId}` };
+/** `visitKey`: `Encounter/<id>` or `Appointment/<id>`, the resource the link was bound to. */
+function responseIdentifier(identifierSystem: string, visitKey: string) {
+  return { system: `${identifierSystem}/response`, value: visitKey };
 }
 
 /** The search that finds the answers already given for this visit (the conditional create's If-None-Exist). */
-export function responseSearch(identifierSystem: string, encounterId: string): string {
-  const identifier = responseIdentifier(identifierSystem, encounterId);
+export function responseSearch(identifierSystem: string, visitKey: string): string {
+  const identifier = responseIdentifier(identifierSystem, visitKey);
   return new URLSearchParams({ identifier: `${identifier.system}|${identifier.value}` }).toString();
 }
+
+/**
+ * The Appointment the answers were given for. R4 has no element for it on a QuestionnaireResponse (`encounter`
+ * is Reference(Encounter) only, `basedOn` CarePlan or ServiceRequest, `partOf` Observation or Procedure), so
+ * it goes in this extension; `encounter` is set as well once an Encounter names the Appointment.
+ */
+export const appointmentExtensionUrl = 'urn:ehr-draft-agent:patient-intake:appointment';
 
 /** Marks the questions the model generated, so a reader can tell them from the site's own. */
 const generatedQuestionExtension = 'urn:ehr-draft-agent:patient-intake:generated-question';
@@ -45,7 +53,11 @@ export function buildQuestionnaireResponse(options: {
   followUps: FollowUpQuestion[];
   answers: Answers;
   patientId: string;
-  encounterId: string;
+  /** The link's visit key (`Encounter/<id>` or `Appointment/<id>`): the identifier that makes it one-time. */
+  visitKey: string;
+  /** The visit's Encounter, when there is one yet. */
+  encounterId?: string;
+  appointmentId?: string;
   identifierSystem: string;
   authored: Date;
 }): QuestionnaireResponse {
@@ -67,12 +79,22 @@ export function buildQuestionnaireResponse(options: {
     }));
   return {
     resourceType: 'QuestionnaireResponse',
+    ...(options.appointmentId
+      ? {
+          extension: [
+            {
+              url: appointmentExtensionUrl,
+              valueReference: { reference: `Appointment/${options.appointmentId}` },
+            },
+          ],
+        }
+      : {}),
     language: options.questionnaire.language,
-    identifier: responseIdentifier(options.identifierSystem, options.encounterId),
+    identifier: responseIdentifier(options.identifierSystem, options.visitKey),
     questionnaire: `${options.questionnaire.url}|${options.questionnaire.version}`,
     status: 'completed',
     subject: patient,
-    encounter: { reference: `Encounter/${options.encounterId}` },
+    ...(options.encounterId ? { encounter: { reference: `Encounter/${options.encounterId}` } } : {}),
     authored: options.authored.toISOString(),
     author: patient,
     source: patient,

@@ -28,9 +28,15 @@ export function patientIntakeEnabled(config: ServiceConfig, sandbox: boolean): b
 /**
  * What the intake does with the service's own token: answers written by conditional create and found again
  * (QuestionnaireResponse.crs), invitations (Communication.cs) and urgent Flags (Flag.cs) the same way; the
- * briefing reads both back. One scope per type, added only for types the configured list does not name yet.
+ * briefing reads both back; a booked Appointment is read again on its event. One scope per type, added only for
+ * types the configured list does not name yet.
  */
-const patientIntakeScopes = ['system/QuestionnaireResponse.crs', 'system/Communication.cs', 'system/Flag.cs'];
+const patientIntakeScopes = [
+  'system/QuestionnaireResponse.crs',
+  'system/Communication.cs',
+  'system/Flag.cs',
+  'system/Appointment.r',
+];
 
 /** What the review app reads with the clinician's token: the answers and the flag a briefing cites. */
 export const patientIntakeLaunchScopes = ['patient/QuestionnaireResponse.r', 'patient/Flag.r'];
@@ -72,6 +78,11 @@ export interface PatientIntakeWiring {
   reportedUrgency(query: { patientId: string; encounterId?: string }): Promise<VisitUrgency | undefined>;
   /** Before each encounter job: invite when the visit is booked. Never fails the job. */
   onEncounterJob(job: EncounterJob): Promise<void>;
+  /**
+   * Appointment events from any source (a hint: each Appointment is read again): invite when booked. Called
+   * after the notification was answered; failures are logged, and the next event for it tries again.
+   */
+  onAppointmentEvents(appointmentIds: string[]): Promise<void>;
 }
 
 export function startPatientIntake(
@@ -99,7 +110,9 @@ export function startPatientIntake(
   if (!secret) throw new Error('patientIntake.secret is required outside the sandbox');
 
   /** The briefing again, now with the answers; a draft a clinician has taken over is left as it is. */
-  async function refreshBriefing(written: { patientId: string; encounterId: string }): Promise<void> {
+  async function refreshBriefing(written: { patientId: string; encounterId?: string }): Promise<void> {
+    // An Appointment no Encounter names yet: the briefing drafted for its Encounter later reads the answers then.
+    if (!written.encounterId) return;
     const encounter = await fhir.read<Encounter>('Encounter', written.encounterId);
     const kind = config.triggers[encounter.status];
     if (kind !== 'previsit-briefing') return;
@@ -139,6 +152,18 @@ export function startPatientIntake(
           { encounterId: job.encounterId, error: (error as Error).message.slice(0, 200) },
           'intake-invitation-failed',
         );
+      }
+    },
+    async onAppointmentEvents(appointmentIds) {
+      for (const appointmentId of new Set(appointmentIds)) {
+        try {
+          await intake.inviteForAppointment(appointmentId);
+        } catch (error) {
+          logger.warn(
+            { appointmentId, error: (error as Error).message.slice(0, 200) },
+            'intake-invitation-failed',
+          );
+        }
       }
     },
   };

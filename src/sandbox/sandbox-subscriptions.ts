@@ -1,6 +1,6 @@
 import { matchesSearchRequest, OperationOutcomeError, parseSearchRequest } from '@medplum/core';
 import type { OperationOutcome as MedplumOutcome, Resource } from '@medplum/fhirtypes';
-import type { Bundle, Encounter, Subscription } from 'fhir/r4.js';
+import type { Appointment, Bundle, Encounter, Subscription } from 'fhir/r4.js';
 import { outcome, outcomeError } from '../../fhir/operation-outcome.ts';
 import { type Logger, silentLogger } from '../log.ts';
 import type { GuardedWrite, ObservedRepository, ResourceWrite } from './observed-repository.ts';
@@ -14,7 +14,8 @@ import {
 } from './subscription-notifications.ts';
 
 /**
- * Subscriptions as the FHIR Subscriptions Backport IG (R4) describes them, for Encounter events, with
+ * Subscriptions as the FHIR Subscriptions Backport IG (R4) describes them, for Encounter events (and
+ * Appointment events, for classic `Appointment?...` criteria, as the pre-visit intake asks for), with
  * the lifecycle strict servers enforce. A Subscription is `requested` until its endpoint answers the
  * handshake with a 2xx, then `active`; only active subscriptions are notified: an `event-notification`
  * (id-only unless the subscription asks otherwise) for every Encounter created or whose status changes,
@@ -334,11 +335,11 @@ export class SandboxSubscriptions {
   private onWrite(write: ResourceWrite): void {
     if (this.closed) return;
     if (write.current.resourceType === 'Subscription') this.onSubscriptionWrite(write);
-    if (write.current.resourceType === 'Encounter') {
-      const previous = write.previous as unknown as Encounter | undefined;
-      const current = write.current as unknown as Encounter;
+    if (write.current.resourceType === 'Encounter' || write.current.resourceType === 'Appointment') {
+      const previous = write.previous as unknown as Encounter | Appointment | undefined;
+      const current = write.current as unknown as Encounter | Appointment;
       if (previous && previous.status === current.status) return;
-      this.track(this.onEncounterEvent(current, write.interaction));
+      this.track(this.onFocusEvent(current, write.interaction));
     }
   }
 
@@ -393,9 +394,9 @@ export class SandboxSubscriptions {
         expression: 'Subscription.channel.endpoint',
       };
     const criteria = subscription.criteria ?? '';
-    if (!/^https?:\/\//.test(criteria) && !/^Encounter(\?|$)/.test(criteria))
+    if (!/^https?:\/\//.test(criteria) && !/^(Encounter|Appointment)(\?|$)/.test(criteria))
       return {
-        diagnostics: 'only Encounter criteria or a topic URL are supported by this sandbox',
+        diagnostics: 'only Encounter or Appointment criteria or a topic URL are supported by this sandbox',
         expression: 'Subscription.criteria',
       };
     return undefined;
@@ -419,7 +420,10 @@ export class SandboxSubscriptions {
       this.options.logger.info({ subscriptionId: subscription.id, status }, 'sandbox-subscription-status');
   }
 
-  private async onEncounterEvent(encounter: Encounter, interaction: 'create' | 'update'): Promise<void> {
+  private async onFocusEvent(
+    focus: Encounter | Appointment,
+    interaction: 'create' | 'update',
+  ): Promise<void> {
     const timestamp = new Date().toISOString();
     const bundle = await this.repository.search({ resourceType: 'Subscription', count: 1000 });
     for (const entry of bundle.entry ?? []) {
@@ -429,11 +433,11 @@ export class SandboxSubscriptions {
       if (subscription.status !== 'active' && subscription.status !== 'error') continue;
       // A subscription past its `end` is over, as on a real server.
       if (subscription.end && Date.parse(subscription.end) < Date.now()) continue;
-      if (this.unsupportedReason(subscription) || !this.matches(subscription, encounter)) continue;
+      if (this.unsupportedReason(subscription) || !this.matches(subscription, focus)) continue;
       const id = subscription.id!;
       const eventNumber = (this.eventCounts.get(id) ?? 0) + 1;
       this.eventCounts.set(id, eventNumber);
-      const event: SubscriptionEvent = { eventNumber, timestamp, encounter, interaction };
+      const event: SubscriptionEvent = { eventNumber, timestamp, focus, interaction };
       const log = this.eventLogs.get(id) ?? [];
       log.push(event);
       if (log.length > eventLogLimit) log.splice(0, log.length - eventLogLimit);
@@ -443,21 +447,21 @@ export class SandboxSubscriptions {
     }
   }
 
-  private matches(subscription: Subscription, encounter: Encounter): boolean {
+  /** Whether the subscription asks for this event: its type (a topic URL is the encounter topic), then its filters. */
+  private matches(subscription: Subscription, focus: Encounter | Appointment): boolean {
     const criteria = subscription.criteria ?? '';
+    const type = /^https?:\/\//.test(criteria) ? 'Encounter' : criteria.replace(/\?.*$/, '');
+    if (type !== focus.resourceType) return false;
     const filters = /^https?:\/\//.test(criteria)
       ? (subscription._criteria?.extension ?? [])
           .filter((extension) => extension.url === filterCriteriaUrl && extension.valueString)
           .map((extension) => extension.valueString as string)
       : [criteria];
     return filters.every((filter) => {
-      const query = filter.replace(/^Encounter[.?]?/, '');
+      const query = filter.replace(new RegExp(`^${type}[.?]?`), '');
       if (!query) return true;
       const normalized = query.replace(/(^|&)patient=(?!Patient\/)([^&]+)/g, '$1patient=Patient/$2');
-      return matchesSearchRequest(
-        encounter as unknown as Resource,
-        parseSearchRequest(`Encounter?${normalized}`),
-      );
+      return matchesSearchRequest(focus as unknown as Resource, parseSearchRequest(`${type}?${normalized}`));
     });
   }
 
@@ -568,7 +572,7 @@ export class SandboxSubscriptions {
       subscriptionId: id,
       type: job.type,
       eventNumber: job.event?.eventNumber,
-      focus: job.event ? `Encounter/${job.event.encounter.id}` : undefined,
+      focus: job.event ? `${job.event.focus.resourceType}/${job.event.focus.id}` : undefined,
       endpoint,
       attempts,
       status: delivered ? 'delivered' : 'failed',

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type {
+  Appointment,
   Bundle,
   BundleEntry,
   Encounter,
@@ -28,7 +29,8 @@ export type PayloadContent = 'empty' | 'id-only' | 'full-resource';
 export interface SubscriptionEvent {
   eventNumber: number;
   timestamp: string;
-  encounter: Encounter;
+  /** The resource the event is about: an Encounter, or an Appointment for `Appointment?...` criteria. */
+  focus: Encounter | Appointment;
   interaction: 'create' | 'update';
 }
 
@@ -49,8 +51,13 @@ export function payloadContent(subscription: Subscription): PayloadContent {
 
 export function topicOf(subscription: Subscription, absolute: (relative: string) => string): string {
   const criteria = subscription.criteria ?? '';
-  // Classic `Encounter?...` criteria have no topic: name the sandbox's own encounter topic.
-  return /^https?:\/\//.test(criteria) ? criteria : absolute('SubscriptionTopic/encounter-status');
+  // Classic `Encounter?...` or `Appointment?...` criteria have no topic: name the sandbox's own for the type.
+  if (/^https?:\/\//.test(criteria)) return criteria;
+  return absolute(
+    criteria.startsWith('Appointment')
+      ? 'SubscriptionTopic/appointment-status'
+      : 'SubscriptionTopic/encounter-status',
+  );
 }
 
 export function statusParameters(context: StatusContext, events: SubscriptionEvent[]): Parameters {
@@ -73,7 +80,7 @@ export function statusParameters(context: StatusContext, events: SubscriptionEve
     if (content !== 'empty')
       part.push({
         name: 'focus',
-        valueReference: { reference: absolute(`Encounter/${event.encounter.id}`) },
+        valueReference: { reference: absolute(`${event.focus.resourceType}/${event.focus.id}`) },
       });
     parameter.push({ name: 'notification-event', part });
   }
@@ -97,12 +104,13 @@ export function notificationBundle(context: StatusContext, events: SubscriptionE
       ? []
       : events.map((event) => {
           const created = event.interaction === 'create';
+          const type = event.focus.resourceType;
           return {
-            fullUrl: absolute(`Encounter/${event.encounter.id}`),
-            ...(content === 'full-resource' ? { resource: event.encounter } : {}),
+            fullUrl: absolute(`${type}/${event.focus.id}`),
+            ...(content === 'full-resource' ? { resource: event.focus } : {}),
             request: {
               method: created ? 'POST' : 'PUT',
-              url: created ? 'Encounter' : `Encounter/${event.encounter.id}`,
+              url: created ? type : `${type}/${event.focus.id}`,
             },
             response: { status: created ? '201' : '200' },
           };
