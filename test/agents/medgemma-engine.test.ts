@@ -656,7 +656,8 @@ describe('MedGemma engine: bounds', () => {
           : sources;
         return JSON.stringify({
           facts: Array.from({ length: count }, (_, index) => ({
-            fact: `${longFact} ${index}`,
+            // Distinct per source: the same statement from two notes would be merged before any reduction.
+            fact: `${longFact} ${cited[index % cited.length]} ${index}`,
             citations: [cited[index % cited.length]],
           })),
         });
