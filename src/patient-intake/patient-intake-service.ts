@@ -138,7 +138,14 @@ export class PatientIntake {
     if (!Number.isFinite(start) || start <= this.#now().getTime()) return 'not-a-booking';
     const patientId = appointmentPatient(appointment);
     if (!patientId) return 'not-a-booking';
-    return this.#invite({ patientId, appointmentId });
+    // An Encounter already made for this Appointment may have been invited first: the same visit, not again.
+    const encounters = await this.#options.fhir.search<Encounter>('Encounter', {
+      appointment: `Appointment/${appointmentId}`,
+    });
+    const alsoKnownAs = encounters
+      .filter((encounter) => encounter.id && encounter.subject?.reference === `Patient/${patientId}`)
+      .map((encounter) => `Encounter/${encounter.id}`);
+    return this.#invite({ patientId, appointmentId, alsoKnownAs });
   }
 
   async #readIfPresent<T extends Encounter | Appointment>(type: T['resourceType'], id: string) {

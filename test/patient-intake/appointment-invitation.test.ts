@@ -261,6 +261,35 @@ describe('the sandbox delivers Appointment events; the answers name the Appointm
     expect(await (await fetch(link)).text()).toMatch(/already|used/i);
   });
 
+  it('an Appointment booked after its Encounter was invited is the same visit: no second invitation', async () => {
+    const proposed = await book({ status: 'proposed' });
+    const start = new Date(Date.now() + 2 * 86_400_000);
+    const encounter = (
+      await fhir.create<Encounter>({
+        resourceType: 'Encounter',
+        status: 'planned',
+        class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' },
+        subject: { reference: `Patient/${patientId}` },
+        appointment: [{ reference: `Appointment/${proposed.id}` }],
+        period: { start: start.toISOString() },
+      })
+    ).resource;
+    const first = await waitFor(
+      () =>
+        fhir
+          .search<Communication>('Communication', { encounter: `Encounter/${encounter.id}` })
+          .then((found) => found[0]),
+      "the Encounter's invitation",
+    );
+    expect(first).toBeDefined();
+    await fhir.update<Appointment>({ ...proposed, status: 'booked' });
+    // A later booked Appointment for the same patient is the marker that the first event was worked.
+    const marker = await book();
+    await waitFor(() => invitation(marker.id as string), 'the marker invitation');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(await invitation(proposed.id as string)).toBeUndefined();
+  });
+
   it('the Encounter that names the Appointment gets no second invitation, and the answers reference it', async () => {
     const booked = await book();
     const sent = await waitFor(() => invitation(booked.id as string), 'the invitation');
