@@ -83,6 +83,7 @@ export class WorkerPool {
       this.#inFlight.set(job.id, { job, done, stopRenewing });
       await done;
       this.#inFlight.delete(job.id);
+      this.#released.delete(job.id); // its run is over: nothing left to keep unrecorded
     }
   }
 
