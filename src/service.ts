@@ -37,6 +37,7 @@ import {
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
 import {
   createRecordImagesStage,
+  imagingLaunchScopes,
   reviewImagingOptions,
   withImagingScopes,
 } from './pipeline/record-images-stage.ts';
@@ -200,8 +201,12 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       ),
       serviceUrl: url,
       fhirBaseUrl,
-      // The review app reads the patient's pre-visit answers and flags that the briefing cites.
-      ...(patientIntakeEnabled(config, true) ? { extraLaunchScopes: patientIntakeLaunchScopes } : {}),
+      // The review app reads the patient's pre-visit answers and flags that the briefing cites, and the images
+      // (thumbnails, the citation view) of a draft that read them.
+      extraLaunchScopes: [
+        ...(patientIntakeEnabled(config, true) ? patientIntakeLaunchScopes : []),
+        ...(config.model.vision ? imagingLaunchScopes : []),
+      ],
     });
     // The sandbox EHR's patient list, where a clinician opens the review app from an encounter (a real EHR launch).
     const { sandboxLaunchRouter } = await import('./http/sandbox-launch-page.ts');

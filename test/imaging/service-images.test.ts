@@ -95,4 +95,19 @@ describe('the service reads the record’s images when model.vision is set', () 
     expect(vision.requests).toHaveLength(1);
     expect(imageInRequest(vision.requests[0].body).width).toBe(896);
   }, 120_000);
+
+  it('lets the sandbox review app ask for the image scopes its thumbnails and citation view read with', async () => {
+    // The sandbox registers its own review client when no auth.launch is set: it must carry the imaging scopes.
+    const response = await fetch(
+      `${service.url}/smart/launch?iss=${encodeURIComponent(service.fhirBaseUrl)}`,
+      {
+        redirect: 'manual',
+      },
+    );
+    expect(response.status).toBe(302);
+    const scopes = new URL(response.headers.get('location') as string).searchParams.get('scope')?.split(' ');
+    expect(scopes).toEqual(
+      expect.arrayContaining(['patient/Media.r', 'patient/ImagingStudy.r', 'patient/DiagnosticReport.r']),
+    );
+  });
 });
