@@ -15,7 +15,7 @@ import { appointmentExtensionUrl } from '../../src/patient-intake/questionnaire-
 import type { RunningService } from '../../src/service.ts';
 import { type IntakeHarness, startIntakeHarness, waitFor as waitUntil } from '../support/intake-harness.ts';
 import { notificationBundle } from '../support/notification-builder.ts';
-import { linkOf, startIntakeService, waitFor, withFhirDefinitions } from './intake-support.ts';
+import { answerByForm, linkOf, startIntakeService, waitFor, withFhirDefinitions } from './intake-support.ts';
 
 /**
  * Invitations on a booked Appointment (issue 16, item 1): every way a real server tells of one (HAPI's classic
@@ -195,39 +195,6 @@ describe('the sandbox delivers Appointment events; the answers name the Appointm
         ),
       );
 
-  async function answer(link: string): Promise<void> {
-    const page = await (await fetch(link)).text();
-    const state = /name="state" value="([^"]+)"/.exec(page)?.[1] as string;
-    const fields = {
-      state,
-      'answer-concern': 'Cough for a week',
-      'answer-onset': 'days',
-      'answer-severity': 'mild',
-      'answer-pain': 'no',
-      'answer-takes-medicines': 'no',
-      'answer-has-allergies': 'no',
-      'answer-chest-pain': 'no',
-      'answer-short-of-breath': 'no',
-      'answer-self-harm': 'no',
-    };
-    let response = await fetch(link, {
-      method: 'POST',
-      headers: { 'content-type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams(fields).toString(),
-    });
-    // Follow-up pages, if any: submitted as they are.
-    for (let page = 0; page < 5 && response.status === 200; page++) {
-      const html = await response.text();
-      const next = /name="state" value="([^"]+)"/.exec(html)?.[1];
-      if (!next) break;
-      response = await fetch(link, {
-        method: 'POST',
-        headers: { 'content-type': 'application/x-www-form-urlencoded' },
-        body: new URLSearchParams({ state: next }).toString(),
-      });
-    }
-  }
-
   it('a booked Appointment written to the sandbox gets one invitation; its answers carry the Appointment', async () => {
     const proposed = await book({ status: 'proposed' });
     const booked = await book();
@@ -239,7 +206,7 @@ describe('the sandbox delivers Appointment events; the answers name the Appointm
     const link = linkOf(sent);
     const page = await fetch(link);
     expect(page.status).toBe(200);
-    await answer(link);
+    await answerByForm(link);
     const [response] = await waitFor(async () => {
       const found = await fhir.search<QuestionnaireResponse>('QuestionnaireResponse', {
         patient: `Patient/${patientId}`,
@@ -316,7 +283,7 @@ describe('the sandbox delivers Appointment events; the answers name the Appointm
       [],
     );
 
-    await answer(linkOf(sent));
+    await answerByForm(linkOf(sent));
     const [response] = await waitFor(async () => {
       const found = await fhir.search<QuestionnaireResponse>('QuestionnaireResponse', {
         encounter: `Encounter/${encounter.id}`,

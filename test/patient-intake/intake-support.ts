@@ -133,3 +133,33 @@ export async function startIntakeService(
 export function withFhirDefinitions(): void {
   loadFhirDefinitionsOnce();
 }
+
+/** The model-free interview answered over HTTP: a mild cough, no to the rest; later pages sent as they are. */
+export async function answerByForm(link: string, concern = 'Cough for a week'): Promise<void> {
+  const stateOf = (html: string) => /name="state" value="([^"]+)"/.exec(html)?.[1];
+  const send = (fields: Record<string, string>) =>
+    fetch(link, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams(fields).toString(),
+    });
+  const state = stateOf(await (await fetch(link)).text());
+  if (!state) throw new Error('the interview page has no form state');
+  let response = await send({
+    state,
+    'answer-concern': concern,
+    'answer-onset': 'days',
+    'answer-severity': 'mild',
+    'answer-pain': 'no',
+    'answer-takes-medicines': 'no',
+    'answer-has-allergies': 'no',
+    'answer-chest-pain': 'no',
+    'answer-short-of-breath': 'no',
+    'answer-self-harm': 'no',
+  });
+  for (let page = 0; page < 5 && response.status === 200; page++) {
+    const next = stateOf(await response.text());
+    if (!next) return;
+    response = await send({ state: next });
+  }
+}

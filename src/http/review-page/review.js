@@ -305,6 +305,58 @@ function renderRecordChanged(article, draft) {
   article.querySelector('.draft-meta').after(note);
 }
 
+/** A cited QuestionnaireResponse: the patient's pre-visit answers (issue 16). */
+const answersReference = /^QuestionnaireResponse\/[A-Za-z0-9\-.]{1,64}$/;
+
+/**
+ * The patient's own answers that the draft cites, next to its text: each question as it was asked and its answer,
+ * read with the clinician's token through the citation view (so what the clinician may not read is not shown).
+ * Answers are the patient's words: text nodes only, never HTML.
+ */
+function renderPatientAnswers(article, draft) {
+  const references = [
+    ...new Set((draft.citations ?? []).filter((reference) => answersReference.test(reference))),
+  ];
+  if (references.length === 0) return;
+  const panel = document.createElement('section');
+  panel.className = 'patient-answers';
+  const headingId = `answers-title-${draft.id}`;
+  panel.setAttribute('aria-labelledby', headingId);
+  const heading = document.createElement('h4');
+  heading.id = headingId;
+  heading.textContent = 'The patient’s answers before the visit';
+  const note = document.createElement('p');
+  note.className = 'muted';
+  note.textContent = 'As the patient gave them, not checked against the record.';
+  panel.append(heading, note);
+  article.querySelector('.draft-text').after(panel);
+  for (const reference of references) {
+    const [type, id] = reference.split('/');
+    const loading = document.createElement('p');
+    loading.className = 'muted';
+    loading.textContent = `Loading ${reference}…`;
+    const fields = document.createElement('dl');
+    fields.className = 'fields answers';
+    panel.append(loading, fields);
+    api('GET', `/citations/${encodeURIComponent(type)}/${encodeURIComponent(id)}`).then(
+      (view) => {
+        for (const field of view.fields) {
+          const term = document.createElement('dt');
+          term.textContent = field.label;
+          const value = document.createElement('dd');
+          value.textContent = field.value;
+          fields.append(term, value);
+        }
+        loading.textContent = `From ${reference}`;
+      },
+      (error) => {
+        if (error instanceof SessionEndedError) return endSession();
+        loading.textContent = `Could not read the answers (${reference}): ${error.message}`;
+      },
+    );
+  }
+}
+
 function renderDraft(draft) {
   const article = byId('draft-template').content.firstElementChild.cloneNode(true);
   const titleId = `draft-title-${draft.id}`;
@@ -330,6 +382,7 @@ function renderDraft(draft) {
   flagged.hidden = !(draft.flagged && open);
   if (draft.flagged && open) renderRemoved(article, draft);
   renderText(article.querySelector('.draft-text'), draft.text ?? '');
+  renderPatientAnswers(article, draft);
 
   const editor = article.querySelector('.editor');
   const textarea = article.querySelector('.editor-text');
