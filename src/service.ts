@@ -341,6 +341,8 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
       await queue.enqueue(jobs);
       workers?.nudge();
     },
+    // With replicas the intake page's rate limits are shared, as /notify's are.
+    ...(storage.database ? { rateLimitStore: intake.store } : {}),
   });
   if (patientIntake) {
     app.mount('/', patientIntake.router);

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import express, { type Request, type Response, type Router } from 'express';
-import { RateLimiter } from '../intake/rate-limiter.ts';
+import { type ClientRateLimit, RateLimiter } from '../intake/rate-limiter.ts';
 import type { Logger } from '../log.ts';
 import type { IntakePage, PatientIntake } from '../patient-intake/patient-intake-service.ts';
 import { renderIntakePage } from './patient-intake-page/render.ts';
@@ -16,7 +16,22 @@ export interface PatientIntakeRouteOptions {
   intake: PatientIntake;
   logger: Logger;
   rateLimit: { perLinkPerMinute: number; perAddressPerMinute: number };
+  /**
+   * Where the buckets live: the shared database with replicas (a link or an address has one budget whichever
+   * replica the balancer picks), absent: this process.
+   */
+  rateLimits?: { perLink: ClientRateLimit; perAddress: ClientRateLimit };
   now?: () => number;
+}
+
+function processLimit(perMinute: number, now: (() => number) | undefined): ClientRateLimit {
+  const limiter = new RateLimiter(perMinute, { now });
+  return {
+    async take(client) {
+      const allowed = limiter.take(client);
+      return { allowed, retryAfterSeconds: allowed ? 0 : limiter.retryAfterSeconds(client) };
+    },
+  };
 }
 
 const stylesheet = readFileSync(new URL('./patient-intake-page/intake.css', import.meta.url), 'utf8');
@@ -37,8 +52,10 @@ function linkKey(token: string): string {
 
 export function patientIntakeRouter(options: PatientIntakeRouteOptions): Router {
   const router = express.Router();
-  const perLink = new RateLimiter(options.rateLimit.perLinkPerMinute, { now: options.now });
-  const perAddress = new RateLimiter(options.rateLimit.perAddressPerMinute, { now: options.now });
+  const perLink =
+    options.rateLimits?.perLink ?? processLimit(options.rateLimit.perLinkPerMinute, options.now);
+  const perAddress =
+    options.rateLimits?.perAddress ?? processLimit(options.rateLimit.perAddressPerMinute, options.now);
   const language = options.intake.questionnaires.defaultLanguage;
 
   /** Refused links answer like a missing or gone page; a rate limit as 429; anything else 200. */
@@ -50,31 +67,35 @@ export function patientIntakeRouter(options: PatientIntakeRouteOptions): Router 
 
   function send(
     response: Response,
-    page: IntakePage | { kind: 'rate-limited'; language: string },
+    page: IntakePage | { kind: 'rate-limited'; language: string; retryAfterSeconds: number },
     action: string,
   ) {
-    if (page.kind === 'rate-limited') response.set('Retry-After', '60');
+    if (page.kind === 'rate-limited') response.set('Retry-After', String(page.retryAfterSeconds));
     response.status(statusOf(page)).set(securityHeaders).type('html').send(renderIntakePage(page, action));
   }
 
-  /** Both limits spend a token; either empty refuses the request. */
-  function limited(request: Request, key: string): boolean {
+  /** Both limits spend a token; either empty refuses the request (the answer: seconds to wait). */
+  async function limited(request: Request, key: string): Promise<number | undefined> {
     const address = request.ip ?? 'unknown';
-    const addressAllowed = perAddress.take(address);
-    const linkAllowed = perLink.take(key);
-    return !(addressAllowed && linkAllowed);
+    const [byAddress, byLink] = await Promise.all([perAddress.take(address), perLink.take(key)]);
+    if (byAddress.allowed && byLink.allowed) return undefined;
+    return Math.max(
+      byAddress.allowed ? 0 : byAddress.retryAfterSeconds,
+      byLink.allowed ? 0 : byLink.retryAfterSeconds,
+    );
   }
 
   async function handle(request: Request, response: Response, work: (token: string) => Promise<IntakePage>) {
     const token = String(request.params.token ?? '');
     const key = linkKey(token);
     const action = `/intake/${encodeURIComponent(token)}`;
-    if (limited(request, key)) {
-      options.logger.warn({ link: key }, 'intake-rate-limited');
-      send(response, { kind: 'rate-limited', language }, action);
-      return;
-    }
     try {
+      const retryAfterSeconds = await limited(request, key);
+      if (retryAfterSeconds !== undefined) {
+        options.logger.warn({ link: key }, 'intake-rate-limited');
+        send(response, { kind: 'rate-limited', language, retryAfterSeconds }, action);
+        return;
+      }
       const page = await work(token);
       if (page.kind === 'problem')
         options.logger.info({ link: key, problem: page.problem }, 'intake-link-refused');

@@ -8,6 +8,8 @@ import { type AuthConfig, backendAuthConfigSchema } from '../config/auth-config.
 import type { ServiceConfig } from '../config/config-schema.ts';
 import { readOrCreateSecretFile } from '../config/operator-secrets.ts';
 import { patientIntakeRouter } from '../http/patient-intake-routes.ts';
+import type { IntakeStateStore } from '../intake/intake-state-store.ts';
+import { sharedRateLimit } from '../intake/rate-limiter.ts';
 import type { Logger } from '../log.ts';
 import type { ModelProvider } from '../model/provider.ts';
 import type { EncounterJob, EncounterJobInput } from '../queue/job-queue.ts';
@@ -97,6 +99,8 @@ export function startPatientIntake(
     writer: Pick<DraftNoteWriter, 'currentDraft'>;
     draftLifecycle: Pick<DraftLifecycle, 'regenerateDraft'>;
     enqueue: (jobs: EncounterJobInput[]) => Promise<void>;
+    /** The shared database's rate buckets (replicas): per-link and per-address limits hold across them. */
+    rateLimitStore?: Pick<IntakeStateStore, 'takeToken'>;
   },
 ): PatientIntakeWiring | undefined {
   if (!patientIntakeEnabled(config, dependencies.sandbox)) return undefined;
@@ -139,7 +143,27 @@ export function startPatientIntake(
   });
   return {
     intake,
-    router: patientIntakeRouter({ intake, logger, rateLimit: config.patientIntake.rateLimit }),
+    router: patientIntakeRouter({
+      intake,
+      logger,
+      rateLimit: config.patientIntake.rateLimit,
+      ...(dependencies.rateLimitStore
+        ? {
+            rateLimits: {
+              perLink: sharedRateLimit(
+                dependencies.rateLimitStore,
+                'intake-link',
+                config.patientIntake.rateLimit.perLinkPerMinute,
+              ),
+              perAddress: sharedRateLimit(
+                dependencies.rateLimitStore,
+                'intake-address',
+                config.patientIntake.rateLimit.perAddressPerMinute,
+              ),
+            },
+          }
+        : {}),
+    }),
     historyTypes: ['QuestionnaireResponse', 'Flag'],
     reportedUrgency: (query) => urgencyFromFlags(fhir, query, config.patientIntake.identifierSystem),
     async onEncounterJob(job) {
