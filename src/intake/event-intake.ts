@@ -83,6 +83,11 @@ export class EventIntake {
     this.#appointmentHandler = handler;
   }
 
+  /** Whether anyone works on Appointment events (the polling reconciler looks for them only then). */
+  get handlesAppointments(): boolean {
+    return this.#appointmentHandler !== undefined;
+  }
+
   /**
    * Appointment events: handed to the handler after this turn, so the sender is answered before any FHIR
    * call (the handler reads each Appointment again). Not kept in the durable queue: a lost one is found again

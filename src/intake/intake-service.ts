@@ -210,7 +210,9 @@ export class IntakeService {
       this.reconciler.start(config.polling.cron);
       this.reconciler.trigger('start');
     } else {
-      await this.store.initialiseCursor('Encounter', new Date().toISOString());
+      const now = new Date().toISOString();
+      await this.store.initialiseCursor('Encounter', now);
+      await this.store.initialiseCursor('Appointment', now);
     }
     if (
       subscription &&

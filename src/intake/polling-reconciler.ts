@@ -1,4 +1,4 @@
-import type { Encounter } from 'fhir/r4.js';
+import type { Appointment, Encounter } from 'fhir/r4.js';
 import cron, { type ScheduledTask } from 'node-cron';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { normalizeOperationOutcome } from '../../fhir/operation-outcome.ts';
@@ -16,7 +16,9 @@ import type { IntakeStateStore } from './intake-state-store.ts';
  * recovery path for gaps, resets, silent subscriptions and empty payloads. Runs never overlap;
  * requests during a run coalesce into one more run. With replicas, only the leader polls on the
  * schedule, and every run (scheduled or asked for by intake on any replica) holds the cursor alone:
- * one cursor, advanced by one replica at a time.
+ * one cursor, advanced by one replica at a time. With the pre-visit intake on, each run also looks for
+ * Appointments booked or changed since its own cursor (`Appointment?status=booked&_lastUpdated=gt...`) and hands
+ * them to the intake, which reads each again and invites once per Appointment.
  */
 export interface PollingReconcilerOptions {
   fhir: FhirClient;
@@ -39,6 +41,7 @@ export interface ReconcileResult {
 }
 
 const cursorName = 'Encounter';
+const appointmentCursorName = 'Appointment';
 
 export class PollingReconciler {
   readonly #options: PollingReconcilerOptions;
@@ -140,6 +143,7 @@ export class PollingReconciler {
       const nextCursor = new Date(newest).toISOString();
       await store.saveCursor(cursorName, nextCursor);
       await store.prunePolled(new Date(newest - 2 * this.#options.overlapMs).toISOString());
+      await this.#pollAppointments(since);
       metrics?.reconciliations.inc({ reason, outcome: 'done' });
       logger.info({ reason, seen: encounters.length, new: events.length, queued }, 'reconcile-done');
       return { seen: encounters.length, queued, cursor: nextCursor };
@@ -147,6 +151,39 @@ export class PollingReconciler {
       metrics?.reconciliations.inc({ reason, outcome: 'failed' });
       logger.warn({ reason, error: normalizeOperationOutcome(error).message }, 'reconcile-failed');
       throw error;
+    }
+  }
+
+  /**
+   * Booked Appointments updated since their cursor (minus the overlap), for the intake's invitations. A server
+   * that refuses the search leaves the Encounter poll as it is: invitations then come from planned Encounters.
+   */
+  async #pollAppointments(encounterSince: string): Promise<void> {
+    const { fhir, store, intake, logger } = this.#options;
+    if (!intake.handlesAppointments) return;
+    try {
+      const saved = await store.cursor(appointmentCursorName);
+      const since = saved
+        ? new Date(Date.parse(saved) - this.#options.overlapMs).toISOString()
+        : encounterSince;
+      const appointments = await fhir.search<Appointment>('Appointment', {
+        status: 'booked',
+        _lastUpdated: `gt${since}`,
+        _sort: '_lastUpdated',
+        _count: this.#options.pageSize,
+      });
+      let newest = Date.parse(saved ?? since);
+      for (const appointment of appointments) {
+        const lastUpdated = Date.parse(appointment.meta?.lastUpdated ?? '');
+        if (Number.isFinite(lastUpdated)) newest = Math.max(newest, lastUpdated);
+      }
+      intake.acceptAppointments(
+        appointments.flatMap((appointment) => (appointment.id ? [appointment.id] : [])),
+        'poll',
+      );
+      await store.saveCursor(appointmentCursorName, new Date(newest).toISOString());
+    } catch (error) {
+      logger.warn({ error: normalizeOperationOutcome(error).message }, 'appointment-poll-failed');
     }
   }
 

@@ -143,7 +143,14 @@ export class PatientIntake {
       appointment: `Appointment/${appointmentId}`,
     });
     const alsoKnownAs = encounters
-      .filter((encounter) => encounter.id && encounter.subject?.reference === `Patient/${patientId}`)
+      .filter(
+        (encounter) =>
+          encounter.id &&
+          encounter.subject?.reference === `Patient/${patientId}` &&
+          (encounter.appointment ?? []).some(
+            (reference) => reference.reference === `Appointment/${appointmentId}`,
+          ),
+      )
       .map((encounter) => `Encounter/${encounter.id}`);
     return this.#invite({ patientId, appointmentId, alsoKnownAs });
   }

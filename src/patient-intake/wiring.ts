@@ -37,7 +37,7 @@ const patientIntakeScopes = [
   'system/QuestionnaireResponse.crs',
   'system/Communication.cs',
   'system/Flag.cs',
-  'system/Appointment.r',
+  'system/Appointment.rs',
 ];
 
 /** What the review app reads with the clinician's token: the answers and the flag a briefing cites. */

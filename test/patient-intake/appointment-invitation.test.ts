@@ -153,6 +153,34 @@ describe('Appointment events from real servers reach the intake', () => {
     // No encounter job for an Appointment.
     expect(await current.service.queue.counts()).toMatchObject({ pending: 0, running: 0, done: 0 });
   });
+
+  it('polling finds a booked Appointment no server told of (servers without Subscriptions)', async () => {
+    const current = await start();
+    // Another visit of the same patient, invited before: not this Appointment's visit.
+    current.standIn.write({
+      resourceType: 'Encounter',
+      id: 'other-visit',
+      status: 'planned',
+      subject: { reference: 'Patient/patient-1' },
+    } as never);
+    current.standIn.write({
+      resourceType: 'Communication',
+      identifier: [
+        { system: 'urn:ehr-draft-agent:patient-intake/invitation', value: 'Encounter/other-visit' },
+      ],
+      status: 'preparation',
+      subject: { reference: 'Patient/patient-1' },
+    } as never);
+    current.standIn.write(appointment('polled', 'patient-1') as never);
+    current.standIn.write(appointment('polled-proposed', 'patient-1', { status: 'proposed' }) as never);
+    // HAPI's rest-hook without payload asks for a reconcile: the poll is what finds the Appointment.
+    expect((await current.post('/notify', undefined)).status).toBe(200);
+    await waitUntil(() => invitationsAbout(current, 'polled').length === 1, 'the invitation from polling');
+    expect(
+      current.standIn.requests.some((request) => /^GET \/Appointment\?.*status=booked/.test(request)),
+    ).toBe(true);
+    expect(invitationsAbout(current, 'polled-proposed')).toEqual([]);
+  });
 });
 
 describe('the sandbox delivers Appointment events; the answers name the Appointment', () => {
