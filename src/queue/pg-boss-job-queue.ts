@@ -364,8 +364,8 @@ export class PgBossJobQueue implements JobQueue {
 /**
  * The completed-work ledger's table. Replicas of a new deployment open the queue at the same moment, and
  * `create table if not exists` run by two sessions at once can fail on PostgreSQL's catalog (unique violation
- * on pg_type, or duplicate table) even though the table then exists: that failure is the other replica's
- * success, so it is checked and let go.
+ * on pg_type, duplicate table, or "type already exists" for the table's row type, 42710) even though the
+ * table then exists: that failure is the other replica's success, so it is checked and let go.
  */
 async function createLedgerTable(boss: PgBoss, schema: string): Promise<void> {
   const table = `${schema}.completed_work`;
@@ -377,7 +377,7 @@ async function createLedgerTable(boss: PgBoss, schema: string): Promise<void> {
       );
   } catch (error) {
     const code = (error as { code?: string }).code;
-    if (code !== '23505' && code !== '42P07') throw error;
+    if (code !== '23505' && code !== '42P07' && code !== '42710') throw error;
     const found = (await boss.getDb().executeSql('select to_regclass($1) as name', [table])) as {
       rows: { name: string | null }[];
     };
