@@ -15,15 +15,37 @@ import { conceptText, isActiveMedication, medicationName, oneLine } from './reco
  */
 const maxAnswerCharacters = 200;
 
+/**
+ * Where the intake records the Appointment answers were given for (R4's QuestionnaireResponse has no element
+ * for it); the writer (src/patient-intake/questionnaire-response.ts) uses this same URL.
+ */
+export const appointmentExtensionUrl = 'urn:ehr-draft-agent:patient-intake:appointment';
+
+/** The Appointments the visit's Encounter names: answers given for one of them before the Encounter existed are the visit's. */
+function visitAppointments(record: PatientRecord): Set<string> {
+  return new Set(
+    (record.encounter.appointment ?? []).flatMap((reference) =>
+      reference.reference?.startsWith('Appointment/') ? [reference.reference] : [],
+    ),
+  );
+}
+
 /** The visit's completed intake answers, the latest first. */
 function visitResponses(record: PatientRecord): QuestionnaireResponse[] {
   const visit = `Encounter/${record.encounter.id}`;
+  const appointments = visitAppointments(record);
   return (record.additional ?? [])
     .filter(
       (resource): resource is QuestionnaireResponse =>
         resource.resourceType === 'QuestionnaireResponse' &&
         resource.status === 'completed' &&
-        resource.encounter?.reference === visit,
+        (resource.encounter?.reference === visit ||
+          (!resource.encounter &&
+            (resource.extension ?? []).some(
+              (extension) =>
+                extension.url === appointmentExtensionUrl &&
+                appointments.has(extension.valueReference?.reference ?? ''),
+            ))),
     )
     .sort((left, right) => (right.authored ?? '').localeCompare(left.authored ?? ''));
 }
@@ -92,12 +114,19 @@ function discrepancies(record: PatientRecord, response: QuestionnaireResponse, c
 /** Active Flags the intake raised for this visit, urgent first (their text is the site's wording, never the patient's). */
 function urgencyFlags(record: PatientRecord): { flag: Flag; level: 'Urgent' | 'Soon' }[] {
   const visit = `Encounter/${record.encounter.id}`;
+  const appointments = visitAppointments(record);
   return (record.additional ?? [])
     .filter(
       (resource): resource is Flag =>
         resource.resourceType === 'Flag' &&
         resource.status === 'active' &&
-        resource.encounter?.reference === visit,
+        (resource.encounter?.reference === visit ||
+          // Raised for an Appointment before its Encounter existed: keyed on the Appointment.
+          (!resource.encounter &&
+            (resource.identifier ?? []).some(
+              (identifier) =>
+                identifier.system?.endsWith('/urgency-flag') && appointments.has(identifier.value ?? ''),
+            ))),
     )
     .flatMap((flag): { flag: Flag; level: 'Urgent' | 'Soon' }[] => {
       const codes = (flag.code?.coding ?? []).map((coding) => coding.code);

@@ -1,4 +1,5 @@
 import type { QuestionnaireResponse, QuestionnaireResponseItemAnswer } from 'fhir/r4.js';
+import { appointmentExtensionUrl } from '../../agents/intake-answers.ts';
 import type { Answers, AnswerValue, IntakeQuestionnaire } from './questionnaire.ts';
 
 /**
@@ -28,9 +29,10 @@ export function responseSearch(identifierSystem: string, visitKey: string): stri
 /**
  * The Appointment the answers were given for. R4 has no element for it on a QuestionnaireResponse (`encounter`
  * is Reference(Encounter) only, `basedOn` CarePlan or ServiceRequest, `partOf` Observation or Procedure), so
- * it goes in this extension; `encounter` is set as well once an Encounter names the Appointment.
+ * it goes in this extension (the briefing reads it back); `encounter` is set as well once an Encounter names the
+ * Appointment.
  */
-export const appointmentExtensionUrl = 'urn:ehr-draft-agent:patient-intake:appointment';
+export { appointmentExtensionUrl };
 
 /** Marks the questions the model generated, so a reader can tell them from the site's own. */
 const generatedQuestionExtension = 'urn:ehr-draft-agent:patient-intake:generated-question';

@@ -15,7 +15,14 @@ import { appointmentExtensionUrl } from '../../src/patient-intake/questionnaire-
 import type { RunningService } from '../../src/service.ts';
 import { type IntakeHarness, startIntakeHarness, waitFor as waitUntil } from '../support/intake-harness.ts';
 import { notificationBundle } from '../support/notification-builder.ts';
-import { answerByForm, linkOf, startIntakeService, waitFor, withFhirDefinitions } from './intake-support.ts';
+import {
+  answerByForm,
+  briefingCiting,
+  linkOf,
+  startIntakeService,
+  waitFor,
+  withFhirDefinitions,
+} from './intake-support.ts';
 
 /**
  * Invitations on a booked Appointment (issue 16, item 1): every way a real server tells of one (HAPI's classic
@@ -284,6 +291,39 @@ describe('the sandbox delivers Appointment events; the answers name the Appointm
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(await invitation(proposed.id as string)).toBeUndefined();
   });
+
+  it("answers given before the Encounter existed are in that Encounter's briefing, cited", async () => {
+    const booked = await book();
+    const sent = await waitFor(() => invitation(booked.id as string), 'the invitation');
+    await answerByForm(linkOf(sent), 'Sore throat and fever');
+    const response = await waitFor(async () => {
+      const found = await fhir.search<QuestionnaireResponse>('QuestionnaireResponse', {
+        patient: `Patient/${patientId}`,
+      });
+      return found.find((candidate) =>
+        candidate.extension?.some(
+          (extension) => extension.valueReference?.reference === `Appointment/${booked.id}`,
+        ),
+      );
+    }, 'the answers');
+    expect(response.encounter).toBeUndefined();
+    const start = new Date(Date.now() + 2 * 86_400_000);
+    const encounter = (
+      await fhir.create<Encounter>({
+        resourceType: 'Encounter',
+        status: 'planned',
+        class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' },
+        subject: { reference: `Patient/${patientId}` },
+        appointment: [{ reference: `Appointment/${booked.id}` }],
+        period: { start: start.toISOString() },
+      })
+    ).resource;
+    const briefing = await waitFor(
+      () => briefingCiting(fhir, encounter.id as string, `[QuestionnaireResponse/${response.id}]`),
+      'the briefing citing the answers',
+    );
+    expect(briefing).toContain('"Sore throat and fever"');
+  }, 90_000);
 
   it('the Encounter that names the Appointment gets no second invitation, and the answers reference it', async () => {
     const booked = await book();
