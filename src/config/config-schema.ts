@@ -95,7 +95,10 @@ export const configSchema = z
          * renews the lease (every third of it), so a long draft keeps its job; on PostgreSQL only from 10 s up.
          */
         leaseMs: z.coerce.number().int().positive().default(300_000),
-        /** The longest a job may run on PostgreSQL however often its lease is renewed (pg-boss caps it at 24 h). */
+        /**
+         * The longest a job may run however often its lease is renewed: a run that hangs while its worker lives
+         * then loses its job (retried, counted as an attempt). pg-boss caps it at 24 h.
+         */
         maxJobMs: z.coerce
           .number()
           .int()

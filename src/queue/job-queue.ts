@@ -103,7 +103,12 @@ export interface BackoffPolicy {
   backoffBaseMs: number;
   backoffMaxMs: number;
   leaseMs: number;
+  /** The longest a job may run however often its lease is renewed; defaultMaxJobMs unless set. */
+  maxJobMs?: number;
 }
+
+/** A bound on a job's whole run, so a run that hangs while its worker lives does not hold the job for ever. */
+export const defaultMaxJobMs = 2 * 3600 * 1000;
 
 /** Exponential backoff with full jitter, never shorter than what the server asked for. */
 export function nextDelayMs(

@@ -1,6 +1,7 @@
 import { type JobWithMetadata, PgBoss } from 'pg-boss';
 import {
   type BackoffPolicy,
+  defaultMaxJobMs,
   type EncounterJob,
   type EncounterJobInput,
   type FailureDecision,
@@ -25,14 +26,11 @@ export interface PgBossQueueOptions extends BackoffPolicy {
   queueName?: string;
   /** How often pg-boss looks for expired leases; tests use 1 s. */
   superviseIntervalSeconds?: number;
-  /** The longest a job may run however often its lease is renewed (pg-boss's expireInSeconds); default 2 h. */
-  maxJobMs?: number;
 }
 
 /** pg-boss refuses heartbeats under 10 s, and bounds a job's run at 24 h. */
 const shortestHeartbeatSeconds = 10;
 const longestExpirySeconds = 24 * 3600;
-const defaultMaxJobMs = 2 * 3600 * 1000;
 
 /**
  * The lease as pg-boss knows it. A lease of 10 s or more is a heartbeat (heartbeatSeconds) that the worker

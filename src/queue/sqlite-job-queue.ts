@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import {
   type BackoffPolicy,
+  defaultMaxJobMs,
   type EncounterJob,
   type EncounterJobInput,
   type FailureDecision,
@@ -38,6 +39,7 @@ create table if not exists jobs (
   created_at integer not null,
   run_at integer not null,
   lease_until integer,
+  claimed_at integer,
   worker_id text,
   last_error text,
   outcome text,
@@ -91,6 +93,10 @@ export class SqliteJobQueue implements JobQueue {
       'pragma journal_mode = wal; pragma synchronous = normal; pragma busy_timeout = 5000;',
     );
     this.#database.exec(schema);
+    // Files made before leases were renewed have no claim time (renewals stop at maxJobMs after the claim).
+    const columns = this.#database.prepare('pragma table_info(jobs)').all() as { name: string }[];
+    if (!columns.some((column) => column.name === 'claimed_at'))
+      this.#database.exec('alter table jobs add column claimed_at integer');
     this.#policy = policy;
     this.#now = now;
   }
@@ -169,7 +175,7 @@ export class SqliteJobQueue implements JobQueue {
   async claim(workerId: string): Promise<EncounterJob | undefined> {
     const now = this.#now();
     this.#claim ??= this.#database.prepare(
-      `update jobs set status = 'running', attempts = attempts + 1, lease_until = :leaseUntil, worker_id = :workerId
+      `update jobs set status = 'running', attempts = attempts + 1, lease_until = :leaseUntil, claimed_at = :now, worker_id = :workerId
        where id = (
          -- Two index-friendly halves, each taking its own first row: an OR, or one sort over both,
          -- would walk every waiting job on each claim.
@@ -253,19 +259,28 @@ export class SqliteJobQueue implements JobQueue {
   }
 
   /**
-   * Only while this worker holds this attempt (a claim by another worker is a new attempt). A lease that ran
-   * out unclaimed (a renewal delayed by a busy event loop) is renewed, unless another job of the encounter
-   * started meanwhile: reviving it would run the two side by side.
+   * Only while this worker holds this attempt (a claim by another worker is a new attempt), and not past
+   * maxJobMs since the claim: a run that hangs then loses its job after one more lease, as with pg-boss. A
+   * lease that ran out unclaimed (a renewal delayed by a busy event loop) is renewed, unless another job of
+   * the encounter started meanwhile: reviving it would run the two side by side.
    */
   async renewLease(jobId: string, attempt: number, workerId: string): Promise<boolean> {
     const now = this.#now();
     this.#renew ??= this.#database.prepare(
       `update jobs set lease_until = :leaseUntil
        where id = :jobId and status = 'running' and attempts = :attempt and worker_id = :workerId
+         and coalesce(claimed_at, :now) > :now - :maxJobMs
          and not exists (select 1 from jobs running where running.encounter_id = jobs.encounter_id
            and running.id != jobs.id and running.status = 'running' and running.lease_until >= :now)`,
     );
-    const result = this.#renew.run({ leaseUntil: now + this.#policy.leaseMs, jobId, attempt, workerId, now });
+    const result = this.#renew.run({
+      leaseUntil: now + this.#policy.leaseMs,
+      jobId,
+      attempt,
+      workerId,
+      now,
+      maxJobMs: this.#policy.maxJobMs ?? defaultMaxJobMs,
+    });
     return Number(result.changes) > 0;
   }
 
