@@ -89,9 +89,9 @@ export class WorkerPool {
 
   /**
    * Renews the job's lease every leaseRenewalMs until the returned function is called. A renewal that fails
-   * (the database briefly away) is tried again at the next turn, still within the lease. When the queue says
-   * the job is no longer this worker's (its lease ran out and it was handed out again), the run is aborted
-   * and its outcome not recorded: the other worker's attempt is the job now.
+   * (the database briefly away) is tried again at the next turn, still within the lease. When the queue
+   * refuses (the lease ran out and the job was handed out again, or the run passed queue.maxJobMs), the run
+   * is aborted and its outcome not recorded: the job is another attempt's now, or will be after this lease.
    */
   #keepLeased(job: EncounterJob, run: AbortController): () => void {
     const { queue, logger } = this.#options;
@@ -113,7 +113,7 @@ export class WorkerPool {
       if (!held) {
         this.#released.add(job.id);
         logger.warn({ jobId: job.id, encounterId: job.encounterId, attempt: job.attempts }, 'job-lease-lost');
-        run.abort(new Error('the job lease was lost to another worker'));
+        run.abort(new Error('the job lease could not be renewed'));
         return;
       }
       schedule();
