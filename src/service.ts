@@ -32,6 +32,7 @@ import {
   patientIntakeAuth,
   patientIntakeEnabled,
   patientIntakeLaunchScopes,
+  patientIntakeLaunchSettings,
   startPatientIntake,
 } from './patient-intake/wiring.ts';
 import { processEncounterJob } from './pipeline/process-encounter-job.ts';
@@ -208,6 +209,14 @@ export async function startService(config: ServiceConfig, logger: Logger): Promi
         ...(config.model.vision ? imagingLaunchScopes : []),
       ],
     });
+    // The intake as a standalone patient app, registered as a portal's EHR administrator would.
+    const intakeLaunch = patientIntakeLaunchSettings(config, { sandbox: true, publicUrl: url, fhirBaseUrl });
+    if (intakeLaunch && !config.patientIntake.launch)
+      authorization.registerClient({
+        clientId: intakeLaunch.clientId,
+        redirectUris: [intakeLaunch.redirectUri],
+        scopes: intakeLaunch.scopes,
+      });
     // The sandbox EHR's patient list, where a clinician opens the review app from an encounter (a real EHR launch).
     const { sandboxLaunchRouter } = await import('./http/sandbox-launch-page.ts');
     app.mount(

@@ -52,6 +52,31 @@ export const patientIntakeConfigSchema = z
       .prefault({}),
     /** Identifier systems of the invitation (Communication) and the answers (QuestionnaireResponse). */
     identifierSystem: z.string().min(1).default('urn:ehr-draft-agent:patient-intake'),
+    /**
+     * Standalone SMART patient launch for portals (`GET /intake/launch?iss=`): the portal opens the intake as a
+     * patient app; the patient's token (`patient/` scopes, `launch/patient`) names the patient and finds the next
+     * booked visit, which gets a fresh link. Unset: off (the sandbox registers its own client).
+     */
+    launch: z
+      .object({
+        clientId: z.string().min(1),
+        /** FHIR servers a launch may name as iss, compared exactly. */
+        allowedIssuers: z.array(z.url({ protocol: /^https?$/ })).min(1),
+        scopes: z
+          .array(z.string().regex(/^[\x21-\x7e]+$/))
+          .default([
+            'launch/patient',
+            'openid',
+            'fhirUser',
+            'patient/Patient.r',
+            'patient/Encounter.rs',
+            'patient/Appointment.rs',
+          ]),
+        /** Default: `<publicUrl>/intake/callback`. */
+        redirectUri: z.url({ protocol: /^https?$/ }).optional(),
+      })
+      .strict()
+      .optional(),
     /** What an urgent answer shows the patient at once, by language (`en`, `es`, ...). */
     urgentInstruction: z.record(z.string().regex(/^[a-z]{2}$/), z.string().min(1).max(500)).default({
       en: 'Your answers suggest you may need help now. Call 911 or go to the nearest emergency department. Do not wait for your appointment.',

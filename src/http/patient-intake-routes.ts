@@ -21,6 +21,8 @@ export interface PatientIntakeRouteOptions {
    * replica the balancer picks), absent: this process.
    */
   rateLimits?: { perLink: ClientRateLimit; perAddress: ClientRateLimit };
+  /** The standalone SMART launch's routes (`/intake/launch`, `/intake/callback`), mounted before `/intake/<token>`. */
+  standaloneLaunch?: Router;
   now?: () => number;
 }
 
@@ -52,6 +54,7 @@ function linkKey(token: string): string {
 
 export function patientIntakeRouter(options: PatientIntakeRouteOptions): Router {
   const router = express.Router();
+  if (options.standaloneLaunch) router.use(options.standaloneLaunch);
   const perLink =
     options.rateLimits?.perLink ?? processLimit(options.rateLimit.perLinkPerMinute, options.now);
   const perAddress =

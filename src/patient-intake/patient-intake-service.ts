@@ -20,7 +20,14 @@ import {
   pendingFollowUps,
   readAnswers,
 } from './interview.ts';
-import { type InvitationClaims, LinkSealer, openInvitation, visitKey } from './invitation-token.ts';
+import {
+  type InvitationClaims,
+  LinkSealer,
+  newNonce,
+  openInvitation,
+  sealInvitation,
+  visitKey,
+} from './invitation-token.ts';
 import { ensureInvitation } from './invitations.ts';
 import { loadQuestionnaires, type QuestionnaireSet } from './questionnaire.ts';
 import { buildQuestionnaireResponse, responseSearch } from './questionnaire-response.ts';
@@ -153,6 +160,43 @@ export class PatientIntake {
       )
       .map((encounter) => `Encounter/${encounter.id}`);
     return this.#invite({ patientId, appointmentId, alsoKnownAs });
+  }
+
+  /**
+   * A fresh link for a visit of a patient who signed in through the portal (standalone SMART launch): the visit
+   * is read again with the service's token and must still be this patient's booked one. No invitation is
+   * written: the patient is here already. Undefined when the visit does not qualify.
+   */
+  async linkForSignedInPatient(
+    patientId: string,
+    visit: { encounterId: string } | { appointmentId: string },
+  ): Promise<string | undefined> {
+    const patient = `Patient/${patientId}`;
+    if ('encounterId' in visit) {
+      const encounter = await this.#readIfPresent<Encounter>('Encounter', visit.encounterId);
+      if (
+        !encounter ||
+        encounter.subject?.reference !== patient ||
+        !(this.#options.config.inviteOnStatuses as string[]).includes(encounter.status)
+      )
+        return undefined;
+    } else {
+      const appointment = await this.#readIfPresent<Appointment>('Appointment', visit.appointmentId);
+      const start = Date.parse(appointment?.start ?? '');
+      if (
+        appointment?.status !== 'booked' ||
+        appointmentPatient(appointment) !== patientId ||
+        !(start > this.#now().getTime())
+      )
+        return undefined;
+    }
+    const token = sealInvitation(this.#linkSealer, {
+      patientId,
+      ...visit,
+      expiresAt: this.#now().getTime() + this.#options.config.linkLifetimeHours * 3_600_000,
+      nonce: newNonce(),
+    });
+    return `${this.#options.publicUrl}/intake/${token}`;
   }
 
   async #readIfPresent<T extends Encounter | Appointment>(type: T['resourceType'], id: string) {

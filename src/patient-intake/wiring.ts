@@ -7,6 +7,8 @@ import type { FhirClient } from '../../fhir/fhir-client.ts';
 import { type AuthConfig, backendAuthConfigSchema } from '../config/auth-config.ts';
 import type { ServiceConfig } from '../config/config-schema.ts';
 import { readOrCreateSecretFile } from '../config/operator-secrets.ts';
+import { patientIntakeConfigSchema } from '../config/patient-intake-config.ts';
+import { patientIntakeLaunchRouter } from '../http/patient-intake-launch.ts';
 import { patientIntakeRouter } from '../http/patient-intake-routes.ts';
 import type { IntakeStateStore } from '../intake/intake-state-store.ts';
 import { sharedRateLimit } from '../intake/rate-limiter.ts';
@@ -15,6 +17,7 @@ import type { ModelProvider } from '../model/provider.ts';
 import type { EncounterJob, EncounterJobInput } from '../queue/job-queue.ts';
 import type { VisitUrgency } from '../rules/evaluate.ts';
 import { urgencyFromFlags } from './care-team-alert.ts';
+import { LinkSealer } from './invitation-token.ts';
 import { PatientIntake } from './patient-intake-service.ts';
 
 /**
@@ -69,6 +72,42 @@ function withScopes(scopes: string[], wanted: string[]): string[] {
   const typeOf = (scope: string) => /^[a-z]+\/([A-Za-z*]+)\./.exec(scope)?.[1];
   const named = new Set(scopes.map(typeOf));
   return [...scopes, ...wanted.filter((scope) => !named.has(typeOf(scope)))];
+}
+
+/** The sandbox's own registration of the intake as a standalone patient app. */
+export const sandboxIntakeClientId = 'ehr-draft-agent-intake';
+
+export interface PatientIntakeLaunchSettings {
+  clientId: string;
+  allowedIssuers: string[];
+  scopes: string[];
+  redirectUri: string;
+}
+
+/**
+ * The standalone patient launch: as configured (`patientIntake.launch`), or in the sandbox its own client for the
+ * sandbox's FHIR server (registered there by the composition root, as a portal's EHR administrator would).
+ */
+export function patientIntakeLaunchSettings(
+  config: ServiceConfig,
+  options: { sandbox: boolean; publicUrl: string; fhirBaseUrl: string },
+): PatientIntakeLaunchSettings | undefined {
+  if (!patientIntakeEnabled(config, options.sandbox)) return undefined;
+  const launch =
+    config.patientIntake.launch ??
+    (options.sandbox
+      ? patientIntakeConfigSchema.shape.launch.parse({
+          clientId: sandboxIntakeClientId,
+          allowedIssuers: [options.fhirBaseUrl],
+        })
+      : undefined);
+  if (!launch) return undefined;
+  return {
+    clientId: launch.clientId,
+    allowedIssuers: launch.allowedIssuers,
+    scopes: launch.scopes,
+    redirectUri: launch.redirectUri ?? `${options.publicUrl}/intake/callback`,
+  };
 }
 
 export interface PatientIntakeWiring {
@@ -141,11 +180,26 @@ export function startPatientIntake(
       : {}),
     onAnswersWritten: refreshBriefing,
   });
+  const launch = patientIntakeLaunchSettings(config, {
+    sandbox: dependencies.sandbox,
+    publicUrl: dependencies.publicUrl,
+    fhirBaseUrl: fhir.baseUrl,
+  });
   return {
     intake,
     router: patientIntakeRouter({
       intake,
       logger,
+      ...(launch
+        ? {
+            standaloneLaunch: patientIntakeLaunchRouter({
+              intake,
+              logger,
+              ...launch,
+              sealer: new LinkSealer(secret, 'patient-intake-launch'),
+            }),
+          }
+        : {}),
       rateLimit: config.patientIntake.rateLimit,
       ...(dependencies.rateLimitStore
         ? {
