@@ -1,4 +1,4 @@
-import type { Flag } from 'fhir/r4.js';
+import type { Encounter, Flag } from 'fhir/r4.js';
 import type { FhirClient } from '../../fhir/fhir-client.ts';
 import type { VisitUrgency } from '../rules/evaluate.ts';
 import type { Urgency, UrgencyLevel } from './urgency.ts';
@@ -97,9 +97,19 @@ export async function urgencyFromFlags(
   identifierSystem: string,
 ): Promise<VisitUrgency | undefined> {
   if (!query.encounterId) return undefined;
-  const flags = await fhir.search<Flag>('Flag', {
-    identifier: `${identifierSystem}/urgency-flag|Encounter/${query.encounterId}`,
-  });
+  const system = `${identifierSystem}/urgency-flag`;
+  let flags = await fhir.search<Flag>('Flag', { identifier: `${system}|Encounter/${query.encounterId}` });
+  if (flags.length === 0) {
+    // Answered for the visit's Appointment before the Encounter existed: the Flag is keyed on the Appointment.
+    const encounter = await fhir.read<Encounter>('Encounter', query.encounterId).catch(() => undefined);
+    for (const reference of encounter?.appointment ?? []) {
+      if (!/^Appointment\/[A-Za-z0-9\-.]{1,64}$/.test(reference.reference ?? '')) continue;
+      flags = [
+        ...flags,
+        ...(await fhir.search<Flag>('Flag', { identifier: `${system}|${reference.reference}` })),
+      ];
+    }
+  }
   const reasons = flags
     .filter((flag) => flag.status === 'active' && flag.subject?.reference === `Patient/${query.patientId}`)
     .flatMap((flag) => {

@@ -4,6 +4,7 @@ import type {
   Appointment,
   Communication,
   Encounter,
+  Flag,
   Patient,
   QuestionnaireResponse,
   Subscription,
@@ -323,6 +324,62 @@ describe('the sandbox delivers Appointment events; the answers name the Appointm
       'the briefing citing the answers',
     );
     expect(briefing).toContain('"Sore throat and fever"');
+  }, 90_000);
+
+  it("a soon answer given for the Appointment reaches the Encounter's CDS urgency card and briefing", async () => {
+    const booked = await book();
+    const sent = await waitFor(() => invitation(booked.id as string), 'the invitation');
+    const link = linkOf(sent);
+    const state = /name="state" value="([^"]+)"/.exec(await (await fetch(link)).text())?.[1] as string;
+    const done = await fetch(link, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({
+        state,
+        'answer-concern': 'Back pain',
+        'answer-onset': 'days',
+        'answer-severity': 'severe',
+        'answer-pain': 'no',
+        'answer-takes-medicines': 'no',
+        'answer-has-allergies': 'no',
+        'answer-chest-pain': 'no',
+        'answer-short-of-breath': 'no',
+        'answer-self-harm': 'no',
+      }).toString(),
+    });
+    expect(await done.text()).toContain('Your care team may contact you before your visit');
+    const flags = await fhir.search<Flag>('Flag', { patient: `Patient/${patientId}` });
+    const flag = flags.find((candidate) =>
+      candidate.identifier?.some((identifier) => identifier.value === `Appointment/${booked.id}`),
+    );
+    expect(flag?.encounter).toBeUndefined();
+    const encounter = (
+      await fhir.create<Encounter>({
+        resourceType: 'Encounter',
+        status: 'planned',
+        class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' },
+        subject: { reference: `Patient/${patientId}` },
+        appointment: [{ reference: `Appointment/${booked.id}` }],
+        period: { start: new Date(Date.now() + 2 * 86_400_000).toISOString() },
+      })
+    ).resource;
+    const briefing = await waitFor(
+      () => briefingCiting(fhir, encounter.id as string, `[Flag/${flag?.id}]`),
+      'the briefing citing the flag',
+    );
+    expect(briefing).toMatch(/- Soon: Pre-visit intake answer to see soon/);
+    const start = await fetch(`${service.url}/cds-services/guideline-nudges-encounter-start`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        hook: 'encounter-start',
+        hookInstance: 'c3b4d5e6-0000-4000-8000-000000000009',
+        context: { userId: 'Practitioner/sbx-clinician', patientId, encounterId: encounter.id },
+      }),
+    });
+    const { cards } = (await start.json()) as { cards: { summary: string; detail?: string }[] };
+    const urgency = cards.find((card) => card.summary.startsWith('Visit urgency:'));
+    expect(urgency?.detail).toContain('Pre-visit intake answer to see soon');
   }, 90_000);
 
   it('the Encounter that names the Appointment gets no second invitation, and the answers reference it', async () => {
