@@ -54,7 +54,6 @@ function linkKey(token: string): string {
 
 export function patientIntakeRouter(options: PatientIntakeRouteOptions): Router {
   const router = express.Router();
-  if (options.standaloneLaunch) router.use(options.standaloneLaunch);
   const perLink =
     options.rateLimits?.perLink ?? processLimit(options.rateLimit.perLinkPerMinute, options.now);
   const perAddress =
@@ -110,6 +109,26 @@ export function patientIntakeRouter(options: PatientIntakeRouteOptions): Router 
     }
   }
 
+  // The standalone launch fetches the issuer's SMART configuration and tokens: its requests spend the address's budget.
+  if (options.standaloneLaunch) {
+    const launchPaths = new Set(['/intake/launch', '/intake/callback']);
+    router.use(async (request, response, next) => {
+      if (!launchPaths.has(request.path)) return next();
+      try {
+        const taken = await perAddress.take(request.ip ?? 'unknown');
+        if (taken.allowed) return next();
+        options.logger.warn({}, 'intake-launch-rate-limited');
+        send(
+          response,
+          { kind: 'rate-limited', language, retryAfterSeconds: taken.retryAfterSeconds },
+          '/intake/launch',
+        );
+      } catch (error) {
+        next(error);
+      }
+    });
+    router.use(options.standaloneLaunch);
+  }
   router.get('/intake-assets/intake.css', (_request, response) => {
     response
       .set({ 'X-Content-Type-Options': 'nosniff', 'Cache-Control': 'public, max-age=3600' })

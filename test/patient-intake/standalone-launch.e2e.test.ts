@@ -68,4 +68,20 @@ describe.skipIf(!hasChromium)('standalone patient launch of the intake', () => {
     expect(elsewhere.status).toBe(400);
     expect(elsewhere.headers.get('location')).toBeNull();
   });
+
+  it('limits launch requests per address (each may make the service call the authorization server)', async () => {
+    const statuses: number[] = [];
+    // The default budget is 60 a minute per address, shared with the interview pages.
+    for (let attempt = 0; attempt < 65; attempt++) {
+      const answer = await fetch(`${service.url}/intake/callback?state=made-up-${attempt}&code=x`);
+      await answer.text();
+      statuses.push(answer.status);
+      if (answer.status === 429) {
+        expect(Number(answer.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+        break;
+      }
+    }
+    expect(statuses.at(-1)).toBe(429);
+    expect(statuses.slice(0, -1).every((status) => status === 401)).toBe(true);
+  });
 });
