@@ -7,7 +7,7 @@ import { type PatientRecord, recordResources } from '../../fhir/patient-record.t
 import { patientReferenceOf } from '../../fhir/patient-scope.ts';
 import type { Logger } from '../log.ts';
 import { estimateTokens } from '../model/provider.ts';
-import { draftVerified, recordToDraft } from '../pipeline/process-encounter-job.ts';
+import { draftVerified, nudgesWithinPolicy, recordsForDraft } from '../pipeline/process-encounter-job.ts';
 import { toNudgeInput, triggerForEncounter } from '../rules/evaluate.ts';
 import { defaultRulesConfig } from '../rules/rules-config.ts';
 import { createRulesRuntime } from '../rules/rules-runtime.ts';
@@ -131,7 +131,7 @@ interface RecordOptions {
 
 /**
  * A case's record as retrieved with the service's own retrieval, and the record a draft of it is made from,
- * prepared by the pipeline's own recordToDraft (cut to the chart as it stood at the end of the visit, the
+ * prepared by the pipeline's own recordsForDraft (cut to the chart as it stood at the end of the visit, the
  * default content policy applied). Undefined when the pipeline would draft nothing (the patient died before
  * the visit).
  */
@@ -139,14 +139,14 @@ export async function preparedRecords(
   fhir: FhirClient,
   reference: DraftCaseReference,
   options: RecordOptions,
-): Promise<{ retrieved: PatientRecord; record: PatientRecord } | undefined> {
+): Promise<{ retrieved: PatientRecord; record: PatientRecord; forRules: PatientRecord } | undefined> {
   const encounter = await fhir.read<Encounter>('Encounter', reference.encounterId);
   const retrieved = await retrievePatientRecord(fhir, encounter, options);
-  const record = recordToDraft(retrieved, reference.kind, {
+  const records = recordsForDraft(retrieved, reference.kind, {
     now: options.now ?? new Date(),
     contentPolicy: defaultContentPolicy,
   });
-  return record ? { retrieved, record } : undefined;
+  return records ? { retrieved, ...records } : undefined;
 }
 
 /** The record a draft of this case is made from (see preparedRecords). */
@@ -179,11 +179,15 @@ export async function runEvaluation(options: EvalOptions): Promise<EvalReport> {
         skippedDeceased += 1;
         continue;
       }
-      const { retrieved, record } = records;
+      const { retrieved, record, forRules } = records;
       const trigger = triggerForEncounter(record.encounter);
+      // As the pipeline: rules decide on the whole visit, the draft carries only nudges within the content policy.
       const nudges = trigger
-        ? (await rules.evaluate(record, { trigger, occasionId: record.encounter.id })).nudges.map(
-            toNudgeInput,
+        ? nudgesWithinPolicy(
+            (await rules.evaluate(forRules, { trigger, occasionId: record.encounter.id })).nudges.map(
+              toNudgeInput,
+            ),
+            record,
           )
         : [];
       prepared.push({

@@ -176,12 +176,36 @@ export function recordToDraft(
   kind: DraftKind,
   options: { now: Date; contentPolicy: ContentPolicy },
 ): PatientRecord | undefined {
+  return recordsForDraft(retrieved, kind, options)?.record;
+}
+
+/**
+ * The two views of the chart a draft is made from. `forRules` is the chart as it stood at the end of the visit:
+ * rules decide on all of it, so a screening result the content policy withholds from the draft still stops a
+ * "screening due" nudge. `record` is that chart less what the site's content policy withholds: the only view
+ * engines, models and the citation verifier get. Undefined when no draft may be made (a deceased patient).
+ */
+export function recordsForDraft(
+  retrieved: PatientRecord,
+  kind: DraftKind,
+  options: { now: Date; contentPolicy: ContentPolicy },
+): { record: PatientRecord; forRules: PatientRecord } | undefined {
   if (
     isDeceased(retrieved.patient) &&
     (kind === 'previsit-briefing' || encounterAfterDeath(retrieved.patient, retrieved.encounter))
   )
     return undefined;
-  return applyContentPolicy(recordAsOfVisit(retrieved, options.now), options.contentPolicy);
+  const forRules = recordAsOfVisit(retrieved, options.now);
+  return { forRules, record: applyContentPolicy(forRules, options.contentPolicy) };
+}
+
+/**
+ * Nudges the draft may carry: one whose evidence names a resource the content policy withheld would state (and
+ * cite) what the site keeps out of automatic drafts, so it is left to the rules' other channels (CDS Hooks).
+ */
+export function nudgesWithinPolicy(nudges: NudgeInput[], record: PatientRecord): NudgeInput[] {
+  const shown = new Set(recordResources(record).map((resource) => `${resource.resourceType}/${resource.id}`));
+  return nudges.filter((nudge) => nudge.evidence.every((reference) => shown.has(reference)));
 }
 
 /**
@@ -245,14 +269,15 @@ export async function processEncounterJob(
     additionalTypes: dependencies.additionalHistoryTypes?.(),
   });
   const retrievedAt = performance.now();
-  const record = recordToDraft(retrieved, kind, {
+  const records = recordsForDraft(retrieved, kind, {
     now: dependencies.now?.() ?? new Date(),
     contentPolicy: dependencies.contentPolicy ?? defaultContentPolicy,
   });
-  if (!record) {
+  if (!records) {
     logger.info({ jobId: job.id, encounterId: encounter.id, kind }, 'draft-skipped-patient-deceased');
     return complete('skipped:patient-deceased');
   }
+  const { record, forRules } = records;
   const encounterVersion = encounterVersionOf(encounter);
 
   // A later version of an encounter that has a draft: refresh it while nobody has touched it, else note
@@ -273,8 +298,13 @@ export async function processEncounterJob(
     return complete('skipped:encounter-changed-meanwhile');
   if (existing?.touched) return complete(await noteRecordChange(existing));
 
+  const additionalBefore = record.additional?.length ?? 0;
   const withImages = await dependencies.readImages?.(record);
-  const nudges = (await dependencies.selectNudges?.(record, kind)) ?? [];
+  // The rules see the images read too (their resources, %imageFindings), on their own, unfiltered view of the visit.
+  const imageResources = (record.additional ?? []).slice(additionalBefore);
+  if (imageResources.length > 0) forRules.additional = [...(forRules.additional ?? []), ...imageResources];
+  if (record.imageFindings) forRules.imageFindings = record.imageFindings;
+  const nudges = nudgesWithinPolicy((await dependencies.selectNudges?.(forRules, kind)) ?? [], record);
   const { result, verification } = await draftVerified(
     withImages?.(engine) ?? engine,
     { kind, record, nudges },

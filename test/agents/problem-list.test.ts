@@ -6,7 +6,7 @@ import {
   contentPolicyOf,
   defaultContentPolicy,
 } from '../../agents/clinical-content-policy.ts';
-import type { DraftEngine } from '../../agents/draft-engine.ts';
+import type { DraftEngine, NudgeInput } from '../../agents/draft-engine.ts';
 import { createExtractiveEngine } from '../../agents/extractive-engine.ts';
 import { MedGemmaEngine } from '../../agents/medgemma-engine.ts';
 import { problemList, problemName } from '../../agents/problem-list.ts';
@@ -357,6 +357,22 @@ describe.skipIf(!sharedFixtures)('the policy in the pipeline, on a real Synthea 
     withheld = record.conditions.filter((all) => !kept.has(all.id)).map((left) => `Condition/${left.id}`);
   });
 
+  function nudge(ruleId: string, suggestedAction: string, evidence: string[]): NudgeInput {
+    return {
+      ruleId,
+      ruleVersion: '1.0.0',
+      title: suggestedAction,
+      severity: 'info',
+      guideline: {
+        label: 'A test guideline',
+        url: 'https://guideline.example/test',
+        recommendation: 'Test.',
+      },
+      suggestedAction,
+      evidence,
+    };
+  }
+
   async function run(engine: DraftEngine, seen: PatientRecord[]): Promise<string> {
     const standIn: FhirStandIn = await startFhirStandIn();
     cleanups.push(() => standIn.close());
@@ -380,9 +396,13 @@ describe.skipIf(!sharedFixtures)('the policy in the pipeline, on a real Synthea 
       triggers: { finished: 'progress-summary' },
       draftIdentifierSystem: draftSystem,
       logger: silentLogger(),
+      // One nudge fires on a withheld finding, one on the patient alone: only the second may reach the draft.
       selectNudges: async (record) => {
         seen.push(record);
-        return [];
+        return [
+          nudge('withheld-rule', 'Discuss the withheld finding', [withheld[0]]),
+          nudge('age-rule', 'Offer an age-based check', [`Patient/${patientId}`]),
+        ];
       },
     });
     expect(outcome).toBe('draft-created');
@@ -409,16 +429,22 @@ describe.skipIf(!sharedFixtures)('the policy in the pipeline, on a real Synthea 
       },
     };
     const text = await run(citing, seen);
-    for (const record of [...seen, ...recorded]) {
+    // Rules decide on the whole visit (a withheld screening result still stops a "screening due" nudge)...
+    const ruleConditions = seen[0].conditions.map((kept) => `Condition/${kept.id}`);
+    for (const reference of withheld) expect(ruleConditions).toContain(reference);
+    // ...while the engine never gets what the policy withholds, nor a nudge resting on it.
+    for (const record of recorded) {
       const references = record.conditions.map((kept) => `Condition/${kept.id}`);
       for (const reference of withheld) expect(references).not.toContain(reference);
     }
+    expect(text).not.toContain('Discuss the withheld finding');
+    expect(text).toContain('Offer an age-based check');
     for (const reference of withheld) expect(citationsIn(text)).not.toContain(reference);
     expect(text).not.toMatch(/criminal|alcohol|intimate|pregnan/i);
-    for (const record of [...seen, ...recorded])
+    for (const record of recorded)
       for (const note of record.notes)
         expect(note.text).not.toMatch(/criminal record|intimate partner|alcohol|pregnan/i);
-    // The real notes name these findings: the notes given to rules and engines no longer do.
+    // The real notes name these findings: the notes given to engines no longer do.
     expect(
       synthea.recordFor().notes.some((note) => /criminal record|intimate partner/i.test(note.text)),
     ).toBe(true);
