@@ -334,7 +334,8 @@ describe('the pipeline on the sandbox: the draft goes on without the over-cap no
         id: 'huge-note',
         status: 'current',
         subject: { reference: 'Patient/sbx-0001' },
-        date: new Date().toISOString(),
+        // Written during the visit: a note dated after its end (a clock tick later) would be cut from its record.
+        date: encounter.period?.start,
         type: { text: 'Progress note' },
         content: [{ attachment: { contentType: 'text/plain', url: 'Binary/huge-note-binary' } }],
       };
