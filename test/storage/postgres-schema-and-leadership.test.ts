@@ -126,20 +126,23 @@ describe.skipIf(!postgresAvailable)('PostgreSQL schema and leadership', () => {
     const leaders = () => candidates.filter((candidate) => candidate.isLeader);
     expect(leaders()).toHaveLength(1);
     const first = leaders()[0] as AdvisoryLockLeadership;
+    const firstName = ['a', 'b', 'c'][candidates.indexOf(first)];
 
-    // The leader's host vanishes: its session ends and the lock with it.
+    // The leader's connection dies (its host vanishes): its session ends and the lock with it.
     const terminated = await query<{ terminated: boolean }>(
       url,
       `select pg_terminate_backend(pid) as terminated from pg_locks
          where locktype = 'advisory' and granted and database = (select oid from pg_database where datname = current_database())`,
     );
     expect(terminated).toEqual([{ terminated: true }]);
-    await waitFor(
-      () => (leaders().length === 1 && leaders()[0] !== first ? true : undefined),
-      'another leader',
-      10_000,
-    );
-    expect(first.isLeader).toBe(false);
+    // It steps down, and the lock is taken again: by another replica, or by this process on a new connection if it
+    // is still alive and tries first (a replica that really died never does). Never two leaders at once.
+    await waitFor(() => (changes.includes(`${firstName}:false`) ? true : undefined), 'the step-down', 10_000);
+    await waitFor(() => (leaders().length === 1 ? true : undefined), 'a leader again', 10_000);
+    for (let sample = 0; sample < 20; sample++) {
+      expect(leaders().length).toBeLessThanOrEqual(1);
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
 
     // A leader that stops hands over at once.
     const second = leaders()[0] as AdvisoryLockLeadership;
@@ -149,6 +152,7 @@ describe.skipIf(!postgresAvailable)('PostgreSQL schema and leadership', () => {
       'a leader after the close',
       10_000,
     );
-    expect(changes.filter((change) => change.endsWith(':true'))).toHaveLength(3);
+    // Three terms at least: the first leader, the one after its connection died, the one after the close.
+    expect(changes.filter((change) => change.endsWith(':true')).length).toBeGreaterThanOrEqual(3);
   });
 });
