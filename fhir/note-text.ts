@@ -2,8 +2,9 @@ import type { Attachment, Binary, DocumentReference } from 'fhir/r4.js';
 import type { FhirClient } from './fhir-client.ts';
 import { cdaToText, isClinicalDocument } from './note-formats/cda.ts';
 import { htmlToText } from './note-formats/html.ts';
-import { PdfReadError, pdfToText } from './note-formats/pdf.ts';
+import { pdfToText } from './note-formats/pdf.ts';
 import { rtfToText } from './note-formats/rtf.ts';
+import { UnreadableNoteError } from './note-formats/unreadable-note.ts';
 import { outcomeError } from './operation-outcome.ts';
 import { PatientScopedReader } from './patient-scope.ts';
 
@@ -54,18 +55,7 @@ export function noteFormat(contentType: string | undefined): NoteFormat | undefi
   return undefined;
 }
 
-/** Why a note's attachment gave no text; the record lists the note as not read, with this reason. */
-export type UnreadableReason = 'no-text-layer' | 'unreadable' | 'too-large' | 'timed-out';
-
-/** A note whose attachment could not be turned into text. Its message names the cause, never the content. */
-export class UnreadableNoteError extends Error {
-  readonly reason: UnreadableReason;
-  constructor(reason: UnreadableReason, message: string) {
-    super(message);
-    this.name = 'UnreadableNoteError';
-    this.reason = reason;
-  }
-}
+export { UnreadableNoteError, type UnreadableReason } from './note-formats/unreadable-note.ts';
 
 /** The attachment a note's text is read from (see formatPreference), or undefined when it has none readable. */
 export function textAttachment(document: DocumentReference): Attachment | undefined {
@@ -110,12 +100,8 @@ async function attachmentText(
 ): Promise<string> {
   const format = noteFormat(contentType) ?? 'plain';
   if (format !== 'pdf') return capNoteText(syncText(bytes, contentType, format), maxCharacters);
-  try {
-    return capNoteText(await pdfToText(bytes), maxCharacters);
-  } catch (error) {
-    if (error instanceof PdfReadError) throw new UnreadableNoteError(error.reason, error.message);
-    throw error;
-  }
+  // pdfToText throws UnreadableNoteError itself (no text layer, over a cap, timed out).
+  return capNoteText(await pdfToText(bytes), maxCharacters);
 }
 
 /**

@@ -1,10 +1,11 @@
 import { getResolvedPDFJS } from 'unpdf';
-import { defaultPdfLimits, type PdfLimits, PdfReadError } from './pdf.ts';
+import { defaultPdfLimits, type PdfLimits } from './pdf.ts';
+import { UnreadableNoteError } from './unreadable-note.ts';
 
 /**
  * The text layer of a PDF, read in this thread (pdf.js, through unpdf's build for servers). The service calls
  * it through pdf.ts, which runs it in a worker thread it can stop; see there. A scanned PDF has no text layer:
- * that is said as such (PdfReadError with reason `no-text-layer`) rather than guessed at, since OCR output is
+ * that is said as such (UnreadableNoteError with reason `no-text-layer`) rather than guessed at, since OCR output is
  * not something to summarise unchecked. Work is bounded: bytes before parsing, pages read, and time.
  */
 
@@ -31,19 +32,19 @@ export async function readTextLayer(
   limits: PdfLimits = defaultPdfLimits,
 ): Promise<string> {
   if (bytes.byteLength > limits.maxBytes) {
-    throw new PdfReadError(
+    throw new UnreadableNoteError(
       'too-large',
       `PDF of ${bytes.byteLength} bytes is over the ${limits.maxBytes}-byte limit`,
     );
   }
   if (Buffer.from(bytes.subarray(0, 1024)).indexOf('%PDF-') < 0) {
-    throw new PdfReadError('unreadable', 'not a PDF document (no %PDF- header)');
+    throw new UnreadableNoteError('unreadable', 'not a PDF document (no %PDF- header)');
   }
   const deadline = Date.now() + limits.timeoutMs;
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new PdfReadError('timed-out', `PDF text not read within ${limits.timeoutMs} ms`)),
+      () => reject(new UnreadableNoteError('timed-out', `PDF text not read within ${limits.timeoutMs} ms`)),
       limits.timeoutMs,
     );
   });
@@ -64,7 +65,7 @@ export async function readTextLayer(
     const pageCount = Math.min(document.numPages, limits.maxPages);
     for (let number = 1; number <= pageCount; number++) {
       if (Date.now() > deadline)
-        throw new PdfReadError('timed-out', `PDF text not read within ${limits.timeoutMs} ms`);
+        throw new UnreadableNoteError('timed-out', `PDF text not read within ${limits.timeoutMs} ms`);
       const page = await Promise.race([document.getPage(number), timedOut]);
       const content = await Promise.race([page.getTextContent(), timedOut]);
       pages.push(pageText(content.items as TextItemLike[]));
@@ -75,13 +76,13 @@ export async function readTextLayer(
       .replace(/\n{3,}/g, '\n\n')
       .trim();
     if (text.replace(/\s/g, '') === '') {
-      throw new PdfReadError('no-text-layer', 'PDF has no text layer (a scanned image?)');
+      throw new UnreadableNoteError('no-text-layer', 'PDF has no text layer (a scanned image?)');
     }
     const left = document.numPages - pageCount;
     return left > 0 ? `${text}\n\n[... ${left} more pages not read]` : text;
   } catch (error) {
-    if (error instanceof PdfReadError) throw error;
-    throw new PdfReadError(
+    if (error instanceof UnreadableNoteError) throw error;
+    throw new UnreadableNoteError(
       'unreadable',
       `PDF could not be read: ${error instanceof Error ? error.name : 'error'}`,
     );

@@ -1,4 +1,5 @@
 import { Worker } from 'node:worker_threads';
+import { UnreadableNoteError, type UnreadableReason } from './unreadable-note.ts';
 
 /**
  * The text layer of a PDF note, read in a worker thread: pdf.js parses in the thread that calls it, and a
@@ -20,18 +21,6 @@ export const defaultPdfLimits: PdfLimits = { maxBytes: 20 * 1024 * 1024, maxPage
 /** Heap allowed to the thread reading one PDF, in megabytes. */
 const workerHeapMb = 256;
 
-export type PdfUnreadableReason = 'no-text-layer' | 'unreadable' | 'too-large' | 'timed-out';
-
-/** Why a PDF gave no text: the cause only, never the document's content. */
-export class PdfReadError extends Error {
-  readonly reason: PdfUnreadableReason;
-  constructor(reason: PdfUnreadableReason, message: string) {
-    super(message);
-    this.name = 'PdfReadError';
-    this.reason = reason;
-  }
-}
-
 /** What the worker is asked, and what it answers: the text, or why there is none. */
 export interface PdfWorkerRequest {
   id: number;
@@ -40,12 +29,12 @@ export interface PdfWorkerRequest {
 }
 export type PdfWorkerAnswer = { id: number } & (
   | { text: string }
-  | { reason: PdfUnreadableReason; message: string }
+  | { reason: UnreadableReason; message: string }
 );
 
 interface PdfJob extends PdfWorkerRequest {
   resolve: (text: string) => void;
-  reject: (error: PdfReadError) => void;
+  reject: (error: UnreadableNoteError) => void;
 }
 
 /** An idle reader thread is stopped after this long (it holds pdf.js in memory). */
@@ -63,11 +52,11 @@ let deadline: NodeJS.Timeout | undefined;
 let idle: NodeJS.Timeout | undefined;
 let nextId = 1;
 
-function finish(job: PdfJob, outcome: { text: string } | PdfReadError) {
+function finish(job: PdfJob, outcome: { text: string } | UnreadableNoteError) {
   if (current !== job) return;
   current = undefined;
   clearTimeout(deadline);
-  if (outcome instanceof PdfReadError) job.reject(outcome);
+  if (outcome instanceof UnreadableNoteError) job.reject(outcome);
   else job.resolve(outcome.text);
   startNext();
 }
@@ -90,7 +79,7 @@ function startReader(): Worker {
   });
   worker.on('message', (answer: PdfWorkerAnswer) => {
     if (!current || current.id !== answer.id) return;
-    finish(current, 'text' in answer ? answer : new PdfReadError(answer.reason, answer.message));
+    finish(current, 'text' in answer ? answer : new UnreadableNoteError(answer.reason, answer.message));
   });
   // A thread already stopped (at a time limit) is no longer the reader: its end says nothing of the PDF now read.
   worker.on('error', (error: Error & { code?: string }) => {
@@ -100,14 +89,15 @@ function startReader(): Worker {
     finish(
       current,
       error.code === 'ERR_WORKER_OUT_OF_MEMORY'
-        ? new PdfReadError('too-large', `PDF needed more than ${workerHeapMb} MB to read`)
-        : new PdfReadError('unreadable', `PDF could not be read: ${error.name}`),
+        ? new UnreadableNoteError('too-large', `PDF needed more than ${workerHeapMb} MB to read`)
+        : new UnreadableNoteError('unreadable', `PDF could not be read: ${error.name}`),
     );
   });
   worker.on('exit', () => {
     if (reader !== worker) return;
     reader = undefined;
-    if (current) finish(current, new PdfReadError('unreadable', 'PDF reader stopped without an answer'));
+    if (current)
+      finish(current, new UnreadableNoteError('unreadable', 'PDF reader stopped without an answer'));
   });
   // An idle reader never keeps the process alive (a PDF being read does, through its deadline). After the
   // listeners: adding a message listener refs the thread again.
@@ -127,7 +117,7 @@ function startNext() {
   reader ??= startReader();
   deadline = setTimeout(() => {
     stopReader();
-    finish(job, new PdfReadError('timed-out', `PDF text not read within ${job.limits.timeoutMs} ms`));
+    finish(job, new UnreadableNoteError('timed-out', `PDF text not read within ${job.limits.timeoutMs} ms`));
   }, job.limits.timeoutMs);
   const request: PdfWorkerRequest = { id: job.id, bytes: job.bytes, limits: job.limits };
   reader.postMessage(request, [job.bytes.buffer as ArrayBuffer]);
@@ -138,7 +128,7 @@ export function pdfToText(bytes: Uint8Array, limits: PdfLimits = defaultPdfLimit
   // Checked here too, so an oversized PDF is not even copied to the thread.
   if (bytes.byteLength > limits.maxBytes) {
     return Promise.reject(
-      new PdfReadError(
+      new UnreadableNoteError(
         'too-large',
         `PDF of ${bytes.byteLength} bytes is over the ${limits.maxBytes}-byte limit`,
       ),

@@ -171,14 +171,6 @@ const omissionWording: Record<RecordOmission['reason'], string> = {
  * change notice reads the whole chart). The site's content policy then takes out what no draft may say, so no
  * engine shows it to a model or cites it. The evaluation (src/eval) prepares its records with this same function.
  */
-export function recordToDraft(
-  retrieved: PatientRecord,
-  kind: DraftKind,
-  options: { now: Date; contentPolicy: ContentPolicy },
-): PatientRecord | undefined {
-  return recordsForDraft(retrieved, kind, options)?.record;
-}
-
 /**
  * The two views of the chart a draft is made from. `forRules` is the chart as it stood at the end of the visit:
  * rules decide on all of it, so a screening result the content policy withholds from the draft still stops a

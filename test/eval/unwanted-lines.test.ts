@@ -10,7 +10,7 @@ import { parseConfiguration } from '../../src/eval/configurations.ts';
 import { runEvaluation } from '../../src/eval/run-eval.ts';
 import { notesCited, type UnwantedLines, unwantedLines } from '../../src/eval/unwanted-lines.ts';
 import { silentLogger } from '../../src/log.ts';
-import { draftVerified, recordToDraft } from '../../src/pipeline/process-encounter-job.ts';
+import { draftVerified, recordsForDraft } from '../../src/pipeline/process-encounter-job.ts';
 import { buildPatientRecord } from '../support/patient-record-builder.ts';
 import { sharedFixtures } from '../support/shared-fixtures.ts';
 import { loadSyntheaPatients } from '../support/synthea-records.ts';
@@ -221,10 +221,10 @@ describe.skipIf(!sharedFixtures)('unwanted lines on the shared Synthea patients'
       const visit = finished[Math.floor(finished.length / 2)];
       if (!visit) continue;
       const retrieved = patient.recordFor(visit);
-      const record = recordToDraft(retrieved, 'progress-summary', {
+      const record = recordsForDraft(retrieved, 'progress-summary', {
         now,
         contentPolicy: defaultContentPolicy,
-      });
+      })?.record;
       if (!record) continue;
       drafted += 1;
       laterResources +=
